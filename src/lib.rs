@@ -1,0 +1,3 @@
+//! Hearth: a Matrix homeserver in one binary for small hosts.
+
+pub mod store;
