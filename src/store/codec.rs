@@ -102,7 +102,10 @@ impl<T: Record> ValueCodec for T {
         postcard::to_stdvec(self).expect("postcard encoding into a Vec cannot fail")
     }
     fn decode_value(table: &'static str, bytes: &[u8]) -> Result<Self, StoreError> {
-        postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { table, detail: e.to_string() })
+        postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+            table,
+            detail: e.to_string(),
+        })
     }
 }
 

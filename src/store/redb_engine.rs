@@ -1,1 +1,154 @@
-//! (to be written)
+//! The redb engine: one file, `db.redb`, in the store directory.
+//!
+//! Every table is an untyped `&[u8] → &[u8]` redb table; the typed layer lives in `store/`.
+//! Reads take a fresh MVCC read transaction, so they never wait for the writer. Each `apply` is
+//! one write transaction committed with `Durability::Immediate`: redb writes the new pages and
+//! the commit slot, then fsyncs before `commit` returns.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+
+use super::engine::{empty_range, Conflict, Engine, Op, Rows};
+use super::StoreError;
+
+type Def<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
+
+pub(crate) struct RedbEngine {
+    db: Database,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("redb: {e}"))
+}
+
+fn def(table: &str) -> Result<Def<'_>, StoreError> {
+    // `TableDefinition::new` panics on an empty name.
+    if table.is_empty() {
+        return Err(StoreError::Io("redb: empty table name".into()));
+    }
+    Ok(TableDefinition::new(table))
+}
+
+impl RedbEngine {
+    pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let path = dir.join("db.redb");
+        let cache = usize::try_from(cache_bytes).unwrap_or(usize::MAX);
+        // `create` opens an existing file as it is, and repairs it after a crash.
+        let db = Database::builder()
+            .set_cache_size(cache)
+            .create(&path)
+            .map_err(io)?;
+        Ok(RedbEngine { db })
+    }
+}
+
+impl Engine for RedbEngine {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let def = def(table)?;
+        let txn = self.db.begin_read().map_err(io)?;
+        let t = match txn.open_table(def) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let value = t.get(key).map_err(io)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        table: &str,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        if limit == 0 || empty_range(lower, upper) {
+            return Ok(Vec::new());
+        }
+        let def = def(table)?;
+        let txn = self.db.begin_read().map_err(io)?;
+        let t = match txn.open_table(def) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(io(e)),
+        };
+        let range = t.range::<&[u8]>((lower, upper)).map_err(io)?;
+        let mut rows = Vec::new();
+        let mut push = |item: Result<_, redb::StorageError>| -> Result<bool, StoreError> {
+            let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) = item.map_err(io)?;
+            rows.push((k.value().to_vec(), v.value().to_vec()));
+            Ok(rows.len() < limit)
+        };
+        if reverse {
+            for item in range.rev() {
+                if !push(item)? {
+                    break;
+                }
+            }
+        } else {
+            for item in range {
+                if !push(item)? {
+                    break;
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    fn apply(&self, batches: &[Vec<Op>]) -> Result<Vec<Result<(), Conflict>>, StoreError> {
+        let mut txn = self.db.begin_write().map_err(io)?;
+        txn.set_durability(Durability::Immediate).map_err(io)?;
+        let mut results = Vec::with_capacity(batches.len());
+        {
+            // A table can be open only once per write transaction, so keep each one open for
+            // the whole group.
+            let mut tables = HashMap::new();
+            for batch in batches {
+                for op in batch {
+                    let name = op.table();
+                    if !tables.contains_key(name) {
+                        tables.insert(name, txn.open_table(def(name)?).map_err(io)?);
+                    }
+                }
+                let mut holds = true;
+                for op in batch {
+                    if let Op::Expect { table, key, value } = op {
+                        let Some(t) = tables.get(table) else { continue };
+                        let current = t.get(key.as_slice()).map_err(io)?;
+                        if current.as_ref().map(|g| g.value()) != value.as_deref() {
+                            holds = false;
+                            break;
+                        }
+                    }
+                }
+                if !holds {
+                    results.push(Err(Conflict));
+                    continue;
+                }
+                for op in batch {
+                    match op {
+                        Op::Put { table, key, value } => {
+                            if let Some(t) = tables.get_mut(table) {
+                                t.insert(key.as_slice(), value.as_slice()).map_err(io)?;
+                            }
+                        }
+                        Op::Delete { table, key } => {
+                            if let Some(t) = tables.get_mut(table) {
+                                t.remove(key.as_slice()).map_err(io)?;
+                            }
+                        }
+                        Op::Expect { .. } => {}
+                    }
+                }
+                results.push(Ok(()));
+            }
+        }
+        // An early return above drops `txn`, which aborts it: nothing of the group is written.
+        txn.commit().map_err(io)?;
+        Ok(results)
+    }
+}
