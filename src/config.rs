@@ -1,0 +1,693 @@
+//! Typed configuration (`hearth.toml`), its defaults, environment overrides and validation.
+//!
+//! Every field has a default, so an empty file (or no file at all) is a valid configuration that
+//! serves `localhost` on `127.0.0.1:8008` with its data in `./data`. Loading is
+//! file → `toml::Table` → environment overrides (`HEARTH_<KEY>`, `HEARTH_<SECTION>__<KEY>`,
+//! `HEARTH_LISTENERS=addr,addr`) → typed deserialization → [`Config::validate`].
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::store::EngineKind;
+
+/// The fully commented example configuration that `hearth init` writes.
+pub const EXAMPLE_CONFIG: &str = include_str!("../examples/hearth.toml");
+
+/// A configuration that cannot be used; its `Display` is meant for the user at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file named explicitly could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or does not match the config's shape.
+    #[error("config file {origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// A `HEARTH_*` environment variable names no setting or holds a value of the wrong type.
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    /// A setting has a value outside its allowed range.
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The whole configuration (`hearth.toml`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The Matrix server name: user ids are `@name:server_name`. A hostname, IPv4 address or
+    /// `[IPv6]` address, with an optional `:port`. Cannot change once users exist.
+    pub server_name: String,
+    /// The data directory: database, media, signing keys, certificates.
+    pub data_dir: PathBuf,
+    /// Log level (`error|warn|info|debug|trace`) or an env_logger filter (`hearth=debug,warn`).
+    pub log_level: String,
+    /// bcrypt cost for password hashes, 4..=31; each step doubles the time per login.
+    pub bcrypt_cost: u32,
+    /// The addresses to listen on (plain HTTP).
+    pub listeners: Vec<Listener>,
+    /// Who may register accounts.
+    pub registration: Registration,
+    /// Request size limits.
+    pub limits: Limits,
+    /// Per-user and per-IP token-bucket rate limits.
+    pub rate_limit: RateLimit,
+    /// `/.well-known/matrix/*` delegation.
+    pub well_known: WellKnown,
+    /// The embedded store.
+    pub storage: Storage,
+}
+
+/// One listening socket (`[[listeners]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listener {
+    /// The socket address to bind, e.g. `127.0.0.1:8008` or `[::]:8008`.
+    pub bind: SocketAddr,
+}
+
+/// Account registration (`[registration]`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Registration {
+    /// `open`, `token` or `closed`.
+    pub mode: RegistrationMode,
+}
+
+/// Who may register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// Anyone who can reach the server.
+    #[default]
+    Open,
+    /// Only with a registration token created by an admin (`m.login.registration_token`).
+    Token,
+    /// Nobody; accounts are created with `hearth user add`.
+    Closed,
+}
+
+/// Request size limits (`[limits]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest JSON request body of the client API, in bytes (> 0).
+    pub max_request_bytes: u64,
+    /// Largest media upload, in bytes (> 0).
+    pub max_upload_bytes: u64,
+}
+
+/// Token-bucket rate limits (`[rate_limit]`); exceeding them answers `M_LIMIT_EXCEEDED`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimit {
+    /// Whether rate limiting is on at all.
+    pub enabled: bool,
+    /// Requests per second refilled into each user's bucket (> 0).
+    pub per_user_per_second: f64,
+    /// Size of each user's bucket (>= 1).
+    pub per_user_burst: u32,
+    /// Requests per second refilled into each client IP's bucket (> 0).
+    pub per_ip_per_second: f64,
+    /// Size of each client IP's bucket (>= 1).
+    pub per_ip_burst: u32,
+}
+
+/// `/.well-known/matrix/*` delegation (`[well_known]`). An empty string means unset.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WellKnown {
+    /// Served at `/.well-known/matrix/client` as `m.homeserver.base_url`; an http(s) URL.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub client_base_url: Option<String>,
+    /// Served at `/.well-known/matrix/server` as `m.server`: `host[:port]` (port 8448 if none).
+    #[serde(deserialize_with = "empty_as_none")]
+    pub server: Option<String>,
+}
+
+/// The embedded store (`[storage]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// `redb` or `sled`.
+    pub engine: EngineKind,
+    /// Engine cache size in MiB (>= 1).
+    pub cache_mb: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_name: "localhost".into(),
+            data_dir: PathBuf::from("./data"),
+            log_level: "info".into(),
+            bcrypt_cost: 12,
+            listeners: vec![Listener::default()],
+            registration: Registration::default(),
+            limits: Limits::default(),
+            rate_limit: RateLimit::default(),
+            well_known: WellKnown::default(),
+            storage: Storage::default(),
+        }
+    }
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Listener {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8008)),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 1024 * 1024,
+            max_upload_bytes: 50 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            enabled: true,
+            per_user_per_second: 10.0,
+            per_user_burst: 50,
+            per_ip_per_second: 20.0,
+            per_ip_burst: 100,
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            engine: EngineKind::Redb,
+            cache_mb: 32,
+        }
+    }
+}
+
+fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.trim().is_empty()))
+}
+
+impl Config {
+    /// Loads `path` (or the defaults if `None`), applies `HEARTH_*` variables from the process
+    /// environment and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment (for tests). A path given explicitly must
+    /// exist.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Config::from_toml_str("", "<defaults>", env);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text, &path.display().to_string(), env)
+    }
+
+    /// Parses `text` (`origin` names it in errors), applies the `HEARTH_*` variables of `env`
+    /// and validates.
+    pub fn from_toml_str(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        };
+        // Typed parse of the text first: its errors carry line and column.
+        let mut config: Config = toml::from_str(text).map_err(parse_err)?;
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("HEARTH_") && k != "HEARTH_CONFIG")
+            .collect();
+        vars.sort();
+        // One variable at a time, so an error names the variable that caused it.
+        for (var, raw) in vars {
+            let env_err = |message: String| ConfigError::Env {
+                var: var.clone(),
+                message,
+            };
+            let mut first_err = None;
+            for value in env_values(&var, &raw) {
+                let mut candidate = table.clone();
+                set_path(&mut candidate, &var["HEARTH_".len()..], value).map_err(env_err)?;
+                match candidate.clone().try_into::<Config>() {
+                    Ok(c) => {
+                        (config, table, first_err) = (c, candidate, None);
+                        break;
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e.to_string().trim_end().replace('\n', " "));
+                    }
+                }
+            }
+            if let Some(message) = first_err {
+                return Err(env_err(message));
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn check(ok: bool, key: &str, msg: impl FnOnce() -> String) -> Result<(), ConfigError> {
+            let (key, message) = (key.to_owned(), msg());
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid { key, message })
+            }
+        }
+        let (name, log) = (&self.server_name, &self.log_level);
+        check(split_server_name(name).is_some(), "server_name", || {
+            format!("not a Matrix server name (host, IPv4 or [IPv6], optional :port): {name:?}")
+        })?;
+        check(!self.data_dir.as_os_str().is_empty(), "data_dir", || {
+            "must not be empty".into()
+        })?;
+        check(valid_log_filter(log), "log_level", || {
+            format!("expected error|warn|info|debug|trace or a filter like \"hearth=debug,warn\", got {log:?}")
+        })?;
+        let cost = self.bcrypt_cost;
+        check((4..=31).contains(&cost), "bcrypt_cost", || {
+            format!("must be between 4 and 31, got {cost}")
+        })?;
+        check(!self.listeners.is_empty(), "listeners", || {
+            "at least one is required".into()
+        })?;
+        for (i, l) in self.listeners.iter().enumerate() {
+            let dup = self.listeners[..i].iter().any(|o| o.bind == l.bind);
+            check(!dup, &format!("listeners[{i}].bind"), || {
+                format!("{} is listed twice", l.bind)
+            })?;
+        }
+        let (lim, r) = (&self.limits, &self.rate_limit);
+        for (key, v) in [
+            ("limits.max_request_bytes", lim.max_request_bytes),
+            ("limits.max_upload_bytes", lim.max_upload_bytes),
+            ("storage.cache_mb", self.storage.cache_mb),
+            ("rate_limit.per_user_burst", r.per_user_burst.into()),
+            ("rate_limit.per_ip_burst", r.per_ip_burst.into()),
+        ] {
+            check(v > 0, key, || "must be greater than 0".into())?;
+        }
+        for (key, v) in [
+            ("rate_limit.per_user_per_second", r.per_user_per_second),
+            ("rate_limit.per_ip_per_second", r.per_ip_per_second),
+        ] {
+            check(v.is_finite() && v > 0.0, key, || {
+                format!("must be greater than 0, got {v}")
+            })?;
+        }
+        if let Some(url) = &self.well_known.client_base_url {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            let host = rest.map_or("", |r| r.split('/').next().unwrap_or_default());
+            let ok = !host.is_empty() && !url.contains(char::is_whitespace);
+            check(ok, "well_known.client_base_url", || {
+                format!("must be an http:// or https:// URL, got {url:?}")
+            })?;
+        }
+        if let Some(server) = &self.well_known.server {
+            check(
+                split_server_name(server).is_some(),
+                "well_known.server",
+                || format!("must be \"host[:port]\", got {server:?}"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The URL clients use to reach this server: `well_known.client_base_url` (without a
+    /// trailing `/`) if set; otherwise `http://<server_name host>:<port of the first listener>`,
+    /// which suits local testing. Deployments behind a proxy should set `client_base_url`.
+    pub fn public_base_url(&self) -> String {
+        if let Some(url) = &self.well_known.client_base_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let host = split_server_name(&self.server_name).map_or(self.server_name.as_str(), |h| h.0);
+        let port = self.listeners.first().map_or(8008, |l| l.bind.port());
+        format!("http://{host}:{port}")
+    }
+}
+
+/// The values to try for an environment variable: its TOML reading (number, boolean, array,
+/// quoted string), then the raw string. `HEARTH_LISTENERS` is a comma-separated address list.
+fn env_values(var: &str, raw: &str) -> Vec<toml::Value> {
+    use toml::Value;
+    if var == "HEARTH_LISTENERS" {
+        let binds = raw.split(',').map(str::trim).filter(|s| !s.is_empty());
+        let tables = binds.map(|b| Value::Table([("bind".into(), b.into())].into_iter().collect()));
+        return vec![Value::Array(tables.collect())];
+    }
+    let mut values = Vec::new();
+    match raw.trim().parse::<Value>() {
+        Ok(Value::Datetime(_)) | Err(_) => {}
+        Ok(v) => values.push(v),
+    }
+    values.push(Value::String(raw.to_owned()));
+    values
+}
+
+/// Sets `SECTION__KEY` (lowercased, `__` separating levels) in `table`.
+fn set_path(table: &mut toml::Table, name: &str, value: toml::Value) -> Result<(), String> {
+    let name = name.to_ascii_lowercase();
+    let parts: Vec<&str> = name.split("__").collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err("malformed name; use HEARTH_<KEY> or HEARTH_<SECTION>__<KEY>".into());
+    }
+    let (last, sections) = parts.split_last().expect("split yields at least one part");
+    let mut t = table;
+    for section in sections {
+        let entry = t
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{section}` is not a section"))?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Splits a Matrix server name into host and port; `None` if it is not one.
+fn split_server_name(s: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']')?;
+        rest[..end].parse::<Ipv6Addr>().ok()?;
+        (&s[..end + 2], &rest[end + 1..])
+    } else {
+        let host_ok = |h: &str| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        };
+        let (h, p) = s.rfind(':').map_or((s, ""), |i| (&s[..i], &s[i..]));
+        if !host_ok(h) {
+            return None;
+        }
+        (h, p)
+    };
+    let port = match port.strip_prefix(':') {
+        None if port.is_empty() => None,
+        Some(p) if (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse().ok()?)
+        }
+        _ => return None,
+    };
+    Some((host, port))
+}
+
+/// A level, or env_logger directives `[module=]level,...` (a single bare word must be a level,
+/// so a typo like `debgu` is caught rather than read as a module name).
+fn valid_log_filter(s: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l.trim()));
+    let is_module = |m: &str| {
+        let m = m.trim();
+        !m.is_empty()
+            && m.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let directives = s.split('/').next().unwrap_or_default();
+    if !directives.contains([',', '=']) {
+        return is_level(directives);
+    }
+    directives
+        .split(',')
+        .filter(|d| !d.trim().is_empty())
+        .all(|d| match d.split_once('=') {
+            Some((m, l)) => is_module(m) && is_level(l),
+            None => is_level(d) || is_module(d),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, "test.toml", env(&[]))
+    }
+
+    fn with_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_str("", "test.toml", env(vars))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.server_name, "localhost");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.listeners[0].bind, "127.0.0.1:8008".parse().unwrap());
+        assert_eq!(c.registration.mode, RegistrationMode::Open);
+        assert_eq!(c.storage.engine, EngineKind::Redb);
+        assert_eq!(
+            (c.bcrypt_cost, c.storage.cache_mb, c.log_level.as_str()),
+            (12, 32, "info")
+        );
+        assert_eq!(c.limits.max_request_bytes, 1_048_576);
+        assert_eq!(c.public_base_url(), "http://localhost:8008");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_file_and_no_file_are_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(
+            Config::load_with_env(None, env(&[])).unwrap(),
+            Config::default()
+        );
+        let c = parse("[well_known]\nclient_base_url = \"\"\nserver = \"\"\n").unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let c = parse(EXAMPLE_CONFIG).unwrap();
+        assert_eq!(c.registration.mode, RegistrationMode::Token);
+    }
+
+    #[test]
+    fn every_example_file_parses_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load_with_env(Some(&path), env(&[]))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "expected the example configs, found {n}");
+    }
+
+    #[test]
+    fn each_validation_error_names_its_key() {
+        let cases = [
+            ("server_name = \"bad name\"", "server_name"),
+            ("server_name = \"example.org:99999\"", "server_name"),
+            ("server_name = \"[::1\"", "server_name"),
+            ("data_dir = \"\"", "data_dir"),
+            ("log_level = \"debgu\"", "log_level"),
+            ("log_level = \"hearth=loud\"", "log_level"),
+            ("bcrypt_cost = 3", "bcrypt_cost"),
+            ("bcrypt_cost = 32", "bcrypt_cost"),
+            ("listeners = []", "listeners"),
+            ("[[listeners]]\n[[listeners]]", "listeners[1].bind"),
+            (
+                "[limits]\nmax_request_bytes = 0",
+                "limits.max_request_bytes",
+            ),
+            ("[limits]\nmax_upload_bytes = 0", "limits.max_upload_bytes"),
+            (
+                "[rate_limit]\nper_user_per_second = 0.0",
+                "rate_limit.per_user_per_second",
+            ),
+            (
+                "[rate_limit]\nper_ip_per_second = -1.0",
+                "rate_limit.per_ip_per_second",
+            ),
+            (
+                "[rate_limit]\nper_user_burst = 0",
+                "rate_limit.per_user_burst",
+            ),
+            ("[rate_limit]\nper_ip_burst = 0", "rate_limit.per_ip_burst"),
+            (
+                "[well_known]\nclient_base_url = \"ftp://x\"",
+                "well_known.client_base_url",
+            ),
+            ("[well_known]\nserver = \"x:y\"", "well_known.server"),
+            ("[storage]\ncache_mb = 0", "storage.cache_mb"),
+        ];
+        for (text, key) in cases {
+            match parse(text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: expected an error for {key}, got {other:?}"),
+            }
+        }
+        let msg = parse("bcrypt_cost = 3").unwrap_err().to_string();
+        assert_eq!(msg, "bcrypt_cost: must be between 4 and 31, got 3");
+    }
+
+    #[test]
+    fn valid_values_are_accepted() {
+        for name in [
+            "example.org",
+            "example.org:8448",
+            "1.2.3.4",
+            "[::1]:8448",
+            "a-b.c",
+        ] {
+            assert!(split_server_name(name).is_some(), "{name}");
+        }
+        for filter in [
+            "warn",
+            "TRACE",
+            "hearth=debug,warn",
+            "hearth::store=trace,warp=off",
+        ] {
+            assert!(valid_log_filter(filter), "{filter}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_and_syntax_errors_name_the_file() {
+        let msg = parse("bcrypt_cost = \"twelve\"").unwrap_err().to_string();
+        assert!(msg.contains("test.toml") && msg.contains("line 1"), "{msg}");
+        let msg = parse("[registration]\nmode = \"sometimes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("sometimes") && msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let msg = parse("server_nmae = \"x\"").unwrap_err().to_string();
+        assert!(msg.contains("server_nmae"), "{msg}");
+        let msg = parse("[storage]\ncache_size = 1").unwrap_err().to_string();
+        assert!(msg.contains("cache_size"), "{msg}");
+        let msg = parse("[ratelimit]\nenabled = false")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("ratelimit"), "{msg}");
+    }
+
+    #[test]
+    fn env_overrides_top_level_and_section() {
+        let text = "server_name = \"file.org\"\n[registration]\nmode = \"closed\"\n";
+        let vars = env(&[
+            ("HEARTH_SERVER_NAME", "example.org"),
+            ("HEARTH_REGISTRATION__MODE", "token"),
+            ("HEARTH_STORAGE__ENGINE", "sled"),
+            ("HEARTH_CONFIG", "/ignored.toml"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let c = Config::from_toml_str(text, "t", vars).unwrap();
+        assert_eq!(c.server_name, "example.org");
+        assert_eq!(c.registration.mode, RegistrationMode::Token);
+        assert_eq!(c.storage.engine, EngineKind::Sled);
+    }
+
+    #[test]
+    fn env_values_are_typed() {
+        let c = with_env(&[
+            ("HEARTH_RATE_LIMIT__ENABLED", "false"),
+            ("HEARTH_RATE_LIMIT__PER_IP_PER_SECOND", "2.5"),
+            ("HEARTH_BCRYPT_COST", "10"),
+            ("HEARTH_DATA_DIR", "1234"),
+        ])
+        .unwrap();
+        assert!(!c.rate_limit.enabled);
+        assert_eq!((c.rate_limit.per_ip_per_second, c.bcrypt_cost), (2.5, 10));
+        assert_eq!(c.data_dir, PathBuf::from("1234"));
+        let msg = with_env(&[("HEARTH_BCRYPT_COST", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("HEARTH_BCRYPT_COST"), "{msg}");
+        let msg = with_env(&[("HEARTH_BCRYPT_COST", "99")])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("bcrypt_cost:"), "{msg}");
+    }
+
+    #[test]
+    fn env_listeners_replace_the_list() {
+        let text = "[[listeners]]\nbind = \"127.0.0.1:9000\"\n";
+        let vars = env(&[("HEARTH_LISTENERS", "0.0.0.0:8008, [::]:8448")]);
+        let c = Config::from_toml_str(text, "t", vars).unwrap();
+        let binds: Vec<String> = c.listeners.iter().map(|l| l.bind.to_string()).collect();
+        assert_eq!(binds, ["0.0.0.0:8008", "[::]:8448"]);
+        let msg = with_env(&[("HEARTH_LISTENERS", "nowhere")])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("HEARTH_LISTENERS"), "{msg}");
+    }
+
+    #[test]
+    fn env_unknown_variable_is_rejected() {
+        for var in [
+            "HEARTH_SERVERNAME",
+            "HEARTH_REGISTRATON__MODE",
+            "HEARTH_STORAGE__SIZE",
+        ] {
+            match with_env(&[(var, "x")]) {
+                Err(e @ ConfigError::Env { .. }) => assert!(e.to_string().contains(var), "{e}"),
+                other => panic!("{var}: {other:?}"),
+            }
+        }
+        let msg = with_env(&[("HEARTH_SERVER_NAME__X", "y")])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("HEARTH_SERVER_NAME__X"), "{msg}");
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error_naming_the_path() {
+        let path = Path::new("/nonexistent/hearth-test/hearth.toml");
+        let msg = Config::load_with_env(Some(path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("/nonexistent/hearth-test/hearth.toml"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn public_base_url_prefers_client_base_url() {
+        let c = parse("[well_known]\nclient_base_url = \"https://matrix.example.org/\"").unwrap();
+        assert_eq!(c.public_base_url(), "https://matrix.example.org");
+        let c = parse("server_name = \"[::1]:8448\"\n[[listeners]]\nbind = \"[::]:9000\"").unwrap();
+        assert_eq!(c.public_base_url(), "http://[::1]:9000");
+    }
+}
