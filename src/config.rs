@@ -13,6 +13,9 @@ use serde::{Deserialize, Deserializer};
 use crate::store::EngineKind;
 
 /// The fully commented example configuration that `hearth init` writes.
+/// Variables the CLI reads itself (config path, admin passwords): not config keys.
+const CLI_VARIABLES: &[&str] = &["HEARTH_CONFIG", "HEARTH_PASSWORD"];
+
 pub const EXAMPLE_CONFIG: &str = include_str!("../examples/hearth.toml");
 
 /// A configuration that cannot be used; its `Display` is meant for the user at start.
@@ -237,7 +240,7 @@ impl Config {
         let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
         let mut vars: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("HEARTH_") && k != "HEARTH_CONFIG")
+            .filter(|(k, _)| k.starts_with("HEARTH_") && !CLI_VARIABLES.contains(&k.as_str()))
             .collect();
         vars.sort();
         // One variable at a time, so an error names the variable that caused it.

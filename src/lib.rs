@@ -1,4 +1,11 @@
 //! Hearth: a Matrix homeserver in one binary for small hosts.
+//!
+//! Layers point one way: `http → api → service → store` (see DESIGN.md).
 
+pub mod api;
 pub mod config;
+pub mod error;
+pub mod http;
+pub mod server;
+pub mod service;
 pub mod store;

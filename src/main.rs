@@ -1,1 +1,282 @@
-fn main() {}
+//! The `hearth` command: serve (default), init, and admin commands for users and registration
+//! tokens. Admin commands open the data directory directly, so they run while the server is
+//! stopped (the database is locked by a running server, and they say so).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use hearth::{config::Config, service::Services};
+use ruma::UserId;
+
+#[derive(Parser)]
+#[command(
+    name = "hearth",
+    version,
+    about = "A Matrix homeserver in one binary for small hosts"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it, the embedded defaults apply (localhost,
+    /// 127.0.0.1:8008, ./data); HEARTH_* environment variables override either.
+    #[arg(long, short, global = true, env = "HEARTH_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Write a commented example configuration.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "hearth.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Manage local accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage registration tokens (for `registration.mode = "token"`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account.
+    Create {
+        /// Localpart (`alice`) or full user id (`@alice:example.org`).
+        user: String,
+        /// Password; read from the HEARTH_PASSWORD environment variable if omitted.
+        #[arg(long, env = "HEARTH_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+    /// Set a new password and log out every device.
+    ResetPassword {
+        user: String,
+        #[arg(long, env = "HEARTH_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+    /// Deactivate an account: it can no longer log in and its id is never reused.
+    Deactivate { user: String },
+    /// List accounts.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a registration token and print it.
+    Create {
+        /// The token (1-64 of A-Z a-z 0-9 . _ ~ -); random if omitted.
+        #[arg(long)]
+        token: Option<String>,
+        /// How many registrations it allows (unlimited if omitted).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Validity from now, in hours (forever if omitted).
+        #[arg(long)]
+        expires_in_hours: Option<u64>,
+    },
+    /// List tokens with their uses and expiry.
+    List,
+    /// Delete a token.
+    Revoke { token: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("hearth: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::new()
+        .parse_filters(&config.log_level)
+        .format_timestamp_millis()
+        .init();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config),
+        Command::Init { path, force } => init(&path, force),
+        Command::User(command) => admin(config, |services| user_command(services, command)),
+        Command::Token(command) => admin(config, |services| token_command(services, command)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("hearth: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    runtime()?.block_on(async {
+        let server = hearth::server::start(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        shutdown_signal().await;
+        log::info!("shutting down");
+        server.stop().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn init(path: &std::path::Path, force: bool) -> Result<(), String> {
+    if path.exists() && !force {
+        return Err(format!(
+            "{} exists; pass --force to overwrite it",
+            path.display()
+        ));
+    }
+    std::fs::write(path, hearth::config::EXAMPLE_CONFIG)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!(
+        "wrote {}; edit server_name before the first start",
+        path.display()
+    );
+    Ok(())
+}
+
+fn admin(config: Config, run: impl FnOnce(&Services) -> Result<(), String>) -> Result<(), String> {
+    let data_dir = config.data_dir.clone();
+    let services = Services::open(config).map_err(|e| {
+        format!(
+            "cannot open the database in {} ({e}); is the server running?",
+            data_dir.display()
+        )
+    })?;
+    run(&services)
+}
+
+fn parse_user(services: &Services, user: &str) -> Result<ruma::OwnedUserId, String> {
+    let server = &services.config.server_name;
+    let full = if user.starts_with('@') {
+        user.to_owned()
+    } else {
+        format!("@{}:{server}", user.to_lowercase())
+    };
+    let user_id = UserId::parse(&full).map_err(|e| format!("invalid user id {full}: {e}"))?;
+    if user_id.server_name().as_str() != server.as_str() {
+        return Err(format!("{user_id} is not a user of this server ({server})"));
+    }
+    Ok(user_id)
+}
+
+fn user_command(services: &Services, command: UserCommand) -> Result<(), String> {
+    let rt = runtime()?;
+    match command {
+        UserCommand::Create { user, password } => {
+            let user_id = parse_user(services, &user)?;
+            rt.block_on(services.create_user(&user_id, &password))
+                .map_err(|e| e.message)?;
+            println!("created {user_id}");
+        }
+        UserCommand::ResetPassword { user, password } => {
+            let user_id = parse_user(services, &user)?;
+            rt.block_on(async {
+                services.users.set_password(&user_id, &password).await?;
+                services.sessions.delete_devices(&user_id, None, None).await
+            })
+            .map_err(|e| e.message)?;
+            println!("password of {user_id} reset; all its devices are logged out");
+        }
+        UserCommand::Deactivate { user } => {
+            let user_id = parse_user(services, &user)?;
+            rt.block_on(services.deactivate_user(&user_id))
+                .map_err(|e| e.message)?;
+            println!("deactivated {user_id}");
+        }
+        UserCommand::List => {
+            let users = services.users.list().map_err(|e| e.message)?;
+            for (user_id, record) in users {
+                let state = if record.deactivated {
+                    "deactivated"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{user_id}\t{state}{}",
+                    if record.admin { "\tadmin" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn token_command(services: &Services, command: TokenCommand) -> Result<(), String> {
+    match command {
+        TokenCommand::Create {
+            token,
+            uses,
+            expires_in_hours,
+        } => {
+            let expiry = expires_in_hours.map(|h| hearth::service::users::now_ms() + h * 3_600_000);
+            let token = services
+                .reg_tokens
+                .create(token, uses, expiry)
+                .map_err(|e| e.message)?;
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            let now = hearth::service::users::now_ms();
+            for (token, t) in services.reg_tokens.list().map_err(|e| e.message)? {
+                let uses = t
+                    .uses_allowed
+                    .map_or("unlimited".to_owned(), |n| n.to_string());
+                let expiry = t.expiry_ms.map_or("never".to_owned(), |e| {
+                    format!("{}h", e.saturating_sub(now) / 3_600_000)
+                });
+                let state = if t.is_valid(now) {
+                    "valid"
+                } else {
+                    "spent/expired"
+                };
+                println!(
+                    "{token}\tused {}/{uses}\texpires in {expiry}\t{state}",
+                    t.completed
+                );
+            }
+        }
+        TokenCommand::Revoke { token } => {
+            if !services.reg_tokens.revoke(&token).map_err(|e| e.message)? {
+                return Err(format!("no such token: {token}"));
+            }
+            println!("revoked {token}");
+        }
+    }
+    Ok(())
+}

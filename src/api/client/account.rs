@@ -1,0 +1,108 @@
+//! `whoami`, password change and account deactivation.
+
+use std::sync::Arc;
+
+use ruma::api::client::account::{change_password, deactivate, whoami, ThirdPartyIdRemovalStatus};
+
+use crate::{
+    error::{Error, Result},
+    http::{Ctx, Router},
+    service::{
+        uiaa::{self, PASSWORD},
+        Services,
+    },
+    store::Batch,
+};
+
+pub fn routes(router: &mut Router) {
+    router.ruma(whoami);
+    router.ruma(change_password);
+    router.ruma(deactivate);
+}
+
+/// The UIAA flows of account management: the user's current password.
+pub const PASSWORD_FLOWS: &[&[&str]] = &[&[PASSWORD]];
+
+async fn whoami(
+    services: Arc<Services>,
+    ctx: Ctx,
+    _: whoami::v3::Request,
+) -> Result<whoami::v3::Response> {
+    let me = ctx.authed()?;
+    let guest = services.users.get(&me.user_id)?.is_some_and(|u| u.guest);
+    let mut response = whoami::v3::Response::new(me.user_id.clone(), guest);
+    response.device_id = Some(me.device_id.clone());
+    Ok(response)
+}
+
+async fn change_password(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: change_password::v3::Request,
+) -> Result<change_password::v3::Response> {
+    let me = ctx.authed()?;
+    let request = uiaa::Request {
+        kind: "change_password",
+        user: Some(&me.user_id),
+        flows: PASSWORD_FLOWS,
+    };
+    services
+        .uiaa
+        .authorize(
+            request,
+            body.auth.as_ref(),
+            &services.users,
+            &services.reg_tokens,
+        )
+        .await?;
+    if body.new_password.is_empty() {
+        return Err(Error::weak_password("The new password must not be empty"));
+    }
+    let hash = services.users.hash_password(&body.new_password).await?;
+    let current = services
+        .users
+        .get(&me.user_id)?
+        .ok_or_else(|| Error::not_found("Unknown user"))?;
+    let mut batch = Batch::new();
+    services
+        .users
+        .stage_set_password(&mut batch, &me.user_id, &current, hash);
+    if body.logout_devices {
+        services.sessions.stage_delete_devices(
+            &mut batch,
+            &me.user_id,
+            None,
+            Some(&me.device_id),
+        )?;
+    }
+    services.store.commit(batch).await?;
+    Ok(change_password::v3::Response::new())
+}
+
+/// Deactivation keeps the user id reserved forever and removes every way to act as the user:
+/// password, devices and tokens.
+async fn deactivate(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: deactivate::v3::Request,
+) -> Result<deactivate::v3::Response> {
+    let me = ctx.authed()?;
+    let request = uiaa::Request {
+        kind: "deactivate",
+        user: Some(&me.user_id),
+        flows: PASSWORD_FLOWS,
+    };
+    services
+        .uiaa
+        .authorize(
+            request,
+            body.auth.as_ref(),
+            &services.users,
+            &services.reg_tokens,
+        )
+        .await?;
+    services.deactivate_user(&me.user_id).await?;
+    Ok(deactivate::v3::Response::new(
+        ThirdPartyIdRemovalStatus::NoSupport,
+    ))
+}

@@ -1,0 +1,170 @@
+//! `POST /register`, `GET /register/available`, registration token validity.
+
+use std::sync::Arc;
+
+use rand::RngExt;
+use ruma::{
+    api::client::account::{
+        check_registration_token_validity, get_username_availability, register,
+    },
+    OwnedUserId, UserId,
+};
+
+use crate::{
+    config::RegistrationMode,
+    error::{Error, Result},
+    http::{Ctx, Router},
+    service::{
+        sessions::random_device_id,
+        uiaa::{self, DUMMY, REGISTRATION_TOKEN},
+        Services,
+    },
+    store::{Batch, CommitError},
+};
+
+pub fn routes(router: &mut Router) {
+    router.ruma(register);
+    router.ruma(available);
+    router.ruma(token_validity);
+}
+
+/// The user id for a requested localpart, or `M_INVALID_USERNAME` (spec: user identifiers;
+/// new localparts use the strict grammar `[a-z0-9._=\-/+]`).
+fn user_id_for(services: &Services, localpart: &str) -> Result<OwnedUserId> {
+    let valid = !localpart.is_empty()
+        && localpart.bytes().all(
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
+        );
+    if !valid {
+        return Err(Error::invalid_username(
+            "User names may only contain a-z, 0-9 and . _ = - / +",
+        ));
+    }
+    let full = format!("@{localpart}:{}", services.config.server_name);
+    if full.len() > 255 {
+        return Err(Error::invalid_username(
+            "User ID is longer than 255 characters",
+        ));
+    }
+    UserId::parse(full).map_err(|_| Error::invalid_username("Invalid user ID"))
+}
+
+fn random_localpart() -> String {
+    format!("user{:010}", rand::rng().random_range(0..10_000_000_000u64))
+}
+
+async fn register(
+    services: Arc<Services>,
+    _: Ctx,
+    body: register::v3::Request,
+) -> Result<register::v3::Response> {
+    if body.kind == register::RegistrationKind::Guest {
+        return Err(Error::forbidden(
+            "Guest access is not enabled on this server",
+        ));
+    }
+    let flows: &[&[&str]] = match services.config.registration.mode {
+        RegistrationMode::Closed => {
+            return Err(Error::forbidden("Registration is disabled on this server"))
+        }
+        RegistrationMode::Open => &[&[DUMMY]],
+        RegistrationMode::Token => &[&[REGISTRATION_TOKEN]],
+    };
+    // Check the name before authentication, so nobody completes the flow only to be refused.
+    let user_id = match body.username.as_deref() {
+        Some(name) => {
+            let user_id = user_id_for(&services, &name.to_lowercase())?;
+            if services.users.exists(&user_id)? {
+                return Err(Error::user_in_use("That user ID is already taken"));
+            }
+            user_id
+        }
+        None => user_id_for(&services, &random_localpart())?,
+    };
+    let request = uiaa::Request {
+        kind: "register",
+        user: None,
+        flows,
+    };
+    let completed = services
+        .uiaa
+        .authorize(
+            request,
+            body.auth.as_ref(),
+            &services.users,
+            &services.reg_tokens,
+        )
+        .await?;
+
+    let password_hash = match body.password.as_deref() {
+        Some(password) => Some(services.users.hash_password(password).await?),
+        None => None,
+    };
+    let device_id = body.device_id.clone().unwrap_or_else(random_device_id);
+    let mut batch = Batch::new();
+    services
+        .users
+        .stage_create(&mut batch, &user_id, password_hash, false);
+    if let Some(token) = &completed.registration_token {
+        services.reg_tokens.stage_use(&mut batch, token)?;
+    }
+    let tokens = if body.inhibit_login {
+        None
+    } else {
+        let name = body.initial_device_display_name.clone();
+        Some(services.sessions.stage_login(
+            &mut batch,
+            &user_id,
+            &device_id,
+            name,
+            body.refresh_token,
+        )?)
+    };
+    match services.store.commit(batch).await {
+        Ok(()) => {}
+        Err(CommitError::Conflict) if services.users.exists(&user_id)? => {
+            return Err(Error::user_in_use("That user ID is already taken"));
+        }
+        Err(CommitError::Conflict) => {
+            return Err(Error::forbidden("Registration token is no longer valid"))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    log::info!("registered {user_id}");
+
+    let mut response = register::v3::Response::new(user_id);
+    if let Some(tokens) = tokens {
+        response.access_token = Some(tokens.access_token);
+        response.device_id = Some(device_id);
+        response.refresh_token = tokens.refresh_token;
+        response.expires_in = tokens.expires_in;
+    }
+    Ok(response)
+}
+
+async fn available(
+    services: Arc<Services>,
+    _: Ctx,
+    body: get_username_availability::v3::Request,
+) -> Result<get_username_availability::v3::Response> {
+    let user_id = user_id_for(&services, &body.username.to_lowercase())?;
+    if services.users.exists(&user_id)? {
+        return Err(Error::user_in_use("That user ID is already taken"));
+    }
+    Ok(get_username_availability::v3::Response::new(true))
+}
+
+async fn token_validity(
+    services: Arc<Services>,
+    _: Ctx,
+    body: check_registration_token_validity::v1::Request,
+) -> Result<check_registration_token_validity::v1::Response> {
+    if services.config.registration.mode != RegistrationMode::Token {
+        return Err(Error::forbidden(
+            "This server does not use registration tokens",
+        ));
+    }
+    Ok(check_registration_token_validity::v1::Response::new(
+        services.reg_tokens.is_usable(&body.token)?,
+    ))
+}

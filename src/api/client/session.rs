@@ -1,0 +1,151 @@
+//! Login, logout and token refresh.
+
+use std::sync::Arc;
+
+use ruma::{
+    api::client::{
+        session::{get_login_types, login, logout, logout_all, refresh_token},
+        uiaa::UserIdentifier,
+    },
+    OwnedUserId, UserId,
+};
+
+use crate::{
+    error::{Error, Result},
+    http::{Ctx, Router},
+    service::{sessions::random_device_id, Services},
+    store::{Batch, CommitError},
+};
+
+pub fn routes(router: &mut Router) {
+    router.ruma(login_types);
+    router.ruma(login);
+    router.ruma(refresh);
+    router.ruma(logout);
+    router.ruma(logout_all);
+}
+
+async fn login_types(
+    _: Arc<Services>,
+    _: Ctx,
+    _: get_login_types::v3::Request,
+) -> Result<get_login_types::v3::Response> {
+    let password = get_login_types::v3::LoginType::Password(Default::default());
+    Ok(get_login_types::v3::Response::new(vec![password]))
+}
+
+/// The local user a login names: a full user id or a bare localpart (case-insensitively, as
+/// clients often capitalise what users type).
+fn resolve_user(services: &Services, name: &str) -> Option<OwnedUserId> {
+    let server = &services.config.server_name;
+    let candidate = if name.starts_with('@') {
+        name.to_owned()
+    } else {
+        format!("@{name}:{server}")
+    };
+    let user_id = UserId::parse(candidate.to_lowercase()).ok()?;
+    (user_id.server_name().as_str() == server.as_str()).then_some(user_id)
+}
+
+async fn login(
+    services: Arc<Services>,
+    _: Ctx,
+    body: login::v3::Request,
+) -> Result<login::v3::Response> {
+    let login::v3::LoginInfo::Password(password) = &body.login_info else {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            "Unsupported login type",
+        ));
+    };
+    #[allow(deprecated)]
+    let name = match (&password.identifier, &password.user) {
+        (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+        (Some(_), _) => {
+            return Err(Error::forbidden(
+                "Third-party identifiers are not supported",
+            ))
+        }
+        (None, Some(user)) => user.clone(),
+        (None, None) => return Err(Error::missing_param("No identifier given")),
+    };
+    let invalid = || Error::forbidden("Invalid username or password");
+    let user_id = resolve_user(&services, &name).ok_or_else(invalid)?;
+    let record = services.users.get(&user_id)?.ok_or_else(invalid)?;
+    if record.deactivated {
+        return Err(Error::user_deactivated("This account has been deactivated"));
+    }
+    if !services
+        .users
+        .check_password(&user_id, &password.password)
+        .await?
+    {
+        return Err(invalid());
+    }
+
+    let device_id = body.device_id.clone().unwrap_or_else(random_device_id);
+    for _ in 0..4 {
+        let mut batch = Batch::new();
+        let name = body.initial_device_display_name.clone();
+        let tokens = services.sessions.stage_login(
+            &mut batch,
+            &user_id,
+            &device_id,
+            name,
+            body.refresh_token,
+        )?;
+        match services.store.commit(batch).await {
+            Err(CommitError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(()) => {
+                let mut response =
+                    login::v3::Response::new(user_id, tokens.access_token, device_id);
+                response.refresh_token = tokens.refresh_token;
+                response.expires_in = tokens.expires_in;
+                return Ok(response);
+            }
+        }
+    }
+    Err(CommitError::Conflict.into())
+}
+
+async fn refresh(
+    services: Arc<Services>,
+    _: Ctx,
+    body: refresh_token::v3::Request,
+) -> Result<refresh_token::v3::Response> {
+    let tokens = services.sessions.refresh(&body.refresh_token).await?;
+    let mut response = refresh_token::v3::Response::new(tokens.access_token);
+    response.refresh_token = tokens.refresh_token;
+    response.expires_in_ms = tokens.expires_in;
+    Ok(response)
+}
+
+/// Logging out deletes the device with its tokens (spec: `/logout`).
+async fn logout(
+    services: Arc<Services>,
+    ctx: Ctx,
+    _: logout::v3::Request,
+) -> Result<logout::v3::Response> {
+    let me = ctx.authed()?;
+    let which = [me.device_id.clone()];
+    services
+        .sessions
+        .delete_devices(&me.user_id, Some(&which), None)
+        .await?;
+    Ok(logout::v3::Response::new())
+}
+
+async fn logout_all(
+    services: Arc<Services>,
+    ctx: Ctx,
+    _: logout_all::v3::Request,
+) -> Result<logout_all::v3::Response> {
+    let me = ctx.authed()?;
+    services
+        .sessions
+        .delete_devices(&me.user_id, None, None)
+        .await?;
+    Ok(logout_all::v3::Response::new())
+}

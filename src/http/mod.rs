@@ -1,0 +1,239 @@
+//! The HTTP layer: warp serves, one routing table dispatches. Here live the concerns every
+//! request shares — CORS, body limits, authentication, rate limiting and the request log —
+//! so handlers only decode, call a service and encode.
+
+pub mod ratelimit;
+pub mod router;
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Buf;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use warp::Filter;
+
+use crate::{error::Error, service::Services};
+pub use router::{Auth, Authed, Ctx, Incoming, Response, Router};
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    services: Arc<Services>,
+    router: Arc<Router>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let filter = warp::any()
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::addr::remote())
+        .and(warp::body::stream())
+        .then(
+            move |method, path: warp::path::FullPath, query, headers, remote, body| {
+                let request = RawRequest {
+                    method,
+                    path: path.as_str().to_owned(),
+                    query,
+                    headers,
+                    remote,
+                };
+                dispatch(services.clone(), router.clone(), request, body)
+            },
+        );
+    warp::serve(filter)
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+struct RawRequest {
+    method: Method,
+    path: String,
+    query: String,
+    headers: HeaderMap,
+    remote: Option<SocketAddr>,
+}
+
+async fn dispatch<S, B>(
+    services: Arc<Services>,
+    router: Arc<Router>,
+    raw: RawRequest,
+    body: S,
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let started = Instant::now();
+    let (method, path) = (raw.method.clone(), raw.path.clone());
+    let mut response = match route(&services, &router, raw, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            if error.status.is_server_error() {
+                log::error!("{method} {path}: {error}");
+            }
+            error.into_response()
+        }
+    };
+    add_cors(response.headers_mut());
+    // The path may carry ids but never a token (those travel in a header or the query string,
+    // which is not logged).
+    log::info!(
+        "{method} {path} {} {:.1}ms",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    response
+}
+
+async fn route<S, B>(
+    services: &Arc<Services>,
+    router: &Router,
+    raw: RawRequest,
+    body: S,
+) -> Result<Response, Error>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    // Preflight: answered for every path, with no endpoint logic (spec: Web Browser Clients).
+    if raw.method == Method::OPTIONS {
+        let mut response = Response::new(Vec::new());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        return Ok(response);
+    }
+    let (route, path_args) = match router.find(&raw.method, &raw.path) {
+        router::Match::Found(route, args) => (route, args),
+        router::Match::WrongMethod => return Err(Error::method_not_allowed()),
+        router::Match::NotFound => return Err(Error::unrecognized("Unrecognized request")),
+        router::Match::BadPath => return Err(Error::invalid_param("Path is not valid UTF-8")),
+    };
+
+    let ip = raw
+        .remote
+        .map(|a| a.ip())
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let token = access_token(&raw.headers, &raw.query)?;
+    let user = match (route.auth, &token) {
+        (Auth::None, _) | (_, None) => None,
+        (_, Some(token)) => Some(services.sessions.authenticate(token, ip).await?),
+    };
+    if route.auth == Auth::Required && user.is_none() {
+        return Err(Error::missing_token("Missing access token"));
+    }
+    if let Err(wait) = services
+        .rate_limiter
+        .check(user.as_ref().map(|u| &u.user_id), ip)
+    {
+        return Err(Error::limit_exceeded(wait.as_millis().max(1) as u64));
+    }
+
+    let body = collect_body(body, services.config.limits.max_request_bytes as usize).await?;
+    let uri = if raw.query.is_empty() {
+        raw.path
+    } else {
+        format!("{}?{}", raw.path, raw.query)
+    };
+    let mut request = http::Request::new(body);
+    *request.method_mut() = raw.method;
+    *request.uri_mut() = uri
+        .parse()
+        .map_err(|_| Error::invalid_param("Malformed request URI"))?;
+    *request.headers_mut() = raw.headers;
+    let ctx = Ctx {
+        ip,
+        user,
+        access_token: token,
+    };
+    route
+        .call(
+            services.clone(),
+            Incoming {
+                request,
+                path_args,
+                ctx,
+            },
+        )
+        .await
+}
+
+/// The access token from `Authorization: Bearer` or, deprecated, the `access_token` query
+/// parameter. Both at once is ambiguous and refused.
+fn access_token(headers: &HeaderMap, query: &str) -> Result<Option<String>, Error> {
+    let from_header = match headers.get(http::header::AUTHORIZATION) {
+        Some(value) => {
+            let value = value
+                .to_str()
+                .map_err(|_| Error::missing_token("Malformed Authorization header"))?;
+            match value.strip_prefix("Bearer ") {
+                Some(token) => Some(token.trim().to_owned()),
+                None => {
+                    return Err(Error::missing_token(
+                        "Authorization header must use the Bearer scheme",
+                    ))
+                }
+            }
+        }
+        None => None,
+    };
+    let from_query = form_urlencoded_value(query, "access_token");
+    match (from_header, from_query) {
+        (Some(_), Some(_)) => Err(Error::invalid_param(
+            "Access token given both in header and query",
+        )),
+        (token, None) | (None, token) => Ok(token),
+    }
+}
+
+fn form_urlencoded_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| {
+            let value = value.replace('+', " ");
+            percent_encoding::percent_decode_str(&value)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// Reads the body, refusing it with 413 as soon as it passes `limit` (whatever the declared
+/// Content-Length says).
+async fn collect_body<S, B>(body: S, limit: usize) -> Result<Vec<u8>, Error>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| Error::bad_json(format!("Cannot read request body: {e}")))?;
+        if out.len() + chunk.remaining() > limit {
+            return Err(Error::too_large(format!(
+                "Request body is larger than {limit} bytes"
+            )));
+        }
+        while chunk.has_remaining() {
+            let piece = chunk.chunk();
+            out.extend_from_slice(piece);
+            let n = piece.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out)
+}
+
+fn add_cors(headers: &mut HeaderMap) {
+    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    headers.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
+    );
+}

@@ -1,0 +1,249 @@
+//! The routing table: one path trie for every endpoint, matched on the path first and then on
+//! the method, so a known path with the wrong method is a 405 and an unknown path a 404.
+//!
+//! Endpoints are registered from ruma's request types: the paths come from the type's
+//! `PATH_BUILDER`, the method from `METHOD`, the authentication requirement from its
+//! `Authentication` scheme, and the handler receives the parsed request and returns the typed
+//! response. This keeps warp's filter chain to a single link (see DESIGN.md on compile times).
+
+use std::{collections::HashMap, future::Future, net::IpAddr, pin::Pin, sync::Arc};
+
+use http::Method;
+use ruma::api::{
+    auth_scheme, error::DeserializationError, error::FromHttpRequestError,
+    path_builder::PathBuilder, IncomingRequest, IncomingRequestExt, OutgoingResponseExt,
+};
+use ruma::{OwnedDeviceId, OwnedUserId};
+
+use crate::{error::Error, service::Services};
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+pub type Response = http::Response<Vec<u8>>;
+
+/// Who made the request, after authentication.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub ip: IpAddr,
+    /// Set when the request carried a valid access token.
+    pub user: Option<Authed>,
+    /// The access token as sent (only for endpoints that act on the session itself).
+    pub access_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Authed {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+}
+
+impl Ctx {
+    /// The authenticated user; routes declared with `Auth::Required` always have one.
+    pub fn authed(&self) -> Result<&Authed, Error> {
+        self.user
+            .as_ref()
+            .ok_or_else(|| Error::missing_token("Missing access token"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    Optional,
+    Required,
+}
+
+/// Maps ruma's authentication schemes onto what the router enforces.
+pub trait AuthRequirement {
+    const AUTH: Auth;
+}
+impl AuthRequirement for auth_scheme::NoAuthentication {
+    const AUTH: Auth = Auth::None;
+}
+impl AuthRequirement for auth_scheme::NoAccessToken {
+    const AUTH: Auth = Auth::None;
+}
+impl AuthRequirement for auth_scheme::AccessToken {
+    const AUTH: Auth = Auth::Required;
+}
+impl AuthRequirement for auth_scheme::AccessTokenOptional {
+    const AUTH: Auth = Auth::Optional;
+}
+impl AuthRequirement for auth_scheme::AppserviceToken {
+    const AUTH: Auth = Auth::Required;
+}
+impl AuthRequirement for auth_scheme::AppserviceTokenOptional {
+    const AUTH: Auth = Auth::Optional;
+}
+
+/// A request after routing: the full HTTP request with its collected body, and the decoded
+/// path arguments.
+pub struct Incoming {
+    pub request: http::Request<Vec<u8>>,
+    pub path_args: Vec<String>,
+    pub ctx: Ctx,
+}
+
+type Handler =
+    Box<dyn Fn(Arc<Services>, Incoming) -> BoxFuture<Result<Response, Error>> + Send + Sync>;
+
+pub struct Route {
+    pub auth: Auth,
+    handler: Handler,
+}
+
+#[derive(Default)]
+struct Node {
+    literal: HashMap<String, Node>,
+    param: Option<Box<Node>>,
+    methods: Vec<(Method, Arc<Route>)>,
+}
+
+#[derive(Default)]
+pub struct Router {
+    root: Node,
+}
+
+pub enum Match {
+    Found(Arc<Route>, Vec<String>),
+    WrongMethod,
+    NotFound,
+    /// A path argument was not valid percent-encoded UTF-8.
+    BadPath,
+}
+
+impl Router {
+    /// Registers a ruma endpoint on all of its stable paths (r0 and v3 alike).
+    pub fn ruma<R, F, Fut>(&mut self, handler: F)
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthRequirement,
+        F: Fn(Arc<Services>, Ctx, R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let route = Arc::new(Route {
+            auth: <R::Authentication as AuthRequirement>::AUTH,
+            handler: Box::new(move |services, incoming: Incoming| {
+                let handler = handler.clone();
+                Box::pin(async move {
+                    let args: Vec<&str> = incoming.path_args.iter().map(String::as_str).collect();
+                    let (parts, body) = incoming.request.into_parts();
+                    let request = http::Request::from_parts(parts, body.as_slice());
+                    let parsed = R::try_from_http_request(request, &args).map_err(request_error)?;
+                    let response = handler(services, incoming.ctx, parsed).await?;
+                    response.try_into_http_response::<Vec<u8>>().map_err(|e| {
+                        log::error!("cannot serialize response: {e}");
+                        Error::unknown("Cannot serialize the response")
+                    })
+                })
+            }),
+        });
+        for path in R::PATH_BUILDER
+            .all_paths()
+            .filter(|p| !p.contains("/unstable/"))
+        {
+            self.insert(path, R::METHOD, route.clone());
+        }
+    }
+
+    /// Registers a handler that works on the raw request (endpoints ruma does not model, or
+    /// whose body is not JSON).
+    pub fn raw<F, Fut>(&mut self, method: Method, path: &str, auth: Auth, handler: F)
+    where
+        F: Fn(Arc<Services>, Incoming) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response, Error>> + Send + 'static,
+    {
+        let route = Route {
+            auth,
+            handler: Box::new(move |s, i| Box::pin(handler(s, i))),
+        };
+        self.insert(path, method, Arc::new(route));
+    }
+
+    fn insert(&mut self, path: &str, method: Method, route: Arc<Route>) {
+        let mut node = &mut self.root;
+        for segment in path.trim_start_matches('/').split('/') {
+            node = if segment.starts_with('{') || segment.starts_with(':') {
+                node.param.get_or_insert_with(Default::default)
+            } else {
+                node.literal.entry(segment.to_owned()).or_default()
+            };
+        }
+        // A later registration for the same path and method replaces the earlier one; two
+        // ruma types never share both, so this only matters for deliberate overrides.
+        node.methods.retain(|(m, _)| *m != method);
+        node.methods.push((method, route));
+    }
+
+    pub fn find(&self, method: &Method, path: &str) -> Match {
+        let mut node = &self.root;
+        let mut args = Vec::new();
+        for segment in path.trim_start_matches('/').split('/') {
+            if let Some(next) = node.literal.get(segment) {
+                node = next;
+            } else if let Some(next) = &node.param {
+                match percent_encoding::percent_decode_str(segment).decode_utf8() {
+                    Ok(arg) => args.push(arg.into_owned()),
+                    Err(_) => return Match::BadPath,
+                }
+                node = next;
+            } else {
+                return Match::NotFound;
+            }
+        }
+        if node.methods.is_empty() {
+            return Match::NotFound;
+        }
+        let wanted = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        match node
+            .methods
+            .iter()
+            .find(|(m, _)| m == method || m == wanted)
+        {
+            Some((_, route)) => Match::Found(route.clone(), args),
+            None => Match::WrongMethod,
+        }
+    }
+}
+
+impl Route {
+    pub fn call(
+        &self,
+        services: Arc<Services>,
+        incoming: Incoming,
+    ) -> BoxFuture<Result<Response, Error>> {
+        (self.handler)(services, incoming)
+    }
+}
+
+/// Maps ruma's request parsing failures onto the spec's error codes: a body that is not JSON
+/// at all is `M_NOT_JSON`; JSON of the wrong shape is `M_BAD_JSON`; a bad identifier, query or
+/// header is `M_INVALID_PARAM`.
+fn request_error(e: FromHttpRequestError) -> Error {
+    match e {
+        FromHttpRequestError::MethodMismatch { .. } => Error::method_not_allowed(),
+        FromHttpRequestError::Deserialization(e) => match e {
+            DeserializationError::Json(e) if e.is_syntax() || e.is_eof() => {
+                Error::not_json(format!("Request body is not valid JSON: {e}"))
+            }
+            DeserializationError::Json(e) => {
+                Error::bad_json(format!("Malformed request body: {e}"))
+            }
+            DeserializationError::Query(e) => {
+                Error::invalid_param(format!("Invalid query parameter: {e}"))
+            }
+            DeserializationError::Ident(e) => {
+                Error::invalid_param(format!("Invalid identifier: {e}"))
+            }
+            DeserializationError::Header(e) => {
+                Error::missing_param(format!("Invalid or missing header: {e}"))
+            }
+            other => Error::bad_json(format!("Malformed request: {other}")),
+        },
+        other => Error::bad_json(format!("Malformed request: {other}")),
+    }
+}

@@ -1,0 +1,97 @@
+//! Domain logic. Each service owns its tables and gets what it depends on passed in; none
+//! knows about HTTP.
+
+pub mod reg_tokens;
+pub mod sessions;
+pub mod uiaa;
+pub mod users;
+
+use std::sync::Arc;
+
+use ruma::UserId;
+
+use crate::{
+    config::Config,
+    error::{Error, Result},
+    http::ratelimit::{Rate, RateLimiter},
+    store::{Batch, CommitError},
+    store::{Store, StoreError},
+};
+
+/// The services a request handler can call. Built once at start.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub users: users::Users,
+    pub sessions: sessions::Sessions,
+    pub uiaa: uiaa::Uiaa,
+    pub reg_tokens: reg_tokens::RegTokens,
+    pub rate_limiter: RateLimiter,
+}
+
+impl Services {
+    /// Opens the store in the configured data directory and builds every service on it.
+    pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
+        let db_dir = config.data_dir.join("db");
+        let store = Store::open(
+            &db_dir,
+            config.storage.engine,
+            config.storage.cache_mb * 1024 * 1024,
+        )?;
+        Ok(Self::with_store(config, store))
+    }
+
+    pub fn with_store(config: Config, store: Store) -> Arc<Self> {
+        let limits = &config.rate_limit;
+        let rate_limiter = RateLimiter::new(
+            limits.enabled,
+            Rate {
+                per_second: limits.per_user_per_second,
+                burst: limits.per_user_burst,
+            },
+            Rate {
+                per_second: limits.per_ip_per_second,
+                burst: limits.per_ip_burst,
+            },
+        );
+        Arc::new(Self {
+            users: users::Users::new(store.clone(), config.bcrypt_cost),
+            sessions: sessions::Sessions::new(store.clone()),
+            uiaa: uiaa::Uiaa::new(),
+            reg_tokens: reg_tokens::RegTokens::new(store.clone()),
+            rate_limiter,
+            store,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Operations that span several services, shared by the client API and the admin CLI.
+impl Services {
+    /// Creates an account with a password (admin path: no UIAA, no registration mode).
+    pub async fn create_user(&self, user_id: &UserId, password: &str) -> Result<()> {
+        let hash = self.users.hash_password(password).await?;
+        let mut batch = Batch::new();
+        self.users
+            .stage_create(&mut batch, user_id, Some(hash), false);
+        self.store.commit(batch).await.map_err(|e| match e {
+            CommitError::Conflict => Error::user_in_use("That user ID is already taken"),
+            e => e.into(),
+        })
+    }
+
+    /// Deactivates an account: no password, no devices, no tokens; the id stays reserved.
+    pub async fn deactivate_user(&self, user_id: &UserId) -> Result<()> {
+        let current = self
+            .users
+            .get(user_id)?
+            .ok_or_else(|| Error::not_found("Unknown user"))?;
+        let mut batch = Batch::new();
+        self.users.stage_deactivate(&mut batch, user_id, &current);
+        self.sessions
+            .stage_delete_devices(&mut batch, user_id, None, None)?;
+        self.store.commit(batch).await?;
+        log::info!("deactivated {user_id}");
+        Ok(())
+    }
+}

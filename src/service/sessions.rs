@@ -1,0 +1,433 @@
+//! Devices and their access and refresh tokens.
+//!
+//! Tokens are random 256-bit strings handed to the client once; only their SHA-256 is stored,
+//! so a copy of the database does not let anyone act as a user.
+
+use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
+
+use base64::Engine as _;
+use rand::RngExt;
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::users::now_ms;
+use crate::{
+    error::{Error, Result},
+    http::Authed,
+    store::{Batch, CommitError, Record, Store},
+    table,
+};
+
+table!(
+    /// `(user_id, device_id) → DeviceRecord`. The record names the device's current token
+    /// hashes, so deleting a device finds and deletes its tokens in the same batch.
+    pub DevicesTable: "devices", (String, String) => DeviceRecord
+);
+table!(
+    /// `sha256(access token) → AccessToken`; exactly the tokens named by some DeviceRecord.
+    pub AccessTokensTable: "access_tokens", String => AccessToken
+);
+table!(
+    /// `sha256(refresh token) → RefreshToken`; exactly the tokens named by some DeviceRecord.
+    pub RefreshTokensTable: "refresh_tokens", String => RefreshToken
+);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceRecord {
+    pub display_name: Option<String>,
+    pub created_ms: u64,
+    pub last_seen_ms: Option<u64>,
+    pub last_seen_ip: Option<String>,
+    pub access_hash: String,
+    pub refresh_hash: Option<String>,
+    /// The refresh token being replaced: still valid until the new pair is first used (spec:
+    /// refreshing access tokens), so a client that lost the response can refresh again.
+    pub previous_refresh_hash: Option<String>,
+}
+impl Record for DeviceRecord {}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccessToken {
+    pub user_id: String,
+    pub device_id: String,
+    /// Expiry for tokens issued with a refresh token; `None` never expires.
+    pub expires_ms: Option<u64>,
+}
+impl Record for AccessToken {}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RefreshToken {
+    pub user_id: String,
+    pub device_id: String,
+}
+impl Record for RefreshToken {}
+
+/// Lifetime of an access token issued together with a refresh token.
+pub const ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// Last-seen data is written at most this often per device: it is informational, and a
+/// durable write per request would cost more than everything else the request does.
+const LAST_SEEN_EVERY_MS: u64 = 5 * 60 * 1000;
+
+/// What a fresh login hands to the client.
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<Duration>,
+}
+
+pub struct Sessions {
+    store: Store,
+    /// Device → when its last-seen record was last written (protects only this map).
+    last_seen_written: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), u64>>,
+}
+
+fn random_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill(&mut bytes[..]);
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+pub fn random_device_id() -> OwnedDeviceId {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut rng = rand::rng();
+    let id: String = (0..10)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    id.into()
+}
+
+fn token_hash(token: &str) -> String {
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn device_key(user_id: &UserId, device_id: &DeviceId) -> (String, String) {
+    (user_id.to_string(), device_id.to_string())
+}
+
+impl Sessions {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            last_seen_written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Resolves an access token to its user and device. An expired token is refused with
+    /// `soft_logout: true`: the device still exists and a refresh (or re-login) restores it.
+    pub async fn authenticate(&self, token: &str, ip: IpAddr) -> Result<Authed> {
+        let Some(record) = self.store.get::<AccessTokensTable>(&token_hash(token))? else {
+            return Err(Error::unknown_token(false));
+        };
+        let now = now_ms();
+        if record.expires_ms.is_some_and(|expiry| expiry <= now) {
+            return Err(Error::unknown_token(true));
+        }
+        let (Ok(user_id), device_id) = (
+            UserId::parse(&record.user_id),
+            OwnedDeviceId::from(record.device_id),
+        ) else {
+            return Err(Error::unknown_token(false));
+        };
+        self.touch(&user_id, &device_id, ip, now).await?;
+        Ok(Authed { user_id, device_id })
+    }
+
+    /// Records last-seen time and IP, throttled per device. The first use of a new token pair
+    /// also retires the refresh token it replaced.
+    async fn touch(
+        &self,
+        user_id: &OwnedUserId,
+        device_id: &OwnedDeviceId,
+        ip: IpAddr,
+        now: u64,
+    ) -> Result<()> {
+        let key = (user_id.clone(), device_id.clone());
+        {
+            let written = self
+                .last_seen_written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if written
+                .get(&key)
+                .is_some_and(|&t| now.saturating_sub(t) < LAST_SEEN_EVERY_MS)
+            {
+                return Ok(());
+            }
+        }
+        let dkey = device_key(user_id, device_id);
+        let Some(old) = self.store.get::<DevicesTable>(&dkey)? else {
+            return Ok(());
+        };
+        let mut new = old.clone();
+        new.last_seen_ms = Some(now);
+        new.last_seen_ip = Some(ip.to_string());
+        let mut batch = Batch::new();
+        if let Some(previous) = new.previous_refresh_hash.take() {
+            batch.delete::<RefreshTokensTable>(&previous);
+        }
+        batch
+            .expect_value::<DevicesTable>(&dkey, Some(&old))
+            .put::<DevicesTable>(&dkey, &new);
+        match self.store.commit(batch).await {
+            // Someone else updated the device concurrently; last-seen can wait for next time.
+            Ok(()) | Err(CommitError::Conflict) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut written = self
+            .last_seen_written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if written.len() > 10_000 {
+            written.clear();
+        }
+        written.insert(key, now);
+        Ok(())
+    }
+
+    pub fn device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<DeviceRecord>> {
+        Ok(self
+            .store
+            .get::<DevicesTable>(&device_key(user_id, device_id))?)
+    }
+
+    pub fn devices(&self, user_id: &UserId) -> Result<Vec<(OwnedDeviceId, DeviceRecord)>> {
+        let rows = self
+            .store
+            .scan_prefix::<DevicesTable, _>(&(user_id.to_string(),), usize::MAX)?;
+        Ok(rows
+            .into_iter()
+            .map(|((_, device), record)| (device.into(), record))
+            .collect())
+    }
+
+    /// Stages a login on `device_id`: a new device, or new tokens for an existing one (whose
+    /// old tokens are revoked, as the spec asks when a client names its device).
+    pub fn stage_login(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+        with_refresh: bool,
+    ) -> Result<IssuedTokens> {
+        let key = device_key(user_id, device_id);
+        let existing = self.store.get::<DevicesTable>(&key)?;
+        let mut record = match &existing {
+            Some(old) => {
+                stage_revoke_tokens(batch, old);
+                let mut record = old.clone();
+                if display_name.is_some() {
+                    record.display_name = display_name;
+                }
+                record
+            }
+            None => DeviceRecord {
+                display_name,
+                created_ms: now_ms(),
+                last_seen_ms: None,
+                last_seen_ip: None,
+                access_hash: String::new(),
+                refresh_hash: None,
+                previous_refresh_hash: None,
+            },
+        };
+        batch.expect_value::<DevicesTable>(&key, existing.as_ref());
+        let issued = stage_new_tokens(batch, user_id, device_id, &mut record, with_refresh);
+        record.previous_refresh_hash = None;
+        batch.put::<DevicesTable>(&key, &record);
+        Ok(issued)
+    }
+
+    /// Exchanges a refresh token for a new access and refresh token on the same device.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens> {
+        let hash = token_hash(refresh_token);
+        for _ in 0..8 {
+            let Some(owner) = self.store.get::<RefreshTokensTable>(&hash)? else {
+                return Err(Error::unknown_token(false));
+            };
+            let user_id = UserId::parse(&owner.user_id).map_err(|_| Error::unknown_token(false))?;
+            let device_id: OwnedDeviceId = owner.device_id.into();
+            let key = device_key(&user_id, &device_id);
+            let Some(old) = self.store.get::<DevicesTable>(&key)? else {
+                return Err(Error::unknown_token(false));
+            };
+            let mut record = old.clone();
+            let mut batch = Batch::new();
+            batch.expect_value::<DevicesTable>(&key, Some(&old));
+            // Retire the access token of the pair being replaced, and any older refresh token
+            // still kept; the one being used stays valid until the new pair is used.
+            batch.delete::<AccessTokensTable>(&old.access_hash);
+            if let Some(previous) = old.previous_refresh_hash.as_ref().filter(|p| **p != hash) {
+                batch.delete::<RefreshTokensTable>(previous);
+            }
+            if old
+                .refresh_hash
+                .as_ref()
+                .is_some_and(|current| *current != hash)
+            {
+                // An older token of this device is being replayed: the newer pair was never
+                // used, so the replay replaces it.
+                if let Some(current) = &old.refresh_hash {
+                    batch.delete::<RefreshTokensTable>(current);
+                }
+            }
+            let issued = stage_new_tokens(&mut batch, &user_id, &device_id, &mut record, true);
+            record.previous_refresh_hash = Some(hash.clone());
+            batch.put::<DevicesTable>(&key, &record);
+            self.forget_last_seen(&user_id, &device_id);
+            match self.store.commit(batch).await {
+                Err(CommitError::Conflict) => continue,
+                other => return other.map(|_| issued).map_err(Into::into),
+            }
+        }
+        Err(CommitError::Conflict.into())
+    }
+
+    /// Stages deletion of a device with its tokens.
+    pub fn stage_delete_device(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<bool> {
+        let key = device_key(user_id, device_id);
+        let Some(record) = self.store.get::<DevicesTable>(&key)? else {
+            return Ok(false);
+        };
+        stage_revoke_tokens(batch, &record);
+        batch
+            .expect_value::<DevicesTable>(&key, Some(&record))
+            .delete::<DevicesTable>(&key);
+        self.forget_last_seen(user_id, device_id);
+        Ok(true)
+    }
+
+    /// Deletes the given devices (all of the user's when `None`) except `keep`, in one batch.
+    pub async fn delete_devices(
+        &self,
+        user_id: &UserId,
+        which: Option<&[OwnedDeviceId]>,
+        keep: Option<&DeviceId>,
+    ) -> Result<()> {
+        for _ in 0..8 {
+            let mut batch = Batch::new();
+            self.stage_delete_devices(&mut batch, user_id, which, keep)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            match self.store.commit(batch).await {
+                Err(CommitError::Conflict) => continue,
+                other => return Ok(other?),
+            }
+        }
+        Err(CommitError::Conflict.into())
+    }
+
+    pub fn stage_delete_devices(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        which: Option<&[OwnedDeviceId]>,
+        keep: Option<&DeviceId>,
+    ) -> Result<()> {
+        let targets: Vec<OwnedDeviceId> = match which {
+            Some(list) => list.to_vec(),
+            None => self
+                .devices(user_id)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect(),
+        };
+        for device_id in targets.iter().filter(|d| Some(d.as_ref()) != keep) {
+            self.stage_delete_device(batch, user_id, device_id)?;
+        }
+        Ok(())
+    }
+
+    pub async fn set_display_name(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        name: Option<String>,
+    ) -> Result<()> {
+        let key = device_key(user_id, device_id);
+        for _ in 0..8 {
+            let old = self
+                .store
+                .get::<DevicesTable>(&key)?
+                .ok_or_else(|| Error::not_found("Unknown device"))?;
+            let mut new = old.clone();
+            new.display_name = name.clone();
+            let mut batch = Batch::new();
+            batch
+                .expect_value::<DevicesTable>(&key, Some(&old))
+                .put::<DevicesTable>(&key, &new);
+            match self.store.commit(batch).await {
+                Err(CommitError::Conflict) => continue,
+                other => return Ok(other?),
+            }
+        }
+        Err(CommitError::Conflict.into())
+    }
+
+    fn forget_last_seen(&self, user_id: &UserId, device_id: &DeviceId) {
+        let mut written = self
+            .last_seen_written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        written.remove(&(user_id.to_owned(), device_id.to_owned()));
+    }
+}
+
+fn stage_revoke_tokens(batch: &mut Batch, record: &DeviceRecord) {
+    batch.delete::<AccessTokensTable>(&record.access_hash);
+    for hash in record
+        .refresh_hash
+        .iter()
+        .chain(&record.previous_refresh_hash)
+    {
+        batch.delete::<RefreshTokensTable>(hash);
+    }
+}
+
+/// Creates a token pair for the device, stages the token records, and points `record` at them.
+fn stage_new_tokens(
+    batch: &mut Batch,
+    user_id: &UserId,
+    device_id: &DeviceId,
+    record: &mut DeviceRecord,
+    with_refresh: bool,
+) -> IssuedTokens {
+    let access_token = random_token("hat_");
+    let expires_ms = with_refresh.then(|| now_ms() + ACCESS_TOKEN_LIFETIME.as_millis() as u64);
+    record.access_hash = token_hash(&access_token);
+    batch.put::<AccessTokensTable>(
+        &record.access_hash,
+        &AccessToken {
+            user_id: user_id.to_string(),
+            device_id: device_id.to_string(),
+            expires_ms,
+        },
+    );
+    let refresh_token = with_refresh.then(|| random_token("hrt_"));
+    record.refresh_hash = refresh_token.as_deref().map(token_hash);
+    if let Some(hash) = &record.refresh_hash {
+        batch.put::<RefreshTokensTable>(
+            hash,
+            &RefreshToken {
+                user_id: user_id.to_string(),
+                device_id: device_id.to_string(),
+            },
+        );
+    }
+    IssuedTokens {
+        access_token,
+        refresh_token,
+        expires_in: with_refresh.then_some(ACCESS_TOKEN_LIFETIME),
+    }
+}

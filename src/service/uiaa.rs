@@ -1,0 +1,254 @@
+//! User-Interactive Authentication (spec: Client Authentication, UIAA).
+//!
+//! Sessions live in memory: they are short-lived by design (expire after `SESSION_TTL`), and a
+//! restart only makes a client start its auth flow again. Each session is bound to one
+//! endpoint kind and, for authenticated endpoints, one user, so a completed stage cannot be
+//! replayed on another request.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use rand::RngExt;
+use ruma::{
+    api::client::uiaa::{AuthData, UserIdentifier},
+    OwnedUserId, UserId,
+};
+use serde_json::{json, Value};
+
+use super::{reg_tokens::RegTokens, users::Users};
+use crate::error::{Error, Result};
+
+const SESSION_TTL: Duration = Duration::from_secs(15 * 60);
+/// Bound on concurrent sessions; beyond it the oldest are dropped.
+const MAX_SESSIONS: usize = 10_000;
+
+pub const DUMMY: &str = "m.login.dummy";
+pub const PASSWORD: &str = "m.login.password";
+pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
+
+struct Session {
+    kind: &'static str,
+    user: Option<OwnedUserId>,
+    completed: Vec<&'static str>,
+    registration_token: Option<String>,
+    created: Instant,
+}
+
+/// What a completed flow proved, for the endpoint to act on.
+#[derive(Debug, Default)]
+pub struct Completed {
+    /// The registration token accepted by `m.login.registration_token`, to be spent when the
+    /// registration itself succeeds.
+    pub registration_token: Option<String>,
+}
+
+/// One UIAA-protected call: which endpoint, for whom, and which flows it offers.
+pub struct Request<'a> {
+    pub kind: &'static str,
+    pub user: Option<&'a UserId>,
+    pub flows: &'a [&'a [&'static str]],
+}
+
+pub struct Uiaa {
+    /// session id → session. Guards only the map (no I/O, no await under it).
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+impl Default for Uiaa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Uiaa {
+    pub fn new() -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs one UIAA step. `Ok` once a whole flow is complete; otherwise the 401 the spec
+    /// describes (flows, params, session, completed, and errcode/error after a failed stage).
+    pub async fn authorize(
+        &self,
+        request: Request<'_>,
+        auth: Option<&AuthData>,
+        users: &Users,
+        reg_tokens: &RegTokens,
+    ) -> Result<Completed> {
+        let Some(auth) = auth else {
+            let session = self.start(&request);
+            return Err(self.challenge(&request, &session, None));
+        };
+        let session_id = match auth.session() {
+            Some(id) if self.is_live(id, &request) => id.to_owned(),
+            Some(_) => {
+                let session = self.start(&request);
+                return Err(self.challenge(
+                    &request,
+                    &session,
+                    Some(Error::forbidden(
+                        "Unknown or expired authentication session",
+                    )),
+                ));
+            }
+            None => self.start(&request),
+        };
+
+        let stage = match self.verify_stage(&request, auth, users, reg_tokens).await {
+            Ok(stage) => stage,
+            Err(error) => return Err(self.challenge(&request, &session_id, Some(error))),
+        };
+
+        let mut sessions = self.lock();
+        let Some(session) = sessions.get_mut(&session_id) else {
+            drop(sessions);
+            return Err(self.challenge(&request, &session_id, None));
+        };
+        let (stage, token) = stage;
+        if !session.completed.contains(&stage) {
+            let mut next = session.completed.clone();
+            next.push(stage);
+            let in_order = request.flows.iter().any(|flow| flow.starts_with(&next));
+            if !in_order {
+                drop(sessions);
+                return Err(self.challenge(
+                    &request,
+                    &session_id,
+                    Some(Error::forbidden(format!(
+                        "Stage {stage} is not the next stage of any flow"
+                    ))),
+                ));
+            }
+            session.completed = next;
+        }
+        if token.is_some() {
+            session.registration_token = token;
+        }
+        if request
+            .flows
+            .iter()
+            .any(|flow| *flow == session.completed.as_slice())
+        {
+            let session = sessions
+                .remove(&session_id)
+                .expect("present: just looked up");
+            return Ok(Completed {
+                registration_token: session.registration_token,
+            });
+        }
+        drop(sessions);
+        Err(self.challenge(&request, &session_id, None))
+    }
+
+    /// Checks the credentials of one stage; returns the stage type (and a registration token).
+    async fn verify_stage(
+        &self,
+        request: &Request<'_>,
+        auth: &AuthData,
+        users: &Users,
+        reg_tokens: &RegTokens,
+    ) -> Result<(&'static str, Option<String>)> {
+        match auth {
+            AuthData::Dummy(_) => Ok((DUMMY, None)),
+            AuthData::Password(password) => {
+                let expected = request
+                    .user
+                    .ok_or_else(|| Error::forbidden("Password auth needs a user"))?;
+                let named = match &password.identifier {
+                    UserIdentifier::Matrix(id) => id.user.clone(),
+                    _ => return Err(Error::forbidden("Only m.id.user identifiers are supported")),
+                };
+                let matches = named == expected.as_str() || named == expected.localpart();
+                if !matches || !users.check_password(expected, &password.password).await? {
+                    return Err(Error::forbidden("Invalid username or password"));
+                }
+                Ok((PASSWORD, None))
+            }
+            AuthData::RegistrationToken(token) => {
+                if !reg_tokens.is_usable(&token.token)? {
+                    return Err(Error::new(
+                        http::StatusCode::UNAUTHORIZED,
+                        "M_UNAUTHORIZED",
+                        "Registration token is not valid",
+                    ));
+                }
+                Ok((REGISTRATION_TOKEN, Some(token.token.clone())))
+            }
+            other => Err(Error::forbidden(format!(
+                "Authentication type {} is not supported here",
+                other.auth_type().map(|t| t.to_string()).unwrap_or_default()
+            ))),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_live(&self, id: &str, request: &Request<'_>) -> bool {
+        let sessions = self.lock();
+        sessions.get(id).is_some_and(|s| {
+            s.kind == request.kind
+                && s.user.as_deref() == request.user
+                && s.created.elapsed() < SESSION_TTL
+        })
+    }
+
+    fn start(&self, request: &Request<'_>) -> String {
+        let mut bytes = [0u8; 18];
+        rand::rng().fill(&mut bytes[..]);
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let mut sessions = self.lock();
+        sessions.retain(|_, s| s.created.elapsed() < SESSION_TTL);
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.created)
+                .map(|(k, _)| k.clone())
+            {
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(
+            id.clone(),
+            Session {
+                kind: request.kind,
+                user: request.user.map(ToOwned::to_owned),
+                completed: Vec::new(),
+                registration_token: None,
+                created: Instant::now(),
+            },
+        );
+        id
+    }
+
+    /// The 401 UIAA body for `session`, carrying `error`'s code and message if a stage failed.
+    fn challenge(&self, request: &Request<'_>, session: &str, error: Option<Error>) -> Error {
+        let completed = self
+            .lock()
+            .get(session)
+            .map(|s| s.completed.clone())
+            .unwrap_or_default();
+        let flows: Vec<Value> = request
+            .flows
+            .iter()
+            .map(|stages| json!({ "stages": stages }))
+            .collect();
+        let (errcode, message) = match error {
+            // Server failures are not authentication failures: pass them through as they are.
+            Some(e) if e.status.is_server_error() => return e,
+            Some(e) => (e.errcode, e.message),
+            None => ("", String::new()),
+        };
+        Error::new(http::StatusCode::UNAUTHORIZED, errcode, message)
+            .with("flows", flows)
+            .with("params", json!({}))
+            .with("session", session)
+            .with("completed", completed)
+    }
+}

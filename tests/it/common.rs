@@ -1,0 +1,122 @@
+//! A real server in-process on 127.0.0.1:0 with a temporary data directory, and a small HTTP
+//! client to drive it.
+
+use hearth::{
+    config::{Config, Listener, RegistrationMode},
+    server::{self, Server},
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.data_dir = dir.to_path_buf();
+    config.listeners = vec![Listener { bind: "127.0.0.1:0".parse().unwrap() }];
+    config.registration.mode = RegistrationMode::Open;
+    config.bcrypt_cost = 4;
+    config.rate_limit.enabled = false;
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(change: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        change(&mut config);
+        let server = server::start(config.clone()).await.expect("server starts");
+        let base = server.base_url();
+        Self { server: Some(server), config, dir, base, http: reqwest::Client::new() }
+    }
+
+    /// Stops the server and starts a new one on the same data directory.
+    pub async fn restart(&mut self) {
+        self.server.take().expect("running").stop().await;
+        let server = server::start(self.config.clone()).await.expect("server restarts");
+        self.base = server.base_url();
+        self.server = Some(server);
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_owned());
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// Sends a JSON request and returns the status and JSON body (`Null` if empty).
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let body = body.map(|b| b.to_string());
+        let response = self.raw(method, path, token, body.as_deref()).await;
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap();
+        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, token, Some(body)).await
+    }
+
+    /// Registers `name` through the dummy flow; returns (user_id, access_token, device_id).
+    pub async fn register(&self, name: &str, password: &str) -> (String, String, String) {
+        let (status, challenge) =
+            self.post("/_matrix/client/v3/register", None, json!({"username": name, "password": password})).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
+        let session = challenge["session"].as_str().unwrap();
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({"username": name, "password": password, "auth": {"type": "m.login.dummy", "session": session}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        (
+            body["user_id"].as_str().unwrap().to_owned(),
+            body["access_token"].as_str().unwrap().to_owned(),
+            body["device_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn login(&self, user: &str, password: &str) -> (StatusCode, Value) {
+        self.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password}),
+        )
+        .await
+    }
+
+    /// Body of a password UIAA stage for `user`.
+    pub fn password_auth(user: &str, password: &str, session: &str) -> Value {
+        json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password, "session": session})
+    }
+}
+
+pub fn errcode(body: &Value) -> &str {
+    body["errcode"].as_str().unwrap_or("")
+}

@@ -1,0 +1,6 @@
+//! The one integration test binary; each area of the server adds a module.
+
+mod account;
+mod common;
+mod http;
+mod store;
