@@ -447,3 +447,29 @@ async fn accounts_and_sessions_survive_restart() {
     assert_eq!(body["user_id"], user_id);
     assert_eq!(srv.login("sam", "pw").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn expired_access_token_is_a_soft_logout_and_refresh_recovers() {
+    use hearth::service::sessions::{AccessToken, AccessTokensTable};
+    use hearth::store::Batch;
+
+    let srv = TestServer::start().await;
+    srv.register("tia", "pw").await;
+    let login = login_with_refresh(&srv, "tia", "pw").await;
+    let access = login["access_token"].as_str().unwrap();
+    // Age the token: rewrite its record with an expiry in the past.
+    let store = &srv.server.as_ref().unwrap().services.store;
+    let rows = store.range::<AccessTokensTable>(None, false, usize::MAX).unwrap();
+    let (hash, record) = rows.into_iter().find(|(_, r)| r.expires_ms.is_some()).unwrap();
+    let mut batch = Batch::new();
+    batch.put::<AccessTokensTable>(&hash, &AccessToken { expires_ms: Some(1), ..record });
+    store.commit(batch).await.unwrap();
+
+    let (status, body) = srv.get("/_matrix/client/v3/account/whoami", Some(access)).await;
+    assert_eq!((status, errcode(&body)), (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"));
+    assert_eq!(body["soft_logout"], true);
+    let (status, body) = srv.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": login["refresh_token"]})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = srv.get("/_matrix/client/v3/account/whoami", body["access_token"].as_str()).await;
+    assert_eq!(status, StatusCode::OK);
+}
