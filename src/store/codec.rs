@@ -1,12 +1,16 @@
 //! Key and value codecs.
 //!
-//! Keys are byte strings that sort like the values they encode: strings are their UTF-8 bytes
-//! followed by a `0xFF` terminator (a byte UTF-8 never contains, so `"ab"` sorts before `"abc"`
-//! and a prefix scan on a whole string never matches a longer one), integers are big-endian
-//! fixed width, tuples are the concatenation of their parts. Decoding is type-directed, so a
-//! `u64` part may contain `0xFF` bytes.
+//! Keys are byte strings that sort like the values they encode, so engine order is value order:
+//! - strings are their UTF-8 bytes with each `0x00` escaped as `0x00 0x01`, then the terminator
+//!   `0x00 0x00`. The terminator is lower than any byte of content, so `"ab"` sorts before
+//!   `"abc"` and `"a"` before `"a\0"`, and a prefix scan on a whole string never matches a
+//!   longer one (its terminator is part of the prefix);
+//! - integers are big-endian fixed width;
+//! - tuples are the concatenation of their parts, so they sort part by part.
 //!
-//! Values are postcard-encoded records ([`Record`]) or raw bytes (`Vec<u8>`, e.g. canonical JSON).
+//! Decoding is type-directed, so a `u64` part may contain any bytes.
+//!
+//! Values are postcard-encoded records ([`Record`]) or raw bytes ([`Raw`], e.g. canonical JSON).
 
 use super::StoreError;
 
@@ -27,23 +31,47 @@ pub trait KeyCodec: Sized {
     }
 }
 
+fn encode_str(s: &str, out: &mut Vec<u8>) {
+    for &b in s.as_bytes() {
+        out.push(b);
+        if b == 0x00 {
+            out.push(0x01);
+        }
+    }
+    out.extend_from_slice(&[0x00, 0x00]);
+}
+
 impl KeyCodec for String {
     fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.as_bytes());
-        out.push(0xFF);
+        encode_str(self, out);
     }
     fn decode_from(input: &mut &[u8]) -> Option<Self> {
-        let end = input.iter().position(|&b| b == 0xFF)?;
-        let s = std::str::from_utf8(&input[..end]).ok()?.to_owned();
-        *input = &input[end + 1..];
+        let mut bytes = Vec::new();
+        let mut rest = *input;
+        loop {
+            let (&b, tail) = rest.split_first()?;
+            rest = tail;
+            if b != 0x00 {
+                bytes.push(b);
+                continue;
+            }
+            let (&escaped, tail) = rest.split_first()?;
+            rest = tail;
+            match escaped {
+                0x00 => break,
+                0x01 => bytes.push(0x00),
+                _ => return None,
+            }
+        }
+        let s = String::from_utf8(bytes).ok()?;
+        *input = rest;
         Some(s)
     }
 }
 
 impl KeyCodec for &str {
     fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.as_bytes());
-        out.push(0xFF);
+        encode_str(self, out);
     }
     fn decode_from(_input: &mut &[u8]) -> Option<Self> {
         // Borrowed strings are for encoding prefixes only.

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
@@ -23,21 +24,39 @@ pub(crate) struct SledEngine {
     trees: RwLock<HashMap<String, sled::Tree>>,
 }
 
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(format!("sled: {e}"))
 }
 
 impl SledEngine {
     pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("db.sled"))
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(io)?;
-        Ok(SledEngine {
-            db,
-            trees: RwLock::new(HashMap::new()),
-        })
+            .cache_capacity(cache_bytes);
+        // sled releases its directory lock from background threads some time after the last
+        // handle is dropped, so a reopen in the same process may find it still held for a
+        // moment. Another process holding it keeps it for longer than this wait.
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match config.open() {
+                Ok(db) => {
+                    return Ok(SledEngine {
+                        db,
+                        trees: RwLock::new(HashMap::new()),
+                    })
+                }
+                Err(e) if is_lock_error(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
     }
 
     fn tree(&self, table: &str) -> Result<sled::Tree, StoreError> {
