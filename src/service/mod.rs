@@ -1,6 +1,10 @@
 //! Domain logic. Each service owns its tables and gets what it depends on passed in; none
 //! knows about HTTP.
 
+pub mod account_data;
+pub mod filters;
+pub mod profiles;
+pub mod push_rules;
 pub mod reg_tokens;
 pub mod sessions;
 pub mod uiaa;
@@ -27,6 +31,10 @@ pub struct Services {
     pub uiaa: uiaa::Uiaa,
     pub reg_tokens: reg_tokens::RegTokens,
     pub rate_limiter: RateLimiter,
+    pub profiles: profiles::Profiles,
+    pub account_data: account_data::AccountData,
+    pub filters: filters::Filters,
+    pub push_rules: push_rules::PushRules,
 }
 
 impl Services {
@@ -60,6 +68,10 @@ impl Services {
             uiaa: uiaa::Uiaa::new(),
             reg_tokens: reg_tokens::RegTokens::new(store.clone()),
             rate_limiter,
+            profiles: profiles::Profiles::new(store.clone()),
+            account_data: account_data::AccountData::new(store.clone()),
+            filters: filters::Filters::new(store.clone()),
+            push_rules: push_rules::PushRules::new(store.clone()),
             store,
             config: Arc::new(config),
         })
@@ -74,6 +86,11 @@ impl Services {
         let mut batch = Batch::new();
         self.users
             .stage_create(&mut batch, user_id, Some(hash), false);
+        self.profiles.stage_set_displayname(
+            &mut batch,
+            user_id,
+            Some(user_id.localpart().to_owned()),
+        );
         self.store.commit(batch).await.map_err(|e| match e {
             CommitError::Conflict => Error::user_in_use("That user ID is already taken"),
             e => e.into(),
@@ -90,6 +107,7 @@ impl Services {
         self.users.stage_deactivate(&mut batch, user_id, &current);
         self.sessions
             .stage_delete_devices(&mut batch, user_id, None, None)?;
+        self.profiles.stage_clear(&mut batch, user_id)?;
         self.store.commit(batch).await?;
         log::info!("deactivated {user_id}");
         Ok(())

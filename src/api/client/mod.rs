@@ -1,9 +1,13 @@
 //! Client-Server API handlers.
 
 pub mod account;
+pub mod account_data;
 pub mod capabilities;
 pub mod device;
 pub mod discovery;
+pub mod filter;
+pub mod profile;
+pub mod push;
 pub mod register;
 pub mod session;
 
@@ -16,4 +20,8 @@ pub fn register_routes(router: &mut Router) {
     session::routes(router);
     account::routes(router);
     device::routes(router);
+    profile::routes(router);
+    account_data::routes(router);
+    filter::routes(router);
+    push::routes(router);
 }

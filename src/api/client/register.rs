@@ -105,6 +105,11 @@ async fn register(
     services
         .users
         .stage_create(&mut batch, &user_id, password_hash, false);
+    services.profiles.stage_set_displayname(
+        &mut batch,
+        &user_id,
+        Some(user_id.localpart().to_owned()),
+    );
     if let Some(token) = &completed.registration_token {
         services.reg_tokens.stage_use(&mut batch, token)?;
     }
