@@ -129,11 +129,7 @@ impl Uiaa {
         if token.is_some() {
             session.registration_token = token;
         }
-        if request
-            .flows
-            .iter()
-            .any(|flow| *flow == session.completed.as_slice())
-        {
+        if request.flows.contains(&session.completed.as_slice()) {
             let session = sessions
                 .remove(&session_id)
                 .expect("present: just looked up");

@@ -2,7 +2,7 @@
 //! client to drive it.
 
 use hearth::{
-    config::{Config, Listener, RegistrationMode},
+    config::{Config, Listener, RateLimit, Registration, RegistrationMode},
     server::{self, Server},
 };
 use reqwest::{Method, StatusCode};
@@ -11,19 +11,21 @@ use serde_json::{json, Value};
 pub struct TestServer {
     pub server: Option<Server>,
     pub config: Config,
-    pub dir: tempfile::TempDir,
+    /// Deleted when the test server is dropped.
+    _dir: tempfile::TempDir,
     pub base: String,
     pub http: reqwest::Client,
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = dir.to_path_buf();
-    config.listeners = vec![Listener { bind: "127.0.0.1:0".parse().unwrap() }];
-    config.registration.mode = RegistrationMode::Open;
-    config.bcrypt_cost = 4;
-    config.rate_limit.enabled = false;
-    config
+    Config {
+        data_dir: dir.to_path_buf(),
+        listeners: vec![Listener { bind: "127.0.0.1:0".parse().unwrap() }],
+        registration: Registration { mode: RegistrationMode::Open },
+        bcrypt_cost: 4,
+        rate_limit: RateLimit { enabled: false, ..Default::default() },
+        ..Default::default()
+    }
 }
 
 impl TestServer {
@@ -37,7 +39,7 @@ impl TestServer {
         change(&mut config);
         let server = server::start(config.clone()).await.expect("server starts");
         let base = server.base_url();
-        Self { server: Some(server), config, dir, base, http: reqwest::Client::new() }
+        Self { server: Some(server), config, _dir: dir, base, http: reqwest::Client::new() }
     }
 
     /// Stops the server and starts a new one on the same data directory.
