@@ -93,7 +93,7 @@ pub struct CommitStats {
 ///
 /// All preconditions of a batch are checked against the state before the batch, not against
 /// its own writes.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Batch {
     pub(crate) ops: Vec<engine::Op>,
 }
@@ -224,6 +224,14 @@ struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("engine", &self.inner.kind)
+            .finish_non_exhaustive()
+    }
 }
 
 fn corrupt_key(table: &'static str, key: &[u8]) -> StoreError {

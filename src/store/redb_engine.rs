@@ -32,6 +32,28 @@ fn def(table: &str) -> Result<Def<'_>, StoreError> {
     Ok(TableDefinition::new(table))
 }
 
+type OpenTables<'txn> = HashMap<&'static str, redb::Table<'txn, &'static [u8], &'static [u8]>>;
+
+fn missing(table: &str) -> StoreError {
+    StoreError::Io(format!(
+        "redb: table {table} was not opened for this transaction"
+    ))
+}
+
+fn table_of<'a, 'txn>(
+    tables: &'a OpenTables<'txn>,
+    table: &str,
+) -> Result<&'a redb::Table<'txn, &'static [u8], &'static [u8]>, StoreError> {
+    tables.get(table).ok_or_else(|| missing(table))
+}
+
+fn table_of_mut<'a, 'txn>(
+    tables: &'a mut OpenTables<'txn>,
+    table: &str,
+) -> Result<&'a mut redb::Table<'txn, &'static [u8], &'static [u8]>, StoreError> {
+    tables.get_mut(table).ok_or_else(|| missing(table))
+}
+
 impl RedbEngine {
     pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let path = dir.join("db.redb");
@@ -106,7 +128,7 @@ impl Engine for RedbEngine {
         {
             // A table can be open only once per write transaction, so keep each one open for
             // the whole group.
-            let mut tables = HashMap::new();
+            let mut tables: OpenTables<'_> = HashMap::new();
             for batch in batches {
                 for op in batch {
                     let name = op.table();
@@ -117,8 +139,7 @@ impl Engine for RedbEngine {
                 let mut holds = true;
                 for op in batch {
                     if let Op::Expect { table, key, value } = op {
-                        let Some(t) = tables.get(table) else { continue };
-                        let current = t.get(key.as_slice()).map_err(io)?;
+                        let current = table_of(&tables, table)?.get(key.as_slice()).map_err(io)?;
                         if current.as_ref().map(|g| g.value()) != value.as_deref() {
                             holds = false;
                             break;
@@ -132,14 +153,14 @@ impl Engine for RedbEngine {
                 for op in batch {
                     match op {
                         Op::Put { table, key, value } => {
-                            if let Some(t) = tables.get_mut(table) {
-                                t.insert(key.as_slice(), value.as_slice()).map_err(io)?;
-                            }
+                            table_of_mut(&mut tables, table)?
+                                .insert(key.as_slice(), value.as_slice())
+                                .map_err(io)?;
                         }
                         Op::Delete { table, key } => {
-                            if let Some(t) = tables.get_mut(table) {
-                                t.remove(key.as_slice()).map_err(io)?;
-                            }
+                            table_of_mut(&mut tables, table)?
+                                .remove(key.as_slice())
+                                .map_err(io)?;
                         }
                         Op::Expect { .. } => {}
                     }

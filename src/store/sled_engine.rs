@@ -137,13 +137,19 @@ impl Engine for SledEngine {
         // sled may run the closure more than once, so it recomputes the results each time.
         let outcome = trees.as_slice().transaction(
             |views: &Vec<TransactionalTree>| -> Result<_, ConflictableTransactionError<()>> {
-                let view = |table: &str| &views[index[table]];
+                // Every table was indexed above; a miss would be a bug here, not bad data.
+                let view = |table: &str| {
+                    index
+                        .get(table)
+                        .and_then(|&i| views.get(i))
+                        .ok_or(ConflictableTransactionError::Abort(()))
+                };
                 let mut results = Vec::with_capacity(batches.len());
                 for batch in batches {
                     let mut holds = true;
                     for op in batch {
                         if let Op::Expect { table, key, value } = op {
-                            let current = view(table).get(key)?;
+                            let current = view(table)?.get(key)?;
                             if current.as_deref() != value.as_deref() {
                                 holds = false;
                                 break;
@@ -157,10 +163,10 @@ impl Engine for SledEngine {
                     for op in batch {
                         match op {
                             Op::Put { table, key, value } => {
-                                view(table).insert(key.as_slice(), value.as_slice())?;
+                                view(table)?.insert(key.as_slice(), value.as_slice())?;
                             }
                             Op::Delete { table, key } => {
-                                view(table).remove(key.as_slice())?;
+                                view(table)?.remove(key.as_slice())?;
                             }
                             Op::Expect { .. } => {}
                         }
@@ -173,7 +179,9 @@ impl Engine for SledEngine {
         let results = match outcome {
             Ok(results) => results,
             Err(TransactionError::Storage(e)) => return Err(io(e)),
-            Err(TransactionError::Abort(())) => return Err(io("transaction aborted")),
+            Err(TransactionError::Abort(())) => {
+                return Err(io("transaction aborted: a table was not opened"))
+            }
         };
         self.db.flush().map_err(io)?;
         Ok(results)
