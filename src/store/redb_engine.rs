@@ -8,11 +8,18 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError,
+};
 
 use super::engine::{empty_range, Conflict, Engine, Op, Rows};
 use super::StoreError;
+
+/// How long an open waits for the file lock to be released.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 type Def<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
 
@@ -58,11 +65,29 @@ impl RedbEngine {
     pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let path = dir.join("db.redb");
         let cache = usize::try_from(cache_bytes).unwrap_or(usize::MAX);
-        // `create` opens an existing file as it is, and repairs it after a crash.
-        let db = Database::builder()
-            .set_cache_size(cache)
-            .create(&path)
-            .map_err(io)?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(cache);
+        // The file lock is tied to the open file, which a child process forked at that moment
+        // (tests, hooks) shares until it execs: a reopen right after a close can find it held
+        // for an instant. Another server on the same directory keeps it for longer than this.
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            // `create` opens an existing file as it is, and repairs it after a crash.
+            match builder.create(&path) {
+                Ok(db) => break db,
+                Err(DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(StoreError::Io(format!(
+                        "{} is in use by another process (is another Hearth running on this \
+                         data directory?)",
+                        path.display()
+                    )))
+                }
+                Err(e) => return Err(io(e)),
+            }
+        };
         Ok(RedbEngine { db })
     }
 }

@@ -39,9 +39,10 @@ impl SledEngine {
         let config = sled::Config::new()
             .path(dir.join("db.sled"))
             .cache_capacity(cache_bytes);
-        // sled releases its directory lock from background threads some time after the last
-        // handle is dropped, so a reopen in the same process may find it still held for a
-        // moment. Another process holding it keeps it for longer than this wait.
+        // The directory lock is tied to the open lock file, which sled's background threads may
+        // keep for a moment after the last handle is dropped, and which a child process forked
+        // at that moment (tests, hooks) shares until it execs: a reopen right after a close can
+        // find it held for an instant. Another server on the same directory keeps it longer.
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             match config.open() {
@@ -53,6 +54,13 @@ impl SledEngine {
                 }
                 Err(e) if is_lock_error(&e) && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) if is_lock_error(&e) => {
+                    return Err(StoreError::Io(format!(
+                        "{} is in use by another process (is another Hearth running on this \
+                         data directory?)",
+                        dir.join("db.sled").display()
+                    )))
                 }
                 Err(e) => return Err(io(e)),
             }

@@ -76,6 +76,7 @@ conformance!(
     committed_write_survives_reopen,
     corrupt_data_is_an_error,
     other_engine_directory_refused,
+    second_open_refused,
 );
 
 async fn get_put_delete(kind: EngineKind) {
@@ -765,6 +766,15 @@ async fn other_engine_directory_refused(kind: EngineKind) {
     // The original still opens with its own engine.
     let store = open(dir.path(), kind);
     assert_eq!(store.get::<Kv>(&"k".into()).unwrap().as_deref(), Some("v"));
+}
+
+async fn second_open_refused(kind: EngineKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), kind);
+    // Waits out the engine's lock grace period, then names the likely cause.
+    let e = open_err(dir.path(), kind);
+    assert!(e.to_string().contains("in use"), "{e}");
+    put_kv(&store, "still", "works").await;
 }
 
 #[test]
