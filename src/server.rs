@@ -17,8 +17,8 @@ pub struct Server {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open the database: {0}")]
-    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Open(#[from] crate::service::OpenError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -33,7 +33,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         let config = config.clone();
         tokio::task::spawn_blocking(move || Services::open(config))
             .await
-            .map_err(|e| StartError::Store(crate::store::StoreError::Io(e.to_string())))??
+            .map_err(|e| StartError::Open(crate::store::StoreError::Io(e.to_string()).into()))??
     };
     let router = Arc::new(api::router());
     let (shutdown, _) = watch::channel(false);

@@ -3,10 +3,13 @@
 
 pub mod account_data;
 pub mod filters;
+pub mod keys;
 pub mod profiles;
 pub mod push_rules;
 pub mod reg_tokens;
+pub mod rooms;
 pub mod sessions;
+pub mod stream;
 pub mod uiaa;
 pub mod users;
 
@@ -35,21 +38,44 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub filters: filters::Filters,
     pub push_rules: push_rules::PushRules,
+    pub stream: Arc<stream::Stream>,
+    pub keys: Arc<keys::ServerKeys>,
+    pub rooms: rooms::Rooms,
+}
+
+/// Why the services could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+    #[error("server_name {0:?} is not a valid Matrix server name")]
+    ServerName(String),
 }
 
 impl Services {
     /// Opens the store in the configured data directory and builds every service on it.
-    pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
+    pub fn open(config: Config) -> Result<Arc<Self>, OpenError> {
         let db_dir = config.data_dir.join("db");
         let store = Store::open(
             &db_dir,
             config.storage.engine,
             config.storage.cache_mb * 1024 * 1024,
         )?;
-        Ok(Self::with_store(config, store))
+        let keys = keys::ServerKeys::load_or_generate(&config.data_dir.join("keys"))?;
+        Self::with_store(config, store, keys)
     }
 
-    pub fn with_store(config: Config, store: Store) -> Arc<Self> {
+    pub fn with_store(
+        config: Config,
+        store: Store,
+        keys: keys::ServerKeys,
+    ) -> Result<Arc<Self>, OpenError> {
+        let server_name = ruma::ServerName::parse(&config.server_name)
+            .map_err(|_| OpenError::ServerName(config.server_name.clone()))?;
+        let stream = Arc::new(stream::Stream::open(store.clone())?);
+        let keys = Arc::new(keys);
         let limits = &config.rate_limit;
         let rate_limiter = RateLimiter::new(
             limits.enabled,
@@ -62,7 +88,10 @@ impl Services {
                 burst: limits.per_ip_burst,
             },
         );
-        Arc::new(Self {
+        Ok(Arc::new(Self {
+            rooms: rooms::Rooms::new(store.clone(), stream.clone(), keys.clone(), server_name),
+            stream,
+            keys,
             users: users::Users::new(store.clone(), config.bcrypt_cost),
             sessions: sessions::Sessions::new(store.clone()),
             uiaa: uiaa::Uiaa::new(),
@@ -74,7 +103,7 @@ impl Services {
             push_rules: push_rules::PushRules::new(store.clone()),
             store,
             config: Arc::new(config),
-        })
+        }))
     }
 }
 

@@ -11,7 +11,13 @@ const REGISTER: &str = "/_matrix/client/v3/register";
 #[tokio::test]
 async fn open_registration_uses_dummy_flow() {
     let srv = TestServer::start().await;
-    let (status, body) = srv.post(REGISTER, None, json!({"username": "alice", "password": "pw"})).await;
+    let (status, body) = srv
+        .post(
+            REGISTER,
+            None,
+            json!({"username": "alice", "password": "pw"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["flows"], json!([{"stages": ["m.login.dummy"]}]));
     assert!(body["session"].is_string());
@@ -19,7 +25,9 @@ async fn open_registration_uses_dummy_flow() {
 
     let (user_id, token, device_id) = srv.register("alice", "pw").await;
     assert_eq!(user_id, "@alice:localhost");
-    let (status, body) = srv.get("/_matrix/client/v3/account/whoami", Some(&token)).await;
+    let (status, body) = srv
+        .get("/_matrix/client/v3/account/whoami", Some(&token))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["user_id"], user_id);
     assert_eq!(body["device_id"], device_id);
@@ -30,19 +38,42 @@ async fn open_registration_uses_dummy_flow() {
 async fn registration_rejects_taken_and_invalid_names() {
     let srv = TestServer::start().await;
     srv.register("bob", "pw").await;
-    let (status, body) = srv.post(REGISTER, None, json!({"username": "bob", "password": "x"})).await;
+    let (status, body) = srv
+        .post(REGISTER, None, json!({"username": "bob", "password": "x"}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(errcode(&body), "M_USER_IN_USE");
-    let (status, body) = srv.post(REGISTER, None, json!({"username": "b@d name", "password": "x"})).await;
+    let (status, body) = srv
+        .post(
+            REGISTER,
+            None,
+            json!({"username": "b@d name", "password": "x"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(errcode(&body), "M_INVALID_USERNAME");
 
-    let (status, body) = srv.get("/_matrix/client/v3/register/available?username=bob", None).await;
-    assert_eq!((status, errcode(&body)), (StatusCode::BAD_REQUEST, "M_USER_IN_USE"));
-    let (status, body) = srv.get("/_matrix/client/v3/register/available?username=carol", None).await;
+    let (status, body) = srv
+        .get("/_matrix/client/v3/register/available?username=bob", None)
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::BAD_REQUEST, "M_USER_IN_USE")
+    );
+    let (status, body) = srv
+        .get("/_matrix/client/v3/register/available?username=carol", None)
+        .await;
     assert_eq!((status, body), (StatusCode::OK, json!({"available": true})));
-    let (status, body) = srv.get("/_matrix/client/v3/register/available?username=Not%20ok", None).await;
-    assert_eq!((status, errcode(&body)), (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"));
+    let (status, body) = srv
+        .get(
+            "/_matrix/client/v3/register/available?username=Not%20ok",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME")
+    );
 }
 
 #[tokio::test]
@@ -64,7 +95,9 @@ async fn registration_options_device_inhibit_login_and_guest() {
     assert!(body["refresh_token"].is_string());
     assert!(body["expires_in_ms"].as_u64().unwrap() > 0);
     let token = body["access_token"].as_str().unwrap();
-    let (_, device) = srv.get("/_matrix/client/v3/devices/MYPHONE", Some(token)).await;
+    let (_, device) = srv
+        .get("/_matrix/client/v3/devices/MYPHONE", Some(token))
+        .await;
     assert_eq!(device["display_name"], "Dee's phone");
 
     // inhibit_login: the account exists but no session is created.
@@ -80,19 +113,31 @@ async fn registration_options_device_inhibit_login_and_guest() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["user_id"], "@eve:localhost");
-    assert!(body.get("access_token").is_none() && body["device_id"].is_null(), "{body}");
+    assert!(
+        body.get("access_token").is_none() && body["device_id"].is_null(),
+        "{body}"
+    );
     assert_eq!(srv.login("eve", "pw").await.0, StatusCode::OK);
 
     // Guests are not supported, and say so.
-    let (status, body) = srv.post(&format!("{REGISTER}?kind=guest"), None, json!({})).await;
-    assert_eq!((status, errcode(&body)), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
+    let (status, body) = srv
+        .post(&format!("{REGISTER}?kind=guest"), None, json!({}))
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::FORBIDDEN, "M_FORBIDDEN")
+    );
 }
 
 #[tokio::test]
 async fn uiaa_refuses_unknown_sessions_and_unoffered_stages() {
     let srv = TestServer::start().await;
     let (status, body) = srv
-        .post(REGISTER, None, json!({"username": "fay", "auth": {"type": "m.login.dummy", "session": "nope"}}))
+        .post(
+            REGISTER,
+            None,
+            json!({"username": "fay", "auth": {"type": "m.login.dummy", "session": "nope"}}),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body["errcode"].is_string());
@@ -116,15 +161,29 @@ async fn uiaa_refuses_unknown_sessions_and_unoffered_stages() {
 async fn token_gated_registration_spends_uses() {
     let srv = TestServer::start_with(|c| c.registration.mode = RegistrationMode::Token).await;
     let services = &srv.server.as_ref().unwrap().services;
-    let token = services.reg_tokens.create(Some("family-2026".into()), Some(1), None).unwrap();
+    let token = services
+        .reg_tokens
+        .create(Some("family-2026".into()), Some(1), None)
+        .unwrap();
 
-    let (status, body) =
-        srv.get(&format!("/_matrix/client/v1/register/m.login.registration_token/validity?token={token}"), None).await;
+    let (status, body) = srv
+        .get(
+            &format!(
+                "/_matrix/client/v1/register/m.login.registration_token/validity?token={token}"
+            ),
+            None,
+        )
+        .await;
     assert_eq!((status, body), (StatusCode::OK, json!({"valid": true})));
 
-    let (status, challenge) = srv.post(REGISTER, None, json!({"username": "gus", "password": "pw"})).await;
+    let (status, challenge) = srv
+        .post(REGISTER, None, json!({"username": "gus", "password": "pw"}))
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(challenge["flows"], json!([{"stages": ["m.login.registration_token"]}]));
+    assert_eq!(
+        challenge["flows"],
+        json!([{"stages": ["m.login.registration_token"]}])
+    );
     let session = challenge["session"].as_str().unwrap();
 
     // Dummy auth is not enough on a token-gated server.
@@ -155,8 +214,14 @@ async fn token_gated_registration_spends_uses() {
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // The single use is spent.
-    let (_, body) =
-        srv.get(&format!("/_matrix/client/v1/register/m.login.registration_token/validity?token={token}"), None).await;
+    let (_, body) = srv
+        .get(
+            &format!(
+                "/_matrix/client/v1/register/m.login.registration_token/validity?token={token}"
+            ),
+            None,
+        )
+        .await;
     assert_eq!(body, json!({"valid": false}));
     let (_, challenge) = srv.post(REGISTER, None, json!({})).await;
     let (status, _) = srv
@@ -173,8 +238,13 @@ async fn token_gated_registration_spends_uses() {
 #[tokio::test]
 async fn closed_registration_is_403() {
     let srv = TestServer::start_with(|c| c.registration.mode = RegistrationMode::Closed).await;
-    let (status, body) = srv.post(REGISTER, None, json!({"username": "ian", "password": "pw"})).await;
-    assert_eq!((status, errcode(&body)), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
+    let (status, body) = srv
+        .post(REGISTER, None, json!({"username": "ian", "password": "pw"}))
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::FORBIDDEN, "M_FORBIDDEN")
+    );
 }
 
 #[tokio::test]
@@ -193,15 +263,32 @@ async fn login_variants_and_failures() {
         assert!(body.get("refresh_token").is_none());
     }
     // Legacy `user` field.
-    let (status, _) =
-        srv.post("/_matrix/client/v3/login", None, json!({"type": "m.login.password", "user": "jo", "password": "secret"})).await;
+    let (status, _) = srv
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "user": "jo", "password": "secret"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
 
     let (status, body) = srv.login("jo", "wrong").await;
-    assert_eq!((status, errcode(&body)), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::FORBIDDEN, "M_FORBIDDEN")
+    );
     let (status, body) = srv.login("nobody", "secret").await;
-    assert_eq!((status, errcode(&body)), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
-    let (status, body) = srv.post("/_matrix/client/v3/login", None, json!({"type": "m.login.token", "token": "x"})).await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::FORBIDDEN, "M_FORBIDDEN")
+    );
+    let (status, body) = srv
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.token", "token": "x"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
@@ -211,13 +298,25 @@ async fn login_with_existing_device_id_replaces_its_token() {
     srv.register("kim", "pw").await;
     let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "kim"},
                       "password": "pw", "device_id": "LAPTOP"});
-    let (_, first) = srv.post("/_matrix/client/v3/login", None, body.clone()).await;
+    let (_, first) = srv
+        .post("/_matrix/client/v3/login", None, body.clone())
+        .await;
     let (_, second) = srv.post("/_matrix/client/v3/login", None, body).await;
     assert_eq!(second["device_id"], "LAPTOP");
     let old = first["access_token"].as_str().unwrap();
     let new = second["access_token"].as_str().unwrap();
-    assert_eq!(srv.get("/_matrix/client/v3/account/whoami", Some(old)).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(srv.get("/_matrix/client/v3/account/whoami", Some(new)).await.0, StatusCode::OK);
+    assert_eq!(
+        srv.get("/_matrix/client/v3/account/whoami", Some(old))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        srv.get("/_matrix/client/v3/account/whoami", Some(new))
+            .await
+            .0,
+        StatusCode::OK
+    );
 }
 
 async fn login_with_refresh(srv: &TestServer, user: &str, pw: &str) -> Value {
@@ -242,29 +341,66 @@ async fn refresh_tokens_rotate_per_spec() {
     let r1 = login["refresh_token"].as_str().unwrap().to_owned();
     let a1 = login["access_token"].as_str().unwrap().to_owned();
 
-    let (status, refreshed) = srv.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": r1})).await;
+    let (status, refreshed) = srv
+        .post(
+            "/_matrix/client/v3/refresh",
+            None,
+            json!({"refresh_token": r1}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");
     let a2 = refreshed["access_token"].as_str().unwrap().to_owned();
     let r2 = refreshed["refresh_token"].as_str().unwrap().to_owned();
     assert_ne!(a2, a1);
     assert_ne!(r2, r1);
     // The replaced access token is gone; the device is the same.
-    assert_eq!(srv.get("/_matrix/client/v3/account/whoami", Some(&a1)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        srv.get("/_matrix/client/v3/account/whoami", Some(&a1))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
 
     // Until the new pair is used, the old refresh token may be replayed (lost response).
-    let (status, replay) = srv.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": r1})).await;
+    let (status, replay) = srv
+        .post(
+            "/_matrix/client/v3/refresh",
+            None,
+            json!({"refresh_token": r1}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{replay}");
     let a3 = replay["access_token"].as_str().unwrap().to_owned();
-    let (status, who) = srv.get("/_matrix/client/v3/account/whoami", Some(&a3)).await;
+    let (status, who) = srv
+        .get("/_matrix/client/v3/account/whoami", Some(&a3))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(who["device_id"], login["device_id"]);
     // Using the new access token retired the old refresh token.
-    let (status, body) = srv.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": r1})).await;
-    assert_eq!((status, errcode(&body)), (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"));
+    let (status, body) = srv
+        .post(
+            "/_matrix/client/v3/refresh",
+            None,
+            json!({"refresh_token": r1}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN")
+    );
     assert_eq!(body["soft_logout"], false);
 
-    let (status, body) = srv.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": "hrt_bogus"})).await;
-    assert_eq!((status, errcode(&body)), (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"));
+    let (status, body) = srv
+        .post(
+            "/_matrix/client/v3/refresh",
+            None,
+            json!({"refresh_token": "hrt_bogus"}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN")
+    );
 }
 
 #[tokio::test]
@@ -276,33 +412,67 @@ async fn logout_and_logout_all() {
     let t2 = l2["access_token"].as_str().unwrap();
     let t3 = l3["access_token"].as_str().unwrap();
 
-    let (status, _) = srv.post("/_matrix/client/v3/logout", Some(t1.as_str()), json!({})).await;
+    let (status, _) = srv
+        .post("/_matrix/client/v3/logout", Some(t1.as_str()), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = srv.get("/_matrix/client/v3/account/whoami", Some(&t1)).await;
-    assert_eq!((status, errcode(&body)), (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"));
+    let (status, body) = srv
+        .get("/_matrix/client/v3/account/whoami", Some(&t1))
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN")
+    );
     let (_, devices) = srv.get("/_matrix/client/v3/devices", Some(t2)).await;
-    let ids: Vec<&str> = devices["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
     assert!(!ids.contains(&d1.as_str()), "logout deletes the device");
     assert_eq!(ids.len(), 2);
 
-    let (status, _) = srv.post("/_matrix/client/v3/logout/all", Some(t2), json!({})).await;
+    let (status, _) = srv
+        .post("/_matrix/client/v3/logout/all", Some(t2), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     for t in [t2, t3] {
-        assert_eq!(srv.get("/_matrix/client/v3/account/whoami", Some(t)).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            srv.get("/_matrix/client/v3/account/whoami", Some(t))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
     }
     assert_eq!(srv.login("mia", "pw").await.0, StatusCode::OK);
 }
 
 /// Runs a UIAA-protected request through the password flow and returns the final response.
-async fn with_password_uiaa(srv: &TestServer, method: Method, path: &str, token: &str, user: &str, pw: &str, body: Value) -> (StatusCode, Value) {
-    let (status, challenge) = srv.call(method.clone(), path, Some(token), Some(body.clone())).await;
+async fn with_password_uiaa(
+    srv: &TestServer,
+    method: Method,
+    path: &str,
+    token: &str,
+    user: &str,
+    pw: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let (status, challenge) = srv
+        .call(method.clone(), path, Some(token), Some(body.clone()))
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
-    assert_eq!(challenge["flows"], json!([{"stages": ["m.login.password"]}]));
+    assert_eq!(
+        challenge["flows"],
+        json!([{"stages": ["m.login.password"]}])
+    );
     let session = challenge["session"].as_str().unwrap();
 
     let mut wrong = body.clone();
     wrong["auth"] = TestServer::password_auth(user, "not-the-password", session);
-    let (status, failed) = srv.call(method.clone(), path, Some(token), Some(wrong)).await;
+    let (status, failed) = srv
+        .call(method.clone(), path, Some(token), Some(wrong))
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(errcode(&failed), "M_FORBIDDEN");
     assert_eq!(failed["session"], session);
@@ -320,13 +490,28 @@ async fn change_password_with_uiaa_logs_out_other_devices() {
     let other = other["access_token"].as_str().unwrap();
 
     let (status, body) = with_password_uiaa(
-        &srv, Method::POST, "/_matrix/client/v3/account/password", &t1, &user_id, "old-pw",
+        &srv,
+        Method::POST,
+        "/_matrix/client/v3/account/password",
+        &t1,
+        &user_id,
+        "old-pw",
         json!({"new_password": "new-pw"}),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(srv.get("/_matrix/client/v3/account/whoami", Some(&t1)).await.0, StatusCode::OK);
-    assert_eq!(srv.get("/_matrix/client/v3/account/whoami", Some(other)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        srv.get("/_matrix/client/v3/account/whoami", Some(&t1))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        srv.get("/_matrix/client/v3/account/whoami", Some(other))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(srv.login("ned", "old-pw").await.0, StatusCode::FORBIDDEN);
     assert_eq!(srv.login("ned", "new-pw").await.0, StatusCode::OK);
 
@@ -334,12 +519,22 @@ async fn change_password_with_uiaa_logs_out_other_devices() {
     let (_, keep) = srv.login("ned", "new-pw").await;
     let keep = keep["access_token"].as_str().unwrap();
     let (status, _) = with_password_uiaa(
-        &srv, Method::POST, "/_matrix/client/v3/account/password", &t1, "ned", "new-pw",
+        &srv,
+        Method::POST,
+        "/_matrix/client/v3/account/password",
+        &t1,
+        "ned",
+        "new-pw",
         json!({"new_password": "newer-pw", "logout_devices": false}),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(srv.get("/_matrix/client/v3/account/whoami", Some(keep)).await.0, StatusCode::OK);
+    assert_eq!(
+        srv.get("/_matrix/client/v3/account/whoami", Some(keep))
+            .await
+            .0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -347,7 +542,13 @@ async fn uiaa_session_is_bound_to_user_and_endpoint() {
     let srv = TestServer::start().await;
     let (_, t_ola, _) = srv.register("ola", "pw-ola").await;
     let (_, t_pia, _) = srv.register("pia", "pw-pia").await;
-    let (_, challenge) = srv.post("/_matrix/client/v3/account/password", Some(&t_ola), json!({"new_password": "x"})).await;
+    let (_, challenge) = srv
+        .post(
+            "/_matrix/client/v3/account/password",
+            Some(&t_ola),
+            json!({"new_password": "x"}),
+        )
+        .await;
     let session = challenge["session"].as_str().unwrap();
     // Pia cannot use Ola's session, even with her own correct password.
     let (status, body) = srv
@@ -377,18 +578,37 @@ async fn deactivation_removes_access_and_reserves_the_id() {
     let (user_id, token, _) = srv.register("pat", "pw").await;
     let (_, second) = srv.login("pat", "pw").await;
     let (status, body) = with_password_uiaa(
-        &srv, Method::POST, "/_matrix/client/v3/account/deactivate", &token, &user_id, "pw", json!({}),
+        &srv,
+        Method::POST,
+        "/_matrix/client/v3/account/deactivate",
+        &token,
+        &user_id,
+        "pw",
+        json!({}),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["id_server_unbind_result"], "no-support");
     for t in [token.as_str(), second["access_token"].as_str().unwrap()] {
-        assert_eq!(srv.get("/_matrix/client/v3/account/whoami", Some(t)).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            srv.get("/_matrix/client/v3/account/whoami", Some(t))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
     }
     let (status, body) = srv.login("pat", "pw").await;
-    assert_eq!((status, errcode(&body)), (StatusCode::FORBIDDEN, "M_USER_DEACTIVATED"));
-    let (status, body) = srv.post(REGISTER, None, json!({"username": "pat", "password": "pw"})).await;
-    assert_eq!((status, errcode(&body)), (StatusCode::BAD_REQUEST, "M_USER_IN_USE"));
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::FORBIDDEN, "M_USER_DEACTIVATED")
+    );
+    let (status, body) = srv
+        .post(REGISTER, None, json!({"username": "pat", "password": "pw"}))
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::BAD_REQUEST, "M_USER_IN_USE")
+    );
 }
 
 #[tokio::test]
@@ -404,36 +624,84 @@ async fn device_management() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["devices"].as_array().unwrap().len(), 3);
     // A device that was used has last-seen data.
-    let (_, me) = srv.get(&format!("/_matrix/client/v3/devices/{device}"), Some(&token)).await;
+    let (_, me) = srv
+        .get(
+            &format!("/_matrix/client/v3/devices/{device}"),
+            Some(&token),
+        )
+        .await;
     assert_eq!(me["device_id"], device.as_str());
     assert_eq!(me["last_seen_ip"], "127.0.0.1");
     assert!(me["last_seen_ts"].as_u64().unwrap() > 0);
 
-    let (status, _) = srv.put(&format!("/_matrix/client/v3/devices/{d2}"), Some(&token), json!({"display_name": "Kitchen tablet"})).await;
+    let (status, _) = srv
+        .put(
+            &format!("/_matrix/client/v3/devices/{d2}"),
+            Some(&token),
+            json!({"display_name": "Kitchen tablet"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, got) = srv.get(&format!("/_matrix/client/v3/devices/{d2}"), Some(&token)).await;
+    let (_, got) = srv
+        .get(&format!("/_matrix/client/v3/devices/{d2}"), Some(&token))
+        .await;
     assert_eq!(got["display_name"], "Kitchen tablet");
 
-    let (status, body) = srv.get("/_matrix/client/v3/devices/NOPE", Some(&token)).await;
-    assert_eq!((status, errcode(&body)), (StatusCode::NOT_FOUND, "M_NOT_FOUND"));
-    let (status, _) = srv.put("/_matrix/client/v3/devices/NOPE", Some(&token), json!({"display_name": "x"})).await;
+    let (status, body) = srv
+        .get("/_matrix/client/v3/devices/NOPE", Some(&token))
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::NOT_FOUND, "M_NOT_FOUND")
+    );
+    let (status, _) = srv
+        .put(
+            "/_matrix/client/v3/devices/NOPE",
+            Some(&token),
+            json!({"display_name": "x"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     let (status, body) = with_password_uiaa(
-        &srv, Method::DELETE, &format!("/_matrix/client/v3/devices/{d2}"), &token, &user_id, "pw", json!({}),
+        &srv,
+        Method::DELETE,
+        &format!("/_matrix/client/v3/devices/{d2}"),
+        &token,
+        &user_id,
+        "pw",
+        json!({}),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(srv.get("/_matrix/client/v3/account/whoami", Some(l2["access_token"].as_str().unwrap())).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        srv.get(
+            "/_matrix/client/v3/account/whoami",
+            Some(l2["access_token"].as_str().unwrap())
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
 
     let (status, body) = with_password_uiaa(
-        &srv, Method::POST, "/_matrix/client/v3/delete_devices", &token, &user_id, "pw",
+        &srv,
+        Method::POST,
+        "/_matrix/client/v3/delete_devices",
+        &token,
+        &user_id,
+        "pw",
         json!({"devices": [d3, "UNKNOWN"]}),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, body) = srv.get("/_matrix/client/v3/devices", Some(&token)).await;
-    let ids: Vec<&str> = body["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec![device.as_str()]);
 }
 
@@ -442,7 +710,9 @@ async fn accounts_and_sessions_survive_restart() {
     let mut srv = TestServer::start().await;
     let (user_id, token, _) = srv.register("sam", "pw").await;
     srv.restart().await;
-    let (status, body) = srv.get("/_matrix/client/v3/account/whoami", Some(&token)).await;
+    let (status, body) = srv
+        .get("/_matrix/client/v3/account/whoami", Some(&token))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["user_id"], user_id);
     assert_eq!(srv.login("sam", "pw").await.0, StatusCode::OK);
@@ -459,17 +729,44 @@ async fn expired_access_token_is_a_soft_logout_and_refresh_recovers() {
     let access = login["access_token"].as_str().unwrap();
     // Age the token: rewrite its record with an expiry in the past.
     let store = &srv.server.as_ref().unwrap().services.store;
-    let rows = store.range::<AccessTokensTable>(None, false, usize::MAX).unwrap();
-    let (hash, record) = rows.into_iter().find(|(_, r)| r.expires_ms.is_some()).unwrap();
+    let rows = store
+        .range::<AccessTokensTable>(None, false, usize::MAX)
+        .unwrap();
+    let (hash, record) = rows
+        .into_iter()
+        .find(|(_, r)| r.expires_ms.is_some())
+        .unwrap();
     let mut batch = Batch::new();
-    batch.put::<AccessTokensTable>(&hash, &AccessToken { expires_ms: Some(1), ..record });
+    batch.put::<AccessTokensTable>(
+        &hash,
+        &AccessToken {
+            expires_ms: Some(1),
+            ..record
+        },
+    );
     store.commit(batch).await.unwrap();
 
-    let (status, body) = srv.get("/_matrix/client/v3/account/whoami", Some(access)).await;
-    assert_eq!((status, errcode(&body)), (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"));
+    let (status, body) = srv
+        .get("/_matrix/client/v3/account/whoami", Some(access))
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN")
+    );
     assert_eq!(body["soft_logout"], true);
-    let (status, body) = srv.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": login["refresh_token"]})).await;
+    let (status, body) = srv
+        .post(
+            "/_matrix/client/v3/refresh",
+            None,
+            json!({"refresh_token": login["refresh_token"]}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, _) = srv.get("/_matrix/client/v3/account/whoami", body["access_token"].as_str()).await;
+    let (status, _) = srv
+        .get(
+            "/_matrix/client/v3/account/whoami",
+            body["access_token"].as_str(),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
 }

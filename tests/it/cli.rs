@@ -14,7 +14,11 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_hearth");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `hearth` with no config file in `dir`; only the listener is moved off 8008 so tests can
@@ -34,7 +38,10 @@ fn spawn_server(dir: &Path, port: u16) -> Child {
 async fn wait_until_up(base: &str, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if reqwest::get(format!("{base}/_matrix/client/versions")).await.is_ok_and(|r| r.status().is_success()) {
+        if reqwest::get(format!("{base}/_matrix/client/versions"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -47,7 +54,10 @@ async fn wait_until_up(base: &str, child: &mut Child) {
 
 fn stop(mut child: Child) -> String {
     // SIGTERM: a graceful stop, as systemd does it.
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -65,12 +75,17 @@ fn stop(mut child: Child) -> String {
 }
 
 async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
-    let mut request = reqwest::Client::new().post(format!("{base}{path}")).json(&body);
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
     let response = request.send().await.unwrap();
-    (response.status(), response.json().await.unwrap_or(Value::Null))
+    (
+        response.status(),
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -81,10 +96,22 @@ async fn fresh_machine_register_login_restart() {
     let mut child = spawn_server(dir.path(), port);
     wait_until_up(&base, &mut child).await;
 
-    let (status, challenge) = post(&base, "/_matrix/client/v3/register", None, json!({"username": "new", "password": "first-pw"})).await;
+    let (status, challenge) = post(
+        &base,
+        "/_matrix/client/v3/register",
+        None,
+        json!({"username": "new", "password": "first-pw"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let auth = json!({"type": "m.login.dummy", "session": challenge["session"]});
-    let (status, reg) = post(&base, "/_matrix/client/v3/register", None, json!({"username": "new", "password": "first-pw", "auth": auth})).await;
+    let (status, reg) = post(
+        &base,
+        "/_matrix/client/v3/register",
+        None,
+        json!({"username": "new", "password": "first-pw", "auth": auth}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{reg}");
     let login = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "new"}, "password": "first-pw"});
     let (status, body) = post(&base, "/_matrix/client/v3/login", None, login.clone()).await;
@@ -103,8 +130,14 @@ async fn fresh_machine_register_login_restart() {
     let log = stop(child);
     // One line per request with status and duration, never the token.
     assert!(log.contains("POST /_matrix/client/v3/login 200"), "{log}");
-    assert!(!log.contains(&token), "the access token leaked into the log");
-    assert!(dir.path().join("data").is_dir(), "data directory in the current folder");
+    assert!(
+        !log.contains(&token),
+        "the access token leaked into the log"
+    );
+    assert!(
+        dir.path().join("data").is_dir(),
+        "data directory in the current folder"
+    );
 
     let mut child = spawn_server(dir.path(), port);
     wait_until_up(&base, &mut child).await;
@@ -114,7 +147,13 @@ async fn fresh_machine_register_login_restart() {
 }
 
 fn hearth(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(BIN).current_dir(dir).env_clear().env("HEARTH_BCRYPT_COST", "4").args(args).output().unwrap();
+    let output = Command::new(BIN)
+        .current_dir(dir)
+        .env_clear()
+        .env("HEARTH_BCRYPT_COST", "4")
+        .args(args)
+        .output()
+        .unwrap();
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -131,15 +170,24 @@ async fn admin_commands_manage_users_and_tokens() {
     assert!(out.contains("@alice:localhost"));
     let (ok, _, err) = hearth(d, &["user", "create", "alice", "--password", "pw1"]);
     assert!(!ok && err.contains("taken"), "{err}");
-    let (ok, _, err) = hearth(d, &["user", "create", "@bob:elsewhere.org", "--password", "x"]);
+    let (ok, _, err) = hearth(
+        d,
+        &["user", "create", "@bob:elsewhere.org", "--password", "x"],
+    );
     assert!(!ok && err.contains("not a user of this server"), "{err}");
 
-    let (ok, out, _) = hearth(d, &["token", "create", "--uses", "2", "--expires-in-hours", "24"]);
+    let (ok, out, _) = hearth(
+        d,
+        &["token", "create", "--uses", "2", "--expires-in-hours", "24"],
+    );
     assert!(ok);
     let token = out.trim().to_owned();
     assert!(!token.is_empty());
     let (ok, out, _) = hearth(d, &["token", "list"]);
-    assert!(ok && out.contains(&token) && out.contains("used 0/2") && out.contains("valid"), "{out}");
+    assert!(
+        ok && out.contains(&token) && out.contains("used 0/2") && out.contains("valid"),
+        "{out}"
+    );
 
     let (_, out, _) = hearth(d, &["user", "list"]);
     assert!(out.contains("@alice:localhost\tactive"), "{out}");
@@ -164,10 +212,39 @@ async fn admin_commands_manage_users_and_tokens() {
     let mut child = spawn_server(d, port);
     wait_until_up(&base, &mut child).await;
     let login = |user: &str, pw: &str| json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": pw});
-    assert_eq!(post(&base, "/_matrix/client/v3/login", None, login("carol", "c1")).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(post(&base, "/_matrix/client/v3/login", None, login("carol", "c2")).await.0, StatusCode::OK);
-    let (status, body) = post(&base, "/_matrix/client/v3/login", None, login("alice", "pw2")).await;
-    assert_eq!((status, body["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_USER_DEACTIVATED")));
+    assert_eq!(
+        post(
+            &base,
+            "/_matrix/client/v3/login",
+            None,
+            login("carol", "c1")
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post(
+            &base,
+            "/_matrix/client/v3/login",
+            None,
+            login("carol", "c2")
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (status, body) = post(
+        &base,
+        "/_matrix/client/v3/login",
+        None,
+        login("alice", "pw2"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::FORBIDDEN, Some("M_USER_DEACTIVATED"))
+    );
     // While the server runs, admin commands refuse clearly instead of corrupting anything.
     let (ok, _, err) = hearth(d, &["user", "list"]);
     assert!(!ok && err.contains("is the server running?"), "{err}");

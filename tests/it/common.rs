@@ -20,10 +20,17 @@ pub struct TestServer {
 pub fn test_config(dir: &std::path::Path) -> Config {
     Config {
         data_dir: dir.to_path_buf(),
-        listeners: vec![Listener { bind: "127.0.0.1:0".parse().unwrap() }],
-        registration: Registration { mode: RegistrationMode::Open },
+        listeners: vec![Listener {
+            bind: "127.0.0.1:0".parse().unwrap(),
+        }],
+        registration: Registration {
+            mode: RegistrationMode::Open,
+        },
         bcrypt_cost: 4,
-        rate_limit: RateLimit { enabled: false, ..Default::default() },
+        rate_limit: RateLimit {
+            enabled: false,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -39,35 +46,61 @@ impl TestServer {
         change(&mut config);
         let server = server::start(config.clone()).await.expect("server starts");
         let base = server.base_url();
-        Self { server: Some(server), config, _dir: dir, base, http: reqwest::Client::new() }
+        Self {
+            server: Some(server),
+            config,
+            _dir: dir,
+            base,
+            http: reqwest::Client::new(),
+        }
     }
 
     /// Stops the server and starts a new one on the same data directory.
     pub async fn restart(&mut self) {
         self.server.take().expect("running").stop().await;
-        let server = server::start(self.config.clone()).await.expect("server restarts");
+        let server = server::start(self.config.clone())
+            .await
+            .expect("server restarts");
         self.base = server.base_url();
         self.server = Some(server);
     }
 
-    pub async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Option<&str>) -> reqwest::Response {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> reqwest::Response {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body.to_owned());
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
         }
         request.send().await.expect("request sent")
     }
 
     /// Sends a JSON request and returns the status and JSON body (`Null` if empty).
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let body = body.map(|b| b.to_string());
         let response = self.raw(method, path, token, body.as_deref()).await;
         let status = response.status();
         let bytes = response.bytes().await.unwrap();
-        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
         (status, value)
     }
 
@@ -85,8 +118,13 @@ impl TestServer {
 
     /// Registers `name` through the dummy flow; returns (user_id, access_token, device_id).
     pub async fn register(&self, name: &str, password: &str) -> (String, String, String) {
-        let (status, challenge) =
-            self.post("/_matrix/client/v3/register", None, json!({"username": name, "password": password})).await;
+        let (status, challenge) = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({"username": name, "password": password}),
+            )
+            .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
         let session = challenge["session"].as_str().unwrap();
         let (status, body) = self
@@ -121,4 +159,9 @@ impl TestServer {
 
 pub fn errcode(body: &Value) -> &str {
     body["errcode"].as_str().unwrap_or("")
+}
+
+/// Percent-encodes a path segment (event ids of v3 rooms contain `/` and `+`).
+pub fn enc(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -13,7 +13,9 @@ async fn unknown_path_is_404_unrecognized_and_wrong_method_405() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(errcode(&body), "M_UNRECOGNIZED");
 
-    let (status, body) = srv.call(Method::DELETE, "/_matrix/client/versions", None, None).await;
+    let (status, body) = srv
+        .call(Method::DELETE, "/_matrix/client/versions", None, None)
+        .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(errcode(&body), "M_UNRECOGNIZED");
 
@@ -27,7 +29,11 @@ async fn cors_preflight_on_any_path_and_headers_on_every_response() {
     let srv = TestServer::start().await;
     for path in ["/_matrix/client/v3/login", "/_matrix/client/v3/not/a/thing"] {
         let response = srv.raw(Method::OPTIONS, path, None, None).await;
-        assert!(response.status().is_success(), "{path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
         let headers = response.headers();
         assert_eq!(headers["access-control-allow-origin"], "*");
         let methods = headers["access-control-allow-methods"].to_str().unwrap();
@@ -40,7 +46,9 @@ async fn cors_preflight_on_any_path_and_headers_on_every_response() {
         }
     }
     // Errors carry CORS headers too, so a browser can read them.
-    let response = srv.raw(Method::GET, "/_matrix/client/v3/nope", None, None).await;
+    let response = srv
+        .raw(Method::GET, "/_matrix/client/v3/nope", None, None)
+        .await;
     assert_eq!(response.headers()["access-control-allow-origin"], "*");
     assert_eq!(response.headers()["content-type"], "application/json");
 }
@@ -50,21 +58,39 @@ async fn preflight_runs_no_endpoint_logic() {
     let srv = TestServer::start().await;
     // An OPTIONS on logout with a real token must not log the device out.
     let (_, token, _) = srv.register("olive", "pw-olive").await;
-    let response = srv.raw(Method::OPTIONS, "/_matrix/client/v3/logout", Some(&token), None).await;
+    let response = srv
+        .raw(
+            Method::OPTIONS,
+            "/_matrix/client/v3/logout",
+            Some(&token),
+            None,
+        )
+        .await;
     assert!(response.status().is_success());
-    let (status, _) = srv.get("/_matrix/client/v3/account/whoami", Some(&token)).await;
+    let (status, _) = srv
+        .get("/_matrix/client/v3/account/whoami", Some(&token))
+        .await;
     assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn bad_json_and_wrong_shape() {
     let srv = TestServer::start().await;
-    let response = srv.raw(Method::POST, "/_matrix/client/v3/login", None, Some("{not json")).await;
+    let response = srv
+        .raw(
+            Method::POST,
+            "/_matrix/client/v3/login",
+            None,
+            Some("{not json"),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(errcode(&body), "M_NOT_JSON");
 
-    let (status, body) = srv.post("/_matrix/client/v3/login", None, json!({"type": 42})).await;
+    let (status, body) = srv
+        .post("/_matrix/client/v3/login", None, json!({"type": 42}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(errcode(&body), "M_BAD_JSON");
 }
@@ -72,8 +98,13 @@ async fn bad_json_and_wrong_shape() {
 #[tokio::test]
 async fn too_large_body_is_413() {
     let srv = TestServer::start_with(|c| c.limits.max_request_bytes = 1024).await;
-    let big = format!("{{\"type\":\"m.login.password\",\"password\":\"{}\"}}", "x".repeat(4096));
-    let response = srv.raw(Method::POST, "/_matrix/client/v3/login", None, Some(&big)).await;
+    let big = format!(
+        "{{\"type\":\"m.login.password\",\"password\":\"{}\"}}",
+        "x".repeat(4096)
+    );
+    let response = srv
+        .raw(Method::POST, "/_matrix/client/v3/login", None, Some(&big))
+        .await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(errcode(&body), "M_TOO_LARGE");
@@ -86,7 +117,9 @@ async fn missing_and_unknown_tokens() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(errcode(&body), "M_MISSING_TOKEN");
 
-    let (status, body) = srv.get("/_matrix/client/v3/account/whoami", Some("hat_bogus")).await;
+    let (status, body) = srv
+        .get("/_matrix/client/v3/account/whoami", Some("hat_bogus"))
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(errcode(&body), "M_UNKNOWN_TOKEN");
     assert_eq!(body["soft_logout"], false);
@@ -105,7 +138,12 @@ async fn missing_and_unknown_tokens() {
 async fn access_token_in_query_parameter_is_accepted() {
     let srv = TestServer::start().await;
     let (user_id, token, _) = srv.register("quinn", "pw-quinn").await;
-    let (status, body) = srv.get(&format!("/_matrix/client/v3/account/whoami?access_token={token}"), None).await;
+    let (status, body) = srv
+        .get(
+            &format!("/_matrix/client/v3/account/whoami?access_token={token}"),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user_id"], user_id);
 }
@@ -120,14 +158,20 @@ async fn rate_limit_answers_429_with_retry_after() {
     .await;
     let mut limited = None;
     for _ in 0..10 {
-        let response = srv.raw(Method::GET, "/_matrix/client/versions", None, None).await;
+        let response = srv
+            .raw(Method::GET, "/_matrix/client/versions", None, None)
+            .await;
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             limited = Some(response);
             break;
         }
     }
     let response = limited.expect("rate limited within 10 requests");
-    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry_after >= 1);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(errcode(&body), "M_LIMIT_EXCEEDED");
@@ -143,21 +187,35 @@ async fn versions_capabilities_and_well_known() {
     .await;
     let (status, body) = srv.get("/_matrix/client/versions", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(body["versions"].as_array().unwrap().contains(&json!("v1.19")));
+    assert!(body["versions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("v1.19")));
 
     let (status, body) = srv.get("/.well-known/matrix/client", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["m.homeserver"]["base_url"], "https://matrix.example.org");
+    assert_eq!(
+        body["m.homeserver"]["base_url"],
+        "https://matrix.example.org"
+    );
     let (status, body) = srv.get("/.well-known/matrix/server", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["m.server"], "matrix.example.org:443");
 
     let (_, token, _) = srv.register("cap", "pw-cap").await;
-    let (status, body) = srv.get("/_matrix/client/v3/capabilities", Some(&token)).await;
+    let (status, body) = srv
+        .get("/_matrix/client/v3/capabilities", Some(&token))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // m.change_password defaults to enabled when omitted; m.3pid_changes is off.
-    assert_ne!(body["capabilities"]["m.change_password"]["enabled"], false, "{body}");
-    assert_eq!(body["capabilities"]["m.3pid_changes"]["enabled"], false, "{body}");
+    assert_ne!(
+        body["capabilities"]["m.change_password"]["enabled"], false,
+        "{body}"
+    );
+    assert_eq!(
+        body["capabilities"]["m.3pid_changes"]["enabled"], false,
+        "{body}"
+    );
     assert_eq!(body["capabilities"]["m.room_versions"]["default"], "10");
 
     // Without delegation configured, /.well-known/matrix/server is an honest 404.

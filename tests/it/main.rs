@@ -8,4 +8,5 @@ mod filter;
 mod http;
 mod profile;
 mod push_rules;
+mod rooms;
 mod store;

@@ -6,9 +6,11 @@ pub mod capabilities;
 pub mod device;
 pub mod discovery;
 pub mod filter;
+pub mod membership;
 pub mod profile;
 pub mod push;
 pub mod register;
+pub mod room;
 pub mod session;
 
 use crate::http::Router;
@@ -20,6 +22,8 @@ pub fn register_routes(router: &mut Router) {
     session::routes(router);
     account::routes(router);
     device::routes(router);
+    room::routes(router);
+    membership::routes(router);
     profile::routes(router);
     account_data::routes(router);
     filter::routes(router);

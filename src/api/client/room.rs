@@ -1,0 +1,623 @@
+//! Creating rooms, sending events, reading state, events and the timeline.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{
+    api::{
+        client::{
+            membership::{get_member_events, joined_members, joined_rooms},
+            message::{get_message_events, send_message_event},
+            room::{
+                create_room::{self, v3::RoomPreset},
+                get_room_event, Visibility,
+            },
+            state::{get_state_event_for_key, get_state_events, send_state_event},
+        },
+        Direction,
+    },
+    events::{room::member::MembershipState, StateEventType},
+    serde::Raw,
+    OwnedRoomAliasId, RoomAliasId, RoomId, RoomVersionId, UserId,
+};
+use serde_json::{Map, Value};
+
+use crate::{
+    error::{Error, Result},
+    http::{Authed, Ctx, Router},
+    service::{
+        rooms::{
+            create::{CreateRoom, Preset},
+            format::Viewer,
+            state::state_head,
+            NewEvent, RoomRecord, StoredEvent, Txn,
+        },
+        Services,
+    },
+};
+
+/// New rooms use the version the spec recommends.
+pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V12;
+
+/// Page size bounds for `/messages`.
+const MAX_PAGE: usize = 1000;
+
+pub fn routes(router: &mut Router) {
+    router.ruma(create);
+    router.ruma(send_message);
+    router.ruma(send_state);
+    router.ruma(get_state_event);
+    router.ruma(get_state);
+    router.ruma(get_event);
+    router.ruma(members);
+    router.ruma(joined_members_of);
+    router.ruma(joined_rooms_of);
+    router.ruma(messages);
+}
+
+fn viewer(me: &Authed) -> Viewer<'_> {
+    Viewer {
+        user_id: &me.user_id,
+        device_id: Some(me.device_id.as_str()),
+    }
+}
+
+fn raw<T>(value: Value) -> Result<Raw<T>> {
+    let raw = serde_json::value::to_raw_value(&value).map_err(|e| Error::unknown(e.to_string()))?;
+    Ok(Raw::from_json(raw))
+}
+
+/// The room, or 404 if this server does not know it.
+pub fn known_room(services: &Services, room_id: &RoomId) -> Result<RoomRecord> {
+    services
+        .rooms
+        .room(room_id)?
+        .ok_or_else(|| Error::not_found("Unknown room"))
+}
+
+/// Refuses a user who is not joined (403, as the spec asks of most room endpoints).
+fn require_joined(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<RoomRecord> {
+    let room = known_room(services, room_id)?;
+    if services.rooms.membership(room_id, user_id)? != Some(MembershipState::Join) {
+        return Err(Error::forbidden("You are not joined to this room"));
+    }
+    Ok(room)
+}
+
+fn object(value: Value, what: &str) -> Result<Map<String, Value>> {
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(Error::bad_json(format!("{what} must be a JSON object"))),
+    }
+}
+
+fn parse_json(raw: &serde_json::value::RawValue, what: &str) -> Result<Value> {
+    serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("{what}: {e}")))
+}
+
+async fn create(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: create_room::v3::Request,
+) -> Result<create_room::v3::Response> {
+    let me = ctx.authed()?;
+    if !body.invite_3pid.is_empty() {
+        return Err(Error::invalid_param(
+            "Third-party invites are not supported by this server",
+        ));
+    }
+    let version = body.room_version.clone().unwrap_or(DEFAULT_ROOM_VERSION);
+    if version.rules().is_none() {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNSUPPORTED_ROOM_VERSION",
+            "Unsupported room version",
+        ));
+    }
+    let preset = match (&body.preset, &body.visibility) {
+        (Some(RoomPreset::PublicChat), _) => Preset::PublicChat,
+        (Some(RoomPreset::TrustedPrivateChat), _) => Preset::TrustedPrivateChat,
+        (Some(RoomPreset::PrivateChat), _) => Preset::PrivateChat,
+        (Some(other), _) => return Err(Error::invalid_param(format!("Unknown preset {other:?}"))),
+        (None, Visibility::Public) => Preset::PublicChat,
+        (None, _) => Preset::PrivateChat,
+    };
+    let creation_content = match &body.creation_content {
+        Some(raw) => object(
+            parse_json(raw.json(), "creation_content")?,
+            "creation_content",
+        )?,
+        None => Map::new(),
+    };
+    let power_level_override = match &body.power_level_content_override {
+        Some(raw) => Some(object(
+            parse_json(raw.json(), "power_level_content_override")?,
+            "power_level_content_override",
+        )?),
+        None => None,
+    };
+    let mut initial_state = Vec::new();
+    for raw in &body.initial_state {
+        let event = object(
+            parse_json(raw.json(), "initial_state")?,
+            "initial_state event",
+        )?;
+        let kind = event
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::bad_json("initial_state event needs a type"))?;
+        let state_key = event.get("state_key").and_then(Value::as_str).unwrap_or("");
+        let content = event
+            .get("content")
+            .cloned()
+            .ok_or_else(|| Error::bad_json("initial_state event needs content"))?;
+        object(content.clone(), "initial_state content")?;
+        initial_state.push((kind.to_owned(), state_key.to_owned(), content));
+    }
+    let alias = match &body.room_alias_name {
+        Some(localpart) => {
+            let alias = format!("#{localpart}:{}", services.config.server_name);
+            Some(
+                RoomAliasId::parse(&alias)
+                    .map_err(|_| Error::invalid_param("Invalid room_alias_name"))?,
+            )
+        }
+        None => None,
+    };
+    let alias: Option<OwnedRoomAliasId> = alias;
+    let mut member_profiles = BTreeMap::new();
+    for user in body.invite.iter().chain([&me.user_id]) {
+        if user.server_name().as_str() != services.config.server_name {
+            return Err(Error::forbidden(
+                "Inviting users of other servers needs federation, which is not available yet",
+            ));
+        }
+        if !services.users.exists(user)? {
+            return Err(Error::not_found(format!("Unknown user {user}")));
+        }
+        member_profiles.insert(user.clone(), profile_fields(&services, user)?);
+    }
+    let request = CreateRoom {
+        creator: me.user_id.clone(),
+        version,
+        preset,
+        publish: body.visibility == Visibility::Public,
+        creation_content,
+        power_level_override,
+        initial_state,
+        name: body.name.clone(),
+        topic: body.topic.clone(),
+        invite: body.invite.clone(),
+        is_direct: body.is_direct,
+        alias,
+        member_profiles,
+    };
+    let room_id = services.rooms.create_room(request).await?;
+    Ok(create_room::v3::Response::new(room_id))
+}
+
+/// A local user's profile as member-event fields.
+pub fn profile_fields(services: &Services, user_id: &UserId) -> Result<Map<String, Value>> {
+    let mut fields = Map::new();
+    if let Some(name) = services.profiles.displayname(user_id)? {
+        fields.insert("displayname".into(), Value::String(name));
+    }
+    if let Some(url) = services.profiles.avatar_url(user_id)? {
+        fields.insert("avatar_url".into(), Value::String(url));
+    }
+    Ok(fields)
+}
+
+async fn send_message(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: send_message_event::v3::Request,
+) -> Result<send_message_event::v3::Response> {
+    let me = ctx.authed()?;
+    // A retransmission is the same device, endpoint path and transaction id.
+    let txn = Txn {
+        device_id: me.device_id.to_string(),
+        scope: format!("send/{}/{}", body.room_id, body.event_type),
+        txn_id: body.txn_id.to_string(),
+    };
+    if let Some(event_id) = services.rooms.txn_event(&me.user_id, &txn)? {
+        return Ok(send_message_event::v3::Response::new(event_id));
+    }
+    require_joined(&services, &body.room_id, &me.user_id)?;
+    let content = parse_json(body.body.json(), "content")?;
+    object(content.clone(), "content")?;
+    let mut event = NewEvent::message(body.event_type.to_string(), content);
+    event.txn = Some(txn);
+    let event_id = services
+        .rooms
+        .send(&body.room_id, &me.user_id, event)
+        .await?;
+    Ok(send_message_event::v3::Response::new(event_id))
+}
+
+async fn send_state(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: send_state_event::v3::Request,
+) -> Result<send_state_event::v3::Response> {
+    let me = ctx.authed()?;
+    known_room(&services, &body.room_id)?;
+    let content = parse_json(body.body.json(), "content")?;
+    object(content.clone(), "content")?;
+    if body.event_type == StateEventType::RoomCanonicalAlias {
+        check_canonical_alias(&services, &body.room_id, &content)?;
+    }
+    let event = NewEvent::state(body.event_type.to_string(), body.state_key.clone(), content);
+    let event_id = services
+        .rooms
+        .send(&body.room_id, &me.user_id, event)
+        .await?;
+    Ok(send_state_event::v3::Response::new(event_id))
+}
+
+/// `m.room.canonical_alias` may only name aliases that point to this room (spec: 400
+/// `M_BAD_ALIAS`); only local aliases can be checked without federation.
+fn check_canonical_alias(services: &Services, room_id: &RoomId, content: &Value) -> Result<()> {
+    let mut aliases: Vec<&str> = content
+        .get("alt_aliases")
+        .and_then(Value::as_array)
+        .map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).collect());
+    aliases.extend(content.get("alias").and_then(Value::as_str));
+    for alias in aliases {
+        let alias = RoomAliasId::parse(alias)
+            .map_err(|_| Error::invalid_param(format!("Invalid alias {alias}")))?;
+        if alias.server_name().as_str() != services.config.server_name {
+            continue;
+        }
+        if services.rooms.alias_room(&alias)?.as_deref() != Some(room_id) {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_BAD_ALIAS",
+                format!("{alias} does not point to this room"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the user may read the room's *current* state: joined now, or the room is
+/// world-readable; a user who left sees the state as it was when they left.
+fn state_view(
+    services: &Services,
+    room: &RoomRecord,
+    room_id: &RoomId,
+    user_id: &UserId,
+) -> Result<Option<Option<u64>>> {
+    match services.rooms.membership(room_id, user_id)? {
+        Some(MembershipState::Join) => Ok(Some(room.last_state)),
+        Some(MembershipState::Leave) | Some(MembershipState::Ban) => {
+            // The state at the user's own leave event.
+            let member = services.rooms.state_event(
+                room.sid,
+                &StateEventType::RoomMember,
+                user_id.as_str(),
+            )?;
+            Ok(member.map(|e| state_head(&e)))
+        }
+        _ => {
+            let visibility =
+                services
+                    .rooms
+                    .state_event(room.sid, &StateEventType::RoomHistoryVisibility, "")?;
+            let readable = visibility
+                .and_then(|e| e.pdu.content_as::<Value>())
+                .is_some_and(|c| {
+                    c.get("history_visibility").and_then(Value::as_str) == Some("world_readable")
+                });
+            Ok(readable.then_some(room.last_state))
+        }
+    }
+}
+
+async fn get_state_event(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: get_state_event_for_key::v3::Request,
+) -> Result<get_state_event_for_key::v3::Response> {
+    let me = ctx.authed()?;
+    let room = known_room(&services, &body.room_id)?;
+    let head = state_view(&services, &room, &body.room_id, &me.user_id)?
+        .ok_or_else(|| Error::forbidden("You are not allowed to read this room's state"))?;
+    let sid = services
+        .rooms
+        .state_at(head, &body.event_type, &body.state_key)?;
+    let event = sid
+        .map(|sid| services.rooms.event_by_sid(sid))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| Error::not_found("No such state event"))?;
+    let value = match body.format {
+        get_state_event_for_key::v3::StateEventFormat::Event => {
+            services.rooms.client_event(&event, Some(viewer(me)))
+        }
+        _ => services.rooms.client_event(&event, None)["content"].clone(),
+    };
+    let raw = serde_json::value::to_raw_value(&value).map_err(|e| Error::unknown(e.to_string()))?;
+    Ok(get_state_event_for_key::v3::Response::new(raw))
+}
+
+fn state_events(services: &Services, head: Option<u64>) -> Result<Vec<StoredEvent>> {
+    let entries = services.rooms.full_state_at(head)?;
+    entries
+        .into_iter()
+        .filter_map(|(_, _, sid)| services.rooms.event_by_sid(sid).transpose())
+        .collect()
+}
+
+async fn get_state(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: get_state_events::v3::Request,
+) -> Result<get_state_events::v3::Response> {
+    let me = ctx.authed()?;
+    let room = known_room(&services, &body.room_id)?;
+    let head = state_view(&services, &room, &body.room_id, &me.user_id)?
+        .ok_or_else(|| Error::forbidden("You are not allowed to read this room's state"))?;
+    let events = state_events(&services, head)?;
+    let state = events
+        .iter()
+        .map(|e| raw(services.rooms.client_event(e, Some(viewer(me)))))
+        .collect::<Result<_>>()?;
+    Ok(get_state_events::v3::Response::new(state))
+}
+
+/// An event of the room that the user may see, or 404 (not 403, so that existence does not
+/// leak).
+fn visible_event(
+    services: &Services,
+    room_id: &RoomId,
+    user_id: &UserId,
+    event_id: &ruma::EventId,
+) -> Result<StoredEvent> {
+    let room = known_room(services, room_id)?;
+    let event = services
+        .rooms
+        .event(event_id)?
+        .filter(|e| e.meta.room_sid == room.sid);
+    match event {
+        Some(event) if services.rooms.can_see(user_id, &event)? => Ok(event),
+        _ => Err(Error::not_found("Event not found")),
+    }
+}
+
+async fn get_event(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: get_room_event::v3::Request,
+) -> Result<get_room_event::v3::Response> {
+    let me = ctx.authed()?;
+    let event = visible_event(&services, &body.room_id, &me.user_id, &body.event_id)?;
+    Ok(get_room_event::v3::Response::new(raw(services
+        .rooms
+        .client_event(&event, Some(viewer(me))))?))
+}
+
+async fn members(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: get_member_events::v3::Request,
+) -> Result<get_member_events::v3::Response> {
+    let me = ctx.authed()?;
+    let room = known_room(&services, &body.room_id)?;
+    let mut head = state_view(&services, &room, &body.room_id, &me.user_id)?
+        .ok_or_else(|| Error::forbidden("You are not allowed to read this room's members"))?;
+    if let Some(at) = &body.at {
+        // `at` is a pagination token: the state at that point of the timeline, if visible.
+        let pos: u64 = at
+            .parse()
+            .map_err(|_| Error::invalid_param("Invalid `at` token"))?;
+        let before = services
+            .rooms
+            .timeline(room.sid, Some(pos.saturating_sub(1)), true, 1)?;
+        head = match before.first() {
+            Some(event) if services.rooms.can_see(&me.user_id, event)? => state_head(event),
+            Some(_) => return Err(Error::forbidden("You may not see the room at that point")),
+            None => None,
+        };
+    }
+    let mut chunk = Vec::new();
+    for (kind, _, sid) in services.rooms.full_state_at(head)? {
+        if kind != "m.room.member" {
+            continue;
+        }
+        let Some(event) = services.rooms.event_by_sid(sid)? else {
+            continue;
+        };
+        let membership = event.pdu.content_as::<Value>().and_then(|c| {
+            c.get("membership")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        let membership = membership.as_deref().map(MembershipState::from);
+        if body
+            .membership
+            .as_ref()
+            .is_some_and(|m| membership.as_ref() != Some(m))
+        {
+            continue;
+        }
+        if body
+            .not_membership
+            .as_ref()
+            .is_some_and(|m| membership.as_ref() == Some(m))
+        {
+            continue;
+        }
+        chunk.push(raw(services.rooms.client_event(&event, Some(viewer(me))))?);
+    }
+    Ok(get_member_events::v3::Response::new(chunk))
+}
+
+async fn joined_members_of(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: joined_members::v3::Request,
+) -> Result<joined_members::v3::Response> {
+    let me = ctx.authed()?;
+    let room = require_joined(&services, &body.room_id, &me.user_id)?;
+    let mut joined = BTreeMap::new();
+    for event in services
+        .rooms
+        .current_state(room.sid, Some(&StateEventType::RoomMember))?
+    {
+        let content = event.pdu.content_as::<Value>().unwrap_or_default();
+        if content.get("membership").and_then(Value::as_str) != Some("join") {
+            continue;
+        }
+        let Some(user) = event
+            .pdu
+            .state_key
+            .as_deref()
+            .and_then(|k| UserId::parse(k).ok())
+        else {
+            continue;
+        };
+        let mut member = joined_members::v3::RoomMember::new();
+        member.display_name = content
+            .get("displayname")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        member.avatar_url = content
+            .get("avatar_url")
+            .and_then(Value::as_str)
+            .map(Into::into);
+        joined.insert(user, member);
+    }
+    Ok(joined_members::v3::Response::new(joined))
+}
+
+async fn joined_rooms_of(
+    services: Arc<Services>,
+    ctx: Ctx,
+    _: joined_rooms::v3::Request,
+) -> Result<joined_rooms::v3::Response> {
+    let me = ctx.authed()?;
+    Ok(joined_rooms::v3::Response::new(
+        services
+            .rooms
+            .rooms_of(&me.user_id, &MembershipState::Join)?,
+    ))
+}
+
+/// Whether an event passes a `/messages` filter's type and sender conditions.
+fn passes(filter: &ruma::api::client::filter::RoomEventFilter, event: &StoredEvent) -> bool {
+    let kind = event.meta.kind.as_str();
+    let matches = |pattern: &String| match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    };
+    if filter.not_types.iter().any(matches) {
+        return false;
+    }
+    if filter
+        .types
+        .as_ref()
+        .is_some_and(|types| !types.iter().any(matches))
+    {
+        return false;
+    }
+    if filter
+        .not_senders
+        .iter()
+        .any(|s| s.as_str() == event.meta.sender)
+    {
+        return false;
+    }
+    if filter
+        .senders
+        .as_ref()
+        .is_some_and(|s| !s.iter().any(|s| s.as_str() == event.meta.sender))
+    {
+        return false;
+    }
+    true
+}
+
+/// Pagination tokens are stream positions: a token `t` sits between the events at `t - 1`
+/// and `t`; paging backwards from `t` returns events below it, forwards events from it on.
+async fn messages(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: get_message_events::v3::Request,
+) -> Result<get_message_events::v3::Response> {
+    let me = ctx.authed()?;
+    let room = known_room(&services, &body.room_id)?;
+    let membership = services.rooms.membership(&body.room_id, &me.user_id)?;
+    if membership.is_none() {
+        // Never in the room: only world-readable rooms can be paginated.
+        if state_view(&services, &room, &body.room_id, &me.user_id)?.is_none() {
+            return Err(Error::forbidden("You are not a member of this room"));
+        }
+    }
+    let parse = |t: &str| {
+        t.parse::<u64>()
+            .map_err(|_| Error::invalid_param(format!("Invalid pagination token {t}")))
+    };
+    let backwards = body.dir == Direction::Backward;
+    let from = match body.from.as_deref() {
+        Some(t) => parse(t)?,
+        None if backwards => services.rooms.stream_position() + 1,
+        None => 0,
+    };
+    let to = body.to.as_deref().map(parse).transpose()?;
+    let limit = usize::try_from(u64::from(body.limit))
+        .unwrap_or(MAX_PAGE)
+        .clamp(1, MAX_PAGE);
+
+    let mut chunk = Vec::new();
+    let mut cursor = from;
+    let mut end = None;
+    // Read in pages; filtered-out and invisible events do not count towards the limit, but
+    // the scan is bounded so a filter matching nothing cannot read the whole room.
+    let mut budget = limit * 20 + 100;
+    'pages: while chunk.len() < limit && budget > 0 {
+        let start = if backwards {
+            cursor.checked_sub(1)
+        } else {
+            Some(cursor)
+        };
+        let Some(start) = start else { break };
+        let page = services
+            .rooms
+            .timeline(room.sid, Some(start), backwards, limit.min(budget))?;
+        if page.is_empty() {
+            end = None;
+            break;
+        }
+        for event in page {
+            budget = budget.saturating_sub(1);
+            if let Some(to) = to {
+                if (backwards && event.sid < to) || (!backwards && event.sid >= to) {
+                    end = None;
+                    break 'pages;
+                }
+            }
+            cursor = if backwards { event.sid } else { event.sid + 1 };
+            end = Some(cursor);
+            if !passes(&body.filter, &event) {
+                continue;
+            }
+            if !services.rooms.can_see(&me.user_id, &event)? {
+                if backwards {
+                    // History before the user could see it stays hidden: stop here.
+                    end = None;
+                    break 'pages;
+                }
+                continue;
+            }
+            chunk.push(raw(services.rooms.client_event(&event, Some(viewer(me))))?);
+            if chunk.len() == limit {
+                break 'pages;
+            }
+        }
+    }
+    let mut response = get_message_events::v3::Response::new();
+    response.start = from.to_string();
+    response.end = end.map(|e| e.to_string());
+    response.chunk = chunk;
+    Ok(response)
+}

@@ -1,0 +1,499 @@
+//! Building, authorising and staging new events.
+//!
+//! A [`Staged`] append holds the room lock and an overlay of what it has staged but not yet
+//! committed, so several events (a whole `createRoom`) can be built on each other and land in
+//! one atomic batch: a crash leaves either the whole room or nothing.
+
+use std::collections::HashMap;
+
+use ruma::{
+    canonical_json::to_canonical_value,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion, RoomVersionRules},
+    signatures::{hash_and_sign_event, reference_hash},
+    state_res::{
+        auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
+    },
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId,
+    RoomVersionId, UserId,
+};
+use serde_json::{json, Map, Value};
+
+use super::{
+    CurrentState, EventIds, EventMeta, EventMetaTable, NewEvent, Pdu, Pdus, RoomMembers,
+    RoomRecord, Rooms, RoomsTable, StateSnapshot, StateSnapshots, Timeline, TxnIds, UserRooms,
+    SNAPSHOT_EVERY,
+};
+use crate::{
+    error::{Error, Result},
+    service::{stream::Pending, users::now_ms},
+    store::{Batch, CommitError, Raw},
+};
+
+/// Events staged for one room under its lock, committed together.
+pub struct Staged<'a> {
+    rooms: &'a Rooms,
+    _lock: tokio::sync::OwnedMutexGuard<()>,
+    room_id: Option<OwnedRoomId>,
+    version: RoomVersionId,
+    rules: RoomVersionRules,
+    old_record: Option<RoomRecord>,
+    record: Option<RoomRecord>,
+    batch: Batch,
+    /// Staged current-state changes: `(type, state_key) → (sid, pdu)`.
+    state: HashMap<(String, String), (u64, Pdu)>,
+    /// Staged events by id, for auth-event lookups.
+    events: HashMap<OwnedEventId, (u64, Pdu, CanonicalJsonObject)>,
+    pending: Vec<Pending<'a>>,
+    pub event_ids: Vec<OwnedEventId>,
+}
+
+impl Rooms {
+    /// Starts appending to an existing room (takes its lock).
+    pub async fn stage(&self, room_id: &RoomId) -> Result<Staged<'_>> {
+        let lock = self.lock_room(room_id).await;
+        let record = self
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let version = self.room_version(&record)?;
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::unknown("unsupported room version"))?;
+        Ok(Staged {
+            rooms: self,
+            _lock: lock,
+            room_id: Some(room_id.to_owned()),
+            version,
+            rules,
+            old_record: Some(record.clone()),
+            record: Some(record),
+            batch: Batch::new(),
+            state: HashMap::new(),
+            events: HashMap::new(),
+            pending: Vec::new(),
+            event_ids: Vec::new(),
+        })
+    }
+
+    /// Starts a new room. For room versions before 12 the id is chosen here; from 12 on it is
+    /// the hash of the create event, known once that is added.
+    pub async fn stage_new_room(&self, version: RoomVersionId) -> Result<Staged<'_>> {
+        let rules = version.rules().ok_or_else(|| {
+            Error::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_UNSUPPORTED_ROOM_VERSION",
+                "Unsupported room version",
+            )
+        })?;
+        let room_id = if rules.authorization.room_create_event_id_as_room_id {
+            None
+        } else {
+            Some(RoomId::new_v1(&self.server_name))
+        };
+        // A fresh random id cannot be contended; the lock only keeps the API uniform.
+        let lock = match &room_id {
+            Some(id) => self.lock_room(id).await,
+            None => {
+                std::sync::Arc::new(tokio::sync::Mutex::new(()))
+                    .lock_owned()
+                    .await
+            }
+        };
+        Ok(Staged {
+            rooms: self,
+            _lock: lock,
+            room_id,
+            version,
+            rules,
+            old_record: None,
+            record: None,
+            batch: Batch::new(),
+            state: HashMap::new(),
+            events: HashMap::new(),
+            pending: Vec::new(),
+            event_ids: Vec::new(),
+        })
+    }
+
+    /// Builds, authorises and stores one event from a local user.
+    pub async fn send(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+    ) -> Result<OwnedEventId> {
+        let mut staged = self.stage(room_id).await?;
+        if let Some(txn) = &event.txn {
+            if let Some(id) = self.txn_event(sender, txn)? {
+                return Ok(id);
+            }
+        }
+        let event_id = staged.add(sender, event)?;
+        staged.commit().await?;
+        Ok(event_id)
+    }
+}
+
+impl<'a> Staged<'a> {
+    pub fn room_id(&self) -> Option<&RoomId> {
+        self.room_id.as_deref()
+    }
+
+    pub fn rules(&self) -> &RoomVersionRules {
+        &self.rules
+    }
+
+    pub fn version(&self) -> &RoomVersionId {
+        &self.version
+    }
+
+    fn state_sid(&self, kind: &str, state_key: &str) -> Result<Option<u64>> {
+        if let Some((sid, _)) = self.state.get(&(kind.to_owned(), state_key.to_owned())) {
+            return Ok(Some(*sid));
+        }
+        let Some(record) = &self.record else {
+            return Ok(None);
+        };
+        Ok(self.rooms.store.get::<CurrentState>(&(
+            record.sid,
+            kind.to_owned(),
+            state_key.to_owned(),
+        ))?)
+    }
+
+    /// The current (staged or stored) state event for a key.
+    pub fn state_pdu(&self, kind: &StateEventType, state_key: &str) -> Option<Pdu> {
+        if let Some((_, pdu)) = self.state.get(&(kind.to_string(), state_key.to_owned())) {
+            return Some(pdu.clone());
+        }
+        let record = self.record.as_ref()?;
+        self.rooms
+            .state_event(record.sid, kind, state_key)
+            .ok()
+            .flatten()
+            .map(|e| e.pdu)
+    }
+
+    fn event_pdu(&self, event_id: &EventId) -> Option<Pdu> {
+        if let Some((_, pdu, _)) = self.events.get(event_id) {
+            return Some(pdu.clone());
+        }
+        self.rooms.event(event_id).ok().flatten().map(|e| e.pdu)
+    }
+
+    fn event_json(&self, sid: u64) -> Result<CanonicalJsonObject> {
+        if let Some((_, _, json)) = self.events.values().find(|(s, _, _)| *s == sid) {
+            return Ok(json.clone());
+        }
+        Ok(self
+            .rooms
+            .event_by_sid(sid)?
+            .ok_or_else(|| Error::unknown("referenced event is missing"))?
+            .json)
+    }
+
+    fn event_id_of(&self, sid: u64) -> Result<String> {
+        if let Some((id, _)) = self.events.iter().find(|(_, (s, _, _))| *s == sid) {
+            return Ok(id.to_string());
+        }
+        let meta = self.rooms.store.get::<EventMetaTable>(&sid)?;
+        Ok(meta
+            .ok_or_else(|| Error::unknown("referenced event is missing"))?
+            .event_id)
+    }
+
+    /// `prev_events`/`auth_events` entries in the room version's format.
+    fn references(&self, sids: &[u64]) -> Result<Vec<Value>> {
+        sids.iter()
+            .map(|&sid| {
+                let id = self.event_id_of(sid)?;
+                Ok(match self.rules.events_reference_format {
+                    EventsReferenceFormatVersion::V1 => {
+                        let hash = reference_hash(&self.event_json(sid)?, &self.rules)
+                            .map_err(|e| Error::unknown(format!("cannot hash event: {e}")))?;
+                        json!([id, {"sha256": hash}])
+                    }
+                    _ => json!(id),
+                })
+            })
+            .collect()
+    }
+
+    /// Builds, signs and authorises an event and stages it. Returns its id.
+    pub fn add(&mut self, sender: &UserId, new: NewEvent) -> Result<OwnedEventId> {
+        let rooms = self.rooms;
+        let content_raw = serde_json::value::to_raw_value(&new.content)
+            .map_err(|e| Error::bad_json(e.to_string()))?;
+        let auth_types = auth_types_for_event(
+            &new.kind,
+            sender,
+            new.state_key.as_deref(),
+            &content_raw,
+            &self.rules.authorization,
+        )
+        .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
+        let mut auth_sids = Vec::new();
+        for (kind, state_key) in &auth_types {
+            if let Some(sid) = self.state_sid(&kind.to_string(), state_key)? {
+                if !auth_sids.contains(&sid) {
+                    auth_sids.push(sid);
+                }
+            }
+        }
+        let prev = self
+            .record
+            .as_ref()
+            .map(|r| r.extremities.clone())
+            .unwrap_or_default();
+        let depth = self.record.as_ref().map_or(1, |r| r.depth + 1);
+
+        let mut object = Map::new();
+        object.insert("type".into(), json!(new.kind.to_string()));
+        object.insert("sender".into(), json!(sender));
+        object.insert("origin_server_ts".into(), json!(now_ms()));
+        object.insert("depth".into(), json!(depth));
+        object.insert("prev_events".into(), Value::Array(self.references(&prev)?));
+        object.insert(
+            "auth_events".into(),
+            Value::Array(self.references(&auth_sids)?),
+        );
+        let mut content = new.content.clone();
+        if let Some(redacts) = &new.redacts {
+            if self.rules.redaction.content_field_redacts {
+                if let Some(map) = content.as_object_mut() {
+                    map.insert("redacts".into(), json!(redacts));
+                }
+            } else {
+                object.insert("redacts".into(), json!(redacts));
+            }
+        }
+        object.insert("content".into(), content);
+        if let Some(room_id) = &self.room_id {
+            object.insert("room_id".into(), json!(room_id));
+        }
+        if let Some(state_key) = &new.state_key {
+            object.insert("state_key".into(), json!(state_key));
+        }
+        let assigned_id = match self.rules.event_id_format {
+            EventIdFormatVersion::V1 => {
+                let id = EventId::new_v1(&rooms.server_name);
+                object.insert("event_id".into(), json!(id));
+                Some(id)
+            }
+            _ => None,
+        };
+        let CanonicalJsonValue::Object(mut object) = to_canonical_value(Value::Object(object))
+            .map_err(|e| Error::bad_json(format!("Event is not canonical JSON: {e}")))?
+        else {
+            return Err(Error::unknown("event is not an object"));
+        };
+        hash_and_sign_event(
+            rooms.server_name.as_str(),
+            &rooms.keys.keypair,
+            &mut object,
+            &self.rules.redaction,
+        )
+        .map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => {
+                Error::too_large("Event is larger than 65536 bytes")
+            }
+            e => Error::unknown(format!("cannot sign event: {e}")),
+        })?;
+        let event_id = match assigned_id {
+            Some(id) => id,
+            None => {
+                let hash = reference_hash(&object, &self.rules).map_err(|e| match e {
+                    ruma::signatures::JsonError::PduTooLarge => {
+                        Error::too_large("Event is larger than 65536 bytes")
+                    }
+                    e => Error::unknown(format!("cannot hash event: {e}")),
+                })?;
+                EventId::parse(format!("${hash}")).map_err(|_| Error::unknown("bad event id"))?
+            }
+        };
+        if self.room_id.is_none() {
+            // v12: the room id is the create event's reference hash.
+            let room_id = format!("!{}", &event_id.as_str()[1..]);
+            self.room_id = Some(RoomId::parse(room_id).map_err(|_| Error::unknown("bad room id"))?);
+        }
+        let pdu = Pdu::from_object(event_id.clone(), &object).map_err(Error::unknown)?;
+
+        check_state_independent_auth_rules(&self.rules.authorization, &pdu, |id| {
+            self.event_pdu(id)
+        })
+        .map_err(|e| Error::forbidden(format!("Event is not authorised: {e}")))?;
+        check_state_dependent_auth_rules(&self.rules.authorization, &pdu, |kind, key| {
+            self.state_pdu(kind, key)
+        })
+        .map_err(|e| Error::forbidden(format!("Event is not authorised: {e}")))?;
+
+        self.stage_event(pdu, object, new.txn, sender)?;
+        self.event_ids.push(event_id.clone());
+        Ok(event_id)
+    }
+
+    fn stage_event(
+        &mut self,
+        pdu: Pdu,
+        object: CanonicalJsonObject,
+        txn: Option<super::Txn>,
+        sender: &UserId,
+    ) -> Result<()> {
+        let rooms = self.rooms;
+        let room_id = self
+            .room_id
+            .clone()
+            .ok_or_else(|| Error::unknown("room id unknown"))?;
+        let pending = rooms.stream.allocate()?;
+        let sid = pending.pos;
+        self.pending.push(pending);
+        if self.record.is_none() {
+            let room_sid = rooms
+                .store
+                .intern_in("room", room_id.as_str(), &mut self.batch)?;
+            self.record = Some(RoomRecord {
+                sid: room_sid,
+                version: self.version.to_string(),
+                depth: 0,
+                extremities: Vec::new(),
+                last_state: None,
+                since_snapshot: 0,
+                created_ms: now_ms(),
+            });
+        }
+        let state_key = pdu.state_key.clone();
+        let kind = pdu.kind.to_string();
+        let replaces_state = match &state_key {
+            Some(key) => self.state_sid(&kind, key)?,
+            None => None,
+        };
+        let record = self.record.as_mut().expect("set above");
+        let room_sid = record.sid;
+        let meta = EventMeta {
+            room_sid,
+            event_id: pdu.event_id.to_string(),
+            kind: kind.clone(),
+            state_key: state_key.clone(),
+            sender: sender.to_string(),
+            state_link: record.last_state,
+            depth: pdu.depth,
+            origin_server_ts: u64::from(pdu.origin_server_ts.0),
+            txn: txn
+                .as_ref()
+                .map(|t| (t.device_id.clone(), t.txn_id.clone())),
+            redacted_by: None,
+            replaces_state,
+        };
+        let json = serde_json::to_vec(&object).map_err(|e| Error::unknown(e.to_string()))?;
+        let event_key = pdu.event_id.to_string();
+        self.batch
+            .expect_absent::<EventIds>(&event_key)
+            .put::<EventIds>(&event_key, &sid)
+            .put::<Pdus>(&sid, &Raw(json))
+            .put::<EventMetaTable>(&sid, &meta)
+            .put::<Timeline>(&(room_sid, sid), &true);
+        if let Some(txn) = txn {
+            self.batch.put::<TxnIds>(
+                &(sender.to_string(), txn.device_id, txn.scope, txn.txn_id),
+                &event_key,
+            );
+        }
+        record.depth = record.depth.max(pdu.depth);
+        record.extremities = vec![sid];
+
+        if let Some(state_key) = &state_key {
+            let record = self.record.as_mut().expect("set above");
+            record.last_state = Some(sid);
+            record.since_snapshot += 1;
+            let snapshot_due = record.since_snapshot >= SNAPSHOT_EVERY;
+            if snapshot_due {
+                record.since_snapshot = 0;
+            }
+            self.batch
+                .put::<CurrentState>(&(room_sid, kind.clone(), state_key.clone()), &sid);
+            if pdu.kind == TimelineEventType::RoomMember {
+                let membership = pdu
+                    .content_as::<Value>()
+                    .and_then(|c| {
+                        c.get("membership")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| "leave".into());
+                self.batch
+                    .put::<UserRooms>(
+                        &(state_key.clone(), room_id.to_string()),
+                        &super::UserRoom {
+                            membership: membership.clone(),
+                            sid,
+                        },
+                    )
+                    .put::<RoomMembers>(&(room_sid, state_key.clone()), &membership)
+                    .delete::<super::Forgotten>(&(state_key.clone(), room_id.to_string()));
+            }
+            self.state
+                .insert((kind, state_key.clone()), (sid, pdu.clone()));
+            if snapshot_due {
+                let entries = self.full_state_entries()?;
+                self.batch
+                    .put::<StateSnapshots>(&sid, &StateSnapshot { entries });
+            }
+        }
+        self.events.insert(pdu.event_id.clone(), (sid, pdu, object));
+        Ok(())
+    }
+
+    /// The whole current state including staged changes.
+    fn full_state_entries(&self) -> Result<Vec<(String, String, u64)>> {
+        let mut map: HashMap<(String, String), u64> = HashMap::new();
+        if let Some(old) = &self.old_record {
+            for ((_, kind, key), sid) in self
+                .rooms
+                .store
+                .scan_prefix::<CurrentState, _>(&(old.sid,), usize::MAX)?
+            {
+                map.insert((kind, key), sid);
+            }
+        }
+        for (key, (sid, _)) in &self.state {
+            map.insert(key.clone(), *sid);
+        }
+        let mut entries: Vec<_> = map.into_iter().map(|((k, s), sid)| (k, s, sid)).collect();
+        entries.sort();
+        Ok(entries)
+    }
+
+    /// Extra writes to commit atomically with the staged events.
+    pub fn batch_mut(&mut self) -> &mut Batch {
+        &mut self.batch
+    }
+
+    /// Commits everything staged in one durable batch.
+    pub async fn commit(self) -> Result<OwnedRoomId> {
+        // The room record changed under the lock: only possible if something wrote to the room
+        // without it, which is a bug, not a client error.
+        self.commit_with(|| Error::unknown("concurrent change to the room"))
+            .await
+    }
+
+    /// `commit`, with `on_conflict` describing a failed precondition of extra writes.
+    pub async fn commit_with(mut self, on_conflict: impl FnOnce() -> Error) -> Result<OwnedRoomId> {
+        let room_id = self
+            .room_id
+            .clone()
+            .ok_or_else(|| Error::unknown("nothing staged"))?;
+        let Some(record) = &self.record else {
+            return Ok(room_id);
+        };
+        let key = room_id.to_string();
+        self.batch
+            .expect_value::<RoomsTable>(&key, self.old_record.as_ref())
+            .put::<RoomsTable>(&key, record);
+        let batch = std::mem::take(&mut self.batch);
+        match self.rooms.store.commit(batch).await {
+            Ok(()) => Ok(room_id),
+            Err(CommitError::Conflict) => Err(on_conflict()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

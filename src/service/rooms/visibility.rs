@@ -1,0 +1,90 @@
+//! History visibility (spec: client-server API, room history visibility): which events a user
+//! may read. Every read path (messages, context, event, relations, state, members) asks here.
+
+use ruma::{events::StateEventType, UserId};
+use serde_json::Value;
+
+use super::{state::state_head, Rooms, StoredEvent};
+use crate::error::Result;
+
+/// How far back to follow a user's membership changes when deciding `shared` visibility.
+const MEMBERSHIP_HISTORY_LIMIT: usize = 100;
+
+impl Rooms {
+    fn content_field(&self, sid: Option<u64>, field: &str) -> Result<Option<String>> {
+        let Some(sid) = sid else { return Ok(None) };
+        let Some(event) = self.event_by_sid(sid)? else {
+            return Ok(None);
+        };
+        Ok(event
+            .pdu
+            .content_as::<Value>()
+            .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned)))
+    }
+
+    /// The `history_visibility` in force at an event (`shared` when unset, per spec).
+    pub fn visibility_at(&self, event: &StoredEvent) -> Result<String> {
+        let sid = self.state_at(
+            state_head(event),
+            &StateEventType::RoomHistoryVisibility,
+            "",
+        )?;
+        Ok(self
+            .content_field(sid, "history_visibility")?
+            .unwrap_or_else(|| "shared".into()))
+    }
+
+    /// The user's membership in the state at an event.
+    pub fn membership_at(&self, event: &StoredEvent, user_id: &UserId) -> Result<Option<String>> {
+        let sid = self.state_at(
+            state_head(event),
+            &StateEventType::RoomMember,
+            user_id.as_str(),
+        )?;
+        self.content_field(sid, "membership")
+    }
+
+    /// Whether `user_id` joined the room at any point after the event `after_sid`.
+    fn joined_since(&self, room_sid: u64, user_id: &UserId, after_sid: u64) -> Result<bool> {
+        let key = (room_sid, "m.room.member".to_owned(), user_id.to_string());
+        let mut cursor = self.store.get::<super::CurrentState>(&key)?;
+        for _ in 0..MEMBERSHIP_HISTORY_LIMIT {
+            let Some(sid) = cursor else { return Ok(false) };
+            if sid <= after_sid {
+                return Ok(false);
+            }
+            let Some(event) = self.event_by_sid(sid)? else {
+                return Ok(false);
+            };
+            let membership = event.pdu.content_as::<Value>();
+            if membership
+                .as_ref()
+                .and_then(|c| c.get("membership"))
+                .and_then(Value::as_str)
+                == Some("join")
+            {
+                return Ok(true);
+            }
+            cursor = event.meta.replaces_state;
+        }
+        Ok(false)
+    }
+
+    /// The spec's visibility algorithm for one event.
+    pub fn can_see(&self, user_id: &UserId, event: &StoredEvent) -> Result<bool> {
+        let visibility = self.visibility_at(event)?;
+        if visibility == "world_readable" {
+            return Ok(true);
+        }
+        let membership = self.membership_at(event, user_id)?;
+        match membership.as_deref() {
+            Some("join") => return Ok(true),
+            Some("invite") if visibility == "invited" => return Ok(true),
+            _ => {}
+        }
+        if visibility == "shared" {
+            return self.joined_since(event.meta.room_sid, user_id, event.sid);
+        }
+        Ok(false)
+    }
+}
