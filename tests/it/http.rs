@@ -216,7 +216,8 @@ async fn versions_capabilities_and_well_known() {
         body["capabilities"]["m.3pid_changes"]["enabled"], false,
         "{body}"
     );
-    assert_eq!(body["capabilities"]["m.room_versions"]["default"], "10");
+    assert_eq!(body["capabilities"]["m.room_versions"]["default"], "12");
+    assert_eq!(body["capabilities"]["m.room_versions"]["available"]["1"], "stable");
 
     // Without delegation configured, /.well-known/matrix/server is an honest 404.
     let plain = TestServer::start().await;

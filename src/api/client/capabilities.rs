@@ -34,11 +34,12 @@ async fn capabilities(_: Arc<Services>, _: Ctx, _: caps::Request) -> Result<caps
         RoomVersionId::V9,
         RoomVersionId::V10,
         RoomVersionId::V11,
+        RoomVersionId::V12,
     ];
     let available: BTreeMap<_, _> = stable
         .into_iter()
         .map(|v| (v, caps::RoomVersionStability::Stable))
         .collect();
-    capabilities.room_versions = caps::RoomVersionsCapability::new(RoomVersionId::V10, available);
+    capabilities.room_versions = caps::RoomVersionsCapability::new(super::room::DEFAULT_ROOM_VERSION, available);
     Ok(caps::Response::new(capabilities))
 }
