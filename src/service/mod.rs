@@ -139,6 +139,32 @@ impl Services {
         self.profiles.stage_clear(&mut batch, user_id)?;
         self.store.commit(batch).await?;
         log::info!("deactivated {user_id}");
+        self.leave_all_rooms(user_id).await;
         Ok(())
+    }
+
+    /// Leaves (or rejects) every room the user is in, invited to or knocking on. Best effort:
+    /// the account is already deactivated, so a room that refuses the leave is only logged.
+    async fn leave_all_rooms(&self, user_id: &UserId) {
+        use ruma::events::{room::member::MembershipState, TimelineEventType};
+        for membership in [MembershipState::Join, MembershipState::Invite, MembershipState::Knock] {
+            let rooms = match self.rooms.rooms_of(user_id, &membership) {
+                Ok(rooms) => rooms,
+                Err(e) => {
+                    log::warn!("cannot list rooms of {user_id}: {e}");
+                    continue;
+                }
+            };
+            for room_id in rooms {
+                let leave = rooms::NewEvent::state(
+                    TimelineEventType::RoomMember,
+                    user_id.as_str(),
+                    serde_json::json!({"membership": "leave"}),
+                );
+                if let Err(e) = self.rooms.send(&room_id, user_id, leave).await {
+                    log::warn!("deactivated {user_id} could not leave {room_id}: {e}");
+                }
+            }
+        }
     }
 }

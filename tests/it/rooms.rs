@@ -698,3 +698,22 @@ async fn rooms_survive_restart() {
     let (status, _) = send_text(&srv, &token, &room, "k2", "after restart").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn deactivated_users_leave_their_rooms() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let joined = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    srv.post(&format!("/_matrix/client/v3/join/{joined}"), Some(&bob), json!({})).await;
+    let invited = create_room(&srv, &alice, json!({"invite": [bob_id]})).await;
+
+    let (_, challenge) = srv.post("/_matrix/client/v3/account/deactivate", Some(&bob), json!({})).await;
+    let auth = TestServer::password_auth("bob", "pw", challenge["session"].as_str().unwrap());
+    let (status, body) = srv.post("/_matrix/client/v3/account/deactivate", Some(&bob), json!({"auth": auth})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for room in [&joined, &invited] {
+        let (_, member) = srv.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{bob_id}"), Some(&alice)).await;
+        assert_eq!(member["membership"], "leave", "{room}");
+    }
+}
