@@ -9,4 +9,5 @@ mod http;
 mod profile;
 mod push_rules;
 mod rooms;
+mod spaces;
 mod store;

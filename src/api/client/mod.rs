@@ -12,6 +12,7 @@ pub mod push;
 pub mod register;
 pub mod room;
 pub mod session;
+pub mod space;
 
 use crate::http::Router;
 
@@ -28,4 +29,5 @@ pub fn register_routes(router: &mut Router) {
     account_data::routes(router);
     filter::routes(router);
     push::routes(router);
+    space::routes(router);
 }

@@ -13,6 +13,7 @@
 mod build;
 pub mod create;
 pub mod format;
+pub mod hierarchy;
 pub mod state;
 pub mod visibility;
 
