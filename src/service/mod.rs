@@ -4,12 +4,15 @@
 pub mod account_data;
 pub mod filters;
 pub mod keys;
+pub mod notifier;
 pub mod profiles;
 pub mod push_rules;
 pub mod reg_tokens;
+pub mod reports;
 pub mod rooms;
 pub mod sessions;
 pub mod stream;
+pub mod sync;
 pub mod uiaa;
 pub mod users;
 
@@ -38,8 +41,10 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub filters: filters::Filters,
     pub push_rules: push_rules::PushRules,
+    pub reports: reports::Reports,
     pub stream: Arc<stream::Stream>,
     pub keys: Arc<keys::ServerKeys>,
+    pub notifier: Arc<notifier::Notifier>,
     pub rooms: rooms::Rooms,
 }
 
@@ -76,6 +81,7 @@ impl Services {
             .map_err(|_| OpenError::ServerName(config.server_name.clone()))?;
         let stream = Arc::new(stream::Stream::open(store.clone())?);
         let keys = Arc::new(keys);
+        let notifier = Arc::new(notifier::Notifier::new());
         let limits = &config.rate_limit;
         let rate_limiter = RateLimiter::new(
             limits.enabled,
@@ -89,7 +95,9 @@ impl Services {
             },
         );
         Ok(Arc::new(Self {
-            rooms: rooms::Rooms::new(store.clone(), stream.clone(), keys.clone(), server_name),
+            rooms: rooms::Rooms::new(store.clone(), stream.clone(), keys.clone(), server_name, notifier.clone()),
+            account_data: account_data::AccountData::new(store.clone(), stream.clone(), notifier.clone()),
+            notifier,
             stream,
             keys,
             users: users::Users::new(store.clone(), config.bcrypt_cost),
@@ -98,9 +106,9 @@ impl Services {
             reg_tokens: reg_tokens::RegTokens::new(store.clone()),
             rate_limiter,
             profiles: profiles::Profiles::new(store.clone()),
-            account_data: account_data::AccountData::new(store.clone()),
             filters: filters::Filters::new(store.clone()),
             push_rules: push_rules::PushRules::new(store.clone()),
+            reports: reports::Reports::new(store.clone()),
             store,
             config: Arc::new(config),
         }))

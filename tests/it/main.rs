@@ -8,6 +8,8 @@ mod filter;
 mod http;
 mod profile;
 mod push_rules;
+mod reports;
 mod rooms;
 mod spaces;
 mod store;
+mod sync;

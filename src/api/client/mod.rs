@@ -2,16 +2,24 @@
 
 pub mod account;
 pub mod account_data;
+pub mod alias;
 pub mod capabilities;
+pub mod context;
 pub mod device;
+pub mod directory;
 pub mod discovery;
 pub mod filter;
 pub mod membership;
 pub mod profile;
 pub mod push;
+pub mod redact;
 pub mod register;
+pub mod report;
+pub mod relations;
 pub mod room;
 pub mod session;
+pub mod upgrade;
+pub mod sync;
 pub mod space;
 
 use crate::http::Router;
@@ -24,10 +32,18 @@ pub fn register_routes(router: &mut Router) {
     account::routes(router);
     device::routes(router);
     room::routes(router);
+    sync::routes(router);
     membership::routes(router);
     profile::routes(router);
     account_data::routes(router);
     filter::routes(router);
     push::routes(router);
+    alias::routes(router);
+    directory::routes(router);
+    upgrade::routes(router);
     space::routes(router);
+    report::routes(router);
+    redact::routes(router);
+    relations::routes(router);
+    context::routes(router);
 }

@@ -367,8 +367,15 @@ impl<'a> Staged<'a> {
             Some(key) => self.state_sid(&kind, key)?,
             None => None,
         };
+        // Relations are indexed, and a redaction applied to its target, in this event's batch.
+        let room_sid = self.record.as_ref().expect("set above").sid;
+        if pdu.kind == TimelineEventType::RoomRedaction {
+            let power = self.state_pdu(&StateEventType::RoomPowerLevels, "");
+            let create = self.state_pdu(&StateEventType::RoomCreate, "");
+            rooms.stage_redaction(&mut self.batch, &self.rules, &pdu, room_sid, power, create)?;
+        }
+        rooms.stage_relation(&mut self.batch, sid, room_sid, &pdu, &object)?;
         let record = self.record.as_mut().expect("set above");
-        let room_sid = record.sid;
         let meta = EventMeta {
             room_sid,
             event_id: pdu.event_id.to_string(),
@@ -443,6 +450,26 @@ impl<'a> Staged<'a> {
         Ok(())
     }
 
+    /// Wakes the syncs of everyone the committed events concern: the room's current members
+    /// (joined, invited, knocking) and the targets of membership changes (so a kicked user
+    /// learns of it).
+    fn notify_members(&self, room_sid: u64) -> Result<()> {
+        let mut users: Vec<ruma::OwnedUserId> = self
+            .rooms
+            .members(room_sid)?
+            .into_iter()
+            .filter(|(_, m)| matches!(m.as_str(), "join" | "invite" | "knock"))
+            .filter_map(|(user, _)| UserId::parse(user).ok())
+            .collect();
+        for ((kind, state_key), _) in &self.state {
+            if kind == "m.room.member" {
+                users.extend(UserId::parse(state_key.as_str()).ok());
+            }
+        }
+        self.rooms.notifier.notify(users.iter().map(|u| u.as_ref()));
+        Ok(())
+    }
+
     /// The whole current state including staged changes.
     fn full_state_entries(&self) -> Result<Vec<(String, String, u64)>> {
         let mut map: HashMap<(String, String), u64> = HashMap::new();
@@ -488,10 +515,13 @@ impl<'a> Staged<'a> {
         let key = room_id.to_string();
         self.batch
             .expect_value::<RoomsTable>(&key, self.old_record.as_ref())
-            .put::<RoomsTable>(&key, record);
+            .put::<RoomsTable>(&key, &record);
         let batch = std::mem::take(&mut self.batch);
         match self.rooms.store.commit(batch).await {
-            Ok(()) => Ok(room_id),
+            Ok(()) => {
+                self.notify_members(record.sid)?;
+                Ok(room_id)
+            }
             Err(CommitError::Conflict) => Err(on_conflict()),
             Err(e) => Err(e.into()),
         }

@@ -12,9 +12,13 @@
 
 mod build;
 pub mod create;
+pub mod directory;
 pub mod format;
+pub mod redact;
+pub mod relations;
 pub mod hierarchy;
 pub mod state;
+pub mod upgrade;
 pub mod visibility;
 
 use std::{
@@ -30,7 +34,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 
 pub use self::pdu::Pdu;
-use super::{keys::ServerKeys, stream::Stream};
+use super::{keys::ServerKeys, notifier::Notifier, stream::Stream};
 use crate::{
     error::{Error, Result},
     store::{Raw, Record, Store},
@@ -203,6 +207,7 @@ pub struct Rooms {
     stream: Arc<Stream>,
     keys: Arc<ServerKeys>,
     server_name: OwnedServerName,
+    notifier: Arc<Notifier>,
     /// One async lock per room that has an append in progress. The map lock guards only the
     /// map; entries are weak so idle rooms cost nothing.
     locks: Mutex<HashMap<OwnedRoomId, Weak<tokio::sync::Mutex<()>>>>,
@@ -214,12 +219,14 @@ impl Rooms {
         stream: Arc<Stream>,
         keys: Arc<ServerKeys>,
         server_name: OwnedServerName,
+        notifier: Arc<Notifier>,
     ) -> Self {
         Self {
             store,
             stream,
             keys,
             server_name,
+            notifier,
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -345,6 +352,15 @@ impl Rooms {
             .into_iter()
             .filter(|(_, r)| r.membership == membership.as_str())
             .filter_map(|((_, room), _)| RoomId::parse(room).ok())
+            .collect())
+    }
+
+    /// Every room the user has a membership in: `(room, membership, sid of the member event)`.
+    pub fn memberships_of(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, String, u64)>> {
+        let rows = self.store.scan_prefix::<UserRooms, _>(&(user_id.to_string(),), usize::MAX)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|((_, room), r)| Some((RoomId::parse(room).ok()?, r.membership, r.sid)))
             .collect())
     }
 
