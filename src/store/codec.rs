@@ -140,6 +140,7 @@ impl<T: Record> ValueCodec for T {
 impl Record for u64 {}
 impl Record for String {}
 impl Record for bool {}
+impl Record for (String, String) {}
 
 /// Raw bytes (canonical JSON, opaque blobs).
 #[derive(Debug, Clone, PartialEq, Eq)]

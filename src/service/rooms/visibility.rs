@@ -72,6 +72,13 @@ impl Rooms {
 
     /// The spec's visibility algorithm for one event.
     pub fn can_see(&self, user_id: &UserId, event: &StoredEvent) -> Result<bool> {
+        // Users always see events about their own membership (an invite, a kick, a ban),
+        // even when the history around them is hidden.
+        if event.meta.kind == "m.room.member"
+            && event.meta.state_key.as_deref() == Some(user_id.as_str())
+        {
+            return Ok(true);
+        }
         let visibility = self.visibility_at(event)?;
         if visibility == "world_readable" {
             return Ok(true);

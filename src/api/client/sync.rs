@@ -1,0 +1,140 @@
+//! `GET /sync`: initial and incremental sync with long-polling.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::Method;
+use ruma::api::client::filter::FilterDefinition;
+
+use crate::{
+    error::{Error, Result},
+    http::{Auth, Incoming, Response, Router},
+    service::{
+        sync::{sync_once, Sources, SyncRequest},
+        Services,
+    },
+};
+
+/// Longest long-poll a client may ask for; longer requests are cut to this.
+const MAX_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+pub fn routes(router: &mut Router) {
+    for path in ["/_matrix/client/v3/sync", "/_matrix/client/r0/sync"] {
+        router.raw(Method::GET, path, Auth::Required, sync);
+    }
+}
+
+struct Query {
+    since: Option<u64>,
+    timeout: Duration,
+    full_state: bool,
+    filter: Option<String>,
+}
+
+fn parse_query(query: &str) -> Result<Query> {
+    let mut out = Query {
+        since: None,
+        timeout: Duration::ZERO,
+        full_state: false,
+        filter: None,
+    };
+    for (key, value) in form_urlencoded(query) {
+        match key.as_str() {
+            "since" => {
+                // Tokens are stream positions; accept an optional suffix for forward
+                // compatibility (`123_4`).
+                let pos = value.split('_').next().unwrap_or_default();
+                out.since = Some(
+                    pos.parse()
+                        .map_err(|_| Error::invalid_param("Invalid since token"))?,
+                );
+            }
+            "timeout" => {
+                let ms: u64 = value
+                    .parse()
+                    .map_err(|_| Error::invalid_param("timeout must be an integer"))?;
+                out.timeout = Duration::from_millis(ms).min(MAX_TIMEOUT);
+            }
+            "full_state" => out.full_state = value == "true",
+            "filter" => out.filter = Some(value),
+            "set_presence" => {
+                if !matches!(value.as_str(), "online" | "offline" | "unavailable") {
+                    return Err(Error::invalid_param(
+                        "set_presence must be online, offline or unavailable",
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn form_urlencoded(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        (decode(key), decode(value))
+    })
+}
+
+async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
+    let me = incoming.ctx.authed()?.clone();
+    let query = parse_query(incoming.request.uri().query().unwrap_or(""))?;
+    let filter = match query.filter.as_deref() {
+        None => FilterDefinition::default(),
+        Some(inline) if inline.trim_start().starts_with('{') => serde_json::from_str(inline)
+            .map_err(|e| Error::bad_json(format!("Invalid filter: {e}")))?,
+        Some(id) => services
+            .filters
+            .get(&me.user_id, id)?
+            .ok_or_else(|| Error::invalid_param("Unknown filter id"))?,
+    };
+    let mut request = SyncRequest {
+        user_id: &me.user_id,
+        device_id: me.device_id.as_str(),
+        since: query.since,
+        full_state: query.full_state,
+        filter,
+    };
+    let sources = Sources {
+        rooms: &services.rooms,
+        account_data: &services.account_data,
+    };
+    let notify = services.notifier.subscribe(&me.user_id);
+    let deadline = Instant::now() + query.timeout;
+    let body = loop {
+        // Listen before reading, so a write landing while this pass runs still wakes us.
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = services.stream.current();
+        // A token from the future (e.g. after restoring an older backup) means "now".
+        request.since = query.since.map(|s| s.min(now));
+        let result = sync_once(&sources, &request, now)?;
+        if result.has_updates
+            || request.since.is_none()
+            || request.full_state
+            || Instant::now() >= deadline
+        {
+            break result.body;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    };
+    let mut response =
+        Response::new(serde_json::to_vec(&body).map_err(|e| Error::unknown(e.to_string()))?);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
