@@ -3,7 +3,10 @@
 //! latency percentiles and disk bytes per stored message. It also compares sending into an
 //! empty room with sending into a room holding 1,000 state events.
 //!
-//! `cargo run --release --example loadgen -- [--senders N] [--messages M] [--state S]`
+//! It then measures delivery latency from a send to its arrival in other users' long-polling
+//! `/sync` (50 syncing users by default) and the initial sync of a user in 100 rooms.
+//!
+//! `cargo run --release --example loadgen -- [--senders N] [--messages M] [--state S] [--syncers U]`
 
 use std::{
     path::Path,
@@ -14,13 +17,14 @@ use hearth::config::{Config, Listener, RateLimit, Registration, RegistrationMode
 use serde_json::{json, Value};
 
 struct Args {
+    syncers: usize,
     senders: usize,
     messages: usize,
     state: usize,
 }
 
 fn args() -> Args {
-    let mut args = Args { senders: 16, messages: 4000, state: 1000 };
+    let mut args = Args { syncers: 50, senders: 16, messages: 4000, state: 1000 };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     for pair in raw.chunks(2) {
         let value = pair.get(1).and_then(|v| v.parse().ok());
@@ -28,8 +32,9 @@ fn args() -> Args {
             ("--senders", Some(v)) => args.senders = v,
             ("--messages", Some(v)) => args.messages = v,
             ("--state", Some(v)) => args.state = v,
+            ("--syncers", Some(v)) => args.syncers = v,
             _ => {
-                eprintln!("usage: loadgen [--senders N] [--messages M] [--state S]");
+                eprintln!("usage: loadgen [--senders N] [--messages M] [--state S] [--syncers U]");
                 std::process::exit(2);
             }
         }
@@ -179,5 +184,96 @@ async fn main() {
         let latencies = send_burst(&client, single, room, n, label.split(',').nth(1).unwrap().trim()).await;
         report(label, latencies, started.elapsed());
     }
+
+    sync_delivery(&client, args.syncers).await;
+    initial_sync(&client).await;
     server.stop().await;
+}
+
+/// Milliseconds since the start of the run, embedded in messages to time their delivery.
+fn clock() -> f64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0
+}
+
+/// `syncers` users long-poll /sync in one room while another user sends; reports the time
+/// from the send request to the message arriving in each syncing client.
+async fn sync_delivery(client: &std::sync::Arc<Client>, syncers: usize) {
+    let sender = client.register("sync-sender").await;
+    let room = client
+        .call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(&sender), json!({"preset": "public_chat"}))
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let messages = 100;
+    let mut tasks = Vec::new();
+    for i in 0..syncers {
+        let token = client.register(&format!("syncer{i}")).await;
+        client.call(reqwest::Method::POST, &format!("/_matrix/client/v3/join/{room}"), Some(&token), json!({})).await;
+        let initial = client.call(reqwest::Method::GET, "/_matrix/client/v3/sync?timeout=0", Some(&token), json!({})).await;
+        let mut since = initial["next_batch"].as_str().unwrap().to_owned();
+        let (client, room) = (client.clone(), room.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while latencies.len() < messages && Instant::now() < deadline {
+                let path = format!("/_matrix/client/v3/sync?since={since}&timeout=10000");
+                let body = client.call(reqwest::Method::GET, &path, Some(&token), json!({})).await;
+                let arrived = clock();
+                if let Some(events) = body["rooms"]["join"][&room]["timeline"]["events"].as_array() {
+                    for event in events {
+                        if let Some(sent) = event["content"]["sent_at_ms"].as_f64() {
+                            latencies.push(Duration::from_secs_f64((arrived - sent).max(0.0) / 1000.0));
+                        }
+                    }
+                }
+                since = body["next_batch"].as_str().unwrap().to_owned();
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    for n in 0..messages {
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/sync-{n}");
+        let body = json!({"msgtype": "m.text", "body": format!("ping {n}"), "sent_at_ms": clock()});
+        client.call(reqwest::Method::PUT, &path, Some(&sender), body).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("syncer"));
+    }
+    report(&format!("delivery to {syncers} long-polling syncs"), all, started.elapsed());
+}
+
+/// Initial sync of a user in 100 rooms with 20 messages each.
+async fn initial_sync(client: &std::sync::Arc<Client>) {
+    let token = client.register("many-rooms").await;
+    for r in 0..100 {
+        let room = client
+            .call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(&token), json!({"name": format!("room {r}")}))
+            .await["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for n in 0..20 {
+            let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/r{r}m{n}");
+            client.call(reqwest::Method::PUT, &path, Some(&token), json!({"msgtype": "m.text", "body": format!("message {n}")})).await;
+        }
+    }
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let body = client.call(reqwest::Method::GET, "/_matrix/client/v3/sync", Some(&token), json!({})).await;
+        times.push(started.elapsed());
+        assert_eq!(body["rooms"]["join"].as_object().map(|m| m.len()), Some(100));
+    }
+    times.sort();
+    println!(
+        "initial sync, 100 rooms x 20 messages: median {:.1} ms, best {:.1} ms",
+        times[2].as_secs_f64() * 1000.0,
+        times[0].as_secs_f64() * 1000.0
+    );
 }
