@@ -2,8 +2,10 @@
 
 mod account;
 mod account_data;
+mod aliases;
 mod cli;
 mod common;
+mod directory;
 mod filter;
 mod http;
 mod profile;
@@ -12,4 +14,5 @@ mod reports;
 mod rooms;
 mod spaces;
 mod store;
+mod upgrade;
 mod sync;

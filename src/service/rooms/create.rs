@@ -1,34 +1,11 @@
 //! `createRoom`: the creation events in the spec's order, built on each other and committed
 //! as one batch.
 
-use ruma::{
-    events::TimelineEventType, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId,
-    RoomVersionId,
-};
+use ruma::{events::TimelineEventType, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomVersionId};
 use serde_json::{json, Map, Value};
 
-use super::{NewEvent, Rooms};
-use crate::{
-    error::{Error, Result},
-    store::Record,
-    table,
-};
-
-table!(
-    /// `#alias:server → room_id` for local aliases.
-    pub Aliases: "aliases", String => AliasRecord
-);
-table!(
-    /// `room_id → ()`: rooms published in this server's room directory.
-    pub PublicRooms: "public_rooms", String => bool
-);
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct AliasRecord {
-    pub room_id: String,
-    pub creator: String,
-}
-impl Record for AliasRecord {}
+use super::{directory::PublicRooms, NewEvent, Rooms};
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
@@ -61,11 +38,6 @@ pub struct CreateRoom {
 const RESERVED_INITIAL_STATE: &[&str] = &["m.room.create", "m.room.member", "m.room.power_levels"];
 
 impl Rooms {
-    pub fn alias_room(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
-        let record = self.store.get::<Aliases>(&alias.to_string())?;
-        Ok(record.and_then(|r| ruma::RoomId::parse(r.room_id).ok()))
-    }
-
     pub async fn create_room(&self, request: CreateRoom) -> Result<OwnedRoomId> {
         if let Some(alias) = &request.alias {
             if self.alias_room(alias)?.is_some() {
@@ -269,14 +241,7 @@ impl Rooms {
             .map(ToOwned::to_owned)
             .ok_or_else(|| Error::unknown("no room id"))?;
         if let Some(alias) = &request.alias {
-            let record = AliasRecord {
-                room_id: room_id.to_string(),
-                creator: creator.to_string(),
-            };
-            staged
-                .batch_mut()
-                .expect_absent::<Aliases>(&alias.to_string())
-                .put::<Aliases>(&alias.to_string(), &record);
+            Rooms::stage_alias(staged.batch_mut(), alias, &room_id, creator);
         }
         if request.publish {
             staged

@@ -1,0 +1,109 @@
+//! Room aliases: create, resolve and delete local aliases, and list a room's local aliases.
+
+use std::sync::Arc;
+
+use ruma::{
+    api::client::{
+        alias::{create_alias, delete_alias, get_alias},
+        room::aliases,
+    },
+    events::{room::member::MembershipState, StateEventType},
+    RoomAliasId,
+};
+use serde_json::Value;
+
+use crate::{
+    error::{Error, Result},
+    http::{Ctx, Router},
+    service::Services,
+};
+
+pub fn routes(router: &mut Router) {
+    router.ruma(create);
+    router.ruma(resolve);
+    router.ruma(delete);
+    router.ruma(room_aliases);
+}
+
+fn require_local(services: &Services, alias: &RoomAliasId) -> Result<()> {
+    if alias.server_name().as_str() != services.config.server_name {
+        return Err(Error::invalid_param(format!(
+            "{alias} is not an alias of this server ({})",
+            services.config.server_name
+        )));
+    }
+    Ok(())
+}
+
+async fn create(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: create_alias::v3::Request,
+) -> Result<create_alias::v3::Response> {
+    let me = ctx.authed()?;
+    require_local(&services, &body.room_alias)?;
+    services
+        .rooms
+        .set_alias(&body.room_alias, &body.room_id, &me.user_id)
+        .await?;
+    Ok(create_alias::v3::Response::new())
+}
+
+async fn resolve(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    body: get_alias::v3::Request,
+) -> Result<get_alias::v3::Response> {
+    if body.room_alias.server_name().as_str() != services.config.server_name {
+        // Resolving another server's alias needs a federation query.
+        return Err(Error::not_found(format!(
+            "Room alias {} is on another server, which this server cannot query yet",
+            body.room_alias
+        )));
+    }
+    let room_id = services
+        .rooms
+        .alias_room(&body.room_alias)?
+        .ok_or_else(|| Error::not_found(format!("Room alias {} not found", body.room_alias)))?;
+    let servers = vec![services.rooms.server_name().to_owned()];
+    Ok(get_alias::v3::Response::new(room_id, servers))
+}
+
+async fn delete(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: delete_alias::v3::Request,
+) -> Result<delete_alias::v3::Response> {
+    let me = ctx.authed()?;
+    services
+        .rooms
+        .delete_alias(&body.room_alias, &me.user_id)
+        .await?;
+    Ok(delete_alias::v3::Response::new())
+}
+
+/// Members of the room, or anyone when its history is world-readable; 403 otherwise (also
+/// for rooms this server does not know, so the answer does not reveal which rooms exist).
+async fn room_aliases(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: aliases::v3::Request,
+) -> Result<aliases::v3::Response> {
+    let me = ctx.authed()?;
+    let forbidden = || Error::forbidden("You are not a member of the room");
+    let room = services.rooms.room(&body.room_id)?.ok_or_else(forbidden)?;
+    let joined =
+        services.rooms.membership(&body.room_id, &me.user_id)? == Some(MembershipState::Join);
+    if !joined {
+        let world_readable = services
+            .rooms
+            .state_event(room.sid, &StateEventType::RoomHistoryVisibility, "")?
+            .and_then(|e| e.pdu.content_as::<Value>())
+            .is_some_and(|c| c["history_visibility"] == "world_readable");
+        if !world_readable {
+            return Err(forbidden());
+        }
+    }
+    let aliases = services.rooms.local_aliases(&body.room_id)?;
+    Ok(aliases::v3::Response::new(aliases))
+}

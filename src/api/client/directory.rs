@@ -1,0 +1,171 @@
+//! The published room directory: a room's visibility in it, and listing it.
+
+use std::sync::Arc;
+
+use ruma::{
+    api::client::{
+        directory::{
+            get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+        },
+        room::Visibility,
+    },
+    directory::{PublicRoomsChunk, PublicRoomsChunkInit, RoomNetwork},
+    room::{JoinRuleKind, RoomType},
+    MxcUri, ServerName, UInt,
+};
+
+use crate::{
+    error::{Error, Result},
+    http::{Ctx, Router},
+    service::{
+        rooms::directory::{DirectoryPage, DirectoryQuery, DirectoryRoom},
+        Services,
+    },
+};
+
+pub fn routes(router: &mut Router) {
+    router.ruma(get_visibility);
+    router.ruma(set_visibility);
+    router.ruma(list);
+    router.ruma(list_filtered);
+}
+
+async fn get_visibility(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    body: get_room_visibility::v3::Request,
+) -> Result<get_room_visibility::v3::Response> {
+    if services.rooms.room(&body.room_id)?.is_none() {
+        return Err(Error::not_found("Room not found"));
+    }
+    let visibility = if services.rooms.is_published(&body.room_id)? {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    };
+    Ok(get_room_visibility::v3::Response::new(visibility))
+}
+
+async fn set_visibility(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: set_room_visibility::v3::Request,
+) -> Result<set_room_visibility::v3::Response> {
+    let me = ctx.authed()?;
+    let publish = match &body.visibility {
+        Visibility::Public => true,
+        Visibility::Private => false,
+        other => {
+            return Err(Error::invalid_param(format!(
+                "Unknown visibility {}",
+                other.as_str()
+            )))
+        }
+    };
+    services
+        .rooms
+        .set_published(&body.room_id, &me.user_id, publish)
+        .await?;
+    Ok(set_room_visibility::v3::Response::new())
+}
+
+/// Only this server's directory can be listed (others need federation).
+fn require_local(services: &Services, server: Option<&ServerName>) -> Result<()> {
+    match server {
+        Some(server) if server.as_str() != services.config.server_name => {
+            Err(Error::invalid_param(format!(
+                "Listing the directory of {server} needs federation, which this server does \
+                 not offer yet"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn limit(limit: Option<UInt>) -> Option<usize> {
+    limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX))
+}
+
+fn chunk(room: DirectoryRoom) -> PublicRoomsChunk {
+    let mut chunk: PublicRoomsChunk = PublicRoomsChunkInit {
+        num_joined_members: UInt::new_saturating(room.num_joined_members),
+        room_id: room.room_id,
+        world_readable: room.world_readable,
+        guest_can_join: room.guest_can_join,
+    }
+    .into();
+    chunk.name = room.name;
+    chunk.topic = room.topic;
+    chunk.canonical_alias = room.canonical_alias;
+    chunk.avatar_url = room
+        .avatar_url
+        .map(|u| <&MxcUri>::from(u.as_str()).to_owned());
+    chunk.join_rule = JoinRuleKind::from(room.join_rule.as_str());
+    chunk.room_type = room.room_type.as_deref().map(RoomType::from);
+    chunk
+}
+
+fn parts(page: DirectoryPage) -> (Vec<PublicRoomsChunk>, Option<String>, Option<String>, UInt) {
+    (
+        page.rooms.into_iter().map(chunk).collect(),
+        page.next_batch,
+        page.prev_batch,
+        UInt::new_saturating(page.total as u64),
+    )
+}
+
+async fn list(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    body: get_public_rooms::v3::Request,
+) -> Result<get_public_rooms::v3::Response> {
+    require_local(&services, body.server.as_deref())?;
+    let query = DirectoryQuery {
+        limit: limit(body.limit),
+        since: body.since.clone(),
+        ..Default::default()
+    };
+    let (chunk, next_batch, prev_batch, total) = parts(services.rooms.public_rooms(&query)?);
+    let mut response = get_public_rooms::v3::Response::new(chunk);
+    response.next_batch = next_batch;
+    response.prev_batch = prev_batch;
+    response.total_room_count_estimate = Some(total);
+    Ok(response)
+}
+
+async fn list_filtered(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: get_public_rooms_filtered::v3::Request,
+) -> Result<get_public_rooms_filtered::v3::Response> {
+    ctx.authed()?;
+    require_local(&services, body.server.as_deref())?;
+    let mut response = get_public_rooms_filtered::v3::Response::new();
+    // This server bridges no third-party networks: "all networks" is the Matrix one, and a
+    // specific third-party network has no rooms here.
+    if let RoomNetwork::ThirdParty(_) = body.room_network {
+        response.total_room_count_estimate = Some(UInt::MIN);
+        return Ok(response);
+    }
+    let query = DirectoryQuery {
+        limit: limit(body.limit),
+        since: body.since.clone(),
+        search: body
+            .filter
+            .generic_search_term
+            .clone()
+            .filter(|t| !t.is_empty()),
+        room_types: body
+            .filter
+            .room_types
+            .iter()
+            .map(|t| t.as_str().map(str::to_owned))
+            .collect(),
+    };
+    let (chunk, next_batch, prev_batch, total) = parts(services.rooms.public_rooms(&query)?);
+    response.chunk = chunk;
+    response.next_batch = next_batch;
+    response.prev_batch = prev_batch;
+    response.total_room_count_estimate = Some(total);
+    Ok(response)
+}
