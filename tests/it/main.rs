@@ -10,6 +10,8 @@ mod filter;
 mod http;
 mod profile;
 mod push_rules;
+mod redaction;
+mod relations;
 mod reports;
 mod rooms;
 mod spaces;

@@ -54,14 +54,14 @@ pub fn routes(router: &mut Router) {
     router.ruma(messages);
 }
 
-fn viewer(me: &Authed) -> Viewer<'_> {
+pub fn viewer(me: &Authed) -> Viewer<'_> {
     Viewer {
         user_id: &me.user_id,
         device_id: Some(me.device_id.as_str()),
     }
 }
 
-fn raw<T>(value: Value) -> Result<Raw<T>> {
+pub fn raw<T>(value: Value) -> Result<Raw<T>> {
     let raw = serde_json::value::to_raw_value(&value).map_err(|e| Error::unknown(e.to_string()))?;
     Ok(Raw::from_json(raw))
 }
@@ -75,7 +75,11 @@ pub fn known_room(services: &Services, room_id: &RoomId) -> Result<RoomRecord> {
 }
 
 /// Refuses a user who is not joined (403, as the spec asks of most room endpoints).
-fn require_joined(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<RoomRecord> {
+pub fn require_joined(
+    services: &Services,
+    room_id: &RoomId,
+    user_id: &UserId,
+) -> Result<RoomRecord> {
     let room = known_room(services, room_id)?;
     if services.rooms.membership(room_id, user_id)? != Some(MembershipState::Join) {
         return Err(Error::forbidden("You are not joined to this room"));
@@ -281,7 +285,7 @@ fn check_canonical_alias(services: &Services, room_id: &RoomId, content: &Value)
 
 /// Whether the user may read the room's *current* state: joined now, or the room is
 /// world-readable; a user who left sees the state as it was when they left.
-fn state_view(
+pub fn state_view(
     services: &Services,
     room: &RoomRecord,
     room_id: &RoomId,
@@ -367,7 +371,7 @@ async fn get_state(
 
 /// An event of the room that the user may see, or 404 (not 403, so that existence does not
 /// leak).
-fn visible_event(
+pub fn visible_event(
     services: &Services,
     room_id: &RoomId,
     user_id: &UserId,
@@ -393,7 +397,7 @@ async fn get_event(
     let event = visible_event(&services, &body.room_id, &me.user_id, &body.event_id)?;
     Ok(get_room_event::v3::Response::new(raw(services
         .rooms
-        .client_event(&event, Some(viewer(me))))?))
+        .client_event_bundled(&event, Some(viewer(me)))?)?))
 }
 
 async fn members(
@@ -504,7 +508,7 @@ async fn joined_rooms_of(
 }
 
 /// Whether an event passes a `/messages` filter's type and sender conditions.
-fn passes(filter: &ruma::api::client::filter::RoomEventFilter, event: &StoredEvent) -> bool {
+pub fn passes(filter: &ruma::api::client::filter::RoomEventFilter, event: &StoredEvent) -> bool {
     let kind = event.meta.kind.as_str();
     let matches = |pattern: &String| match pattern.strip_suffix('*') {
         Some(prefix) => kind.starts_with(prefix),
@@ -609,7 +613,9 @@ async fn messages(
                 }
                 continue;
             }
-            chunk.push(raw(services.rooms.client_event(&event, Some(viewer(me))))?);
+            chunk.push(raw(services
+                .rooms
+                .client_event_bundled(&event, Some(viewer(me)))?)?);
             if chunk.len() == limit {
                 break 'pages;
             }

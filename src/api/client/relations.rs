@@ -1,0 +1,229 @@
+//! Event relationships: `GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`
+//! and the thread list `GET /rooms/{roomId}/threads`.
+
+use std::sync::Arc;
+
+use ruma::{
+    api::{
+        client::{
+            relations::{
+                get_relating_events, get_relating_events_with_rel_type,
+                get_relating_events_with_rel_type_and_event_type,
+            },
+            threads::get_threads,
+        },
+        Direction,
+    },
+    events::room::member::MembershipState,
+    serde::Raw,
+    EventId, RoomId, UInt,
+};
+
+use super::room::{known_room, raw, state_view, viewer, visible_event};
+use crate::{
+    error::{Error, Result},
+    http::{Authed, Ctx, Router},
+    service::{
+        rooms::relations::{RelationsQuery, RECURSION_DEPTH},
+        Services,
+    },
+};
+
+/// `/relations` page size when the client gives none, and the most it may ask for.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1000;
+/// `/threads` page size when the client gives none, and the most it may ask for.
+const DEFAULT_THREADS: usize = 20;
+const MAX_THREADS: usize = 100;
+
+pub fn routes(router: &mut Router) {
+    router.ruma(relations);
+    router.ruma(relations_of_type);
+    router.ruma(relations_of_type_and_event_type);
+    router.ruma(threads);
+}
+
+fn token(value: Option<&str>) -> Result<Option<u64>> {
+    value
+        .map(|t| {
+            t.parse::<u64>()
+                .map_err(|_| Error::invalid_param(format!("Invalid pagination token {t}")))
+        })
+        .transpose()
+}
+
+fn limit(value: Option<UInt>, default: usize, max: usize) -> usize {
+    value
+        .map_or(default, |l| usize::try_from(u64::from(l)).unwrap_or(max))
+        .clamp(1, max)
+}
+
+/// What every `/relations` variant returns.
+struct Page {
+    chunk: Vec<Raw<ruma::events::AnyMessageLikeEvent>>,
+    next_batch: Option<String>,
+    prev_batch: Option<String>,
+    recursion_depth: Option<UInt>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn page(
+    services: &Services,
+    me: &Authed,
+    room_id: &RoomId,
+    event_id: &EventId,
+    mut query: RelationsQuery,
+    from: Option<&str>,
+    to: Option<&str>,
+    dir: Direction,
+    limit_value: Option<UInt>,
+) -> Result<Page> {
+    // Unknown, foreign or invisible parent: 404, so that existence does not leak.
+    let parent = visible_event(services, room_id, &me.user_id, event_id)?;
+    query.from = token(from)?;
+    query.to = token(to)?;
+    query.backwards = dir == Direction::Backward;
+    query.limit = limit(limit_value, DEFAULT_LIMIT, MAX_LIMIT);
+    let result = services.rooms.relations(&parent, &me.user_id, &query)?;
+    let chunk = result
+        .events
+        .iter()
+        .map(|e| raw(services.rooms.client_event_bundled(e, Some(viewer(me)))?))
+        .collect::<Result<_>>()?;
+    Ok(Page {
+        chunk,
+        next_batch: result.next.map(|t| t.to_string()),
+        prev_batch: from.map(str::to_owned),
+        recursion_depth: query.recurse.then(|| UInt::from(RECURSION_DEPTH)),
+    })
+}
+
+async fn relations(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: get_relating_events::v1::Request,
+) -> Result<get_relating_events::v1::Response> {
+    let me = ctx.authed()?;
+    let query = RelationsQuery {
+        recurse: body.recurse,
+        ..Default::default()
+    };
+    let page = page(
+        &services,
+        me,
+        &body.room_id,
+        &body.event_id,
+        query,
+        body.from.as_deref(),
+        body.to.as_deref(),
+        body.dir,
+        body.limit,
+    )?;
+    let mut response = get_relating_events::v1::Response::new(page.chunk);
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.recursion_depth = page.recursion_depth;
+    Ok(response)
+}
+
+async fn relations_of_type(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: get_relating_events_with_rel_type::v1::Request,
+) -> Result<get_relating_events_with_rel_type::v1::Response> {
+    let me = ctx.authed()?;
+    let query = RelationsQuery {
+        rel_type: Some(body.rel_type.to_string()),
+        recurse: body.recurse,
+        ..Default::default()
+    };
+    let page = page(
+        &services,
+        me,
+        &body.room_id,
+        &body.event_id,
+        query,
+        body.from.as_deref(),
+        body.to.as_deref(),
+        body.dir,
+        body.limit,
+    )?;
+    let mut response = get_relating_events_with_rel_type::v1::Response::new(page.chunk);
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.recursion_depth = page.recursion_depth;
+    Ok(response)
+}
+
+async fn relations_of_type_and_event_type(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: get_relating_events_with_rel_type_and_event_type::v1::Request,
+) -> Result<get_relating_events_with_rel_type_and_event_type::v1::Response> {
+    let me = ctx.authed()?;
+    let query = RelationsQuery {
+        rel_type: Some(body.rel_type.to_string()),
+        event_type: Some(body.event_type.to_string()),
+        recurse: body.recurse,
+        ..Default::default()
+    };
+    let page = page(
+        &services,
+        me,
+        &body.room_id,
+        &body.event_id,
+        query,
+        body.from.as_deref(),
+        body.to.as_deref(),
+        body.dir,
+        body.limit,
+    )?;
+    let mut response =
+        get_relating_events_with_rel_type_and_event_type::v1::Response::new(page.chunk);
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.recursion_depth = page.recursion_depth;
+    Ok(response)
+}
+
+/// The room's thread roots, newest activity first, with their thread summaries. 403 for a user
+/// who cannot read the room (never a member, and it is not world-readable).
+async fn threads(
+    services: Arc<Services>,
+    ctx: Ctx,
+    body: get_threads::v1::Request,
+) -> Result<get_threads::v1::Response> {
+    let me = ctx.authed()?;
+    let room = known_room(&services, &body.room_id)?;
+    let member = services.rooms.membership(&body.room_id, &me.user_id)?;
+    let readable = match member {
+        Some(MembershipState::Join | MembershipState::Leave | MembershipState::Invite) => true,
+        Some(MembershipState::Ban) => false,
+        _ => state_view(&services, &room, &body.room_id, &me.user_id)?.is_some(),
+    };
+    if !readable {
+        return Err(Error::forbidden("You are not allowed to view this room"));
+    }
+    let participated = match body.include.as_str() {
+        "all" => false,
+        "participated" => true,
+        other => {
+            return Err(Error::invalid_param(format!(
+                "Unknown include value {other}"
+            )))
+        }
+    };
+    let from = token(body.from.as_deref())?;
+    let limit = limit(body.limit, DEFAULT_THREADS, MAX_THREADS);
+    let page = services
+        .rooms
+        .threads(room.sid, &me.user_id, participated, from, limit)?;
+    let chunk = page
+        .roots
+        .iter()
+        .map(|e| raw(services.rooms.client_event_bundled(e, Some(viewer(me)))?))
+        .collect::<Result<_>>()?;
+    let mut response = get_threads::v1::Response::new(chunk);
+    response.next_batch = page.next.map(|t| t.to_string());
+    Ok(response)
+}
