@@ -140,7 +140,46 @@ async fn room_visibility_in_the_directory() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let (_, body) = srv.get(PUBLIC_ROOMS, None).await;
-    assert_eq!(ids(&body), vec![published]);
+    assert_eq!(ids(&body), vec![published.clone()]);
+
+    // `visibility` defaults to public; other values are refused.
+    let (status, _) = srv
+        .put(&visibility_path(&room), Some(&bob), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = srv.get(&visibility_path(&room), None).await;
+    assert_eq!(body["visibility"], "public");
+    let (status, body) = srv
+        .put(
+            &visibility_path(&room),
+            Some(&bob),
+            json!({"visibility": "secret"}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::BAD_REQUEST, "M_INVALID_PARAM")
+    );
+    let (status, body) = srv
+        .put(
+            &visibility_path(&room),
+            Some(&bob),
+            json!({"visibility": 1}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::BAD_REQUEST, "M_BAD_JSON")
+    );
+    let (status, body) = srv
+        .put(&visibility_path("not-a-room"), Some(&bob), json!({}))
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::BAD_REQUEST, "M_INVALID_PARAM")
+    );
+    let (_, body) = srv.get(&visibility_path(&room), None).await;
+    assert_eq!(body["visibility"], "public");
 }
 
 #[tokio::test]

@@ -2,21 +2,28 @@
 
 use std::sync::Arc;
 
+use http::Method;
 use ruma::{
-    api::client::{
-        directory::{
-            get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+    api::{
+        client::{
+            directory::{
+                get_public_rooms, get_public_rooms_filtered, get_room_visibility,
+                set_room_visibility,
+            },
+            room::Visibility,
         },
-        room::Visibility,
+        path_builder::PathBuilder,
+        Metadata,
     },
     directory::{PublicRoomsChunk, PublicRoomsChunkInit, RoomNetwork},
     room::{JoinRuleKind, RoomType},
-    MxcUri, ServerName, UInt,
+    MxcUri, RoomId, ServerName, UInt,
 };
+use serde_json::{json, Value};
 
 use crate::{
     error::{Error, Result},
-    http::{Ctx, Router},
+    http::{Auth, Ctx, Incoming, Response, Router},
     service::{
         rooms::directory::{DirectoryPage, DirectoryQuery, DirectoryRoom},
         Services,
@@ -25,7 +32,14 @@ use crate::{
 
 pub fn routes(router: &mut Router) {
     router.ruma(get_visibility);
-    router.ruma(set_visibility);
+    // A raw route: the spec lets `visibility` default to `public`, which ruma's typed request
+    // (a required field) would refuse.
+    for path in set_room_visibility::v3::Request::PATH_BUILDER
+        .all_paths()
+        .filter(|p| !p.contains("/unstable/"))
+    {
+        router.raw(Method::PUT, path, Auth::Required, set_visibility);
+    }
     router.ruma(list);
     router.ruma(list_filtered);
 }
@@ -46,27 +60,43 @@ async fn get_visibility(
     Ok(get_room_visibility::v3::Response::new(visibility))
 }
 
-async fn set_visibility(
-    services: Arc<Services>,
-    ctx: Ctx,
-    body: set_room_visibility::v3::Request,
-) -> Result<set_room_visibility::v3::Response> {
-    let me = ctx.authed()?;
-    let publish = match &body.visibility {
-        Visibility::Public => true,
-        Visibility::Private => false,
-        other => {
-            return Err(Error::invalid_param(format!(
-                "Unknown visibility {}",
-                other.as_str()
-            )))
+async fn set_visibility(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
+    let me = incoming.ctx.authed()?;
+    let room_id = incoming
+        .path_args
+        .first()
+        .ok_or_else(|| Error::missing_param("Missing room id"))?;
+    let room_id = RoomId::parse(room_id)
+        .map_err(|e| Error::invalid_param(format!("Invalid room id: {e}")))?;
+    let raw = incoming.request.body();
+    let body: Value = if raw.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(raw)
+            .map_err(|e| Error::not_json(format!("Request body is not valid JSON: {e}")))?
+    };
+    let body = body
+        .as_object()
+        .ok_or_else(|| Error::bad_json("The request body must be a JSON object"))?;
+    let publish = match body.get("visibility") {
+        None => true,
+        Some(Value::String(v)) if v == "public" => true,
+        Some(Value::String(v)) if v == "private" => false,
+        Some(Value::String(v)) => {
+            return Err(Error::invalid_param(format!("Unknown visibility {v}")))
         }
+        Some(_) => return Err(Error::bad_json("visibility must be a string")),
     };
     services
         .rooms
-        .set_published(&body.room_id, &me.user_id, publish)
+        .set_published(&room_id, &me.user_id, publish)
         .await?;
-    Ok(set_room_visibility::v3::Response::new())
+    let mut response = Response::new(b"{}".to_vec());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 /// Only this server's directory can be listed (others need federation).
