@@ -16,5 +16,6 @@ mod reports;
 mod rooms;
 mod spaces;
 mod store;
+mod timestamp;
 mod upgrade;
 mod sync;

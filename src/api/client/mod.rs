@@ -21,6 +21,7 @@ pub mod session;
 pub mod upgrade;
 pub mod sync;
 pub mod space;
+pub mod timestamp;
 
 use crate::http::Router;
 
@@ -43,6 +44,7 @@ pub fn register_routes(router: &mut Router) {
     upgrade::routes(router);
     space::routes(router);
     report::routes(router);
+    timestamp::routes(router);
     redact::routes(router);
     relations::routes(router);
     context::routes(router);
