@@ -190,7 +190,8 @@ async fn main() {
     server.stop().await;
 }
 
-/// Milliseconds since the start of the run, embedded in messages to time their delivery.
+/// Milliseconds since the start of the run; messages carry it (as integer microseconds:
+/// canonical JSON has no floats) to time their delivery.
 fn clock() -> f64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0
@@ -223,7 +224,8 @@ async fn sync_delivery(client: &std::sync::Arc<Client>, syncers: usize) {
                 let arrived = clock();
                 if let Some(events) = body["rooms"]["join"][&room]["timeline"]["events"].as_array() {
                     for event in events {
-                        if let Some(sent) = event["content"]["sent_at_ms"].as_f64() {
+                        if let Some(sent_us) = event["content"]["sent_at_us"].as_u64() {
+                            let sent = sent_us as f64 / 1000.0;
                             latencies.push(Duration::from_secs_f64((arrived - sent).max(0.0) / 1000.0));
                         }
                     }
@@ -237,7 +239,7 @@ async fn sync_delivery(client: &std::sync::Arc<Client>, syncers: usize) {
     let started = Instant::now();
     for n in 0..messages {
         let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/sync-{n}");
-        let body = json!({"msgtype": "m.text", "body": format!("ping {n}"), "sent_at_ms": clock()});
+        let body = json!({"msgtype": "m.text", "body": format!("ping {n}"), "sent_at_us": (clock() * 1000.0) as u64});
         client.call(reqwest::Method::PUT, &path, Some(&sender), body).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
