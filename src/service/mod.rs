@@ -14,6 +14,7 @@ pub mod sessions;
 pub mod stream;
 pub mod sync;
 pub mod uiaa;
+pub mod user_directory;
 pub mod users;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub struct Services {
     pub filters: filters::Filters,
     pub push_rules: push_rules::PushRules,
     pub reports: reports::Reports,
+    pub user_directory: user_directory::UserDirectory,
     pub stream: Arc<stream::Stream>,
     pub keys: Arc<keys::ServerKeys>,
     pub notifier: Arc<notifier::Notifier>,
@@ -109,6 +111,7 @@ impl Services {
             filters: filters::Filters::new(store.clone()),
             push_rules: push_rules::PushRules::new(store.clone()),
             reports: reports::Reports::new(store.clone()),
+            user_directory: user_directory::UserDirectory::new(),
             store,
             config: Arc::new(config),
         }))

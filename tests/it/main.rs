@@ -17,5 +17,6 @@ mod rooms;
 mod spaces;
 mod store;
 mod timestamp;
+mod user_directory;
 mod upgrade;
 mod sync;

@@ -22,6 +22,7 @@ pub mod upgrade;
 pub mod sync;
 pub mod space;
 pub mod timestamp;
+pub mod user_directory;
 
 use crate::http::Router;
 
@@ -45,6 +46,7 @@ pub fn register_routes(router: &mut Router) {
     space::routes(router);
     report::routes(router);
     timestamp::routes(router);
+    user_directory::routes(router);
     redact::routes(router);
     relations::routes(router);
     context::routes(router);

@@ -81,6 +81,26 @@ fn string_field(event: Option<StoredEvent>, field: &str) -> Option<String> {
 }
 
 impl Rooms {
+    /// Rooms this server knows, in room-id order, starting after `after` (`None`: from the
+    /// first), at most `limit`. For server-wide scans (the user directory) that page through
+    /// every room.
+    pub fn known_rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(OwnedRoomId, RoomRecord)>> {
+        let from = after.map(str::to_owned);
+        let rows =
+            self.store
+                .range::<super::RoomsTable>(from.as_ref(), false, limit.saturating_add(1))?;
+        Ok(rows
+            .into_iter()
+            .filter(|(id, _)| Some(id) != from.as_ref())
+            .take(limit)
+            .filter_map(|(id, record)| Some((RoomId::parse(id).ok()?, record)))
+            .collect())
+    }
+
     fn current_content(&self, room_sid: u64, kind: StateEventType) -> Result<Option<Value>> {
         Ok(self.state_event(room_sid, &kind, "")?.map(|e| content(&e)))
     }
