@@ -412,3 +412,47 @@ async fn redaction_rules_differ_between_room_version_families() {
         text(&srv, &token, &room, "after", "still here").await;
     }
 }
+
+#[tokio::test]
+async fn redaction_through_send_in_a_v10_room_moves_redacts_to_the_top_level() {
+    let srv = TestServer::start().await;
+    let (_, alice_token, _) = srv.register("alice", "pw").await;
+    let room = create_room(&srv, &alice_token, json!({"room_version": "10"})).await;
+    let target = text(&srv, &alice_token, &room, "t1", "to remove").await;
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/send/m.room.redaction/r1",
+        enc(&room)
+    );
+    let (status, body) = srv
+        .put(
+            &path,
+            Some(&alice_token),
+            json!({"redacts": target, "reason": "oops"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, redacted) = event(&srv, &alice_token, &room, &target).await;
+    assert_eq!(redacted["content"], json!({}));
+    let because = &redacted["unsigned"]["redacted_because"];
+    assert_eq!(
+        because["redacts"],
+        target.as_str(),
+        "v1-v10 carry redacts at the top level"
+    );
+    assert_eq!(because["content"]["reason"], "oops");
+    let (status, _) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.redaction/r2",
+                enc(&room)
+            ),
+            Some(&alice_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a redaction without redacts is refused"
+    );
+}

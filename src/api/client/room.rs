@@ -230,6 +230,19 @@ async fn send_message(
     let content = parse_json(body.body.json(), "content")?;
     object(content.clone(), "content")?;
     let mut event = NewEvent::message(body.event_type.to_string(), content);
+    if body.event_type.to_string() == "m.room.redaction" {
+        // Clients put `redacts` in the content (v11 form); the builder places it where the
+        // room version wants it.
+        let redacts = event
+            .content
+            .as_object_mut()
+            .and_then(|c| c.remove("redacts"));
+        let redacts = redacts.and_then(|r| r.as_str().and_then(|r| ruma::EventId::parse(r).ok()));
+        event.redacts = Some(
+            redacts
+                .ok_or_else(|| Error::bad_json("A redaction needs a valid `redacts` event id"))?,
+        );
+    }
     event.txn = Some(txn);
     let event_id = services
         .rooms
