@@ -138,6 +138,11 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+    /// Moves `other`'s operations (writes and preconditions) into this batch, after its own.
+    pub fn append(&mut self, other: Batch) -> &mut Self {
+        self.ops.extend(other.ops);
+        self
+    }
     /// Number of operations (writes and preconditions).
     pub fn len(&self) -> usize {
         self.ops.len()

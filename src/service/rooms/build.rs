@@ -46,6 +46,9 @@ pub struct Staged<'a> {
     events: HashMap<OwnedEventId, (u64, Pdu, CanonicalJsonObject)>,
     pending: Vec<Pending<'a>>,
     pub event_ids: Vec<OwnedEventId>,
+    /// Other rooms' staged events that commit in this batch (see [`Staged::absorb`]); kept
+    /// here so their locks are held until the commit.
+    absorbed: Vec<Staged<'a>>,
 }
 
 impl Rooms {
@@ -72,6 +75,7 @@ impl Rooms {
             events: HashMap::new(),
             pending: Vec::new(),
             event_ids: Vec::new(),
+            absorbed: Vec::new(),
         })
     }
 
@@ -112,6 +116,7 @@ impl Rooms {
             events: HashMap::new(),
             pending: Vec::new(),
             event_ids: Vec::new(),
+            absorbed: Vec::new(),
         })
     }
 
@@ -490,6 +495,27 @@ impl<'a> Staged<'a> {
         Ok(entries)
     }
 
+    /// Stages the room record's update, guarded against any change since staging began.
+    fn stage_record(&mut self) -> Result<()> {
+        let room_id = self.room_id.clone().ok_or_else(|| Error::unknown("nothing staged"))?;
+        if let Some(record) = &self.record {
+            let key = room_id.to_string();
+            self.batch
+                .expect_value::<RoomsTable>(&key, self.old_record.as_ref())
+                .put::<RoomsTable>(&key, record);
+        }
+        Ok(())
+    }
+
+    /// Makes another room's staged events part of this commit, so both rooms change in one
+    /// atomic batch (a room upgrade: the new room and the old room's tombstone).
+    pub fn absorb(&mut self, mut other: Staged<'a>) -> Result<()> {
+        other.stage_record()?;
+        self.batch.append(std::mem::take(&mut other.batch));
+        self.absorbed.push(other);
+        Ok(())
+    }
+
     /// Extra writes to commit atomically with the staged events.
     pub fn batch_mut(&mut self) -> &mut Batch {
         &mut self.batch
@@ -509,17 +535,18 @@ impl<'a> Staged<'a> {
             .room_id
             .clone()
             .ok_or_else(|| Error::unknown("nothing staged"))?;
-        let Some(record) = &self.record else {
+        if self.record.is_none() {
             return Ok(room_id);
-        };
-        let key = room_id.to_string();
-        self.batch
-            .expect_value::<RoomsTable>(&key, self.old_record.as_ref())
-            .put::<RoomsTable>(&key, &record);
+        }
+        self.stage_record()?;
         let batch = std::mem::take(&mut self.batch);
         match self.rooms.store.commit(batch).await {
             Ok(()) => {
-                self.notify_members(record.sid)?;
+                for staged in std::iter::once(&self).chain(&self.absorbed) {
+                    if let Some(record) = &staged.record {
+                        staged.notify_members(record.sid)?;
+                    }
+                }
                 Ok(room_id)
             }
             Err(CommitError::Conflict) => Err(on_conflict()),

@@ -7,8 +7,8 @@
 //! can no longer be used.
 //!
 //! Both rooms are staged under their locks before anything is written, so every authorisation
-//! failure is found while nothing has been stored. The new room, with its alias moves, commits
-//! as one batch; the old room's tombstone and power levels as a second one right after.
+//! failure is found while nothing has been stored; then the new room, its alias moves, and the
+//! old room's tombstone and power levels commit as one atomic batch.
 
 use ruma::{
     events::{room::member::MembershipState, StateEventType, TimelineEventType},
@@ -340,6 +340,8 @@ impl Rooms {
             }
         }
 
+        // One batch for both rooms: a crash leaves either the finished upgrade or nothing.
+        new.absorb(old)?;
         new.commit_with(|| {
             Error::new(
                 http::StatusCode::CONFLICT,
@@ -348,14 +350,6 @@ impl Rooms {
             )
         })
         .await?;
-        if let Err(e) = old.commit().await {
-            log::error!(
-                "upgrade of {} to {new_room_id}: the new room exists but the tombstone was not \
-                 stored: {e}",
-                request.room_id
-            );
-            return Err(e);
-        }
         Ok(new_room_id)
     }
 }
