@@ -705,15 +705,221 @@ async fn deactivated_users_leave_their_rooms() {
     let (_, alice, _) = srv.register("alice", "pw").await;
     let (bob_id, bob, _) = srv.register("bob", "pw").await;
     let joined = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
-    srv.post(&format!("/_matrix/client/v3/join/{joined}"), Some(&bob), json!({})).await;
+    srv.post(
+        &format!("/_matrix/client/v3/join/{joined}"),
+        Some(&bob),
+        json!({}),
+    )
+    .await;
     let invited = create_room(&srv, &alice, json!({"invite": [bob_id]})).await;
 
-    let (_, challenge) = srv.post("/_matrix/client/v3/account/deactivate", Some(&bob), json!({})).await;
+    let (_, challenge) = srv
+        .post(
+            "/_matrix/client/v3/account/deactivate",
+            Some(&bob),
+            json!({}),
+        )
+        .await;
     let auth = TestServer::password_auth("bob", "pw", challenge["session"].as_str().unwrap());
-    let (status, body) = srv.post("/_matrix/client/v3/account/deactivate", Some(&bob), json!({"auth": auth})).await;
+    let (status, body) = srv
+        .post(
+            "/_matrix/client/v3/account/deactivate",
+            Some(&bob),
+            json!({"auth": auth}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     for room in [&joined, &invited] {
-        let (_, member) = srv.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{bob_id}"), Some(&alice)).await;
+        let (_, member) = srv
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{bob_id}"),
+                Some(&alice),
+            )
+            .await;
         assert_eq!(member["membership"], "leave", "{room}");
     }
+}
+
+#[tokio::test]
+async fn stored_events_are_signed_pdus_and_the_key_survives_restart() {
+    use ruma::{
+        serde::Base64,
+        signatures::{verify_event, KeyPair, Verified},
+        RoomVersionId,
+    };
+
+    let mut srv = TestServer::start().await;
+    let (_, token, _) = srv.register("alice", "pw").await;
+    let key_id = srv.server.as_ref().unwrap().services.keys.key_id();
+    for version in ["1", "3", "10", "11", "12"] {
+        let room = create_room(&srv, &token, json!({"room_version": version})).await;
+        let (_, sent) = send_text(&srv, &token, &room, &format!("sig{version}"), "signed").await;
+        let services = &srv.server.as_ref().unwrap().services;
+        let event_id = ruma::EventId::parse(sent["event_id"].as_str().unwrap()).unwrap();
+        let stored = services.rooms.event(&event_id).unwrap().expect("stored");
+        let public = services.keys.keypair.public_key();
+        let keys = [(key_id.clone(), Base64::new(public.to_vec()))]
+            .into_iter()
+            .collect();
+        let map = [("localhost".to_owned(), keys)].into_iter().collect();
+        let rules = RoomVersionId::try_from(version).unwrap().rules().unwrap();
+        let verified = verify_event(&map, &stored.json, &rules).expect("valid signature and hash");
+        assert_eq!(verified, Verified::All, "v{version}: content hash matches");
+        // prev_events chain to the previous event, auth events are present, depth grows.
+        assert!(
+            !stored.pdu.prev_events.is_empty() && !stored.pdu.auth_events.is_empty(),
+            "v{version}"
+        );
+        assert!(stored.pdu.depth > 1);
+    }
+    srv.restart().await;
+    assert_eq!(
+        srv.server.as_ref().unwrap().services.keys.key_id(),
+        key_id,
+        "key id stable across restarts"
+    );
+}
+
+#[tokio::test]
+async fn knocking_works_where_the_room_version_allows_it() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]})).await;
+    let (status, body) = srv
+        .post(
+            &format!("/_matrix/client/v3/knock/{room}"),
+            Some(&bob),
+            json!({"reason": "let me in"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], room.as_str());
+    let (_, member) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{bob_id}"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(member["membership"], "knock");
+    assert_eq!(member["reason"], "let me in");
+    // Knocking is not joining; an invite lets Bob in.
+    let (status, _) = send_text(&srv, &bob, &room, "k1", "hi").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    srv.post(
+        &format!("/_matrix/client/v3/rooms/{room}/invite"),
+        Some(&alice),
+        json!({"user_id": bob_id}),
+    )
+    .await;
+    let (status, _) = srv
+        .post(
+            &format!("/_matrix/client/v3/join/{room}"),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // v6 has no knocking; a public room cannot be knocked on.
+    let old = create_room(&srv, &alice, json!({"room_version": "6"})).await;
+    let (status, _) = srv
+        .post(
+            &format!("/_matrix/client/v3/knock/{old}"),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let public = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    let (status, _) = srv
+        .post(
+            &format!("/_matrix/client/v3/knock/{public}"),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn members_at_a_point_and_message_filters() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    send_text(&srv, &alice, &room, "a1", "before bob").await;
+    // The token after alice's message: bob has not joined yet.
+    let (_, page) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"),
+            Some(&alice),
+        )
+        .await;
+    let before_bob = page["start"].as_str().unwrap().to_owned();
+    srv.post(
+        &format!("/_matrix/client/v3/join/{room}"),
+        Some(&bob),
+        json!({}),
+    )
+    .await;
+    send_text(&srv, &bob, &room, "b1", "from bob").await;
+    srv.put(
+        &format!("/_matrix/client/v3/rooms/{room}/send/org.example.custom/c1"),
+        Some(&alice),
+        json!({"x": 1}),
+    )
+    .await;
+
+    let (_, now) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/members"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(now["chunk"].as_array().unwrap().len(), 2);
+    let (status, then) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/members?at={before_bob}"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{then}");
+    let members: Vec<&str> = then["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        members,
+        vec![alice_id.as_str()],
+        "membership as it was at the token"
+    );
+
+    let filter = enc(r#"{"types":["m.room.message"],"senders":["@bob:localhost"]}"#);
+    let (status, page) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&filter={filter}"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let chunk = page["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 1);
+    assert_eq!(chunk[0]["sender"], bob_id.as_str());
+    let filter = enc(r#"{"not_types":["m.room.*"]}"#);
+    let (_, page) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&filter={filter}"),
+            Some(&alice),
+        )
+        .await;
+    let types: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, vec!["org.example.custom"]);
 }
