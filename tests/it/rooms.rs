@@ -744,7 +744,7 @@ async fn deactivated_users_leave_their_rooms() {
 async fn stored_events_are_signed_pdus_and_the_key_survives_restart() {
     use ruma::{
         serde::Base64,
-        signatures::{verify_event, KeyPair, Verified},
+        signatures::{verify_event, Verified},
         RoomVersionId,
     };
 

@@ -466,7 +466,7 @@ impl<'a> Staged<'a> {
             .filter(|(_, m)| matches!(m.as_str(), "join" | "invite" | "knock"))
             .filter_map(|(user, _)| UserId::parse(user).ok())
             .collect();
-        for ((kind, state_key), _) in &self.state {
+        for (kind, state_key) in self.state.keys() {
             if kind == "m.room.member" {
                 users.extend(UserId::parse(state_key.as_str()).ok());
             }
