@@ -5,15 +5,19 @@ pub mod account_data;
 pub mod filters;
 pub mod keys;
 pub mod notifier;
+pub mod presence;
 pub mod profiles;
 pub mod push_rules;
+pub mod receipts;
 pub mod reg_tokens;
 pub mod reports;
 pub mod rooms;
 pub mod sessions;
 pub mod stream;
 pub mod sync;
+pub mod typing;
 pub mod uiaa;
+pub mod unread;
 pub mod user_directory;
 pub mod users;
 
@@ -48,6 +52,9 @@ pub struct Services {
     pub keys: Arc<keys::ServerKeys>,
     pub notifier: Arc<notifier::Notifier>,
     pub rooms: rooms::Rooms,
+    pub typing: typing::Typing,
+    pub receipts: receipts::Receipts,
+    pub presence: presence::Presence,
 }
 
 /// Why the services could not start.
@@ -99,6 +106,9 @@ impl Services {
         Ok(Arc::new(Self {
             rooms: rooms::Rooms::new(store.clone(), stream.clone(), keys.clone(), server_name, notifier.clone()),
             account_data: account_data::AccountData::new(store.clone(), stream.clone(), notifier.clone()),
+            typing: typing::Typing::new(notifier.clone()),
+            receipts: receipts::Receipts::new(store.clone(), stream.clone(), notifier.clone()),
+            presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             notifier,
             stream,
             keys,
@@ -120,6 +130,19 @@ impl Services {
 
 /// Operations that span several services, shared by the client API and the admin CLI.
 impl Services {
+    /// User-Interactive Auth with the user's password, for account-management actions
+    /// (`kind` names the action, so a session cannot be replayed on another one).
+    pub async fn reauthenticate(
+        &self,
+        kind: &'static str,
+        user_id: &UserId,
+        auth: Option<&ruma::api::client::uiaa::AuthData>,
+    ) -> Result<()> {
+        let request = uiaa::Request { kind, user: Some(user_id), flows: uiaa::PASSWORD_FLOWS };
+        self.uiaa.authorize(request, auth, &self.users, &self.reg_tokens).await?;
+        Ok(())
+    }
+
     /// Creates an account with a password (admin path: no UIAA, no registration mode).
     pub async fn create_user(&self, user_id: &UserId, password: &str) -> Result<()> {
         let hash = self.users.hash_password(password).await?;

@@ -30,6 +30,9 @@ pub const DUMMY: &str = "m.login.dummy";
 pub const PASSWORD: &str = "m.login.password";
 pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
 
+/// The flows of account management: the user's current password.
+pub const PASSWORD_FLOWS: &[&[&str]] = &[&[PASSWORD]];
+
 struct Session {
     kind: &'static str,
     user: Option<OwnedUserId>,

@@ -7,10 +7,7 @@ use ruma::api::client::account::{change_password, deactivate, whoami, ThirdParty
 use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
-    service::{
-        uiaa::{self, PASSWORD},
-        Services,
-    },
+    service::Services,
     store::Batch,
 };
 
@@ -19,9 +16,6 @@ pub fn routes(router: &mut Router) {
     router.ruma(change_password);
     router.ruma(deactivate);
 }
-
-/// The UIAA flows of account management: the user's current password.
-pub const PASSWORD_FLOWS: &[&[&str]] = &[&[PASSWORD]];
 
 async fn whoami(
     services: Arc<Services>,
@@ -41,19 +35,8 @@ async fn change_password(
     body: change_password::v3::Request,
 ) -> Result<change_password::v3::Response> {
     let me = ctx.authed()?;
-    let request = uiaa::Request {
-        kind: "change_password",
-        user: Some(&me.user_id),
-        flows: PASSWORD_FLOWS,
-    };
     services
-        .uiaa
-        .authorize(
-            request,
-            body.auth.as_ref(),
-            &services.users,
-            &services.reg_tokens,
-        )
+        .reauthenticate("change_password", &me.user_id, body.auth.as_ref())
         .await?;
     if body.new_password.is_empty() {
         return Err(Error::weak_password("The new password must not be empty"));
@@ -87,19 +70,8 @@ async fn deactivate(
     body: deactivate::v3::Request,
 ) -> Result<deactivate::v3::Response> {
     let me = ctx.authed()?;
-    let request = uiaa::Request {
-        kind: "deactivate",
-        user: Some(&me.user_id),
-        flows: PASSWORD_FLOWS,
-    };
     services
-        .uiaa
-        .authorize(
-            request,
-            body.auth.as_ref(),
-            &services.users,
-            &services.reg_tokens,
-        )
+        .reauthenticate("deactivate", &me.user_id, body.auth.as_ref())
         .await?;
     services.deactivate_user(&me.user_id).await?;
     Ok(deactivate::v3::Response::new(

@@ -9,11 +9,10 @@ use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedDeviceId, UInt,
 };
 
-use super::account::PASSWORD_FLOWS;
 use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
-    service::{sessions::DeviceRecord, uiaa, Services},
+    service::{sessions::DeviceRecord, Services},
 };
 
 pub fn routes(router: &mut Router) {
@@ -90,19 +89,8 @@ async fn delete(
     {
         return Err(Error::not_found("Unknown device"));
     }
-    let request = uiaa::Request {
-        kind: "delete_device",
-        user: Some(&me.user_id),
-        flows: PASSWORD_FLOWS,
-    };
     services
-        .uiaa
-        .authorize(
-            request,
-            body.auth.as_ref(),
-            &services.users,
-            &services.reg_tokens,
-        )
+        .reauthenticate("delete_device", &me.user_id, body.auth.as_ref())
         .await?;
     let which = [body.device_id];
     services
@@ -118,19 +106,8 @@ async fn delete_many(
     body: delete_devices::v3::Request,
 ) -> Result<delete_devices::v3::Response> {
     let me = ctx.authed()?;
-    let request = uiaa::Request {
-        kind: "delete_devices",
-        user: Some(&me.user_id),
-        flows: PASSWORD_FLOWS,
-    };
     services
-        .uiaa
-        .authorize(
-            request,
-            body.auth.as_ref(),
-            &services.users,
-            &services.reg_tokens,
-        )
+        .reauthenticate("delete_devices", &me.user_id, body.auth.as_ref())
         .await?;
     services
         .sessions
