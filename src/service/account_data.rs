@@ -1,20 +1,22 @@
 //! Account data: per-user JSON objects set by clients, global or scoped to a room.
 //!
-//! The client API serves global account data today; room account data uses the same table with
-//! the room id in the key. Two types are managed by the server and cannot be set through the
-//! account data API (spec: "Server Behaviour"): `m.fully_read` (read markers) and
-//! `m.push_rules` (see the push rules service). Every write takes a position in the global
-//! stream, recorded in a change log that `/sync` reads.
+//! Global and room account data share one table; room entries have the room id in the key.
+//! Two types are managed by the server and cannot be set through the account data API (spec:
+//! "Server Behaviour"): `m.fully_read` (read markers, written by the receipts service as room
+//! account data) and `m.push_rules` (read from the push rules service, never stored here).
+//! Room tags are the `m.tag` room account data entry (`{"tags": {name: {"order": n}}}`), changed
+//! one tag at a time by a read-modify-write. Every write takes a position in the global stream,
+//! recorded in a change log that `/sync` reads.
 
 use std::sync::Arc;
 
 use ruma::{RoomId, UserId};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::{notifier::Notifier, stream::Stream};
 use crate::{
     error::{Error, Result},
-    store::{Batch, Raw, Store},
+    store::{Batch, CommitError, Raw, Store},
     table,
 };
 
@@ -22,8 +24,8 @@ table!(
     /// `(user_id, room_id or "", type) → content` as compact JSON bytes. The middle part is the
     /// empty string for global account data and a room id for room account data (room ids
     /// are never empty, so the two never mix and `(user_id, "")` scans exactly the global
-    /// data). Every stored content is a JSON object; the types `m.fully_read` and
-    /// `m.push_rules` are never stored here.
+    /// data). Every stored content is a JSON object; `m.push_rules` is never stored here and
+    /// `m.fully_read` only as room data written by the read markers API.
     pub AccountDataTable: "account_data", (String, String, String) => Raw
 );
 
@@ -45,6 +47,15 @@ pub const MAX_TYPE_BYTES: usize = 255;
 
 /// More entries than any user has; bounds a scan of one user's data.
 const MAX_ENTRIES: usize = 100_000;
+
+/// How often a write retries after losing a race with a concurrent write of the same entry.
+const UPDATE_ATTEMPTS: usize = 8;
+
+/// Longest tag name, in bytes (spec: "Room Tagging").
+pub const MAX_TAG_BYTES: usize = 255;
+
+/// One changed entry as `/sync` reads it: `(room_id or "", type, content)`.
+pub type Change = (String, String, Vec<u8>);
 
 pub struct AccountData {
     store: Store,
@@ -93,39 +104,6 @@ impl AccountData {
         }
     }
 
-    /// Global entries written after position `since` (all of them without one) and at or
-    /// before `upto`, as `(type, content)`.
-    pub fn global_since(
-        &self,
-        user_id: &UserId,
-        since: Option<u64>,
-        upto: u64,
-    ) -> Result<Vec<(String, Vec<u8>)>> {
-        let Some(since) = since else {
-            return self.global(user_id);
-        };
-        let from = (user_id.to_string(), since + 1);
-        let rows = self.store.range_in_prefix::<AccountDataChanges, _>(
-            &(user_id.as_str(),),
-            Some(&from),
-            false,
-            MAX_ENTRIES,
-        )?;
-        let mut out = Vec::new();
-        for ((_, pos), (room, kind)) in rows {
-            if pos > upto {
-                break;
-            }
-            if !room.is_empty() {
-                continue;
-            }
-            if let Some(content) = self.get(user_id, None, &kind)? {
-                out.push((kind, content));
-            }
-        }
-        Ok(out)
-    }
-
     /// The content of one entry as JSON bytes (always an object), `None` when unset.
     pub fn get(
         &self,
@@ -163,9 +141,13 @@ impl AccountData {
         content: Vec<u8>,
     ) -> Result<()> {
         let key = key(user_id, room_id, kind);
-        if let Some(old) = self.store.get::<AccountDataPositions>(&key)? {
+        let old = self.store.get::<AccountDataPositions>(&key)?;
+        if let Some(old) = old {
             batch.delete::<AccountDataChanges>(&(key.0.clone(), old));
         }
+        // A concurrent write of the same entry makes the batch conflict (and the writer
+        // retry), so each entry keeps exactly one change-log row.
+        batch.expect_value::<AccountDataPositions>(&key, old.as_ref());
         batch
             .put::<AccountDataChanges>(&(key.0.clone(), pos), &(key.1.clone(), key.2.clone()))
             .put::<AccountDataPositions>(&key, &pos)
@@ -184,12 +166,153 @@ impl AccountData {
     ) -> Result<()> {
         check_settable(kind)?;
         let content = normalize_content(content)?;
-        let pending = self.stream.allocate()?;
-        let mut batch = Batch::new();
-        self.stage_set(&mut batch, pending.pos, user_id, room_id, kind, content)?;
-        self.store.commit(batch).await?;
-        drop(pending);
-        self.notifier.notify([user_id]);
-        Ok(())
+        self.update(user_id, room_id, kind, |_| Ok(Some(content.clone())))
+            .await
+            .map(|_| ())
     }
+
+    /// Read-modify-write of one entry: `change` gets the current content and returns the new
+    /// one (`None`: leave it as it is). Retried when a concurrent write of the entry won.
+    /// Returns whether anything was written. The type is not checked.
+    pub async fn update(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        kind: &str,
+        change: impl Fn(Option<&[u8]>) -> Result<Option<Vec<u8>>>,
+    ) -> Result<bool> {
+        let entry = key(user_id, room_id, kind);
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = self.store.get::<AccountDataTable>(&entry)?;
+            let Some(content) = change(current.as_ref().map(|Raw(b)| b.as_slice()))? else {
+                return Ok(false);
+            };
+            let pending = self.stream.allocate()?;
+            let mut batch = Batch::new();
+            batch.expect_value::<AccountDataTable>(&entry, current.as_ref());
+            self.stage_set(&mut batch, pending.pos, user_id, room_id, kind, content)?;
+            match self.store.commit(batch).await {
+                Ok(()) => {
+                    drop(pending);
+                    self.notifier.notify([user_id]);
+                    return Ok(true);
+                }
+                Err(CommitError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CommitError::Conflict.into())
+    }
+
+    /// Every entry (global and room) written after position `since` and at or before `upto`,
+    /// in position order.
+    pub fn changes_since(&self, user_id: &UserId, since: u64, upto: u64) -> Result<Vec<Change>> {
+        let from = (user_id.to_string(), since + 1);
+        let rows = self.store.range_in_prefix::<AccountDataChanges, _>(
+            &(user_id.as_str(),),
+            Some(&from),
+            false,
+            MAX_ENTRIES,
+        )?;
+        let mut out = Vec::new();
+        for ((_, pos), (room, kind)) in rows {
+            if pos > upto {
+                break;
+            }
+            let room_id = match room.as_str() {
+                "" => None,
+                room => Some(RoomId::parse(room).map_err(|_| Error::unknown("corrupt room id"))?),
+            };
+            if let Some(content) = self.get(user_id, room_id.as_deref(), &kind)? {
+                out.push((room, kind, content));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entry of the user in one room as `(type, content)`, in type order.
+    pub fn room(&self, user_id: &UserId, room_id: &RoomId) -> Result<Vec<(String, Vec<u8>)>> {
+        let rows = self.store.scan_prefix::<AccountDataTable, _>(
+            &(user_id.as_str(), room_id.as_str()),
+            MAX_ENTRIES,
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|((_, _, kind), Raw(bytes))| (kind, bytes))
+            .collect())
+    }
+
+    /// The room's tags (the `tags` object of `m.tag`), empty when there are none.
+    pub fn tags(&self, user_id: &UserId, room_id: &RoomId) -> Result<Map<String, Value>> {
+        let Some(content) = self.get(user_id, Some(room_id), "m.tag")? else {
+            return Ok(Map::new());
+        };
+        Ok(tags_of(&content))
+    }
+
+    /// Adds or replaces one tag. `info` is the tag's object; its `order`, when present, must be
+    /// a number from 0 to 1.
+    pub async fn set_tag(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        tag: &str,
+        info: Map<String, Value>,
+    ) -> Result<()> {
+        check_tag(tag)?;
+        if let Some(order) = info.get("order") {
+            if !order.as_f64().is_some_and(|o| (0.0..=1.0).contains(&o)) {
+                return Err(Error::invalid_param("order must be a number from 0 to 1"));
+            }
+        }
+        self.update(user_id, Some(room_id), "m.tag", |current| {
+            let mut tags = current.map(tags_of).unwrap_or_default();
+            if tags.get(tag).and_then(Value::as_object) == Some(&info) {
+                return Ok(None);
+            }
+            tags.insert(tag.to_owned(), Value::Object(info.clone()));
+            tag_content(tags).map(Some)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes one tag; removing a tag the room does not have is a no-op.
+    pub async fn delete_tag(&self, user_id: &UserId, room_id: &RoomId, tag: &str) -> Result<()> {
+        check_tag(tag)?;
+        self.update(user_id, Some(room_id), "m.tag", |current| {
+            let mut tags = current.map(tags_of).unwrap_or_default();
+            if tags.remove(tag).is_none() {
+                return Ok(None);
+            }
+            tag_content(tags).map(Some)
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+fn check_tag(tag: &str) -> Result<()> {
+    if tag.is_empty() || tag.len() > MAX_TAG_BYTES {
+        return Err(Error::invalid_param(format!(
+            "A tag must be 1 to {MAX_TAG_BYTES} bytes long"
+        )));
+    }
+    Ok(())
+}
+
+/// The `tags` object of an `m.tag` content; anything malformed counts as no tags.
+fn tags_of(content: &[u8]) -> Map<String, Value> {
+    serde_json::from_slice::<Value>(content)
+        .ok()
+        .and_then(|mut v| match v.get_mut("tags").map(Value::take) {
+            Some(Value::Object(tags)) => Some(tags),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn tag_content(tags: Map<String, Value>) -> Result<Vec<u8>> {
+    serde_json::to_vec(&json!({ "tags": tags }))
+        .map_err(|_| Error::unknown("Cannot serialize the tags"))
 }

@@ -6,6 +6,7 @@ mod aliases;
 mod cli;
 mod common;
 mod directory;
+mod ephemeral;
 mod filter;
 mod http;
 mod profile;

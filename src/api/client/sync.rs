@@ -12,7 +12,7 @@ use crate::{
     error::{Error, Result},
     http::{Auth, Incoming, Response, Router},
     service::{
-        sync::{sync_once, Sources, SyncRequest},
+        sync::{sync_once, Sources, SyncRequest, SyncToken},
         Services,
     },
 };
@@ -27,10 +27,11 @@ pub fn routes(router: &mut Router) {
 }
 
 struct Query {
-    since: Option<u64>,
+    since: Option<SyncToken>,
     timeout: Duration,
     full_state: bool,
     filter: Option<String>,
+    set_presence: String,
 }
 
 fn parse_query(query: &str) -> Result<Query> {
@@ -39,16 +40,15 @@ fn parse_query(query: &str) -> Result<Query> {
         timeout: Duration::ZERO,
         full_state: false,
         filter: None,
+        set_presence: "online".to_owned(),
     };
     for (key, value) in form_urlencoded(query) {
         match key.as_str() {
             "since" => {
-                // Tokens are stream positions; accept an optional suffix for forward
-                // compatibility (`123_4`).
-                let pos = value.split('_').next().unwrap_or_default();
+                // `{position}_{typing serial}`, or a bare position.
                 out.since = Some(
-                    pos.parse()
-                        .map_err(|_| Error::invalid_param("Invalid since token"))?,
+                    SyncToken::parse(&value)
+                        .ok_or_else(|| Error::invalid_param("Invalid since token"))?,
                 );
             }
             "timeout" => {
@@ -65,6 +65,7 @@ fn parse_query(query: &str) -> Result<Query> {
                         "set_presence must be online, offline or unavailable",
                     ));
                 }
+                out.set_presence = value;
             }
             _ => {}
         }
@@ -96,16 +97,27 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
             .get(&me.user_id, id)?
             .ok_or_else(|| Error::invalid_param("Unknown filter id"))?,
     };
+    // Syncing marks the user online unless the client asks otherwise (spec: `set_presence`).
+    services
+        .presence
+        .touch(&services.rooms, &me.user_id, &query.set_presence)
+        .await?;
+    let since_pos = query.since.map(|t| t.pos);
     let mut request = SyncRequest {
         user_id: &me.user_id,
         device_id: me.device_id.as_str(),
-        since: query.since,
+        since: since_pos,
+        typing_since: query.since.and_then(|t| t.typing),
         full_state: query.full_state,
         filter,
     };
     let sources = Sources {
         rooms: &services.rooms,
         account_data: &services.account_data,
+        typing: &services.typing,
+        receipts: &services.receipts,
+        presence: &services.presence,
+        push_rules: &services.push_rules,
     };
     let notify = services.notifier.subscribe(&me.user_id);
     let deadline = Instant::now() + query.timeout;
@@ -116,8 +128,8 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         notified.as_mut().enable();
         let now = services.stream.current();
         // A token from the future (e.g. after restoring an older backup) means "now".
-        request.since = query.since.map(|s| s.min(now));
-        let result = sync_once(&sources, &request, now)?;
+        request.since = since_pos.map(|s| s.min(now));
+        let result = sync_once(&sources, &request, now).await?;
         if result.has_updates
             || request.since.is_none()
             || request.full_state
@@ -125,9 +137,11 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         {
             break result.body;
         }
+        // A typing notification lapsing is a change too; look again when one does.
+        let wake = result.wake_at.map_or(deadline, |at| at.min(deadline));
         tokio::select! {
             _ = &mut notified => {}
-            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
         }
     };
     let mut response =
