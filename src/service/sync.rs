@@ -21,7 +21,7 @@ use std::{
 
 use ruma::{
     api::client::filter::{Filter, FilterDefinition, LazyLoadOptions, RoomEventFilter},
-    events::StateEventType,
+    events::{room::member::MembershipState, StateEventType},
     push::Ruleset,
     OwnedRoomId, OwnedUserId, RoomId, UserId,
 };
@@ -498,7 +498,15 @@ async fn joined_room(
             (Some(_), TypingSince::Serial(serial)) => (Some(serial), true),
             (Some(_), TypingSince::Unknown) => (None, true),
         };
-        if let Some(users) = sources.typing.room_since(room_id, typing_since) {
+        if let Some(mut users) = sources.typing.room_since(room_id, typing_since) {
+            // Someone who left while typing is not shown until their timeout lapses.
+            let mut still_joined = Vec::with_capacity(users.len());
+            for user in users.drain(..) {
+                if rooms.membership(room_id, &user)? == Some(MembershipState::Join) {
+                    still_joined.push(user);
+                }
+            }
+            let users = still_joined;
             if send_empty || !users.is_empty() {
                 ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
             }
@@ -698,4 +706,32 @@ fn room_timeline(
     Ok(Some(
         json!({"timeline": timeline, "state": {"events": state}}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncToken;
+
+    #[test]
+    fn tokens_parse_and_print() {
+        let token = SyncToken::parse("42_1700000000000000").unwrap();
+        assert_eq!(
+            token,
+            SyncToken {
+                pos: 42,
+                typing: Some(1_700_000_000_000_000)
+            }
+        );
+        assert_eq!(token.to_string(), "42_1700000000000000");
+        assert_eq!(
+            SyncToken::parse("42"),
+            Some(SyncToken {
+                pos: 42,
+                typing: None
+            })
+        );
+        for bad in ["", "_", "x", "1_", "1_x", "1_2_3", "-1"] {
+            assert_eq!(SyncToken::parse(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -208,6 +208,10 @@ async fn typing_start_stop_and_expiry_reach_sync() {
     // Nothing changed: no m.typing (and no room) in the next sync.
     let body = sync(&srv, &bob, &format!("since={since}")).await;
     assert_eq!(typing_users(&body, &room_id), None, "{body}");
+    // An ephemeral filter can leave typing out.
+    let filter = enc(r#"{"room":{"ephemeral":{"not_types":["m.typing"]}}}"#);
+    let body = sync(&srv, &alice, &format!("filter={filter}")).await;
+    assert_eq!(typing_users(&body, &room_id), None, "{body}");
     // A newcomer's initial sync shows who is typing.
     let body = sync(&srv, &alice, "").await;
     assert_eq!(typing_users(&body, &room_id), Some(vec![alice_id.clone()]));
