@@ -695,10 +695,12 @@ fn room_timeline(
     }
 
     let prev_batch = picked.first().map(|e| e.sid.to_string());
+    // Timeline events carry their bundled aggregations (threads, edits, references), as on
+    // every other read path.
     let events: Vec<Value> = picked
         .iter()
-        .map(|e| rooms.client_event(e, Some(viewer)))
-        .collect();
+        .map(|e| rooms.client_event_bundled(e, Some(viewer)))
+        .collect::<Result<_>>()?;
     let mut timeline = json!({"events": events, "limited": limited});
     if let Some(prev_batch) = prev_batch {
         timeline["prev_batch"] = json!(prev_batch);

@@ -381,3 +381,30 @@ async fn bad_sync_parameters_are_refused() {
     let (status, _) = srv.get("/_matrix/client/v3/sync", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn sync_timeline_carries_bundled_thread_summaries() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let room = create_room(&srv, &alice, json!({})).await;
+    let root = send(&srv, &alice, &room, "root", "thread root").await;
+    let (status, _) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/reply"),
+            Some(&alice),
+            json!({"msgtype": "m.text", "body": "in thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = sync(&srv, &alice, "").await;
+    let events = body["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap();
+    let root_event = events
+        .iter()
+        .find(|e| e["event_id"] == root.as_str())
+        .expect("root in timeline");
+    let thread = &root_event["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(thread["count"], 1, "{root_event}");
+    assert_eq!(thread["current_user_participated"], true);
+}

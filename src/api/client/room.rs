@@ -520,39 +520,8 @@ async fn joined_rooms_of(
     ))
 }
 
-/// Whether an event passes a `/messages` filter's type and sender conditions.
-pub fn passes(filter: &ruma::api::client::filter::RoomEventFilter, event: &StoredEvent) -> bool {
-    let kind = event.meta.kind.as_str();
-    let matches = |pattern: &String| match pattern.strip_suffix('*') {
-        Some(prefix) => kind.starts_with(prefix),
-        None => pattern == kind,
-    };
-    if filter.not_types.iter().any(matches) {
-        return false;
-    }
-    if filter
-        .types
-        .as_ref()
-        .is_some_and(|types| !types.iter().any(matches))
-    {
-        return false;
-    }
-    if filter
-        .not_senders
-        .iter()
-        .any(|s| s.as_str() == event.meta.sender)
-    {
-        return false;
-    }
-    if filter
-        .senders
-        .as_ref()
-        .is_some_and(|s| !s.iter().any(|s| s.as_str() == event.meta.sender))
-    {
-        return false;
-    }
-    true
-}
+/// The room event filter shared with `/sync`.
+pub use crate::service::sync::event_passes as passes;
 
 /// Pagination tokens are stream positions: a token `t` sits between the events at `t - 1`
 /// and `t`; paging backwards from `t` returns events below it, forwards events from it on.
