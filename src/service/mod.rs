@@ -104,14 +104,22 @@ impl Services {
             },
         );
         Ok(Arc::new(Self {
-            rooms: rooms::Rooms::new(store.clone(), stream.clone(), keys.clone(), server_name, notifier.clone()),
-            account_data: account_data::AccountData::new(store.clone(), stream.clone(), notifier.clone()),
+            rooms: rooms::Rooms::new(
+                store.clone(),
+                stream.clone(),
+                keys.clone(),
+                server_name,
+                notifier.clone(),
+            ),
+            account_data: account_data::AccountData::new(
+                store.clone(),
+                stream.clone(),
+                notifier.clone(),
+            ),
             typing: typing::Typing::new(notifier.clone()),
             receipts: receipts::Receipts::new(store.clone(), stream.clone(), notifier.clone()),
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
-            notifier,
-            stream,
-            keys,
+            push_rules: push_rules::PushRules::new(store.clone(), stream.clone(), notifier.clone()),
             users: users::Users::new(store.clone(), config.bcrypt_cost),
             sessions: sessions::Sessions::new(store.clone()),
             uiaa: uiaa::Uiaa::new(),
@@ -119,9 +127,11 @@ impl Services {
             rate_limiter,
             profiles: profiles::Profiles::new(store.clone()),
             filters: filters::Filters::new(store.clone()),
-            push_rules: push_rules::PushRules::new(store.clone()),
             reports: reports::Reports::new(store.clone()),
             user_directory: user_directory::UserDirectory::new(),
+            notifier: notifier.clone(),
+            stream: stream.clone(),
+            keys,
             store,
             config: Arc::new(config),
         }))
@@ -138,8 +148,14 @@ impl Services {
         user_id: &UserId,
         auth: Option<&ruma::api::client::uiaa::AuthData>,
     ) -> Result<()> {
-        let request = uiaa::Request { kind, user: Some(user_id), flows: uiaa::PASSWORD_FLOWS };
-        self.uiaa.authorize(request, auth, &self.users, &self.reg_tokens).await?;
+        let request = uiaa::Request {
+            kind,
+            user: Some(user_id),
+            flows: uiaa::PASSWORD_FLOWS,
+        };
+        self.uiaa
+            .authorize(request, auth, &self.users, &self.reg_tokens)
+            .await?;
         Ok(())
     }
 
@@ -181,7 +197,11 @@ impl Services {
     /// the account is already deactivated, so a room that refuses the leave is only logged.
     async fn leave_all_rooms(&self, user_id: &UserId) {
         use ruma::events::{room::member::MembershipState, TimelineEventType};
-        for membership in [MembershipState::Join, MembershipState::Invite, MembershipState::Knock] {
+        for membership in [
+            MembershipState::Join,
+            MembershipState::Invite,
+            MembershipState::Knock,
+        ] {
             let rooms = match self.rooms.rooms_of(user_id, &membership) {
                 Ok(rooms) => rooms,
                 Err(e) => {

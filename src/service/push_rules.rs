@@ -17,6 +17,9 @@ use ruma::{
     UserId,
 };
 
+use std::sync::Arc;
+
+use super::{notifier::Notifier, stream::Stream};
 use crate::{
     error::{Error, Result},
     store::{Batch, CommitError, Raw, Store},
@@ -31,6 +34,12 @@ table!(
     pub PushRulesTable: "push_rules", String => Raw
 );
 
+table!(
+    /// `user_id → position` of the latest change of the user's rules, so `/sync` can send
+    /// `m.push_rules` again when it changed since the client's token.
+    pub PushRulesChanged: "push_rules_changed", String => u64
+);
+
 /// How often a change retries after losing a race with a concurrent change.
 const UPDATE_ATTEMPTS: usize = 8;
 
@@ -39,6 +48,8 @@ pub const MAX_RULE_ID_BYTES: usize = 255;
 
 pub struct PushRules {
     store: Store,
+    stream: Arc<Stream>,
+    notifier: Arc<Notifier>,
 }
 
 fn rule_not_found() -> Error {
@@ -85,8 +96,18 @@ fn insert_error(e: InsertPushRuleError) -> Error {
 }
 
 impl PushRules {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, stream: Arc<Stream>, notifier: Arc<Notifier>) -> Self {
+        Self {
+            store,
+            stream,
+            notifier,
+        }
+    }
+
+    /// Whether the user's rules changed after position `since` and at or before `upto`.
+    pub fn changed_since(&self, user_id: &UserId, since: u64, upto: u64) -> Result<bool> {
+        let pos = self.store.get::<PushRulesChanged>(&user_id.to_string())?;
+        Ok(pos.is_some_and(|pos| pos > since && pos <= upto))
     }
 
     /// The stored row and the ruleset it holds (server defaults when there is none).
@@ -132,12 +153,19 @@ impl PushRules {
                 log::error!("cannot serialize push rules: {e}");
                 Error::unknown("Cannot store the push rules")
             })?;
+            let pending = self.stream.allocate()?;
             let mut batch = Batch::new();
             batch
                 .expect_value::<PushRulesTable>(&key, row.as_ref())
-                .put::<PushRulesTable>(&key, &Raw(json));
+                .put::<PushRulesTable>(&key, &Raw(json))
+                .put::<PushRulesChanged>(&key, &pending.pos);
             match self.store.commit(batch).await {
-                Ok(()) => return Ok(out),
+                Ok(()) => {
+                    drop(pending);
+                    // The user's other devices learn of the change through /sync.
+                    self.notifier.notify([user_id]);
+                    return Ok(out);
+                }
                 Err(CommitError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }

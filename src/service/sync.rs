@@ -383,7 +383,13 @@ pub async fn sync_once(
             Some(json!({"type": kind, "content": content}))
         })
         .collect();
-    if request.since.is_none() && filter_passes(account_filter, "m.push_rules", None) {
+    let rules_changed = match request.since {
+        None => true,
+        Some(since) => sources
+            .push_rules
+            .changed_since(request.user_id, since, now)?,
+    };
+    if rules_changed && filter_passes(account_filter, "m.push_rules", None) {
         events.push(json!({"type": "m.push_rules", "content": {"global": pass.ruleset}}));
     }
     events.truncate(limit_of(account_filter.limit));

@@ -408,3 +408,36 @@ async fn sync_timeline_carries_bundled_thread_summaries() {
     assert_eq!(thread["count"], 1, "{root_event}");
     assert_eq!(thread["current_user_participated"], true);
 }
+
+#[tokio::test]
+async fn push_rule_changes_reach_incremental_sync() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let since = sync(&srv, &alice, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = sync(&srv, &alice, &format!("since={since}")).await;
+    assert!(
+        body.get("account_data").is_none(),
+        "unchanged rules are not resent"
+    );
+    let (status, _) = srv
+        .put(
+            "/_matrix/client/v3/pushrules/global/content/cake",
+            Some(&alice),
+            json!({"pattern": "cake", "actions": ["notify"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = sync(&srv, &alice, &format!("since={since}")).await;
+    let events = body["account_data"]["events"]
+        .as_array()
+        .expect("account data");
+    let rules = events
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .expect("m.push_rules");
+    let content = rules["content"]["global"]["content"].as_array().unwrap();
+    assert!(content.iter().any(|r| r["rule_id"] == "cake"), "{rules}");
+}
