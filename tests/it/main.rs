@@ -9,6 +9,7 @@ mod directory;
 mod ephemeral;
 mod filter;
 mod http;
+mod interop;
 mod profile;
 mod push_rules;
 mod redaction;
