@@ -63,6 +63,8 @@ pub struct Config {
     pub well_known: WellKnown,
     /// The embedded store.
     pub storage: Storage,
+    /// The media repository.
+    pub media: Media,
 }
 
 /// One listening socket (`[[listeners]]`).
@@ -132,6 +134,22 @@ pub struct WellKnown {
     pub server: Option<String>,
 }
 
+/// The media repository (`[media]`). The largest upload is `limits.max_upload_bytes`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Media {
+    /// Total bytes of media each local user may upload; 0 means no quota.
+    pub quota_bytes_per_user: u64,
+    /// Largest image (width × height, in pixels) the server decodes to make a thumbnail (> 0).
+    /// Larger images are refused with 413 `M_TOO_LARGE` (decompression bombs).
+    pub max_thumbnail_pixels: u64,
+    /// The "freeze" of the deprecated unauthenticated media endpoints, as `YYYY-MM-DD` (UTC):
+    /// media uploaded on or after that day is only served by the authenticated endpoints.
+    /// Empty: no freeze.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub legacy_download_freeze: Option<String>,
+}
+
 /// The embedded store (`[storage]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -155,8 +173,66 @@ impl Default for Config {
             rate_limit: RateLimit::default(),
             well_known: WellKnown::default(),
             storage: Storage::default(),
+            media: Media::default(),
         }
     }
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Media {
+            quota_bytes_per_user: 0,
+            max_thumbnail_pixels: 40_000_000,
+            legacy_download_freeze: Some("2024-09-01".into()),
+        }
+    }
+}
+
+impl Media {
+    /// The freeze as milliseconds since the epoch (midnight UTC of that day), if one is set.
+    pub fn legacy_freeze_ms(&self) -> Option<u64> {
+        self.legacy_download_freeze
+            .as_deref()
+            .and_then(parse_date_ms)
+    }
+}
+
+/// `YYYY-MM-DD` → milliseconds since the Unix epoch at midnight UTC.
+pub fn parse_date_ms(date: &str) -> Option<u64> {
+    let mut parts = date.trim().splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let d: i64 = parts.next()?.parse().ok()?;
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || d < 1
+        || d > month_days[m as usize - 1]
+    {
+        return None;
+    }
+    // Days from civil (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days).ok().map(|d| d * 86_400_000)
 }
 
 impl Default for Listener {
@@ -309,6 +385,10 @@ impl Config {
             ("limits.max_request_bytes", lim.max_request_bytes),
             ("limits.max_upload_bytes", lim.max_upload_bytes),
             ("storage.cache_mb", self.storage.cache_mb),
+            (
+                "media.max_thumbnail_pixels",
+                self.media.max_thumbnail_pixels,
+            ),
             ("rate_limit.per_user_burst", r.per_user_burst.into()),
             ("rate_limit.per_ip_burst", r.per_ip_burst.into()),
         ] {
@@ -321,6 +401,13 @@ impl Config {
             check(v.is_finite() && v > 0.0, key, || {
                 format!("must be greater than 0, got {v}")
             })?;
+        }
+        if let Some(date) = &self.media.legacy_download_freeze {
+            check(
+                parse_date_ms(date).is_some(),
+                "media.legacy_download_freeze",
+                || format!("must be a date YYYY-MM-DD or empty, got {date:?}"),
+            )?;
         }
         if let Some(url) = &self.well_known.client_base_url {
             let rest = url

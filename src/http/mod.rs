@@ -13,7 +13,9 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::Filter;
 
 use crate::{error::Error, service::Services};
-pub use router::{Auth, Authed, Ctx, Incoming, Response, Router};
+pub use router::{
+    Auth, Authed, BodyStream, Ctx, Incoming, Outgoing, Response, Router, StreamResponse,
+};
 
 /// Serves `router` on `listener` until `shutdown` resolves.
 pub async fn serve(
@@ -61,10 +63,10 @@ async fn dispatch<S, B>(
     router: Arc<Router>,
     raw: RawRequest,
     body: S,
-) -> Response
+) -> StreamResponse
 where
-    S: Stream<Item = Result<B, warp::Error>> + Send,
-    B: Buf,
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send + 'static,
 {
     let started = Instant::now();
     let (method, path) = (raw.method.clone(), raw.path.clone());
@@ -74,7 +76,7 @@ where
             if error.status.is_server_error() {
                 log::error!("{method} {path}: {error}");
             }
-            error.into_response()
+            Outgoing::Buffered(error.into_response())
         }
     };
     add_cors(response.headers_mut());
@@ -85,7 +87,7 @@ where
         response.status().as_u16(),
         started.elapsed().as_secs_f64() * 1000.0
     );
-    response
+    response.into_response()
 }
 
 async fn route<S, B>(
@@ -93,16 +95,16 @@ async fn route<S, B>(
     router: &Router,
     raw: RawRequest,
     body: S,
-) -> Result<Response, Error>
+) -> Result<Outgoing, Error>
 where
-    S: Stream<Item = Result<B, warp::Error>> + Send,
-    B: Buf,
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send + 'static,
 {
     // Preflight: answered for every path, with no endpoint logic (spec: Web Browser Clients).
     if raw.method == Method::OPTIONS {
         let mut response = Response::new(Vec::new());
         *response.status_mut() = StatusCode::NO_CONTENT;
-        return Ok(response);
+        return Ok(Outgoing::Buffered(response));
     }
     let (route, path_args) = match router.find(&raw.method, &raw.path) {
         router::Match::Found(route, args) => (route, args),
@@ -130,7 +132,16 @@ where
         return Err(Error::limit_exceeded(wait.as_millis().max(1) as u64));
     }
 
-    let body = collect_body(body, services.config.limits.max_request_bytes as usize).await?;
+    let (body, body_stream) = if route.streams_body {
+        let stream = body.map(|chunk| match chunk {
+            Ok(mut chunk) => Ok(chunk.copy_to_bytes(chunk.remaining())),
+            Err(e) => Err(Error::bad_json(format!("Cannot read request body: {e}"))),
+        });
+        (Vec::new(), Some(Box::pin(stream) as BodyStream))
+    } else {
+        let limit = services.config.limits.max_request_bytes as usize;
+        (collect_body(body, limit).await?, None)
+    };
     let uri = if raw.query.is_empty() {
         raw.path
     } else {
@@ -154,6 +165,7 @@ where
                 request,
                 path_args,
                 ctx,
+                body_stream,
             },
         )
         .await

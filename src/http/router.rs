@@ -19,6 +19,41 @@ use crate::{error::Error, service::Services};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub type Response = http::Response<Vec<u8>>;
+/// A response whose body may be streamed (media downloads).
+pub type StreamResponse = warp::reply::Response;
+/// A request body read as it arrives (media uploads), for routes registered with
+/// [`Router::raw_streaming`].
+pub type BodyStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, Error>> + Send + 'static>>;
+
+/// What a handler produced: a buffered body, or a streamed one.
+pub enum Outgoing {
+    Buffered(Response),
+    Streamed(StreamResponse),
+}
+
+impl Outgoing {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Outgoing::Buffered(r) => r.status(),
+            Outgoing::Streamed(r) => r.status(),
+        }
+    }
+
+    pub fn headers_mut(&mut self) -> &mut http::HeaderMap {
+        match self {
+            Outgoing::Buffered(r) => r.headers_mut(),
+            Outgoing::Streamed(r) => r.headers_mut(),
+        }
+    }
+
+    pub fn into_response(self) -> StreamResponse {
+        match self {
+            Outgoing::Buffered(r) => warp::Reply::into_response(r),
+            Outgoing::Streamed(r) => r,
+        }
+    }
+}
 
 /// Who made the request, after authentication.
 #[derive(Debug, Clone)]
@@ -81,13 +116,18 @@ pub struct Incoming {
     pub request: http::Request<Vec<u8>>,
     pub path_args: Vec<String>,
     pub ctx: Ctx,
+    /// The unread body, for streaming routes (their `request` body is then empty).
+    pub body_stream: Option<BodyStream>,
 }
 
 type Handler =
-    Box<dyn Fn(Arc<Services>, Incoming) -> BoxFuture<Result<Response, Error>> + Send + Sync>;
+    Box<dyn Fn(Arc<Services>, Incoming) -> BoxFuture<Result<Outgoing, Error>> + Send + Sync>;
 
 pub struct Route {
     pub auth: Auth,
+    /// The handler reads the body itself ([`Incoming::body_stream`]), with no size limit
+    /// applied by the HTTP layer.
+    pub streams_body: bool,
     handler: Handler,
 }
 
@@ -123,6 +163,7 @@ impl Router {
         let handler = Arc::new(handler);
         let route = Arc::new(Route {
             auth: <R::Authentication as AuthRequirement>::AUTH,
+            streams_body: false,
             handler: Box::new(move |services, incoming: Incoming| {
                 let handler = handler.clone();
                 Box::pin(async move {
@@ -131,10 +172,13 @@ impl Router {
                     let request = http::Request::from_parts(parts, body.as_slice());
                     let parsed = R::try_from_http_request(request, &args).map_err(request_error)?;
                     let response = handler(services, incoming.ctx, parsed).await?;
-                    response.try_into_http_response::<Vec<u8>>().map_err(|e| {
-                        log::error!("cannot serialize response: {e}");
-                        Error::unknown("Cannot serialize the response")
-                    })
+                    response
+                        .try_into_http_response::<Vec<u8>>()
+                        .map(Outgoing::Buffered)
+                        .map_err(|e| {
+                            log::error!("cannot serialize response: {e}");
+                            Error::unknown("Cannot serialize the response")
+                        })
                 })
             }),
         });
@@ -153,8 +197,34 @@ impl Router {
         F: Fn(Arc<Services>, Incoming) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Response, Error>> + Send + 'static,
     {
+        let handler = Arc::new(handler);
         let route = Route {
             auth,
+            streams_body: false,
+            handler: Box::new(move |s, i| {
+                let fut = handler(s, i);
+                Box::pin(async move { fut.await.map(Outgoing::Buffered) })
+            }),
+        };
+        self.insert(path, method, Arc::new(route));
+    }
+
+    /// Registers a raw handler that reads the request body as a stream
+    /// ([`Incoming::body_stream`]) and may answer with a streamed body.
+    pub fn raw_streaming<F, Fut>(
+        &mut self,
+        method: Method,
+        path: &str,
+        auth: Auth,
+        streams_body: bool,
+        handler: F,
+    ) where
+        F: Fn(Arc<Services>, Incoming) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Outgoing, Error>> + Send + 'static,
+    {
+        let route = Route {
+            auth,
+            streams_body,
             handler: Box::new(move |s, i| Box::pin(handler(s, i))),
         };
         self.insert(path, method, Arc::new(route));
@@ -215,7 +285,7 @@ impl Route {
         &self,
         services: Arc<Services>,
         incoming: Incoming,
-    ) -> BoxFuture<Result<Response, Error>> {
+    ) -> BoxFuture<Result<Outgoing, Error>> {
         (self.handler)(services, incoming)
     }
 }

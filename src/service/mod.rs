@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod filters;
 pub mod keys;
+pub mod media;
 pub mod notifier;
 pub mod presence;
 pub mod profiles;
@@ -55,6 +56,7 @@ pub struct Services {
     pub typing: typing::Typing,
     pub receipts: receipts::Receipts,
     pub presence: presence::Presence,
+    pub media: media::Media,
 }
 
 /// Why the services could not start.
@@ -104,6 +106,7 @@ impl Services {
             },
         );
         Ok(Arc::new(Self {
+            media: media::Media::new(store.clone(), &config, server_name.clone()),
             rooms: rooms::Rooms::new(
                 store.clone(),
                 stream.clone(),
