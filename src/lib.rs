@@ -3,6 +3,7 @@
 //! Layers point one way: `http → api → service → store` (see DESIGN.md).
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;

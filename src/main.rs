@@ -42,6 +42,20 @@ enum Command {
     /// Manage registration tokens (for `registration.mode = "token"`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Copy the data directory (store, media, keys, certificates) consistently into DEST,
+    /// from the running server through its admin socket, or directly if it is stopped.
+    Backup {
+        /// A new or empty directory.
+        dest: PathBuf,
+    },
+    /// Restore a backup (or a copied data directory) into the empty configured data directory.
+    Restore {
+        /// A directory written by `hearth backup`.
+        src: PathBuf,
+    },
+    /// Report what a remote server or client would see (name resolution, well-known, TLS
+    /// certificate, listeners), or with --data verify a data directory.
+    Check(hearth::cli::check::CheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -104,6 +118,9 @@ fn main() -> ExitCode {
         Command::Init { path, force } => init(&path, force),
         Command::User(command) => admin(config, |services| user_command(services, command)),
         Command::Token(command) => admin(config, |services| token_command(services, command)),
+        Command::Backup { dest } => hearth::cli::backup::backup(&config, &dest),
+        Command::Restore { src } => hearth::cli::backup::restore(&config, &src),
+        Command::Check(args) => hearth::cli::check::run(&config, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

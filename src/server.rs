@@ -63,11 +63,44 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         log::info!("listening on http://{addr} as {}", config.server_name);
         addrs.push(addr);
     }
+    tasks.push(admin_socket(&config, &services, &shutdown));
     Ok(Server {
         addrs,
         services,
         shutdown,
         tasks,
+    })
+}
+
+/// Starts the admin socket (`<data_dir>/admin.sock`, mode 0600) that `hearth backup` talks to.
+/// A server that cannot create it still serves; only online backups are unavailable.
+fn admin_socket(
+    config: &Config,
+    services: &Arc<Services>,
+    shutdown: &watch::Sender<bool>,
+) -> JoinHandle<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = config.data_dir.join(crate::cli::backup::SOCKET_NAME);
+    // A socket file left by a killed server: the store lock we hold proves no server uses it.
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).and_then(|l| {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(l)
+    });
+    let stop = shutdown.subscribe();
+    let store = services.store.clone();
+    tokio::spawn(async move {
+        match listener {
+            Ok(listener) => {
+                crate::cli::backup::serve_socket(store, listener, stop).await;
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => log::warn!(
+                "cannot create the admin socket {} ({e}); `hearth backup` needs the server \
+                 stopped",
+                path.display()
+            ),
+        }
     })
 }
 

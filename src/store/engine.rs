@@ -104,6 +104,21 @@ pub(crate) trait Engine: Send + Sync {
     /// whole. On `Err` the outcome is unknown to the caller: usually nothing was applied, but a
     /// failed fsync can leave the writes visible yet not durable.
     fn apply(&self, batches: &[Vec<Op>]) -> Result<Vec<Result<(), Conflict>>, StoreError>;
+
+    /// Calls `row(table, key, value)` for every row of every table, tables in name order and
+    /// keys in order. `total` is called first with the number of rows when the engine knows it
+    /// cheaply. Returns the number of rows visited.
+    ///
+    /// The view is consistent only if no write is applied meanwhile, unless
+    /// [`Engine::export_is_snapshot`] says the engine reads from one snapshot.
+    fn export(
+        &self,
+        total: &mut dyn FnMut(u64),
+        row: &mut dyn FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError>;
+
+    /// Whether [`Engine::export`] reads one point-in-time snapshot while writes continue.
+    fn export_is_snapshot(&self) -> bool;
 }
 
 /// Whether any bound excludes everything, which some engines answer with a panic rather than

@@ -11,12 +11,14 @@
 //! the writer's transaction, so a read-check-write done through preconditions is race-free; a
 //! failed precondition rejects that batch alone with [`CommitError::Conflict`].
 
+mod backup;
 mod codec;
 mod engine;
 mod redb_engine;
 mod sled_engine;
 mod writer;
 
+pub use backup::{restore_rows, table_counts, BackupRow};
 pub use codec::{KeyCodec, Raw, Record, ValueCodec};
 pub use engine::EngineKind;
 
@@ -223,6 +225,8 @@ struct Inner {
     engine: Arc<dyn Engine>,
     kind: EngineKind,
     ids: Mutex<ShortCache>,
+    /// Held for reading by the writer around each transaction; see `backup.rs`.
+    gate: Arc<std::sync::RwLock<()>>,
 }
 
 /// Handle to the open store. Cheap to clone; all clones share one engine and one writer.
@@ -367,12 +371,14 @@ impl Store {
             Some(found) if found < SCHEMA_VERSION => migrate(&*engine, found)?,
             Some(_) => {}
         }
-        let writer = Writer::start(engine.clone())?;
+        let gate = Arc::new(std::sync::RwLock::new(()));
+        let writer = Writer::start(engine.clone(), gate.clone())?;
         Ok(Store {
             inner: Arc::new(Inner {
                 writer,
                 engine,
                 kind,
+                gate,
                 ids: Mutex::new(ShortCache {
                     forward: TwoGen::new(),
                     reverse: TwoGen::new(),

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
-    TableError,
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, TableError, TableHandle,
 };
 
 use super::engine::{empty_range, Conflict, Engine, Op, Rows};
@@ -93,6 +93,42 @@ impl RedbEngine {
 }
 
 impl Engine for RedbEngine {
+    fn export(
+        &self,
+        total: &mut dyn FnMut(u64),
+        row: &mut dyn FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        // One MVCC read transaction: a snapshot of the last commit; writers are not blocked.
+        let txn = self.db.begin_read().map_err(io)?;
+        let mut names: Vec<String> = txn
+            .list_tables()
+            .map_err(io)?
+            .map(|h| h.name().to_owned())
+            .collect();
+        names.sort();
+        let mut tables = Vec::with_capacity(names.len());
+        let mut rows = 0;
+        for name in names {
+            let t = txn.open_table(def(&name)?).map_err(io)?;
+            rows += t.len().map_err(io)?;
+            tables.push((name, t));
+        }
+        total(rows);
+        let mut seen = 0;
+        for (name, t) in tables {
+            for item in t.iter().map_err(io)? {
+                let (k, v) = item.map_err(io)?;
+                row(&name, k.value(), v.value())?;
+                seen += 1;
+            }
+        }
+        Ok(seen)
+    }
+
+    fn export_is_snapshot(&self) -> bool {
+        true
+    }
+
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let def = def(table)?;
         let txn = self.db.begin_read().map_err(io)?;

@@ -88,6 +88,41 @@ impl SledEngine {
 }
 
 impl Engine for SledEngine {
+    fn export(
+        &self,
+        _total: &mut dyn FnMut(u64),
+        row: &mut dyn FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        // sled has no snapshot across trees: the caller pauses writes while this runs.
+        let mut names: Vec<Vec<u8>> = self
+            .db
+            .tree_names()
+            .into_iter()
+            .map(|n| n.to_vec())
+            .collect();
+        names.sort();
+        let mut seen = 0;
+        for name in names {
+            // The default tree is sled's own; Hearth's tables are named trees.
+            if name == b"__sled__default" {
+                continue;
+            }
+            let name = String::from_utf8(name)
+                .map_err(|_| StoreError::Io("sled: a tree name is not UTF-8".into()))?;
+            let tree = self.db.open_tree(&name).map_err(io)?;
+            for item in tree.iter() {
+                let (k, v) = item.map_err(io)?;
+                row(&name, &k, &v)?;
+                seen += 1;
+            }
+        }
+        Ok(seen)
+    }
+
+    fn export_is_snapshot(&self) -> bool {
+        false
+    }
+
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let value = self.tree(table)?.get(key).map_err(io)?;
         Ok(value.map(|v| v.to_vec()))

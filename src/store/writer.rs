@@ -64,13 +64,18 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn start(engine: Arc<dyn Engine>) -> Result<Writer, StoreError> {
+    /// `gate` is held for reading around every engine transaction, so a holder of its write
+    /// side (a backup of an engine without snapshots) sees no write land meanwhile.
+    pub(crate) fn start(
+        engine: Arc<dyn Engine>,
+        gate: Arc<std::sync::RwLock<()>>,
+    ) -> Result<Writer, StoreError> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(engine, rx, &thread_stats))
+            .spawn(move || run(engine, rx, &thread_stats, &gate))
             .map_err(|e| StoreError::Io(format!("cannot start the store writer thread: {e}")))?;
         Ok(Writer {
             tx: Some(tx),
@@ -123,7 +128,12 @@ impl Drop for Writer {
     }
 }
 
-fn run(engine: Arc<dyn Engine>, rx: mpsc::Receiver<Job>, stats: &Stats) {
+fn run(
+    engine: Arc<dyn Engine>,
+    rx: mpsc::Receiver<Job>,
+    stats: &Stats,
+    gate: &std::sync::RwLock<()>,
+) {
     while let Ok(first) = rx.recv() {
         let mut count = first.batches.len();
         let mut jobs = vec![first];
@@ -146,7 +156,10 @@ fn run(engine: Arc<dyn Engine>, rx: mpsc::Receiver<Job>, stats: &Stats) {
             replies.push(job.reply);
         }
 
-        let outcome = match catch_unwind(AssertUnwindSafe(|| engine.apply(&all))) {
+        let paused = gate.read().unwrap_or_else(|p| p.into_inner());
+        let applied = catch_unwind(AssertUnwindSafe(|| engine.apply(&all)));
+        drop(paused);
+        let outcome = match applied {
             Ok(Ok(results)) if results.len() == all.len() => Ok(results),
             Ok(Ok(results)) => Err(StoreError::Io(format!(
                 "engine answered {} results for {} batches",

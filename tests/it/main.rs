@@ -22,3 +22,4 @@ mod timestamp;
 mod user_directory;
 mod upgrade;
 mod sync;
+mod deploy;
