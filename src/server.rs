@@ -8,8 +8,10 @@ use crate::{api, config::Config, http, service::Services};
 
 /// A running server. Dropping it does not stop it; call [`Server::stop`].
 pub struct Server {
-    /// The bound address of each listener (useful with port 0).
+    /// The bound address of each plain-HTTP listener (useful with port 0).
     pub addrs: Vec<SocketAddr>,
+    /// The bound address of each HTTPS listener (`tls.listeners`).
+    pub tls_addrs: Vec<SocketAddr>,
     pub services: Arc<Services>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -19,6 +21,8 @@ pub struct Server {
 pub enum StartError {
     #[error(transparent)]
     Open(#[from] crate::service::OpenError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -38,18 +42,33 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let router = Arc::new(api::router());
     let (shutdown, _) = watch::channel(false);
     let mut addrs = Vec::new();
+    let mut tls_addrs = Vec::new();
     let mut tasks = Vec::new();
-    for listener in listeners {
-        let socket = tokio::net::TcpListener::bind(listener.bind)
+    let tls = http::tls::setup(&config, shutdown.subscribe())
+        .await
+        .map_err(StartError::Tls)?;
+    let binds = listeners
+        .iter()
+        .map(|l| (l.bind, None))
+        .chain(config.tls.listeners.iter().map(|b| {
+            (
+                *b,
+                Some(tls.clone().expect("validated: tls listeners need tls")),
+            )
+        }));
+    for (bind, tls) in binds {
+        let socket = tokio::net::TcpListener::bind(bind)
             .await
-            .map_err(|source| StartError::Bind {
-                addr: listener.bind,
-                source,
-            })?;
-        let addr = socket.local_addr().map_err(|source| StartError::Bind {
-            addr: listener.bind,
-            source,
-        })?;
+            .map_err(|source| StartError::Bind { addr: bind, source })?;
+        let addr = socket
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: bind, source })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        if tls.is_some() {
+            tls_addrs.push(addr);
+        } else {
+            addrs.push(addr);
+        }
         let mut stop = shutdown.subscribe();
         let signal = async move {
             let _ = stop.wait_for(|stop| *stop).await;
@@ -58,14 +77,15 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             services.clone(),
             router.clone(),
             socket,
+            tls,
             signal,
         )));
-        log::info!("listening on http://{addr} as {}", config.server_name);
-        addrs.push(addr);
+        log::info!("listening on {scheme}://{addr} as {}", config.server_name);
     }
     tasks.push(admin_socket(&config, &services, &shutdown));
     Ok(Server {
         addrs,
+        tls_addrs,
         services,
         shutdown,
         tasks,

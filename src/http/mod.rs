@@ -4,6 +4,7 @@
 
 pub mod ratelimit;
 pub mod router;
+pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -22,6 +23,7 @@ pub async fn serve(
     services: Arc<Services>,
     router: Arc<Router>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<tls::TlsServer>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let filter = warp::any()
@@ -29,7 +31,13 @@ pub async fn serve(
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(
+            warp::addr::remote()
+                .and(warp::ext::optional::<tls::PeerAddr>())
+                .map(|remote: Option<SocketAddr>, peer: Option<tls::PeerAddr>| {
+                    remote.or(peer.map(|p| p.0))
+                }),
+        )
         .and(warp::body::stream())
         .then(
             move |method, path: warp::path::FullPath, query, headers, remote, body| {
@@ -43,11 +51,16 @@ pub async fn serve(
                 dispatch(services.clone(), router.clone(), request, body)
             },
         );
-    warp::serve(filter)
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    match tls {
+        None => {
+            warp::serve(filter)
+                .incoming(listener)
+                .graceful(shutdown)
+                .run()
+                .await
+        }
+        Some(tls) => tls::serve(warp::service(filter), listener, tls, shutdown).await,
+    }
 }
 
 struct RawRequest {

@@ -1,0 +1,294 @@
+//! HTTPS listeners. warp 0.4 has no TLS, so these serve `warp::service(filter)` through
+//! hyper-util on a tokio-rustls stream, with the peer address passed in as a request extension
+//! ([`PeerAddr`]).
+//!
+//! Certificates come from ACME (rustls-acme, TLS-ALPN-01: a challenge connection is answered on
+//! the same listener, recognised by its ALPN `acme-tls/1`) or from PEM files reloaded on SIGHUP.
+//! The crypto provider is named explicitly: ring.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use tokio::sync::watch;
+
+use crate::config::{Config, TlsMode};
+
+/// The client's address on a TLS connection (warp's `addr::remote()` is empty there).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The crypto provider for every TLS use in Hearth.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// What an HTTPS listener needs: the config for normal connections and, with ACME, the one
+/// that answers TLS-ALPN-01 challenges.
+pub struct TlsServer {
+    config: Arc<ServerConfig>,
+    challenge: Option<Arc<ServerConfig>>,
+}
+
+/// A certificate from PEM files, swapped in place on reload.
+#[derive(Debug)]
+struct FileCerts {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for FileCerts {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// Loads a PEM certificate chain and private key.
+pub fn load_pem(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("tls.cert {}: no certificate in it", cert.display()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls.key {}: {e}", key.display()))?;
+    let ck = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| format!("tls.cert/tls.key: {e}"))?;
+    Ok(ck)
+}
+
+fn with_alpn(mut config: ServerConfig) -> Arc<ServerConfig> {
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Restricts every file in `dir` (and `dir`) to the server's user: the ACME cache holds the
+/// account key and the certificate's private key.
+fn tighten(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
+/// Sets up certificates per `[tls]`; `None` when TLS is off. Background tasks (ACME order and
+/// renewal, SIGHUP reload) end when `shutdown` turns true.
+pub async fn setup(
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<Arc<TlsServer>>, String> {
+    let tls = &config.tls;
+    match tls.mode {
+        TlsMode::Off => Ok(None),
+        TlsMode::Files => {
+            let (cert, key) = (PathBuf::from(&tls.cert), PathBuf::from(&tls.key));
+            let certs = Arc::new(FileCerts {
+                current: RwLock::new(Arc::new(load_pem(&cert, &key)?)),
+            });
+            let server = ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_cert_resolver(certs.clone());
+            tokio::spawn(reload_on_sighup(certs, cert, key, shutdown));
+            Ok(Some(Arc::new(TlsServer {
+                config: with_alpn(server),
+                challenge: None,
+            })))
+        }
+        TlsMode::Acme => {
+            let cache_dir = config.data_dir.join("acme");
+            std::fs::create_dir_all(&cache_dir)
+                .map_err(|e| format!("cannot create {}: {e}", cache_dir.display()))?;
+            tighten(&cache_dir);
+            let domains = tls.acme_domains(&config.server_name);
+            let mut acme = rustls_acme::AcmeConfig::new_with_provider(&domains, provider())
+                .contact_push(format!("mailto:{}", tls.email.trim()))
+                .directory(tls.directory_url());
+            if !tls.directory_ca.is_empty() {
+                acme = acme.client_tls_config(directory_client(Path::new(&tls.directory_ca))?);
+            }
+            let state = acme
+                .cache(rustls_acme::caches::DirCache::new(cache_dir.clone()))
+                .state();
+            let resolver = state.resolver();
+            let challenge = state.challenge_rustls_config_with_provider(provider());
+            let server = ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_cert_resolver(resolver);
+            tokio::spawn(drive_acme(state, cache_dir, domains, shutdown));
+            Ok(Some(Arc::new(TlsServer {
+                config: with_alpn(server),
+                challenge: Some(challenge),
+            })))
+        }
+    }
+}
+
+/// A client config for talking to an ACME directory whose certificate is signed by `ca`.
+fn directory_client(ca: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("tls.directory_ca {}: {e}", ca.display()))?
+    {
+        let cert = cert.map_err(|e| format!("tls.directory_ca {}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("tls.directory_ca {}: {e}", ca.display()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Polls the ACME state forever: it orders the first certificate, deploys cached ones and
+/// renews before expiry. Errors are logged and retried by the state itself.
+async fn drive_acme<EC, EA>(
+    mut state: rustls_acme::AcmeState<EC, EA>,
+    cache_dir: PathBuf,
+    domains: Vec<String>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    EC: std::fmt::Debug + std::fmt::Display + 'static,
+    EA: std::fmt::Debug + std::fmt::Display + 'static,
+{
+    loop {
+        let event = tokio::select! {
+            event = state.next() => event,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match event {
+            Some(Ok(ok)) => {
+                log::info!("acme ({}): {ok:?}", domains.join(", "));
+                tighten(&cache_dir);
+            }
+            Some(Err(e)) => log::warn!("acme ({}): {e}", domains.join(", ")),
+            None => return,
+        }
+    }
+}
+
+async fn reload_on_sighup(
+    certs: Arc<FileCerts>,
+    cert: PathBuf,
+    key: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        log::warn!("cannot listen for SIGHUP; certificate reload needs a restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        match load_pem(&cert, &key) {
+            Ok(ck) => {
+                *certs.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ck);
+                log::info!("SIGHUP: reloaded {} and {}", cert.display(), key.display());
+            }
+            Err(e) => log::error!("SIGHUP: keeping the old certificate: {e}"),
+        }
+    }
+}
+
+/// Serves `service` over TLS on `listener` until `shutdown` resolves, then lets open
+/// connections finish their requests (up to 30 s).
+pub async fn serve<S>(
+    service: S,
+    listener: tokio::net::TcpListener,
+    tls: Arc<TlsServer>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    S: tower_service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = warp::reply::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let tls = tls.clone();
+        let service = service.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let handshake = async {
+                let start =
+                    tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+                        .await?;
+                if let Some(challenge) = &tls.challenge {
+                    if rustls_acme::is_tls_alpn_challenge(&start.client_hello()) {
+                        // Answer the ACME validation and close.
+                        let mut stream = start.into_stream(challenge.clone()).await?;
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                        return Ok(None);
+                    }
+                }
+                start.into_stream(tls.config.clone()).await.map(Some)
+            };
+            let stream = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                Ok(Ok(Some(stream))) => stream,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    log::debug!("TLS handshake with {peer}: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |mut req| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                let mut service = service.clone();
+                tower_service::Service::call(&mut service, req)
+            });
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let conn = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                log::debug!("connection from {peer}: {e}");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+}
