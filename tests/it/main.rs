@@ -23,3 +23,4 @@ mod user_directory;
 mod upgrade;
 mod sync;
 mod deploy;
+mod crash;
