@@ -42,6 +42,9 @@ enum Command {
     /// Manage registration tokens (for `registration.mode = "token"`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage uploaded media: list a user's, delete one, purge old ones.
+    #[command(subcommand)]
+    Media(hearth::cli::media::MediaCommand),
     /// Copy the data directory (store, media, keys, certificates) consistently into DEST,
     /// from the running server through its admin socket, or directly if it is stopped.
     Backup {
@@ -118,6 +121,9 @@ fn main() -> ExitCode {
         Command::Init { path, force } => init(&path, force),
         Command::User(command) => admin(config, |services| user_command(services, command)),
         Command::Token(command) => admin(config, |services| token_command(services, command)),
+        Command::Media(command) => admin(config, |services| {
+            hearth::cli::media::run(services, command)
+        }),
         Command::Backup { dest } => hearth::cli::backup::backup(&config, &dest),
         Command::Restore { src } => hearth::cli::backup::restore(&config, &src),
         Command::Check(args) => hearth::cli::check::run(&config, args),

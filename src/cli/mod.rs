@@ -3,4 +3,5 @@
 
 pub mod backup;
 pub mod check;
+pub mod media;
 pub mod progress;

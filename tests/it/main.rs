@@ -9,6 +9,7 @@ mod directory;
 mod ephemeral;
 mod filter;
 mod http;
+mod media;
 mod interop;
 mod profile;
 mod push_rules;

@@ -9,6 +9,7 @@ pub mod device;
 pub mod directory;
 pub mod discovery;
 pub mod filter;
+pub mod media;
 pub mod membership;
 pub mod presence;
 pub mod profile;
@@ -44,6 +45,7 @@ pub fn register_routes(router: &mut Router) {
     presence::routes(router);
     tag::routes(router);
     membership::routes(router);
+    media::routes(router);
     profile::routes(router);
     account_data::routes(router);
     filter::routes(router);
