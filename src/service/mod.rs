@@ -2,6 +2,7 @@
 //! knows about HTTP.
 
 pub mod account_data;
+pub mod e2ee;
 pub mod filters;
 pub mod keys;
 pub mod media;
@@ -57,6 +58,7 @@ pub struct Services {
     pub receipts: receipts::Receipts,
     pub presence: presence::Presence,
     pub media: media::Media,
+    pub e2ee: Arc<e2ee::E2ee>,
 }
 
 /// Why the services could not start.
@@ -93,6 +95,12 @@ impl Services {
         let stream = Arc::new(stream::Stream::open(store.clone())?);
         let keys = Arc::new(keys);
         let notifier = Arc::new(notifier::Notifier::new());
+        let e2ee = Arc::new(e2ee::E2ee::new(
+            store.clone(),
+            stream.clone(),
+            notifier.clone(),
+            server_name.clone(),
+        )?);
         let limits = &config.rate_limit;
         let rate_limiter = RateLimiter::new(
             limits.enabled,
@@ -124,7 +132,8 @@ impl Services {
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules: push_rules::PushRules::new(store.clone(), stream.clone(), notifier.clone()),
             users: users::Users::new(store.clone(), config.bcrypt_cost),
-            sessions: sessions::Sessions::new(store.clone()),
+            sessions: sessions::Sessions::new(store.clone(), e2ee.clone()),
+            e2ee,
             uiaa: uiaa::Uiaa::new(),
             reg_tokens: reg_tokens::RegTokens::new(store.clone()),
             rate_limiter,
@@ -191,6 +200,7 @@ impl Services {
             .stage_delete_devices(&mut batch, user_id, None, None)?;
         self.profiles.stage_clear(&mut batch, user_id)?;
         self.store.commit(batch).await?;
+        self.e2ee.devices_removed(user_id).await;
         log::info!("deactivated {user_id}");
         self.leave_all_rooms(user_id).await;
         Ok(())

@@ -3,7 +3,12 @@
 //! Tokens are random 256-bit strings handed to the client once; only their SHA-256 is stored,
 //! so a copy of the database does not let anyone act as a user.
 
-use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use base64::Engine as _;
 use rand::RngExt;
@@ -11,7 +16,7 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use super::users::now_ms;
+use super::{e2ee::E2ee, users::now_ms};
 use crate::{
     error::{Error, Result},
     http::Authed,
@@ -78,6 +83,8 @@ pub struct IssuedTokens {
 
 pub struct Sessions {
     store: Store,
+    /// Removes a deleted device's end-to-end keys and inbox with it.
+    e2ee: Arc<E2ee>,
     /// Device → when its last-seen record was last written (protects only this map).
     last_seen_written: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), u64>>,
 }
@@ -110,9 +117,10 @@ fn device_key(user_id: &UserId, device_id: &DeviceId) -> (String, String) {
 }
 
 impl Sessions {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, e2ee: Arc<E2ee>) -> Self {
         Self {
             store,
+            e2ee,
             last_seen_written: Mutex::new(HashMap::new()),
         }
     }
@@ -303,6 +311,7 @@ impl Sessions {
         batch
             .expect_value::<DevicesTable>(&key, Some(&record))
             .delete::<DevicesTable>(&key);
+        self.e2ee.stage_device_removed(batch, user_id, device_id)?;
         self.forget_last_seen(user_id, device_id);
         Ok(true)
     }
@@ -322,7 +331,11 @@ impl Sessions {
             }
             match self.store.commit(batch).await {
                 Err(CommitError::Conflict) => continue,
-                other => return Ok(other?),
+                Ok(()) => {
+                    self.e2ee.devices_removed(user_id).await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Err(CommitError::Conflict.into())

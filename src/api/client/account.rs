@@ -59,6 +59,9 @@ async fn change_password(
         )?;
     }
     services.store.commit(batch).await?;
+    if body.logout_devices {
+        services.e2ee.devices_removed(&me.user_id).await;
+    }
     Ok(change_password::v3::Response::new())
 }
 

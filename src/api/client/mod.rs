@@ -3,12 +3,14 @@
 pub mod account;
 pub mod account_data;
 pub mod alias;
+pub mod backup;
 pub mod capabilities;
 pub mod context;
 pub mod device;
 pub mod directory;
 pub mod discovery;
 pub mod filter;
+pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod presence;
@@ -25,6 +27,7 @@ pub mod upgrade;
 pub mod sync;
 pub mod space;
 pub mod tag;
+pub mod to_device;
 pub mod typing;
 pub mod timestamp;
 pub mod user_directory;
@@ -60,4 +63,7 @@ pub fn register_routes(router: &mut Router) {
     redact::routes(router);
     relations::routes(router);
     context::routes(router);
+    keys::routes(router);
+    to_device::routes(router);
+    backup::routes(router);
 }

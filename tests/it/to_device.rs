@@ -1,0 +1,287 @@
+//! Send-to-device messaging: delivery to one or all devices, idempotent transactions,
+//! acknowledgement, persistence across a restart, and what is dropped.
+//!
+//! `/sync` is wired to the inbox separately; these tests read it through the service
+//! functions `/sync` uses (`to_device_for_sync`, `acknowledge_to_device`, `to_device_upto`).
+
+use reqwest::StatusCode;
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use serde_json::{json, Value};
+
+use crate::{
+    common::{errcode, TestServer},
+    e2ee::Dev,
+};
+
+fn ids(dev: &Dev) -> (OwnedUserId, OwnedDeviceId) {
+    (
+        UserId::parse(&dev.user).unwrap(),
+        dev.device.as_str().into(),
+    )
+}
+
+fn now(srv: &TestServer) -> u64 {
+    srv.server.as_ref().unwrap().services.stream.current()
+}
+
+/// The device's inbox after `since`, up to now.
+fn inbox(srv: &TestServer, dev: &Dev, since: Option<u64>) -> Vec<Value> {
+    let (user, device) = ids(dev);
+    srv.server
+        .as_ref()
+        .unwrap()
+        .services
+        .e2ee
+        .to_device_for_sync(&user, &device, since, now(srv))
+        .unwrap()
+}
+
+async fn send(srv: &TestServer, from: &Dev, kind: &str, txn: &str, messages: Value) {
+    let (status, body) = send_raw(srv, from, kind, txn, messages).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({}));
+}
+
+async fn send_raw(
+    srv: &TestServer,
+    from: &Dev,
+    kind: &str,
+    txn: &str,
+    messages: Value,
+) -> (StatusCode, Value) {
+    srv.put(
+        &format!("/_matrix/client/v3/sendToDevice/{kind}/{txn}"),
+        Some(&from.token),
+        json!({ "messages": messages }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn messages_reach_the_addressed_devices() {
+    let srv = TestServer::start().await;
+    let alice = Dev::register(&srv, "alice").await;
+    let bob = Dev::register(&srv, "bob").await;
+    let bob2 = Dev::login(&srv, "bob").await;
+
+    send(
+        &srv,
+        &alice,
+        "m.room_key_request",
+        "t1",
+        json!({ &bob.user: { &bob.device: {"action": "request", "n": 1} } }),
+    )
+    .await;
+    assert_eq!(
+        inbox(&srv, &bob, None),
+        vec![json!({
+            "type": "m.room_key_request",
+            "sender": alice.user,
+            "content": {"action": "request", "n": 1},
+        })]
+    );
+    assert!(inbox(&srv, &bob2, None).is_empty());
+    assert!(inbox(&srv, &alice, None).is_empty());
+
+    // `*`: every device of the user; an explicit device keeps its own content.
+    send(
+        &srv,
+        &alice,
+        "m.dummy",
+        "t2",
+        json!({ &bob.user: { "*": {"to": "all"}, &bob2.device: {"to": "bob2"} } }),
+    )
+    .await;
+    let contents = |dev: &Dev| -> Vec<Value> {
+        inbox(&srv, dev, None)
+            .into_iter()
+            .map(|m| m["content"].clone())
+            .collect()
+    };
+    assert_eq!(contents(&bob)[1], json!({"to": "all"}));
+    assert_eq!(contents(&bob2), vec![json!({"to": "bob2"})]);
+}
+
+#[tokio::test]
+async fn transaction_ids_make_sends_idempotent() {
+    let srv = TestServer::start().await;
+    let alice = Dev::register(&srv, "alice").await;
+    let alice2 = Dev::login(&srv, "alice").await;
+    let bob = Dev::register(&srv, "bob").await;
+    let message = json!({ &bob.user: { &bob.device: {"n": 1} } });
+
+    send(&srv, &alice, "m.dummy", "same", message.clone()).await;
+    send(&srv, &alice, "m.dummy", "same", message.clone()).await;
+    assert_eq!(inbox(&srv, &bob, None).len(), 1);
+    // Concurrent retries too.
+    let retries = (0..5).map(|_| send(&srv, &alice, "m.dummy", "concurrent", message.clone()));
+    futures_util::future::join_all(retries).await;
+    assert_eq!(inbox(&srv, &bob, None).len(), 2);
+    // Another transaction id, or the same id from another device, is another message.
+    send(&srv, &alice, "m.dummy", "other", message.clone()).await;
+    send(&srv, &alice2, "m.dummy", "same", message.clone()).await;
+    assert_eq!(inbox(&srv, &bob, None).len(), 4);
+}
+
+#[tokio::test]
+async fn messages_stay_until_acknowledged_and_survive_a_restart() {
+    let mut srv = TestServer::start().await;
+    let alice = Dev::register(&srv, "alice").await;
+    let bob = Dev::register(&srv, "bob").await;
+    let (bob_id, bob_device) = ids(&bob);
+
+    for n in 0..3 {
+        send(
+            &srv,
+            &alice,
+            "m.dummy",
+            &format!("t{n}"),
+            json!({ &bob.user: { &bob.device: {"n": n} } }),
+        )
+        .await;
+    }
+    srv.restart().await;
+    let delivered = inbox(&srv, &bob, None);
+    assert_eq!(
+        delivered
+            .iter()
+            .map(|m| m["content"]["n"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(0), json!(1), json!(2)]
+    );
+
+    // Bounding a response: with a limit of 2, the upper bound stops before the third message;
+    // syncing from there delivers the rest.
+    let e2ee = &srv.server.as_ref().unwrap().services.e2ee;
+    let upto = e2ee
+        .to_device_upto(&bob_id, &bob_device, None, now(&srv), 2)
+        .unwrap();
+    let first = e2ee
+        .to_device_for_sync(&bob_id, &bob_device, None, upto)
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(
+        e2ee.to_device_upto(&bob_id, &bob_device, None, now(&srv), 5)
+            .unwrap(),
+        now(&srv)
+    );
+
+    // A sync with token `upto` acknowledges the first two: they are gone, the third stays,
+    // also across another restart.
+    e2ee.acknowledge_to_device(&bob_id, &bob_device, upto)
+        .await
+        .unwrap();
+    assert_eq!(inbox(&srv, &bob, None).len(), 1);
+    srv.restart().await;
+    let rest = inbox(&srv, &bob, Some(upto));
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0]["content"]["n"], 2);
+    let e2ee = &srv.server.as_ref().unwrap().services.e2ee;
+    e2ee.acknowledge_to_device(&bob_id, &bob_device, now(&srv))
+        .await
+        .unwrap();
+    assert!(inbox(&srv, &bob, None).is_empty());
+    // A retried send after the restart is still recognised.
+    send(
+        &srv,
+        &alice,
+        "m.dummy",
+        "t0",
+        json!({ &bob.user: { &bob.device: {"n": 0} } }),
+    )
+    .await;
+    assert!(inbox(&srv, &bob, None).is_empty());
+}
+
+#[tokio::test]
+async fn unknown_remote_and_deleted_recipients() {
+    let srv = TestServer::start().await;
+    let alice = Dev::register(&srv, "alice").await;
+    let bob = Dev::register(&srv, "bob").await;
+    let bob2 = Dev::login(&srv, "bob").await;
+
+    // Unknown devices and users, and users of other servers (no federation yet), are
+    // skipped; the rest is delivered.
+    send(
+        &srv,
+        &alice,
+        "m.dummy",
+        "t1",
+        json!({
+            &bob.user: { "NOSUCHDEVICE": {}, &bob.device: {"ok": true} },
+            "@nobody:localhost": { "*": {} },
+            "@carol:elsewhere.example": { "X": {} },
+        }),
+    )
+    .await;
+    assert_eq!(inbox(&srv, &bob, None).len(), 1);
+
+    // Content must be an object; the body needs `messages`.
+    let (status, body) = send_raw(
+        &srv,
+        &alice,
+        "m.dummy",
+        "t2",
+        json!({ &bob.user: { &bob.device: "text" } }),
+    )
+    .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::BAD_REQUEST, "M_BAD_JSON")
+    );
+    let (status, _) = srv
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.dummy/t3",
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = srv
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.dummy/t4",
+            None,
+            json!({"messages": {}}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN")
+    );
+
+    // A deleted device's inbox goes with it; later sends to it are dropped.
+    send(
+        &srv,
+        &alice,
+        "m.dummy",
+        "t5",
+        json!({ &bob.user: { &bob2.device: {} } }),
+    )
+    .await;
+    assert_eq!(inbox(&srv, &bob2, None).len(), 1);
+    let (status, _) = srv
+        .post("/_matrix/client/v3/logout", Some(&bob2.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(inbox(&srv, &bob2, None).is_empty());
+    send(
+        &srv,
+        &alice,
+        "m.dummy",
+        "t6",
+        json!({ &bob.user: { &bob2.device: {} } }),
+    )
+    .await;
+    assert!(inbox(&srv, &bob2, None).is_empty());
+    // A device logged in again under that id starts with an empty inbox.
+    let (status, body) = srv
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
+                   "password": "correct horse", "device_id": bob2.device}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(inbox(&srv, &bob2, None).is_empty());
+}
