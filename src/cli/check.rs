@@ -1,5 +1,6 @@
 //! `hearth check --data DIR`: verifies a data directory (a stopped server's, or a backup).
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::config::Config;
@@ -51,12 +52,351 @@ pub struct CheckArgs {
     /// Verify this data directory instead of checking the network view.
     #[arg(long, value_name = "DIR")]
     pub data: Option<std::path::PathBuf>,
+    /// The server name to check (default: `server_name` from the configuration).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Send every connection to this address instead of what DNS says (like curl's
+    /// --connect-to), e.g. to check a server before its DNS records exist.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: Option<SocketAddr>,
+    /// Also trust this CA (PEM) when verifying certificates (a private or test CA).
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// `hearth check`.
 pub fn run(config: &Config, args: CheckArgs) -> Result<(), String> {
-    match args.data {
-        Some(dir) => check_data(config, &dir),
-        None => Err("the network check is not available in this build".into()),
+    if let Some(dir) = &args.data {
+        return check_data(config, dir);
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let problems = rt.block_on(check_network(config, &args))?;
+    if problems == 0 {
+        println!("no problems found");
+        Ok(())
+    } else {
+        Err(format!("{problems} problem(s) found"))
+    }
+}
+
+/// What one HTTPS request saw.
+#[derive(Debug, Clone)]
+pub struct HttpsResult {
+    /// The protocol the server chose by ALPN.
+    pub alpn: Option<String>,
+    /// Subject alternative names of the server's certificate.
+    pub names: Vec<String>,
+    /// Its expiry (Unix seconds).
+    pub not_after: i64,
+    /// Status code and body of the response (HTTP/1.1).
+    pub status: u16,
+    pub body: String,
+}
+
+/// The roots for verification: the public web PKI plus `ca` (PEM) if given.
+pub fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = ca {
+        for cert in
+            CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
+        {
+            let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// `GET path` over HTTPS to `addr`, verifying the certificate for `host` against `roots`,
+/// offering ALPN `alpn` (the request itself is HTTP/1.1, so offer `h2` only to see whether the
+/// server picks it; the request is then skipped and `status` is 0).
+pub async fn https_get(
+    addr: SocketAddr,
+    host: &str,
+    roots: rustls::RootCertStore,
+    path: &str,
+    alpn: &[&str],
+) -> Result<HttpsResult, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::http::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let io = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let mut tls = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {addr} as {host}: {e}"))?;
+        let (_, conn) = tls.get_ref();
+        let alpn = conn
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let leaf = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or("no certificate")?
+            .clone();
+        let (names, not_after) = cert_info(&leaf)?;
+        if alpn.as_deref() == Some("h2") {
+            return Ok(HttpsResult {
+                alpn,
+                names,
+                not_after,
+                status: 0,
+                body: String::new(),
+            });
+        }
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        // A peer that closes without close_notify still delivered what it sent.
+        let _ = tls.read_to_end(&mut response).await;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no HTTP response from {addr}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_owned());
+        Ok(HttpsResult {
+            alpn,
+            names,
+            not_after,
+            status,
+            body,
+        })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), io)
+        .await
+        .map_err(|_| format!("{addr}: timed out"))?
+}
+
+fn cert_info(der: &[u8]) -> Result<(Vec<String>, i64), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => {
+                    names.push(format!("{ip:?}"))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((names, cert.validity().not_after.timestamp()))
+}
+
+/// Splits `host[:port]`, `[v6][:port]`.
+fn host_port(name: &str) -> (String, Option<u16>) {
+    if let Some(rest) = name.strip_prefix('[') {
+        if let Some((h, p)) = rest.split_once(']') {
+            return (
+                h.to_owned(),
+                p.strip_prefix(':').and_then(|p| p.parse().ok()),
+            );
+        }
+    }
+    match name.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_owned(), p.parse().ok()),
+        _ => (name.to_owned(), None),
+    }
+}
+
+async fn resolve(host: &str, port: u16, connect: Option<SocketAddr>) -> Result<SocketAddr, String> {
+    if let Some(addr) = connect {
+        return Ok(addr);
+    }
+    tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Reports, as a remote server and a client would see it: name resolution, well-known files,
+/// the certificate on the client and federation ports, and the configured listeners. Returns
+/// the number of problems.
+async fn check_network(config: &Config, args: &CheckArgs) -> Result<u32, String> {
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| config.server_name.clone());
+    let roots = roots(args.ca.as_deref())?;
+    let mut problems = 0;
+    let mut bad = |what: String| {
+        println!("  PROBLEM: {what}");
+        problems += 1;
+    };
+    let (host, port) = host_port(&name);
+    println!("server name {name}");
+
+    // 1. Name resolution.
+    match tokio::net::lookup_host((host.as_str(), port.unwrap_or(443))).await {
+        Ok(addrs) => {
+            let addrs: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            println!("  resolves to {}", addrs.join(", "));
+        }
+        Err(e) if args.connect.is_some() => {
+            println!("  does not resolve ({e}); using --connect")
+        }
+        Err(e) => bad(format!("{host} does not resolve: {e}")),
+    }
+
+    // 2. Client side: well-known and the client API on 443 (or the given port).
+    let client_addr = resolve(&host, port.unwrap_or(443), args.connect).await;
+    let mut delegated = None;
+    match &client_addr {
+        Ok(addr) => {
+            for path in ["/.well-known/matrix/client", "/.well-known/matrix/server"] {
+                match https_get(*addr, &host, roots.clone(), path, &["http/1.1"]).await {
+                    Ok(r) if r.status == 200 => {
+                        println!("  {path}: {}", r.body.trim());
+                        if path.ends_with("server") {
+                            delegated = serde_json::from_str::<serde_json::Value>(&r.body)
+                                .ok()
+                                .and_then(|v| v["m.server"].as_str().map(str::to_owned));
+                        }
+                    }
+                    Ok(r) => println!("  {path}: {} (not delegated)", r.status),
+                    Err(e) => bad(format!("{path}: {e}")),
+                }
+            }
+            match https_get(
+                *addr,
+                &host,
+                roots.clone(),
+                "/_matrix/client/versions",
+                &["h2", "http/1.1"],
+            )
+            .await
+            {
+                Ok(r) => {
+                    let days = (r.not_after - now_secs()) / 86_400;
+                    println!(
+                        "  https://{host} ({addr}): certificate valid for {} (expires in {days} days), ALPN {}",
+                        r.names.join(", "),
+                        r.alpn.as_deref().unwrap_or("none")
+                    );
+                    if days < 14 {
+                        bad(format!("the certificate expires in {days} days"));
+                    }
+                }
+                Err(e) => bad(format!("client API over HTTPS: {e}")),
+            }
+            match https_get(
+                *addr,
+                &host,
+                roots.clone(),
+                "/_matrix/client/versions",
+                &["http/1.1"],
+            )
+            .await
+            {
+                Ok(r) if r.status == 200 => {
+                    println!("  client API answers /_matrix/client/versions")
+                }
+                Ok(r) => bad(format!("/_matrix/client/versions answered {}", r.status)),
+                Err(e) => bad(format!("client API: {e}")),
+            }
+        }
+        Err(e) => bad(format!("cannot reach {host}: {e}")),
+    }
+
+    // 3. Federation: the delegated host or the server name on 8448.
+    let fed = delegated
+        .clone()
+        .unwrap_or_else(|| format!("{host}:{}", port.unwrap_or(8448)));
+    let (fhost, fport) = host_port(&fed);
+    let fport = fport.unwrap_or(8448);
+    println!(
+        "federation target {fhost}:{fport}{}",
+        if delegated.is_some() {
+            " (delegated by .well-known)"
+        } else {
+            ""
+        }
+    );
+    let fed_connect = args.connect.map(|a| {
+        if delegated.is_some() || port.is_some() {
+            a
+        } else {
+            SocketAddr::new(a.ip(), fport)
+        }
+    });
+    match resolve(&fhost, fport, fed_connect).await {
+        Ok(addr) => match https_get(
+            addr,
+            &fhost,
+            roots.clone(),
+            "/_matrix/key/v2/server",
+            &["http/1.1"],
+        )
+        .await
+        {
+            Ok(r) => println!(
+                "  {addr}: TLS certificate valid for {} (HTTP {})",
+                r.names.join(", "),
+                r.status
+            ),
+            Err(e) => bad(format!("federation port: {e}")),
+        },
+        Err(e) => bad(format!("federation target: {e}")),
+    }
+
+    // 4. The listeners this configuration opens.
+    println!("listeners in the configuration");
+    for l in &config.listeners {
+        let up = tokio::net::TcpStream::connect(l.bind).await.is_ok();
+        println!(
+            "  http://{}  {}",
+            l.bind,
+            if up {
+                "accepting"
+            } else {
+                "not accepting here"
+            }
+        );
+    }
+    for b in &config.tls.listeners {
+        let up = tokio::net::TcpStream::connect(b).await.is_ok();
+        println!(
+            "  https://{b}  {}",
+            if up {
+                "accepting"
+            } else {
+                "not accepting here"
+            }
+        );
+    }
+    if config.tls.listeners.is_empty() {
+        println!("  (no HTTPS listener: tls.mode = \"off\"; a reverse proxy must terminate TLS)");
+    }
+    Ok(problems)
 }

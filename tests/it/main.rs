@@ -29,3 +29,4 @@ mod sync;
 mod deploy;
 mod crash;
 mod tls;
+mod tls;
