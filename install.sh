@@ -150,9 +150,11 @@ install -d -m 0700 "$DATA_DIR"
 chown hearth:hearth "$DATA_DIR" 2>/dev/null || true
 
 # 4. The systemd unit (hardened; see packaging/hearth.service).
-install -D -m 0644 "$SRC_DIR/packaging/hearth.service" "$UNIT" 2>/dev/null || {
-    [ -e "$SRC_DIR/packaging/hearth.service" ] || die "packaging/hearth.service not found next to install.sh"
-}
+[ -e "$SRC_DIR/packaging/hearth.service" ] || die "packaging/hearth.service not found next to install.sh"
+install -d "$(dirname "$UNIT")"
+sed 's#/usr/bin/hearth#/usr/local/bin/hearth#' "$SRC_DIR/packaging/hearth.service" > "$UNIT.tmp"
+chmod 0644 "$UNIT.tmp"
+mv "$UNIT.tmp" "$UNIT"
 # The unit grants CAP_NET_BIND_SERVICE (AmbientCapabilities) for ports 443/8448; setcap on
 # the file covers running it by hand.
 setcap cap_net_bind_service=+ep "$BIN_PATH" 2>/dev/null || true

@@ -24,6 +24,7 @@ grep -q 'server_name = "example.org"' "$R/etc/hearth/hearth.toml" || fail "confi
 grep -q 'email = "a@example.org"' "$R/etc/hearth/hearth.toml" || fail "acme email"
 [ "$(stat -c %a "$R/var/lib/hearth")" = 700 ] || fail "data dir mode"
 grep -q '^ReadWritePaths=/var/lib/hearth' "$R/etc/systemd/system/hearth.service" || fail "unit"
+grep -q '^ExecStart=/usr/local/bin/hearth ' "$R/etc/systemd/system/hearth.service" || fail "unit path"
 grep -q '^useradd --system' "$T/calls" || fail "user not created"
 grep -q '^systemctl start hearth.service' "$T/calls" || fail "not started"
 grep -q 'Next steps' "$T/out1" || fail "no next steps"
