@@ -478,10 +478,11 @@ async fn one_time_and_fallback_keys() {
         body["one_time_keys"][&alice.user][&alice.device]["signed_curve25519:AAAAAA"],
         alice.otk(3)
     );
-    assert!(e2ee
-        .one_time_key_counts(&user_id, &device_id)
-        .unwrap()
-        .is_empty());
+    // Out of keys: signed_curve25519 is still counted, as 0.
+    assert_eq!(
+        e2ee.one_time_key_counts(&user_id, &device_id).unwrap(),
+        [("signed_curve25519".to_owned(), 0)].into()
+    );
 
     // Out of one-time keys: the fallback key, again and again, now marked used.
     for _ in 0..2 {
@@ -833,6 +834,17 @@ async fn cross_signing_keys_upload_and_replacement() {
     let (status, body) = upload_cross_signing(&srv, &alice, keys.upload_body(&alice.user)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
+    // Nor does an upload with no keys at all.
+    let (status, body) = upload_cross_signing(&srv, &alice, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A new self-signing key alone does.
+    let mut other_ssk = CrossSigning::new().key(&alice.user, "self_signing");
+    other_ssk.as_object_mut().unwrap().remove("signatures");
+    sign(&mut other_ssk, &alice.user, &keys.master.0);
+    let (status, body) =
+        upload_cross_signing(&srv, &alice, json!({"self_signing_key": other_ssk})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
     // Replacing the master key does.
     let new_keys = CrossSigning::new();
     let new_master = json!({"master_key": new_keys.key(&alice.user, "master")});
@@ -1079,10 +1091,11 @@ async fn deleting_a_device_removes_its_keys() {
     .await;
     assert_eq!(body["one_time_keys"], json!({}), "{body}");
     let e2ee = &services(&srv).e2ee;
-    assert!(e2ee
-        .one_time_key_counts(&user_id, &device_id)
-        .unwrap()
-        .is_empty());
+    // Out of keys: signed_curve25519 is still counted, as 0.
+    assert_eq!(
+        e2ee.one_time_key_counts(&user_id, &device_id).unwrap(),
+        [("signed_curve25519".to_owned(), 0)].into()
+    );
     assert!(e2ee
         .unused_fallback_key_types(&user_id, &device_id)
         .unwrap()

@@ -56,6 +56,9 @@ pub struct FallbackKey {
 }
 impl Record for FallbackKey {}
 
+/// The one-time key algorithm of Olm v1.
+pub const SIGNED_CURVE25519: &str = "signed_curve25519";
+
 /// Most one-time keys a device may hold (clients keep about 50).
 pub const MAX_ONE_TIME_KEYS: usize = 10_000;
 
@@ -348,9 +351,10 @@ impl E2ee {
         Err(CommitError::Conflict.into())
     }
 
-    /// For each algorithm, how many unclaimed one-time keys the device has (algorithms with
-    /// none are absent). `/keys/upload`'s `one_time_key_counts` and `/sync`'s
-    /// `device_one_time_keys_count`.
+    /// For each algorithm, how many unclaimed one-time keys the device has: `/keys/upload`'s
+    /// `one_time_key_counts` and `/sync`'s `device_one_time_keys_count`. Algorithms with none
+    /// are absent, except `signed_curve25519`, which is always present (0 when out of keys):
+    /// some clients treat a missing count as "unchanged" and would never top up.
     pub fn one_time_key_counts(
         &self,
         user_id: &UserId,
@@ -360,7 +364,7 @@ impl E2ee {
             &(user_id.as_str(), device_id.as_str()),
             MAX_ONE_TIME_KEYS + 1,
         )?;
-        let mut counts = BTreeMap::new();
+        let mut counts = BTreeMap::from([(SIGNED_CURVE25519.to_owned(), 0)]);
         for ((_, _, algorithm, _), _) in rows {
             *counts.entry(algorithm).or_insert(0) += 1;
         }

@@ -259,7 +259,7 @@ impl E2ee {
                     _ => false,
                 })
             };
-            let master_same = same(&master, &old_master)?;
+            let master_same = master.is_none() || same(&master, &old_master)?;
             let self_same = self_signing.is_none() || same(&self_signing, &old_self)?;
             let user_same = user_signing.is_none() || same(&user_signing, &old_user)?;
             let exempt = old_master.is_none() || (master_same && self_same && user_same);
