@@ -115,6 +115,9 @@ fn handle_connection(store: &Store, stream: UnixStream) {
         return;
     }
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    // A sled export pauses commits while it streams: a client that stops reading must not
+    // hold them up for long.
+    let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(30)));
     let mut command = String::new();
     let Ok(reader) = stream.try_clone() else {
         return;
@@ -477,6 +480,10 @@ fn collect_files(
         let child = rel.join(&name);
         let top = rel.as_os_str().is_empty();
         if top && (name == SOCKET_NAME || name == INFO_NAME || (skip_store && name == "db")) {
+            continue;
+        }
+        // Uploads in progress; complete media are renamed out of it.
+        if child == Path::new("media/tmp") {
             continue;
         }
         let kind = entry

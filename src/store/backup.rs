@@ -19,6 +19,9 @@ pub struct BackupRow {
     pub value: Vec<u8>,
 }
 
+/// Receives each exported row: `(table, key, value)`; an error stops the export.
+pub type RowVisitor<'a> = dyn FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
 /// Rows per engine transaction when restoring.
 const RESTORE_CHUNK: usize = 20_000;
 
@@ -29,7 +32,7 @@ impl Store {
     pub fn export(
         &self,
         total: &mut dyn FnMut(u64),
-        row: &mut dyn FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>,
+        row: &mut RowVisitor<'_>,
     ) -> Result<u64, StoreError> {
         let engine = &*self.inner.engine;
         if engine.export_is_snapshot() {

@@ -114,7 +114,7 @@ pub(crate) trait Engine: Send + Sync {
     fn export(
         &self,
         total: &mut dyn FnMut(u64),
-        row: &mut dyn FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>,
+        row: &mut super::backup::RowVisitor<'_>,
     ) -> Result<u64, StoreError>;
 
     /// Whether [`Engine::export`] reads one point-in-time snapshot while writes continue.

@@ -18,7 +18,7 @@ mod redb_engine;
 mod sled_engine;
 mod writer;
 
-pub use backup::{restore_rows, table_counts, BackupRow};
+pub use backup::{restore_rows, table_counts, BackupRow, RowVisitor};
 pub use codec::{KeyCodec, Raw, Record, ValueCodec};
 pub use engine::EngineKind;
 

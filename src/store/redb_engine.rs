@@ -96,7 +96,7 @@ impl Engine for RedbEngine {
     fn export(
         &self,
         total: &mut dyn FnMut(u64),
-        row: &mut dyn FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>,
+        row: &mut super::backup::RowVisitor<'_>,
     ) -> Result<u64, StoreError> {
         // One MVCC read transaction: a snapshot of the last commit; writers are not blocked.
         let txn = self.db.begin_read().map_err(io)?;

@@ -91,7 +91,7 @@ impl Engine for SledEngine {
     fn export(
         &self,
         _total: &mut dyn FnMut(u64),
-        row: &mut dyn FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>,
+        row: &mut super::backup::RowVisitor<'_>,
     ) -> Result<u64, StoreError> {
         // sled has no snapshot across trees: the caller pauses writes while this runs.
         let mut names: Vec<Vec<u8>> = self

@@ -61,6 +61,9 @@ async fn backup_restore(engine: &str) {
     // A file beside the store (as media is) travels with the backup.
     std::fs::create_dir_all(srv.config.data_dir.join("media/ab")).unwrap();
     std::fs::write(srv.config.data_dir.join("media/ab/cdef"), b"picture").unwrap();
+    // An upload in progress is not part of a backup.
+    std::fs::create_dir_all(srv.config.data_dir.join("media/tmp")).unwrap();
+    std::fs::write(srv.config.data_dir.join("media/tmp/partial"), b"half").unwrap();
 
     // Writes go on while the backup runs; the backup holds what was committed at its start.
     let backup_dir = tempfile::tempdir().unwrap();
@@ -94,6 +97,7 @@ async fn backup_restore(engine: &str) {
     );
     assert!(dest.join("hearth-backup.txt").exists());
     assert!(!dest.join("admin.sock").exists());
+    assert!(!dest.join("media/tmp/partial").exists());
     assert_eq!(
         std::fs::read(dest.join("media/ab/cdef")).unwrap(),
         b"picture"
