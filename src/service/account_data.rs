@@ -191,12 +191,14 @@ impl AccountData {
             let mut batch = Batch::new();
             batch.expect_value::<AccountDataTable>(&entry, current.as_ref());
             self.stage_set(&mut batch, pending.pos, user_id, room_id, kind, content)?;
-            match self.store.commit(batch).await {
-                Ok(()) => {
-                    drop(pending);
-                    self.notifier.notify([user_id]);
-                    return Ok(true);
-                }
+            let (notifier, user) = (self.notifier.clone(), user_id.to_owned());
+            let wake = move || notifier.notify([user.as_ref()]);
+            match self
+                .stream
+                .commit(&self.store, batch, vec![pending], (), wake)
+                .await
+            {
+                Ok(()) => return Ok(true),
                 Err(CommitError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }

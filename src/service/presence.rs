@@ -269,15 +269,21 @@ impl Presence {
                 None
             };
             batch.put::<PresenceTable>(&key, &next);
-            match self.store.commit(batch).await {
-                Ok(()) => {
-                    if let Some(pending) = pending {
-                        drop(pending);
-                        let members = co_members(rooms, user_id)?;
-                        self.notifier.notify(members.iter().map(|m| m.as_ref()));
-                    }
-                    return Ok(());
-                }
+            // Only visible changes wake anyone: those who share a room with the user.
+            let wake_users = if pending.is_some() {
+                co_members(rooms, user_id)?
+            } else {
+                BTreeSet::new()
+            };
+            let notifier = self.notifier.clone();
+            let wake = move || notifier.notify(wake_users.iter().map(|m| m.as_ref()));
+            let positions: Vec<_> = pending.into_iter().collect();
+            match self
+                .stream
+                .commit(&self.store, batch, positions, (), wake)
+                .await
+            {
+                Ok(()) => return Ok(()),
                 Err(CommitError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }

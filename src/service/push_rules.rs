@@ -159,13 +159,15 @@ impl PushRules {
                 .expect_value::<PushRulesTable>(&key, row.as_ref())
                 .put::<PushRulesTable>(&key, &Raw(json))
                 .put::<PushRulesChanged>(&key, &pending.pos);
-            match self.store.commit(batch).await {
-                Ok(()) => {
-                    drop(pending);
-                    // The user's other devices learn of the change through /sync.
-                    self.notifier.notify([user_id]);
-                    return Ok(out);
-                }
+            // The user's other devices learn of the change through /sync.
+            let (notifier, user) = (self.notifier.clone(), user_id.to_owned());
+            let wake = move || notifier.notify([user.as_ref()]);
+            match self
+                .stream
+                .commit(&self.store, batch, vec![pending], (), wake)
+                .await
+            {
+                Ok(()) => return Ok(out),
                 Err(CommitError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }

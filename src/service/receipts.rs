@@ -333,15 +333,21 @@ impl Receipts {
             if batch.is_empty() {
                 return Ok(());
             }
-            match self.store.commit(batch).await {
-                Ok(()) => {
-                    drop(pendings);
-                    if public {
-                        self.notifier.notify(members.iter().map(|m| m.as_ref()));
-                    }
-                    self.notifier.notify([user_id]);
-                    return Ok(());
-                }
+            // Public receipts wake the room's members; private ones only the user's own syncs.
+            let mut wake_users: Vec<ruma::OwnedUserId> = if public {
+                members.iter().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            wake_users.push(user_id.to_owned());
+            let notifier = self.notifier.clone();
+            let wake = move || notifier.notify(wake_users.iter().map(|m| m.as_ref()));
+            match self
+                .stream
+                .commit(&self.store, batch, pendings, (), wake)
+                .await
+            {
+                Ok(()) => return Ok(()),
                 Err(CommitError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -441,3 +441,83 @@ async fn push_rule_changes_reach_incremental_sync() {
     let content = rules["content"]["global"]["content"].as_array().unwrap();
     assert!(content.iter().any(|r| r["rule_id"] == "cake"), "{rules}");
 }
+
+#[tokio::test]
+async fn clients_that_disconnect_mid_send_never_cause_gaps() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    srv.post(
+        &format!("/_matrix/client/v3/join/{room}"),
+        Some(&bob),
+        json!({}),
+    )
+    .await;
+    let mut since = sync(&srv, &bob, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let filter = enc(r#"{"room":{"timeline":{"limit":100}}}"#);
+    let mut seen = std::collections::HashSet::new();
+
+    for round in 0..8u64 {
+        // Five sends whose clients hang up after a few milliseconds, some before the server
+        // has answered: the handler is dropped while its write may still be in flight.
+        let mut sends = Vec::new();
+        for i in 0..5u64 {
+            let url = format!(
+                "{}/_matrix/client/v3/rooms/{room}/send/m.room.message/d{round}-{i}",
+                srv.base
+            );
+            let request = srv
+                .http
+                .put(url)
+                .bearer_auth(&alice)
+                .json(&json!({"msgtype": "m.text", "body": "x"}));
+            let task = tokio::spawn(async move { request.send().await });
+            sends.push((task, (round + i) % 4));
+        }
+        for (task, delay_ms) in sends {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            task.abort();
+        }
+        let body = sync(&srv, &bob, &format!("since={since}&filter={filter}")).await;
+        seen.extend(timeline_ids(&body, &room));
+        since = body["next_batch"].as_str().unwrap().to_owned();
+    }
+    // A normal send still works in the room (no stale room state after the aborted ones).
+    let last = send(&srv, &alice, &room, "after", "after the hang-ups").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains(&last) && Instant::now() < deadline {
+        let body = sync(
+            &srv,
+            &bob,
+            &format!("since={since}&filter={filter}&timeout=1000"),
+        )
+        .await;
+        seen.extend(timeline_ids(&body, &room));
+        since = body["next_batch"].as_str().unwrap().to_owned();
+    }
+    // Every message that was stored reached Bob's incremental syncs.
+    let (_, page) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1000"),
+            Some(&alice),
+        )
+        .await;
+    let stored: Vec<String> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    let missed: Vec<&String> = stored.iter().filter(|id| !seen.contains(*id)).collect();
+    assert!(
+        missed.is_empty(),
+        "{} of {} stored messages never reached incremental sync",
+        missed.len(),
+        stored.len()
+    );
+}

@@ -122,9 +122,9 @@ impl E2ee {
         batch.put::<DeviceListNotices>(&(viewer.to_string(), pos), &user_id.to_string());
     }
 
-    /// Wakes the syncs of `user_id` and of everyone sharing a room with them, after a change
-    /// of their keys committed.
-    pub(crate) fn notify_device_change(&self, user_id: &UserId) -> Result<()> {
+    /// The users whose syncs a change of `user_id`'s devices or keys concerns: the user and
+    /// everyone joined to a room the user shares.
+    pub(crate) fn device_change_targets(&self, user_id: &UserId) -> Result<Vec<OwnedUserId>> {
         let mut users = BTreeSet::from([user_id.to_owned()]);
         for room in viewer_rooms(&self.store, user_id)? {
             if !shares(&room.membership) {
@@ -138,8 +138,7 @@ impl E2ee {
                 }
             }
         }
-        self.notifier.notify(users.iter().map(|u| u.as_ref()));
-        Ok(())
+        Ok(users.into_iter().collect())
     }
 
     /// The users whose device lists changed for `user_id` in `(since, upto]`, and those who

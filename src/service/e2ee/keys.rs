@@ -336,14 +336,13 @@ impl E2ee {
                 // Only the device precondition: nothing new to write.
                 return self.one_time_key_counts(user_id, device_id);
             }
-            match self.store.commit(batch).await {
-                Ok(()) => {
-                    drop(pending);
-                    if keys_changed {
-                        self.notify_device_change(user_id)?;
-                    }
-                    return self.one_time_key_counts(user_id, device_id);
-                }
+            let wake = if keys_changed {
+                self.device_change_targets(user_id)?
+            } else {
+                Vec::new()
+            };
+            match self.commit_positioned(batch, Some(pending), wake).await {
+                Ok(()) => return self.one_time_key_counts(user_id, device_id),
                 Err(CommitError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }

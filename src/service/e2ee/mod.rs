@@ -129,20 +129,40 @@ impl E2ee {
         }
     }
 
+    /// Commits a batch that uses stream positions (see `Stream::commit`): the positions are
+    /// released after the write even if the request is dropped, then `wake` is notified.
+    pub(crate) async fn commit_positioned(
+        &self,
+        batch: Batch,
+        pending: Option<super::stream::Pending>,
+        wake: Vec<ruma::OwnedUserId>,
+    ) -> Result<(), CommitError> {
+        let notifier = self.notifier.clone();
+        let wake_fn = move || notifier.notify(wake.iter().map(|u| u.as_ref()));
+        self.stream
+            .commit(
+                &self.store,
+                batch,
+                pending.into_iter().collect(),
+                (),
+                wake_fn,
+            )
+            .await
+    }
+
     async fn sweep_user(&self, user_id: &UserId) -> Result<()> {
         for _ in 0..ATTEMPTS {
             let (batch, pending, changed) = self.prepare_sweep(user_id)?;
             if batch.is_empty() {
                 return Ok(());
             }
-            match self.store.commit(batch).await {
-                Ok(()) => {
-                    drop(pending);
-                    if changed {
-                        self.notify_device_change(user_id)?;
-                    }
-                    return Ok(());
-                }
+            let wake = if changed {
+                self.device_change_targets(user_id)?
+            } else {
+                Vec::new()
+            };
+            match self.commit_positioned(batch, pending, wake).await {
+                Ok(()) => return Ok(()),
                 Err(CommitError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -156,7 +176,7 @@ impl E2ee {
     fn prepare_sweep(
         &self,
         user_id: &UserId,
-    ) -> Result<(Batch, Option<super::stream::Pending<'_>>, bool)> {
+    ) -> Result<(Batch, Option<super::stream::Pending>, bool)> {
         let markers = self
             .store
             .scan_prefix::<RemovedDevices, _>(&(user_id.as_str(),), SWEEP_CHUNK)?;

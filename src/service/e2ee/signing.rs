@@ -313,12 +313,9 @@ impl E2ee {
             }
             let pending = self.stream.allocate()?;
             self.stage_change(&mut batch, pending.pos, user_id)?;
-            match self.store.commit(batch).await {
-                Ok(()) => {
-                    drop(pending);
-                    self.notify_device_change(user_id)?;
-                    return Ok(CrossSigningUpload::Done);
-                }
+            let wake = self.device_change_targets(user_id)?;
+            match self.commit_positioned(batch, Some(pending), wake).await {
+                Ok(()) => return Ok(CrossSigningUpload::Done),
                 Err(CommitError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -388,16 +385,13 @@ impl E2ee {
             for target in &notices {
                 self.stage_notice(&mut batch, pending.pos, signer, target);
             }
-            match self.store.commit(batch).await {
-                Ok(()) => {
-                    drop(pending);
-                    if own_change {
-                        self.notify_device_change(signer)?;
-                    } else {
-                        self.notifier.notify([signer]);
-                    }
-                    return Ok(failures);
-                }
+            let wake = if own_change {
+                self.device_change_targets(signer)?
+            } else {
+                vec![signer.to_owned()]
+            };
+            match self.commit_positioned(batch, Some(pending), wake).await {
+                Ok(()) => return Ok(failures),
                 Err(CommitError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }

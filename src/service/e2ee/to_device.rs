@@ -133,18 +133,14 @@ impl E2ee {
             batch
                 .expect_absent::<ToDeviceTxns>(&txn)
                 .put::<ToDeviceTxns>(&txn, &pending.pos);
-            match self.store.commit(batch).await {
-                Ok(()) => {
-                    drop(pending);
-                    recipients.sort();
-                    recipients.dedup();
-                    let users: Vec<OwnedUserId> = recipients
-                        .iter()
-                        .filter_map(|u| UserId::parse(u.as_str()).ok())
-                        .collect();
-                    self.notifier.notify(users.iter().map(|u| u.as_ref()));
-                    return Ok(());
-                }
+            recipients.sort();
+            recipients.dedup();
+            let users: Vec<OwnedUserId> = recipients
+                .iter()
+                .filter_map(|u| UserId::parse(u.as_str()).ok())
+                .collect();
+            match self.commit_positioned(batch, Some(pending), users).await {
+                Ok(()) => return Ok(()),
                 // Either a retry of this send landed first (found on the next round) or a
                 // recipient device changed meanwhile.
                 Err(CommitError::Conflict) => continue,

@@ -33,7 +33,8 @@ use crate::{
 /// Events staged for one room under its lock, committed together.
 pub struct Staged<'a> {
     rooms: &'a Rooms,
-    _lock: tokio::sync::OwnedMutexGuard<()>,
+    /// The room lock; moved into the commit task so it is released only after the write.
+    lock: Option<tokio::sync::OwnedMutexGuard<()>>,
     room_id: Option<OwnedRoomId>,
     version: RoomVersionId,
     rules: RoomVersionRules,
@@ -44,7 +45,7 @@ pub struct Staged<'a> {
     state: HashMap<(String, String), (u64, Pdu)>,
     /// Staged events by id, for auth-event lookups.
     events: HashMap<OwnedEventId, (u64, Pdu, CanonicalJsonObject)>,
-    pending: Vec<Pending<'a>>,
+    pending: Vec<Pending>,
     pub event_ids: Vec<OwnedEventId>,
     /// Other rooms' staged events that commit in this batch (see [`Staged::absorb`]); kept
     /// here so their locks are held until the commit.
@@ -64,7 +65,7 @@ impl Rooms {
             .ok_or_else(|| Error::unknown("unsupported room version"))?;
         Ok(Staged {
             rooms: self,
-            _lock: lock,
+            lock: Some(lock),
             room_id: Some(room_id.to_owned()),
             version,
             rules,
@@ -105,7 +106,7 @@ impl Rooms {
         };
         Ok(Staged {
             rooms: self,
-            _lock: lock,
+            lock: Some(lock),
             room_id,
             version,
             rules,
@@ -458,7 +459,7 @@ impl<'a> Staged<'a> {
     /// Wakes the syncs of everyone the committed events concern: the room's current members
     /// (joined, invited, knocking) and the targets of membership changes (so a kicked user
     /// learns of it).
-    fn notify_members(&self, room_sid: u64) -> Result<()> {
+    fn wake_targets(&self, room_sid: u64) -> Result<Vec<ruma::OwnedUserId>> {
         let mut users: Vec<ruma::OwnedUserId> = self
             .rooms
             .members(room_sid)?
@@ -471,8 +472,7 @@ impl<'a> Staged<'a> {
                 users.extend(UserId::parse(state_key.as_str()).ok());
             }
         }
-        self.rooms.notifier.notify(users.iter().map(|u| u.as_ref()));
-        Ok(())
+        Ok(users)
     }
 
     /// The whole current state including staged changes.
@@ -497,7 +497,10 @@ impl<'a> Staged<'a> {
 
     /// Stages the room record's update, guarded against any change since staging began.
     fn stage_record(&mut self) -> Result<()> {
-        let room_id = self.room_id.clone().ok_or_else(|| Error::unknown("nothing staged"))?;
+        let room_id = self
+            .room_id
+            .clone()
+            .ok_or_else(|| Error::unknown("nothing staged"))?;
         if let Some(record) = &self.record {
             let key = room_id.to_string();
             self.batch
@@ -539,16 +542,31 @@ impl<'a> Staged<'a> {
             return Ok(room_id);
         }
         self.stage_record()?;
+        // Everything the commit task needs, owned: the batch, the positions, the room locks
+        // and whom to wake (read now, while the staged member changes are known).
         let batch = std::mem::take(&mut self.batch);
-        match self.rooms.store.commit(batch).await {
-            Ok(()) => {
-                for staged in std::iter::once(&self).chain(&self.absorbed) {
-                    if let Some(record) = &staged.record {
-                        staged.notify_members(record.sid)?;
-                    }
-                }
-                Ok(room_id)
+        let mut positions = std::mem::take(&mut self.pending);
+        let mut locks: Vec<_> = self.lock.take().into_iter().collect();
+        let mut wake = Vec::new();
+        for staged in std::iter::once(&self).chain(&self.absorbed) {
+            if let Some(record) = &staged.record {
+                wake.extend(staged.wake_targets(record.sid)?);
             }
+        }
+        for staged in &mut self.absorbed {
+            positions.append(&mut staged.pending);
+            locks.extend(staged.lock.take());
+        }
+        let notifier = self.rooms.notifier.clone();
+        let result = self
+            .rooms
+            .stream
+            .commit(&self.rooms.store, batch, positions, locks, move || {
+                notifier.notify(wake.iter().map(|u| u.as_ref()))
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(room_id),
             Err(CommitError::Conflict) => Err(on_conflict()),
             Err(e) => Err(e.into()),
         }

@@ -212,8 +212,7 @@ impl Rooms {
             )?;
         }
         if let Some(topic) = &request.topic {
-            let content =
-                json!({"topic": topic, "m.topic": {"m.text": [{"mimetype": "text/plain", "body": topic}]}});
+            let content = json!({"topic": topic, "m.topic": {"m.text": [{"mimetype": "text/plain", "body": topic}]}});
             staged.add(
                 creator,
                 NewEvent::state(TimelineEventType::RoomTopic, "", content),

@@ -14,9 +14,9 @@ mod build;
 pub mod create;
 pub mod directory;
 pub mod format;
+pub mod hierarchy;
 pub mod redact;
 pub mod relations;
-pub mod hierarchy;
 pub mod state;
 pub mod upgrade;
 pub mod visibility;
@@ -357,7 +357,9 @@ impl Rooms {
 
     /// Every room the user has a membership in: `(room, membership, sid of the member event)`.
     pub fn memberships_of(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, String, u64)>> {
-        let rows = self.store.scan_prefix::<UserRooms, _>(&(user_id.to_string(),), usize::MAX)?;
+        let rows = self
+            .store
+            .scan_prefix::<UserRooms, _>(&(user_id.to_string(),), usize::MAX)?;
         Ok(rows
             .into_iter()
             .filter_map(|((_, room), r)| Some((RoomId::parse(room).ok()?, r.membership, r.sid)))
