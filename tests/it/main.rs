@@ -29,4 +29,3 @@ mod sync;
 mod deploy;
 mod crash;
 mod tls;
-mod tls;
