@@ -521,3 +521,67 @@ async fn clients_that_disconnect_mid_send_never_cause_gaps() {
         stored.len()
     );
 }
+
+#[tokio::test]
+async fn sync_tokens_work_as_pagination_tokens() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let room = create_room(&srv, &alice, json!({})).await;
+    let before = send(&srv, &alice, &room, "1", "before the token").await;
+    let token = sync(&srv, &alice, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        token.contains('_'),
+        "sync tokens carry the typing serial: {token}"
+    );
+    let after = send(&srv, &alice, &room, "2", "after the token").await;
+
+    let ids = |page: &Value| -> Vec<String> {
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, back) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from={token}&limit=3"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{back}");
+    assert_eq!(
+        ids(&back).first(),
+        Some(&before),
+        "backwards from a sync token starts at the last event the client has"
+    );
+    let (_, forward) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&from={token}"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(
+        ids(&forward),
+        vec![after],
+        "forwards from a sync token gives what came after it"
+    );
+    let (status, members) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/members?at={token}"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{members}");
+    assert_eq!(members["chunk"].as_array().unwrap().len(), 1);
+    let (status, _) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from=12_x"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

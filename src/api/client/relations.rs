@@ -44,12 +44,7 @@ pub fn routes(router: &mut Router) {
 }
 
 fn token(value: Option<&str>) -> Result<Option<u64>> {
-    value
-        .map(|t| {
-            t.parse::<u64>()
-                .map_err(|_| Error::invalid_param(format!("Invalid pagination token {t}")))
-        })
-        .transpose()
+    value.map(super::room::pagination_position).transpose()
 }
 
 fn limit(value: Option<UInt>, default: usize, max: usize) -> usize {

@@ -199,6 +199,22 @@ async fn create(
     Ok(create_room::v3::Response::new(room_id))
 }
 
+/// The timeline position a pagination token stands for: the boundary before the event at that
+/// position. Tokens from `/sync` (`next_batch`, `{pos}_{typing}`) are accepted too, as the spec
+/// allows: the client has seen everything up to and including `pos`, so the boundary is
+/// `pos + 1`.
+pub fn pagination_position(token: &str) -> Result<u64> {
+    let invalid = || Error::invalid_param(format!("Invalid pagination token {token}"));
+    match token.split_once('_') {
+        Some((pos, typing)) if typing.bytes().all(|b| b.is_ascii_digit()) => {
+            let pos: u64 = pos.parse().map_err(|_| invalid())?;
+            pos.checked_add(1).ok_or_else(invalid)
+        }
+        Some(_) => Err(invalid()),
+        None => token.parse().map_err(|_| invalid()),
+    }
+}
+
 /// A local user's profile as member-event fields.
 pub fn profile_fields(services: &Services, user_id: &UserId) -> Result<Map<String, Value>> {
     let mut fields = Map::new();
@@ -423,10 +439,8 @@ async fn members(
     let mut head = state_view(&services, &room, &body.room_id, &me.user_id)?
         .ok_or_else(|| Error::forbidden("You are not allowed to read this room's members"))?;
     if let Some(at) = &body.at {
-        // `at` is a pagination token: the state at that point of the timeline, if visible.
-        let pos: u64 = at
-            .parse()
-            .map_err(|_| Error::invalid_param("Invalid `at` token"))?;
+        // `at` is a pagination (or sync) token: the state at that point, if visible.
+        let pos = pagination_position(at)?;
         let before = services
             .rooms
             .timeline(room.sid, Some(pos.saturating_sub(1)), true, 1)?;
@@ -539,10 +553,7 @@ async fn messages(
             return Err(Error::forbidden("You are not a member of this room"));
         }
     }
-    let parse = |t: &str| {
-        t.parse::<u64>()
-            .map_err(|_| Error::invalid_param(format!("Invalid pagination token {t}")))
-    };
+    let parse = pagination_position;
     let backwards = body.dir == Direction::Backward;
     let from = match body.from.as_deref() {
         Some(t) => parse(t)?,
