@@ -275,16 +275,44 @@ pub async fn sync_once(
 
     let memberships = rooms.memberships_of(request.user_id)?;
     for (room_id, membership, member_sid) in memberships {
-        if !room_wanted(&request.filter, &room_id) || member_sid > now {
+        if !room_wanted(&request.filter, &room_id) {
             continue;
         }
+        let (membership, member_sid) = if member_sid > now {
+            // The membership changed after this pass's horizon (its write is still settling):
+            // sync the room as the membership stood at `now`, so nothing before it is skipped.
+            let Some(record) = rooms.room(&room_id)? else {
+                continue;
+            };
+            match rooms.membership_as_of(record.sid, request.user_id, now)? {
+                Some(earlier) => earlier,
+                None => continue,
+            }
+        } else {
+            (membership, member_sid)
+        };
         let changed_membership = request.since.is_none_or(|since| member_sid > since);
         match membership.as_str() {
             "join" => {
                 joined_rooms.push(room_id.clone());
-                // A room joined since the token is new to the client: give it in full.
-                let since = if changed_membership {
-                    if request.since.is_some() {
+                // A room joined since the token is new to the client: give it in full. A new
+                // member event of a user who was already joined (a display name change) is not
+                // a join.
+                let newly_joined_room = match request.since {
+                    Some(since) if changed_membership => {
+                        let record = rooms.room(&room_id)?;
+                        let before = match &record {
+                            Some(record) => {
+                                rooms.membership_as_of(record.sid, request.user_id, since)?
+                            }
+                            None => None,
+                        };
+                        before.is_none_or(|(m, _)| m != "join")
+                    }
+                    _ => false,
+                };
+                let since = if request.since.is_none() || newly_joined_room {
+                    if newly_joined_room {
                         newly_joined.push(room_id.clone());
                     }
                     None

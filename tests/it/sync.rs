@@ -585,3 +585,35 @@ async fn sync_tokens_work_as_pagination_tokens() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn changing_your_own_member_event_is_not_a_rejoin() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let room = create_room(&srv, &alice, json!({})).await;
+    for i in 0..5 {
+        send(&srv, &alice, &room, &format!("m{i}"), "old news").await;
+    }
+    let since = sync(&srv, &alice, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{alice_id}"),
+            Some(&alice),
+            json!({"membership": "join", "displayname": "Alice in this room"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = sync(&srv, &alice, &format!("since={since}")).await;
+    let timeline = &body["rooms"]["join"][&room]["timeline"];
+    let events = timeline["events"].as_array().unwrap();
+    assert_eq!(
+        events.len(),
+        1,
+        "only the new member event, not the room again: {timeline}"
+    );
+    assert_eq!(events[0]["content"]["displayname"], "Alice in this room");
+    assert_eq!(timeline["limited"], false);
+}

@@ -70,6 +70,34 @@ impl Rooms {
         Ok(false)
     }
 
+    /// The user's membership in the room as it stood at stream position `pos`, with the sid of
+    /// that member event: the current member event, or the one it replaced, and so on back.
+    pub fn membership_as_of(
+        &self,
+        room_sid: u64,
+        user_id: &UserId,
+        pos: u64,
+    ) -> Result<Option<(String, u64)>> {
+        let key = (room_sid, "m.room.member".to_owned(), user_id.to_string());
+        let mut cursor = self.store.get::<super::CurrentState>(&key)?;
+        for _ in 0..MEMBERSHIP_HISTORY_LIMIT {
+            let Some(sid) = cursor else { return Ok(None) };
+            let Some(event) = self.event_by_sid(sid)? else {
+                return Ok(None);
+            };
+            if sid <= pos {
+                let content = event.pdu.content_as::<Value>();
+                let membership = content
+                    .as_ref()
+                    .and_then(|c| c.get("membership"))
+                    .and_then(Value::as_str);
+                return Ok(membership.map(|m| (m.to_owned(), sid)));
+            }
+            cursor = event.meta.replaces_state;
+        }
+        Ok(None)
+    }
+
     /// The spec's visibility algorithm for one event.
     pub fn can_see(&self, user_id: &UserId, event: &StoredEvent) -> Result<bool> {
         // Users always see events about their own membership (an invite, a kick, a ban),
