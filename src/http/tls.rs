@@ -95,6 +95,11 @@ pub async fn setup(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Option<Arc<TlsServer>>, String> {
     let tls = &config.tls;
+    if tls.mode != TlsMode::Files {
+        // `systemctl reload` sends SIGHUP whatever the mode; without a handler it would end the
+        // process.
+        tokio::spawn(ignore_sighup(shutdown.clone()));
+    }
     match tls.mode {
         TlsMode::Off => Ok(None),
         TlsMode::Files => {
@@ -187,6 +192,19 @@ async fn drive_acme<EC, EA>(
             }
             Some(Err(e)) => log::warn!("acme ({}): {e}", domains.join(", ")),
             None => return,
+        }
+    }
+}
+
+async fn ignore_sighup(mut shutdown: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => log::info!("SIGHUP: nothing to reload (tls.mode is not \"files\")"),
+            _ = shutdown.wait_for(|s| *s) => return,
         }
     }
 }

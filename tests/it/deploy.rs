@@ -310,7 +310,17 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
             (r.status(), started.elapsed())
         })
     };
+    // SIGHUP (`systemctl reload`) with nothing to reload leaves the server running.
+    assert!(Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the server"
+    );
     let killed_at = Instant::now();
     assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
