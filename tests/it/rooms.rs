@@ -923,3 +923,48 @@ async fn members_at_a_point_and_message_filters() {
         .collect();
     assert_eq!(types, vec!["org.example.custom"]);
 }
+
+#[tokio::test]
+async fn a_user_who_left_can_still_page_back_to_what_they_saw() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat",
+        "initial_state": [{"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}}]})).await;
+    srv.post(
+        &format!("/_matrix/client/v3/join/{room}"),
+        Some(&bob),
+        json!({}),
+    )
+    .await;
+    let (_, seen) = send_text(&srv, &alice, &room, "s", "bob saw this").await;
+    srv.post(
+        &format!("/_matrix/client/v3/rooms/{room}/leave"),
+        Some(&bob),
+        json!({}),
+    )
+    .await;
+    for i in 0..5 {
+        send_text(&srv, &alice, &room, &format!("after{i}"), "after bob left").await;
+    }
+    let (status, page) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=10"),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let bodies: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert!(bodies.contains(&"bob saw this"), "{bodies:?}");
+    assert!(!bodies.contains(&"after bob left"), "{bodies:?}");
+    assert!(page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event_id"] == seen["event_id"]));
+}
