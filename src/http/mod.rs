@@ -131,19 +131,26 @@ where
         .map(|a| a.ip())
         .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let token = access_token(&raw.headers, &raw.query)?;
+    let limited = |user: Option<&ruma::OwnedUserId>| match services.rate_limiter.check(user, ip) {
+        Ok(()) => Ok(()),
+        Err(wait) => Err(Error::limit_exceeded(wait.as_millis().max(1) as u64)),
+    };
     let user = match (route.auth, &token) {
         (Auth::None, _) | (_, None) => None,
-        (_, Some(token)) => Some(services.sessions.authenticate(token, ip).await?),
+        (_, Some(token)) => match services.sessions.authenticate(token, ip).await {
+            Ok(user) => Some(user),
+            Err(e) => {
+                // Failed authentications are charged to the IP too: guessing tokens is not free.
+                limited(None)?;
+                return Err(e);
+            }
+        },
     };
     if route.auth == Auth::Required && user.is_none() {
+        limited(None)?;
         return Err(Error::missing_token("Missing access token"));
     }
-    if let Err(wait) = services
-        .rate_limiter
-        .check(user.as_ref().map(|u| &u.user_id), ip)
-    {
-        return Err(Error::limit_exceeded(wait.as_millis().max(1) as u64));
-    }
+    limited(user.as_ref().map(|u| &u.user_id))?;
 
     let (body, body_stream) = if route.streams_body {
         let stream = body.map(|chunk| match chunk {

@@ -217,10 +217,36 @@ async fn versions_capabilities_and_well_known() {
         "{body}"
     );
     assert_eq!(body["capabilities"]["m.room_versions"]["default"], "12");
-    assert_eq!(body["capabilities"]["m.room_versions"]["available"]["1"], "stable");
+    assert_eq!(
+        body["capabilities"]["m.room_versions"]["available"]["1"],
+        "stable"
+    );
 
     // Without delegation configured, /.well-known/matrix/server is an honest 404.
     let plain = TestServer::start().await;
     let (status, _) = plain.get("/.well-known/matrix/server", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bad_tokens_are_rate_limited_too() {
+    let srv = TestServer::start_with(|c| {
+        c.rate_limit.enabled = true;
+        c.rate_limit.per_ip_burst = 3;
+        c.rate_limit.per_ip_per_second = 0.5;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(
+            srv.get("/_matrix/client/v3/account/whoami", Some("hat_guess"))
+                .await
+                .0,
+        );
+    }
+    assert!(statuses.contains(&StatusCode::UNAUTHORIZED));
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
 }

@@ -63,6 +63,16 @@ pub async fn set_membership(
     Ok(())
 }
 
+/// Refuses a caller who is not joined, before anything about the target is looked at, so an
+/// outsider cannot learn other users' memberships from the error.
+fn require_caller_joined(services: &Services, room_id: &RoomId, caller: &UserId) -> Result<()> {
+    known_room(services, room_id)?;
+    if services.rooms.membership(room_id, caller)? != Some(MembershipState::Join) {
+        return Err(Error::forbidden("You are not joined to this room"));
+    }
+    Ok(())
+}
+
 async fn join(
     services: &Services,
     room_id: &RoomId,
@@ -143,6 +153,7 @@ async fn invite(
     body: invite_user::v3::Request,
 ) -> Result<invite_user::v3::Response> {
     let me = ctx.authed()?;
+    require_caller_joined(&services, &body.room_id, &me.user_id)?;
     let invite_user::v3::InvitationRecipient::UserId(recipient) = &body.recipient else {
         return Err(Error::invalid_param(
             "Third-party invites are not supported by this server",
@@ -239,6 +250,7 @@ async fn kick(
     body: kick_user::v3::Request,
 ) -> Result<kick_user::v3::Response> {
     let me = ctx.authed()?;
+    require_caller_joined(&services, &body.room_id, &me.user_id)?;
     match services.rooms.membership(&body.room_id, &body.user_id)? {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
         _ => {
@@ -285,6 +297,7 @@ async fn unban(
     body: unban_user::v3::Request,
 ) -> Result<unban_user::v3::Response> {
     let me = ctx.authed()?;
+    require_caller_joined(&services, &body.room_id, &me.user_id)?;
     if services.rooms.membership(&body.room_id, &body.user_id)? != Some(MembershipState::Ban) {
         known_room(&services, &body.room_id)?;
         return Err(Error::forbidden(format!("{} is not banned", body.user_id)));

@@ -101,40 +101,45 @@ async fn register(
         None => None,
     };
     let device_id = body.device_id.clone().unwrap_or_else(random_device_id);
-    let mut batch = Batch::new();
-    services
-        .users
-        .stage_create(&mut batch, &user_id, password_hash, false);
-    services.profiles.stage_set_displayname(
-        &mut batch,
-        &user_id,
-        Some(user_id.localpart().to_owned()),
-    );
-    if let Some(token) = &completed.registration_token {
-        services.reg_tokens.stage_use(&mut batch, token)?;
-    }
-    let tokens = if body.inhibit_login {
-        None
-    } else {
-        let name = body.initial_device_display_name.clone();
-        Some(services.sessions.stage_login(
+    // A conflict is either the name being taken meanwhile (final) or another registration
+    // spending a use of the same token (retry while uses remain).
+    let mut attempts = 0;
+    let tokens = loop {
+        attempts += 1;
+        let mut batch = Batch::new();
+        services
+            .users
+            .stage_create(&mut batch, &user_id, password_hash.clone(), false);
+        services.profiles.stage_set_displayname(
             &mut batch,
             &user_id,
-            &device_id,
-            name,
-            body.refresh_token,
-        )?)
+            Some(user_id.localpart().to_owned()),
+        );
+        if let Some(token) = &completed.registration_token {
+            services.reg_tokens.stage_use(&mut batch, token)?;
+        }
+        let tokens = if body.inhibit_login {
+            None
+        } else {
+            let name = body.initial_device_display_name.clone();
+            Some(services.sessions.stage_login(
+                &mut batch,
+                &user_id,
+                &device_id,
+                name,
+                body.refresh_token,
+            )?)
+        };
+        match services.store.commit(batch).await {
+            Ok(()) => break tokens,
+            Err(CommitError::Conflict) if services.users.exists(&user_id)? => {
+                return Err(Error::user_in_use("That user ID is already taken"));
+            }
+            Err(CommitError::Conflict) if attempts < 8 => continue,
+            Err(CommitError::Conflict) => return Err(CommitError::Conflict.into()),
+            Err(e) => return Err(e.into()),
+        }
     };
-    match services.store.commit(batch).await {
-        Ok(()) => {}
-        Err(CommitError::Conflict) if services.users.exists(&user_id)? => {
-            return Err(Error::user_in_use("That user ID is already taken"));
-        }
-        Err(CommitError::Conflict) => {
-            return Err(Error::forbidden("Registration token is no longer valid"))
-        }
-        Err(e) => return Err(e.into()),
-    }
     log::info!("registered {user_id}");
 
     let mut response = register::v3::Response::new(user_id);
