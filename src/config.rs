@@ -777,6 +777,14 @@ mod tests {
             ),
             ("[limits]\nmax_upload_bytes = 0", "limits.max_upload_bytes"),
             (
+                "[media]\nmax_thumbnail_pixels = 0",
+                "media.max_thumbnail_pixels",
+            ),
+            (
+                "[media]\nlegacy_download_freeze = \"2024-13-01\"",
+                "media.legacy_download_freeze",
+            ),
+            (
                 "[rate_limit]\nper_user_per_second = 0.0",
                 "rate_limit.per_user_per_second",
             ),

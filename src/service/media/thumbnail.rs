@@ -149,6 +149,7 @@ pub fn make(path: &Path, spec: Spec, max_pixels: u64) -> Result<Made> {
 /// overflow, centred. Never enlarges: an image smaller than the bucket keeps its size (cropped
 /// to the bucket's aspect ratio for `crop`).
 fn resize(image: DynamicImage, spec: Spec) -> DynamicImage {
+    let image = presample(image, spec);
     let (w, h) = (image.width(), image.height());
     if !spec.crop {
         if w <= spec.width && h <= spec.height {
@@ -167,6 +168,24 @@ fn resize(image: DynamicImage, spec: Spec) -> DynamicImage {
         (w, ((u64::from(w) * bh) / bw).max(1) as u32)
     };
     image.crop_imm((w - cw) / 2, (h - ch) / 2, cw, ch)
+}
+
+/// A large reduction first samples the image down (integer box filter, no intermediate
+/// float buffer) to twice the final size, so the filtered resize after it works on a small
+/// image: less memory and time, the same look.
+fn presample(image: DynamicImage, spec: Spec) -> DynamicImage {
+    let (w, h) = (f64::from(image.width()), f64::from(image.height()));
+    let (sx, sy) = (f64::from(spec.width) / w, f64::from(spec.height) / h);
+    // The final scale: fill the bucket for crop, fit in it for scale.
+    let scale = if spec.crop { sx.max(sy) } else { sx.min(sy) };
+    if scale * 4.0 > 1.0 {
+        return image;
+    }
+    let (pw, ph) = (
+        (w * scale * 2.0).ceil() as u32,
+        (h * scale * 2.0).ceil() as u32,
+    );
+    image.thumbnail_exact(pw.max(1), ph.max(1))
 }
 
 #[cfg(test)]
