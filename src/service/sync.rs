@@ -29,6 +29,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     account_data::AccountData,
+    e2ee::E2ee,
     presence::{co_members, Presence, View},
     push_rules::PushRules,
     receipts::Receipts,
@@ -105,6 +106,7 @@ pub struct Sources<'a> {
     pub receipts: &'a Receipts,
     pub presence: &'a Presence,
     pub push_rules: &'a PushRules,
+    pub e2ee: &'a E2ee,
 }
 
 /// Whether an event passes a room event filter's type and sender conditions.
@@ -431,6 +433,36 @@ pub async fn sync_once(
         has_updates = true;
         body.insert("presence".into(), json!({ "events": presence }));
     }
+
+    // End-to-end encryption: to-device messages (those up to the client's token are
+    // acknowledged by this request and deleted), device-list changes, key counts.
+    let e2ee = sources.e2ee;
+    let device: &ruma::DeviceId = request.device_id.into();
+    if let Some(since) = request.since {
+        e2ee.acknowledge_to_device(request.user_id, device, since)
+            .await?;
+    }
+    let to_device = e2ee.to_device_for_sync(request.user_id, device, request.since, now)?;
+    has_updates |= !to_device.is_empty();
+    body.insert("to_device".into(), json!({ "events": to_device }));
+    if let Some(since) = request.since {
+        let (changed, left) = e2ee.device_list_changes(request.user_id, since, now)?;
+        if !changed.is_empty() || !left.is_empty() {
+            has_updates = true;
+            body.insert(
+                "device_lists".into(),
+                json!({ "changed": changed, "left": left }),
+            );
+        }
+    }
+    body.insert(
+        "device_one_time_keys_count".into(),
+        json!(e2ee.one_time_key_counts(request.user_id, device)?),
+    );
+    body.insert(
+        "device_unused_fallback_key_types".into(),
+        json!(e2ee.unused_fallback_key_types(request.user_id, device)?),
+    );
 
     let wake_at = sources
         .typing

@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod directory;
 mod e2ee;
+mod e2ee_sync;
 mod ephemeral;
 mod filter;
 mod http;

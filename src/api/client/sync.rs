@@ -118,6 +118,7 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         receipts: &services.receipts,
         presence: &services.presence,
         push_rules: &services.push_rules,
+        e2ee: &services.e2ee,
     };
     let notify = services.notifier.subscribe(&me.user_id);
     let deadline = Instant::now() + query.timeout;
