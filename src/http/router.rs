@@ -169,7 +169,15 @@ impl Router {
                 Box::pin(async move {
                     let args: Vec<&str> = incoming.path_args.iter().map(String::as_str).collect();
                     let (parts, body) = incoming.request.into_parts();
-                    let request = http::Request::from_parts(parts, body.as_slice());
+                    // Clients often send no body at all to endpoints whose body fields are all
+                    // optional (join, leave, logout…); read that as the empty object.
+                    let body: &[u8] =
+                        if body.is_empty() && matches!(parts.method, Method::POST | Method::PUT) {
+                            b"{}"
+                        } else {
+                            &body
+                        };
+                    let request = http::Request::from_parts(parts, body);
                     let parsed = R::try_from_http_request(request, &args).map_err(request_error)?;
                     let response = handler(services, incoming.ctx, parsed).await?;
                     response

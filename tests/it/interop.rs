@@ -19,11 +19,20 @@ async fn nio_clients_exchange_encrypted_messages() {
     let work_path = work.path().to_path_buf();
     // The script drives the server over HTTP; run it off the async runtime the server uses.
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(python).arg(script).arg(base).arg(work_path).output().expect("python runs")
+        Command::new(python)
+            .arg(script)
+            .arg(base)
+            .arg(work_path)
+            .output()
+            .expect("python runs")
     })
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stdout.contains("\nOK"), "nio interop failed:\n{stdout}\n{stderr}");
+    println!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("\nOK"),
+        "nio interop failed:\n{stdout}\n{stderr}"
+    );
 }
