@@ -873,3 +873,29 @@ async fn admin_cli_lists_deletes_and_purges() {
     srv.server = Some(server);
     upload(&srv, &token, &bytes(600_000, 12), "video/mp4", None).await;
 }
+
+#[tokio::test]
+async fn create_is_limited_per_user() {
+    let srv = server().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    for _ in 0..16 {
+        let (status, body) = srv
+            .post("/_matrix/media/v1/create", Some(&alice), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = srv
+        .post("/_matrix/media/v1/create", Some(&alice), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(errcode(&body), "M_LIMIT_EXCEEDED");
+    assert!(body["retry_after_ms"].as_u64().is_some());
+    // Another user is not affected.
+    let (status, _) = srv
+        .post("/_matrix/media/v1/create", Some(&bob), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = srv.post("/_matrix/media/v1/create", None, json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
