@@ -63,8 +63,8 @@ pub fn restore_rows(
         )));
     }
     let engine: Box<dyn Engine> = match kind {
-        EngineKind::Redb => Box::new(super::redb_engine::RedbEngine::open(dir, 64 << 20)?),
-        EngineKind::Sled => Box::new(super::sled_engine::SledEngine::open(dir, 64 << 20)?),
+        EngineKind::Redb => Box::new(super::redb_engine::RedbEngine::open(dir, 16 << 20)?),
+        EngineKind::Sled => Box::new(super::sled_engine::SledEngine::open(dir, 16 << 20)?),
     };
     // `Op` names tables with `&'static str`; a store has a few dozen tables, so the names of
     // this one restore are leaked once each.
