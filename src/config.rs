@@ -135,7 +135,9 @@ impl Tls {
         if !self.domains.is_empty() {
             return self.domains.clone();
         }
-        vec![split_server_name(server_name).map_or(server_name, |h| h.0).to_owned()]
+        vec![split_server_name(server_name)
+            .map_or(server_name, |h| h.0)
+            .to_owned()]
     }
 
     fn validate(&self, config: &Config) -> Result<(), ConfigError> {
@@ -144,7 +146,8 @@ impl Tls {
             message,
         };
         for (i, addr) in self.listeners.iter().enumerate() {
-            if self.listeners[..i].contains(addr) || config.listeners.iter().any(|l| l.bind == *addr)
+            if self.listeners[..i].contains(addr)
+                || config.listeners.iter().any(|l| l.bind == *addr)
             {
                 return Err(err(
                     &format!("listeners[{i}]"),
@@ -169,7 +172,11 @@ impl Tls {
                 }
                 if self.cert.trim().is_empty() || self.key.trim().is_empty() {
                     return Err(err(
-                        if self.cert.trim().is_empty() { "cert" } else { "key" },
+                        if self.cert.trim().is_empty() {
+                            "cert"
+                        } else {
+                            "key"
+                        },
                         "mode = \"files\" needs both cert and key (PEM file paths)".into(),
                     ));
                 }
