@@ -124,6 +124,14 @@ pub async fn setup(
                 .map_err(|e| format!("cannot create {}: {e}", cache_dir.display()))?;
             tighten(&cache_dir);
             let domains = tls.acme_domains(&config.server_name);
+            if !tls.listeners.iter().any(|l| l.port() == 443) {
+                log::warn!(
+                    "tls.mode = \"acme\" but no tls.listeners entry is on port 443: the CA \
+                     validates on port 443 of {}, so forward 443 to one of {:?}",
+                    domains.join(", "),
+                    tls.listeners
+                );
+            }
             let mut acme = rustls_acme::AcmeConfig::new_with_provider(&domains, provider())
                 .contact_push(format!("mailto:{}", tls.email.trim()))
                 .directory(tls.directory_url());
