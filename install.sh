@@ -19,7 +19,9 @@ ROOT=""
 BINARY=""
 SERVER_NAME=""
 ACME_EMAIL=""
-RELEASE_URL="${HEARTH_RELEASE_URL:-https://github.com/hearth-matrix/hearth/releases/latest/download}"
+# Where release binaries are published, as <URL>/hearth-<target triple>; no default, since
+# the project has no release host yet: pass --release-url or set HEARTH_RELEASE_URL.
+RELEASE_URL="${HEARTH_RELEASE_URL:-}"
 UNINSTALL=0
 PURGE=0
 START=1
@@ -85,6 +87,7 @@ else
         armv7l|armv7*) arch=armv7-unknown-linux-gnueabihf ;;
         *) die "no release for $(uname -m); build from source (cargo build --release)" ;;
     esac
+    [ -n "$RELEASE_URL" ] || die "no --binary given, not run from a checkout, and no --release-url (or HEARTH_RELEASE_URL) to download from"
     echo "Downloading $RELEASE_URL/hearth-$arch ..."
     curl -fsSL -o "$tmp_bin" "$RELEASE_URL/hearth-$arch" || die "download failed"
 fi
