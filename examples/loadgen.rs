@@ -24,7 +24,12 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args { syncers: 50, senders: 16, messages: 4000, state: 1000 };
+    let mut args = Args {
+        syncers: 50,
+        senders: 16,
+        messages: 4000,
+        state: 1000,
+    };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     for pair in raw.chunks(2) {
         let value = pair.get(1).and_then(|v| v.parse().ok());
@@ -43,7 +48,9 @@ fn args() -> Args {
 }
 
 fn dir_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
     entries
         .filter_map(Result::ok)
         .map(|e| match e.metadata() {
@@ -60,33 +67,70 @@ struct Client {
 }
 
 impl Client {
-    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Value) -> Value {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).json(&body);
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> Value {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .json(&body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.expect("request");
         let status = response.status();
         let value: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success() || status.as_u16() == 401, "{path}: {status} {value}");
+        assert!(
+            status.is_success() || status.as_u16() == 401,
+            "{path}: {status} {value}"
+        );
         value
     }
 
     async fn register(&self, name: &str) -> String {
-        let challenge = self.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, json!({})).await;
+        let challenge = self
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/register",
+                None,
+                json!({}),
+            )
+            .await;
         let body = json!({"username": name, "password": "load-test-pw",
             "auth": {"type": "m.login.dummy", "session": challenge["session"]}});
-        let done = self.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, body).await;
+        let done = self
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/register",
+                None,
+                body,
+            )
+            .await;
         done["access_token"].as_str().expect("token").to_owned()
     }
 }
 
 /// Sends `count` messages into `room` from `tokens` concurrently; returns latencies.
-async fn send_burst(client: &std::sync::Arc<Client>, tokens: &[String], room: &str, count: usize, tag: &str) -> Vec<Duration> {
+async fn send_burst(
+    client: &std::sync::Arc<Client>,
+    tokens: &[String],
+    room: &str,
+    count: usize,
+    tag: &str,
+) -> Vec<Duration> {
     let per_sender = count / tokens.len();
     let mut tasks = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
-        let (client, token, room, tag) = (client.clone(), token.clone(), room.to_owned(), tag.to_owned());
+        let (client, token, room, tag) = (
+            client.clone(),
+            token.clone(),
+            room.to_owned(),
+            tag.to_owned(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_sender);
             for n in 0..per_sender {
@@ -125,29 +169,56 @@ async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config {
         data_dir: dir.path().to_path_buf(),
-        listeners: vec![Listener { bind: "127.0.0.1:0".parse().unwrap() }],
-        registration: Registration { mode: RegistrationMode::Open },
+        listeners: vec![Listener {
+            bind: "127.0.0.1:0".parse().unwrap(),
+        }],
+        registration: Registration {
+            mode: RegistrationMode::Open,
+        },
         bcrypt_cost: 4,
-        rate_limit: RateLimit { enabled: false, ..Default::default() },
+        rate_limit: RateLimit {
+            enabled: false,
+            ..Default::default()
+        },
         log_level: "warn".into(),
         ..Default::default()
     };
     let server = hearth::server::start(config).await.expect("server");
-    let client = std::sync::Arc::new(Client { http: reqwest::Client::new(), base: server.base_url() });
-    println!("senders {}, messages {}, engine {}", args.senders, args.messages, server.services.store.engine_kind());
+    let client = std::sync::Arc::new(Client {
+        http: reqwest::Client::new(),
+        base: server.base_url(),
+    });
+    println!(
+        "senders {}, messages {}, engine {}",
+        args.senders,
+        args.messages,
+        server.services.store.engine_kind()
+    );
 
     let mut tokens = Vec::new();
     for i in 0..args.senders {
         tokens.push(client.register(&format!("load{i}")).await);
     }
     let room = client
-        .call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(&tokens[0]), json!({"preset": "public_chat"}))
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(&tokens[0]),
+            json!({"preset": "public_chat"}),
+        )
         .await["room_id"]
         .as_str()
         .unwrap()
         .to_owned();
     for token in &tokens[1..] {
-        client.call(reqwest::Method::POST, &format!("/_matrix/client/v3/join/{room}"), Some(token), json!({})).await;
+        client
+            .call(
+                reqwest::Method::POST,
+                &format!("/_matrix/client/v3/join/{room}"),
+                Some(token),
+                json!({}),
+            )
+            .await;
     }
 
     // Warm up, then measure the main burst and the disk it costs.
@@ -158,30 +229,73 @@ async fn main() {
     let latencies = send_burst(&client, &tokens, &room, args.messages, "main").await;
     let elapsed = started.elapsed();
     let sent = latencies.len();
-    report(&format!("{} concurrent senders, one room", args.senders), latencies, elapsed);
+    report(
+        &format!("{} concurrent senders, one room", args.senders),
+        latencies,
+        elapsed,
+    );
     let after = dir_bytes(&db);
-    println!("disk: {} bytes for {sent} messages = {:.0} bytes/message", after.saturating_sub(before), after.saturating_sub(before) as f64 / sent as f64);
+    println!(
+        "disk: {} bytes for {sent} messages = {:.0} bytes/message",
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / sent as f64
+    );
 
     // Empty room vs a room with many state events, one sender each.
     let single = &tokens[..1];
-    let empty = client.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(&tokens[0]), json!({})).await["room_id"]
+    let empty = client
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(&tokens[0]),
+            json!({}),
+        )
+        .await["room_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let big = client.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(&tokens[0]), json!({})).await["room_id"]
+    let big = client
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(&tokens[0]),
+            json!({}),
+        )
+        .await["room_id"]
         .as_str()
         .unwrap()
         .to_owned();
     let filled = Instant::now();
     for i in 0..args.state {
         let path = format!("/_matrix/client/v3/rooms/{big}/state/org.example.setting/key{i}");
-        client.call(reqwest::Method::PUT, &path, Some(&tokens[0]), json!({"value": i})).await;
+        client
+            .call(
+                reqwest::Method::PUT,
+                &path,
+                Some(&tokens[0]),
+                json!({"value": i}),
+            )
+            .await;
     }
-    println!("filled a room with {} state events in {:.1} s", args.state, filled.elapsed().as_secs_f64());
+    println!(
+        "filled a room with {} state events in {:.1} s",
+        args.state,
+        filled.elapsed().as_secs_f64()
+    );
     let n = (args.messages / 4).max(200);
-    for (label, room) in [("1 sender, empty room", &empty), ("1 sender, room with state", &big)] {
+    for (label, room) in [
+        ("1 sender, empty room", &empty),
+        ("1 sender, room with state", &big),
+    ] {
         let started = Instant::now();
-        let latencies = send_burst(&client, single, room, n, label.split(',').nth(1).unwrap().trim()).await;
+        let latencies = send_burst(
+            &client,
+            single,
+            room,
+            n,
+            label.split(',').nth(1).unwrap().trim(),
+        )
+        .await;
         report(label, latencies, started.elapsed());
     }
 
@@ -202,7 +316,12 @@ fn clock() -> f64 {
 async fn sync_delivery(client: &std::sync::Arc<Client>, syncers: usize) {
     let sender = client.register("sync-sender").await;
     let room = client
-        .call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(&sender), json!({"preset": "public_chat"}))
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(&sender),
+            json!({"preset": "public_chat"}),
+        )
         .await["room_id"]
         .as_str()
         .unwrap()
@@ -211,8 +330,22 @@ async fn sync_delivery(client: &std::sync::Arc<Client>, syncers: usize) {
     let mut tasks = Vec::new();
     for i in 0..syncers {
         let token = client.register(&format!("syncer{i}")).await;
-        client.call(reqwest::Method::POST, &format!("/_matrix/client/v3/join/{room}"), Some(&token), json!({})).await;
-        let initial = client.call(reqwest::Method::GET, "/_matrix/client/v3/sync?timeout=0", Some(&token), json!({})).await;
+        client
+            .call(
+                reqwest::Method::POST,
+                &format!("/_matrix/client/v3/join/{room}"),
+                Some(&token),
+                json!({}),
+            )
+            .await;
+        let initial = client
+            .call(
+                reqwest::Method::GET,
+                "/_matrix/client/v3/sync?timeout=0",
+                Some(&token),
+                json!({}),
+            )
+            .await;
         let mut since = initial["next_batch"].as_str().unwrap().to_owned();
         let (client, room) = (client.clone(), room.clone());
         tasks.push(tokio::spawn(async move {
@@ -220,13 +353,17 @@ async fn sync_delivery(client: &std::sync::Arc<Client>, syncers: usize) {
             let deadline = Instant::now() + Duration::from_secs(120);
             while latencies.len() < messages && Instant::now() < deadline {
                 let path = format!("/_matrix/client/v3/sync?since={since}&timeout=10000");
-                let body = client.call(reqwest::Method::GET, &path, Some(&token), json!({})).await;
+                let body = client
+                    .call(reqwest::Method::GET, &path, Some(&token), json!({}))
+                    .await;
                 let arrived = clock();
-                if let Some(events) = body["rooms"]["join"][&room]["timeline"]["events"].as_array() {
+                if let Some(events) = body["rooms"]["join"][&room]["timeline"]["events"].as_array()
+                {
                     for event in events {
                         if let Some(sent_us) = event["content"]["sent_at_us"].as_u64() {
                             let sent = sent_us as f64 / 1000.0;
-                            latencies.push(Duration::from_secs_f64((arrived - sent).max(0.0) / 1000.0));
+                            latencies
+                                .push(Duration::from_secs_f64((arrived - sent).max(0.0) / 1000.0));
                         }
                     }
                 }
@@ -240,14 +377,20 @@ async fn sync_delivery(client: &std::sync::Arc<Client>, syncers: usize) {
     for n in 0..messages {
         let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/sync-{n}");
         let body = json!({"msgtype": "m.text", "body": format!("ping {n}"), "sent_at_us": (clock() * 1000.0) as u64});
-        client.call(reqwest::Method::PUT, &path, Some(&sender), body).await;
+        client
+            .call(reqwest::Method::PUT, &path, Some(&sender), body)
+            .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut all = Vec::new();
     for task in tasks {
         all.extend(task.await.expect("syncer"));
     }
-    report(&format!("delivery to {syncers} long-polling syncs"), all, started.elapsed());
+    report(
+        &format!("delivery to {syncers} long-polling syncs"),
+        all,
+        started.elapsed(),
+    );
 }
 
 /// Initial sync of a user in 100 rooms with 20 messages each.
@@ -255,22 +398,44 @@ async fn initial_sync(client: &std::sync::Arc<Client>) {
     let token = client.register("many-rooms").await;
     for r in 0..100 {
         let room = client
-            .call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(&token), json!({"name": format!("room {r}")}))
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(&token),
+                json!({"name": format!("room {r}")}),
+            )
             .await["room_id"]
             .as_str()
             .unwrap()
             .to_owned();
         for n in 0..20 {
             let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/r{r}m{n}");
-            client.call(reqwest::Method::PUT, &path, Some(&token), json!({"msgtype": "m.text", "body": format!("message {n}")})).await;
+            client
+                .call(
+                    reqwest::Method::PUT,
+                    &path,
+                    Some(&token),
+                    json!({"msgtype": "m.text", "body": format!("message {n}")}),
+                )
+                .await;
         }
     }
     let mut times = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
-        let body = client.call(reqwest::Method::GET, "/_matrix/client/v3/sync", Some(&token), json!({})).await;
+        let body = client
+            .call(
+                reqwest::Method::GET,
+                "/_matrix/client/v3/sync",
+                Some(&token),
+                json!({}),
+            )
+            .await;
         times.push(started.elapsed());
-        assert_eq!(body["rooms"]["join"].as_object().map(|m| m.len()), Some(100));
+        assert_eq!(
+            body["rooms"]["join"].as_object().map(|m| m.len()),
+            Some(100)
+        );
     }
     times.sort();
     println!(

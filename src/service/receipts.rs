@@ -334,11 +334,8 @@ impl Receipts {
                 return Ok(());
             }
             // Public receipts wake the room's members; private ones only the user's own syncs.
-            let mut wake_users: Vec<ruma::OwnedUserId> = if public {
-                members.iter().cloned().collect()
-            } else {
-                Vec::new()
-            };
+            let mut wake_users: Vec<ruma::OwnedUserId> =
+                if public { members.to_vec() } else { Vec::new() };
             wake_users.push(user_id.to_owned());
             let notifier = self.notifier.clone();
             let wake = move || notifier.notify(wake_users.iter().map(|m| m.as_ref()));

@@ -190,9 +190,10 @@ async fn run(engine: &str, budget: Duration) {
 
         child = spawn(dir.path(), port, engine);
         wait_up(&http, &base, &mut child).await;
-        let a = acked.lock().unwrap();
-        let (events, topic, users) = (a.events.clone(), a.topic, a.users.clone());
-        drop(a);
+        let (events, topic, users) = {
+            let a = acked.lock().unwrap();
+            (a.events.clone(), a.topic, a.users.clone())
+        };
         // The event index: every event acknowledged since the previous check (all of them are
         // checked in the timeline below, every cycle).
         let fresh = &events[verified_events.min(events.len())..];

@@ -40,6 +40,7 @@ async fn capabilities(_: Arc<Services>, _: Ctx, _: caps::Request) -> Result<caps
         .into_iter()
         .map(|v| (v, caps::RoomVersionStability::Stable))
         .collect();
-    capabilities.room_versions = caps::RoomVersionsCapability::new(super::room::DEFAULT_ROOM_VERSION, available);
+    capabilities.room_versions =
+        caps::RoomVersionsCapability::new(super::room::DEFAULT_ROOM_VERSION, available);
     Ok(caps::Response::new(capabilities))
 }
