@@ -1,6 +1,6 @@
 //! Interoperability with a real end-to-end-encryption client library: matrix-nio, whose crypto
 //! is vodozemac. `.ci/run` installs it in a virtualenv and names its Python in
-//! `HEARTH_INTEROP_PYTHON`; without that variable the test says it is skipped.
+//! `NIO_INTEROP_PYTHON`; without that variable the test says it is skipped.
 
 use std::process::Command;
 
@@ -8,8 +8,8 @@ use crate::common::TestServer;
 
 #[tokio::test]
 async fn nio_clients_exchange_encrypted_messages() {
-    let Ok(python) = std::env::var("HEARTH_INTEROP_PYTHON") else {
-        eprintln!("skipped: HEARTH_INTEROP_PYTHON is not set (.ci/run sets it)");
+    let Ok(python) = std::env::var("NIO_INTEROP_PYTHON") else {
+        eprintln!("skipped: NIO_INTEROP_PYTHON is not set (.ci/run sets it)");
         return;
     };
     let srv = TestServer::start().await;

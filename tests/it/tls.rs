@@ -291,12 +291,12 @@ fn which(cmd: &str) -> bool {
 /// ACME end to end: pebble (with pebble-challtestsrv answering DNS with 127.0.0.1) issues a
 /// certificate for `hearth.test` over TLS-ALPN-01 on Hearth's HTTPS listener; a client that
 /// trusts only pebble's root connects. `.ci/run` installs pebble and sets
-/// HEARTH_REQUIRE_PEBBLE=1; elsewhere the test is skipped (with a message) if pebble is absent.
+/// REQUIRE_PEBBLE=1; elsewhere the test is skipped (with a message) if pebble is absent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_certificate_from_pebble() {
     if !which("pebble") || !which("pebble-challtestsrv") {
         assert!(
-            std::env::var_os("HEARTH_REQUIRE_PEBBLE").is_none(),
+            std::env::var_os("REQUIRE_PEBBLE").is_none(),
             "pebble is required (apt-get install pebble)"
         );
         eprintln!("SKIPPED acme_certificate_from_pebble: pebble is not installed");
