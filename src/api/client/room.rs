@@ -264,6 +264,11 @@ async fn send_message(
         .rooms
         .send(&body.room_id, &me.user_id, event)
         .await?;
+    // Sending is activity: it refreshes presence (`last_active_ago`, online).
+    services
+        .presence
+        .touch(&services.rooms, &me.user_id, "online")
+        .await?;
     Ok(send_message_event::v3::Response::new(event_id))
 }
 
