@@ -149,6 +149,14 @@ pub fn make(path: &Path, spec: Spec, max_pixels: u64) -> Result<Made> {
 /// overflow, centred. Never enlarges: an image smaller than the bucket keeps its size (cropped
 /// to the bucket's aspect ratio for `crop`).
 fn resize(image: DynamicImage, spec: Spec) -> DynamicImage {
+    // A crop keeps only the centred region with the bucket's aspect ratio: cut it out first, so
+    // the filtered resize never works on the discarded part (a 801×49937 image cropped to
+    // 800×600 would otherwise need a float buffer of the whole image).
+    let image = if spec.crop {
+        centre_region(image, spec)
+    } else {
+        image
+    };
     let image = presample(image, spec);
     let (w, h) = (image.width(), image.height());
     if !spec.crop {
@@ -160,13 +168,23 @@ fn resize(image: DynamicImage, spec: Spec) -> DynamicImage {
     if w >= spec.width && h >= spec.height {
         return image.resize_to_fill(spec.width, spec.height, FilterType::Triangle);
     }
-    // Smaller than the bucket: the largest centred region with the bucket's aspect ratio.
-    let (bw, bh) = (u64::from(spec.width), u64::from(spec.height));
+    // Smaller than the bucket: already the centred region with its aspect ratio; never
+    // enlarged.
+    image
+}
+
+/// The largest centred region of `image` with the bucket's aspect ratio.
+fn centre_region(image: DynamicImage, spec: Spec) -> DynamicImage {
+    let (w, h) = (image.width(), image.height());
+    let (bw, bh) = (u64::from(spec.width.max(1)), u64::from(spec.height.max(1)));
     let (cw, ch) = if u64::from(w) * bh > u64::from(h) * bw {
         (((u64::from(h) * bw) / bh).max(1) as u32, h)
     } else {
         (w, ((u64::from(w) * bh) / bw).max(1) as u32)
     };
+    if (cw, ch) == (w, h) {
+        return image;
+    }
     image.crop_imm((w - cw) / 2, (h - ch) / 2, cw, ch)
 }
 
