@@ -212,6 +212,11 @@ async fn security_headers_and_disposition() {
     assert_eq!(header(&response, "x-content-type-options"), "nosniff");
     assert_eq!(&response.bytes().await.unwrap()[..], html);
 
+    // A safe type with a smuggled second type is served as its normalised essence only.
+    let (s, id) = upload(&srv, &token, html, "text/plain;x=1,text/html", None).await;
+    let response = download(&srv, &token, &s, &id).await;
+    assert_eq!(header(&response, "content-type"), "text/plain");
+
     // A non-ASCII file name is encoded per RFC 6266 / RFC 5987.
     let (s, id) = upload(&srv, &token, b"x", "text/plain", Some("résumé 1.txt")).await;
     let response = download(&srv, &token, &s, &id).await;

@@ -379,11 +379,13 @@ fn parse_range(value: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
 
 async fn serve(range: Option<String>, file: ServedFile) -> Result<Outgoing> {
     let inline = file.content_type.as_deref().is_some_and(is_inline_type);
+    // Only the normalised essence of a listed safe type is ever sent, never the uploaded string:
+    // `text/plain;x=1,text/html` would otherwise reach a browser, which takes the last type.
     let content_type = file
         .content_type
         .as_deref()
         .filter(|_| inline)
-        .and_then(|t| HeaderValue::from_str(t).ok())
+        .and_then(|t| HeaderValue::from_str(&essence(t)).ok())
         .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
     let disposition = content_disposition(inline, file.filename.as_deref());
     let range = range.and_then(|r| parse_range(&r, file.size));
