@@ -255,9 +255,8 @@ impl Media {
             created_ms: now_ms(),
         };
         let _guard = self.blob_lock.lock().await;
-        self.place_blob(tmp, &sha256).await?;
-        let mut batch = Batch::new();
-        self.stage_blob_ref(&mut batch, &sha256, 1)?;
+        // The quota is checked (again, now serialised with other uploads) before the file is
+        // placed, so a refused upload leaves nothing behind.
         let user_key = user.to_string();
         let used = self.store.get::<MediaUsage>(&user_key)?;
         if self.quota != 0 && used.unwrap_or(0) + size > self.quota {
@@ -267,6 +266,9 @@ impl Media {
                 .err()
                 .unwrap_or_else(|| Error::forbidden("Media quota exceeded")));
         }
+        self.place_blob(tmp, &sha256).await?;
+        let mut batch = Batch::new();
+        self.stage_blob_ref(&mut batch, &sha256, 1)?;
         batch.expect_value::<MediaUsage>(&user_key, used.as_ref());
         batch.put::<MediaUsage>(&user_key, &(used.unwrap_or(0) + size));
         batch.expect_absent::<MediaTable>(&media_id);
@@ -276,10 +278,16 @@ impl Media {
             batch.expect_value::<MediaPending>(id, Some(p));
             batch.delete::<MediaPending>(id);
         }
-        self.store.commit(batch).await.map_err(|e| match e {
-            crate::store::CommitError::Conflict => cannot_overwrite(),
-            e => e.into(),
-        })?;
+        if let Err(e) = self.store.commit(batch).await {
+            // Nothing references a file placed for this upload alone: remove it again.
+            if self.store.get::<MediaBlobs>(&sha256)?.is_none() {
+                let _ = tokio::fs::remove_file(self.blob_path(&sha256)).await;
+            }
+            return Err(match e {
+                crate::store::CommitError::Conflict => cannot_overwrite(),
+                e => e.into(),
+            });
+        }
         drop(_guard);
         self.uploaded.notify_waiters();
         log::info!(
