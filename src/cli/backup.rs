@@ -1,7 +1,7 @@
 //! `hearth backup DEST` and `hearth restore SRC`.
 //!
 //! A running server holds the database lock, so a backup of a running server goes through the
-//! server: it listens on a Unix socket, `<data_dir>/admin.sock` (mode 0600, so only its own user
+//! server: it listens on a Unix socket, `<data_dir>/admin/admin.sock` (a 0700 directory, mode 0600, so only its own user
 //! and root can connect), and on `backup` streams every row of its store from one consistent
 //! view (see `store/backup.rs`). The command writes those rows into a fresh database under
 //! `DEST/db/`, then copies the rest of the data directory (media, signing keys, certificates).
@@ -19,8 +19,8 @@ use crate::cli::progress::Progress;
 use crate::config::Config;
 use crate::store::{self, BackupRow, EngineKind, Store, StoreError};
 
-/// The admin socket's file name inside the data directory.
-pub const SOCKET_NAME: &str = "admin.sock";
+/// The admin socket's path inside the data directory (in a 0700 directory of its own).
+pub const SOCKET_NAME: &str = "admin/admin.sock";
 /// Written into a backup directory; not copied back by restore.
 pub const INFO_NAME: &str = "hearth-backup.txt";
 const PROTOCOL: &str = "hearth-backup 1";
@@ -479,7 +479,13 @@ fn collect_files(
         let name = entry.file_name();
         let child = rel.join(&name);
         let top = rel.as_os_str().is_empty();
-        if top && (name == SOCKET_NAME || name == INFO_NAME || (skip_store && name == "db")) {
+        // The admin socket's directory holds nothing but the socket.
+        let socket_dir = Path::new(SOCKET_NAME).parent().map(Path::as_os_str);
+        if top
+            && (Some(name.as_os_str()) == socket_dir
+                || name == INFO_NAME
+                || (skip_store && name == "db"))
+        {
             continue;
         }
         // Uploads in progress; complete media are renamed out of it.
