@@ -306,8 +306,15 @@ pub async fn serve<S>(
                 let mut service = service.clone();
                 tower_service::Service::call(&mut service, req)
             });
-            let builder =
+            let mut builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // hyper enforces its header-read timeout only with a timer: without one a client
+            // could drip request headers forever and hold the connection.
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            builder.http2().timer(hyper_util::rt::TokioTimer::new());
             let conn = builder
                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
