@@ -546,11 +546,18 @@ impl Media {
         }
         let source = self.blob_path(&record.sha256);
         let max_pixels = self.max_pixels;
-        let permit = self
-            .thumb_jobs
-            .clone()
-            .acquire_owned()
+        // Waiting for a free slot counts towards the time limit: a request never queues
+        // forever behind other (possibly slow) jobs.
+        let busy = || {
+            Error::new(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                "M_UNKNOWN",
+                "The server is busy making other thumbnails; try again",
+            )
+        };
+        let permit = tokio::time::timeout(THUMBNAIL_TIME, self.thumb_jobs.clone().acquire_owned())
             .await
+            .map_err(|_| busy())?
             .map_err(|_| Error::unknown("Thumbnailing is shut down"))?;
         let job = tokio::task::spawn_blocking(move || {
             let _permit = permit;
