@@ -4,15 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{enc, errcode, TestServer};
-
-const CREATE: &str = "/_matrix/client/v3/createRoom";
-
-async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
-    let (status, body) = srv.post(CREATE, Some(token), body).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
+use crate::common::{create_room, enc, errcode, join, TestServer};
 
 fn alias_path(alias: &str) -> String {
     format!("/_matrix/client/v3/directory/room/{}", enc(alias))
@@ -34,17 +26,6 @@ async fn room_aliases(srv: &TestServer, token: &str, room: &str) -> (StatusCode,
         Some(token),
     )
     .await
-}
-
-async fn join(srv: &TestServer, token: &str, room: &str) {
-    let (status, body) = srv
-        .post(
-            &format!("/_matrix/client/v3/join/{room}"),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 async fn canonical_alias(srv: &TestServer, token: &str, room: &str) -> (StatusCode, Value) {

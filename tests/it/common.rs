@@ -165,3 +165,24 @@ pub fn errcode(body: &Value) -> &str {
 pub fn enc(segment: &str) -> String {
     percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
+
+/// Creates a room (asserting success) and returns its id.
+pub async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
+    let (status, body) = srv
+        .post("/_matrix/client/v3/createRoom", Some(token), body)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["room_id"].as_str().unwrap().to_owned()
+}
+
+/// Joins a room by id (asserting success).
+pub async fn join(srv: &TestServer, token: &str, room: &str) {
+    let (status, body) = srv
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(room)),
+            Some(token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

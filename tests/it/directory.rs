@@ -3,30 +3,12 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{enc, errcode, TestServer};
+use crate::common::{create_room, enc, errcode, join, TestServer};
 
-const CREATE: &str = "/_matrix/client/v3/createRoom";
 const PUBLIC_ROOMS: &str = "/_matrix/client/v3/publicRooms";
-
-async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
-    let (status, body) = srv.post(CREATE, Some(token), body).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
 
 fn visibility_path(room: &str) -> String {
     format!("/_matrix/client/v3/directory/list/room/{room}")
-}
-
-async fn join(srv: &TestServer, token: &str, room: &str) {
-    let (status, body) = srv
-        .post(
-            &format!("/_matrix/client/v3/join/{room}"),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 fn ids(body: &Value) -> Vec<String> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{enc, errcode, TestServer};
+use crate::common::{create_room, enc, errcode, join, TestServer};
 
 async fn sync(srv: &TestServer, token: &str, query: &str) -> Value {
     let (status, body) = srv
@@ -18,25 +18,6 @@ async fn sync(srv: &TestServer, token: &str, query: &str) -> Value {
 
 fn next_batch(body: &Value) -> String {
     body["next_batch"].as_str().unwrap().to_owned()
-}
-
-async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
-    let (status, body) = srv
-        .post("/_matrix/client/v3/createRoom", Some(token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
-
-async fn join(srv: &TestServer, token: &str, room: &str) {
-    let (status, body) = srv
-        .post(
-            &format!("/_matrix/client/v3/join/{room}"),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 async fn send(srv: &TestServer, token: &str, room: &str, txn: &str, content: Value) -> String {

@@ -4,15 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{enc, errcode, TestServer};
-
-async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
-    let (status, body) = srv
-        .post("/_matrix/client/v3/createRoom", Some(token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
+use crate::common::{create_room, enc, errcode, join, TestServer};
 
 async fn send(srv: &TestServer, token: &str, room: &str, txn: &str, content: Value) -> String {
     let (status, body) = srv
@@ -102,17 +94,6 @@ async fn messages(srv: &TestServer, token: &str, room: &str) -> Vec<Value> {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["chunk"].as_array().unwrap().clone()
-}
-
-async fn join(srv: &TestServer, token: &str, room: &str) {
-    let (status, body) = srv
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(room)),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]

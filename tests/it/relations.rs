@@ -6,15 +6,7 @@ use std::collections::HashSet;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{enc, errcode, TestServer};
-
-async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
-    let (status, body) = srv
-        .post("/_matrix/client/v3/createRoom", Some(token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
+use crate::common::{create_room, enc, errcode, join, TestServer};
 
 async fn send_as(
     srv: &TestServer,
@@ -106,17 +98,6 @@ async fn redact(srv: &TestServer, token: &str, room: &str, event: &str, txn: &st
                 enc(room),
                 enc(event)
             ),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
-
-async fn join(srv: &TestServer, token: &str, room: &str) {
-    let (status, body) = srv
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(room)),
             Some(token),
             json!({}),
         )

@@ -4,15 +4,7 @@ use hearth::service::reports::{Report, ReportTarget};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{enc, errcode, TestServer};
-
-async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
-    let (status, body) = srv
-        .post("/_matrix/client/v3/createRoom", Some(token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
+use crate::common::{create_room, enc, errcode, join, TestServer};
 
 async fn send_text(srv: &TestServer, token: &str, room: &str, txn: &str) -> String {
     let (status, body) = srv
@@ -27,17 +19,6 @@ async fn send_text(srv: &TestServer, token: &str, room: &str, txn: &str) -> Stri
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["event_id"].as_str().unwrap().to_owned()
-}
-
-async fn join(srv: &TestServer, token: &str, room: &str) {
-    let (status, body) = srv
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/join", enc(room)),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 fn reports(srv: &TestServer) -> Vec<Report> {

@@ -3,15 +3,9 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{enc, errcode, TestServer};
+use crate::common::{create_room, enc, errcode, TestServer};
 
 const CREATE: &str = "/_matrix/client/v3/createRoom";
-
-async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
-    let (status, body) = srv.post(CREATE, Some(token), body).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
 
 async fn send_text(
     srv: &TestServer,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{enc, TestServer};
+use crate::common::{create_room, enc, TestServer};
 
 async fn sync(srv: &TestServer, token: &str, query: &str) -> Value {
     let (status, body) = srv
@@ -14,14 +14,6 @@ async fn sync(srv: &TestServer, token: &str, query: &str) -> Value {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body["next_batch"].is_string(), "{body}");
     body
-}
-
-async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
-    let (status, body) = srv
-        .post("/_matrix/client/v3/createRoom", Some(token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
 }
 
 async fn send(srv: &TestServer, token: &str, room: &str, txn: &str, text: &str) -> String {

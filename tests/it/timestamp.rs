@@ -5,15 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{enc, errcode, TestServer};
-
-async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
-    let (status, body) = srv
-        .post("/_matrix/client/v3/createRoom", Some(token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
+use crate::common::{create_room, enc, errcode, TestServer};
 
 async fn send_text(srv: &TestServer, token: &str, room: &str, txn: &str) -> String {
     let (status, body) = srv

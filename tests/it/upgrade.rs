@@ -4,26 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{enc, errcode, TestServer};
-
-const CREATE: &str = "/_matrix/client/v3/createRoom";
-
-async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
-    let (status, body) = srv.post(CREATE, Some(token), body).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
-
-async fn join(srv: &TestServer, token: &str, room: &str) {
-    let (status, body) = srv
-        .post(
-            &format!("/_matrix/client/v3/join/{room}"),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
+use crate::common::{create_room, enc, errcode, join, TestServer};
 
 async fn upgrade(srv: &TestServer, token: &str, room: &str, body: Value) -> (StatusCode, Value) {
     srv.post(

@@ -3,28 +3,9 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{enc, errcode, TestServer};
+use crate::common::{create_room, enc, errcode, join, TestServer};
 
 const SEARCH: &str = "/_matrix/client/v3/user_directory/search";
-
-async fn create_room(srv: &TestServer, token: &str, body: Value) -> String {
-    let (status, body) = srv
-        .post("/_matrix/client/v3/createRoom", Some(token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
-
-async fn join(srv: &TestServer, token: &str, room: &str) {
-    let (status, body) = srv
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/join", enc(room)),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
 
 async fn set_profile(srv: &TestServer, token: &str, user: &str, key: &str, value: &str) {
     let (status, body) = srv
