@@ -169,6 +169,7 @@ pub async fn changes(srv: &TestServer, token: &str, from: &str) -> (Vec<String>,
     (list("changed"), list("left"))
 }
 
+/// A room with `invite`d users, encrypted or not.
 pub async fn create_room(
     srv: &TestServer,
     token: &str,
@@ -181,23 +182,10 @@ pub async fn create_room(
             {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
         ]);
     }
-    let (status, body) = srv
-        .post("/_matrix/client/v3/createRoom", Some(token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
+    crate::common::create_room(srv, token, body).await
 }
 
-pub async fn join(srv: &TestServer, token: &str, room: &str) {
-    let (status, body) = srv
-        .post(
-            &format!("/_matrix/client/v3/join/{room}"),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
+pub use crate::common::join;
 
 async fn leave(srv: &TestServer, token: &str, room: &str) {
     let (status, body) = srv
