@@ -131,10 +131,17 @@ pub struct Route {
     handler: Handler,
 }
 
+/// Path parameters that the spec allows to leave out when they are the last segment: the
+/// state key (`/rooms/{roomId}/state/{eventType}[/{stateKey}]`, empty when absent).
+const OPTIONAL_LAST_PARAMS: &[&str] = &["state_key", "stateKey"];
+
 #[derive(Default)]
 struct Node {
     literal: HashMap<String, Node>,
     param: Option<Box<Node>>,
+    /// The parameter child is the last segment of a template and may be omitted (it is then
+    /// the empty string); see [`OPTIONAL_LAST_PARAMS`].
+    param_optional: bool,
     methods: Vec<(Method, Arc<Route>)>,
 }
 
@@ -240,11 +247,16 @@ impl Router {
 
     fn insert(&mut self, path: &str, method: Method, route: Arc<Route>) {
         let mut node = &mut self.root;
-        for segment in path.trim_start_matches('/').split('/') {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        for (i, segment) in segments.iter().enumerate() {
             node = if segment.starts_with('{') || segment.starts_with(':') {
+                let name = segment.trim_start_matches([':', '{']).trim_end_matches('}');
+                if i + 1 == segments.len() && OPTIONAL_LAST_PARAMS.contains(&name) {
+                    node.param_optional = true;
+                }
                 node.param.get_or_insert_with(Default::default)
             } else {
-                node.literal.entry(segment.to_owned()).or_default()
+                node.literal.entry((*segment).to_owned()).or_default()
             };
         }
         // A later registration for the same path and method replaces the earlier one; two
@@ -270,7 +282,17 @@ impl Router {
             }
         }
         if node.methods.is_empty() {
-            return Match::NotFound;
+            // An optional last path parameter may be left out, slash and all: the spec
+            // writes `/state/{eventType}/{stateKey}` with an optional empty state key, and
+            // clients send `/state/m.room.topic`. Only where the shorter path has no endpoint
+            // of its own, so no existing route changes meaning.
+            match node.param.as_deref() {
+                Some(next) if node.param_optional && !next.methods.is_empty() => {
+                    args.push(String::new());
+                    node = next;
+                }
+                _ => return Match::NotFound,
+            }
         }
         let wanted = if method == Method::HEAD {
             &Method::GET

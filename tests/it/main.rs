@@ -21,6 +21,7 @@ mod push_rules;
 mod redaction;
 mod relations;
 mod reports;
+mod requests;
 mod rooms;
 mod spaces;
 mod store;
