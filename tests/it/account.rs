@@ -770,3 +770,48 @@ async fn expired_access_token_is_a_soft_logout_and_refresh_recovers() {
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Every device carries last-seen data from its login on, absent fields are left out rather
+/// than sent as `null`, and use refreshes the data (throttled per device).
+#[tokio::test]
+async fn device_list_has_last_seen_from_login_and_no_nulls() {
+    let srv = TestServer::start().await;
+    let (_, token, _) = srv.register("lou", "pw").await;
+    let (_, second) = srv.login("lou", "pw").await;
+    let d2 = second["device_id"].as_str().unwrap().to_owned();
+    let t2 = second["access_token"].as_str().unwrap().to_owned();
+
+    let seen = |body: &Value| -> u64 {
+        let devices = body["devices"].as_array().unwrap();
+        for device in devices {
+            for (key, value) in device.as_object().unwrap() {
+                assert!(!value.is_null(), "{key} is null in {device}");
+            }
+        }
+        let device = devices.iter().find(|d| d["device_id"] == d2.as_str());
+        let device = device.expect("second device listed");
+        assert_eq!(device["last_seen_ip"], "127.0.0.1", "{device}");
+        device["last_seen_ts"].as_u64().expect("last_seen_ts")
+    };
+    // Never used since login: the login itself is the last sighting.
+    let (status, body) = srv.get("/_matrix/client/v3/devices", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let at_login = seen(&body);
+    assert!(body["devices"][0].get("display_name").is_none(), "{body}");
+
+    // The first use of the new token records a new sighting.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let whoami = "/_matrix/client/v3/account/whoami";
+    assert_eq!(srv.get(whoami, Some(&t2)).await.0, StatusCode::OK);
+    let (_, body) = srv.get("/_matrix/client/v3/devices", Some(&token)).await;
+    let first_use = seen(&body);
+    assert!(first_use > at_login, "{first_use} > {at_login}");
+    // Later uses within the throttle interval do not write again.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(srv.get(whoami, Some(&t2)).await.0, StatusCode::OK);
+    let (_, body) = srv
+        .get(&format!("/_matrix/client/v3/devices/{d2}"), Some(&t2))
+        .await;
+    assert_eq!(body["last_seen_ts"].as_u64(), Some(first_use), "{body}");
+    assert!(body.get("display_name").is_none(), "{body}");
+}

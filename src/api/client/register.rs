@@ -55,7 +55,7 @@ fn random_localpart() -> String {
 
 async fn register(
     services: Arc<Services>,
-    _: Ctx,
+    ctx: Ctx,
     body: register::v3::Request,
 ) -> Result<register::v3::Response> {
     if body.kind == register::RegistrationKind::Guest {
@@ -128,6 +128,7 @@ async fn register(
                 &device_id,
                 name,
                 body.refresh_token,
+                ctx.ip,
             )?)
         };
         match services.store.commit(batch).await {
