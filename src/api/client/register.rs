@@ -84,6 +84,9 @@ async fn register(
     let request = uiaa::Request {
         kind: "register",
         user: None,
+        operation: uiaa::operation_digest(&serde_json::json!({
+            "username": body.username.as_deref().map(str::to_lowercase),
+        })),
         flows,
     };
     let completed = services
