@@ -214,7 +214,8 @@ impl Sessions {
     }
 
     /// Stages a login on `device_id`: a new device, or new tokens for an existing one (whose
-    /// old tokens are revoked, as the spec asks when a client names its device).
+    /// old tokens are revoked, as the spec asks when a client names its device). The login
+    /// counts as a sighting from `ip`, so a device never used since has last-seen data.
     pub fn stage_login(
         &self,
         batch: &mut Batch,
@@ -222,6 +223,7 @@ impl Sessions {
         device_id: &DeviceId,
         display_name: Option<String>,
         with_refresh: bool,
+        ip: IpAddr,
     ) -> Result<IssuedTokens> {
         let key = device_key(user_id, device_id);
         let existing = self.store.get::<DevicesTable>(&key)?;
@@ -247,6 +249,11 @@ impl Sessions {
         batch.expect_value::<DevicesTable>(&key, existing.as_ref());
         let issued = stage_new_tokens(batch, user_id, device_id, &mut record, with_refresh);
         record.previous_refresh_hash = None;
+        record.last_seen_ms = Some(now_ms());
+        record.last_seen_ip = Some(ip.to_string());
+        // The new token's first use records its sighting once more (the in-memory throttle
+        // knows nothing of this device's new token yet).
+        self.forget_last_seen(user_id, device_id);
         batch.put::<DevicesTable>(&key, &record);
         Ok(issued)
     }

@@ -770,3 +770,151 @@ async fn expired_access_token_is_a_soft_logout_and_refresh_recovers() {
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Every device carries last-seen data from its login on, absent fields are left out rather
+/// than sent as `null`, and use refreshes the data (throttled per device).
+#[tokio::test]
+async fn device_list_has_last_seen_from_login_and_no_nulls() {
+    let srv = TestServer::start().await;
+    let (_, token, _) = srv.register("lou", "pw").await;
+    let (_, second) = srv.login("lou", "pw").await;
+    let d2 = second["device_id"].as_str().unwrap().to_owned();
+    let t2 = second["access_token"].as_str().unwrap().to_owned();
+
+    let seen = |body: &Value| -> u64 {
+        let devices = body["devices"].as_array().unwrap();
+        for device in devices {
+            for (key, value) in device.as_object().unwrap() {
+                assert!(!value.is_null(), "{key} is null in {device}");
+            }
+        }
+        let device = devices.iter().find(|d| d["device_id"] == d2.as_str());
+        let device = device.expect("second device listed");
+        assert_eq!(device["last_seen_ip"], "127.0.0.1", "{device}");
+        device["last_seen_ts"].as_u64().expect("last_seen_ts")
+    };
+    // Never used since login: the login itself is the last sighting.
+    let (status, body) = srv.get("/_matrix/client/v3/devices", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let at_login = seen(&body);
+    assert!(body["devices"][0].get("display_name").is_none(), "{body}");
+
+    // The first use of the new token records a new sighting.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let whoami = "/_matrix/client/v3/account/whoami";
+    assert_eq!(srv.get(whoami, Some(&t2)).await.0, StatusCode::OK);
+    let (_, body) = srv.get("/_matrix/client/v3/devices", Some(&token)).await;
+    let first_use = seen(&body);
+    assert!(first_use > at_login, "{first_use} > {at_login}");
+    // Later uses within the throttle interval do not write again.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(srv.get(whoami, Some(&t2)).await.0, StatusCode::OK);
+    let (_, body) = srv
+        .get(&format!("/_matrix/client/v3/devices/{d2}"), Some(&t2))
+        .await;
+    assert_eq!(body["last_seen_ts"].as_u64(), Some(first_use), "{body}");
+    assert!(body.get("display_name").is_none(), "{body}");
+}
+
+/// A UIA session is bound to the exact operation that started it: a session begun to delete
+/// one device cannot complete the deletion of another (nor another body on other endpoints).
+#[tokio::test]
+async fn uiaa_session_is_bound_to_the_operation() {
+    let srv = TestServer::start().await;
+    let (user_id, token, _) = srv.register("uma", "pw").await;
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let (_, login) = srv.login("uma", "pw").await;
+        others.push(login["device_id"].as_str().unwrap().to_owned());
+    }
+    let (a, b) = (&others[0], &others[1]);
+    let delete = |device: &str| format!("/_matrix/client/v3/devices/{device}");
+
+    let (status, challenge) = srv
+        .call(Method::DELETE, &delete(a), Some(&token), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    // Completing A's session as the deletion of B is refused, and B stays.
+    let auth = TestServer::password_auth(&user_id, "pw", &session);
+    let (status, body) = srv
+        .call(
+            Method::DELETE,
+            &delete(b),
+            Some(&token),
+            Some(json!({"auth": auth})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(errcode(&body), "M_FORBIDDEN");
+    assert_ne!(body["session"], session.as_str());
+    let (status, _) = srv.get(&delete(b), Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "device B must survive");
+    // The session still completes the operation it was started for.
+    let (status, body) = srv
+        .call(
+            Method::DELETE,
+            &delete(a),
+            Some(&token),
+            Some(json!({"auth": auth})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        srv.get(&delete(a), Some(&token)).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Bulk deletion: the set of devices is part of the operation (order is not).
+    let bulk = "/_matrix/client/v3/delete_devices";
+    let (_, challenge) = srv
+        .post(bulk, Some(&token), json!({"devices": [b, "X"]}))
+        .await;
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    let auth = TestServer::password_auth(&user_id, "pw", &session);
+    let (status, body) = srv
+        .post(
+            bulk,
+            Some(&token),
+            json!({"devices": [b, "Y"], "auth": auth}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, "M_FORBIDDEN")
+    );
+    assert_eq!(srv.get(&delete(b), Some(&token)).await.0, StatusCode::OK);
+    let (status, body) = srv
+        .post(
+            bulk,
+            Some(&token),
+            json!({"devices": ["X", b], "auth": auth}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        srv.get(&delete(b), Some(&token)).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Password change: a session started for one new password cannot set another.
+    let change = "/_matrix/client/v3/account/password";
+    let (_, challenge) = srv
+        .post(change, Some(&token), json!({"new_password": "first"}))
+        .await;
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    let auth = TestServer::password_auth(&user_id, "pw", &session);
+    let (status, body) = srv
+        .post(
+            change,
+            Some(&token),
+            json!({"new_password": "second", "auth": auth}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, "M_FORBIDDEN")
+    );
+    assert_eq!(srv.login("uma", "second").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(srv.login("uma", "pw").await.0, StatusCode::OK);
+}

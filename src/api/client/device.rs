@@ -1,66 +1,94 @@
 //! Device management.
+//!
+//! `GET /devices` and `GET /devices/{deviceId}` are raw routes: ruma's `Device` serializes an
+//! absent display name or IP as `null`, which the spec does not allow for these optional
+//! strings (and which strict clients reject); here absent fields are left out.
 
 use std::sync::Arc;
 
+use http::Method;
 use ruma::{
-    api::client::device::{
-        delete_device, delete_devices, get_device, get_devices, update_device, Device,
+    api::{
+        client::device::{delete_device, delete_devices, get_device, get_devices, update_device},
+        path_builder::PathBuilder,
+        Metadata,
     },
-    MilliSecondsSinceUnixEpoch, OwnedDeviceId, UInt,
+    OwnedDeviceId,
 };
+use serde_json::{json, Map, Value};
 
 use crate::{
     error::{Error, Result},
-    http::{Ctx, Router},
+    http::{Auth, Ctx, Incoming, Response, Router},
     service::{sessions::DeviceRecord, Services},
 };
 
 pub fn routes(router: &mut Router) {
-    router.ruma(list);
-    router.ruma(get);
+    let stable = |path: &&str| !path.contains("/unstable/");
+    for path in get_devices::v3::Request::PATH_BUILDER
+        .all_paths()
+        .filter(stable)
+    {
+        router.raw(Method::GET, path, Auth::Required, list);
+    }
+    for path in get_device::v3::Request::PATH_BUILDER
+        .all_paths()
+        .filter(stable)
+    {
+        router.raw(Method::GET, path, Auth::Required, get);
+    }
     router.ruma(update);
     router.ruma(delete);
     router.ruma(delete_many);
 }
 
-fn to_device(device_id: OwnedDeviceId, record: DeviceRecord) -> Device {
-    let mut device = Device::new(device_id);
-    device.display_name = record.display_name;
-    device.last_seen_ip = record.last_seen_ip;
-    device.last_seen_ts = record
-        .last_seen_ms
-        .and_then(UInt::new)
-        .map(MilliSecondsSinceUnixEpoch);
-    device
+/// A device as the spec's `Device` object, without the keys that have no value.
+fn device_json(device_id: &str, record: DeviceRecord) -> Value {
+    let mut device = Map::new();
+    device.insert("device_id".into(), device_id.into());
+    if let Some(name) = record.display_name {
+        device.insert("display_name".into(), name.into());
+    }
+    if let Some(ip) = record.last_seen_ip {
+        device.insert("last_seen_ip".into(), ip.into());
+    }
+    if let Some(ts) = record.last_seen_ms {
+        device.insert("last_seen_ts".into(), ts.into());
+    }
+    Value::Object(device)
 }
 
-async fn list(
-    services: Arc<Services>,
-    ctx: Ctx,
-    _: get_devices::v3::Request,
-) -> Result<get_devices::v3::Response> {
-    let me = ctx.authed()?;
-    let devices = services.sessions.devices(&me.user_id)?;
-    Ok(get_devices::v3::Response::new(
-        devices
-            .into_iter()
-            .map(|(id, r)| to_device(id, r))
-            .collect(),
-    ))
+fn json_response(body: &Value) -> Response {
+    let mut response = Response::new(body.to_string().into_bytes());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
-async fn get(
-    services: Arc<Services>,
-    ctx: Ctx,
-    body: get_device::v3::Request,
-) -> Result<get_device::v3::Response> {
-    let me = ctx.authed()?;
-    let record = services.sessions.device(&me.user_id, &body.device_id)?;
-    let record = record.ok_or_else(|| Error::not_found("Unknown device"))?;
-    Ok(get_device::v3::Response::new(to_device(
-        body.device_id,
-        record,
-    )))
+async fn list(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
+    let me = incoming.ctx.authed()?;
+    let devices: Vec<Value> = services
+        .sessions
+        .devices(&me.user_id)?
+        .into_iter()
+        .map(|(id, record)| device_json(id.as_str(), record))
+        .collect();
+    Ok(json_response(&json!({ "devices": devices })))
+}
+
+async fn get(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
+    let me = incoming.ctx.authed()?;
+    let device_id = incoming
+        .path_args
+        .first()
+        .ok_or_else(|| Error::missing_param("Missing device id"))?;
+    let record = services
+        .sessions
+        .device(&me.user_id, &OwnedDeviceId::from(device_id.as_str()))?
+        .ok_or_else(|| Error::not_found("Unknown device"))?;
+    Ok(json_response(&device_json(device_id, record)))
 }
 
 async fn update(
@@ -90,7 +118,12 @@ async fn delete(
         return Err(Error::not_found("Unknown device"));
     }
     services
-        .reauthenticate("delete_device", &me.user_id, body.auth.as_ref())
+        .reauthenticate(
+            "delete_device",
+            &me.user_id,
+            &json!({ "device_id": body.device_id }),
+            body.auth.as_ref(),
+        )
         .await?;
     let which = [body.device_id];
     services
@@ -106,8 +139,17 @@ async fn delete_many(
     body: delete_devices::v3::Request,
 ) -> Result<delete_devices::v3::Response> {
     let me = ctx.authed()?;
+    // The same set of devices in any order is the same operation.
+    let mut devices: Vec<&str> = body.devices.iter().map(|d| d.as_str()).collect();
+    devices.sort_unstable();
+    devices.dedup();
     services
-        .reauthenticate("delete_devices", &me.user_id, body.auth.as_ref())
+        .reauthenticate(
+            "delete_devices",
+            &me.user_id,
+            &json!({ "devices": devices }),
+            body.auth.as_ref(),
+        )
         .await?;
     services
         .sessions

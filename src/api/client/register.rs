@@ -55,7 +55,7 @@ fn random_localpart() -> String {
 
 async fn register(
     services: Arc<Services>,
-    _: Ctx,
+    ctx: Ctx,
     body: register::v3::Request,
 ) -> Result<register::v3::Response> {
     if body.kind == register::RegistrationKind::Guest {
@@ -84,6 +84,9 @@ async fn register(
     let request = uiaa::Request {
         kind: "register",
         user: None,
+        operation: uiaa::operation_digest(&serde_json::json!({
+            "username": body.username.as_deref().map(str::to_lowercase),
+        })),
         flows,
     };
     let completed = services
@@ -128,6 +131,7 @@ async fn register(
                 &device_id,
                 name,
                 body.refresh_token,
+                ctx.ip,
             )?)
         };
         match services.store.commit(batch).await {

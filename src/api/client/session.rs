@@ -49,7 +49,7 @@ fn resolve_user(services: &Services, name: &str) -> Option<OwnedUserId> {
 
 async fn login(
     services: Arc<Services>,
-    _: Ctx,
+    ctx: Ctx,
     body: login::v3::Request,
 ) -> Result<login::v3::Response> {
     let login::v3::LoginInfo::Password(password) = &body.login_info else {
@@ -94,6 +94,7 @@ async fn login(
             &device_id,
             name,
             body.refresh_token,
+            ctx.ip,
         )?;
         match services.store.commit(batch).await {
             Err(CommitError::Conflict) => continue,
