@@ -1,0 +1,399 @@
+//! `/sync`: what changed for a user between a token and now.
+//!
+//! A token is `"{p}_{t}"`: `p` a stream position (the client has seen everything with a
+//! position up to and including `p`) and `t` the typing serial it has seen (see
+//! [`super::typing`]). "Now" is the stream's settled position, so a write that commits late is
+//! never skipped: the next sync picks it up. Positions are in the durable stream, so tokens stay
+//! valid across restarts; a typing serial from an earlier run makes the sync send every joined
+//! room's (then usually empty) typing list once. A bare `"{p}"` is accepted as well.
+//!
+//! Besides timelines and state, a sync carries: global and room account data changed since the
+//! token (all of it initially, plus `m.push_rules` on an initial sync), each joined room's
+//! ephemeral events (`m.typing` when the list changed, `m.receipt` with the receipts changed
+//! since the token, `m.read.private` only the user's own), unread notification counts
+//! ([`super::unread`]), and the top-level `presence` of the users sharing a room with the user
+//! (changed since the token, everyone's initially, and everyone's in rooms joined since).
+
+use std::{collections::HashMap, time::Instant};
+
+use ruma::{
+    api::client::filter::FilterDefinition, events::StateEventType, push::Ruleset, OwnedRoomId,
+    UserId,
+};
+use serde_json::{json, Map, Value};
+
+mod filters;
+mod presence;
+mod room;
+
+pub use filters::event_passes;
+use filters::{filter_passes, limit_of, room_wanted};
+use presence::presence_events;
+use room::{joined_room, room_timeline, STRIPPED_STATE};
+
+use super::{
+    account_data::AccountData, e2ee::E2ee, presence::Presence, push_rules::PushRules,
+    receipts::Receipts, rooms::Rooms, typing::Typing,
+};
+use crate::error::Result;
+
+/// A parsed `since` token: a stream position and, optionally, a typing serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncToken {
+    pub pos: u64,
+    pub typing: Option<u64>,
+}
+
+impl SyncToken {
+    /// `"{pos}"` or `"{pos}_{typing serial}"`; anything else is `None`.
+    pub fn parse(token: &str) -> Option<Self> {
+        let mut parts = token.split('_');
+        let pos = parts.next()?.parse().ok()?;
+        let typing = match parts.next() {
+            Some(serial) => Some(serial.parse().ok()?),
+            None => None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self { pos, typing })
+    }
+}
+
+impl std::fmt::Display for SyncToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.typing {
+            Some(serial) => write!(f, "{}_{serial}", self.pos),
+            None => write!(f, "{}", self.pos),
+        }
+    }
+}
+
+pub struct SyncRequest<'a> {
+    pub user_id: &'a UserId,
+    pub device_id: &'a str,
+    pub since: Option<u64>,
+    /// The typing serial of the `since` token, if it had one.
+    pub typing_since: Option<u64>,
+    pub full_state: bool,
+    pub filter: FilterDefinition,
+}
+
+/// What `/sync` reads, passed explicitly.
+pub struct Sources<'a> {
+    pub rooms: &'a Rooms,
+    pub account_data: &'a AccountData,
+    pub typing: &'a Typing,
+    pub receipts: &'a Receipts,
+    pub presence: &'a Presence,
+    pub push_rules: &'a PushRules,
+    pub e2ee: &'a E2ee,
+}
+
+/// How a sync treats typing notifications.
+#[derive(Clone, Copy)]
+enum TypingSince {
+    /// Initial sync: rooms where someone is typing.
+    Initial,
+    /// Rooms whose typing list changed after this serial.
+    Serial(u64),
+    /// The client's serial is unknown (another run, or none): every room, empty lists too.
+    Unknown,
+}
+
+/// What one sync pass reads once and shares between rooms.
+struct Pass<'a> {
+    sources: &'a Sources<'a>,
+    request: &'a SyncRequest<'a>,
+    now: u64,
+    typing: TypingSince,
+    /// Room account data changed since the token, by room id (incremental syncs only).
+    room_account_data: HashMap<String, Vec<(String, Vec<u8>)>>,
+    ruleset: Ruleset,
+}
+
+/// The result of one sync pass: the response body, whether it carries anything new, and when
+/// a typing notification in one of the user's rooms lapses (a waiting sync should look again
+/// then).
+pub struct SyncResult {
+    pub body: Value,
+    pub has_updates: bool,
+    pub wake_at: Option<Instant>,
+}
+
+pub async fn sync_once(
+    sources: &Sources<'_>,
+    request: &SyncRequest<'_>,
+    now: u64,
+) -> Result<SyncResult> {
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut knock = Map::new();
+    let mut leave = Map::new();
+    let rooms = sources.rooms;
+    let user_id = request.user_id;
+
+    let typing_now = sources.typing.current_serial();
+    let typing = match (request.since, request.typing_since) {
+        (None, _) => TypingSince::Initial,
+        (Some(_), Some(serial)) if sources.typing.is_current_run(serial) => {
+            TypingSince::Serial(serial)
+        }
+        (Some(_), _) => TypingSince::Unknown,
+    };
+
+    // Account data: one scan of the user's change log serves global and room entries.
+    let mut global_account_data = Vec::new();
+    let mut room_account_data: HashMap<String, Vec<(String, Vec<u8>)>> = HashMap::new();
+    match request.since {
+        None => global_account_data = sources.account_data.global(user_id)?,
+        Some(since) => {
+            for (room, kind, content) in sources.account_data.changes_since(user_id, since, now)? {
+                if room.is_empty() {
+                    global_account_data.push((kind, content));
+                } else {
+                    room_account_data
+                        .entry(room)
+                        .or_default()
+                        .push((kind, content));
+                }
+            }
+        }
+    }
+    let mut pass = Pass {
+        sources,
+        request,
+        now,
+        typing,
+        room_account_data,
+        ruleset: sources.push_rules.ruleset(user_id)?,
+    };
+    let mut joined_rooms: Vec<OwnedRoomId> = Vec::new();
+    let mut newly_joined: Vec<OwnedRoomId> = Vec::new();
+
+    let memberships = rooms.memberships_of(request.user_id)?;
+    for (room_id, membership, member_sid) in memberships {
+        if !room_wanted(&request.filter, &room_id) {
+            continue;
+        }
+        let (membership, member_sid) = if member_sid > now {
+            // The membership changed after this pass's horizon (its write is still settling):
+            // sync the room as the membership stood at `now`, so nothing before it is skipped.
+            let Some(record) = rooms.room(&room_id)? else {
+                continue;
+            };
+            match rooms.membership_as_of(record.sid, request.user_id, now)? {
+                Some(earlier) => earlier,
+                None => continue,
+            }
+        } else {
+            (membership, member_sid)
+        };
+        let changed_membership = request.since.is_none_or(|since| member_sid > since);
+        match membership.as_str() {
+            "join" => {
+                joined_rooms.push(room_id.clone());
+                // A room joined since the token is new to the client: give it in full. A new
+                // member event of a user who was already joined (a display name change) is not
+                // a join.
+                let newly_joined_room = match request.since {
+                    Some(since) if changed_membership => {
+                        let record = rooms.room(&room_id)?;
+                        let before = match &record {
+                            Some(record) => {
+                                rooms.membership_as_of(record.sid, request.user_id, since)?
+                            }
+                            None => None,
+                        };
+                        before.is_none_or(|(m, _)| m != "join")
+                    }
+                    _ => false,
+                };
+                let since = if request.since.is_none() || newly_joined_room {
+                    if newly_joined_room {
+                        newly_joined.push(room_id.clone());
+                    }
+                    None
+                } else {
+                    request.since
+                };
+                if let Some(room) = joined_room(&mut pass, &room_id, since).await? {
+                    join.insert(room_id.to_string(), room);
+                }
+            }
+            "invite" | "knock" if changed_membership => {
+                let Some(record) = rooms.room(&room_id)? else {
+                    continue;
+                };
+                let mut events = Vec::new();
+                for kind in STRIPPED_STATE {
+                    if let Some(e) =
+                        rooms.state_event(record.sid, &StateEventType::from(*kind), "")?
+                    {
+                        events.push(rooms.stripped_event(&e));
+                    }
+                }
+                if let Some(own) = rooms.state_event(
+                    record.sid,
+                    &StateEventType::RoomMember,
+                    request.user_id.as_str(),
+                )? {
+                    let mut stripped = rooms.stripped_event(&own);
+                    stripped["origin_server_ts"] = json!(own.meta.origin_server_ts);
+                    stripped["event_id"] = json!(own.pdu.event_id);
+                    events.push(stripped);
+                }
+                if membership == "invite" {
+                    invite.insert(
+                        room_id.to_string(),
+                        json!({"invite_state": {"events": events}}),
+                    );
+                } else {
+                    knock.insert(
+                        room_id.to_string(),
+                        json!({"knock_state": {"events": events}}),
+                    );
+                }
+            }
+            "leave" | "ban"
+                if changed_membership
+                    && (request.since.is_some() || request.filter.room.include_leave) =>
+            {
+                if rooms.is_forgotten(&room_id, request.user_id)? {
+                    continue;
+                }
+                // Everything up to and including the user's final membership event.
+                let upto = member_sid.min(now);
+                let since = if request.since.is_some() {
+                    request.since
+                } else {
+                    None
+                };
+                if let Some(room) = room_timeline(sources, request, &room_id, since, upto, false)? {
+                    leave.insert(room_id.to_string(), room);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let mut body = Map::new();
+    let mut has_updates =
+        !invite.is_empty() || !knock.is_empty() || !leave.is_empty() || !join.is_empty();
+    let next_batch = SyncToken {
+        pos: now,
+        typing: Some(typing_now),
+    };
+    body.insert("next_batch".into(), json!(next_batch.to_string()));
+    let mut rooms_body = Map::new();
+    for (key, section) in [
+        ("join", join),
+        ("invite", invite),
+        ("knock", knock),
+        ("leave", leave),
+    ] {
+        if !section.is_empty() {
+            rooms_body.insert(key.into(), Value::Object(section));
+        }
+    }
+    if !rooms_body.is_empty() {
+        body.insert("rooms".into(), Value::Object(rooms_body));
+    }
+
+    let account_filter = &request.filter.account_data;
+    let mut events: Vec<Value> = global_account_data
+        .into_iter()
+        .filter(|(kind, _)| filter_passes(account_filter, kind, None))
+        .filter_map(|(kind, content)| {
+            let content: Value = serde_json::from_slice(&content).ok()?;
+            Some(json!({"type": kind, "content": content}))
+        })
+        .collect();
+    let rules_changed = match request.since {
+        None => true,
+        Some(since) => sources
+            .push_rules
+            .changed_since(request.user_id, since, now)?,
+    };
+    if rules_changed && filter_passes(account_filter, "m.push_rules", None) {
+        events.push(json!({"type": "m.push_rules", "content": {"global": pass.ruleset}}));
+    }
+    events.truncate(limit_of(account_filter.limit));
+    if !events.is_empty() {
+        has_updates = true;
+        body.insert("account_data".into(), json!({ "events": events }));
+    }
+
+    let presence = presence_events(sources, request, now, &newly_joined)?;
+    if !presence.is_empty() {
+        has_updates = true;
+        body.insert("presence".into(), json!({ "events": presence }));
+    }
+
+    // End-to-end encryption: to-device messages (those up to the client's token are
+    // acknowledged by this request and deleted), device-list changes, key counts.
+    let e2ee = sources.e2ee;
+    let device: &ruma::DeviceId = request.device_id.into();
+    if let Some(since) = request.since {
+        e2ee.acknowledge_to_device(request.user_id, device, since)
+            .await?;
+    }
+    let to_device = e2ee.to_device_for_sync(request.user_id, device, request.since, now)?;
+    has_updates |= !to_device.is_empty();
+    body.insert("to_device".into(), json!({ "events": to_device }));
+    if let Some(since) = request.since {
+        let (changed, left) = e2ee.device_list_changes(request.user_id, since, now)?;
+        if !changed.is_empty() || !left.is_empty() {
+            has_updates = true;
+            body.insert(
+                "device_lists".into(),
+                json!({ "changed": changed, "left": left }),
+            );
+        }
+    }
+    body.insert(
+        "device_one_time_keys_count".into(),
+        json!(e2ee.one_time_key_counts(request.user_id, device)?),
+    );
+    body.insert(
+        "device_unused_fallback_key_types".into(),
+        json!(e2ee.unused_fallback_key_types(request.user_id, device)?),
+    );
+
+    let wake_at = sources
+        .typing
+        .earliest_deadline(joined_rooms.iter().map(|r| r.as_ref()));
+    Ok(SyncResult {
+        body: Value::Object(body),
+        has_updates,
+        wake_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncToken;
+
+    #[test]
+    fn tokens_parse_and_print() {
+        let token = SyncToken::parse("42_1700000000000000").unwrap();
+        assert_eq!(
+            token,
+            SyncToken {
+                pos: 42,
+                typing: Some(1_700_000_000_000_000)
+            }
+        );
+        assert_eq!(token.to_string(), "42_1700000000000000");
+        assert_eq!(
+            SyncToken::parse("42"),
+            Some(SyncToken {
+                pos: 42,
+                typing: None
+            })
+        );
+        for bad in ["", "_", "x", "1_", "1_x", "1_2_3", "-1"] {
+            assert_eq!(SyncToken::parse(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The room sections of a sync: a joined room's timeline, state, ephemeral events, account
+//! data and counts, and the timeline and state of a left room.
+
+use std::collections::HashSet;
+
+use ruma::{api::client::filter::LazyLoadOptions, events::room::member::MembershipState, RoomId};
+use serde_json::{json, Map, Value};
+
+use super::{
+    filters::{event_passes, limit_of, room_event_passes},
+    Pass, Sources, SyncRequest, TypingSince,
+};
+use crate::{
+    error::Result,
+    service::{
+        rooms::{format::Viewer, StoredEvent},
+        unread,
+    },
+};
+
+/// Timeline events per room when the filter gives no limit (the spec suggests 10 or so).
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+const MAX_TIMELINE_LIMIT: usize = 100;
+/// Heroes shown in a room summary.
+const HEROES: usize = 5;
+/// State types shown to invitees and knockers (spec: stripped state).
+pub(super) const STRIPPED_STATE: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+/// A joined room's section, or `None` when nothing changed since the token.
+pub(super) async fn joined_room(
+    pass: &mut Pass<'_>,
+    room_id: &RoomId,
+    since: Option<u64>,
+) -> Result<Option<Value>> {
+    let sources = pass.sources;
+    let request = pass.request;
+    let now = pass.now;
+    let user_id = request.user_id;
+    let rooms = sources.rooms;
+    let Some(record) = rooms.room(room_id)? else {
+        return Ok(None);
+    };
+    let timeline = room_timeline(sources, request, room_id, since, now, true)?;
+
+    // Ephemeral events: typing and receipts.
+    let ephemeral_filter = &request.filter.room.ephemeral;
+    let mut ephemeral = Vec::new();
+    if room_event_passes(ephemeral_filter, room_id, "m.typing") {
+        let (typing_since, send_empty) = match (since, pass.typing) {
+            (None, _) | (_, TypingSince::Initial) => (None, false),
+            (Some(_), TypingSince::Serial(serial)) => (Some(serial), true),
+            (Some(_), TypingSince::Unknown) => (None, true),
+        };
+        if let Some(mut users) = sources.typing.room_since(room_id, typing_since) {
+            // Someone who left while typing is not shown until their timeout lapses.
+            let mut still_joined = Vec::with_capacity(users.len());
+            for user in users.drain(..) {
+                if rooms.membership(room_id, &user)? == Some(MembershipState::Join) {
+                    still_joined.push(user);
+                }
+            }
+            let users = still_joined;
+            if send_empty || !users.is_empty() {
+                ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
+            }
+        }
+    }
+    if room_event_passes(ephemeral_filter, room_id, "m.receipt") {
+        if let Some(content) = sources.receipts.room_since(room_id, since, now, user_id)? {
+            ephemeral.push(json!({"type": "m.receipt", "content": content}));
+        }
+    }
+    ephemeral.truncate(limit_of(ephemeral_filter.limit));
+
+    // Room account data (tags, the fully read marker, anything the client set).
+    let account_filter = &request.filter.room.account_data;
+    let entries = match since {
+        None => sources.account_data.room(user_id, room_id)?,
+        Some(_) => pass
+            .room_account_data
+            .remove(room_id.as_str())
+            .unwrap_or_default(),
+    };
+    let mut account_data: Vec<Value> = entries
+        .into_iter()
+        .filter(|(kind, _)| room_event_passes(account_filter, room_id, kind))
+        .filter_map(|(kind, content)| {
+            let content: Value = serde_json::from_slice(&content).ok()?;
+            Some(json!({"type": kind, "content": content}))
+        })
+        .collect();
+    account_data.truncate(limit_of(account_filter.limit));
+
+    let mut room = match timeline {
+        Some(room) => room,
+        None if !ephemeral.is_empty() || !account_data.is_empty() => {
+            json!({"timeline": {"events": [], "limited": false}, "state": {"events": []}})
+        }
+        None => return Ok(None),
+    };
+
+    // The summary changes rarely; it is sent whenever membership changed in this batch or
+    // on a fresh start.
+    let members = rooms.members(record.sid)?;
+    let joined = members.iter().filter(|(_, m)| m == "join").count();
+    let invited = members.iter().filter(|(_, m)| m == "invite").count();
+    let heroes: Vec<&str> = members
+        .iter()
+        .filter(|(u, m)| u != user_id.as_str() && (m == "join" || m == "invite"))
+        .map(|(u, _)| u.as_str())
+        .take(HEROES)
+        .collect();
+    room["summary"] = json!({
+        "m.heroes": heroes,
+        "m.joined_member_count": joined,
+        "m.invited_member_count": invited,
+    });
+    room["ephemeral"] = json!({ "events": ephemeral });
+    room["account_data"] = json!({ "events": account_data });
+
+    let counts = unread::room_counts(
+        rooms,
+        sources.receipts,
+        &pass.ruleset,
+        user_id,
+        room_id,
+        now,
+    )
+    .await?;
+    if request.filter.room.timeline.unread_thread_notifications {
+        room["unread_notifications"] = counts.main.json();
+        let threads: Map<String, Value> = counts
+            .threads
+            .iter()
+            .filter(|(_, c)| c.notifications > 0 || c.highlights > 0)
+            .map(|(root, c)| (root.clone(), c.json()))
+            .collect();
+        if !threads.is_empty() {
+            room["unread_thread_notifications"] = Value::Object(threads);
+        }
+    } else {
+        room["unread_notifications"] = counts.total().json();
+    }
+    Ok(Some(room))
+}
+
+/// The timeline and state of a room between `since` (exclusive) and `upto` (inclusive).
+pub(super) fn room_timeline(
+    sources: &Sources<'_>,
+    request: &SyncRequest<'_>,
+    room_id: &RoomId,
+    since: Option<u64>,
+    upto: u64,
+    skip_if_empty: bool,
+) -> Result<Option<Value>> {
+    let rooms = sources.rooms;
+    let Some(record) = rooms.room(room_id)? else {
+        return Ok(None);
+    };
+    let filter = &request.filter.room.timeline;
+    let limit = filter
+        .limit
+        .map(|l| usize::try_from(u64::from(l)).unwrap_or(MAX_TIMELINE_LIMIT))
+        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+        .clamp(1, MAX_TIMELINE_LIMIT);
+    let viewer = Viewer {
+        user_id: request.user_id,
+        device_id: Some(request.device_id),
+    };
+
+    // Newest first, down to the token; one more than the limit tells whether it is limited.
+    let mut picked: Vec<StoredEvent> = Vec::new();
+    let mut limited = false;
+    let mut cursor = Some(upto);
+    let mut budget = limit * 20 + 100;
+    'scan: while let Some(from) = cursor {
+        let page = rooms.timeline(record.sid, Some(from), true, limit + 1)?;
+        if page.is_empty() {
+            break;
+        }
+        for event in page {
+            cursor = event.sid.checked_sub(1);
+            budget = budget.saturating_sub(1);
+            if since.is_some_and(|s| event.sid <= s) {
+                break 'scan;
+            }
+            if !rooms.can_see(request.user_id, &event)? {
+                // History the user may not read ends the timeline here.
+                limited = true;
+                break 'scan;
+            }
+            if !event_passes(filter, &event) {
+                continue;
+            }
+            if picked.len() == limit || budget == 0 {
+                limited = true;
+                break 'scan;
+            }
+            picked.push(event);
+        }
+    }
+    picked.reverse();
+    if skip_if_empty && picked.is_empty() && since.is_some() && !request.full_state {
+        return Ok(None);
+    }
+
+    // State: everything the client lacks before the first timeline event.
+    let start_head = match picked.first() {
+        Some(first) => first.meta.state_link,
+        None => record.last_state,
+    };
+    let full = since.is_none() || request.full_state;
+    let lazy = matches!(
+        request.filter.room.state.lazy_load_options,
+        LazyLoadOptions::Enabled { .. }
+    );
+    let include_redundant = matches!(
+        request.filter.room.state.lazy_load_options,
+        LazyLoadOptions::Enabled {
+            include_redundant_members: true
+        }
+    );
+    let timeline_senders: HashSet<&str> = picked.iter().map(|e| e.meta.sender.as_str()).collect();
+    let timeline_sids: HashSet<u64> = picked.iter().map(|e| e.sid).collect();
+    let mut state = Vec::new();
+    for (kind, key, sid) in rooms.full_state_at(start_head)? {
+        if timeline_sids.contains(&sid) {
+            continue;
+        }
+        if !full && since.is_some_and(|s| sid <= s) {
+            continue;
+        }
+        if lazy && kind == "m.room.member" && key != request.user_id.as_str() {
+            // Lazy loading: only members who sent something in this timeline (the client
+            // has the others or will fetch them), unless it asked for redundant ones.
+            if !timeline_senders.contains(key.as_str()) {
+                continue;
+            }
+            if !include_redundant && !full && since.is_some_and(|s| sid <= s) {
+                continue;
+            }
+        }
+        if let Some(event) = rooms.event_by_sid(sid)? {
+            if event_passes(&request.filter.room.state, &event) {
+                state.push(rooms.client_event(&event, Some(viewer)));
+            }
+        }
+    }
+
+    let prev_batch = picked.first().map(|e| e.sid.to_string());
+    // Timeline events carry their bundled aggregations (threads, edits, references), as on
+    // every other read path.
+    let events: Vec<Value> = picked
+        .iter()
+        .map(|e| rooms.client_event_bundled(e, Some(viewer)))
+        .collect::<Result<_>>()?;
+    let mut timeline = json!({"events": events, "limited": limited});
+    if let Some(prev_batch) = prev_batch {
+        timeline["prev_batch"] = json!(prev_batch);
+    }
+    Ok(Some(
+        json!({"timeline": timeline, "state": {"events": state}}),
+    ))
+}
