@@ -300,10 +300,15 @@ pub struct WellKnown {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Media {
-    /// Total bytes of media each local user may upload; 0 means no quota.
+    /// Total bytes of media each local user may upload; 0 means no quota. Uploads in progress
+    /// count against it. Default 1 GiB: ten active users then fit in 10 GiB, a fraction of the
+    /// SD card or USB disk of a small board, and one account cannot fill the disk alone.
+    /// Raise it (or set 0) in the config for larger servers.
     pub quota_bytes_per_user: u64,
     /// Largest image (width × height, in pixels) the server decodes to make a thumbnail (> 0).
-    /// Larger images are refused with 413 `M_TOO_LARGE` (decompression bombs).
+    /// Larger images are refused with 413 `M_TOO_LARGE` (decompression bombs). Default 12 MP,
+    /// a phone camera's photo: 48 MB decoded (RGBA), and thumbnails are made one at a time,
+    /// which a 512 MB board can afford.
     pub max_thumbnail_pixels: u64,
     /// The "freeze" of the deprecated unauthenticated media endpoints, as `YYYY-MM-DD` (UTC):
     /// media uploaded on or after that day is only served by the authenticated endpoints.
@@ -344,8 +349,8 @@ impl Default for Config {
 impl Default for Media {
     fn default() -> Self {
         Media {
-            quota_bytes_per_user: 0,
-            max_thumbnail_pixels: 40_000_000,
+            quota_bytes_per_user: 1 << 30,
+            max_thumbnail_pixels: 12_000_000,
             legacy_download_freeze: Some("2024-09-01".into()),
         }
     }

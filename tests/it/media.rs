@@ -589,6 +589,132 @@ async fn limits_size_and_quota() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// Bytes in the temporary files of uploads in progress.
+fn tmp_bytes(data_dir: &Path) -> u64 {
+    std::fs::read_dir(data_dir.join("media/tmp"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.metadata().map_or(0, |m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Sends `head` and the first body parts, keeping the connection open for more.
+async fn start_raw(srv: &TestServer, head: String, parts: &[&[u8]]) -> tokio::net::TcpStream {
+    let addr = srv.base.strip_prefix("http://").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for part in parts {
+        stream.write_all(part).await.unwrap();
+    }
+    stream
+}
+
+/// Uploads `data` with a declared length; returns the status and errcode (if any).
+async fn try_upload(srv: &TestServer, token: &str, data: Vec<u8>) -> (StatusCode, String) {
+    let response = request(
+        srv,
+        Method::POST,
+        &format!("{LEGACY}/upload"),
+        Some(token),
+        &[("content-type", "application/octet-stream")],
+        Some(data),
+    )
+    .await;
+    let (status, body) = json_of(response).await;
+    (status, errcode(&body).to_owned())
+}
+
+#[tokio::test]
+async fn uploads_in_progress_count_against_the_quota() {
+    let srv = TestServer::start_with(|c| c.media.quota_bytes_per_user = 1_500_000).await;
+    let (_, token, _) = srv.register("alice", "pw").await;
+    let data_dir = srv.config.data_dir.clone();
+
+    // A big streamed upload (chunked: no declared length) is under way with 1,000,000 bytes
+    // received and not finished.
+    let chunk = bytes(250_000, 11);
+    let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+    framed.extend_from_slice(&chunk);
+    framed.extend_from_slice(b"\r\n");
+    let head = format!(
+        "POST {LEGACY}/upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+         content-type: video/mp4\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    let parts = [framed.as_slice(); 4];
+    let mut first = start_raw(&srv, head, &parts).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tmp_bytes(&data_dir) < 1_000_000 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        tmp_bytes(&data_dir),
+        1_000_000,
+        "the first upload is received"
+    );
+
+    // Nothing is committed yet, so only the bytes in flight stand between a second 1 MB
+    // upload and the 1.5 MB quota: it is refused, declared or streamed.
+    assert_eq!(
+        try_upload(&srv, &token, bytes(1_000_000, 12)).await,
+        (StatusCode::FORBIDDEN, "M_FORBIDDEN".to_owned())
+    );
+    let head = format!(
+        "POST {LEGACY}/upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+         content-type: video/mp4\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    let f = framed.as_slice();
+    let answer = raw_http(&srv, head, &[f, f, f, b"0\r\n\r\n"]).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("M_FORBIDDEN"), "{answer}");
+    // What is left of the quota is still usable.
+    assert_eq!(
+        try_upload(&srv, &token, bytes(400_000, 13)).await.0,
+        StatusCode::OK
+    );
+
+    // The first upload completes within the quota it held all along.
+    first.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut answer))
+        .await
+        .expect("first upload answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // An abandoned upload gives its hold back: 100,000 bytes declared, then the client leaves.
+    let head = format!(
+        "POST {LEGACY}/upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+         content-type: video/mp4\r\ncontent-length: 100000\r\n\r\n"
+    );
+    let abandoned = start_raw(&srv, head, &[&bytes(10_000, 14)]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tmp_bytes(&data_dir) < 10_000 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While it is held, the last 100,000 bytes of quota are taken.
+    assert_eq!(
+        try_upload(&srv, &token, bytes(100_000, 15)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    drop(abandoned);
+    // The server notices the disconnect within moments; then the hold is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut status = StatusCode::FORBIDDEN;
+    while status == StatusCode::FORBIDDEN && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = try_upload(&srv, &token, bytes(100_000, 15)).await.0;
+    }
+    assert_eq!(status, StatusCode::OK);
+    // Exactly full now.
+    assert_eq!(
+        try_upload(&srv, &token, vec![1]).await,
+        (StatusCode::FORBIDDEN, "M_FORBIDDEN".to_owned())
+    );
+}
+
 #[tokio::test]
 async fn interrupted_upload_leaves_nothing() {
     let srv = server().await;

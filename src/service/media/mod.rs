@@ -10,7 +10,7 @@
 
 pub mod thumbnail;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -90,6 +90,11 @@ pub const MAX_PENDING_PER_USER: usize = 16;
 pub const MAX_WAIT_MS: u64 = 120_000;
 /// Longest a thumbnail may take to make.
 pub const THUMBNAIL_TIME: Duration = Duration::from_secs(30);
+/// Thumbnail jobs run at once. Each holds a decoded image (up to `max_thumbnail_pixels` × 4
+/// bytes, 48 MB at the default 12 MP) plus the resized copy: one at a time keeps the peak
+/// within what a 512 MB board can spare; other requests wait for the slot (up to
+/// [`THUMBNAIL_TIME`]).
+pub const THUMBNAIL_JOBS: usize = 1;
 
 /// Metadata given with an upload.
 #[derive(Debug, Clone, Default)]
@@ -114,6 +119,32 @@ pub struct Media {
     thumb_jobs: Arc<tokio::sync::Semaphore>,
     /// Wakes downloads waiting for an asynchronous upload.
     uploaded: tokio::sync::Notify,
+    /// `user → bytes` reserved by uploads in progress. Invariant: for every user,
+    /// committed usage + reservations ≤ quota, so concurrent uploads cannot together pass it.
+    in_flight: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+}
+
+/// Quota bytes an upload in progress holds; released when dropped (after the commit has
+/// moved them into the committed usage, or when the upload fails).
+struct Reservation {
+    user: String,
+    held: u64,
+    in_flight: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.held == 0 {
+            return;
+        }
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.user) {
+            *n = n.saturating_sub(self.held);
+            if *n == 0 {
+                map.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// An owned temporary file removed when dropped, unless kept.
@@ -145,8 +176,9 @@ impl Media {
             max_pixels: config.media.max_thumbnail_pixels,
             freeze_ms: config.media.legacy_freeze_ms(),
             blob_lock: tokio::sync::Mutex::new(()),
-            thumb_jobs: Arc::new(tokio::sync::Semaphore::new(2)),
+            thumb_jobs: Arc::new(tokio::sync::Semaphore::new(THUMBNAIL_JOBS)),
             uploaded: tokio::sync::Notify::new(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -174,17 +206,39 @@ impl Media {
             .unwrap_or(0))
     }
 
-    fn check_quota(&self, user: &UserId, size: u64) -> Result<()> {
-        if self.quota == 0 {
+    fn quota_exceeded(&self, used: u64, size: u64) -> Error {
+        Error::forbidden(format!(
+            "Media quota exceeded: {used} of {} bytes used or held by uploads in progress, \
+             this upload needs {size}",
+            self.quota
+        ))
+    }
+
+    /// An empty reservation for an upload by `user`.
+    fn reservation(&self, user: &UserId) -> Reservation {
+        Reservation {
+            user: user.to_string(),
+            held: 0,
+            in_flight: self.in_flight.clone(),
+        }
+    }
+
+    /// Grows `r` to hold `total` bytes of quota, or refuses if the committed usage plus every
+    /// upload in progress (this one included) would pass the quota.
+    fn reserve(&self, r: &mut Reservation, total: u64) -> Result<()> {
+        if self.quota == 0 || total <= r.held {
             return Ok(());
         }
-        let used = self.usage(user)?;
-        if used.saturating_add(size) > self.quota {
-            return Err(Error::forbidden(format!(
-                "Media quota exceeded: {used} of {} bytes used, this upload needs {size}",
-                self.quota
-            )));
+        let more = total - r.held;
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let held_by_all = map.get(&r.user).copied().unwrap_or(0);
+        let used = self.store.get::<MediaUsage>(&r.user)?.unwrap_or(0);
+        let after = used.saturating_add(held_by_all).saturating_add(more);
+        if after > self.quota {
+            return Err(self.quota_exceeded(used.saturating_add(held_by_all), total));
         }
+        *map.entry(r.user.clone()).or_insert(0) += more;
+        r.held = total;
         Ok(())
     }
 
@@ -230,17 +284,19 @@ impl Media {
     where
         S: Stream<Item = Result<Bytes>> + Send,
     {
+        // Quota held by this upload while it streams: the declared length up front, else
+        // growing with the bytes received.
+        let mut reservation = self.reservation(user);
         if let Some(len) = meta.declared_len {
             self.check_size(len)?;
-            self.check_quota(user, len)?;
+            self.reserve(&mut reservation, len)?;
         }
         let pending = match media_id {
             Some(id) => Some((id.to_owned(), self.pending_for_upload(user, id)?)),
             None => None,
         };
 
-        let (tmp, sha256, size) = self.receive(body).await?;
-        self.check_quota(user, size)?;
+        let (tmp, sha256, size) = self.receive(body, Some(&mut reservation)).await?;
 
         let media_id = match &pending {
             Some((id, _)) => id.clone(),
@@ -255,17 +311,11 @@ impl Media {
             created_ms: now_ms(),
         };
         let _guard = self.blob_lock.lock().await;
-        // The quota is checked (again, now serialised with other uploads) before the file is
-        // placed, so a refused upload leaves nothing behind.
+        // The reservation already holds `size` bytes of quota for this upload, so the commit
+        // below cannot take the user past it; the reservation is released (dropped) only
+        // after the usage counter includes the upload.
         let user_key = user.to_string();
         let used = self.store.get::<MediaUsage>(&user_key)?;
-        if self.quota != 0 && used.unwrap_or(0) + size > self.quota {
-            drop(_guard);
-            return Err(self
-                .check_quota(user, size)
-                .err()
-                .unwrap_or_else(|| Error::forbidden("Media quota exceeded")));
-        }
         self.place_blob(tmp, &sha256).await?;
         let mut batch = Batch::new();
         self.stage_blob_ref(&mut batch, &sha256, 1)?;
@@ -289,6 +339,7 @@ impl Media {
             });
         }
         drop(_guard);
+        drop(reservation);
         self.uploaded.notify_waiters();
         log::info!(
             "{user} uploaded {} ({size} bytes, sha256 {sha256})",
@@ -332,7 +383,12 @@ impl Media {
 
     /// Streams `body` into a temporary file, hashing it; returns the synced file, its hash and
     /// size. Any error (too large, connection lost) removes the file.
-    async fn receive<S>(&self, body: S) -> Result<(TempFile, String, u64)>
+    /// With a reservation, the upload's quota hold grows with the bytes received.
+    async fn receive<S>(
+        &self,
+        body: S,
+        mut reservation: Option<&mut Reservation>,
+    ) -> Result<(TempFile, String, u64)>
     where
         S: Stream<Item = Result<Bytes>> + Send,
     {
@@ -348,6 +404,9 @@ impl Media {
             let chunk = chunk?;
             size += chunk.len() as u64;
             self.check_size(size)?;
+            if let Some(r) = reservation.as_deref_mut() {
+                self.reserve(r, size)?;
+            }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(io_error)?;
         }
@@ -579,7 +638,10 @@ impl Media {
         };
         let size = made.bytes.len() as u64;
         let (tmp, sha256, _) = self
-            .receive(futures_util::stream::iter([Ok(Bytes::from(made.bytes))]))
+            .receive(
+                futures_util::stream::iter([Ok(Bytes::from(made.bytes))]),
+                None,
+            )
             .await?;
         let thumb = ThumbRecord {
             sha256: sha256.clone(),
