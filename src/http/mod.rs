@@ -178,17 +178,51 @@ where
         user,
         access_token: token,
     };
-    route
-        .call(
-            services.clone(),
-            Incoming {
-                request,
-                path_args,
-                ctx,
-                body_stream,
-            },
-        )
-        .await
+    let handling = route.call(
+        services.clone(),
+        Incoming {
+            request,
+            path_args,
+            ctx,
+            body_stream,
+        },
+    );
+    match CatchUnwind(handling).await {
+        Ok(result) => result,
+        Err(panic) => {
+            // A last net: no request may reach a panic (bodies that make a parser panic are
+            // refused before it), but if one does, the client gets an answer instead of a
+            // reset connection.
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log::error!("request handler panicked: {message}");
+            Err(Error::unknown("Internal error"))
+        }
+    }
+}
+
+/// Polls a future, turning a panic inside it into an `Err` with the panic's payload.
+struct CatchUnwind<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        // Unwind safety: after a panic the future is never polled again; it is only dropped.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(inner).poll(cx)
+        })) {
+            Ok(poll) => poll.map(Ok),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// The access token from `Authorization: Bearer` or, deprecated, the `access_token` query

@@ -193,3 +193,124 @@ async fn trailing_garbage_after_json_is_not_json() {
     .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
 }
+
+/// Bodies of every JSON type and with wrongly typed well-known fields, sent to many
+/// endpoints: each answers a Matrix error or success, never a reset connection (a panic) or a
+/// 500. `POST /login` with `{}` used to panic inside ruma's login parser.
+#[tokio::test]
+async fn odd_bodies_never_reach_a_panic() {
+    let srv = TestServer::start().await;
+    let (user, token, device) = srv.register("alice", "password").await;
+    let room = create_room(&srv, &token, json!({})).await;
+    let (r, u) = (enc(&room), enc(&user));
+    let post = |path: String| (Method::POST, path);
+    let put = |path: String| (Method::PUT, path);
+    let v3 = |path: &str| format!("/_matrix/client/v3{path}");
+    let endpoints = [
+        post(v3("/login")),
+        post(v3("/register")),
+        post(v3("/refresh")),
+        post(v3("/createRoom")),
+        post(v3(&format!("/join/{r}"))),
+        post(v3(&format!("/knock/{r}"))),
+        post(v3(&format!("/rooms/{r}/invite"))),
+        post(v3(&format!("/rooms/{r}/kick"))),
+        post(v3(&format!("/rooms/{r}/ban"))),
+        post(v3(&format!("/rooms/{r}/unban"))),
+        post(v3(&format!("/rooms/{r}/read_markers"))),
+        post(v3(&format!("/rooms/{r}/receipt/m.read/%24x"))),
+        post(v3(&format!("/rooms/{r}/report/%24x"))),
+        post(v3(&format!("/rooms/{r}/upgrade"))),
+        put(v3(&format!("/rooms/{r}/send/m.room.message/t1"))),
+        put(v3(&format!("/rooms/{r}/send/m.room.redaction/t2"))),
+        put(v3(&format!("/rooms/{r}/state/m.room.power_levels"))),
+        put(v3(&format!("/rooms/{r}/state/m.room.member/{u}"))),
+        put(v3(&format!("/rooms/{r}/redact/%24x/t3"))),
+        put(v3(&format!("/rooms/{r}/typing/{u}"))),
+        put(v3(&format!("/user/{u}/account_data/m.push_rules"))),
+        put(v3(&format!("/user/{u}/rooms/{r}/account_data/m.tag"))),
+        put(v3(&format!("/user/{u}/rooms/{r}/tags/u.t"))),
+        put(v3(&format!("/profile/{u}/displayname"))),
+        put(v3(&format!("/profile/{u}/avatar_url"))),
+        put(v3(&format!("/presence/{u}/status"))),
+        post(v3(&format!("/user/{u}/filter"))),
+        put(v3(&format!("/directory/list/room/{r}"))),
+        put(v3("/directory/room/%23a%3Alocalhost")),
+        post(v3("/publicRooms")),
+        post(v3("/user_directory/search")),
+        post(v3("/keys/upload")),
+        post(v3("/keys/query")),
+        post(v3("/keys/claim")),
+        post(v3("/keys/device_signing/upload")),
+        post(v3("/keys/signatures/upload")),
+        put(v3("/sendToDevice/m.test/t4")),
+        put(v3("/pushrules/global/override/x")),
+        put(v3(&format!("/devices/{device}"))),
+        post(v3("/delete_devices")),
+        post(v3("/account/password")),
+        post(v3("/room_keys/version")),
+    ];
+    let bodies = [
+        "{}",
+        "[]",
+        "null",
+        "1",
+        "\"s\"",
+        "true",
+        r#"{"type": 1}"#,
+        r#"{"type": null}"#,
+        r#"{"type": "m.login.password"}"#,
+        r#"{"type": "m.login.token", "token": 5}"#,
+        r#"{"identifier": 5, "password": 5}"#,
+        r#"{"identifier": {}}"#,
+        r#"{"auth": 5}"#,
+        r#"{"auth": {}}"#,
+        r#"{"auth": {"type": 1, "session": []}}"#,
+        r#"{"device_keys": 5, "one_time_keys": [], "fallback_keys": null}"#,
+        r#"{"messages": 5}"#,
+        r#"{"messages": {"@a:b": {"D": 5}}}"#,
+        r#"{"user_id": 5, "reason": []}"#,
+        r#"{"filter": 5, "limit": "x", "since": []}"#,
+        r#"{"visibility": 1, "room_id": 2}"#,
+        r#"{"typing": "yes", "timeout": -1}"#,
+        r#"{"m.fully_read": 5, "m.read": {}}"#,
+        r#"{"membership": 1, "users": "x"}"#,
+        r#"{"new_version": 1}"#,
+        r#"{"actions": 1, "conditions": {}}"#,
+    ];
+    for (method, path) in &endpoints {
+        for body in bodies {
+            let response = srv
+                .http
+                .request(method.clone(), format!("{}{path}", srv.base))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path} {body}: no answer: {e}"));
+            let status = response.status();
+            let reply: serde_json::Value = response.json().await.unwrap_or_default();
+            assert!(
+                status.as_u16() < 500,
+                "{method} {path} {body}: {status} {reply}"
+            );
+            // A user-interactive authentication challenge (401 with flows) has no errcode.
+            if !status.is_success() && reply.get("flows").is_none() {
+                assert!(
+                    errcode(&reply).starts_with("M_"),
+                    "{method} {path} {body}: {status} {reply}"
+                );
+            }
+        }
+    }
+    // The login refusals are the spec's: 400 with a JSON error.
+    for body in ["{}", r#"{"password": "x"}"#, r#"{"type": 5}"#, "[]"] {
+        let response = srv
+            .raw(Method::POST, "/_matrix/client/v3/login", None, Some(body))
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let reply: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(errcode(&reply), "M_BAD_JSON", "{body}: {reply}");
+    }
+}
