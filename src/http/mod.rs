@@ -2,6 +2,7 @@
 //! request shares — CORS, body limits, authentication, rate limiting and the request log —
 //! so handlers only decode, call a service and encode.
 
+pub mod query;
 pub mod ratelimit;
 pub mod router;
 pub mod tls;
@@ -151,6 +152,7 @@ where
         return Err(Error::missing_token("Missing access token"));
     }
     limited(user.as_ref().map(|u| &u.user_id))?;
+    query::check_enums(&raw.query)?;
 
     let (body, body_stream) = if route.streams_body {
         let stream = body.map(|chunk| match chunk {

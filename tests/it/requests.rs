@@ -314,3 +314,61 @@ async fn odd_bodies_never_reach_a_panic() {
         assert_eq!(errcode(&reply), "M_BAD_JSON", "{body}: {reply}");
     }
 }
+
+/// Query parameters with a fixed set of values refuse anything else with M_INVALID_PARAM
+/// rather than ignoring it or reading it as a default.
+#[tokio::test]
+async fn query_enums_outside_their_values_are_invalid_param() {
+    let srv = TestServer::start().await;
+    let (_, token, _) = srv.register("alice", "password").await;
+    let room = create_room(&srv, &token, json!({})).await;
+    let r = enc(&room);
+    let v3 = |path: &str| format!("/_matrix/client/v3{path}");
+    let refused = [
+        v3(&format!("/rooms/{r}/members?membership=joined")),
+        v3(&format!("/rooms/{r}/members?not_membership=nope")),
+        v3(&format!("/rooms/{r}/members?membership=")),
+        v3(&format!("/rooms/{r}/state/m.room.create/?format=full")),
+        v3(&format!("/rooms/{r}/state/m.room.create?format=1")),
+        v3(&format!("/rooms/{r}/messages?dir=x")),
+        v3(&format!("/rooms/{r}/messages?dir=")),
+        v3(&format!("/rooms/{r}/messages?dir=b&limit=ten")),
+        v3("/sync?full_state=yes&timeout=0"),
+        v3("/sync?full_state=1&timeout=0"),
+        v3("/sync?timeout=soon"),
+        v3("/sync?set_presence=busy&timeout=0"),
+        format!("/_matrix/client/v1/rooms/{r}/hierarchy?suggested_only=maybe"),
+        format!("/_matrix/client/v1/rooms/{r}/hierarchy?max_depth=-1"),
+        format!("/_matrix/client/v1/rooms/{r}/relations/%24x?dir=up"),
+        format!("/_matrix/client/v1/rooms/{r}/threads?include=some"),
+        format!("/_matrix/client/v1/rooms/{r}/timestamp_to_event?ts=1&dir=x"),
+    ];
+    let mut wrong = Vec::new();
+    for path in &refused {
+        let (status, body) = srv.get(path, Some(&token)).await;
+        if status != StatusCode::BAD_REQUEST || errcode(&body) != "M_INVALID_PARAM" {
+            let body: String = body.to_string().chars().take(200).collect();
+            wrong.push(format!("{path}: {status} {body}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "accepted or wrong error:\n{}",
+        wrong.join("\n")
+    );
+    // The same parameters with their spec values are accepted.
+    let accepted = [
+        v3(&format!(
+            "/rooms/{r}/members?membership=join&not_membership=leave"
+        )),
+        v3(&format!("/rooms/{r}/state/m.room.create/?format=event")),
+        v3(&format!("/rooms/{r}/state/m.room.create?format=content")),
+        v3(&format!("/rooms/{r}/messages?dir=f")),
+        v3("/sync?full_state=true&timeout=0&set_presence=online"),
+        format!("/_matrix/client/v1/rooms/{r}/hierarchy?suggested_only=false"),
+    ];
+    for path in &accepted {
+        let (status, body) = srv.get(path, Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+}
