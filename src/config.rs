@@ -266,6 +266,18 @@ pub struct Limits {
     pub max_request_bytes: u64,
     /// Largest media upload, in bytes (> 0).
     pub max_upload_bytes: u64,
+    /// Seconds a client may take to send a request head, to send each piece of a body, and
+    /// to stay idle between requests on a kept-alive connection (>= 1).
+    pub read_timeout_secs: u64,
+    /// Open connections over all listeners (>= 1); at the cap, new clients wait until one
+    /// closes.
+    pub max_connections: u32,
+}
+
+impl Limits {
+    pub fn read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.read_timeout_secs)
+    }
 }
 
 /// Token-bucket rate limits (`[rate_limit]`); exceeding them answers `M_LIMIT_EXCEEDED`.
@@ -411,6 +423,8 @@ impl Default for Limits {
         Limits {
             max_request_bytes: 1024 * 1024,
             max_upload_bytes: 50 * 1024 * 1024,
+            read_timeout_secs: 30,
+            max_connections: 512,
         }
     }
 }
@@ -547,6 +561,8 @@ impl Config {
         for (key, v) in [
             ("limits.max_request_bytes", lim.max_request_bytes),
             ("limits.max_upload_bytes", lim.max_upload_bytes),
+            ("limits.read_timeout_secs", lim.read_timeout_secs),
+            ("limits.max_connections", lim.max_connections.into()),
             ("storage.cache_mb", self.storage.cache_mb),
             (
                 "media.max_thumbnail_pixels",

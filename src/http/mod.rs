@@ -2,6 +2,7 @@
 //! request shares — CORS, body limits, authentication, rate limiting and the request log —
 //! so handlers only decode, call a service and encode.
 
+pub mod listener;
 pub mod query;
 pub mod ratelimit;
 pub mod router;
@@ -19,12 +20,13 @@ pub use router::{
     Auth, Authed, BodyStream, Ctx, Incoming, Outgoing, Response, Router, StreamResponse,
 };
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves `router` on `listener` (HTTPS when `tls` is set) until `shutdown` resolves.
 pub async fn serve(
     services: Arc<Services>,
     router: Arc<Router>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<tls::TlsServer>>,
+    limits: listener::ConnLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let filter = warp::any()
@@ -33,11 +35,8 @@ pub async fn serve(
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
         .and(
-            warp::addr::remote()
-                .and(warp::ext::optional::<tls::PeerAddr>())
-                .map(|remote: Option<SocketAddr>, peer: Option<tls::PeerAddr>| {
-                    remote.or(peer.map(|p| p.0))
-                }),
+            warp::ext::optional::<listener::PeerAddr>()
+                .map(|p: Option<listener::PeerAddr>| p.map(|p| p.0)),
         )
         .and(warp::body::stream())
         .then(
@@ -52,16 +51,7 @@ pub async fn serve(
                 dispatch(services.clone(), router.clone(), request, body)
             },
         );
-    match tls {
-        None => {
-            warp::serve(filter)
-                .incoming(listener)
-                .graceful(shutdown)
-                .run()
-                .await
-        }
-        Some(tls) => tls::serve(warp::service(filter), listener, tls, shutdown).await,
-    }
+    listener::serve(warp::service(filter), listener, tls, limits, shutdown).await
 }
 
 struct RawRequest {
@@ -154,15 +144,17 @@ where
     limited(user.as_ref().map(|u| &u.user_id))?;
     query::check_enums(&raw.query)?;
 
+    let read_timeout = services.config.limits.read_timeout();
     let (body, body_stream) = if route.streams_body {
-        let stream = body.map(|chunk| match chunk {
-            Ok(mut chunk) => Ok(chunk.copy_to_bytes(chunk.remaining())),
-            Err(e) => Err(Error::bad_json(format!("Cannot read request body: {e}"))),
-        });
+        let stream = timed_body(body, read_timeout)
+            .map(|chunk| chunk.map(|mut chunk| chunk.copy_to_bytes(chunk.remaining())));
         (Vec::new(), Some(Box::pin(stream) as BodyStream))
     } else {
         let limit = services.config.limits.max_request_bytes as usize;
-        (collect_body(body, limit).await?, None)
+        (
+            collect_body(timed_body(body, read_timeout), limit).await?,
+            None,
+        )
     };
     let uri = if raw.query.is_empty() {
         raw.path
@@ -267,18 +259,52 @@ fn form_urlencoded_value(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// The request body as it arrives, failing when a piece takes longer than `timeout` (a client
+/// that stalls mid-body must not hold its connection forever) or the client goes away.
+fn timed_body<S, B>(
+    body: S,
+    timeout: std::time::Duration,
+) -> impl Stream<Item = Result<B, Error>> + Send + 'static
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send + 'static,
+{
+    futures_util::stream::unfold(Some(Box::pin(body)), move |body| async move {
+        let mut body = body?;
+        match tokio::time::timeout(timeout, body.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+            Ok(Some(Err(e))) => {
+                // Almost always the client hanging up: nobody is left to read an answer.
+                log::debug!("cannot read request body: {e}");
+                Some((
+                    Err(Error::bad_json(format!("Cannot read request body: {e}"))),
+                    None,
+                ))
+            }
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(Error::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "M_UNKNOWN",
+                    format!("No request body data for {}s", timeout.as_secs_f64()),
+                )),
+                None,
+            )),
+        }
+    })
+}
+
 /// Reads the body, refusing it with 413 as soon as it passes `limit` (whatever the declared
 /// Content-Length says).
 async fn collect_body<S, B>(body: S, limit: usize) -> Result<Vec<u8>, Error>
 where
-    S: Stream<Item = Result<B, warp::Error>> + Send,
+    S: Stream<Item = Result<B, Error>> + Send,
     B: Buf,
 {
     let mut body = std::pin::pin!(body);
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk =
-            chunk.map_err(|e| Error::bad_json(format!("Cannot read request body: {e}")))?;
+        let mut chunk = chunk?;
         if out.len() + chunk.remaining() > limit {
             return Err(Error::too_large(format!(
                 "Request body is larger than {limit} bytes"
