@@ -151,9 +151,10 @@ impl Server {
         format!("http://{}", self.addrs[0])
     }
 
-    /// Stops accepting, lets in-flight requests finish (for at most
+    /// Stops accepting, wakes long-polls, lets in-flight requests finish (for at most
     /// [`http::listener::DRAIN_DEADLINE`]), and closes the store.
     pub async fn stop(self) {
+        self.services.notifier.close();
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;

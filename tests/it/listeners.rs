@@ -122,3 +122,127 @@ async fn connection_cap_holds() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_hearth");
+
+/// The real binary: SIGTERM while a /sync long-polls with a 30 s timeout. The poll answers
+/// 200 at once with its current result, and the process exits 0 well before the drain
+/// deadline (10 s) and systemd's stop timeout (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_wakes_a_30s_long_poll_and_exits_promptly() {
+    use serde_json::{json, Value};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("HEARTH_DATA_DIR", dir.path())
+        .env("HEARTH_LISTENERS", format!("127.0.0.1:{port}"))
+        .env("HEARTH_BCRYPT_COST", "4")
+        .env("HEARTH_RATE_LIMIT__ENABLED", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .get(format!("{base}/_matrix/client/versions"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let register = |body: Value| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let r: Value = http
+                .post(format!("{base}/_matrix/client/v3/register"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r
+        }
+    };
+    let challenge = register(json!({"username": "dora", "password": "pw"})).await;
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    let done = register(json!({"username": "dora", "password": "pw",
+        "auth": {"type": "m.login.dummy", "session": session}}))
+    .await;
+    let token = done["access_token"].as_str().unwrap().to_owned();
+    let first: Value = http
+        .get(format!("{base}/_matrix/client/v3/sync"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let poll = {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        tokio::spawn(async move {
+            let r = http
+                .get(format!(
+                    "{base}/_matrix/client/v3/sync?timeout=30000&since={since}"
+                ))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("the long poll is answered");
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            (status, body, Instant::now())
+        })
+    };
+    // Let the poll settle into its wait.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!poll.is_finished(), "the long poll returned before SIGTERM");
+    let signalled = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let (status, body, answered) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the long poll is answered within 10 s of SIGTERM")
+        .unwrap();
+    let answered_after = answered - signalled;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["next_batch"].is_string(), "{body}");
+    assert!(
+        answered_after < Duration::from_secs(2),
+        "the long poll answered {answered_after:?} after SIGTERM"
+    );
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let exited_after = signalled.elapsed();
+    assert_eq!(exit.code(), Some(0), "exit status after SIGTERM");
+    assert!(
+        exited_after < Duration::from_secs(5),
+        "exited {exited_after:?} after SIGTERM"
+    );
+    eprintln!("long poll answered {answered_after:?}, exit {exited_after:?} after SIGTERM");
+}
