@@ -3,6 +3,7 @@
 //! so handlers only decode, call a service and encode.
 
 pub mod listener;
+pub mod proxy;
 pub mod query;
 pub mod ratelimit;
 pub mod router;
@@ -29,6 +30,9 @@ pub async fn serve(
     limits: listener::ConnLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let proxies = Arc::new(proxy::TrustedProxies::new(
+        services.config.trusted_proxies(),
+    ));
     let filter = warp::any()
         .and(warp::method())
         .and(warp::path::full())
@@ -48,7 +52,13 @@ pub async fn serve(
                     headers,
                     remote,
                 };
-                dispatch(services.clone(), router.clone(), request, body)
+                dispatch(
+                    services.clone(),
+                    router.clone(),
+                    proxies.clone(),
+                    request,
+                    body,
+                )
             },
         );
     listener::serve(warp::service(filter), listener, tls, limits, shutdown).await
@@ -65,6 +75,7 @@ struct RawRequest {
 async fn dispatch<S, B>(
     services: Arc<Services>,
     router: Arc<Router>,
+    proxies: Arc<proxy::TrustedProxies>,
     raw: RawRequest,
     body: S,
 ) -> StreamResponse
@@ -74,7 +85,13 @@ where
 {
     let started = Instant::now();
     let (method, path) = (raw.method.clone(), raw.path.clone());
-    let mut response = match route(&services, &router, raw, body).await {
+    // The client: the TCP peer, or behind a trusted reverse proxy the address it reports.
+    let peer = raw
+        .remote
+        .map(|a| a.ip())
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let ip = proxies.client_ip(peer, &raw.headers);
+    let mut response = match route(&services, &router, ip, raw, body).await {
         Ok(response) => response,
         Err(error) => {
             if error.status.is_server_error() {
@@ -87,7 +104,7 @@ where
     // The path may carry ids but never a token (those travel in a header or the query string,
     // which is not logged).
     log::info!(
-        "{method} {path} {} {:.1}ms",
+        "{ip} {method} {path} {} {:.1}ms",
         response.status().as_u16(),
         started.elapsed().as_secs_f64() * 1000.0
     );
@@ -97,6 +114,7 @@ where
 async fn route<S, B>(
     services: &Arc<Services>,
     router: &Router,
+    ip: std::net::IpAddr,
     raw: RawRequest,
     body: S,
 ) -> Result<Outgoing, Error>
@@ -117,10 +135,6 @@ where
         router::Match::BadPath => return Err(Error::invalid_param("Path is not valid UTF-8")),
     };
 
-    let ip = raw
-        .remote
-        .map(|a| a.ip())
-        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let token = access_token(&raw.headers, &raw.query)?;
     let limited = |user: Option<&ruma::OwnedUserId>| match services.rate_limiter.check(user, ip) {
         Ok(()) => Ok(()),

@@ -246,3 +246,82 @@ async fn sigterm_wakes_a_30s_long_poll_and_exits_promptly() {
     );
     eprintln!("long poll answered {answered_after:?}, exit {exited_after:?} after SIGTERM");
 }
+
+/// Sends unauthenticated requests (charged to the client IP's bucket) with the given
+/// forwarding header and returns how many were answered before the first 429.
+async fn answered_before_limit(srv: &TestServer, header: &str, values: &[String]) -> usize {
+    for (i, value) in values.iter().enumerate() {
+        let response = srv
+            .http
+            .get(format!("{}/_matrix/client/versions", srv.base))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return i;
+        }
+    }
+    values.len()
+}
+
+fn limited(c: &mut hearth::config::Config) {
+    c.rate_limit.enabled = true;
+    c.rate_limit.per_ip_burst = 2;
+    c.rate_limit.per_ip_per_second = 0.01;
+}
+
+#[tokio::test]
+async fn forwarded_for_is_honoured_only_from_trusted_proxies() {
+    let distinct: Vec<String> = (1..=6).map(|i| format!("198.51.100.{i}")).collect();
+
+    // No trusted proxies: a client cannot pick its own bucket by spoofing the headers.
+    let srv = TestServer::start_with(limited).await;
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &distinct).await,
+        2
+    );
+    let srv = TestServer::start_with(limited).await;
+    let forwarded: Vec<String> = distinct.iter().map(|ip| format!("for={ip}")).collect();
+    assert_eq!(
+        answered_before_limit(&srv, "forwarded", &forwarded).await,
+        2
+    );
+    // Trusting another network is not trusting this peer.
+    let srv = TestServer::start_with(|c| {
+        limited(c);
+        c.trusted_proxies = vec!["10.0.0.0/8".into()];
+    })
+    .await;
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &distinct).await,
+        2
+    );
+
+    // The peer (127.0.0.1) is a trusted proxy: each forwarded client has its own bucket.
+    let trusted = |c: &mut hearth::config::Config| {
+        limited(c);
+        c.trusted_proxies = vec!["127.0.0.1/32".into(), "::1".into()];
+    };
+    let srv = TestServer::start_with(trusted).await;
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &distinct).await,
+        6
+    );
+    let srv = TestServer::start_with(trusted).await;
+    assert_eq!(
+        answered_before_limit(&srv, "forwarded", &forwarded).await,
+        6
+    );
+    // ...and the client is the right-most untrusted hop: what it wrote itself to the left
+    // does not change its bucket.
+    let srv = TestServer::start_with(trusted).await;
+    let spoofed: Vec<String> = distinct
+        .iter()
+        .map(|ip| format!("{ip}, 203.0.113.5, 127.0.0.1"))
+        .collect();
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &spoofed).await,
+        2
+    );
+}
