@@ -67,6 +67,66 @@ pub struct Config {
     pub media: Media,
     /// HTTPS: automatic certificates (ACME), certificate files, or off (reverse proxy).
     pub tls: Tls,
+    /// Reverse proxies (CIDRs like `127.0.0.1/32`) whose `X-Forwarded-For` / `Forwarded`
+    /// headers name the client; from any other peer those headers are ignored. Empty: the
+    /// TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// An address block like `10.0.0.0/8` or `::1/128` (a bare address is a block of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Config {
+    /// `trusted_proxies`, parsed (validation has refused any that does not parse).
+    pub fn trusted_proxies(&self) -> Vec<Cidr> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let bits = |a: u128, b: u128, width: u8| {
+            let shift = width - self.prefix;
+            shift >= width || a >> shift == b >> shift
+        };
+        match (self.net, ip) {
+            (V4(net), V4(ip)) => bits(u32::from(net).into(), u32::from(ip).into(), 32),
+            (V6(net), V6(ip)) => bits(net.into(), ip.into(), 128),
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+        let net: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let width = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            width
+        } else {
+            prefix
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= width)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={width}"))?
+        };
+        Ok(Cidr { net, prefix })
+    }
 }
 
 /// HTTPS (`[tls]`). The `[[listeners]]` stay plain HTTP; `tls.listeners` are the HTTPS ones.
@@ -266,6 +326,18 @@ pub struct Limits {
     pub max_request_bytes: u64,
     /// Largest media upload, in bytes (> 0).
     pub max_upload_bytes: u64,
+    /// Seconds a client may take to send a request head, to send each piece of a body, and
+    /// to stay idle between requests on a kept-alive connection (>= 1).
+    pub read_timeout_secs: u64,
+    /// Open connections over all listeners (>= 1); at the cap, new clients wait until one
+    /// closes.
+    pub max_connections: u32,
+}
+
+impl Limits {
+    pub fn read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.read_timeout_secs)
+    }
 }
 
 /// Token-bucket rate limits (`[rate_limit]`); exceeding them answers `M_LIMIT_EXCEEDED`.
@@ -342,6 +414,7 @@ impl Default for Config {
             storage: Storage::default(),
             media: Media::default(),
             tls: Tls::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -416,6 +489,8 @@ impl Default for Limits {
         Limits {
             max_request_bytes: 1024 * 1024,
             max_upload_bytes: 50 * 1024 * 1024,
+            read_timeout_secs: 30,
+            max_connections: 512,
         }
     }
 }
@@ -548,10 +623,18 @@ impl Config {
                 format!("{} is listed twice", l.bind)
             })?;
         }
+        for (i, cidr) in self.trusted_proxies.iter().enumerate() {
+            let parsed = cidr.parse::<Cidr>();
+            check(parsed.is_ok(), &format!("trusted_proxies[{i}]"), || {
+                parsed.err().unwrap_or_default()
+            })?;
+        }
         let (lim, r) = (&self.limits, &self.rate_limit);
         for (key, v) in [
             ("limits.max_request_bytes", lim.max_request_bytes),
             ("limits.max_upload_bytes", lim.max_upload_bytes),
+            ("limits.read_timeout_secs", lim.read_timeout_secs),
+            ("limits.max_connections", lim.max_connections.into()),
             ("storage.cache_mb", self.storage.cache_mb),
             (
                 "media.max_thumbnail_pixels",
@@ -815,6 +898,12 @@ mod tests {
             ),
             ("[well_known]\nserver = \"x:y\"", "well_known.server"),
             ("[storage]\ncache_mb = 0", "storage.cache_mb"),
+            ("trusted_proxies = [\"10.0.0.0/33\"]", "trusted_proxies[0]"),
+            (
+                "trusted_proxies = [\"::1\", \"proxy\"]",
+                "trusted_proxies[1]",
+            ),
+            ("trusted_proxies = [\"10.0.0.1/x\"]", "trusted_proxies[0]"),
         ];
         for (text, key) in cases {
             match parse(text) {

@@ -150,8 +150,20 @@ fn serve(config: Config) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         shutdown_signal().await;
-        log::info!("shutting down");
-        server.stop().await;
+        log::info!(
+            "shutting down: waking long-polls, finishing requests (at most {}s)",
+            hearth::http::listener::DRAIN_DEADLINE.as_secs()
+        );
+        tokio::select! {
+            _ = server.stop() => {}
+            _ = shutdown_signal() => {
+                // Every acknowledged write is already durable: a second signal may cut the
+                // drain short without losing anything.
+                log::warn!("second signal: exiting without waiting for requests");
+                return Err("stopped by a second signal".to_owned());
+            }
+        }
+        log::info!("stopped");
         Ok(())
     })
 }

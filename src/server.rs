@@ -56,6 +56,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
                 Some(tls.clone().expect("validated: tls listeners need tls")),
             )
         }));
+    let limits = http::listener::ConnLimits::new(
+        config.limits.read_timeout(),
+        config.limits.max_connections as usize,
+    );
     for (bind, tls) in binds {
         let socket = tokio::net::TcpListener::bind(bind)
             .await
@@ -78,6 +82,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             router.clone(),
             socket,
             tls,
+            limits.clone(),
             signal,
         )));
         log::info!("listening on {scheme}://{addr} as {}", config.server_name);
@@ -146,8 +151,10 @@ impl Server {
         format!("http://{}", self.addrs[0])
     }
 
-    /// Stops accepting, lets in-flight requests finish, and closes the store.
+    /// Stops accepting, wakes long-polls, lets in-flight requests finish (for at most
+    /// [`http::listener::DRAIN_DEADLINE`]), and closes the store.
     pub async fn stop(self) {
+        self.services.notifier.close();
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;

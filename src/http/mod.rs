@@ -2,6 +2,9 @@
 //! request shares — CORS, body limits, authentication, rate limiting and the request log —
 //! so handlers only decode, call a service and encode.
 
+pub mod listener;
+pub mod proxy;
+pub mod query;
 pub mod ratelimit;
 pub mod router;
 pub mod tls;
@@ -18,25 +21,26 @@ pub use router::{
     Auth, Authed, BodyStream, Ctx, Incoming, Outgoing, Response, Router, StreamResponse,
 };
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves `router` on `listener` (HTTPS when `tls` is set) until `shutdown` resolves.
 pub async fn serve(
     services: Arc<Services>,
     router: Arc<Router>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<tls::TlsServer>>,
+    limits: listener::ConnLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let proxies = Arc::new(proxy::TrustedProxies::new(
+        services.config.trusted_proxies(),
+    ));
     let filter = warp::any()
         .and(warp::method())
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
         .and(
-            warp::addr::remote()
-                .and(warp::ext::optional::<tls::PeerAddr>())
-                .map(|remote: Option<SocketAddr>, peer: Option<tls::PeerAddr>| {
-                    remote.or(peer.map(|p| p.0))
-                }),
+            warp::ext::optional::<listener::PeerAddr>()
+                .map(|p: Option<listener::PeerAddr>| p.map(|p| p.0)),
         )
         .and(warp::body::stream())
         .then(
@@ -48,19 +52,16 @@ pub async fn serve(
                     headers,
                     remote,
                 };
-                dispatch(services.clone(), router.clone(), request, body)
+                dispatch(
+                    services.clone(),
+                    router.clone(),
+                    proxies.clone(),
+                    request,
+                    body,
+                )
             },
         );
-    match tls {
-        None => {
-            warp::serve(filter)
-                .incoming(listener)
-                .graceful(shutdown)
-                .run()
-                .await
-        }
-        Some(tls) => tls::serve(warp::service(filter), listener, tls, shutdown).await,
-    }
+    listener::serve(warp::service(filter), listener, tls, limits, shutdown).await
 }
 
 struct RawRequest {
@@ -74,6 +75,7 @@ struct RawRequest {
 async fn dispatch<S, B>(
     services: Arc<Services>,
     router: Arc<Router>,
+    proxies: Arc<proxy::TrustedProxies>,
     raw: RawRequest,
     body: S,
 ) -> StreamResponse
@@ -83,7 +85,13 @@ where
 {
     let started = Instant::now();
     let (method, path) = (raw.method.clone(), raw.path.clone());
-    let mut response = match route(&services, &router, raw, body).await {
+    // The client: the TCP peer, or behind a trusted reverse proxy the address it reports.
+    let peer = raw
+        .remote
+        .map(|a| a.ip())
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let ip = proxies.client_ip(peer, &raw.headers);
+    let mut response = match route(&services, &router, ip, raw, body).await {
         Ok(response) => response,
         Err(error) => {
             if error.status.is_server_error() {
@@ -96,7 +104,7 @@ where
     // The path may carry ids but never a token (those travel in a header or the query string,
     // which is not logged).
     log::info!(
-        "{method} {path} {} {:.1}ms",
+        "{ip} {method} {path} {} {:.1}ms",
         response.status().as_u16(),
         started.elapsed().as_secs_f64() * 1000.0
     );
@@ -106,6 +114,7 @@ where
 async fn route<S, B>(
     services: &Arc<Services>,
     router: &Router,
+    ip: std::net::IpAddr,
     raw: RawRequest,
     body: S,
 ) -> Result<Outgoing, Error>
@@ -126,10 +135,6 @@ where
         router::Match::BadPath => return Err(Error::invalid_param("Path is not valid UTF-8")),
     };
 
-    let ip = raw
-        .remote
-        .map(|a| a.ip())
-        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let token = access_token(&raw.headers, &raw.query)?;
     let limited = |user: Option<&ruma::OwnedUserId>| match services.rate_limiter.check(user, ip) {
         Ok(()) => Ok(()),
@@ -151,16 +156,19 @@ where
         return Err(Error::missing_token("Missing access token"));
     }
     limited(user.as_ref().map(|u| &u.user_id))?;
+    query::check_enums(&raw.query)?;
 
+    let read_timeout = services.config.limits.read_timeout();
     let (body, body_stream) = if route.streams_body {
-        let stream = body.map(|chunk| match chunk {
-            Ok(mut chunk) => Ok(chunk.copy_to_bytes(chunk.remaining())),
-            Err(e) => Err(Error::bad_json(format!("Cannot read request body: {e}"))),
-        });
+        let stream = timed_body(body, read_timeout)
+            .map(|chunk| chunk.map(|mut chunk| chunk.copy_to_bytes(chunk.remaining())));
         (Vec::new(), Some(Box::pin(stream) as BodyStream))
     } else {
         let limit = services.config.limits.max_request_bytes as usize;
-        (collect_body(body, limit).await?, None)
+        (
+            collect_body(timed_body(body, read_timeout), limit).await?,
+            None,
+        )
     };
     let uri = if raw.query.is_empty() {
         raw.path
@@ -178,17 +186,51 @@ where
         user,
         access_token: token,
     };
-    route
-        .call(
-            services.clone(),
-            Incoming {
-                request,
-                path_args,
-                ctx,
-                body_stream,
-            },
-        )
-        .await
+    let handling = route.call(
+        services.clone(),
+        Incoming {
+            request,
+            path_args,
+            ctx,
+            body_stream,
+        },
+    );
+    match CatchUnwind(handling).await {
+        Ok(result) => result,
+        Err(panic) => {
+            // A last net: no request may reach a panic (bodies that make a parser panic are
+            // refused before it), but if one does, the client gets an answer instead of a
+            // reset connection.
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log::error!("request handler panicked: {message}");
+            Err(Error::unknown("Internal error"))
+        }
+    }
+}
+
+/// Polls a future, turning a panic inside it into an `Err` with the panic's payload.
+struct CatchUnwind<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        // Unwind safety: after a panic the future is never polled again; it is only dropped.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(inner).poll(cx)
+        })) {
+            Ok(poll) => poll.map(Ok),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// The access token from `Authorization: Bearer` or, deprecated, the `access_token` query
@@ -231,18 +273,52 @@ fn form_urlencoded_value(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// The request body as it arrives, failing when a piece takes longer than `timeout` (a client
+/// that stalls mid-body must not hold its connection forever) or the client goes away.
+fn timed_body<S, B>(
+    body: S,
+    timeout: std::time::Duration,
+) -> impl Stream<Item = Result<B, Error>> + Send + 'static
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send + 'static,
+{
+    futures_util::stream::unfold(Some(Box::pin(body)), move |body| async move {
+        let mut body = body?;
+        match tokio::time::timeout(timeout, body.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+            Ok(Some(Err(e))) => {
+                // Almost always the client hanging up: nobody is left to read an answer.
+                log::debug!("cannot read request body: {e}");
+                Some((
+                    Err(Error::bad_json(format!("Cannot read request body: {e}"))),
+                    None,
+                ))
+            }
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(Error::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "M_UNKNOWN",
+                    format!("No request body data for {}s", timeout.as_secs_f64()),
+                )),
+                None,
+            )),
+        }
+    })
+}
+
 /// Reads the body, refusing it with 413 as soon as it passes `limit` (whatever the declared
 /// Content-Length says).
 async fn collect_body<S, B>(body: S, limit: usize) -> Result<Vec<u8>, Error>
 where
-    S: Stream<Item = Result<B, warp::Error>> + Send,
+    S: Stream<Item = Result<B, Error>> + Send,
     B: Buf,
 {
     let mut body = std::pin::pin!(body);
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk =
-            chunk.map_err(|e| Error::bad_json(format!("Cannot read request body: {e}")))?;
+        let mut chunk = chunk?;
         if out.len() + chunk.remaining() > limit {
             return Err(Error::too_large(format!(
                 "Request body is larger than {limit} bytes"

@@ -168,6 +168,19 @@ impl Router {
         F: Fn(Arc<Services>, Ctx, R) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
     {
+        self.ruma_checked(|_| Ok(()), handler)
+    }
+
+    /// Like [`Router::ruma`], with `check` run on the JSON body before ruma parses it: for
+    /// request types whose parser cannot be trusted with every body (it panics on some), the
+    /// check refuses those bodies with a Matrix error first.
+    pub fn ruma_checked<R, F, Fut>(&mut self, check: fn(&[u8]) -> Result<(), Error>, handler: F)
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthRequirement,
+        F: Fn(Arc<Services>, Ctx, R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
+    {
         let handler = Arc::new(handler);
         let route = Arc::new(Route {
             auth: <R::Authentication as AuthRequirement>::AUTH,
@@ -177,6 +190,7 @@ impl Router {
                 Box::pin(async move {
                     let args: Vec<&str> = incoming.path_args.iter().map(String::as_str).collect();
                     let (parts, body) = incoming.request.into_parts();
+                    check(&body)?;
                     let parsed = if body.is_empty() {
                         parse_without_body::<R>(parts, &args)?
                     } else if has_trailing_garbage(&body) {

@@ -1,6 +1,5 @@
-//! HTTPS listeners. warp 0.4 has no TLS, so these serve `warp::service(filter)` through
-//! hyper-util on a tokio-rustls stream, with the peer address passed in as a request extension
-//! ([`PeerAddr`]).
+//! HTTPS: certificates and the TLS handshake. warp 0.4 has no TLS; connections are served by
+//! [`super::listener`] on a tokio-rustls stream.
 //!
 //! Certificates come from ACME (rustls-acme, TLS-ALPN-01: a challenge connection is answered on
 //! the same listener, recognised by its ALPN `acme-tls/1`) or from PEM files reloaded on SIGHUP.
@@ -9,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use rustls::crypto::CryptoProvider;
@@ -19,10 +17,6 @@ use rustls::ServerConfig;
 use tokio::sync::watch;
 
 use crate::config::{Config, TlsMode};
-
-/// The client's address on a TLS connection (warp's `addr::remote()` is empty there).
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// The crypto provider for every TLS use in Hearth.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -243,85 +237,32 @@ async fn reload_on_sighup(
     }
 }
 
-/// Serves `service` over TLS on `listener` until `shutdown` resolves, then lets open
-/// connections finish their requests (up to 30 s).
-pub async fn serve<S>(
-    service: S,
-    listener: tokio::net::TcpListener,
-    tls: Arc<TlsServer>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) where
-    S: tower_service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = warp::reply::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    log::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let tls = tls.clone();
-        let service = service.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let handshake = async {
-                let start =
-                    tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
-                        .await?;
-                if let Some(challenge) = &tls.challenge {
-                    if rustls_acme::is_tls_alpn_challenge(&start.client_hello()) {
-                        // Answer the ACME validation and close.
-                        let mut stream = start.into_stream(challenge.clone()).await?;
-                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-                        return Ok(None);
-                    }
-                }
-                start.into_stream(tls.config.clone()).await.map(Some)
-            };
-            let stream = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
-                Ok(Ok(Some(stream))) => stream,
-                Ok(Ok(None)) => return,
-                Ok(Err(e)) => {
-                    log::debug!("TLS handshake with {peer}: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = hyper::service::service_fn(move |mut req| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                let mut service = service.clone();
-                tower_service::Service::call(&mut service, req)
-            });
-            let mut builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            // hyper enforces its header-read timeout only with a timer: without one a client
-            // could drip request headers forever and hold the connection.
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
-            builder.http2().timer(hyper_util::rt::TokioTimer::new());
-            let conn = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                log::debug!("connection from {peer}: {e}");
+/// Completes the TLS handshake of a new connection. `None` when there is nothing more to
+/// serve: an ACME validation was answered, or the handshake failed (logged at debug: scanners
+/// and plain-HTTP clients do that all day).
+pub(super) async fn accept(
+    tls: &TlsServer,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let handshake = async {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+        if let Some(challenge) = &tls.challenge {
+            if rustls_acme::is_tls_alpn_challenge(&start.client_hello()) {
+                // Answer the ACME validation and close.
+                let mut stream = start.into_stream(challenge.clone()).await?;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                return Ok(None);
             }
-        });
+        }
+        start.into_stream(tls.config.clone()).await.map(Some)
+    };
+    match handshake.await {
+        Ok(stream) => stream,
+        Err(e) => {
+            log::debug!("TLS handshake with {peer}: {e}");
+            None
+        }
     }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
 }

@@ -4,7 +4,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, Weak,
+    },
 };
 
 use ruma::{OwnedUserId, UserId};
@@ -15,6 +18,8 @@ pub struct Notifier {
     /// user → the `Notify` their waiting syncs listen on. Weak: an entry lives only while some
     /// sync holds it. The lock guards only the map.
     users: Mutex<HashMap<OwnedUserId, Weak<Notify>>>,
+    /// Set once at shutdown: long-polls answer at once instead of waiting.
+    closing: AtomicBool,
 }
 
 impl Notifier {
@@ -39,6 +44,20 @@ impl Notifier {
         let notify = Arc::new(Notify::new());
         users.insert(user_id.to_owned(), Arc::downgrade(&notify));
         notify
+    }
+
+    /// Shutdown has begun: wakes every waiting sync, and [`Notifier::is_closing`] tells new
+    /// ones not to wait. A sync that subscribed before this call is woken; one that checks
+    /// `is_closing` after it sees `true`, so none sleeps through shutdown.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        for notify in self.lock().values().filter_map(Weak::upgrade) {
+            notify.notify_waiters();
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// Wakes every waiting sync of these users.

@@ -342,10 +342,8 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     assert!(refused, "the listener still accepts after SIGTERM");
     let (status, waited) = in_flight.await.unwrap();
     assert_eq!(status, 200, "the in-flight long poll completes");
-    assert!(
-        waited >= Duration::from_millis(2000),
-        "it was not cut short"
-    );
+    // Shutdown wakes it: it answers before its 3 s timeout (listeners.rs tests a 30 s one).
+    assert!(waited < Duration::from_millis(2900), "waited {waited:?}");
     let deadline = Instant::now() + Duration::from_secs(15);
     let exit = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -15,6 +15,7 @@ mod ephemeral;
 mod filter;
 mod http;
 mod interop;
+mod listeners;
 mod media;
 mod profile;
 mod push_rules;

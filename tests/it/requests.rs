@@ -193,3 +193,182 @@ async fn trailing_garbage_after_json_is_not_json() {
     .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
 }
+
+/// Bodies of every JSON type and with wrongly typed well-known fields, sent to many
+/// endpoints: each answers a Matrix error or success, never a reset connection (a panic) or a
+/// 500. `POST /login` with `{}` used to panic inside ruma's login parser.
+#[tokio::test]
+async fn odd_bodies_never_reach_a_panic() {
+    let srv = TestServer::start().await;
+    let (user, token, device) = srv.register("alice", "password").await;
+    let room = create_room(&srv, &token, json!({})).await;
+    let (r, u) = (enc(&room), enc(&user));
+    let post = |path: String| (Method::POST, path);
+    let put = |path: String| (Method::PUT, path);
+    let v3 = |path: &str| format!("/_matrix/client/v3{path}");
+    let endpoints = [
+        post(v3("/login")),
+        post(v3("/register")),
+        post(v3("/refresh")),
+        post(v3("/createRoom")),
+        post(v3(&format!("/join/{r}"))),
+        post(v3(&format!("/knock/{r}"))),
+        post(v3(&format!("/rooms/{r}/invite"))),
+        post(v3(&format!("/rooms/{r}/kick"))),
+        post(v3(&format!("/rooms/{r}/ban"))),
+        post(v3(&format!("/rooms/{r}/unban"))),
+        post(v3(&format!("/rooms/{r}/read_markers"))),
+        post(v3(&format!("/rooms/{r}/receipt/m.read/%24x"))),
+        post(v3(&format!("/rooms/{r}/report/%24x"))),
+        post(v3(&format!("/rooms/{r}/upgrade"))),
+        put(v3(&format!("/rooms/{r}/send/m.room.message/t1"))),
+        put(v3(&format!("/rooms/{r}/send/m.room.redaction/t2"))),
+        put(v3(&format!("/rooms/{r}/state/m.room.power_levels"))),
+        put(v3(&format!("/rooms/{r}/state/m.room.member/{u}"))),
+        put(v3(&format!("/rooms/{r}/redact/%24x/t3"))),
+        put(v3(&format!("/rooms/{r}/typing/{u}"))),
+        put(v3(&format!("/user/{u}/account_data/m.push_rules"))),
+        put(v3(&format!("/user/{u}/rooms/{r}/account_data/m.tag"))),
+        put(v3(&format!("/user/{u}/rooms/{r}/tags/u.t"))),
+        put(v3(&format!("/profile/{u}/displayname"))),
+        put(v3(&format!("/profile/{u}/avatar_url"))),
+        put(v3(&format!("/presence/{u}/status"))),
+        post(v3(&format!("/user/{u}/filter"))),
+        put(v3(&format!("/directory/list/room/{r}"))),
+        put(v3("/directory/room/%23a%3Alocalhost")),
+        post(v3("/publicRooms")),
+        post(v3("/user_directory/search")),
+        post(v3("/keys/upload")),
+        post(v3("/keys/query")),
+        post(v3("/keys/claim")),
+        post(v3("/keys/device_signing/upload")),
+        post(v3("/keys/signatures/upload")),
+        put(v3("/sendToDevice/m.test/t4")),
+        put(v3("/pushrules/global/override/x")),
+        put(v3(&format!("/devices/{device}"))),
+        post(v3("/delete_devices")),
+        post(v3("/account/password")),
+        post(v3("/room_keys/version")),
+    ];
+    let bodies = [
+        "{}",
+        "[]",
+        "null",
+        "1",
+        "\"s\"",
+        "true",
+        r#"{"type": 1}"#,
+        r#"{"type": null}"#,
+        r#"{"type": "m.login.password"}"#,
+        r#"{"type": "m.login.token", "token": 5}"#,
+        r#"{"identifier": 5, "password": 5}"#,
+        r#"{"identifier": {}}"#,
+        r#"{"auth": 5}"#,
+        r#"{"auth": {}}"#,
+        r#"{"auth": {"type": 1, "session": []}}"#,
+        r#"{"device_keys": 5, "one_time_keys": [], "fallback_keys": null}"#,
+        r#"{"messages": 5}"#,
+        r#"{"messages": {"@a:b": {"D": 5}}}"#,
+        r#"{"user_id": 5, "reason": []}"#,
+        r#"{"filter": 5, "limit": "x", "since": []}"#,
+        r#"{"visibility": 1, "room_id": 2}"#,
+        r#"{"typing": "yes", "timeout": -1}"#,
+        r#"{"m.fully_read": 5, "m.read": {}}"#,
+        r#"{"membership": 1, "users": "x"}"#,
+        r#"{"new_version": 1}"#,
+        r#"{"actions": 1, "conditions": {}}"#,
+    ];
+    for (method, path) in &endpoints {
+        for body in bodies {
+            let response = srv
+                .http
+                .request(method.clone(), format!("{}{path}", srv.base))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path} {body}: no answer: {e}"));
+            let status = response.status();
+            let reply: serde_json::Value = response.json().await.unwrap_or_default();
+            assert!(
+                status.as_u16() < 500,
+                "{method} {path} {body}: {status} {reply}"
+            );
+            // A user-interactive authentication challenge (401 with flows) has no errcode.
+            if !status.is_success() && reply.get("flows").is_none() {
+                assert!(
+                    errcode(&reply).starts_with("M_"),
+                    "{method} {path} {body}: {status} {reply}"
+                );
+            }
+        }
+    }
+    // The login refusals are the spec's: 400 with a JSON error.
+    for body in ["{}", r#"{"password": "x"}"#, r#"{"type": 5}"#, "[]"] {
+        let response = srv
+            .raw(Method::POST, "/_matrix/client/v3/login", None, Some(body))
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let reply: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(errcode(&reply), "M_BAD_JSON", "{body}: {reply}");
+    }
+}
+
+/// Query parameters with a fixed set of values refuse anything else with M_INVALID_PARAM
+/// rather than ignoring it or reading it as a default.
+#[tokio::test]
+async fn query_enums_outside_their_values_are_invalid_param() {
+    let srv = TestServer::start().await;
+    let (_, token, _) = srv.register("alice", "password").await;
+    let room = create_room(&srv, &token, json!({})).await;
+    let r = enc(&room);
+    let v3 = |path: &str| format!("/_matrix/client/v3{path}");
+    let refused = [
+        v3(&format!("/rooms/{r}/members?membership=joined")),
+        v3(&format!("/rooms/{r}/members?not_membership=nope")),
+        v3(&format!("/rooms/{r}/members?membership=")),
+        v3(&format!("/rooms/{r}/state/m.room.create/?format=full")),
+        v3(&format!("/rooms/{r}/state/m.room.create?format=1")),
+        v3(&format!("/rooms/{r}/messages?dir=x")),
+        v3(&format!("/rooms/{r}/messages?dir=")),
+        v3(&format!("/rooms/{r}/messages?dir=b&limit=ten")),
+        v3("/sync?full_state=yes&timeout=0"),
+        v3("/sync?full_state=1&timeout=0"),
+        v3("/sync?timeout=soon"),
+        v3("/sync?set_presence=busy&timeout=0"),
+        format!("/_matrix/client/v1/rooms/{r}/hierarchy?suggested_only=maybe"),
+        format!("/_matrix/client/v1/rooms/{r}/hierarchy?max_depth=-1"),
+        format!("/_matrix/client/v1/rooms/{r}/relations/%24x?dir=up"),
+        format!("/_matrix/client/v1/rooms/{r}/threads?include=some"),
+        format!("/_matrix/client/v1/rooms/{r}/timestamp_to_event?ts=1&dir=x"),
+    ];
+    let mut wrong = Vec::new();
+    for path in &refused {
+        let (status, body) = srv.get(path, Some(&token)).await;
+        if status != StatusCode::BAD_REQUEST || errcode(&body) != "M_INVALID_PARAM" {
+            let body: String = body.to_string().chars().take(200).collect();
+            wrong.push(format!("{path}: {status} {body}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "accepted or wrong error:\n{}",
+        wrong.join("\n")
+    );
+    // The same parameters with their spec values are accepted.
+    let accepted = [
+        v3(&format!(
+            "/rooms/{r}/members?membership=join&not_membership=leave"
+        )),
+        v3(&format!("/rooms/{r}/state/m.room.create/?format=event")),
+        v3(&format!("/rooms/{r}/state/m.room.create?format=content")),
+        v3(&format!("/rooms/{r}/messages?dir=f")),
+        v3("/sync?full_state=true&timeout=0&set_presence=online"),
+        format!("/_matrix/client/v1/rooms/{r}/hierarchy?suggested_only=false"),
+    ];
+    for path in &accepted {
+        let (status, body) = srv.get(path, Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+}

@@ -19,10 +19,32 @@ use crate::{
 
 pub fn routes(router: &mut Router) {
     router.ruma(login_types);
-    router.ruma(login);
+    router.ruma_checked(login_body_check, login);
     router.ruma(refresh);
     router.ruma(logout);
     router.ruma(logout_all);
+}
+
+/// ruma's login parser indexes the body's `type` without checking that it is there (it
+/// panics on `{}`): a body that is not an object with a string `type` is refused here first.
+fn login_body_check(body: &[u8]) -> Result<()> {
+    if body.is_empty() {
+        return Err(Error::not_json("The login request needs a JSON body"));
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        // Not JSON at all: ruma reports that without reaching the login info.
+        return Ok(());
+    };
+    let Some(object) = value.as_object() else {
+        return Err(Error::bad_json(
+            "The login request body must be a JSON object",
+        ));
+    };
+    match object.get("type") {
+        Some(serde_json::Value::String(_)) => Ok(()),
+        Some(_) => Err(Error::bad_json("The login `type` must be a string")),
+        None => Err(Error::bad_json("The login request needs a `type`")),
+    }
 }
 
 async fn login_types(

@@ -135,6 +135,7 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
             || request.since.is_none()
             || request.full_state
             || Instant::now() >= deadline
+            || services.notifier.is_closing()
         {
             break result.body;
         }

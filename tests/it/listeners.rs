@@ -1,0 +1,327 @@
+//! Listener limits over raw TCP: header-read, idle and body-read timeouts, the connection
+//! cap, and shutdown waking long-polls with a bounded drain.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::TestServer;
+
+async fn connect(srv: &TestServer) -> TcpStream {
+    let addr = srv.server.as_ref().unwrap().addrs[0];
+    TcpStream::connect(addr).await.unwrap()
+}
+
+/// Reads until the server closes the connection (or resets it); returns what it sent and how
+/// long that took. Panics after `limit`.
+async fn read_until_closed(tcp: &mut TcpStream, limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "connection still open after {limit:?}; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+const VERSIONS: &[u8] = b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[tokio::test]
+async fn slow_loris_headers_are_cut_off() {
+    let srv = TestServer::start_with(|c| c.limits.read_timeout_secs = 1).await;
+    let mut tcp = connect(&srv).await;
+    tcp.write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Drip one header line every 300 ms, never finishing the head.
+    let drip = async {
+        for i in 0..30 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if tcp
+                .write_all(format!("X-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(4), drip).await;
+    let mut buf = [0u8; 1024];
+    let closed = matches!(
+        tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    ) || tcp.write_all(b"X-last: y\r\n\r\n").await.is_err();
+    assert!(closed, "a client dripping headers keeps its connection");
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed() {
+    let srv = TestServer::start_with(|c| c.limits.read_timeout_secs = 1).await;
+    let mut tcp = connect(&srv).await;
+    tcp.write_all(VERSIONS).await.unwrap();
+    let (got, waited) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn stalled_body_is_cut_off() {
+    let srv = TestServer::start_with(|c| c.limits.read_timeout_secs = 1).await;
+    let (_, token, _) = srv.register("alice", "password").await;
+    let mut tcp = connect(&srv).await;
+    let head = format!(
+        "POST /_matrix/client/v3/createRoom HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \
+         {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let (got, waited) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(waited >= Duration::from_millis(900), "cut after {waited:?}");
+}
+
+#[tokio::test]
+async fn connection_cap_holds() {
+    let srv = TestServer::start_with(|c| c.limits.max_connections = 2).await;
+    let mut first = connect(&srv).await;
+    let _second = connect(&srv).await;
+    // Both are accepted and idle; a third connects (the kernel completes the handshake) but
+    // is not served while both slots are taken.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = connect(&srv).await;
+    third.write_all(VERSIONS).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let early = tokio::time::timeout(Duration::from_millis(700), third.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond the cap: {early:?}");
+    // A slot in use still serves.
+    first.write_all(VERSIONS).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+        .await
+        .expect("a connection within the cap is served")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Closing one lets the waiting client in.
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("the waiting client is served once a slot frees")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_hearth");
+
+/// The real binary: SIGTERM while a /sync long-polls with a 30 s timeout. The poll answers
+/// 200 at once with its current result, and the process exits 0 well before the drain
+/// deadline (10 s) and systemd's stop timeout (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_wakes_a_30s_long_poll_and_exits_promptly() {
+    use serde_json::{json, Value};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("HEARTH_DATA_DIR", dir.path())
+        .env("HEARTH_LISTENERS", format!("127.0.0.1:{port}"))
+        .env("HEARTH_BCRYPT_COST", "4")
+        .env("HEARTH_RATE_LIMIT__ENABLED", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .get(format!("{base}/_matrix/client/versions"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let register = |body: Value| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let r: Value = http
+                .post(format!("{base}/_matrix/client/v3/register"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r
+        }
+    };
+    let challenge = register(json!({"username": "dora", "password": "pw"})).await;
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    let done = register(json!({"username": "dora", "password": "pw",
+        "auth": {"type": "m.login.dummy", "session": session}}))
+    .await;
+    let token = done["access_token"].as_str().unwrap().to_owned();
+    let first: Value = http
+        .get(format!("{base}/_matrix/client/v3/sync"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let poll = {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        tokio::spawn(async move {
+            let r = http
+                .get(format!(
+                    "{base}/_matrix/client/v3/sync?timeout=30000&since={since}"
+                ))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("the long poll is answered");
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            (status, body, Instant::now())
+        })
+    };
+    // Let the poll settle into its wait.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!poll.is_finished(), "the long poll returned before SIGTERM");
+    let signalled = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let (status, body, answered) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the long poll is answered within 10 s of SIGTERM")
+        .unwrap();
+    let answered_after = answered - signalled;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["next_batch"].is_string(), "{body}");
+    assert!(
+        answered_after < Duration::from_secs(2),
+        "the long poll answered {answered_after:?} after SIGTERM"
+    );
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let exited_after = signalled.elapsed();
+    assert_eq!(exit.code(), Some(0), "exit status after SIGTERM");
+    assert!(
+        exited_after < Duration::from_secs(5),
+        "exited {exited_after:?} after SIGTERM"
+    );
+    eprintln!("long poll answered {answered_after:?}, exit {exited_after:?} after SIGTERM");
+}
+
+/// Sends unauthenticated requests (charged to the client IP's bucket) with the given
+/// forwarding header and returns how many were answered before the first 429.
+async fn answered_before_limit(srv: &TestServer, header: &str, values: &[String]) -> usize {
+    for (i, value) in values.iter().enumerate() {
+        let response = srv
+            .http
+            .get(format!("{}/_matrix/client/versions", srv.base))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return i;
+        }
+    }
+    values.len()
+}
+
+fn limited(c: &mut hearth::config::Config) {
+    c.rate_limit.enabled = true;
+    c.rate_limit.per_ip_burst = 2;
+    c.rate_limit.per_ip_per_second = 0.01;
+}
+
+#[tokio::test]
+async fn forwarded_for_is_honoured_only_from_trusted_proxies() {
+    let distinct: Vec<String> = (1..=6).map(|i| format!("198.51.100.{i}")).collect();
+
+    // No trusted proxies: a client cannot pick its own bucket by spoofing the headers.
+    let srv = TestServer::start_with(limited).await;
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &distinct).await,
+        2
+    );
+    let srv = TestServer::start_with(limited).await;
+    let forwarded: Vec<String> = distinct.iter().map(|ip| format!("for={ip}")).collect();
+    assert_eq!(
+        answered_before_limit(&srv, "forwarded", &forwarded).await,
+        2
+    );
+    // Trusting another network is not trusting this peer.
+    let srv = TestServer::start_with(|c| {
+        limited(c);
+        c.trusted_proxies = vec!["10.0.0.0/8".into()];
+    })
+    .await;
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &distinct).await,
+        2
+    );
+
+    // The peer (127.0.0.1) is a trusted proxy: each forwarded client has its own bucket.
+    let trusted = |c: &mut hearth::config::Config| {
+        limited(c);
+        c.trusted_proxies = vec!["127.0.0.1/32".into(), "::1".into()];
+    };
+    let srv = TestServer::start_with(trusted).await;
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &distinct).await,
+        6
+    );
+    let srv = TestServer::start_with(trusted).await;
+    assert_eq!(
+        answered_before_limit(&srv, "forwarded", &forwarded).await,
+        6
+    );
+    // ...and the client is the right-most untrusted hop: what it wrote itself to the left
+    // does not change its bucket.
+    let srv = TestServer::start_with(trusted).await;
+    let spoofed: Vec<String> = distinct
+        .iter()
+        .map(|ip| format!("{ip}, 203.0.113.5, 127.0.0.1"))
+        .collect();
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &spoofed).await,
+        2
+    );
+}
