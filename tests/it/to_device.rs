@@ -1,8 +1,8 @@
 //! Send-to-device messaging: delivery to one or all devices, idempotent transactions,
 //! acknowledgement, persistence across a restart, and what is dropped.
 //!
-//! `/sync` is wired to the inbox separately; these tests read it through the service
-//! functions `/sync` uses (`to_device_for_sync`, `acknowledge_to_device`, `to_device_upto`).
+//! Most tests read the inbox through the service functions `/sync` calls (`to_device_batch`,
+//! `acknowledge_to_device`); the paging and cap tests go through `/sync` itself.
 
 use reqwest::StatusCode;
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
@@ -32,8 +32,9 @@ fn inbox(srv: &TestServer, dev: &Dev, since: Option<u64>) -> Vec<Value> {
         .unwrap()
         .services
         .e2ee
-        .to_device_for_sync(&user, &device, since, now(srv))
+        .to_device_batch(&user, &device, since, now(srv))
         .unwrap()
+        .events
 }
 
 async fn send(srv: &TestServer, from: &Dev, kind: &str, txn: &str, messages: Value) {
@@ -130,6 +131,7 @@ async fn messages_stay_until_acknowledged_and_survive_a_restart() {
     let bob = Dev::register(&srv, "bob").await;
     let (bob_id, bob_device) = ids(&bob);
 
+    let mut after = Vec::new();
     for n in 0..3 {
         send(
             &srv,
@@ -139,6 +141,7 @@ async fn messages_stay_until_acknowledged_and_survive_a_restart() {
             json!({ &bob.user: { &bob.device: {"n": n} } }),
         )
         .await;
+        after.push(now(&srv));
     }
     srv.restart().await;
     let delivered = inbox(&srv, &bob, None);
@@ -149,22 +152,8 @@ async fn messages_stay_until_acknowledged_and_survive_a_restart() {
             .collect::<Vec<_>>(),
         vec![json!(0), json!(1), json!(2)]
     );
-
-    // Bounding a response: with a limit of 2, the upper bound stops before the third message;
-    // syncing from there delivers the rest.
     let e2ee = &srv.server.as_ref().unwrap().services.e2ee;
-    let upto = e2ee
-        .to_device_upto(&bob_id, &bob_device, None, now(&srv), 2)
-        .unwrap();
-    let first = e2ee
-        .to_device_for_sync(&bob_id, &bob_device, None, upto)
-        .unwrap();
-    assert_eq!(first.len(), 2);
-    assert_eq!(
-        e2ee.to_device_upto(&bob_id, &bob_device, None, now(&srv), 5)
-            .unwrap(),
-        now(&srv)
-    );
+    let upto = after[1];
 
     // A sync with token `upto` acknowledges the first two: they are gone, the third stays,
     // also across another restart.
@@ -284,4 +273,116 @@ async fn unknown_remote_and_deleted_recipients() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(inbox(&srv, &bob2, None).is_empty());
+}
+
+/// One `/sync` of `dev` from `since`: its `next_batch` and the `n` of each to-device message.
+async fn sync_to_device(srv: &TestServer, dev: &Dev, since: Option<&str>) -> (String, Vec<u64>) {
+    let path = match since {
+        Some(since) => format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+        None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+    };
+    let (status, body) = srv.get(&path, Some(&dev.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ns = body["to_device"]["events"]
+        .as_array()
+        .expect("to_device.events")
+        .iter()
+        .map(|e| e["content"]["n"].as_u64().expect("n"))
+        .collect();
+    (body["next_batch"].as_str().unwrap().to_owned(), ns)
+}
+
+/// Sends messages `ns` from `from` to `to`'s device, one send each, in order, each padded with
+/// `pad` bytes.
+async fn send_each(srv: &TestServer, from: &Dev, to: &Dev, ns: std::ops::Range<u64>, pad: usize) {
+    let padding = "x".repeat(pad);
+    for n in ns {
+        send(
+            srv,
+            from,
+            "m.dummy",
+            &format!("f{n}"),
+            json!({ &to.user: { &to.device: {"n": n, "pad": padding} } }),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn sync_delivers_at_most_100_to_device_messages_in_order_across_a_restart() {
+    let mut srv = TestServer::start().await;
+    let alice = Dev::register(&srv, "alice").await;
+    let bob = Dev::register(&srv, "bob").await;
+    send_each(&srv, &alice, &bob, 0..250, 0).await;
+
+    let (t1, first) = sync_to_device(&srv, &bob, None).await;
+    assert_eq!(first, (0..100).collect::<Vec<_>>());
+    // A response lost on the way is sent again by a sync from the same token.
+    let (again_t1, again) = sync_to_device(&srv, &bob, None).await;
+    assert_eq!((again_t1.as_str(), &again), (t1.as_str(), &first));
+
+    let (t2, second) = sync_to_device(&srv, &bob, Some(&t1)).await;
+    assert_eq!(second, (100..200).collect::<Vec<_>>());
+    srv.restart().await;
+    let (t3, third) = sync_to_device(&srv, &bob, Some(&t2)).await;
+    assert_eq!(third, (200..250).collect::<Vec<_>>());
+    let (again_t3, again) = sync_to_device(&srv, &bob, Some(&t2)).await;
+    assert_eq!((again_t3.as_str(), &again), (t3.as_str(), &third));
+    let (_, rest) = sync_to_device(&srv, &bob, Some(&t3)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    // The token acknowledged everything: the inbox is empty.
+    assert!(inbox(&srv, &bob, None).is_empty());
+}
+
+#[tokio::test]
+async fn a_full_inbox_drops_its_oldest_messages() {
+    use hearth::service::e2ee::to_device::MAX_INBOX_MESSAGES;
+    let srv = TestServer::start().await;
+    let alice = Dev::register(&srv, "alice").await;
+    let bob = Dev::register(&srv, "bob").await;
+    let total = MAX_INBOX_MESSAGES + 5;
+    send_each(&srv, &alice, &bob, 0..total, 0).await;
+
+    let mut since: Option<String> = None;
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let (next, ns) = sync_to_device(&srv, &bob, since.as_deref()).await;
+        since = Some(next);
+        if ns.is_empty() {
+            break;
+        }
+        assert!(ns.len() <= 100, "{}", ns.len());
+        got.extend(ns);
+    }
+    assert_eq!(got, (5..total).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn large_to_device_messages_are_bounded_per_inbox_and_per_sync() {
+    use hearth::service::e2ee::to_device::{MAX_INBOX_BYTES, SYNC_MAX_BYTES};
+    let srv = TestServer::start().await;
+    let alice = Dev::register(&srv, "alice").await;
+    let bob = Dev::register(&srv, "bob").await;
+    let pad = 900 * 1024;
+    let total = 24;
+    send_each(&srv, &alice, &bob, 0..total, pad).await;
+
+    let kept = MAX_INBOX_BYTES / (pad as u64 + 100);
+    let mut since: Option<String> = None;
+    let mut got = Vec::new();
+    for _ in 0..40 {
+        let (next, ns) = sync_to_device(&srv, &bob, since.as_deref()).await;
+        since = Some(next);
+        if ns.is_empty() {
+            break;
+        }
+        assert!(
+            ns.len() * pad <= SYNC_MAX_BYTES,
+            "{} large messages",
+            ns.len()
+        );
+        got.extend(ns);
+    }
+    // The newest messages that fit the inbox, in order; the oldest were dropped.
+    assert_eq!(got, (total - kept..total).collect::<Vec<_>>());
 }

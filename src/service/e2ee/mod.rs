@@ -25,7 +25,7 @@ pub mod keys;
 pub mod signing;
 pub mod to_device;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use base64::Engine as _;
 use ruma::{
@@ -59,6 +59,9 @@ pub struct E2ee {
     stream: Arc<Stream>,
     notifier: Arc<Notifier>,
     server_name: OwnedServerName,
+    /// Sizes of device inboxes, `(user, device) → size`, as far as counted (see
+    /// `to_device.rs`): enforcing the inbox cap costs no scan per send.
+    inbox_sizes: std::sync::Mutex<HashMap<(String, String), to_device::InboxSize>>,
 }
 
 impl E2ee {
@@ -75,6 +78,7 @@ impl E2ee {
             stream,
             notifier,
             server_name,
+            inbox_sizes: Default::default(),
         };
         e2ee.sweep_all_blocking()?;
         Ok(e2ee)
@@ -127,6 +131,7 @@ impl E2ee {
         if let Err(e) = self.sweep_user(user_id).await {
             log::warn!("cannot finish removing devices of {user_id}: {e}");
         }
+        self.forget_inbox_sizes_of(user_id.as_str());
     }
 
     /// Commits a batch that uses stream positions (see `Stream::commit`): the positions are

@@ -8,7 +8,7 @@
 //! from an earlier token delivers them again, so nothing is lost to a dropped response or a
 //! restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
@@ -31,8 +31,35 @@ table!(
     pub ToDeviceTxns: "to_device_txns", (String, String, String, String) => u64
 );
 
-/// Rows deleted per batch when acknowledging.
-const ACK_CHUNK: usize = 1000;
+/// Rows deleted per batch when acknowledging. Small: rows are read with their values, and
+/// a message can be as large as a request body.
+const ACK_CHUNK: usize = 64;
+/// Rows read per scan of an inbox (same reason).
+const READ_CHUNK: usize = 16;
+/// Most to-device messages one sync response carries.
+pub const SYNC_MAX_MESSAGES: usize = 100;
+/// Most bytes of to-device messages one sync response carries (beyond its first message).
+pub const SYNC_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Most messages a device's inbox holds; a send beyond it drops the oldest (logged).
+pub const MAX_INBOX_MESSAGES: u64 = 1000;
+/// Most bytes a device's inbox holds; a send beyond it drops the oldest (logged). The newest
+/// message is always kept, whatever its size.
+pub const MAX_INBOX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Messages and bytes in a device's inbox.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct InboxSize {
+    messages: u64,
+    bytes: u64,
+}
+
+/// One sync's share of a device's inbox: see [`E2ee::to_device_batch`].
+pub struct ToDeviceBatch {
+    pub events: Vec<Value>,
+    /// The highest position the batch covers: everything of the device's inbox up to here
+    /// is in `events`.
+    pub upto: u64,
+}
 
 /// Recipients of one message: one device, or every device of the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +140,7 @@ impl E2ee {
                 }
             }
             let mut recipients = Vec::new();
+            let mut sizes = Vec::new();
             for ((user, device), content) in inbox {
                 let device_row = (user.clone(), device.clone());
                 let Some(record) = self.store.get::<DevicesTable>(&device_row)? else {
@@ -127,7 +155,14 @@ impl E2ee {
                 });
                 let bytes = serde_json::to_vec(&event)
                     .map_err(|_| Error::unknown("Cannot serialize the message"))?;
-                batch.put::<ToDeviceInbox>(&(user.clone(), device, pending.pos), &Raw(bytes));
+                let size = self.inbox_size(&user, &device)?;
+                let added = bytes.len() as u64;
+                let dropped = self.stage_make_room(&mut batch, &user, &device, size, added)?;
+                batch.put::<ToDeviceInbox>(
+                    &(user.clone(), device.clone(), pending.pos),
+                    &Raw(bytes),
+                );
+                sizes.push(((user.clone(), device), dropped, added));
                 recipients.push(user);
             }
             batch
@@ -140,7 +175,10 @@ impl E2ee {
                 .filter_map(|u| UserId::parse(u.as_str()).ok())
                 .collect();
             match self.commit_positioned(batch, Some(pending), users).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.inbox_sizes_changed(sizes);
+                    return Ok(());
+                }
                 // Either a retry of this send landed first (found on the next round) or a
                 // recipient device changed meanwhile.
                 Err(CommitError::Conflict) => continue,
@@ -150,73 +188,55 @@ impl E2ee {
         Err(CommitError::Conflict.into())
     }
 
-    /// The device's to-device messages with positions in `(since, upto]` (all up to `upto`
-    /// without `since`), oldest first, as `{type, sender, content}` objects.
-    ///
-    /// Everything in the range is returned. To bound a response, clamp `upto` first with
-    /// [`E2ee::to_device_upto`].
-    pub fn to_device_for_sync(
+    /// The next to-device messages for a sync of the device: those with positions in
+    /// `(since, upto]` (from the start without `since`), oldest first, as `{type, sender,
+    /// content}` objects, at most [`SYNC_MAX_MESSAGES`] of them and, past the first, at most
+    /// about [`SYNC_MAX_BYTES`]. When messages are held back, the returned `upto` is lowered to
+    /// just before the first of them: the sync uses it as its horizon (and next token), so the
+    /// rest come with the following syncs, in order, and the token acknowledges exactly what
+    /// was delivered. Reads in small chunks so memory stays bounded whatever the inbox holds.
+    pub fn to_device_batch(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
         since: Option<u64>,
         upto: u64,
-    ) -> Result<Vec<Value>> {
-        Ok(self
-            .to_device_rows(user_id, device_id, since, upto, usize::MAX)?
-            .into_iter()
-            .map(|(_, event)| event)
-            .collect())
-    }
-
-    /// The highest position `p <= upto` such that `(since, p]` holds at most `limit` messages
-    /// for the device: a sync that wants at most `limit` to-device messages per response uses
-    /// it as its upper bound (and next token), and the rest arrive with the next sync.
-    pub fn to_device_upto(
-        &self,
-        user_id: &UserId,
-        device_id: &DeviceId,
-        since: Option<u64>,
-        upto: u64,
-        limit: usize,
-    ) -> Result<u64> {
-        let rows = self.to_device_rows(user_id, device_id, since, upto, limit.saturating_add(1))?;
-        if rows.len() <= limit {
-            return Ok(upto);
-        }
-        // Stop just before the first message that does not fit.
-        Ok(rows[limit].0 - 1)
-    }
-
-    fn to_device_rows(
-        &self,
-        user_id: &UserId,
-        device_id: &DeviceId,
-        since: Option<u64>,
-        upto: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Value)>> {
-        let from = (
-            user_id.to_string(),
-            device_id.to_string(),
-            since.map_or(0, |s| s.saturating_add(1)),
-        );
-        let rows = self.store.range_in_prefix::<ToDeviceInbox, _>(
-            &(user_id.as_str(), device_id.as_str()),
-            Some(&from),
-            false,
-            limit,
-        )?;
-        let mut out = Vec::new();
-        for ((_, _, pos), Raw(bytes)) in rows {
-            if pos > upto {
-                break;
+    ) -> Result<ToDeviceBatch> {
+        let prefix = (user_id.as_str(), device_id.as_str());
+        let mut from = since.map_or(0, |s| s.saturating_add(1));
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let key = (user_id.to_string(), device_id.to_string(), from);
+            let rows = self.store.range_in_prefix::<ToDeviceInbox, _>(
+                &prefix,
+                Some(&key),
+                false,
+                READ_CHUNK,
+            )?;
+            let full_chunk = rows.len() == READ_CHUNK;
+            for ((_, _, pos), Raw(raw)) in rows {
+                if pos > upto {
+                    return Ok(ToDeviceBatch { events, upto });
+                }
+                if events.len() == SYNC_MAX_MESSAGES
+                    || (!events.is_empty() && bytes + raw.len() > SYNC_MAX_BYTES)
+                {
+                    return Ok(ToDeviceBatch {
+                        events,
+                        upto: pos - 1,
+                    });
+                }
+                bytes += raw.len();
+                let event = serde_json::from_slice(&raw)
+                    .map_err(|_| Error::unknown("Stored to-device message is corrupt"))?;
+                events.push(event);
+                from = pos.saturating_add(1);
             }
-            let event = serde_json::from_slice(&bytes)
-                .map_err(|_| Error::unknown("Stored to-device message is corrupt"))?;
-            out.push((pos, event));
+            if !full_chunk {
+                return Ok(ToDeviceBatch { events, upto });
+            }
         }
-        Ok(out)
     }
 
     /// Deletes the device's messages at positions `<= since`: a sync with token `since` shows
@@ -247,9 +267,121 @@ impl E2ee {
                 return Ok(());
             }
             self.store.commit(batch).await?;
+            self.forget_inbox_size(user_id.as_str(), device_id.as_str());
             if !more {
                 return Ok(());
             }
         }
+    }
+
+    /// The size of a device's inbox: remembered since the last count, or counted now (in
+    /// small chunks). Sends and acknowledgements that race a count can leave it off by the
+    /// sends in flight, so the cap is exact only up to that; an acknowledgement or device
+    /// removal forgets it, and the next send counts again.
+    fn inbox_size(&self, user: &str, device: &str) -> Result<InboxSize> {
+        let key = (user.to_owned(), device.to_owned());
+        if let Some(size) = self.inbox_sizes().get(&key) {
+            return Ok(*size);
+        }
+        let mut size = InboxSize::default();
+        let mut from = 0;
+        loop {
+            let rows = self.store.range_in_prefix::<ToDeviceInbox, _>(
+                &(user, device),
+                Some(&(user.to_owned(), device.to_owned(), from)),
+                false,
+                READ_CHUNK,
+            )?;
+            let full_chunk = rows.len() == READ_CHUNK;
+            for ((_, _, pos), Raw(raw)) in rows {
+                size.messages += 1;
+                size.bytes += raw.len() as u64;
+                from = pos.saturating_add(1);
+            }
+            if !full_chunk {
+                break;
+            }
+        }
+        self.inbox_sizes().insert(key, size);
+        Ok(size)
+    }
+
+    /// Stages deletes of the device's oldest messages until one more message of `incoming`
+    /// bytes fits under [`MAX_INBOX_MESSAGES`] and [`MAX_INBOX_BYTES`] (each delete guarded by
+    /// `expect_value`, so a race with an acknowledgement retries the send). Returns what it
+    /// dropped; a drop is logged, since the device will never see those messages.
+    fn stage_make_room(
+        &self,
+        batch: &mut Batch,
+        user: &str,
+        device: &str,
+        size: InboxSize,
+        incoming: u64,
+    ) -> Result<InboxSize> {
+        let over = |dropped: &InboxSize| {
+            size.messages.saturating_sub(dropped.messages) + 1 > MAX_INBOX_MESSAGES
+                || size.bytes.saturating_sub(dropped.bytes) + incoming > MAX_INBOX_BYTES
+        };
+        let mut dropped = InboxSize::default();
+        let mut from = 0;
+        'scan: while over(&dropped) {
+            let rows = self.store.range_in_prefix::<ToDeviceInbox, _>(
+                &(user, device),
+                Some(&(user.to_owned(), device.to_owned(), from)),
+                false,
+                READ_CHUNK,
+            )?;
+            let full_chunk = rows.len() == READ_CHUNK;
+            for (key, raw) in rows {
+                if !over(&dropped) {
+                    break 'scan;
+                }
+                from = key.2.saturating_add(1);
+                dropped.messages += 1;
+                dropped.bytes += raw.0.len() as u64;
+                batch.expect_value::<ToDeviceInbox>(&key, Some(&raw));
+                batch.delete::<ToDeviceInbox>(&key);
+            }
+            if !full_chunk {
+                break;
+            }
+        }
+        if dropped.messages > 0 {
+            log::warn!(
+                "to-device inbox of {user} / {device} is full: dropping its {} oldest \
+                 message(s), {} bytes",
+                dropped.messages,
+                dropped.bytes
+            );
+        }
+        Ok(dropped)
+    }
+
+    /// After a send committed: each recipient inbox gained one message of `added` bytes and
+    /// lost what was `dropped`.
+    fn inbox_sizes_changed(&self, changes: Vec<((String, String), InboxSize, u64)>) {
+        let mut sizes = self.inbox_sizes();
+        for (key, dropped, added) in changes {
+            if let Some(size) = sizes.get_mut(&key) {
+                size.messages = size.messages.saturating_sub(dropped.messages) + 1;
+                size.bytes = size.bytes.saturating_sub(dropped.bytes) + added;
+            }
+        }
+    }
+
+    pub(super) fn forget_inbox_size(&self, user: &str, device: &str) {
+        self.inbox_sizes()
+            .remove(&(user.to_owned(), device.to_owned()));
+    }
+
+    pub(super) fn forget_inbox_sizes_of(&self, user: &str) {
+        self.inbox_sizes().retain(|(u, _), _| u != user);
+    }
+
+    fn inbox_sizes(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), InboxSize>> {
+        // The map holds plain counters: a panic while holding the lock leaves it usable.
+        self.inbox_sizes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

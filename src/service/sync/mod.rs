@@ -126,6 +126,16 @@ pub async fn sync_once(
     request: &SyncRequest<'_>,
     now: u64,
 ) -> Result<SyncResult> {
+    // To-device messages first: when a response cannot carry all of them, the pass's horizon
+    // moves back to just before the first one held back, so every stream of this response
+    // (and its token) stops there and the next sync continues from it.
+    let device: &ruma::DeviceId = request.device_id.into();
+    let to_device = sources
+        .e2ee
+        .to_device_batch(request.user_id, device, request.since, now)?;
+    let now = to_device.upto;
+    let to_device = to_device.events;
+
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut knock = Map::new();
@@ -333,12 +343,10 @@ pub async fn sync_once(
     // End-to-end encryption: to-device messages (those up to the client's token are
     // acknowledged by this request and deleted), device-list changes, key counts.
     let e2ee = sources.e2ee;
-    let device: &ruma::DeviceId = request.device_id.into();
     if let Some(since) = request.since {
         e2ee.acknowledge_to_device(request.user_id, device, since)
             .await?;
     }
-    let to_device = e2ee.to_device_for_sync(request.user_id, device, request.since, now)?;
     has_updates |= !to_device.is_empty();
     body.insert("to_device".into(), json!({ "events": to_device }));
     if let Some(since) = request.since {
