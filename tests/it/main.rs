@@ -1,5 +1,6 @@
 //! The one integration test binary; each area of the server adds a module.
 
+mod access;
 mod account;
 mod account_data;
 mod aliases;

@@ -10,6 +10,7 @@
 //! O(room state)), and, for state at any past event, a chain of state events with a full
 //! snapshot every `SNAPSHOT_EVERY` links.
 
+pub mod access;
 mod build;
 pub mod create;
 pub mod directory;
