@@ -22,6 +22,7 @@ mod push_rules;
 mod redaction;
 mod relations;
 mod reports;
+mod restricted;
 mod rooms;
 mod spaces;
 mod store;

@@ -280,8 +280,17 @@ async fn send_state(
 ) -> Result<send_state_event::v3::Response> {
     let me = ctx.authed()?;
     known_room(&services, &body.room_id)?;
-    let content = parse_json(body.body.json(), "content")?;
+    let mut content = parse_json(body.body.json(), "content")?;
     object(content.clone(), "content")?;
+    if body.event_type == StateEventType::RoomMember {
+        // Fields only a server may set are dropped; a restricted join is authorised here.
+        services.rooms.prepare_member_content(
+            &body.room_id,
+            &me.user_id,
+            &body.state_key,
+            &mut content,
+        )?;
+    }
     if body.event_type == StateEventType::RoomCanonicalAlias {
         check_canonical_alias(&services, &body.room_id, &content)?;
     }

@@ -16,6 +16,7 @@ pub mod create;
 pub mod directory;
 pub mod format;
 pub mod hierarchy;
+pub mod membership;
 pub mod redact;
 pub mod relations;
 pub mod state;
