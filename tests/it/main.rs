@@ -25,6 +25,7 @@ mod reports;
 mod restricted;
 mod rooms;
 mod spaces;
+mod state_content;
 mod store;
 mod sync;
 mod timestamp;

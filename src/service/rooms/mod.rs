@@ -21,6 +21,7 @@ pub mod redact;
 pub mod relations;
 pub mod state;
 pub mod upgrade;
+pub mod validate;
 pub mod visibility;
 
 use std::{
