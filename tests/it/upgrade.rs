@@ -88,6 +88,10 @@ async fn upgrade_v10_to_v12_replaces_the_room() {
         }),
     )
     .await;
+    for token in [&bob, &carol, &dave] {
+        join(&srv, token, &old).await;
+    }
+    // A member's alias moves with the room too.
     let (status, _) = srv
         .put(
             &alias_path("#novels:localhost"),
@@ -96,9 +100,6 @@ async fn upgrade_v10_to_v12_replaces_the_room() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    for token in [&bob, &carol, &dave] {
-        join(&srv, token, &old).await;
-    }
     put_state(
         &srv,
         &alice,

@@ -279,7 +279,7 @@ async fn send_state(
     body: send_state_event::v3::Request,
 ) -> Result<send_state_event::v3::Response> {
     let me = ctx.authed()?;
-    known_room(&services, &body.room_id)?;
+    let room = known_room(&services, &body.room_id)?;
     let mut content = parse_json(body.body.json(), "content")?;
     object(content.clone(), "content")?;
     if body.event_type == StateEventType::RoomMember {
@@ -292,6 +292,18 @@ async fn send_state(
         )?;
     }
     if body.event_type == StateEventType::RoomCanonicalAlias {
+        // Publishing an alias is the room's decision: who may not send the event learns
+        // nothing about which aliases point where.
+        if !services.rooms.can_send_state(
+            &body.room_id,
+            &room,
+            &me.user_id,
+            StateEventType::RoomCanonicalAlias,
+        )? {
+            return Err(Error::forbidden(
+                "You may not set this room's canonical alias",
+            ));
+        }
         check_canonical_alias(&services, &body.room_id, &content)?;
     }
     let event = NewEvent::state(body.event_type.to_string(), body.state_key.clone(), content);
