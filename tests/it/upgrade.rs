@@ -462,3 +462,23 @@ async fn refused_upgrades_change_nothing() {
         .await;
     assert_eq!(body["joined_rooms"], json!([old]));
 }
+
+/// The replacement room's `predecessor.event_id` is the old room's tombstone, where the room
+/// ids allow it (targets before v12).
+#[tokio::test]
+async fn predecessor_names_the_tombstone() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let old = create_room(&srv, &alice, json!({"room_version": "10"})).await;
+    send_text(&srv, &alice, &old, "t1").await;
+    let (status, body) = upgrade(&srv, &alice, &old, json!({"new_version": "11"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap();
+    let tombstone = find(&state(&srv, &alice, &old).await, "m.room.tombstone", "").clone();
+    assert_eq!(tombstone["content"]["replacement_room"], new);
+    let s = state(&srv, &alice, new).await;
+    assert_eq!(
+        content(&s, "m.room.create")["predecessor"],
+        json!({"room_id": old, "event_id": tombstone["event_id"]})
+    );
+}
