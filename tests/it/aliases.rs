@@ -193,10 +193,19 @@ async fn who_may_delete_an_alias() {
 
     put_alias(&srv, &alice, "#alices:localhost", &room).await;
     put_alias(&srv, &bob, "#bobs:localhost", &room).await;
-    // Anyone may point an alias at a room this server knows, member or not.
+    // Carol creates aliases while a member, then leaves.
+    join(&srv, &carol, &room).await;
     let (status, _) = put_alias(&srv, &carol, "#carols:localhost", &room).await;
     assert_eq!(status, StatusCode::OK);
     put_alias(&srv, &carol, "#carols2:localhost", &room).await;
+    let (status, _) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&carol),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
 
     // Bob (power 0, m.room.canonical_alias needs 50) may not delete Alice's alias.
     let (status, body) = delete_alias(&srv, &bob, "#alices:localhost").await;
@@ -328,4 +337,46 @@ async fn listing_a_rooms_aliases_needs_membership_or_world_readable() {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = room_aliases(&srv, &alice, &private).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// An alias can only be created by a joined member of the room; publishing it as the room's
+/// canonical alias needs the power to send `m.room.canonical_alias`.
+#[tokio::test]
+async fn creating_and_publishing_an_alias_need_membership_and_power() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    let other = create_room(&srv, &alice, json!({})).await;
+
+    // Bob is not in the room: he cannot name it.
+    let (status, body) = put_alias(&srv, &bob, "#squat:localhost", &room).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(errcode(&body), "M_FORBIDDEN");
+    let (status, _) = srv.get(&alias_path("#squat:localhost"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the alias must not exist");
+
+    // Once joined he may create an alias, but not publish it (power level 0 < 50).
+    join(&srv, &bob, &room).await;
+    let (status, body) = put_alias(&srv, &bob, "#bobs:localhost", &room).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.canonical_alias/");
+    let (status, body) = srv
+        .put(&path, Some(&bob), json!({"alias": "#bobs:localhost"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // Nor probe where other aliases point: refused before the alias check.
+    let (status, body) = put_alias(&srv, &alice, "#elsewhere:localhost", &other).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = srv
+        .put(&path, Some(&bob), json!({"alias": "#elsewhere:localhost"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // Alice, with the power, publishes bob's alias.
+    let (status, body) = srv
+        .put(&path, Some(&alice), json!({"alias": "#bobs:localhost"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = canonical_alias(&srv, &alice, &room).await;
+    assert_eq!(body["alias"], "#bobs:localhost");
 }

@@ -1,5 +1,6 @@
 //! The one integration test binary; each area of the server adds a module.
 
+mod access;
 mod account;
 mod account_data;
 mod aliases;
@@ -23,8 +24,10 @@ mod redaction;
 mod relations;
 mod reports;
 mod requests;
+mod restricted;
 mod rooms;
 mod spaces;
+mod state_content;
 mod store;
 mod sync;
 mod timestamp;

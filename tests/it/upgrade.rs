@@ -88,6 +88,10 @@ async fn upgrade_v10_to_v12_replaces_the_room() {
         }),
     )
     .await;
+    for token in [&bob, &carol, &dave] {
+        join(&srv, token, &old).await;
+    }
+    // A member's alias moves with the room too.
     let (status, _) = srv
         .put(
             &alias_path("#novels:localhost"),
@@ -96,9 +100,6 @@ async fn upgrade_v10_to_v12_replaces_the_room() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    for token in [&bob, &carol, &dave] {
-        join(&srv, token, &old).await;
-    }
     put_state(
         &srv,
         &alice,
@@ -460,4 +461,24 @@ async fn refused_upgrades_change_nothing() {
         .get("/_matrix/client/v3/joined_rooms", Some(&alice))
         .await;
     assert_eq!(body["joined_rooms"], json!([old]));
+}
+
+/// The replacement room's `predecessor.event_id` is the old room's tombstone, where the room
+/// ids allow it (targets before v12).
+#[tokio::test]
+async fn predecessor_names_the_tombstone() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let old = create_room(&srv, &alice, json!({"room_version": "10"})).await;
+    send_text(&srv, &alice, &old, "t1").await;
+    let (status, body) = upgrade(&srv, &alice, &old, json!({"new_version": "11"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap();
+    let tombstone = find(&state(&srv, &alice, &old).await, "m.room.tombstone", "").clone();
+    assert_eq!(tombstone["content"]["replacement_room"], new);
+    let s = state(&srv, &alice, new).await;
+    assert_eq!(
+        content(&s, "m.room.create")["predecessor"],
+        json!({"room_id": old, "event_id": tombstone["event_id"]})
+    );
 }

@@ -4,12 +4,12 @@ use std::{collections::HashSet, sync::Arc};
 
 use ruma::api::client::{context::get_context, filter::RoomEventFilter};
 
-use super::room::{passes, raw, viewer, visible_event};
+use super::room::{known_room, passes, raw, viewer};
 use crate::{
-    error::Result,
-    http::{Authed, Ctx, Router},
+    error::{Error, Result},
+    http::{Ctx, Router},
     service::{
-        rooms::{state::state_head, StoredEvent},
+        rooms::{access::Reader, state::state_head, StoredEvent},
         Services,
     },
 };
@@ -26,7 +26,7 @@ pub fn routes(router: &mut Router) {
 /// `/messages` token continuing in the same direction).
 fn around(
     services: &Services,
-    me: &Authed,
+    reader: &mut Reader<'_>,
     event: &StoredEvent,
     filter: &RoomEventFilter,
     backwards: bool,
@@ -56,7 +56,7 @@ fn around(
         }
         for next in page {
             budget = budget.saturating_sub(1);
-            if !services.rooms.can_see(&me.user_id, &next)? {
+            if !reader.may_see(&next)? {
                 if backwards {
                     // History the user cannot see ends the context, as in `/messages`.
                     break 'pages;
@@ -87,15 +87,33 @@ async fn context(
     body: get_context::v3::Request,
 ) -> Result<get_context::v3::Response> {
     let me = ctx.authed()?;
-    let event = visible_event(&services, &body.room_id, &me.user_id, &body.event_id)?;
+    let room = known_room(&services, &body.room_id)?;
+    let mut reader = services.rooms.reader(&body.room_id, &me.user_id)?;
+    // The context carries the room state: only for users who may read it (an invitee sees
+    // their invite through `/sync`'s stripped state, not here). 404 as for an unknown event.
+    if reader.access.state_head(room.last_state).is_none() {
+        return Err(Error::not_found("Event not found"));
+    }
+    let event = services
+        .rooms
+        .event(&body.event_id)?
+        .filter(|e| e.meta.room_sid == room.sid);
+    let event = reader.visible(event)?;
     let limit = usize::try_from(u64::from(body.limit))
         .unwrap_or(MAX_LIMIT)
         .min(MAX_LIMIT);
     let before_limit = limit / 2;
-    let (before, start) = around(&services, me, &event, &body.filter, true, before_limit)?;
+    let (before, start) = around(
+        &services,
+        &mut reader,
+        &event,
+        &body.filter,
+        true,
+        before_limit,
+    )?;
     let (after, end) = around(
         &services,
-        me,
+        &mut reader,
         &event,
         &body.filter,
         false,

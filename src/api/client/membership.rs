@@ -58,6 +58,10 @@ pub async fn set_membership(
     if let Some(reason) = reason.filter(|r| !r.is_empty()) {
         content["reason"] = json!(reason);
     }
+    // A join of a restricted room carries this server's authorisation when the user may join.
+    services
+        .rooms
+        .prepare_member_content(room_id, sender, target.as_str(), &mut content)?;
     let event = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content);
     services.rooms.send(room_id, sender, event).await?;
     Ok(())

@@ -42,7 +42,9 @@ fn room_event(
     let not_found = || Error::not_found("Unknown event in this room");
     let room = services.rooms.room(room_id)?.ok_or_else(not_found)?;
     let event = services.rooms.event(event_id)?.ok_or_else(not_found)?;
-    if event.meta.room_sid != room.sid || !services.rooms.can_see(user_id, &event)? {
+    if event.meta.room_sid != room.sid
+        || !services.rooms.reader(room_id, user_id)?.may_see(&event)?
+    {
         return Err(not_found());
     }
     Ok(event)

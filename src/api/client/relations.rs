@@ -14,12 +14,11 @@ use ruma::{
         },
         Direction,
     },
-    events::room::member::MembershipState,
     serde::Raw,
     EventId, RoomId, UInt,
 };
 
-use super::room::{known_room, raw, state_view, viewer, visible_event};
+use super::room::{known_room, raw, viewer};
 use crate::{
     error::{Error, Result},
     http::{Authed, Ctx, Router},
@@ -74,12 +73,18 @@ fn page(
     limit_value: Option<UInt>,
 ) -> Result<Page> {
     // Unknown, foreign or invisible parent: 404, so that existence does not leak.
-    let parent = visible_event(services, room_id, &me.user_id, event_id)?;
+    let room = known_room(services, room_id)?;
+    let mut reader = services.rooms.reader(room_id, &me.user_id)?;
+    let parent = services
+        .rooms
+        .event(event_id)?
+        .filter(|e| e.meta.room_sid == room.sid);
+    let parent = reader.visible(parent)?;
     query.from = token(from)?;
     query.to = token(to)?;
     query.backwards = dir == Direction::Backward;
     query.limit = limit(limit_value, DEFAULT_LIMIT, MAX_LIMIT);
-    let result = services.rooms.relations(&parent, &me.user_id, &query)?;
+    let result = services.rooms.relations(&parent, &mut reader, &query)?;
     let chunk = result
         .events
         .iter()
@@ -190,15 +195,8 @@ async fn threads(
 ) -> Result<get_threads::v1::Response> {
     let me = ctx.authed()?;
     let room = known_room(&services, &body.room_id)?;
-    let member = services.rooms.membership(&body.room_id, &me.user_id)?;
-    let readable = match member {
-        Some(MembershipState::Join | MembershipState::Leave | MembershipState::Invite) => true,
-        Some(MembershipState::Ban) => false,
-        _ => state_view(&services, &room, &body.room_id, &me.user_id)?.is_some(),
-    };
-    if !readable {
-        return Err(Error::forbidden("You are not allowed to view this room"));
-    }
+    let mut reader = services.rooms.reader(&body.room_id, &me.user_id)?;
+    reader.access.require_history()?;
     let participated = match body.include.as_str() {
         "all" => false,
         "participated" => true,
@@ -210,9 +208,14 @@ async fn threads(
     };
     let from = token(body.from.as_deref())?;
     let limit = limit(body.limit, DEFAULT_THREADS, MAX_THREADS);
-    let page = services
-        .rooms
-        .threads(room.sid, &me.user_id, participated, from, limit)?;
+    let page = services.rooms.threads(
+        room.sid,
+        &mut reader,
+        &me.user_id,
+        participated,
+        from,
+        limit,
+    )?;
     let chunk = page
         .roots
         .iter()

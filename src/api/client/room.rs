@@ -26,6 +26,7 @@ use crate::{
     http::{Authed, Ctx, Router},
     service::{
         rooms::{
+            access::Access,
             create::{CreateRoom, Preset},
             format::Viewer,
             state::state_head,
@@ -278,10 +279,31 @@ async fn send_state(
     body: send_state_event::v3::Request,
 ) -> Result<send_state_event::v3::Response> {
     let me = ctx.authed()?;
-    known_room(&services, &body.room_id)?;
-    let content = parse_json(body.body.json(), "content")?;
+    let room = known_room(&services, &body.room_id)?;
+    let mut content = parse_json(body.body.json(), "content")?;
     object(content.clone(), "content")?;
+    if body.event_type == StateEventType::RoomMember {
+        // Fields only a server may set are dropped; a restricted join is authorised here.
+        services.rooms.prepare_member_content(
+            &body.room_id,
+            &me.user_id,
+            &body.state_key,
+            &mut content,
+        )?;
+    }
     if body.event_type == StateEventType::RoomCanonicalAlias {
+        // Publishing an alias is the room's decision: who may not send the event learns
+        // nothing about which aliases point where.
+        if !services.rooms.can_send_state(
+            &body.room_id,
+            &room,
+            &me.user_id,
+            StateEventType::RoomCanonicalAlias,
+        )? {
+            return Err(Error::forbidden(
+                "You may not set this room's canonical alias",
+            ));
+        }
         check_canonical_alias(&services, &body.room_id, &content)?;
     }
     let event = NewEvent::state(body.event_type.to_string(), body.state_key.clone(), content);
@@ -317,38 +339,17 @@ fn check_canonical_alias(services: &Services, room_id: &RoomId, content: &Value)
     Ok(())
 }
 
-/// Whether the user may read the room's *current* state: joined now, or the room is
-/// world-readable; a user who left sees the state as it was when they left.
-pub fn state_view(
+/// The head of the state the user may read (see `service::rooms::access`), or 403.
+pub fn readable_state(
     services: &Services,
     room: &RoomRecord,
     room_id: &RoomId,
     user_id: &UserId,
-) -> Result<Option<Option<u64>>> {
-    match services.rooms.membership(room_id, user_id)? {
-        Some(MembershipState::Join) => Ok(Some(room.last_state)),
-        Some(MembershipState::Leave) | Some(MembershipState::Ban) => {
-            // The state at the user's own leave event.
-            let member = services.rooms.state_event(
-                room.sid,
-                &StateEventType::RoomMember,
-                user_id.as_str(),
-            )?;
-            Ok(member.map(|e| state_head(&e)))
-        }
-        _ => {
-            let visibility =
-                services
-                    .rooms
-                    .state_event(room.sid, &StateEventType::RoomHistoryVisibility, "")?;
-            let readable = visibility
-                .and_then(|e| e.pdu.content_as::<Value>())
-                .is_some_and(|c| {
-                    c.get("history_visibility").and_then(Value::as_str) == Some("world_readable")
-                });
-            Ok(readable.then_some(room.last_state))
-        }
-    }
+) -> Result<Option<u64>> {
+    services
+        .rooms
+        .read_access(room_id, user_id)?
+        .require_state(room.last_state)
 }
 
 async fn get_state_event(
@@ -358,8 +359,7 @@ async fn get_state_event(
 ) -> Result<get_state_event_for_key::v3::Response> {
     let me = ctx.authed()?;
     let room = known_room(&services, &body.room_id)?;
-    let head = state_view(&services, &room, &body.room_id, &me.user_id)?
-        .ok_or_else(|| Error::forbidden("You are not allowed to read this room's state"))?;
+    let head = readable_state(&services, &room, &body.room_id, &me.user_id)?;
     let sid = services
         .rooms
         .state_at(head, &body.event_type, &body.state_key)?;
@@ -393,8 +393,7 @@ async fn get_state(
 ) -> Result<get_state_events::v3::Response> {
     let me = ctx.authed()?;
     let room = known_room(&services, &body.room_id)?;
-    let head = state_view(&services, &room, &body.room_id, &me.user_id)?
-        .ok_or_else(|| Error::forbidden("You are not allowed to read this room's state"))?;
+    let head = readable_state(&services, &room, &body.room_id, &me.user_id)?;
     let events = state_events(&services, head)?;
     let state = events
         .iter()
@@ -416,10 +415,7 @@ pub fn visible_event(
         .rooms
         .event(event_id)?
         .filter(|e| e.meta.room_sid == room.sid);
-    match event {
-        Some(event) if services.rooms.can_see(user_id, &event)? => Ok(event),
-        _ => Err(Error::not_found("Event not found")),
-    }
+    services.rooms.reader(room_id, user_id)?.visible(event)
 }
 
 async fn get_event(
@@ -441,8 +437,8 @@ async fn members(
 ) -> Result<get_member_events::v3::Response> {
     let me = ctx.authed()?;
     let room = known_room(&services, &body.room_id)?;
-    let mut head = state_view(&services, &room, &body.room_id, &me.user_id)?
-        .ok_or_else(|| Error::forbidden("You are not allowed to read this room's members"))?;
+    let mut reader = services.rooms.reader(&body.room_id, &me.user_id)?;
+    let mut head = reader.access.require_state(room.last_state)?;
     if let Some(at) = &body.at {
         // `at` is a pagination (or sync) token: the state at that point, if visible.
         let pos = pagination_position(at)?;
@@ -450,7 +446,7 @@ async fn members(
             .rooms
             .timeline(room.sid, Some(pos.saturating_sub(1)), true, 1)?;
         head = match before.first() {
-            Some(event) if services.rooms.can_see(&me.user_id, event)? => state_head(event),
+            Some(event) if reader.may_see(event)? => state_head(event),
             Some(_) => return Err(Error::forbidden("You may not see the room at that point")),
             None => None,
         };
@@ -494,7 +490,13 @@ async fn joined_members_of(
     body: joined_members::v3::Request,
 ) -> Result<joined_members::v3::Response> {
     let me = ctx.authed()?;
-    let room = require_joined(&services, &body.room_id, &me.user_id)?;
+    let room = known_room(&services, &body.room_id)?;
+    // The spec asks the caller to be in the room: a joined member (or a peeker of a
+    // world-readable room) sees who is joined now.
+    match services.rooms.read_access(&body.room_id, &me.user_id)? {
+        Access::Joined | Access::WorldReadable => {}
+        _ => return Err(Error::forbidden("You are not joined to this room")),
+    }
     let mut joined = BTreeMap::new();
     for event in services
         .rooms
@@ -551,13 +553,8 @@ async fn messages(
 ) -> Result<get_message_events::v3::Response> {
     let me = ctx.authed()?;
     let room = known_room(&services, &body.room_id)?;
-    let membership = services.rooms.membership(&body.room_id, &me.user_id)?;
-    if membership.is_none() {
-        // Never in the room: only world-readable rooms can be paginated.
-        if state_view(&services, &room, &body.room_id, &me.user_id)?.is_none() {
-            return Err(Error::forbidden("You are not a member of this room"));
-        }
-    }
+    let mut reader = services.rooms.reader(&body.room_id, &me.user_id)?;
+    reader.access.require_history()?;
     let parse = pagination_position;
     let backwards = body.dir == Direction::Backward;
     let from = match body.from.as_deref() {
@@ -571,7 +568,12 @@ async fn messages(
         .clamp(1, MAX_PAGE);
 
     let mut chunk = Vec::new();
-    let mut cursor = from;
+    // A departed user's history ends at their departure: start there, stop there.
+    let until = reader.access.until();
+    let mut cursor = match until {
+        Some(until) if backwards => from.min(until + 1),
+        _ => from,
+    };
     let mut end = None;
     // Read in pages; filtered-out and invisible events do not count towards the limit, but
     // the scan is bounded so a filter matching nothing cannot read the whole room.
@@ -598,6 +600,10 @@ async fn messages(
                     break 'pages;
                 }
             }
+            if !backwards && until.is_some_and(|until| event.sid > until) {
+                end = None;
+                break 'pages;
+            }
             cursor = if backwards { event.sid } else { event.sid + 1 };
             end = Some(cursor);
             if !passes(&body.filter, &event) {
@@ -606,7 +612,7 @@ async fn messages(
             // Invisible events are skipped, not a stop: a user who left (or left and came back)
             // has visible history behind invisible stretches. The scan budget bounds the cost;
             // `end` lets the client continue past a long invisible stretch.
-            if !services.rooms.can_see(&me.user_id, &event)? {
+            if !reader.may_see(&event)? {
                 continue;
             }
             chunk.push(raw(services

@@ -48,14 +48,8 @@ async fn timestamp_to_event(
 ) -> Result<get_event_by_timestamp::v1::Response> {
     let me = ctx.authed()?;
     let room = known_room(&services, &body.room_id)?;
-    if services
-        .rooms
-        .membership(&body.room_id, &me.user_id)?
-        .is_none()
-        && !services.rooms.is_world_readable(room.sid)?
-    {
-        return Err(Error::forbidden("You are not a member of this room"));
-    }
+    let mut reader = services.rooms.reader(&body.room_id, &me.user_id)?;
+    reader.access.require_history()?;
     let ts = u64::from(body.ts.get());
     let forward = body.dir == Direction::Forward;
     let not_found = || {
@@ -109,7 +103,7 @@ async fn timestamp_to_event(
             } else {
                 event.meta.origin_server_ts <= ts
             };
-            if ts_ok && rooms.can_see(&me.user_id, event)? {
+            if ts_ok && reader.may_see(event)? {
                 let origin_server_ts = MilliSecondsSinceUnixEpoch(
                     UInt::try_from(event.meta.origin_server_ts).unwrap_or(UInt::MAX),
                 );

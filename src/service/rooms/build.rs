@@ -20,7 +20,7 @@ use ruma::{
 use serde_json::{json, Map, Value};
 
 use super::{
-    CurrentState, EventIds, EventMeta, EventMetaTable, NewEvent, Pdu, Pdus, RoomMembers,
+    validate, CurrentState, EventIds, EventMeta, EventMetaTable, NewEvent, Pdu, Pdus, RoomMembers,
     RoomRecord, Rooms, RoomsTable, StateSnapshot, StateSnapshots, Timeline, TxnIds, UserRooms,
     SNAPSHOT_EVERY,
 };
@@ -228,6 +228,17 @@ impl<'a> Staged<'a> {
     /// Builds, signs and authorises an event and stages it. Returns its id.
     pub fn add(&mut self, sender: &UserId, new: NewEvent) -> Result<OwnedEventId> {
         let rooms = self.rooms;
+        let kind = new.kind.to_string();
+        validate::check_sizes(&kind, new.state_key.as_deref())?;
+        if new.state_key.is_some() {
+            validate::check_state_content(&kind, &new.content)?;
+        }
+        if new.kind == TimelineEventType::RoomPowerLevels {
+            let current = self
+                .state_pdu(&StateEventType::RoomPowerLevels, "")
+                .and_then(|pdu| pdu.content_as::<Value>());
+            validate::check_power_levels_keep_sender(current.as_ref(), &new.content, sender)?;
+        }
         let content_raw = serde_json::value::to_raw_value(&new.content)
             .map_err(|e| Error::bad_json(e.to_string()))?;
         let auth_types = auth_types_for_event(

@@ -237,8 +237,8 @@ impl Rooms {
             .put::<RoomAliases>(&(to.to_string(), alias.to_string()), &true);
     }
 
-    /// Creates a local alias for a room this server knows: 404 for an unknown room, 409
-    /// `M_UNKNOWN` if the alias is taken.
+    /// Creates a local alias for a room this server knows: 404 for an unknown room, 403 if
+    /// `creator` is not joined to it, 409 `M_UNKNOWN` if the alias is taken.
     pub async fn set_alias(
         &self,
         alias: &RoomAliasId,
@@ -259,6 +259,13 @@ impl Rooms {
         }
         if self.room(room_id)?.is_none() {
             return Err(Error::not_found("Unknown room"));
+        }
+        // An alias speaks for a room: only its members may name it. Whether the alias becomes
+        // the room's published (canonical) alias is the room's decision, by power level.
+        if self.membership(room_id, creator)? != Some(MembershipState::Join) {
+            return Err(Error::forbidden(
+                "You must be joined to a room to create an alias for it",
+            ));
         }
         if self.alias_record(alias)?.is_some() {
             return Err(taken());

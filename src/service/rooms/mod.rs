@@ -10,15 +10,18 @@
 //! O(room state)), and, for state at any past event, a chain of state events with a full
 //! snapshot every `SNAPSHOT_EVERY` links.
 
+pub mod access;
 mod build;
 pub mod create;
 pub mod directory;
 pub mod format;
 pub mod hierarchy;
+pub mod membership;
 pub mod redact;
 pub mod relations;
 pub mod state;
 pub mod upgrade;
+pub mod validate;
 pub mod visibility;
 
 use std::{

@@ -17,7 +17,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::{format::Viewer, Pdu, Rooms, StoredEvent};
+use super::{access::Reader, format::Viewer, Pdu, Rooms, StoredEvent};
 use crate::{
     error::{Error, Result},
     store::{Batch, Record},
@@ -378,6 +378,14 @@ impl Rooms {
         }
     }
 
+    /// The child event, if the reader may see it.
+    fn readable_child(&self, sid: u64, reader: &mut Reader<'_>) -> Result<Option<StoredEvent>> {
+        match self.event_by_sid(sid)? {
+            Some(event) if reader.may_see(&event)? => Ok(Some(event)),
+            _ => Ok(None),
+        }
+    }
+
     /// The `m.thread` aggregation of a thread root, if it has replies.
     fn thread_summary(
         &self,
@@ -445,7 +453,7 @@ impl Rooms {
     pub fn relations(
         &self,
         parent: &StoredEvent,
-        user_id: &UserId,
+        reader: &mut Reader<'_>,
         query: &RelationsQuery,
     ) -> Result<RelationsPage> {
         let limit = query.limit.max(1);
@@ -471,7 +479,7 @@ impl Rooms {
             while events.len() < limit {
                 let Some(sid) = rest.next() else { break };
                 next = Some(if query.backwards { sid } else { sid + 1 });
-                if let Some(event) = self.visible_child(sid, Some(viewer_of(user_id)))? {
+                if let Some(event) = self.readable_child(sid, reader)? {
                     events.push(event);
                 }
             }
@@ -504,7 +512,7 @@ impl Rooms {
                 {
                     continue;
                 }
-                if let Some(event) = self.visible_child(sid, Some(viewer_of(user_id)))? {
+                if let Some(event) = self.readable_child(sid, reader)? {
                     events.push(event);
                     if events.len() == limit {
                         let last = exhausted && index + 1 == count;
@@ -614,6 +622,7 @@ impl Rooms {
     pub fn threads(
         &self,
         room_sid: u64,
+        reader: &mut Reader<'_>,
         user_id: &UserId,
         participated: bool,
         from: Option<u64>,
@@ -645,7 +654,7 @@ impl Rooms {
                 let Some(root) = self.event_by_sid(root_sid)? else {
                     continue;
                 };
-                if !self.can_see(user_id, &root)? {
+                if !reader.may_see(&root)? {
                     continue;
                 }
                 if participated && !self.participated(&root, user_id)? {
@@ -672,12 +681,5 @@ impl Rooms {
             .children_of_type(root.sid, THREAD)?
             .iter()
             .any(|(_, r)| r.sender == user_id.as_str()))
-    }
-}
-
-fn viewer_of(user_id: &UserId) -> Viewer<'_> {
-    Viewer {
-        user_id,
-        device_id: None,
     }
 }

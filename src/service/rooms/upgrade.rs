@@ -147,8 +147,18 @@ impl Rooms {
             .next()
             .map(|e| e.pdu.event_id);
 
-        // 2. The replacement room's create event.
+        // 2. The replacement room's create event. Where the new room's id is known before its
+        // create event (before v12), the tombstone (step 5) is staged first, so that the
+        // create event's `predecessor.event_id` names it: clients follow it to the exact
+        // point where the old room was replaced. A v12 room id is the
+        // hash of its create event, which would need the tombstone's id while the tombstone
+        // needs the room id; there the predecessor names the last event before the upgrade
+        // (the spec lets v12 omit it). Both rooms commit in one batch either way.
         let mut new = self.stage_new_room(request.new_version.clone()).await?;
+        let tombstone = match new.room_id().map(ToOwned::to_owned) {
+            Some(new_room_id) => Some(add_tombstone(&mut old, user, &new_room_id)?),
+            None => None,
+        };
         let v12 = new_rules.authorization.explicitly_privilege_room_creators;
         let mut create = Map::new();
         create.insert("room_version".into(), json!(request.new_version));
@@ -162,7 +172,7 @@ impl Rooms {
         }
         let mut predecessor = Map::new();
         predecessor.insert("room_id".into(), json!(request.room_id));
-        if let Some(event_id) = &last_event {
+        if let Some(event_id) = tombstone.as_ref().or(last_event.as_ref()) {
             predecessor.insert("event_id".into(), json!(event_id));
         }
         create.insert("predecessor".into(), Value::Object(predecessor));
@@ -298,18 +308,10 @@ impl Rooms {
                 .put::<PublicRooms>(&new_room_id.to_string(), &true);
         }
 
-        // 5. The tombstone.
-        old.add(
-            user,
-            NewEvent::state(
-                TimelineEventType::RoomTombstone,
-                "",
-                json!({
-                    "body": "This room has been replaced",
-                    "replacement_room": new_room_id,
-                }),
-            ),
-        )?;
+        // 5. The tombstone, unless staged before the create event (see step 2).
+        if tombstone.is_none() {
+            add_tombstone(&mut old, user, &new_room_id)?;
+        }
 
         // 6. Restrict the old room, if the user's power allows it.
         if let Some(Value::Object(mut content)) = old_power_levels {
@@ -352,4 +354,23 @@ impl Rooms {
         .await?;
         Ok(new_room_id)
     }
+}
+
+/// Stages the old room's tombstone pointing at its replacement.
+fn add_tombstone(
+    old: &mut super::build::Staged<'_>,
+    user: &UserId,
+    new_room_id: &ruma::RoomId,
+) -> Result<ruma::OwnedEventId> {
+    old.add(
+        user,
+        NewEvent::state(
+            TimelineEventType::RoomTombstone,
+            "",
+            json!({
+                "body": "This room has been replaced",
+                "replacement_room": new_room_id,
+            }),
+        ),
+    )
 }

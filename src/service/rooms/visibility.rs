@@ -44,30 +44,21 @@ impl Rooms {
         self.content_field(sid, "membership")
     }
 
-    /// Whether `user_id` joined the room at any point after the event `after_sid`.
-    fn joined_since(&self, room_sid: u64, user_id: &UserId, after_sid: u64) -> Result<bool> {
+    /// The sid of the user's newest join event in the room, if any within the walk limit.
+    pub fn latest_join(&self, room_sid: u64, user_id: &UserId) -> Result<Option<u64>> {
         let key = (room_sid, "m.room.member".to_owned(), user_id.to_string());
         let mut cursor = self.store.get::<super::CurrentState>(&key)?;
         for _ in 0..MEMBERSHIP_HISTORY_LIMIT {
-            let Some(sid) = cursor else { return Ok(false) };
-            if sid <= after_sid {
-                return Ok(false);
-            }
+            let Some(sid) = cursor else { return Ok(None) };
             let Some(event) = self.event_by_sid(sid)? else {
-                return Ok(false);
+                return Ok(None);
             };
-            let membership = event.pdu.content_as::<Value>();
-            if membership
-                .as_ref()
-                .and_then(|c| c.get("membership"))
-                .and_then(Value::as_str)
-                == Some("join")
-            {
-                return Ok(true);
+            if super::access::membership_of(&event).as_deref() == Some("join") {
+                return Ok(Some(sid));
             }
             cursor = event.meta.replaces_state;
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// The user's membership in the room as it stood at stream position `pos`, with the sid of
@@ -98,7 +89,9 @@ impl Rooms {
         Ok(None)
     }
 
-    /// The spec's visibility algorithm for one event.
+    /// The spec's visibility algorithm for one event. Read paths use
+    /// [`super::access::Reader::may_see`], which also applies the room-level access and caches
+    /// per state run; this is the uncached per-event rule.
     pub fn can_see(&self, user_id: &UserId, event: &StoredEvent) -> Result<bool> {
         // Users always see events about their own membership (an invite, a kick, a ban),
         // even when the history around them is hidden.
@@ -108,18 +101,29 @@ impl Rooms {
             return Ok(true);
         }
         let visibility = self.visibility_at(event)?;
-        if visibility == "world_readable" {
-            return Ok(true);
-        }
         let membership = self.membership_at(event, user_id)?;
-        match membership.as_deref() {
-            Some("join") => return Ok(true),
-            Some("invite") if visibility == "invited" => return Ok(true),
-            _ => {}
+        if let Some(decided) = decide(&visibility, membership.as_deref()) {
+            return Ok(decided);
         }
-        if visibility == "shared" {
-            return self.joined_since(event.meta.room_sid, user_id, event.sid);
-        }
-        Ok(false)
+        Ok(self
+            .latest_join(event.meta.room_sid, user_id)?
+            .is_some_and(|join| join > event.sid))
     }
+}
+
+/// The visibility rule given the history visibility and the user's membership at an event;
+/// `None` when it depends on whether the user joined after the event (`shared`).
+pub(super) fn decide(visibility: &str, membership: Option<&str>) -> Option<bool> {
+    if visibility == "world_readable" {
+        return Some(true);
+    }
+    match membership {
+        Some("join") => return Some(true),
+        Some("invite") if visibility == "invited" => return Some(true),
+        _ => {}
+    }
+    if visibility == "shared" {
+        return None;
+    }
+    Some(false)
 }

@@ -272,14 +272,23 @@ pub async fn sync_once(
                 if rooms.is_forgotten(&room_id, request.user_id)? {
                     continue;
                 }
-                // Everything up to and including the user's final membership event.
-                let upto = member_sid.min(now);
+                // Everything up to and including the user's final membership event, but
+                // never past what the read-access rules allow (`rooms::access`).
+                let access = rooms.read_access(&room_id, request.user_id)?;
+                let upto = access.until().unwrap_or(member_sid).min(now);
                 let since = if request.since.is_some() {
                     request.since
                 } else {
                     None
                 };
-                if let Some(room) = room_timeline(sources, request, &room_id, since, upto, false)? {
+                if let Some(mut room) =
+                    room_timeline(sources, request, &room_id, since, upto, false)?
+                {
+                    // A user who never joined (a rejected invite, a pre-emptive ban) gets their
+                    // own membership events, not the room's state.
+                    if access.state_head(None).is_none() {
+                        room["state"] = json!({ "events": [] });
+                    }
                     leave.insert(room_id.to_string(), room);
                 }
             }

@@ -1,0 +1,223 @@
+//! Read authorization: what a user may see of a room. Every read path (`/state`, `/members`,
+//! `/joined_members`, `/context`, `/messages`, `/event`, relations, threads, receipts, sync)
+//! asks [`Rooms::read_access`] first, then checks each event with [`Reader::may_see`], which
+//! adds the spec's per-event history visibility (`visibility.rs`) on top.
+//!
+//! The rules (spec: client-server API, "Room history visibility", "Getting events for a room"):
+//! - joined now: the current state, and history as its visibility allows;
+//! - not joined and the room is `world_readable`: the same (peeking);
+//! - joined once and no longer (left, kicked, banned): the state as it was when their last
+//!   membership ended, and history up to that point only;
+//! - invited or knocking, never joined: the stripped state of the invite or knock only (served
+//!   by `/sync`), and their own membership events;
+//! - anything else (never a member, a rejected invite, a pre-emptive ban, a forgotten room):
+//!   nothing, exactly like a room the user never heard of.
+
+use std::collections::HashMap;
+
+use ruma::{RoomId, UserId};
+use serde_json::Value;
+
+use super::{state::state_head, CurrentState, Rooms, StoredEvent};
+use crate::error::{Error, Result};
+
+/// How far back a user's chain of member events is followed to find a past join. A user who
+/// changed membership more often than this without joining is treated as never joined, which
+/// only ever hides history, never reveals it.
+const MEMBERSHIP_WALK_LIMIT: usize = 100;
+
+/// What a user may read of one room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Joined now: the current state and the history its visibility allows.
+    Joined,
+    /// Not joined, but the room's history is `world_readable`: read like a member.
+    WorldReadable,
+    /// Joined once, not any more: state and history up to `until`, the member event that ended
+    /// the user's last join (their leave, kick or ban).
+    Departed { until: u64 },
+    /// Invited and never joined: only the stripped state (in `/sync`) and their own member
+    /// events.
+    Invited,
+    /// Knocking and never joined: as `Invited`.
+    Knocked,
+    /// Nothing at all.
+    None,
+}
+
+impl Access {
+    /// The head of the state chain the user may read (`Some(None)` is a room without state
+    /// events, which cannot happen for a created room), or `None` when they may not read the
+    /// room's state at all.
+    pub fn state_head(&self, current: Option<u64>) -> Option<Option<u64>> {
+        match self {
+            Access::Joined | Access::WorldReadable => Some(current),
+            // The departure is a state event: the state at it includes it.
+            Access::Departed { until } => Some(Some(*until)),
+            Access::Invited | Access::Knocked | Access::None => None,
+        }
+    }
+
+    /// The state head, or 403.
+    pub fn require_state(&self, current: Option<u64>) -> Result<Option<u64>> {
+        self.state_head(current)
+            .ok_or_else(|| Error::forbidden("You are not allowed to read this room"))
+    }
+
+    /// Whether the user may read the room's history at all (`/messages`, threads): 403 if not.
+    pub fn require_history(&self) -> Result<()> {
+        match self {
+            Access::Joined | Access::WorldReadable | Access::Departed { .. } => Ok(()),
+            _ => Err(Error::forbidden("You are not allowed to read this room")),
+        }
+    }
+
+    /// The newest stream position the user may read, if bounded.
+    pub fn until(&self) -> Option<u64> {
+        match self {
+            Access::Departed { until } => Some(*until),
+            _ => None,
+        }
+    }
+}
+
+impl Rooms {
+    /// What `user_id` may read of `room_id` now. Unknown rooms are `Access::None`.
+    pub fn read_access(&self, room_id: &RoomId, user_id: &UserId) -> Result<Access> {
+        let Some(room) = self.room(room_id)? else {
+            return Ok(Access::None);
+        };
+        // A forgotten room is as if the user had never been in it.
+        let membership = match self.membership(room_id, user_id)? {
+            Some(_) if self.is_forgotten(room_id, user_id)? => None,
+            m => m,
+        };
+        use ruma::events::room::member::MembershipState as M;
+        if membership == Some(M::Join) {
+            return Ok(Access::Joined);
+        }
+        if self.is_world_readable(room.sid)? {
+            return Ok(Access::WorldReadable);
+        }
+        if membership.is_none() {
+            return Ok(Access::None);
+        }
+        if let Some(until) = self.last_departure(room.sid, user_id)? {
+            return Ok(Access::Departed { until });
+        }
+        Ok(match membership {
+            Some(M::Invite) => Access::Invited,
+            Some(M::Knock) => Access::Knocked,
+            _ => Access::None,
+        })
+    }
+
+    /// The member event that ended the user's most recent join, if they were ever joined (and
+    /// are not now): walks the user's member events newest first.
+    fn last_departure(&self, room_sid: u64, user_id: &UserId) -> Result<Option<u64>> {
+        let key = (room_sid, "m.room.member".to_owned(), user_id.to_string());
+        let mut cursor = self.store.get::<CurrentState>(&key)?;
+        let mut newer = None;
+        for _ in 0..MEMBERSHIP_WALK_LIMIT {
+            let Some(sid) = cursor else { return Ok(None) };
+            let Some(event) = self.event_by_sid(sid)? else {
+                return Ok(None);
+            };
+            if membership_of(&event).as_deref() == Some("join") {
+                return Ok(newer);
+            }
+            newer = Some(sid);
+            cursor = event.meta.replaces_state;
+        }
+        Ok(None)
+    }
+
+    /// A reader of one room for one request: the user's access, and a visibility cache.
+    pub fn reader<'a>(&'a self, room_id: &RoomId, user_id: &'a UserId) -> Result<Reader<'a>> {
+        let access = self.read_access(room_id, user_id)?;
+        Ok(Reader::new(self, user_id, access))
+    }
+}
+
+pub(super) fn membership_of(event: &StoredEvent) -> Option<String> {
+    event.pdu.content_as::<Value>().and_then(|c| {
+        c.get("membership")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    })
+}
+
+/// Per-request reads of one room by one user. Events that share a state (a "state run": the
+/// messages between two state events) share the history visibility and the user's membership
+/// at them, so these are looked up once per run, not once per event.
+pub struct Reader<'a> {
+    rooms: &'a Rooms,
+    user_id: &'a UserId,
+    pub access: Access,
+    /// State head → (history visibility, the user's membership) at that state.
+    runs: HashMap<Option<u64>, (String, Option<String>)>,
+    /// The sid of the user's newest join event in the room (`Some(None)`: never joined).
+    latest_join: Option<Option<u64>>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(rooms: &'a Rooms, user_id: &'a UserId, access: Access) -> Self {
+        Self {
+            rooms,
+            user_id,
+            access,
+            runs: HashMap::new(),
+            latest_join: None,
+        }
+    }
+
+    /// Whether the user may see the event: the room-level access, then the event's history
+    /// visibility.
+    pub fn may_see(&mut self, event: &StoredEvent) -> Result<bool> {
+        let own_membership = event.meta.kind == "m.room.member"
+            && event.meta.state_key.as_deref() == Some(self.user_id.as_str());
+        match self.access {
+            Access::None => return Ok(false),
+            Access::Invited | Access::Knocked => return Ok(own_membership),
+            Access::Departed { until } if event.sid > until => return Ok(false),
+            _ => {}
+        }
+        if own_membership {
+            return Ok(true);
+        }
+        let head = state_head(event);
+        let (visibility, membership) = match self.runs.get(&head) {
+            Some(run) => run.clone(),
+            None => {
+                let visibility = self.rooms.visibility_at(event)?;
+                let membership = self.rooms.membership_at(event, self.user_id)?;
+                if self.runs.len() < 4096 {
+                    self.runs
+                        .insert(head, (visibility.clone(), membership.clone()));
+                }
+                (visibility, membership)
+            }
+        };
+        if let Some(decided) = super::visibility::decide(&visibility, membership.as_deref()) {
+            return Ok(decided);
+        }
+        // `shared`: visible if the user joined at any point after the event.
+        let latest_join = match self.latest_join {
+            Some(latest) => latest,
+            None => {
+                let latest = self.rooms.latest_join(event.meta.room_sid, self.user_id)?;
+                self.latest_join = Some(latest);
+                latest
+            }
+        };
+        Ok(latest_join.is_some_and(|join| join > event.sid))
+    }
+
+    /// The event if the user may see it, else 404 (not 403, so that existence does not leak).
+    pub fn visible(&mut self, event: Option<StoredEvent>) -> Result<StoredEvent> {
+        match event {
+            Some(event) if self.may_see(&event)? => Ok(event),
+            _ => Err(Error::not_found("Event not found")),
+        }
+    }
+}
