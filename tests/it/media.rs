@@ -716,6 +716,44 @@ async fn uploads_in_progress_count_against_the_quota() {
 }
 
 #[tokio::test]
+async fn orphan_files_are_swept_at_start() {
+    let mut srv = server().await;
+    let (_, token, _) = srv.register("alice", "pw").await;
+    let data_dir = srv.config.data_dir.clone();
+    let kept = bytes(5_000, 21);
+    let (server_name, id) = upload(&srv, &token, &kept, "application/octet-stream", None).await;
+    let committed = stored_files(&data_dir);
+    assert_eq!(committed.len(), 1);
+
+    // A file placed at its content address whose index row was never committed (a crash
+    // between the rename and the commit), in a fan-out directory of its own and next to the
+    // committed one; and a leftover in the temporary directory.
+    let orphan = "ab".repeat(32);
+    let orphan_path = data_dir.join("media/ab/ab").join(&orphan);
+    std::fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
+    std::fs::write(&orphan_path, b"never committed").unwrap();
+    let committed_dir = committed[0].parent().unwrap();
+    let name = committed[0].file_name().unwrap().to_str().unwrap();
+    let neighbour = committed_dir.join(format!("{}{}", &name[..4], "0".repeat(60)));
+    std::fs::write(&neighbour, b"never committed either").unwrap();
+    std::fs::write(data_dir.join("media/tmp/x.part"), b"half an upload").unwrap();
+
+    srv.restart().await;
+    assert!(!orphan_path.exists(), "the orphan is swept");
+    assert!(
+        !neighbour.exists(),
+        "the orphan next to a committed file is swept"
+    );
+    assert_eq!(tmp_files(&data_dir), 0);
+    let mut now = stored_files(&data_dir);
+    now.retain(|p| !p.starts_with(data_dir.join("media/tmp")));
+    assert_eq!(now, committed, "the committed file stays");
+    let response = download(&srv, &token, &server_name, &id).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(&response.bytes().await.unwrap()[..], &kept[..]);
+}
+
+#[tokio::test]
 async fn interrupted_upload_leaves_nothing() {
     let srv = server().await;
     let (_, token, _) = srv.register("alice", "pw").await;
