@@ -35,9 +35,15 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let listeners = config.listeners.clone();
     let services = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Services::open(config))
-            .await
-            .map_err(|e| StartError::Open(crate::store::StoreError::Io(e.to_string()).into()))??
+        tokio::task::spawn_blocking(move || {
+            let services = Services::open(config)?;
+            // Leftovers of a crash in the media repository; only the server sweeps them
+            // (admin commands that open the data directory change nothing there).
+            services.media.recover();
+            Ok::<_, crate::service::OpenError>(services)
+        })
+        .await
+        .map_err(|e| StartError::Open(crate::store::StoreError::Io(e.to_string()).into()))??
     };
     let router = Arc::new(api::router());
     let (shutdown, _) = watch::channel(false);

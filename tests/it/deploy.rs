@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hearth::cli::backup::SOCKET_NAME;
 use serde_json::json;
 
 use crate::common::{enc, TestServer};
@@ -96,7 +97,9 @@ async fn backup_restore(engine: &str) {
         text(&out)
     );
     assert!(dest.join("hearth-backup.txt").exists());
-    assert!(!dest.join("admin.sock").exists());
+    // The running server's admin socket is where the test looks, and is not copied.
+    assert!(srv.config.data_dir.join(SOCKET_NAME).exists());
+    assert!(!dest.join(SOCKET_NAME).exists());
     assert!(!dest.join("media/tmp/partial").exists());
     assert_eq!(
         std::fs::read(dest.join("media/ab/cdef")).unwrap(),
@@ -321,6 +324,10 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
         child.try_wait().unwrap().is_none(),
         "SIGHUP ended the server"
     );
+    assert!(
+        dir.path().join(SOCKET_NAME).exists(),
+        "the running server's admin socket"
+    );
     let killed_at = Instant::now();
     assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -353,5 +360,5 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(exit.code(), Some(0), "exit status after SIGTERM");
-    assert!(!dir.path().join("admin.sock").exists(), "socket removed");
+    assert!(!dir.path().join(SOCKET_NAME).exists(), "socket removed");
 }

@@ -106,23 +106,29 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-/// Files in the content store (everything under `media/` except the temporary directory).
+/// Files in the content store (everything under `media/` except the temporary directory),
+/// in path order.
 fn stored_files(data_dir: &Path) -> Vec<std::path::PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    fn walk(dir: &Path, tmp: &Path, out: &mut Vec<std::path::PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         for entry in entries.flatten() {
             let path = entry.path();
+            if path == tmp {
+                continue;
+            }
             if path.is_dir() {
-                walk(&path, out);
+                walk(&path, tmp, out);
             } else {
                 out.push(path);
             }
         }
     }
     let mut out = Vec::new();
-    walk(&data_dir.join("media"), &mut out);
+    let media = data_dir.join("media");
+    walk(&media, &media.join("tmp"), &mut out);
+    out.sort();
     out
 }
 
@@ -716,6 +722,42 @@ async fn uploads_in_progress_count_against_the_quota() {
 }
 
 #[tokio::test]
+async fn orphan_files_are_swept_at_start() {
+    let mut srv = server().await;
+    let (_, token, _) = srv.register("alice", "pw").await;
+    let data_dir = srv.config.data_dir.clone();
+    let kept = bytes(5_000, 21);
+    let (server_name, id) = upload(&srv, &token, &kept, "application/octet-stream", None).await;
+    let committed = stored_files(&data_dir);
+    assert_eq!(committed.len(), 1);
+
+    // A file placed at its content address whose index row was never committed (a crash
+    // between the rename and the commit), in a fan-out directory of its own and next to the
+    // committed one; and a leftover in the temporary directory.
+    let orphan = "ab".repeat(32);
+    let orphan_path = data_dir.join("media/ab/ab").join(&orphan);
+    std::fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
+    std::fs::write(&orphan_path, b"never committed").unwrap();
+    let committed_dir = committed[0].parent().unwrap();
+    let name = committed[0].file_name().unwrap().to_str().unwrap();
+    let neighbour = committed_dir.join(format!("{}{}", &name[..4], "0".repeat(60)));
+    std::fs::write(&neighbour, b"never committed either").unwrap();
+    std::fs::write(data_dir.join("media/tmp/x.part"), b"half an upload").unwrap();
+
+    srv.restart().await;
+    assert!(!orphan_path.exists(), "the orphan is swept");
+    assert!(
+        !neighbour.exists(),
+        "the orphan next to a committed file is swept"
+    );
+    assert_eq!(tmp_files(&data_dir), 0);
+    assert_eq!(stored_files(&data_dir), committed, "the committed file stays");
+    let response = download(&srv, &token, &server_name, &id).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(&response.bytes().await.unwrap()[..], &kept[..]);
+}
+
+#[tokio::test]
 async fn interrupted_upload_leaves_nothing() {
     let srv = server().await;
     let (_, token, _) = srv.register("alice", "pw").await;
@@ -733,9 +775,8 @@ async fn interrupted_upload_leaves_nothing() {
         stream.write_all(&bytes(600_000, 9)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         // A partial file is being written now, but nothing is visible.
-        assert!(stored_files(&data_dir)
-            .iter()
-            .all(|p| p.starts_with(data_dir.join("media/tmp"))));
+        assert!(tmp_files(&data_dir) > 0, "the upload is under way");
+        assert!(stored_files(&data_dir).is_empty());
     }
     // Connection dropped: the partial file goes away, nothing else appears.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

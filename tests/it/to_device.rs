@@ -1,11 +1,10 @@
 //! Send-to-device messaging: delivery to one or all devices, idempotent transactions,
 //! acknowledgement, persistence across a restart, and what is dropped.
 //!
-//! Most tests read the inbox through the service functions `/sync` calls (`to_device_batch`,
-//! `acknowledge_to_device`); the paging and cap tests go through `/sync` itself.
+//! The inbox is read as clients read it: `GET /sync` (`to_device.events`), whose `since`
+//! token acknowledges what the previous response delivered.
 
 use reqwest::StatusCode;
-use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::{json, Value};
 
 use crate::{
@@ -13,28 +12,25 @@ use crate::{
     e2ee::Dev,
 };
 
-fn ids(dev: &Dev) -> (OwnedUserId, OwnedDeviceId) {
-    (
-        UserId::parse(&dev.user).unwrap(),
-        dev.device.as_str().into(),
-    )
+/// One `/sync` of the device (no wait): its to-device events and the next batch token.
+async fn sync(srv: &TestServer, dev: &Dev, since: Option<&str>) -> (Vec<Value>, String) {
+    let path = match since {
+        Some(since) => format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+        None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+    };
+    let (status, body) = srv.get(&path, Some(&dev.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events = body["to_device"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("to_device.events in {body}"))
+        .clone();
+    let next = body["next_batch"].as_str().expect("next_batch").to_owned();
+    (events, next)
 }
 
-fn now(srv: &TestServer) -> u64 {
-    srv.server.as_ref().unwrap().services.stream.current()
-}
-
-/// The device's inbox after `since`, up to now.
-fn inbox(srv: &TestServer, dev: &Dev, since: Option<u64>) -> Vec<Value> {
-    let (user, device) = ids(dev);
-    srv.server
-        .as_ref()
-        .unwrap()
-        .services
-        .e2ee
-        .to_device_batch(&user, &device, since, now(srv))
-        .unwrap()
-        .events
+/// The device's to-device events in a `/sync` from `since` (an initial sync with `None`).
+async fn inbox(srv: &TestServer, dev: &Dev, since: Option<&str>) -> Vec<Value> {
+    sync(srv, dev, since).await.0
 }
 
 async fn send(srv: &TestServer, from: &Dev, kind: &str, txn: &str, messages: Value) {
@@ -74,15 +70,15 @@ async fn messages_reach_the_addressed_devices() {
     )
     .await;
     assert_eq!(
-        inbox(&srv, &bob, None),
+        inbox(&srv, &bob, None).await,
         vec![json!({
             "type": "m.room_key_request",
             "sender": alice.user,
             "content": {"action": "request", "n": 1},
         })]
     );
-    assert!(inbox(&srv, &bob2, None).is_empty());
-    assert!(inbox(&srv, &alice, None).is_empty());
+    assert!(inbox(&srv, &bob2, None).await.is_empty());
+    assert!(inbox(&srv, &alice, None).await.is_empty());
 
     // `*`: every device of the user; an explicit device keeps its own content.
     send(
@@ -93,14 +89,17 @@ async fn messages_reach_the_addressed_devices() {
         json!({ &bob.user: { "*": {"to": "all"}, &bob2.device: {"to": "bob2"} } }),
     )
     .await;
-    let contents = |dev: &Dev| -> Vec<Value> {
-        inbox(&srv, dev, None)
-            .into_iter()
-            .map(|m| m["content"].clone())
-            .collect()
+    let contents = |events: Vec<Value>| -> Vec<Value> {
+        events.into_iter().map(|m| m["content"].clone()).collect()
     };
-    assert_eq!(contents(&bob)[1], json!({"to": "all"}));
-    assert_eq!(contents(&bob2), vec![json!({"to": "bob2"})]);
+    assert_eq!(
+        contents(inbox(&srv, &bob, None).await)[1],
+        json!({"to": "all"})
+    );
+    assert_eq!(
+        contents(inbox(&srv, &bob2, None).await),
+        vec![json!({"to": "bob2"})]
+    );
 }
 
 #[tokio::test]
@@ -113,15 +112,15 @@ async fn transaction_ids_make_sends_idempotent() {
 
     send(&srv, &alice, "m.dummy", "same", message.clone()).await;
     send(&srv, &alice, "m.dummy", "same", message.clone()).await;
-    assert_eq!(inbox(&srv, &bob, None).len(), 1);
+    assert_eq!(inbox(&srv, &bob, None).await.len(), 1);
     // Concurrent retries too.
     let retries = (0..5).map(|_| send(&srv, &alice, "m.dummy", "concurrent", message.clone()));
     futures_util::future::join_all(retries).await;
-    assert_eq!(inbox(&srv, &bob, None).len(), 2);
+    assert_eq!(inbox(&srv, &bob, None).await.len(), 2);
     // Another transaction id, or the same id from another device, is another message.
     send(&srv, &alice, "m.dummy", "other", message.clone()).await;
     send(&srv, &alice2, "m.dummy", "same", message.clone()).await;
-    assert_eq!(inbox(&srv, &bob, None).len(), 4);
+    assert_eq!(inbox(&srv, &bob, None).await.len(), 4);
 }
 
 #[tokio::test]
@@ -129,9 +128,7 @@ async fn messages_stay_until_acknowledged_and_survive_a_restart() {
     let mut srv = TestServer::start().await;
     let alice = Dev::register(&srv, "alice").await;
     let bob = Dev::register(&srv, "bob").await;
-    let (bob_id, bob_device) = ids(&bob);
 
-    let mut after = Vec::new();
     for n in 0..3 {
         send(
             &srv,
@@ -141,10 +138,9 @@ async fn messages_stay_until_acknowledged_and_survive_a_restart() {
             json!({ &bob.user: { &bob.device: {"n": n} } }),
         )
         .await;
-        after.push(now(&srv));
     }
     srv.restart().await;
-    let delivered = inbox(&srv, &bob, None);
+    let delivered = inbox(&srv, &bob, None).await;
     assert_eq!(
         delivered
             .iter()
@@ -152,24 +148,34 @@ async fn messages_stay_until_acknowledged_and_survive_a_restart() {
             .collect::<Vec<_>>(),
         vec![json!(0), json!(1), json!(2)]
     );
-    let e2ee = &srv.server.as_ref().unwrap().services.e2ee;
-    let upto = after[1];
 
-    // A sync with token `upto` acknowledges the first two: they are gone, the third stays,
-    // also across another restart.
-    e2ee.acknowledge_to_device(&bob_id, &bob_device, upto)
-        .await
-        .unwrap();
-    assert_eq!(inbox(&srv, &bob, None).len(), 1);
+    // The next sync, from the first one's token, acknowledges those three: they are not
+    // delivered again, also across another restart; a message sent meanwhile is.
+    let (_, first) = sync(&srv, &bob, None).await;
+    send(
+        &srv,
+        &alice,
+        "m.dummy",
+        "t3",
+        json!({ &bob.user: { &bob.device: {"n": 3} } }),
+    )
+    .await;
+    let (rest, second) = sync(&srv, &bob, Some(&first)).await;
+    assert_eq!(
+        rest.iter()
+            .map(|m| m["content"]["n"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(3)]
+    );
     srv.restart().await;
-    let rest = inbox(&srv, &bob, Some(upto));
-    assert_eq!(rest.len(), 1);
-    assert_eq!(rest[0]["content"]["n"], 2);
-    let e2ee = &srv.server.as_ref().unwrap().services.e2ee;
-    e2ee.acknowledge_to_device(&bob_id, &bob_device, now(&srv))
-        .await
-        .unwrap();
-    assert!(inbox(&srv, &bob, None).is_empty());
+    // Retrying the same `since` (the client lost the response) delivers it again…
+    let again = inbox(&srv, &bob, Some(&first)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["content"]["n"], 3);
+    assert_eq!(inbox(&srv, &bob, None).await.len(), 1);
+    // …until a sync from the later token acknowledges it.
+    assert!(inbox(&srv, &bob, Some(&second)).await.is_empty());
+    assert!(inbox(&srv, &bob, None).await.is_empty());
     // A retried send after the restart is still recognised.
     send(
         &srv,
@@ -179,7 +185,7 @@ async fn messages_stay_until_acknowledged_and_survive_a_restart() {
         json!({ &bob.user: { &bob.device: {"n": 0} } }),
     )
     .await;
-    assert!(inbox(&srv, &bob, None).is_empty());
+    assert!(inbox(&srv, &bob, None).await.is_empty());
 }
 
 #[tokio::test]
@@ -203,7 +209,7 @@ async fn unknown_remote_and_deleted_recipients() {
         }),
     )
     .await;
-    assert_eq!(inbox(&srv, &bob, None).len(), 1);
+    assert_eq!(inbox(&srv, &bob, None).await.len(), 1);
 
     // Content must be an object; the body needs `messages`.
     let (status, body) = send_raw(
@@ -247,12 +253,11 @@ async fn unknown_remote_and_deleted_recipients() {
         json!({ &bob.user: { &bob2.device: {} } }),
     )
     .await;
-    assert_eq!(inbox(&srv, &bob2, None).len(), 1);
+    assert_eq!(inbox(&srv, &bob2, None).await.len(), 1);
     let (status, _) = srv
         .post("/_matrix/client/v3/logout", Some(&bob2.token), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(inbox(&srv, &bob2, None).is_empty());
     send(
         &srv,
         &alice,
@@ -261,8 +266,8 @@ async fn unknown_remote_and_deleted_recipients() {
         json!({ &bob.user: { &bob2.device: {} } }),
     )
     .await;
-    assert!(inbox(&srv, &bob2, None).is_empty());
-    // A device logged in again under that id starts with an empty inbox.
+    // A device logged in again under that id starts with an empty inbox: neither the message
+    // sent before the logout nor the one sent after it reaches it.
     let (status, body) = srv
         .post(
             "/_matrix/client/v3/login",
@@ -272,7 +277,12 @@ async fn unknown_remote_and_deleted_recipients() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(inbox(&srv, &bob2, None).is_empty());
+    let again = Dev {
+        token: body["access_token"].as_str().unwrap().to_owned(),
+        ..bob2
+    };
+    assert_eq!(again.device, body["device_id"]);
+    assert!(inbox(&srv, &again, None).await.is_empty());
 }
 
 /// One `/sync` of `dev` from `since`: its `next_batch` and the `n` of each to-device message.
@@ -331,7 +341,7 @@ async fn sync_delivers_at_most_100_to_device_messages_in_order_across_a_restart(
     let (_, rest) = sync_to_device(&srv, &bob, Some(&t3)).await;
     assert!(rest.is_empty(), "{rest:?}");
     // The token acknowledged everything: the inbox is empty.
-    assert!(inbox(&srv, &bob, None).is_empty());
+    assert!(inbox(&srv, &bob, None).await.is_empty());
 }
 
 #[tokio::test]

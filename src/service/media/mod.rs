@@ -5,9 +5,15 @@
 //! identical uploads share one file; the store holds the metadata and a reference count per
 //! file. An upload is streamed into `media/tmp/`, hashed on the way, synced, then renamed into
 //! place, and only then is its metadata committed: a crash at any point leaves either nothing
-//! visible or the complete media. (A crash between the rename and the commit leaves an
-//! unreferenced file, which is invisible and deduplicated by the next identical upload.)
+//! visible or the complete media. A crash between the rename and the commit leaves an
+//! unreferenced file: invisible, and removed by the sweep at the next start ([`Media::recover`]).
+//!
+//! Durability: the file's bytes are fsynced before the rename, each new fan-out directory is
+//! fsynced into its parent, and the directory receiving the rename is fsynced, all before the
+//! metadata commit; an fsync error fails the upload. All of it goes through [`files::Files`].
 
+pub mod files;
+mod recover;
 pub mod thumbnail;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
@@ -18,7 +24,6 @@ use rand::RngExt;
 use ruma::{OwnedServerName, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use tokio::io::AsyncWriteExt;
 
 use crate::{
     config::Config,
@@ -108,6 +113,7 @@ pub struct UploadMeta {
 pub struct Media {
     store: Store,
     root: PathBuf,
+    files: files::Files,
     server_name: OwnedServerName,
     max_upload: u64,
     quota: u64,
@@ -148,27 +154,34 @@ impl Drop for Reservation {
 }
 
 /// An owned temporary file removed when dropped, unless kept.
-struct TempFile(Option<PathBuf>);
+struct TempFile(Option<PathBuf>, files::Files);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
         if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
+            // Best effort: a temporary file left behind is removed at the next start.
+            if let Err(e) = self.1.remove(&path) {
+                log::warn!("cannot remove {}: {e}", path.display());
+            }
         }
     }
+}
+
+/// Runs blocking filesystem work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 impl Media {
     pub fn new(store: Store, config: &Config, server_name: OwnedServerName) -> Self {
         let root = config.data_dir.join("media");
-        // Leftovers of uploads interrupted by a crash: never visible, removed at start.
-        let tmp = root.join("tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        if let Err(e) = std::fs::create_dir_all(&tmp) {
-            log::error!("cannot create {}: {e}", tmp.display());
-        }
         Self {
             store,
+            files: files::Files::new(root.clone()),
             root,
             server_name,
             max_upload: config.limits.max_upload_bytes,
@@ -331,7 +344,11 @@ impl Media {
         if let Err(e) = self.store.commit(batch).await {
             // Nothing references a file placed for this upload alone: remove it again.
             if self.store.get::<MediaBlobs>(&sha256)?.is_none() {
-                let _ = tokio::fs::remove_file(self.blob_path(&sha256)).await;
+                let (files, path) = (self.files.clone(), self.blob_path(&sha256));
+                if let Err(e) = blocking(move || files.remove(&path)).await {
+                    // Swept at the next start.
+                    log::warn!("cannot remove unreferenced media file {sha256}: {e}");
+                }
             }
             return Err(match e {
                 crate::store::CommitError::Conflict => cannot_overwrite(),
@@ -393,10 +410,18 @@ impl Media {
         S: Stream<Item = Result<Bytes>> + Send,
     {
         let dir = self.root.join("tmp");
-        tokio::fs::create_dir_all(&dir).await.map_err(io_error)?;
         let path = dir.join(format!("{}.part", random_media_id()));
-        let tmp = TempFile(Some(path.clone()));
-        let mut file = tokio::fs::File::create(&path).await.map_err(io_error)?;
+        let files = self.files.clone();
+        let mut file = {
+            let (files, path) = (files.clone(), path.clone());
+            blocking(move || {
+                files.create_dirs(&dir)?;
+                files.create(&path)
+            })
+            .await
+            .map_err(io_error)?
+        };
+        let tmp = TempFile(Some(path), files.clone());
         let mut hasher = sha2::Sha256::new();
         let mut size = 0u64;
         let mut body = std::pin::pin!(body);
@@ -408,11 +433,14 @@ impl Media {
                 self.reserve(r, size)?;
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(io_error)?;
+            let files = files.clone();
+            file = blocking(move || files.write(&mut file, &chunk).map(|()| file))
+                .await
+                .map_err(io_error)?;
         }
-        file.flush().await.map_err(io_error)?;
-        file.sync_all().await.map_err(io_error)?;
-        drop(file);
+        blocking(move || files.sync_file(&file))
+            .await
+            .map_err(io_error)?;
         let sha256 = hex(&hasher.finalize());
         Ok((tmp, sha256, size))
     }
@@ -421,22 +449,25 @@ impl Media {
     /// Call with `blob_lock` held.
     async fn place_blob(&self, mut tmp: TempFile, sha256: &str) -> Result<()> {
         let dest = self.blob_path(sha256);
-        if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
-            return Ok(());
-        }
-        let parent = dest.parent().expect("blob paths have a parent");
-        tokio::fs::create_dir_all(parent).await.map_err(io_error)?;
-        let src = tmp.0.take().expect("temp file present");
-        if let Err(e) = tokio::fs::rename(&src, &dest).await {
-            let _ = tokio::fs::remove_file(&src).await;
-            return Err(io_error(e));
-        }
-        // Make the rename itself durable before the metadata that points at it.
-        let parent = parent.to_owned();
-        let _ = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&parent).and_then(|d| d.sync_all())
+        let src = tmp.0.clone().expect("temp file present");
+        let files = self.files.clone();
+        // The rename, the new directories and the file's bytes are all durable before the
+        // metadata that points at them is committed. An existing file is durable already:
+        // its upload synced it the same way before committing (or, if that upload never
+        // committed, it is reused here and its sweep at start cannot happen meanwhile).
+        let placed = blocking(move || {
+            if dest.try_exists()? {
+                return Ok(false);
+            }
+            files.create_dirs(dest.parent().expect("blob paths have a parent"))?;
+            files.rename(&src, &dest)?;
+            Ok(true)
         })
-        .await;
+        .await
+        .map_err(io_error)?;
+        if placed {
+            tmp.0 = None;
+        }
         Ok(())
     }
 
@@ -555,7 +586,9 @@ impl Media {
         }
         self.store.commit(batch).await?;
         for sha in unreferenced {
-            if let Err(e) = tokio::fs::remove_file(self.blob_path(&sha)).await {
+            let (files, path) = (self.files.clone(), self.blob_path(&sha));
+            if let Err(e) = blocking(move || files.remove(&path)).await {
+                // Unreferenced now, so swept at the next start.
                 log::warn!("cannot remove media file {sha}: {e}");
             }
         }
