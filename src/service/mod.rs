@@ -153,16 +153,19 @@ impl Services {
 /// Operations that span several services, shared by the client API and the admin CLI.
 impl Services {
     /// User-Interactive Auth with the user's password, for account-management actions
-    /// (`kind` names the action, so a session cannot be replayed on another one).
+    /// (`kind` names the action and `operation` holds its parameters, so a session cannot be
+    /// replayed on another action, nor on the same action with other parameters).
     pub async fn reauthenticate(
         &self,
         kind: &'static str,
         user_id: &UserId,
+        operation: &serde_json::Value,
         auth: Option<&ruma::api::client::uiaa::AuthData>,
     ) -> Result<()> {
         let request = uiaa::Request {
             kind,
             user: Some(user_id),
+            operation: uiaa::operation_digest(operation),
             flows: uiaa::PASSWORD_FLOWS,
         };
         self.uiaa

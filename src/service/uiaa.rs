@@ -2,8 +2,10 @@
 //!
 //! Sessions live in memory: they are short-lived by design (expire after `SESSION_TTL`), and a
 //! restart only makes a client start its auth flow again. Each session is bound to one
-//! endpoint kind and, for authenticated endpoints, one user, so a completed stage cannot be
-//! replayed on another request.
+//! endpoint kind, for authenticated endpoints one user, and a digest of the operation's
+//! parameters (which devices to delete, the new password, …), so a completed stage cannot be
+//! replayed on another request: a session started to delete device A cannot complete the
+//! deletion of device B.
 
 use std::{
     collections::HashMap,
@@ -18,6 +20,7 @@ use ruma::{
     OwnedUserId, UserId,
 };
 use serde_json::{json, Value};
+use sha2::Digest as _;
 
 use super::{reg_tokens::RegTokens, users::Users};
 use crate::error::{Error, Result};
@@ -36,6 +39,7 @@ pub const PASSWORD_FLOWS: &[&[&str]] = &[&[PASSWORD]];
 struct Session {
     kind: &'static str,
     user: Option<OwnedUserId>,
+    operation: OperationDigest,
     completed: Vec<&'static str>,
     registration_token: Option<String>,
     created: Instant,
@@ -49,11 +53,32 @@ pub struct Completed {
     pub registration_token: Option<String>,
 }
 
-/// One UIAA-protected call: which endpoint, for whom, and which flows it offers.
+/// SHA-256 of the parameters of a protected operation (see [`operation_digest`]).
+pub type OperationDigest = [u8; 32];
+
+/// The digest binding a session to one operation: `parameters` holds whatever decides what
+/// the operation does (device ids, new password, keys to upload), built the same way on
+/// every step of the flow. Only the digest is kept, never the parameters themselves.
+pub fn operation_digest(parameters: &Value) -> OperationDigest {
+    // serde_json's map is ordered by key, so equal values always serialize identically.
+    sha2::Sha256::digest(parameters.to_string().as_bytes()).into()
+}
+
+/// One UIAA-protected call: which endpoint, for whom, on what, and which flows it offers.
 pub struct Request<'a> {
     pub kind: &'static str,
     pub user: Option<&'a UserId>,
+    pub operation: OperationDigest,
     pub flows: &'a [&'a [&'static str]],
+}
+
+/// Whether a session named by the client may continue the current request.
+enum Liveness {
+    Live,
+    /// Unknown, expired, or belonging to another endpoint or user.
+    Unknown,
+    /// The right endpoint and user, but other parameters than those it was started with.
+    OtherOperation,
 }
 
 pub struct Uiaa {
@@ -87,17 +112,17 @@ impl Uiaa {
             let session = self.start(&request);
             return Err(self.challenge(&request, &session, None));
         };
-        let session_id = match auth.session() {
-            Some(id) if self.is_live(id, &request) => id.to_owned(),
-            Some(_) => {
+        let session_id = match auth.session().map(|id| (id, self.liveness(id, &request))) {
+            Some((id, Liveness::Live)) => id.to_owned(),
+            Some((_, liveness)) => {
+                let message = match liveness {
+                    Liveness::OtherOperation => {
+                        "This authentication session was started for a different request"
+                    }
+                    _ => "Unknown or expired authentication session",
+                };
                 let session = self.start(&request);
-                return Err(self.challenge(
-                    &request,
-                    &session,
-                    Some(Error::forbidden(
-                        "Unknown or expired authentication session",
-                    )),
-                ));
+                return Err(self.challenge(&request, &session, Some(Error::forbidden(message))));
             }
             None => self.start(&request),
         };
@@ -189,13 +214,22 @@ impl Uiaa {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn is_live(&self, id: &str, request: &Request<'_>) -> bool {
+    fn liveness(&self, id: &str, request: &Request<'_>) -> Liveness {
         let sessions = self.lock();
-        sessions.get(id).is_some_and(|s| {
-            s.kind == request.kind
-                && s.user.as_deref() == request.user
-                && s.created.elapsed() < SESSION_TTL
-        })
+        match sessions.get(id) {
+            Some(s)
+                if s.kind == request.kind
+                    && s.user.as_deref() == request.user
+                    && s.created.elapsed() < SESSION_TTL =>
+            {
+                if s.operation == request.operation {
+                    Liveness::Live
+                } else {
+                    Liveness::OtherOperation
+                }
+            }
+            _ => Liveness::Unknown,
+        }
     }
 
     fn start(&self, request: &Request<'_>) -> String {
@@ -218,6 +252,7 @@ impl Uiaa {
             Session {
                 kind: request.kind,
                 user: request.user.map(ToOwned::to_owned),
+                operation: request.operation,
                 completed: Vec::new(),
                 registration_token: None,
                 created: Instant::now(),

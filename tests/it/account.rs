@@ -815,3 +815,106 @@ async fn device_list_has_last_seen_from_login_and_no_nulls() {
     assert_eq!(body["last_seen_ts"].as_u64(), Some(first_use), "{body}");
     assert!(body.get("display_name").is_none(), "{body}");
 }
+
+/// A UIA session is bound to the exact operation that started it: a session begun to delete
+/// one device cannot complete the deletion of another (nor another body on other endpoints).
+#[tokio::test]
+async fn uiaa_session_is_bound_to_the_operation() {
+    let srv = TestServer::start().await;
+    let (user_id, token, _) = srv.register("uma", "pw").await;
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let (_, login) = srv.login("uma", "pw").await;
+        others.push(login["device_id"].as_str().unwrap().to_owned());
+    }
+    let (a, b) = (&others[0], &others[1]);
+    let delete = |device: &str| format!("/_matrix/client/v3/devices/{device}");
+
+    let (status, challenge) = srv
+        .call(Method::DELETE, &delete(a), Some(&token), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    // Completing A's session as the deletion of B is refused, and B stays.
+    let auth = TestServer::password_auth(&user_id, "pw", &session);
+    let (status, body) = srv
+        .call(
+            Method::DELETE,
+            &delete(b),
+            Some(&token),
+            Some(json!({"auth": auth})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(errcode(&body), "M_FORBIDDEN");
+    assert_ne!(body["session"], session.as_str());
+    let (status, _) = srv.get(&delete(b), Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "device B must survive");
+    // The session still completes the operation it was started for.
+    let (status, body) = srv
+        .call(
+            Method::DELETE,
+            &delete(a),
+            Some(&token),
+            Some(json!({"auth": auth})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        srv.get(&delete(a), Some(&token)).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Bulk deletion: the set of devices is part of the operation (order is not).
+    let bulk = "/_matrix/client/v3/delete_devices";
+    let (_, challenge) = srv
+        .post(bulk, Some(&token), json!({"devices": [b, "X"]}))
+        .await;
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    let auth = TestServer::password_auth(&user_id, "pw", &session);
+    let (status, body) = srv
+        .post(
+            bulk,
+            Some(&token),
+            json!({"devices": [b, "Y"], "auth": auth}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, "M_FORBIDDEN")
+    );
+    assert_eq!(srv.get(&delete(b), Some(&token)).await.0, StatusCode::OK);
+    let (status, body) = srv
+        .post(
+            bulk,
+            Some(&token),
+            json!({"devices": ["X", b], "auth": auth}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        srv.get(&delete(b), Some(&token)).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Password change: a session started for one new password cannot set another.
+    let change = "/_matrix/client/v3/account/password";
+    let (_, challenge) = srv
+        .post(change, Some(&token), json!({"new_password": "first"}))
+        .await;
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    let auth = TestServer::password_auth(&user_id, "pw", &session);
+    let (status, body) = srv
+        .post(
+            change,
+            Some(&token),
+            json!({"new_password": "second", "auth": auth}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, "M_FORBIDDEN")
+    );
+    assert_eq!(srv.login("uma", "second").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(srv.login("uma", "pw").await.0, StatusCode::OK);
+}

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use ruma::api::client::account::{change_password, deactivate, whoami, ThirdPartyIdRemovalStatus};
 
+use serde_json::json;
+
 use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
@@ -36,7 +38,15 @@ async fn change_password(
 ) -> Result<change_password::v3::Response> {
     let me = ctx.authed()?;
     services
-        .reauthenticate("change_password", &me.user_id, body.auth.as_ref())
+        .reauthenticate(
+            "change_password",
+            &me.user_id,
+            &json!({
+                "new_password": body.new_password,
+                "logout_devices": body.logout_devices,
+            }),
+            body.auth.as_ref(),
+        )
         .await?;
     if body.new_password.is_empty() {
         return Err(Error::weak_password("The new password must not be empty"));
@@ -74,7 +84,12 @@ async fn deactivate(
 ) -> Result<deactivate::v3::Response> {
     let me = ctx.authed()?;
     services
-        .reauthenticate("deactivate", &me.user_id, body.auth.as_ref())
+        .reauthenticate(
+            "deactivate",
+            &me.user_id,
+            &json!({ "erase": body.erase }),
+            body.auth.as_ref(),
+        )
         .await?;
     services.deactivate_user(&me.user_id).await?;
     Ok(deactivate::v3::Response::new(

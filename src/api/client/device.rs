@@ -118,7 +118,12 @@ async fn delete(
         return Err(Error::not_found("Unknown device"));
     }
     services
-        .reauthenticate("delete_device", &me.user_id, body.auth.as_ref())
+        .reauthenticate(
+            "delete_device",
+            &me.user_id,
+            &json!({ "device_id": body.device_id }),
+            body.auth.as_ref(),
+        )
         .await?;
     let which = [body.device_id];
     services
@@ -134,8 +139,17 @@ async fn delete_many(
     body: delete_devices::v3::Request,
 ) -> Result<delete_devices::v3::Response> {
     let me = ctx.authed()?;
+    // The same set of devices in any order is the same operation.
+    let mut devices: Vec<&str> = body.devices.iter().map(|d| d.as_str()).collect();
+    devices.sort_unstable();
+    devices.dedup();
     services
-        .reauthenticate("delete_devices", &me.user_id, body.auth.as_ref())
+        .reauthenticate(
+            "delete_devices",
+            &me.user_id,
+            &json!({ "devices": devices }),
+            body.auth.as_ref(),
+        )
         .await?;
     services
         .sessions

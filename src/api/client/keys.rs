@@ -210,7 +210,12 @@ async fn upload_cross_signing(
     };
     if upload(false).await? == CrossSigningUpload::NeedsAuth {
         services
-            .reauthenticate("device_signing_upload", &me.user_id, body.auth.as_ref())
+            .reauthenticate(
+                "device_signing_upload",
+                &me.user_id,
+                &serde_json::json!([master, self_signing, user_signing]),
+                body.auth.as_ref(),
+            )
             .await?;
         upload(true).await?;
     }

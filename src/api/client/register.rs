@@ -84,6 +84,10 @@ async fn register(
     let request = uiaa::Request {
         kind: "register",
         user: None,
+        // Clients commonly fetch the registration flows with an empty body and send the
+        // user name only with the stages, and the stages here prove no identity that another
+        // request could borrow: registration sessions are not bound to their parameters.
+        operation: uiaa::operation_digest(&serde_json::Value::Null),
         flows,
     };
     let completed = services
