@@ -7,6 +7,7 @@ pub mod filters;
 pub mod keys;
 pub mod media;
 pub mod notifier;
+pub mod passwords;
 pub mod presence;
 pub mod profiles;
 pub mod push_rules;
@@ -131,7 +132,10 @@ impl Services {
             receipts: receipts::Receipts::new(store.clone(), stream.clone(), notifier.clone()),
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules: push_rules::PushRules::new(store.clone(), stream.clone(), notifier.clone()),
-            users: users::Users::new(store.clone(), config.bcrypt_cost),
+            users: users::Users::new(
+                store.clone(),
+                passwords::Passwords::new(config.bcrypt_cost, config.password_hash_concurrency),
+            ),
             sessions: sessions::Sessions::new(store.clone(), e2ee.clone()),
             e2ee,
             uiaa: uiaa::Uiaa::new(),

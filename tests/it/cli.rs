@@ -265,3 +265,15 @@ fn init_writes_a_valid_config_and_bad_config_is_refused() {
     let (ok, _, err) = hearth(dir.path(), &["--config", "bad.toml", "user", "list"]);
     assert!(!ok && err.contains("cache_mb"), "{err}");
 }
+
+#[test]
+fn admin_commands_refuse_empty_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ok, _, err) = hearth(d, &["user", "create", "erin", "--password", ""]);
+    assert!(!ok && err.contains("must not be empty"), "{err}");
+    let (ok, _, err) = hearth(d, &["user", "create", "erin", "--password", "pw"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = hearth(d, &["user", "reset-password", "erin", "--password", ""]);
+    assert!(!ok && err.contains("must not be empty"), "{err}");
+}

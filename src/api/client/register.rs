@@ -15,6 +15,7 @@ use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
     service::{
+        passwords,
         sessions::random_device_id,
         uiaa::{self, DUMMY, REGISTRATION_TOKEN},
         Services,
@@ -70,6 +71,9 @@ async fn register(
         RegistrationMode::Open => &[&[DUMMY]],
         RegistrationMode::Token => &[&[REGISTRATION_TOKEN]],
     };
+    if let Some(password) = body.password.as_deref() {
+        passwords::check_acceptable(password)?;
+    }
     // Check the name before authentication, so nobody completes the flow only to be refused.
     let user_id = match body.username.as_deref() {
         Some(name) => {
