@@ -16,6 +16,14 @@ table!(
     pub UsersTable: "users", String => UserRecord
 );
 
+table!(
+    /// `user_id → deactivation time (ms)`: accounts deactivated whose follow-up work (leaving
+    /// rooms, deleting cross-signing keys and key backups) is not known to be finished.
+    /// Written in the batch that deactivates the account; removed once the work is done, and
+    /// finished at start for markers a crash left behind.
+    pub PendingDeactivations: "pending_deactivations", String => u64
+);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UserRecord {
     /// Password hash (format in `passwords`); `None` for accounts that cannot log in with a password (guests,
@@ -178,7 +186,8 @@ impl Users {
         Err(CommitError::Conflict.into())
     }
 
-    /// Stages deactivation: the record stays (the id stays reserved) without a password.
+    /// Stages deactivation: the record stays (the id stays reserved) without a password, and
+    /// a pending marker records that the follow-up work is still to be done.
     pub fn stage_deactivate(&self, batch: &mut Batch, user_id: &UserId, current: &UserRecord) {
         let key = user_id.to_string();
         let mut record = current.clone();
@@ -186,7 +195,26 @@ impl Users {
         record.password_hash = None;
         batch
             .expect_value::<UsersTable>(&key, Some(current))
-            .put::<UsersTable>(&key, &record);
+            .put::<UsersTable>(&key, &record)
+            .put::<PendingDeactivations>(&key, &now_ms());
+    }
+
+    /// Accounts whose deactivation is not finished.
+    pub fn pending_deactivations(&self) -> Result<Vec<OwnedUserId>> {
+        let rows = self
+            .store
+            .range::<PendingDeactivations>(None, false, usize::MAX)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, _)| UserId::parse(id).ok())
+            .collect())
+    }
+
+    /// Removes the pending marker once the deactivation's follow-up work is done.
+    pub async fn finish_deactivation(&self, user_id: &UserId) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.delete::<PendingDeactivations>(&user_id.to_string());
+        Ok(self.store.commit(batch).await?)
     }
 
     /// All local accounts in user-id order.

@@ -7,6 +7,7 @@ mod backup;
 mod cli;
 mod common;
 mod crash;
+mod deactivation;
 mod deploy;
 mod directory;
 mod e2ee;
