@@ -139,7 +139,11 @@ async fn register(
                 ctx.ip,
             )?)
         };
-        match services.store.commit(batch).await {
+        let committed = services
+            .sessions
+            .commit_login(batch, &user_id, tokens.as_ref())
+            .await?;
+        match committed {
             Ok(()) => break tokens,
             Err(CommitError::Conflict) if services.users.exists(&user_id)? => {
                 return Err(Error::user_in_use("That user ID is already taken"));

@@ -103,7 +103,11 @@ async fn login(
             body.refresh_token,
             ctx.ip,
         )?;
-        match services.store.commit(batch).await {
+        let committed = services
+            .sessions
+            .commit_login(batch, &user_id, Some(&tokens))
+            .await?;
+        match committed {
             Err(CommitError::Conflict) => continue,
             Err(e) => return Err(e.into()),
             Ok(()) => {
