@@ -30,5 +30,6 @@ mod sync;
 mod timestamp;
 mod tls;
 mod to_device;
+mod typing;
 mod upgrade;
 mod user_directory;
