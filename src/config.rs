@@ -51,6 +51,9 @@ pub struct Config {
     pub log_level: String,
     /// bcrypt cost for password hashes, 4..=31; each step doubles the time per login.
     pub bcrypt_cost: u32,
+    /// Password hashes computed at once; more concurrent logins are refused with 429.
+    /// 0 (the default): the number of cores minus one, at least one.
+    pub password_hash_concurrency: usize,
     /// The addresses to listen on (plain HTTP).
     pub listeners: Vec<Listener>,
     /// Who may register accounts.
@@ -406,6 +409,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             log_level: "info".into(),
             bcrypt_cost: 12,
+            password_hash_concurrency: 0,
             listeners: vec![Listener::default()],
             registration: Registration::default(),
             limits: Limits::default(),

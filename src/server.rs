@@ -45,6 +45,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         .await
         .map_err(|e| StartError::Open(crate::store::StoreError::Io(e.to_string()).into()))??
     };
+    services.finish_pending_deactivations().await;
     let router = Arc::new(api::router());
     let (shutdown, _) = watch::channel(false);
     let mut addrs = Vec::new();

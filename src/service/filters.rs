@@ -43,8 +43,16 @@ fn parse_id(filter_id: &str) -> Option<u64> {
 }
 
 /// The filter as stored: `content` must be a JSON object (`M_NOT_JSON` if it is not JSON at
-/// all, `M_BAD_JSON` otherwise) that parses as a `FilterDefinition` (`M_BAD_JSON`).
+/// all, `M_BAD_JSON` otherwise) that is a valid filter (see [`parse_filter`]).
 pub fn normalize_filter(content: &[u8]) -> Result<Vec<u8>> {
+    let (value, _) = parse_filter(content)?;
+    serde_json::to_vec(&value).map_err(|_| Error::bad_json("The filter cannot be serialized"))
+}
+
+/// Parses a filter (uploaded, or inline in `/sync`'s `filter` parameter): JSON, an object,
+/// every known field of the type and with the values the spec gives (`M_BAD_JSON` naming the
+/// field otherwise), and then ruma's `FilterDefinition`. Unknown fields are allowed.
+pub fn parse_filter(content: &[u8]) -> Result<(Value, FilterDefinition)> {
     let value: Value = serde_json::from_slice(content).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             Error::not_json(format!("The filter is not valid JSON: {e}"))
@@ -52,12 +60,107 @@ pub fn normalize_filter(content: &[u8]) -> Result<Vec<u8>> {
             Error::bad_json(format!("The filter is not valid: {e}"))
         }
     })?;
-    let object: &Map<String, Value> = value
+    let object = value
         .as_object()
         .ok_or_else(|| Error::bad_json("A filter must be a JSON object"))?;
-    FilterDefinition::deserialize(&value)
+    check_filter(object)
+        .map_err(|message| Error::bad_json(format!("Invalid filter: {message}")))?;
+    let filter = FilterDefinition::deserialize(&value)
         .map_err(|e| Error::bad_json(format!("The filter is not valid: {e}")))?;
-    serde_json::to_vec(object).map_err(|_| Error::bad_json("The filter cannot be serialized"))
+    Ok((value, filter))
+}
+
+/// How one field of a filter object must look (spec: `Filter`, `EventFilter`,
+/// `RoomEventFilter`, `RoomFilter`).
+enum Field {
+    Strings,
+    Bool,
+    /// An integer; the spec asks for more than 0, but 0 is accepted (clients send it to ask
+    /// for no events, and the server clamps limits anyway).
+    Limit,
+    EventFormat,
+    EventFilter,
+    RoomEventFilter,
+    RoomFilter,
+}
+
+const EVENT_FILTER: &[(&str, Field)] = &[
+    ("limit", Field::Limit),
+    ("types", Field::Strings),
+    ("not_types", Field::Strings),
+    ("senders", Field::Strings),
+    ("not_senders", Field::Strings),
+];
+const ROOM_EVENT_FILTER_EXTRA: &[(&str, Field)] = &[
+    ("rooms", Field::Strings),
+    ("not_rooms", Field::Strings),
+    ("contains_url", Field::Bool),
+    ("lazy_load_members", Field::Bool),
+    ("include_redundant_members", Field::Bool),
+    ("unread_thread_notifications", Field::Bool),
+];
+const ROOM_FILTER: &[(&str, Field)] = &[
+    ("rooms", Field::Strings),
+    ("not_rooms", Field::Strings),
+    ("include_leave", Field::Bool),
+    ("ephemeral", Field::RoomEventFilter),
+    ("state", Field::RoomEventFilter),
+    ("timeline", Field::RoomEventFilter),
+    ("account_data", Field::RoomEventFilter),
+];
+const FILTER: &[(&str, Field)] = &[
+    ("event_fields", Field::Strings),
+    ("event_format", Field::EventFormat),
+    ("presence", Field::EventFilter),
+    ("account_data", Field::EventFilter),
+    ("room", Field::RoomFilter),
+];
+
+fn check_filter(object: &Map<String, Value>) -> std::result::Result<(), String> {
+    check_object(object, &[FILTER], "")
+}
+
+/// Checks the fields of `object` listed in `schemas`; `path` prefixes field names in errors.
+fn check_object(
+    object: &Map<String, Value>,
+    schemas: &[&[(&str, Field)]],
+    path: &str,
+) -> std::result::Result<(), String> {
+    for (name, field) in schemas.iter().flat_map(|s| s.iter()) {
+        let Some(value) = object.get(*name) else {
+            continue;
+        };
+        let at = format!("{path}{name}");
+        let nested = |schemas: &[&[(&str, Field)]]| match value {
+            Value::Object(inner) => check_object(inner, schemas, &format!("{at}.")),
+            _ => Err(format!("{at} must be an object")),
+        };
+        match field {
+            Field::Strings => {
+                let strings = value
+                    .as_array()
+                    .is_some_and(|items| items.iter().all(Value::is_string));
+                if !strings {
+                    return Err(format!("{at} must be a list of strings"));
+                }
+            }
+            Field::Bool if !value.is_boolean() => return Err(format!("{at} must be a boolean")),
+            Field::Bool => {}
+            Field::Limit if value.as_u64().is_none() => {
+                return Err(format!("{at} must be a non-negative integer"));
+            }
+            Field::Limit => {}
+            Field::EventFormat => {
+                if !matches!(value.as_str(), Some("client" | "federation")) {
+                    return Err(format!("{at} must be \"client\" or \"federation\""));
+                }
+            }
+            Field::EventFilter => nested(&[EVENT_FILTER])?,
+            Field::RoomEventFilter => nested(&[EVENT_FILTER, ROOM_EVENT_FILTER_EXTRA])?,
+            Field::RoomFilter => nested(&[ROOM_FILTER])?,
+        }
+    }
+    Ok(())
 }
 
 impl Filters {

@@ -7,6 +7,7 @@ pub mod filters;
 pub mod keys;
 pub mod media;
 pub mod notifier;
+pub mod passwords;
 pub mod presence;
 pub mod profiles;
 pub mod push_rules;
@@ -131,7 +132,10 @@ impl Services {
             receipts: receipts::Receipts::new(store.clone(), stream.clone(), notifier.clone()),
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules: push_rules::PushRules::new(store.clone(), stream.clone(), notifier.clone()),
-            users: users::Users::new(store.clone(), config.bcrypt_cost),
+            users: users::Users::new(
+                store.clone(),
+                passwords::Passwords::new(config.bcrypt_cost, config.password_hash_concurrency),
+            ),
             sessions: sessions::Sessions::new(store.clone(), e2ee.clone()),
             e2ee,
             uiaa: uiaa::Uiaa::new(),
@@ -191,27 +195,77 @@ impl Services {
         })
     }
 
-    /// Deactivates an account: no password, no devices, no tokens; the id stays reserved.
+    /// Deactivates an account: no password, no devices, no tokens, no cross-signing keys, no
+    /// key backups, no room memberships; the id stays reserved.
+    ///
+    /// The account change (record, devices and tokens, profile) commits in one batch together
+    /// with a pending marker; the rest is done afterwards and the marker removed, and
+    /// [`Services::finish_pending_deactivations`] completes it at start if the process died
+    /// in between.
     pub async fn deactivate_user(&self, user_id: &UserId) -> Result<()> {
-        let current = self
-            .users
-            .get(user_id)?
-            .ok_or_else(|| Error::not_found("Unknown user"))?;
-        let mut batch = Batch::new();
-        self.users.stage_deactivate(&mut batch, user_id, &current);
-        self.sessions
-            .stage_delete_devices(&mut batch, user_id, None, None)?;
-        self.profiles.stage_clear(&mut batch, user_id)?;
-        self.store.commit(batch).await?;
-        self.e2ee.devices_removed(user_id).await;
+        self.begin_deactivation(user_id).await?;
         log::info!("deactivated {user_id}");
-        self.leave_all_rooms(user_id).await;
+        self.complete_deactivation(user_id).await
+    }
+
+    /// The atomic part of a deactivation (see [`Services::deactivate_user`]). Public so the
+    /// recovery path can be tested; everything else calls `deactivate_user`.
+    #[doc(hidden)]
+    pub async fn begin_deactivation(&self, user_id: &UserId) -> Result<()> {
+        for _ in 0..8 {
+            let current = self
+                .users
+                .get(user_id)?
+                .ok_or_else(|| Error::not_found("Unknown user"))?;
+            let mut batch = Batch::new();
+            self.users.stage_deactivate(&mut batch, user_id, &current);
+            self.sessions
+                .stage_delete_devices(&mut batch, user_id, None, None)?;
+            self.profiles.stage_clear(&mut batch, user_id)?;
+            match self.store.commit(batch).await {
+                Err(CommitError::Conflict) => continue,
+                other => other?,
+            }
+            self.e2ee.devices_removed(user_id).await;
+            return Ok(());
+        }
+        Err(CommitError::Conflict.into())
+    }
+
+    /// The follow-up of a deactivation: every step is idempotent, and the marker is removed
+    /// only when all succeeded (otherwise the next start tries again).
+    async fn complete_deactivation(&self, user_id: &UserId) -> Result<()> {
+        self.e2ee.delete_cross_signing(user_id).await?;
+        self.e2ee.delete_all_backups(user_id).await?;
+        if self.leave_all_rooms(user_id).await {
+            self.users.finish_deactivation(user_id).await?;
+        }
         Ok(())
     }
 
-    /// Leaves (or rejects) every room the user is in, invited to or knocking on. Best effort:
-    /// the account is already deactivated, so a room that refuses the leave is only logged.
-    async fn leave_all_rooms(&self, user_id: &UserId) {
+    /// Finishes the deactivations a crash (or a failed step) left pending. Called at start.
+    pub async fn finish_pending_deactivations(&self) {
+        let pending = match self.users.pending_deactivations() {
+            Ok(pending) => pending,
+            Err(e) => {
+                log::error!("cannot list pending deactivations: {e}");
+                return;
+            }
+        };
+        for user_id in pending {
+            log::info!("finishing the deactivation of {user_id}");
+            // Devices deleted in the deactivation batch had their sweep done already, or by
+            // the e2ee service's own start-up sweep.
+            if let Err(e) = self.complete_deactivation(&user_id).await {
+                log::warn!("cannot finish deactivating {user_id}, retrying at next start: {e}");
+            }
+        }
+    }
+
+    /// Leaves (or rejects) every room the user is in, invited to or knocking on. Whether all
+    /// leaves succeeded; a room that refuses is logged (the account is already deactivated).
+    async fn leave_all_rooms(&self, user_id: &UserId) -> bool {
+        let mut all = true;
         use ruma::events::{room::member::MembershipState, TimelineEventType};
         for membership in [
             MembershipState::Join,
@@ -222,6 +276,7 @@ impl Services {
                 Ok(rooms) => rooms,
                 Err(e) => {
                     log::warn!("cannot list rooms of {user_id}: {e}");
+                    all = false;
                     continue;
                 }
             };
@@ -233,8 +288,10 @@ impl Services {
                 );
                 if let Err(e) = self.rooms.send(&room_id, user_id, leave).await {
                     log::warn!("deactivated {user_id} could not leave {room_id}: {e}");
+                    all = false;
                 }
             }
         }
+        all
     }
 }

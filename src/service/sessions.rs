@@ -76,6 +76,8 @@ const LAST_SEEN_EVERY_MS: u64 = 5 * 60 * 1000;
 
 /// What a fresh login hands to the client.
 pub struct IssuedTokens {
+    /// The login created the device (rather than replacing an existing device's tokens).
+    pub new_device: bool,
     pub access_token: String,
     pub refresh_token: Option<String>,
     pub expires_in: Option<Duration>,
@@ -247,7 +249,8 @@ impl Sessions {
             },
         };
         batch.expect_value::<DevicesTable>(&key, existing.as_ref());
-        let issued = stage_new_tokens(batch, user_id, device_id, &mut record, with_refresh);
+        let mut issued = stage_new_tokens(batch, user_id, device_id, &mut record, with_refresh);
+        issued.new_device = existing.is_none();
         record.previous_refresh_hash = None;
         record.last_seen_ms = Some(now_ms());
         record.last_seen_ip = Some(ip.to_string());
@@ -369,6 +372,7 @@ impl Sessions {
         Ok(())
     }
 
+    /// Renames a device; a change of name is a device-list change of the user.
     pub async fn set_display_name(
         &self,
         user_id: &UserId,
@@ -381,18 +385,46 @@ impl Sessions {
                 .store
                 .get::<DevicesTable>(&key)?
                 .ok_or_else(|| Error::not_found("Unknown device"))?;
+            if old.display_name == name {
+                return Ok(());
+            }
             let mut new = old.clone();
             new.display_name = name.clone();
             let mut batch = Batch::new();
             batch
                 .expect_value::<DevicesTable>(&key, Some(&old))
                 .put::<DevicesTable>(&key, &new);
-            match self.store.commit(batch).await {
+            match self.commit_device_change(batch, user_id).await? {
                 Err(CommitError::Conflict) => continue,
                 other => return Ok(other?),
             }
         }
         Err(CommitError::Conflict.into())
+    }
+
+    /// Commits a batch that adds or renames a device of `user_id`, with the device-list
+    /// change it is (see `E2ee::commit_with_device_change`).
+    pub async fn commit_device_change(
+        &self,
+        batch: Batch,
+        user_id: &UserId,
+    ) -> Result<Result<(), CommitError>> {
+        self.e2ee.commit_with_device_change(batch, user_id).await
+    }
+
+    /// Commits a batch holding a login staged by [`Sessions::stage_login`]: a login that
+    /// created a device is a device-list change of the user.
+    pub async fn commit_login(
+        &self,
+        batch: Batch,
+        user_id: &UserId,
+        issued: Option<&IssuedTokens>,
+    ) -> Result<Result<(), CommitError>> {
+        if issued.is_some_and(|i| i.new_device) {
+            self.commit_device_change(batch, user_id).await
+        } else {
+            Ok(self.store.commit(batch).await)
+        }
     }
 
     fn forget_last_seen(&self, user_id: &UserId, device_id: &DeviceId) {
@@ -446,6 +478,7 @@ fn stage_new_tokens(
         );
     }
     IssuedTokens {
+        new_device: false,
         access_token,
         refresh_token,
         expires_in: with_refresh.then_some(ACCESS_TOKEN_LIFETIME),

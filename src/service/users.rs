@@ -3,6 +3,7 @@
 use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
+use super::passwords::{Passwords, Verified};
 use crate::{
     error::{Error, Result},
     store::{Batch, CommitError, Record, Store},
@@ -15,9 +16,17 @@ table!(
     pub UsersTable: "users", String => UserRecord
 );
 
+table!(
+    /// `user_id → deactivation time (ms)`: accounts deactivated whose follow-up work (leaving
+    /// rooms, deleting cross-signing keys and key backups) is not known to be finished.
+    /// Written in the batch that deactivates the account; removed once the work is done, and
+    /// finished at start for markers a crash left behind.
+    pub PendingDeactivations: "pending_deactivations", String => u64
+);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UserRecord {
-    /// bcrypt hash; `None` for accounts that cannot log in with a password (guests,
+    /// Password hash (format in `passwords`); `None` for accounts that cannot log in with a password (guests,
     /// deactivated accounts).
     pub password_hash: Option<String>,
     pub created_ms: u64,
@@ -29,7 +38,7 @@ impl Record for UserRecord {}
 
 pub struct Users {
     store: Store,
-    bcrypt_cost: u32,
+    passwords: Passwords,
 }
 
 pub fn now_ms() -> u64 {
@@ -40,8 +49,8 @@ pub fn now_ms() -> u64 {
 }
 
 impl Users {
-    pub fn new(store: Store, bcrypt_cost: u32) -> Self {
-        Self { store, bcrypt_cost }
+    pub fn new(store: Store, passwords: Passwords) -> Self {
+        Self { store, passwords }
     }
 
     pub fn get(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
@@ -52,30 +61,60 @@ impl Users {
         Ok(self.get(user_id)?.is_some())
     }
 
-    /// bcrypt runs on the blocking pool: at cost 12 it takes hundreds of milliseconds.
+    /// The stored form of a new password; empty passwords are refused (`M_WEAK_PASSWORD`),
+    /// and 429 when every hashing slot is busy.
     pub async fn hash_password(&self, password: &str) -> Result<String> {
-        let (password, cost) = (password.to_owned(), self.bcrypt_cost);
-        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
-            .await
-            .map_err(|_| Error::unknown("password hashing task failed"))?
-            .map_err(|e| Error::unknown(format!("password hashing failed: {e}")))
+        self.passwords.hash(password).await
     }
 
     /// Whether `password` is the user's password. Unknown, deactivated and password-less
-    /// accounts never match.
+    /// accounts never match, at the same cost as a wrong password. Subject to the
+    /// per-account failed-attempt backoff (429 while it lasts).
     pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
-        let Some(record) = self.get(user_id)? else {
-            return Ok(false);
+        let record = self.get(user_id)?;
+        let hash = record
+            .as_ref()
+            .filter(|r| !r.deactivated)
+            .and_then(|r| r.password_hash.clone());
+        let verified = self
+            .passwords
+            .verify(user_id.as_str(), password, hash.clone())
+            .await?;
+        if verified == Verified::YesLegacy {
+            self.upgrade_legacy_hash(user_id, password, hash).await;
+        }
+        Ok(verified != Verified::No)
+    }
+
+    /// Checks a password for a login name that cannot be a local account, at the cost of a
+    /// real check, so the answer's timing does not tell which names exist.
+    pub async fn check_password_of_unknown(&self, name: &str, password: &str) -> Result<bool> {
+        self.passwords.verify(name, password, None).await?;
+        Ok(false)
+    }
+
+    /// Rewrites a hash of the legacy format (bcrypt of the raw password, truncated at 72
+    /// bytes) in the current one. Best effort: the login succeeds either way.
+    async fn upgrade_legacy_hash(&self, user_id: &UserId, password: &str, old: Option<String>) {
+        let new = match self.passwords.hash(password).await {
+            Ok(new) => new,
+            Err(e) => {
+                log::debug!("password hash of {user_id} not upgraded now: {e}");
+                return;
+            }
         };
-        let Some(hash) = record.password_hash.filter(|_| !record.deactivated) else {
-            return Ok(false);
-        };
-        let password = password.to_owned();
-        let ok =
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-                .await
-                .map_err(|_| Error::unknown("password check task failed"))?;
-        Ok(ok)
+        let result = self
+            .update(user_id, |r| {
+                // Only if the password did not change meanwhile.
+                if r.password_hash == old {
+                    r.password_hash = Some(new.clone());
+                }
+            })
+            .await;
+        match result {
+            Ok(()) => log::info!("upgraded the password hash of {user_id} to the sha256 scheme"),
+            Err(e) => log::warn!("cannot upgrade the password hash of {user_id}: {e}"),
+        }
     }
 
     /// Stages the creation of a new account into `batch`; the commit fails with a conflict if
@@ -147,7 +186,8 @@ impl Users {
         Err(CommitError::Conflict.into())
     }
 
-    /// Stages deactivation: the record stays (the id stays reserved) without a password.
+    /// Stages deactivation: the record stays (the id stays reserved) without a password, and
+    /// a pending marker records that the follow-up work is still to be done.
     pub fn stage_deactivate(&self, batch: &mut Batch, user_id: &UserId, current: &UserRecord) {
         let key = user_id.to_string();
         let mut record = current.clone();
@@ -155,7 +195,26 @@ impl Users {
         record.password_hash = None;
         batch
             .expect_value::<UsersTable>(&key, Some(current))
-            .put::<UsersTable>(&key, &record);
+            .put::<UsersTable>(&key, &record)
+            .put::<PendingDeactivations>(&key, &now_ms());
+    }
+
+    /// Accounts whose deactivation is not finished.
+    pub fn pending_deactivations(&self) -> Result<Vec<OwnedUserId>> {
+        let rows = self
+            .store
+            .range::<PendingDeactivations>(None, false, usize::MAX)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, _)| UserId::parse(id).ok())
+            .collect())
+    }
+
+    /// Removes the pending marker once the deactivation's follow-up work is done.
+    pub async fn finish_deactivation(&self, user_id: &UserId) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.delete::<PendingDeactivations>(&user_id.to_string());
+        Ok(self.store.commit(batch).await?)
     }
 
     /// All local accounts in user-id order.

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::common::{errcode, TestServer};
 
-const PW: &str = "correct horse";
+pub const PW: &str = "correct horse";
 
 pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)

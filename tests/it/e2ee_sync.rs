@@ -110,3 +110,82 @@ async fn device_lists_and_key_counts_in_sync() {
     );
     assert!(bob_sync["device_unused_fallback_key_types"].is_array());
 }
+
+/// New, renamed and deleted devices (without any keys) are device-list changes for the users
+/// sharing a room with their owner.
+#[tokio::test]
+async fn device_lists_report_new_renamed_and_deleted_devices() {
+    let srv = TestServer::start().await;
+    let alice = Dev::register(&srv, "alice").await;
+    let bob = Dev::register(&srv, "bob").await;
+    let carol = Dev::register(&srv, "carol").await;
+    let room =
+        crate::common::create_room(&srv, &alice.token, json!({"preset": "public_chat"})).await;
+    crate::common::join(&srv, &bob.token, &room).await;
+    let changed = |body: &Value| -> Vec<String> {
+        body["device_lists"]["changed"]
+            .as_array()
+            .map(|a| a.iter().map(|u| u.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let mut since = sync(&srv, &bob.token, None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut carol_since = sync(&srv, &carol.token, None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Bob sees each step in his next incremental sync; Carol, who shares no room, never.
+    let mut step = async |what: &str| {
+        let body = sync(&srv, &bob.token, Some(&since)).await;
+        assert!(changed(&body).contains(&alice.user), "{what}: {body}");
+        since = body["next_batch"].as_str().unwrap().to_owned();
+        let body = sync(&srv, &bob.token, Some(&since)).await;
+        assert!(
+            !changed(&body).contains(&alice.user),
+            "{what}, again: {body}"
+        );
+        since = body["next_batch"].as_str().unwrap().to_owned();
+        let body = sync(&srv, &carol.token, Some(&carol_since)).await;
+        assert!(
+            !changed(&body).contains(&alice.user),
+            "{what}, carol: {body}"
+        );
+        carol_since = body["next_batch"].as_str().unwrap().to_owned();
+    };
+
+    let (status, login) = srv.login("alice", crate::e2ee::PW).await;
+    assert_eq!(status, StatusCode::OK);
+    let device = login["device_id"].as_str().unwrap().to_owned();
+    step("new device").await;
+
+    let path = format!("/_matrix/client/v3/devices/{device}");
+    let (status, _) = srv
+        .put(&path, Some(&alice.token), json!({"display_name": "Laptop"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    step("renamed device").await;
+
+    let (status, challenge) = srv
+        .call(
+            reqwest::Method::DELETE,
+            &path,
+            Some(&alice.token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let session = challenge["session"].as_str().unwrap();
+    let auth = TestServer::password_auth(&alice.user, crate::e2ee::PW, session);
+    let (status, body) = srv
+        .call(
+            reqwest::Method::DELETE,
+            &path,
+            Some(&alice.token),
+            Some(json!({ "auth": auth })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    step("deleted device").await;
+}

@@ -231,3 +231,66 @@ async fn filters_survive_restart() {
     let (_, body) = srv.post(&upload(&user_id), Some(&token), json!({})).await;
     assert_eq!(body["filter_id"], "1");
 }
+
+/// Values outside what the spec allows are refused with 400 `M_BAD_JSON`, both on upload and
+/// inline in `/sync`; valid values and unknown keys are still accepted.
+#[tokio::test]
+async fn filters_with_invalid_values_are_rejected_on_upload_and_in_sync() {
+    let srv = TestServer::start().await;
+    let (user_id, token, _) = srv.register("gus", "pw").await;
+    let invalid = [
+        json!({"event_format": "xml"}),
+        json!({"event_format": "Client"}),
+        json!({"room": {"timeline": {"limit": -1}}}),
+        json!({"room": {"timeline": {"limit": 2.5}}}),
+        json!({"presence": {"limit": "10"}}),
+        json!({"account_data": {"types": "m.push_rules"}}),
+        json!({"room": {"state": {"types": ["m.room.name", 1]}}}),
+        json!({"room": {"rooms": "!a:localhost"}}),
+        json!({"room": {"include_leave": "yes"}}),
+        json!({"room": {"timeline": {"lazy_load_members": 1}}}),
+        json!({"room": {"ephemeral": []}}),
+        json!({"event_fields": [1]}),
+        json!({"room": 7}),
+    ];
+    for bad in invalid {
+        let (status, body) = srv.post(&upload(&user_id), Some(&token), bad.clone()).await;
+        assert_eq!(
+            (status, errcode(&body)),
+            (StatusCode::BAD_REQUEST, "M_BAD_JSON"),
+            "upload {bad}: {body}"
+        );
+        let inline = crate::common::enc(&bad.to_string());
+        let (status, body) = srv
+            .get(
+                &format!("/_matrix/client/v3/sync?timeout=0&filter={inline}"),
+                Some(&token),
+            )
+            .await;
+        assert_eq!(
+            (status, errcode(&body)),
+            (StatusCode::BAD_REQUEST, "M_BAD_JSON"),
+            "sync {bad}: {body}"
+        );
+    }
+    let valid = json!({
+        "event_format": "federation",
+        "event_fields": ["content.body"],
+        "presence": {"limit": 0, "types": ["m.presence"]},
+        "room": {"include_leave": true, "timeline": {"limit": 5, "lazy_load_members": true},
+                 "rooms": ["!a:localhost"], "x.unknown": {"anything": 1}},
+        "x.custom": true,
+    });
+    let (status, body) = srv
+        .post(&upload(&user_id), Some(&token), valid.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let inline = crate::common::enc(&valid.to_string());
+    let (status, body) = srv
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=0&filter={inline}"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

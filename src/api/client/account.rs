@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
-    service::Services,
+    service::{passwords, Services},
     store::Batch,
 };
 
@@ -37,6 +37,7 @@ async fn change_password(
     body: change_password::v3::Request,
 ) -> Result<change_password::v3::Response> {
     let me = ctx.authed()?;
+    passwords::check_acceptable(&body.new_password)?;
     services
         .reauthenticate(
             "change_password",
@@ -48,9 +49,6 @@ async fn change_password(
             body.auth.as_ref(),
         )
         .await?;
-    if body.new_password.is_empty() {
-        return Err(Error::weak_password("The new password must not be empty"));
-    }
     let hash = services.users.hash_password(&body.new_password).await?;
     let current = services
         .users

@@ -15,6 +15,7 @@ use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
     service::{
+        passwords,
         sessions::random_device_id,
         uiaa::{self, DUMMY, REGISTRATION_TOKEN},
         Services,
@@ -70,6 +71,9 @@ async fn register(
         RegistrationMode::Open => &[&[DUMMY]],
         RegistrationMode::Token => &[&[REGISTRATION_TOKEN]],
     };
+    if let Some(password) = body.password.as_deref() {
+        passwords::check_acceptable(password)?;
+    }
     // Check the name before authentication, so nobody completes the flow only to be refused.
     let user_id = match body.username.as_deref() {
         Some(name) => {
@@ -84,9 +88,10 @@ async fn register(
     let request = uiaa::Request {
         kind: "register",
         user: None,
-        operation: uiaa::operation_digest(&serde_json::json!({
-            "username": body.username.as_deref().map(str::to_lowercase),
-        })),
+        // Clients commonly fetch the registration flows with an empty body and send the
+        // user name only with the stages, and the stages here prove no identity that another
+        // request could borrow: registration sessions are not bound to their parameters.
+        operation: uiaa::operation_digest(&serde_json::Value::Null),
         flows,
     };
     let completed = services
@@ -134,7 +139,11 @@ async fn register(
                 ctx.ip,
             )?)
         };
-        match services.store.commit(batch).await {
+        let committed = services
+            .sessions
+            .commit_login(batch, &user_id, tokens.as_ref())
+            .await?;
+        match committed {
             Ok(()) => break tokens,
             Err(CommitError::Conflict) if services.users.exists(&user_id)? => {
                 return Err(Error::user_in_use("That user ID is already taken"));

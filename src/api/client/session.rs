@@ -93,9 +93,16 @@ async fn login(
         (None, None) => return Err(Error::missing_param("No identifier given")),
     };
     let invalid = || Error::forbidden("Invalid username or password");
-    let user_id = resolve_user(&services, &name).ok_or_else(invalid)?;
-    let record = services.users.get(&user_id)?.ok_or_else(invalid)?;
-    if record.deactivated {
+    // Unknown names cost a full password check too, so timing does not reveal accounts.
+    let Some(user_id) = resolve_user(&services, &name) else {
+        let name = name.to_lowercase();
+        services
+            .users
+            .check_password_of_unknown(&name, &password.password)
+            .await?;
+        return Err(invalid());
+    };
+    if services.users.get(&user_id)?.is_some_and(|r| r.deactivated) {
         return Err(Error::user_deactivated("This account has been deactivated"));
     }
     if !services
@@ -118,7 +125,11 @@ async fn login(
             body.refresh_token,
             ctx.ip,
         )?;
-        match services.store.commit(batch).await {
+        let committed = services
+            .sessions
+            .commit_login(batch, &user_id, Some(&tokens))
+            .await?;
+        match committed {
             Err(CommitError::Conflict) => continue,
             Err(e) => return Err(e.into()),
             Ok(()) => {

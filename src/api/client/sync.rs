@@ -90,8 +90,9 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
     let query = parse_query(incoming.request.uri().query().unwrap_or(""))?;
     let filter = match query.filter.as_deref() {
         None => FilterDefinition::default(),
-        Some(inline) if inline.trim_start().starts_with('{') => serde_json::from_str(inline)
-            .map_err(|e| Error::bad_json(format!("Invalid filter: {e}")))?,
+        Some(inline) if inline.trim_start().starts_with('{') => {
+            crate::service::filters::parse_filter(inline.as_bytes())?.1
+        }
         Some(id) => services
             .filters
             .get(&me.user_id, id)?

@@ -314,6 +314,18 @@ impl E2ee {
         }
     }
 
+    /// Deletes every backup version of the user with its keys (account deactivation).
+    /// Idempotent: versions already deleted only have their remaining keys swept.
+    pub async fn delete_all_backups(&self, user_id: &UserId) -> Result<()> {
+        let versions = self
+            .store
+            .scan_prefix::<BackupVersions, _>(&(user_id.as_str(),), usize::MAX)?;
+        for ((_, number), _) in versions {
+            self.delete_backup(user_id, &number.to_string()).await?;
+        }
+        Ok(())
+    }
+
     /// `PUT /room_keys/keys[...]` into `version`, which must be the current version (403
     /// `M_WRONG_ROOM_KEYS_VERSION` otherwise, 404 without any backup). Each key is
     /// `(room, session, data)`. Returns the version's `(etag, count)` afterwards.

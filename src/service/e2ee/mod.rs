@@ -17,7 +17,8 @@
 //! removal of the device's keys, inbox and transaction ids into the same batch and leaves a
 //! durable marker, and [`E2ee::devices_removed`] (after the commit, and at every start for
 //! markers a crash left behind) sweeps anything that raced the deletion and records the
-//! device-list change.
+//! device-list change. New and renamed devices record theirs in the batch that writes the
+//! device ([`E2ee::commit_with_device_change`]).
 
 pub mod backup;
 pub mod device_lists;
@@ -134,6 +135,21 @@ impl E2ee {
         self.forget_inbox_sizes_of(user_id.as_str());
     }
 
+    /// Commits `batch`, which adds or renames a device of `user_id`, together with a
+    /// device-list change of the user (other users' clients then refresh its device list),
+    /// and wakes the syncs concerned. `Ok(Err(Conflict))` when a concurrent write won: the
+    /// caller rebuilds its batch and tries again.
+    pub async fn commit_with_device_change(
+        &self,
+        mut batch: Batch,
+        user_id: &UserId,
+    ) -> Result<Result<(), CommitError>> {
+        let pending = self.stream.allocate()?;
+        self.stage_change(&mut batch, pending.pos, user_id)?;
+        let wake = self.device_change_targets(user_id)?;
+        Ok(self.commit_positioned(batch, Some(pending), wake).await)
+    }
+
     /// Commits a batch that uses stream positions (see `Stream::commit`): the positions are
     /// released after the write even if the request is dropped, then `wake` is notified.
     pub(crate) async fn commit_positioned(
@@ -189,7 +205,6 @@ impl E2ee {
         if markers.is_empty() {
             return Ok((batch, None, false));
         }
-        let mut changed = false;
         for ((user, device), had_keys) in markers {
             // A device logged in again under the same id since owns its new data.
             let gone = self
@@ -199,19 +214,15 @@ impl E2ee {
             if gone {
                 self.stage_sweep(&mut batch, &user, &device, SWEEP_CHUNK)?;
             }
-            changed |= had_keys;
             batch
                 .expect_value::<RemovedDevices>(&(user.clone(), device.clone()), Some(&had_keys))
                 .delete::<RemovedDevices>(&(user, device));
         }
-        let pending = if changed {
-            let pending = self.stream.allocate()?;
-            self.stage_change(&mut batch, pending.pos, user_id)?;
-            Some(pending)
-        } else {
-            None
-        };
-        Ok((batch, pending, changed))
+        // Every removed device is a device-list change, whether or not it had keys: clients
+        // show other users' device lists, not only their keys.
+        let pending = self.stream.allocate()?;
+        self.stage_change(&mut batch, pending.pos, user_id)?;
+        Ok((batch, Some(pending), true))
     }
 
     /// Finishes every removal left by a crash or by a process that could not (the admin CLI).

@@ -323,6 +323,47 @@ impl E2ee {
         Err(CommitError::Conflict.into())
     }
 
+    /// Deletes all of the user's cross-signing keys and every signature on the user's keys
+    /// (account deactivation), and records a device-list change so other users' clients drop
+    /// them. Idempotent.
+    pub async fn delete_cross_signing(&self, user_id: &UserId) -> Result<()> {
+        let user = user_id.to_string();
+        for _ in 0..ATTEMPTS {
+            let mut batch = Batch::new();
+            for usage in [MASTER, SELF_SIGNING, USER_SIGNING] {
+                let row = (user.clone(), usage.to_owned());
+                if let Some(old) = self.store.get::<CrossSigningKeys>(&row)? {
+                    batch
+                        .expect_value::<CrossSigningKeys>(&row, Some(&old))
+                        .delete::<CrossSigningKeys>(&row);
+                }
+            }
+            let had_keys = !batch.is_empty();
+            let signatures = self
+                .store
+                .scan_prefix::<KeySignatures, _>(&(user.as_str(),), usize::MAX)?;
+            for (row, _) in signatures {
+                batch.delete::<KeySignatures>(&row);
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let (pending, wake) = if had_keys {
+                let pending = self.stream.allocate()?;
+                self.stage_change(&mut batch, pending.pos, user_id)?;
+                (Some(pending), self.device_change_targets(user_id)?)
+            } else {
+                (None, Vec::new())
+            };
+            match self.commit_positioned(batch, pending, wake).await {
+                Ok(()) => return Ok(()),
+                Err(CommitError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CommitError::Conflict.into())
+    }
+
     /// Stages deletes of the signatures the user's key `public` made on the user's own keys.
     fn stage_delete_signatures_by(
         &self,

@@ -1,0 +1,139 @@
+//! Password handling: bcrypt's 72-byte limit, empty passwords, failed-login backoff, the
+//! bound on concurrent hashing, and equal cost for unknown accounts.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::common::{errcode, TestServer};
+
+#[tokio::test]
+async fn passwords_differing_after_byte_72_are_not_interchangeable() {
+    let srv = TestServer::start().await;
+    let prefix = "p".repeat(72);
+    let (user_id, token, _) = srv.register("vic", &format!("{prefix}-one")).await;
+    let (status, body) = srv.login("vic", &format!("{prefix}-two")).await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::FORBIDDEN, "M_FORBIDDEN")
+    );
+    assert_eq!(srv.login("vic", &prefix).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        srv.login("vic", &format!("{prefix}-one")).await.0,
+        StatusCode::OK
+    );
+    // The same holds for the password stage of user-interactive auth.
+    let change = "/_matrix/client/v3/account/password";
+    let body = json!({"new_password": "short"});
+    let (_, challenge) = srv.post(change, Some(&token), body.clone()).await;
+    let session = challenge["session"].as_str().unwrap();
+    let mut wrong = body.clone();
+    wrong["auth"] = TestServer::password_auth(&user_id, &format!("{prefix}-two"), session);
+    assert_eq!(
+        srv.post(change, Some(&token), wrong).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn empty_passwords_are_refused() {
+    let srv = TestServer::start().await;
+    // Refused before the auth flow starts, not after it was completed.
+    let (status, body) = srv
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({"username": "wes", "password": ""}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::BAD_REQUEST, "M_WEAK_PASSWORD"),
+        "{body}"
+    );
+    let (user_id, token, _) = srv.register("wes", "pw").await;
+    let (status, body) = srv
+        .post(
+            "/_matrix/client/v3/account/password",
+            Some(&token),
+            json!({"new_password": "", "auth": TestServer::password_auth(&user_id, "pw", "x")}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::BAD_REQUEST, "M_WEAK_PASSWORD"),
+        "{body}"
+    );
+    assert_eq!(srv.login("wes", "").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(srv.login("wes", "pw").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_are_backed_off() {
+    let srv = TestServer::start().await;
+    srv.register("xia", "right").await;
+    srv.register("yan", "right").await;
+    for _ in 0..3 {
+        let (status, body) = srv.login("xia", "wrong").await;
+        assert_eq!(
+            (status, errcode(&body)),
+            (StatusCode::FORBIDDEN, "M_FORBIDDEN")
+        );
+    }
+    // Now even the right password waits, without a password check.
+    let (status, body) = srv.login("xia", "right").await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+        "{body}"
+    );
+    let wait = body["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!((1..=1000).contains(&wait), "{wait}");
+    // Another account is not affected.
+    assert_eq!(srv.login("yan", "right").await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(wait + 50)).await;
+    assert_eq!(srv.login("xia", "right").await.0, StatusCode::OK);
+    // Success clears the record: one more failure is answered normally.
+    assert_eq!(srv.login("xia", "wrong").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(srv.login("xia", "right").await.0, StatusCode::OK);
+}
+
+/// With one hashing slot and a realistic cost, concurrent logins beyond the slot are refused
+/// at once with 429; and a login for an unknown user costs as much as for a known one.
+#[tokio::test]
+async fn password_hashing_is_bounded_and_costs_the_same_for_unknown_users() {
+    let srv = TestServer::start_with(|c| {
+        c.bcrypt_cost = 11;
+        c.password_hash_concurrency = 1;
+    })
+    .await;
+    srv.register("zed", "pw").await;
+
+    let started = Instant::now();
+    assert_eq!(srv.login("zed", "wrong").await.0, StatusCode::FORBIDDEN);
+    let known = started.elapsed();
+    for unknown in ["nobody", "@nobody:elsewhere.example"] {
+        let started = Instant::now();
+        assert_eq!(srv.login(unknown, "wrong").await.0, StatusCode::FORBIDDEN);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed * 3 > known,
+            "{unknown}: {elapsed:?} vs {known:?} for a known user"
+        );
+    }
+
+    let logins = (0..4).map(|_| srv.login("zed", "pw"));
+    let results = futures_util::future::join_all(logins).await;
+    let ok = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let busy: Vec<_> = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(ok + busy.len(), 4, "{results:?}");
+    assert!(ok >= 1 && !busy.is_empty(), "{results:?}");
+    for (_, body) in busy {
+        assert_eq!(errcode(body), "M_LIMIT_EXCEEDED");
+        assert!(body["retry_after_ms"].as_u64().is_some(), "{body}");
+    }
+}
