@@ -353,6 +353,7 @@ fn check_data_changes_nothing() {
     // No signing key yet, and a leftover upload in media/tmp: a server start would create
     // the one and delete the other; a check must do neither.
     std::fs::remove_dir_all(data.join("keys")).unwrap();
+    std::fs::create_dir_all(data.join("media/tmp")).unwrap();
     std::fs::write(data.join("media/tmp/upload-1"), b"partial").unwrap();
     let before = tree_digest(&data);
     let (ok, out, err) = hearth(d, &["check", "--data", "data"]);

@@ -210,10 +210,12 @@ async fn run(engine: &str, budget: Duration) {
         }
         // The timeline index agrees with the event index: every acknowledged message is in
         // /messages. The server caps `limit`, so page back with `end` until it runs out (a
-        // bounded number of pages: the room holds `events` messages plus its creation).
+        // bounded number of pages: the room holds the acknowledged messages and topics, its
+        // creation, and writes that landed without being acknowledged before a kill; a page
+        // may also come back short when the server's per-request work budget runs out).
         let mut in_timeline = std::collections::HashSet::new();
         let mut from = String::new();
-        let max_pages = events.len() / 50 + 5;
+        let max_pages = 2 * (events.len() + topic as usize) / 50 + 20;
         let mut pages = 0;
         loop {
             let url =
