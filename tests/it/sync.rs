@@ -69,7 +69,16 @@ async fn initial_sync_has_joined_room_with_state_and_timeline() {
     );
     assert!(all.iter().any(|e| e["type"] == "m.room.create"));
     assert_eq!(joined["summary"]["m.joined_member_count"], 1);
-    assert!(body["account_data"]["events"].is_array() || body.get("account_data").is_none());
+    // An initial sync carries the user's push rules as global account data (spec: push
+    // rules are account data of type `m.push_rules`).
+    let account_data = body["account_data"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("account_data.events in {body}"));
+    let rules = account_data
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .unwrap_or_else(|| panic!("m.push_rules in {account_data:?}"));
+    assert!(rules["content"]["global"]["override"].is_array(), "{rules}");
     // No event is both in state and timeline.
     for e in timeline {
         assert!(!state.iter().any(|s| s["event_id"] == e["event_id"]));
