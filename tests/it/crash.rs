@@ -209,23 +209,37 @@ async fn run(engine: &str, budget: Duration) {
             );
         }
         // The timeline index agrees with the event index: every acknowledged message is in
-        // /messages.
-        let url = format!("{base}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1000000");
-        let (status, page) = call(&http, reqwest::Method::GET, url, Some(&token), None)
-            .await
-            .unwrap();
-        assert_eq!(status, 200);
-        let in_timeline: std::collections::HashSet<&str> = page["chunk"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["event_id"].as_str())
-            .collect();
-        for id in &events {
-            assert!(
-                in_timeline.contains(id.as_str()),
-                "{id} missing from /messages"
+        // /messages. The server caps `limit`, so page back with `end` until it runs out (a
+        // bounded number of pages: the room holds `events` messages plus its creation).
+        let mut in_timeline = std::collections::HashSet::new();
+        let mut from = String::new();
+        let max_pages = events.len() / 50 + 5;
+        let mut pages = 0;
+        loop {
+            let url =
+                format!("{base}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50{from}");
+            let (status, page) = call(&http, reqwest::Method::GET, url, Some(&token), None)
+                .await
+                .unwrap();
+            assert_eq!(status, 200);
+            let chunk = page["chunk"].as_array().unwrap();
+            in_timeline.extend(
+                chunk
+                    .iter()
+                    .filter_map(|e| e["event_id"].as_str().map(str::to_owned)),
             );
+            pages += 1;
+            match page["end"].as_str() {
+                Some(end) if !chunk.is_empty() => from = format!("&from={}", enc(end)),
+                _ => break,
+            }
+            assert!(
+                pages < max_pages,
+                "/messages did not reach the room's start"
+            );
+        }
+        for id in &events {
+            assert!(in_timeline.contains(id), "{id} missing from /messages");
         }
         if topic > 0 {
             let url = format!("{base}/_matrix/client/v3/rooms/{room}/state/m.room.topic");
