@@ -16,6 +16,7 @@ mod filter;
 mod http;
 mod interop;
 mod media;
+mod media_power;
 mod profile;
 mod push_rules;
 mod redaction;
