@@ -2,7 +2,9 @@
 //! (one user, 20 rooms, 32 concurrent senders), for start-up and memory measurements on a
 //! realistic database. Then, with `--measure BIN`, starts the real binary on it and reports
 //! start-up time (spawn → `/versions` answers), idle RSS, and peak RSS after paging every room's
-//! whole history, for each `--cache-mb` value.
+//! whole history, for each `--cache-mb` value, and start-up after a clean stop vs after a
+//! SIGKILL that follows a write (`--restarts N` rounds of each, the median printed; then
+//! nothing else is measured).
 //!
 //! `cargo run --release --example fill_events -- --data DIR [--events 100000] [--measure target/release/hearth] [--cache-mb 32,8]`
 
@@ -94,8 +96,17 @@ async fn fill(data: &Path, events: usize) {
                 let room = &rooms[n % ROOMS];
                 let url = format!("{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/f{n}");
                 let body = json!({"msgtype": "m.text", "body": format!("message number {n} with a little text in it")});
-                let r = http.put(url).bearer_auth(&token).json(&body).send().await.unwrap();
-                assert!(r.status().is_success(), "send failed: {}", r.status());
+                // A conflict with a concurrent send to the same room is answered 409: retry.
+                let mut tries = 0;
+                loop {
+                    let r = http.put(&url).bearer_auth(&token).json(&body).send().await.unwrap();
+                    tries += 1;
+                    if r.status() == reqwest::StatusCode::CONFLICT && tries < 20 {
+                        continue;
+                    }
+                    assert!(r.status().is_success(), "send failed: {}", r.status());
+                    break;
+                }
                 n += SENDERS;
                 if s == 0 && n % 10_000 < SENDERS {
                     eprintln!("  {n} events");
@@ -138,6 +149,84 @@ fn dir_bytes(dir: &Path) -> u64 {
             })
             .sum()
     })
+}
+
+/// Starts `bin` on `data`; returns the child, its base URL and the time until `/versions`
+/// answered.
+async fn start(bin: &Path, data: &Path, cache_mb: u64) -> (std::process::Child, String, Duration) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let child = Command::new(bin)
+        .env_clear()
+        .env("HEARTH_DATA_DIR", data)
+        .env("HEARTH_LISTENERS", format!("127.0.0.1:{port}"))
+        .env("HEARTH_STORAGE__CACHE_MB", cache_mb.to_string())
+        .env("HEARTH_RATE_LIMIT__ENABLED", "false")
+        .env("HEARTH_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while http
+        .get(format!("{base}/_matrix/client/versions"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (child, base, started.elapsed())
+}
+
+/// Start-up after a clean stop and after a SIGKILL right after a write, `rounds` times each.
+async fn measure_restarts(bin: &Path, data: &Path, rounds: usize) {
+    let http = reqwest::Client::new();
+    let mut clean = Vec::new();
+    let mut killed = Vec::new();
+    for _ in 0..rounds {
+        // A clean stop first, so the next start needs no recovery.
+        let (mut child, _, _) = start(bin, data, 32).await;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        let (mut child, base, t) = start(bin, data, 32).await;
+        clean.push(t);
+        // One write, then SIGKILL: the next start finds the file not closed cleanly.
+        let login = post(
+            &http,
+            format!("{base}/_matrix/client/v3/login"),
+            None,
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "filler"}, "password": "pw"}),
+        )
+        .await;
+        assert!(login["access_token"].is_string(), "login: {login}");
+        child.kill().unwrap();
+        let _ = child.wait();
+        let (mut child, _, t) = start(bin, data, 32).await;
+        killed.push(t);
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1000.0
+    };
+    println!(
+        "start-up: after a clean stop {:.0} ms, after SIGKILL {:.0} ms (median of {rounds}; all: {clean:?} / {killed:?})",
+        median(&mut clean.clone()),
+        median(&mut killed.clone()),
+    );
 }
 
 async fn measure(bin: &Path, data: &Path, cache_mb: u64) {
@@ -239,12 +328,14 @@ async fn main() {
     let mut events = 100_000;
     let mut bin: Option<PathBuf> = None;
     let mut caches = vec![32u64, 8];
+    let mut restarts = 0;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let value = pair.get(1).cloned().unwrap_or_default();
         match pair[0].as_str() {
             "--data" => data = Some(value.into()),
             "--events" => events = value.parse().expect("--events N"),
+            "--restarts" => restarts = value.parse().expect("--restarts N"),
             "--measure" => bin = Some(value.into()),
             "--cache-mb" => {
                 caches = value
@@ -254,7 +345,7 @@ async fn main() {
             }
             _ => {
                 eprintln!(
-                    "usage: fill_events --data DIR [--events N] [--measure BIN] [--cache-mb A,B]"
+                    "usage: fill_events --data DIR [--events N] [--measure BIN] [--cache-mb A,B] [--restarts N]"
                 );
                 std::process::exit(2);
             }
@@ -269,6 +360,11 @@ async fn main() {
         dir_bytes(&data.join("db")) as f64 / 1e6
     );
     if let Some(bin) = bin {
+        if restarts > 0 {
+            // Start-up only: the memory measurements below take minutes on a large database.
+            measure_restarts(&bin, &data, restarts).await;
+            return;
+        }
         for cache in caches {
             measure(&bin, &data, cache).await;
         }

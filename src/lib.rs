@@ -1,6 +1,6 @@
 //! Hearth: a Matrix homeserver in one binary for small hosts.
 //!
-//! Layers point one way: `http → api → service → store` (see DESIGN.md).
+//! Layers point one way: `http → api → service → store` (see docs/architecture.md).
 
 pub mod api;
 pub mod cli;

@@ -4,7 +4,7 @@
 //! Endpoints are registered from ruma's request types: the paths come from the type's
 //! `PATH_BUILDER`, the method from `METHOD`, the authentication requirement from its
 //! `Authentication` scheme, and the handler receives the parsed request and returns the typed
-//! response. This keeps warp's filter chain to a single link (see DESIGN.md on compile times).
+//! response. This keeps warp's filter chain to a single link (see docs/architecture.md, Module map, on compile times).
 
 use std::{collections::HashMap, future::Future, net::IpAddr, pin::Pin, sync::Arc};
 

@@ -4,6 +4,12 @@
 //! Reads take a fresh MVCC read transaction, so they never wait for the writer. Each `apply` is
 //! one write transaction committed with `Durability::Immediate`: redb writes the new pages and
 //! the commit slot, then fsyncs before `commit` returns.
+//!
+//! Every commit also uses redb's quick repair: it records the allocator state with the
+//! commit (two-phase commit), so opening the file after a crash loads that state instead of
+//! walking every page of the database to rebuild it. The cost is a slightly larger commit;
+//! the gain is a start-up after SIGKILL or power loss that does not grow with the database
+//! (see README, Resource use).
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -67,6 +73,14 @@ impl RedbEngine {
         let cache = usize::try_from(cache_bytes).unwrap_or(usize::MAX);
         let mut builder = Database::builder();
         builder.set_cache_size(cache);
+        // Only called when the last commit did not record its allocator state (a file
+        // written before quick repair was on, or a torn commit): then redb walks the file.
+        builder.set_repair_callback(|session| {
+            log::warn!(
+                "database was not closed cleanly; repairing ({:.0}%)",
+                session.progress() * 100.0
+            );
+        });
         // The file lock is tied to the open file, which a child process forked at that moment
         // (tests, hooks) shares until it execs: a reopen right after a close can find it held
         // for an instant. Another server on the same directory keeps it for longer than this.
@@ -239,6 +253,9 @@ impl Engine for RedbEngine {
     fn apply(&self, batches: &[Vec<Op>]) -> Result<Vec<Result<(), Conflict>>, StoreError> {
         let mut txn = self.db.begin_write().map_err(io)?;
         txn.set_durability(Durability::Immediate).map_err(io)?;
+        // Record the allocator state with the commit: start-up after a crash reads it back
+        // rather than walking the whole file (module docs).
+        txn.set_quick_repair(true);
         let mut results = Vec::with_capacity(batches.len());
         {
             // A table can be open only once per write transaction, so keep each one open for

@@ -299,3 +299,63 @@ async fn sigkill_under_load_loses_no_acknowledged_write_redb() {
 async fn sigkill_under_load_loses_no_acknowledged_write_sled() {
     run("sled", Duration::from_secs(15)).await;
 }
+
+/// redb's quick repair: every commit records the allocator state, so the start after a
+/// SIGKILL loads it instead of walking the whole file (which the engine logs as a repair).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_sigkill_needs_no_full_repair_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let p = port();
+    let base = format!("http://127.0.0.1:{p}");
+    let mut child = spawn(dir.path(), p, "redb");
+    wait_up(&http, &base, &mut child).await;
+    for name in ["ann", "ben", "cat"] {
+        assert!(register(&http, &base, name).await.is_some(), "registered");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let log = dir.path().join("restart.log");
+    let p = port();
+    let base = format!("http://127.0.0.1:{p}");
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("HEARTH_DATA_DIR", dir.path())
+        .env("HEARTH_LISTENERS", format!("127.0.0.1:{p}"))
+        .env("HEARTH_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_up(&http, &base, &mut child).await;
+    let login = json!({"type": "m.login.password",
+                       "identifier": {"type": "m.id.user", "user": "cat"}, "password": "pw"});
+    let (status, _) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/_matrix/client/v3/login"),
+        None,
+        Some(login),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "the acknowledged registration survived");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("repairing"),
+        "the start after SIGKILL walked the database: {text}"
+    );
+}

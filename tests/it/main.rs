@@ -20,6 +20,7 @@ mod interop;
 mod listeners;
 mod media;
 mod passwords;
+mod media_power;
 mod profile;
 mod push_rules;
 mod redaction;

@@ -751,7 +751,11 @@ async fn orphan_files_are_swept_at_start() {
         "the orphan next to a committed file is swept"
     );
     assert_eq!(tmp_files(&data_dir), 0);
-    assert_eq!(stored_files(&data_dir), committed, "the committed file stays");
+    assert_eq!(
+        stored_files(&data_dir),
+        committed,
+        "the committed file stays"
+    );
     let response = download(&srv, &token, &server_name, &id).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(&response.bytes().await.unwrap()[..], &kept[..]);
