@@ -351,3 +351,19 @@ fn add_cors(headers: &mut HeaderMap) {
         HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last net: a handler that panics yields an error value instead of unwinding
+    /// through the connection task.
+    #[tokio::test]
+    async fn catch_unwind_turns_a_panic_into_an_error() {
+        let panicking: router::BoxFuture<u32> = Box::pin(async { panic!("boom") });
+        let caught = CatchUnwind(panicking).await.unwrap_err();
+        assert_eq!(caught.downcast_ref::<&str>(), Some(&"boom"));
+        let fine: router::BoxFuture<u32> = Box::pin(async { 7 });
+        assert_eq!(CatchUnwind(fine).await.unwrap(), 7);
+    }
+}
