@@ -2,6 +2,7 @@
 //!
 //! Layers point one way: `http → api → service → store` (see docs/architecture.md).
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;

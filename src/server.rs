@@ -94,61 +94,17 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         )));
         log::info!("listening on {scheme}://{addr} as {}", config.server_name);
     }
-    tasks.push(admin_socket(&config, &services, &shutdown));
+    tasks.push(crate::admin::start(
+        &config,
+        services.store.clone(),
+        shutdown.subscribe(),
+    ));
     Ok(Server {
         addrs,
         tls_addrs,
         services,
         shutdown,
         tasks,
-    })
-}
-
-/// Starts the admin socket (`<data_dir>/admin/admin.sock`: a 0700 directory, a 0600 socket)
-/// that `hearth backup` talks to.
-/// A server that cannot create it still serves; only online backups are unavailable.
-fn admin_socket(
-    config: &Config,
-    services: &Arc<Services>,
-    shutdown: &watch::Sender<bool>,
-) -> JoinHandle<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = config.data_dir.join(crate::cli::backup::SOCKET_NAME);
-    // A socket file left by a killed server: the store lock we hold proves no server uses it.
-    let _ = std::fs::remove_file(&path);
-    // The socket lives in a directory only the server's user can enter, created before the
-    // socket: nobody else can connect, not even in the instant before the socket's own mode
-    // is tightened.
-    let listener = path
-        .parent()
-        .map(|dir| {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        })
-        .unwrap_or(Ok(()))
-        .and_then(|()| tokio::net::UnixListener::bind(&path))
-        .and_then(|l| {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-            Ok(l)
-        });
-    let stop = shutdown.subscribe();
-    let store = services.store.clone();
-    tokio::spawn(async move {
-        match listener {
-            Ok(listener) => {
-                crate::cli::backup::serve_socket(store, listener, stop).await;
-                let _ = std::fs::remove_file(&path);
-            }
-            Err(e) => log::warn!(
-                "cannot create the admin socket {} ({e}); `hearth backup` needs the server \
-                 stopped",
-                path.display()
-            ),
-        }
     })
 }
 

@@ -3,7 +3,7 @@
 //! A running server holds the database lock, so a backup of a running server goes through the
 //! server: it listens on a Unix socket, `<data_dir>/admin/admin.sock` (a 0700 directory, mode 0600, so only its own user
 //! and root can connect), and on `backup` streams every row of its store from one consistent
-//! view (see `store/backup.rs`). The command writes those rows into a fresh database under
+//! view (see `store/backup.rs`; the socket and its protocol are `admin.rs`). The command writes those rows into a fresh database under
 //! `DEST/db/`, then copies the rest of the data directory (media, signing keys, certificates).
 //! With no server running, the command opens the database itself and does the same.
 //!
@@ -13,245 +13,19 @@
 //! A backup directory is a complete data directory: `hearth restore` copies it into an empty
 //! data directory and verifies the result; starting a server on a copy of it works as well.
 
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use crate::admin::SOCKET_NAME;
+use crate::admin::{write_stream, StreamReader};
 use crate::cli::progress::Progress;
 use crate::config::Config;
-use crate::store::{self, BackupRow, EngineKind, Store, StoreError};
+use crate::store::{self, EngineKind, Store};
 
-/// The admin socket's path inside the data directory (in a 0700 directory of its own).
-pub const SOCKET_NAME: &str = "admin/admin.sock";
 /// Written into a backup directory; not copied back by restore.
 pub const INFO_NAME: &str = "hearth-backup.txt";
-const PROTOCOL: &str = "hearth-backup 1";
-
-const TAG_TOTAL: u8 = b'T';
-const TAG_ROW: u8 = b'R';
-const TAG_END: u8 = b'E';
-const TAG_ERROR: u8 = b'X';
-
-fn io_err(e: std::io::Error) -> StoreError {
-    StoreError::Io(format!("backup stream: {e}"))
-}
-
-/// Streams the store to `out` in the backup protocol (server side; blocking).
-pub fn write_stream(store: &Store, out: &mut dyn Write) -> Result<u64, StoreError> {
-    writeln!(out, "{PROTOCOL} {}", store.engine_kind()).map_err(io_err)?;
-    let mut failed: Option<std::io::Error> = None;
-    let shared = std::cell::RefCell::new(&mut *out);
-    let result = store.export(
-        &mut |total| {
-            let mut frame = vec![TAG_TOTAL];
-            frame.extend_from_slice(&total.to_be_bytes());
-            if let Err(e) = shared.borrow_mut().write_all(&frame) {
-                failed.get_or_insert(e);
-            }
-        },
-        &mut |table, key, value| {
-            let mut frame = Vec::with_capacity(11 + table.len() + key.len() + value.len());
-            frame.push(TAG_ROW);
-            frame.extend_from_slice(&(table.len() as u16).to_be_bytes());
-            frame.extend_from_slice(table.as_bytes());
-            frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
-            frame.extend_from_slice(key);
-            frame.extend_from_slice(&(value.len() as u32).to_be_bytes());
-            frame.extend_from_slice(value);
-            shared.borrow_mut().write_all(&frame).map_err(io_err)
-        },
-    );
-    if let Some(e) = failed {
-        return Err(io_err(e));
-    }
-    match result {
-        Ok(rows) => {
-            let mut frame = vec![TAG_END];
-            frame.extend_from_slice(&rows.to_be_bytes());
-            out.write_all(&frame).map_err(io_err)?;
-            out.flush().map_err(io_err)?;
-            Ok(rows)
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            let mut frame = vec![TAG_ERROR];
-            frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-            frame.extend_from_slice(msg.as_bytes());
-            let _ = out.write_all(&frame).and_then(|_| out.flush());
-            Err(e)
-        }
-    }
-}
-
-/// Serves the admin socket until `shutdown` resolves (server side).
-pub async fn serve_socket(
-    store: Store,
-    listener: tokio::net::UnixListener,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                log::warn!("admin socket: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let store = store.clone();
-        tokio::spawn(async move {
-            let Ok(stream) = stream.into_std() else {
-                return;
-            };
-            let _ = tokio::task::spawn_blocking(move || handle_connection(&store, stream)).await;
-        });
-    }
-}
-
-fn handle_connection(store: &Store, stream: UnixStream) {
-    if stream.set_nonblocking(false).is_err() {
-        return;
-    }
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-    // A sled export pauses commits while it streams: a client that stops reading must not
-    // hold them up for long.
-    let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(30)));
-    let mut command = String::new();
-    let Ok(reader) = stream.try_clone() else {
-        return;
-    };
-    if BufReader::new(reader).read_line(&mut command).is_err() {
-        return;
-    }
-    let mut out = BufWriter::with_capacity(1 << 16, stream);
-    match command.trim() {
-        "backup" => {
-            log::info!("admin socket: backup started");
-            match write_stream(store, &mut out) {
-                Ok(rows) => log::info!("admin socket: backup of {rows} rows sent"),
-                Err(e) => log::warn!("admin socket: backup failed: {e}"),
-            }
-        }
-        other => {
-            let _ = writeln!(out, "error: unknown command {other:?}");
-        }
-    }
-}
-
-/// Reads the backup protocol: the engine from the header, then rows.
-pub struct StreamReader<R: Read> {
-    input: R,
-    pub engine: EngineKind,
-    pub total: Option<u64>,
-    pending: Option<BackupRow>,
-    done: bool,
-}
-
-fn read_exact<R: Read>(r: &mut R, n: usize) -> Result<Vec<u8>, StoreError> {
-    let mut buf = vec![0; n];
-    r.read_exact(&mut buf).map_err(|e| {
-        StoreError::Io(format!(
-            "backup stream ended early ({e}); did the server stop?"
-        ))
-    })?;
-    Ok(buf)
-}
-
-fn read_u32<R: Read>(r: &mut R) -> Result<usize, StoreError> {
-    let b = read_exact(r, 4)?;
-    Ok(u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
-}
-
-fn read_u64<R: Read>(r: &mut R) -> Result<u64, StoreError> {
-    let b = read_exact(r, 8)?;
-    Ok(u64::from_be_bytes(b.try_into().expect("8 bytes")))
-}
-
-impl<R: BufRead> StreamReader<R> {
-    pub fn new(mut input: R) -> Result<Self, StoreError> {
-        let mut header = String::new();
-        input.read_line(&mut header).map_err(io_err)?;
-        let header = header.trim();
-        let engine = header
-            .strip_prefix(PROTOCOL)
-            .map(str::trim)
-            .ok_or_else(|| StoreError::Io(format!("the server answered {header:?}")))?
-            .parse::<EngineKind>()
-            .map_err(StoreError::Io)?;
-        let mut reader = StreamReader {
-            input,
-            engine,
-            total: None,
-            pending: None,
-            done: false,
-        };
-        // The total, if the engine sends one, comes before the first row.
-        reader.pending = reader.next_frame()?;
-        Ok(reader)
-    }
-
-    fn next_frame(&mut self) -> Result<Option<BackupRow>, StoreError> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            let tag = read_exact(&mut self.input, 1)?[0];
-            match tag {
-                TAG_TOTAL => self.total = Some(read_u64(&mut self.input)?),
-                TAG_ROW => {
-                    let b = read_exact(&mut self.input, 2)?;
-                    let tlen = u16::from_be_bytes([b[0], b[1]]) as usize;
-                    let table = String::from_utf8(read_exact(&mut self.input, tlen)?)
-                        .map_err(|_| StoreError::Io("backup stream: bad table name".into()))?;
-                    let klen = read_u32(&mut self.input)?;
-                    let key = read_exact(&mut self.input, klen)?;
-                    let vlen = read_u32(&mut self.input)?;
-                    let value = read_exact(&mut self.input, vlen)?;
-                    return Ok(Some(BackupRow { table, key, value }));
-                }
-                TAG_END => {
-                    read_u64(&mut self.input)?;
-                    self.done = true;
-                }
-                TAG_ERROR => {
-                    let len = read_u32(&mut self.input)?;
-                    let msg = read_exact(&mut self.input, len)?;
-                    return Err(StoreError::Io(format!(
-                        "the server failed: {}",
-                        String::from_utf8_lossy(&msg)
-                    )));
-                }
-                other => {
-                    return Err(StoreError::Io(format!(
-                        "backup stream: unexpected frame {other:#x}"
-                    )))
-                }
-            }
-        }
-    }
-}
-
-impl<R: BufRead> Iterator for StreamReader<R> {
-    type Item = Result<BackupRow, StoreError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        if let Some(row) = self.pending.take() {
-            return Some(Ok(row));
-        }
-        match self.next_frame() {
-            Ok(Some(row)) => Some(Ok(row)),
-            Ok(None) => None,
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
-    }
-}
 
 fn dir_is_empty_or_missing(path: &Path) -> Result<bool, String> {
     match std::fs::read_dir(path) {

@@ -4,7 +4,9 @@
 //!
 //! - Header-read timeout: a request head must arrive within `limits.read_timeout_secs`.
 //!   hyper starts this timer whenever the connection waits for a request head, so it is also
-//!   the idle (keep-alive) timeout between requests.
+//!   the idle (keep-alive) timeout between requests on HTTP/1.1.
+//! - Idle timeout: a connection with no request in flight for the same time is closed
+//!   gracefully (HTTP/2 answers pings forever otherwise).
 //! - Body-read timeout: each piece of a request body must arrive within the same time (see
 //!   `collect_body` in the HTTP layer); a body that stalls answers 408.
 //! - Connection cap (`limits.max_connections`, shared by all listeners of a server): at the
@@ -64,7 +66,8 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Turned true at shutdown: every connection finishes its requests and closes.
+    let (drain, draining) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -90,17 +93,17 @@ pub async fn serve<S>(
         };
         // Reap finished connections so the set stays as large as the open ones.
         while connections.try_join_next().is_some() {}
-        let (tls, service, watcher) = (tls.clone(), service.clone(), graceful.watcher());
+        let (tls, service, draining) = (tls.clone(), service.clone(), draining.clone());
         let read_timeout = limits.read_timeout;
         connections.spawn(async move {
             let _permit = permit;
             match tls {
-                None => serve_connection(tcp, peer, service, watcher, read_timeout).await,
+                None => serve_connection(tcp, peer, service, draining, read_timeout).await,
                 Some(tls) => {
                     let handshake = tls::accept(&tls, tcp, peer);
                     match tokio::time::timeout(read_timeout, handshake).await {
                         Ok(Some(stream)) => {
-                            serve_connection(stream, peer, service, watcher, read_timeout).await
+                            serve_connection(stream, peer, service, draining, read_timeout).await
                         }
                         Ok(None) => {}
                         Err(_) => log::debug!("TLS handshake with {peer}: timed out"),
@@ -110,10 +113,12 @@ pub async fn serve<S>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = drain.send(true);
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         log::warn!(
             "{} connection(s) still busy after {}s; closing them",
             connections.len(),
@@ -123,11 +128,45 @@ pub async fn serve<S>(
     connections.shutdown().await;
 }
 
+/// Requests in flight on one connection and when the last one ended: a connection with none
+/// for the read timeout is idle and closed (HTTP/1.1 has hyper's head timer for this; HTTP/2
+/// has nothing else).
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<tokio::time::Instant>,
+}
+
+/// Counts one request in flight until dropped (also when the request is cancelled).
+struct InFlight(Arc<Activity>);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// When the connection becomes idle if nothing else happens; `None` while requests run.
+    fn idle_at(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        (self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0).then_some(last + timeout)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn serve_connection<I, S>(
     io: I,
     peer: SocketAddr,
     service: S,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut draining: tokio::sync::watch::Receiver<bool>,
     read_timeout: Duration,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -140,11 +179,23 @@ async fn serve_connection<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let service = hyper::service::service_fn(move |mut req| {
-        req.extensions_mut().insert(PeerAddr(peer));
-        let mut service = service.clone();
-        tower_service::Service::call(&mut service, req)
+    let activity = Arc::new(Activity {
+        in_flight: Default::default(),
+        last: std::sync::Mutex::new(tokio::time::Instant::now()),
     });
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |mut req| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            let in_flight = activity.begin();
+            let call = tower_service::Service::call(&mut service.clone(), req);
+            async move {
+                let response = call.await;
+                drop(in_flight);
+                response
+            }
+        })
+    };
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     // hyper enforces its header-read timeout only with a timer: without one a client could
@@ -153,15 +204,41 @@ async fn serve_connection<I, S>(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(read_timeout);
-    // HTTP/2 has no request-head timer; pings find peers that went away.
+    // HTTP/2 has no request-head timer; pings find peers that went away, and the idle check
+    // below closes connections that stay open without requests.
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(read_timeout)
         .keep_alive_timeout(read_timeout);
     let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        // Clients hang up, time out and reset connections all the time: not a server error.
-        log::debug!("connection from {peer}: {e}");
+    let mut conn = std::pin::pin!(conn);
+    // Once closing (shutdown or idle), the connection finishes the requests it has and ends.
+    let mut closing = false;
+    loop {
+        let idle_at = activity
+            .idle_at(read_timeout)
+            .unwrap_or_else(|| tokio::time::Instant::now() + read_timeout);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    // Clients hang up, time out and reset connections all the time: not a
+                    // server error.
+                    log::debug!("connection from {peer}: {e}");
+                }
+                return;
+            }
+            _ = draining.wait_for(|d| *d), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(idle_at), if !closing => {
+                if activity.idle_at(read_timeout).is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    log::debug!("connection from {peer}: idle, closing");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
 }

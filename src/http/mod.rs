@@ -5,7 +5,8 @@
 pub mod listener;
 pub mod proxy;
 pub mod query;
-pub mod ratelimit;
+/// Rate limiting is a service (it is charged per user or IP); the HTTP layer applies it.
+pub use crate::service::ratelimit;
 pub mod router;
 pub mod tls;
 
@@ -233,6 +234,23 @@ impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
     }
 }
 
+/// A JSON response with `body` (already encoded): raw handlers answer through this, as ruma's
+/// typed responses do.
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// [`json_response`] for a JSON value.
+pub fn json_value(status: StatusCode, body: serde_json::Value) -> Response {
+    json_response(status, body.to_string().into_bytes())
+}
+
 /// The access token from `Authorization: Bearer` or, deprecated, the `access_token` query
 /// parameter. Both at once is ambiguous and refused.
 fn access_token(headers: &HeaderMap, query: &str) -> Result<Option<String>, Error> {
@@ -252,25 +270,13 @@ fn access_token(headers: &HeaderMap, query: &str) -> Result<Option<String>, Erro
         }
         None => None,
     };
-    let from_query = form_urlencoded_value(query, "access_token");
+    let from_query = query::value(query, "access_token");
     match (from_header, from_query) {
         (Some(_), Some(_)) => Err(Error::invalid_param(
             "Access token given both in header and query",
         )),
         (token, None) | (None, token) => Ok(token),
     }
-}
-
-fn form_urlencoded_value(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == name).then(|| {
-            let value = value.replace('+', " ");
-            percent_encoding::percent_decode_str(&value)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
 }
 
 /// The request body as it arrives, failing when a piece takes longer than `timeout` (a client
@@ -344,4 +350,20 @@ fn add_cors(headers: &mut HeaderMap) {
         "access-control-allow-headers",
         HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last net: a handler that panics yields an error value instead of unwinding
+    /// through the connection task.
+    #[tokio::test]
+    async fn catch_unwind_turns_a_panic_into_an_error() {
+        let panicking: router::BoxFuture<u32> = Box::pin(async { panic!("boom") });
+        let caught = CatchUnwind(panicking).await.unwrap_err();
+        assert_eq!(caught.downcast_ref::<&str>(), Some(&"boom"));
+        let fine: router::BoxFuture<u32> = Box::pin(async { 7 });
+        assert_eq!(CatchUnwind(fine).await.unwrap(), 7);
+    }
 }

@@ -13,9 +13,9 @@ use ruma::api::{
     auth_scheme, error::DeserializationError, error::FromHttpRequestError,
     path_builder::PathBuilder, IncomingRequest, IncomingRequestExt, OutgoingResponseExt,
 };
-use ruma::{OwnedDeviceId, OwnedUserId};
 use serde::Deserialize;
 
+pub use crate::service::sessions::Authed;
 use crate::{error::Error, service::Services};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -64,12 +64,6 @@ pub struct Ctx {
     pub user: Option<Authed>,
     /// The access token as sent (only for endpoints that act on the session itself).
     pub access_token: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Authed {
-    pub user_id: OwnedUserId,
-    pub device_id: OwnedDeviceId,
 }
 
 impl Ctx {

@@ -11,6 +11,7 @@ pub mod passwords;
 pub mod presence;
 pub mod profiles;
 pub mod push_rules;
+pub mod ratelimit;
 pub mod receipts;
 pub mod reg_tokens;
 pub mod reports;
@@ -31,7 +32,7 @@ use ruma::UserId;
 use crate::{
     config::Config,
     error::{Error, Result},
-    http::ratelimit::{Rate, RateLimiter},
+    service::ratelimit::{Rate, RateLimiter},
     store::{Batch, CommitError},
     store::{Store, StoreError},
 };

@@ -19,7 +19,6 @@ use sha2::Digest;
 use super::{e2ee::E2ee, users::now_ms};
 use crate::{
     error::{Error, Result},
-    http::Authed,
     store::{Batch, CommitError, Record, Store},
     table,
 };
@@ -81,6 +80,13 @@ pub struct IssuedTokens {
     pub access_token: String,
     pub refresh_token: Option<String>,
     pub expires_in: Option<Duration>,
+}
+
+/// An authenticated caller: the user and the device whose access token the request carried.
+#[derive(Debug, Clone)]
+pub struct Authed {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
 }
 
 pub struct Sessions {

@@ -250,3 +250,66 @@ async fn bad_tokens_are_rate_limited_too() {
         "{statuses:?}"
     );
 }
+
+/// Layers point one way (`http → api → service → store`): no lower layer names a higher one,
+/// and the server takes nothing from the command line tools.
+#[test]
+fn layers_point_one_way() {
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let rules: [(&str, &[&str]); 4] = [
+        (
+            "service",
+            &["crate::http", "crate::api", "crate::cli", "crate::server"],
+        ),
+        (
+            "store",
+            &["crate::http", "crate::api", "crate::service", "crate::cli"],
+        ),
+        ("api", &["crate::cli", "crate::server"]),
+        ("server.rs", &["crate::cli"]),
+    ];
+    let mut wrong = Vec::new();
+    for (layer, forbidden) in rules {
+        let mut files = Vec::new();
+        let root = src.join(layer);
+        if root.is_dir() {
+            sources(&root, &mut files);
+        } else {
+            files.push(root);
+        }
+        assert!(!files.is_empty(), "{layer}");
+        for file in files {
+            let text: String = std::fs::read_to_string(&file)
+                .unwrap()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            // The modules named inside `use crate::{a::.., b::{..}}` groups, as well as full
+            // paths.
+            let grouped: Vec<&str> = text
+                .match_indices("crate::{")
+                .map(|(at, _)| &text[at..at + text[at..].find(';').unwrap_or(0)])
+                .collect();
+            for name in forbidden {
+                let short = name.trim_start_matches("crate::");
+                let in_group = grouped.iter().any(|g| {
+                    g.contains(&format!("{{{short}::")) || g.contains(&format!(",{short}::"))
+                });
+                if text.contains(&format!("{name}::")) || in_group {
+                    wrong.push(format!("{} uses {name}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -79,6 +79,58 @@ async fn idle_keep_alive_connection_is_closed() {
     );
 }
 
+/// An HTTP/2 connection (prior knowledge, as on the plain listener) that answers the server's
+/// pings but sends no request is idle too, and closed.
+#[tokio::test]
+async fn idle_http2_connection_is_closed() {
+    let srv = TestServer::start_with(|c| c.limits.read_timeout_secs = 1).await;
+    let mut tcp = connect(&srv).await;
+    // Client preface and an empty SETTINGS frame.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut goaway = false;
+    loop {
+        let mut head = [0u8; 9];
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut head)).await;
+        let Ok(read) = read else {
+            panic!("HTTP/2 connection still open after {:?}", started.elapsed());
+        };
+        if read.is_err() {
+            break; // closed
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let mut payload = vec![0u8; len];
+        tcp.read_exact(&mut payload).await.unwrap();
+        match (kind, flags & 1) {
+            // SETTINGS: acknowledge.
+            (4, 0) => tcp.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap(),
+            // PING: answer like a live client.
+            (6, 0) => {
+                let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                ack.extend_from_slice(&payload);
+                if tcp.write_all(&ack).await.is_err() {
+                    break;
+                }
+            }
+            (7, _) => goaway = true,
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "HTTP/2 connection still open after 5 s"
+        );
+    }
+    assert!(goaway, "closed without GOAWAY");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn stalled_body_is_cut_off() {
     let srv = TestServer::start_with(|c| c.limits.read_timeout_secs = 1).await;

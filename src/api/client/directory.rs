@@ -91,12 +91,10 @@ async fn set_visibility(services: Arc<Services>, incoming: Incoming) -> Result<R
         .rooms
         .set_published(&room_id, &me.user_id, publish)
         .await?;
-    let mut response = Response::new(b"{}".to_vec());
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+    Ok(crate::http::json_response(
+        http::StatusCode::OK,
+        b"{}".to_vec(),
+    ))
 }
 
 /// Only this server's directory can be listed (others need federation).

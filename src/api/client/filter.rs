@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use http::Method;
+use http::{Method, StatusCode};
 use ruma::{
     api::{
         client::filter::{create_filter, get_filter},
@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::{
     error::{Error, Result},
-    http::{Auth, Incoming, Response, Router},
+    http::{json_response, Auth, Incoming, Response, Router},
     service::Services,
 };
 
@@ -39,15 +39,6 @@ pub fn routes(router: &mut Router) {
     {
         router.raw(Method::GET, path, Auth::Required, get);
     }
-}
-
-fn json_response(body: Vec<u8>) -> Response {
-    let mut response = Response::new(body);
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 /// The `{userId}` of the path, which must be the authenticated user.
@@ -71,6 +62,7 @@ async fn create(services: Arc<Services>, incoming: Incoming) -> Result<Response>
         .create(&user_id, incoming.request.body())
         .await?;
     Ok(json_response(
+        StatusCode::OK,
         json!({ "filter_id": filter_id }).to_string().into_bytes(),
     ))
 }
@@ -85,5 +77,5 @@ async fn get(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         .filters
         .get_json(&user_id, filter_id)?
         .ok_or_else(|| Error::not_found("Unknown filter"))?;
-    Ok(json_response(filter))
+    Ok(json_response(StatusCode::OK, filter))
 }

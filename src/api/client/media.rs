@@ -12,13 +12,13 @@ use std::{path::PathBuf, sync::Arc};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use warp::Reply;
 
 use crate::{
     error::{Error, Result},
-    http::{Auth, Incoming, Outgoing, Response, Router},
+    http::{json_value as json_response, Auth, Incoming, Outgoing, Response, Router},
     service::{media::UploadMeta, Services},
 };
 
@@ -104,35 +104,9 @@ pub fn routes(router: &mut Router) {
     }
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response {
-    let mut response = Response::new(body.to_string().into_bytes());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
 /// The query string's parameters, decoded.
 fn query(incoming: &Incoming) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    incoming
-        .request
-        .uri()
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
+    crate::http::query::pairs(incoming.request.uri().query().unwrap_or_default()).collect()
 }
 
 fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -42,7 +42,7 @@ fn parse_query(query: &str) -> Result<Query> {
         filter: None,
         set_presence: "online".to_owned(),
     };
-    for (key, value) in form_urlencoded(query) {
+    for (key, value) in crate::http::query::pairs(query) {
         match key.as_str() {
             "since" => {
                 // `{position}_{typing serial}`, or a bare position.
@@ -71,18 +71,6 @@ fn parse_query(query: &str) -> Result<Query> {
         }
     }
     Ok(out)
-}
-
-fn form_urlencoded(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        (decode(key), decode(value))
-    })
 }
 
 async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
@@ -147,11 +135,6 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
     };
-    let mut response =
-        Response::new(serde_json::to_vec(&body).map_err(|e| Error::unknown(e.to_string()))?);
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+    let body = serde_json::to_vec(&body).map_err(|e| Error::unknown(e.to_string()))?;
+    Ok(crate::http::json_response(http::StatusCode::OK, body))
 }
