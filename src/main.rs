@@ -130,6 +130,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`hearth user list | head`): nothing to report.
+        Err(message) if message == hearth::cli::OUTPUT_CLOSED => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("hearth: {message}");
             ExitCode::FAILURE
@@ -186,10 +188,10 @@ fn init(path: &std::path::Path, force: bool) -> Result<(), String> {
     }
     std::fs::write(path, hearth::config::EXAMPLE_CONFIG)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    println!(
+    hearth::outln!(
         "wrote {}; edit server_name before the first start",
         path.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -225,7 +227,7 @@ fn user_command(services: &Services, command: UserCommand) -> Result<(), String>
             let user_id = parse_user(services, &user)?;
             rt.block_on(services.create_user(&user_id, &password))
                 .map_err(|e| e.message)?;
-            println!("created {user_id}");
+            hearth::outln!("created {user_id}")?;
         }
         UserCommand::ResetPassword { user, password } => {
             let user_id = parse_user(services, &user)?;
@@ -234,13 +236,13 @@ fn user_command(services: &Services, command: UserCommand) -> Result<(), String>
                 services.sessions.delete_devices(&user_id, None, None).await
             })
             .map_err(|e| e.message)?;
-            println!("password of {user_id} reset; all its devices are logged out");
+            hearth::outln!("password of {user_id} reset; all its devices are logged out")?;
         }
         UserCommand::Deactivate { user } => {
             let user_id = parse_user(services, &user)?;
             rt.block_on(services.deactivate_user(&user_id))
                 .map_err(|e| e.message)?;
-            println!("deactivated {user_id}");
+            hearth::outln!("deactivated {user_id}")?;
         }
         UserCommand::List => {
             let users = services.users.list().map_err(|e| e.message)?;
@@ -250,10 +252,10 @@ fn user_command(services: &Services, command: UserCommand) -> Result<(), String>
                 } else {
                     "active"
                 };
-                println!(
+                hearth::outln!(
                     "{user_id}\t{state}{}",
                     if record.admin { "\tadmin" } else { "" }
-                );
+                )?;
             }
         }
     }
@@ -272,7 +274,7 @@ fn token_command(services: &Services, command: TokenCommand) -> Result<(), Strin
                 .reg_tokens
                 .create(token, uses, expiry)
                 .map_err(|e| e.message)?;
-            println!("{token}");
+            hearth::outln!("{token}")?;
         }
         TokenCommand::List => {
             let now = hearth::service::users::now_ms();
@@ -288,17 +290,17 @@ fn token_command(services: &Services, command: TokenCommand) -> Result<(), Strin
                 } else {
                     "spent/expired"
                 };
-                println!(
+                hearth::outln!(
                     "{token}\tused {}/{uses}\texpires in {expiry}\t{state}",
                     t.completed
-                );
+                )?;
             }
         }
         TokenCommand::Revoke { token } => {
             if !services.reg_tokens.revoke(&token).map_err(|e| e.message)? {
                 return Err(format!("no such token: {token}"));
             }
-            println!("revoked {token}");
+            hearth::outln!("revoked {token}")?;
         }
     }
     Ok(())

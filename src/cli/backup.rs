@@ -7,6 +7,9 @@
 //! `DEST/db/`, then copies the rest of the data directory (media, signing keys, certificates).
 //! With no server running, the command opens the database itself and does the same.
 //!
+//! The destination is created mode 0700 before anything is written into it, and every file in
+//! it ends up 0600, directories 0700: it holds every message and password hash.
+//!
 //! A backup directory is a complete data directory: `hearth restore` copies it into an empty
 //! data directory and verifies the result; starting a server on a copy of it works as well.
 
@@ -292,6 +295,9 @@ pub fn backup(config: &Config, dest: &Path) -> Result<(), String> {
             dest.display()
         ));
     }
+    // The copy holds every message and password hash: only its owner may enter it, from the
+    // start (what is written inside cannot be reached by others while it is written).
+    create_private_dir(dest)?;
     let data_dir = &config.data_dir;
     let mut progress = Progress::new("store");
     let started = std::time::Instant::now();
@@ -357,7 +363,8 @@ pub fn backup(config: &Config, dest: &Path) -> Result<(), String> {
     );
     std::fs::write(dest.join(INFO_NAME), info)
         .map_err(|e| format!("cannot write {}: {e}", dest.join(INFO_NAME).display()))?;
-    println!(
+    restrict_tree(dest)?;
+    crate::outln!(
         "backed up {rows} rows and {files} files ({bytes} bytes) of {} into {} in {:.1}s ({})",
         data_dir.display(),
         dest.display(),
@@ -367,7 +374,39 @@ pub fn backup(config: &Config, dest: &Path) -> Result<(), String> {
         } else {
             "server stopped"
         }
-    );
+    )?;
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or narrows an existing one to 0700.
+fn create_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+/// Gives every directory under `root` (itself included) mode 0700 and every file 0600,
+/// whatever the storage engine or the copied source files had.
+fn restrict_tree(root: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |path: &Path, e: std::io::Error| format!("cannot restrict {}: {e}", path.display());
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail(root, e))?;
+    for entry in std::fs::read_dir(root).map_err(|e| fail(root, e))? {
+        let entry = entry.map_err(|e| fail(root, e))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| fail(&path, e))?;
+        if kind.is_dir() {
+            restrict_tree(&path)?;
+        } else if kind.is_file() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| fail(&path, e))?;
+        }
+    }
     Ok(())
 }
 
@@ -550,10 +589,10 @@ pub fn restore(config: &Config, src: &Path) -> Result<(), String> {
         .map_err(|e| format!("the restored database does not open: {e}"))?;
     let counts = store::table_counts(&store).map_err(|e| e.to_string())?;
     let rows: u64 = counts.iter().map(|(_, n)| n).sum();
-    println!(
+    crate::outln!(
         "restored {files} files ({bytes} bytes) into {}; the database opens and all {rows} rows \
          read back",
         data_dir.display()
-    );
+    )?;
     Ok(())
 }

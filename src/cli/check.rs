@@ -4,11 +4,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::config::Config;
-use crate::service::Services;
+use crate::service::keys::ServerKeys;
 use crate::store;
 
-/// Opens the data directory as the server would (schema version, migrations, signing keys),
-/// reads every row of every table, and prints the row counts.
+/// Verifies a data directory without changing anything in it: the database is opened
+/// read-only (no migration, no repair, no write), every row of every table is read, and the
+/// signing key is loaded if there is one (none is generated); nothing is cleaned up. Prints
+/// the row counts.
 pub fn check_data(config: &Config, dir: &Path) -> Result<(), String> {
     if crate::cli::backup::server_running(dir) {
         return Err(format!(
@@ -28,20 +30,46 @@ pub fn check_data(config: &Config, dir: &Path) -> Result<(), String> {
             dir.display()
         ));
     };
-    let mut config = config.clone();
-    config.data_dir = dir.to_owned();
-    config.storage.engine = engine;
-    let services = Services::open(config).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let version = services.store.schema_version().map_err(|e| e.to_string())?;
-    let counts = store::table_counts(&services.store).map_err(|e| e.to_string())?;
-    let rows: u64 = counts.iter().map(|(_, n)| n).sum();
-    println!(
-        "{}: {engine} database, schema version {version}, {} tables, {rows} rows, all readable",
+    let inspection = store::inspect(&db, engine, config.storage.cache_mb << 20)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let version = match inspection.schema_version {
+        None => {
+            return Err(format!(
+                "{}: the database holds no schema version",
+                dir.display()
+            ))
+        }
+        Some(v) if v > store::SCHEMA_VERSION => {
+            return Err(format!(
+                "{}: schema version {v} is newer than this build supports ({})",
+                dir.display(),
+                store::SCHEMA_VERSION
+            ))
+        }
+        Some(v) if v < store::SCHEMA_VERSION => {
+            format!(
+                "{v} (migrated to {} at the next start)",
+                store::SCHEMA_VERSION
+            )
+        }
+        Some(v) => v.to_string(),
+    };
+    let keys = dir.join("keys");
+    let key = if keys.join("signing.key").exists() {
+        let key = ServerKeys::load(&keys).map_err(|e| e.to_string())?;
+        format!("signing key {}", key.key_id())
+    } else {
+        "no signing key yet (one is generated at the first start)".to_owned()
+    };
+    let rows: u64 = inspection.counts.iter().map(|(_, n)| n).sum();
+    crate::outln!(
+        "{}: {engine} database, schema version {version}, {} tables, {rows} rows, all \
+         readable; {key}",
         dir.display(),
-        counts.len()
-    );
-    for (table, n) in counts {
-        println!("  {table:<28} {n}");
+        inspection.counts.len()
+    )?;
+    for (table, n) in inspection.counts {
+        crate::outln!("  {table:<28} {n}")?;
     }
     Ok(())
 }
@@ -75,7 +103,7 @@ pub fn run(config: &Config, args: CheckArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let problems = rt.block_on(check_network(config, &args))?;
     if problems == 0 {
-        println!("no problems found");
+        crate::outln!("no problems found")?;
         Ok(())
     } else {
         Err(format!("{problems} problem(s) found"))
@@ -251,20 +279,21 @@ async fn check_network(config: &Config, args: &CheckArgs) -> Result<u32, String>
     let roots = roots(args.ca.as_deref())?;
     let mut problems = 0;
     let mut bad = |what: String| {
-        println!("  PROBLEM: {what}");
+        // A closed output shows at the next checked line.
+        let _ = crate::outln!("  PROBLEM: {what}");
         problems += 1;
     };
     let (host, port) = host_port(&name);
-    println!("server name {name}");
+    crate::outln!("server name {name}")?;
 
     // 1. Name resolution.
     match tokio::net::lookup_host((host.as_str(), port.unwrap_or(443))).await {
         Ok(addrs) => {
             let addrs: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
-            println!("  resolves to {}", addrs.join(", "));
+            crate::outln!("  resolves to {}", addrs.join(", "))?;
         }
         Err(e) if args.connect.is_some() => {
-            println!("  does not resolve ({e}); using --connect")
+            crate::outln!("  does not resolve ({e}); using --connect")?
         }
         Err(e) => bad(format!("{host} does not resolve: {e}")),
     }
@@ -277,14 +306,14 @@ async fn check_network(config: &Config, args: &CheckArgs) -> Result<u32, String>
             for path in ["/.well-known/matrix/client", "/.well-known/matrix/server"] {
                 match https_get(*addr, &host, roots.clone(), path, &["http/1.1"]).await {
                     Ok(r) if r.status == 200 => {
-                        println!("  {path}: {}", r.body.trim());
+                        crate::outln!("  {path}: {}", r.body.trim())?;
                         if path.ends_with("server") {
                             delegated = serde_json::from_str::<serde_json::Value>(&r.body)
                                 .ok()
                                 .and_then(|v| v["m.server"].as_str().map(str::to_owned));
                         }
                     }
-                    Ok(r) => println!("  {path}: {} (not delegated)", r.status),
+                    Ok(r) => crate::outln!("  {path}: {} (not delegated)", r.status)?,
                     Err(e) => bad(format!("{path}: {e}")),
                 }
             }
@@ -299,11 +328,11 @@ async fn check_network(config: &Config, args: &CheckArgs) -> Result<u32, String>
             {
                 Ok(r) => {
                     let days = (r.not_after - now_secs()) / 86_400;
-                    println!(
+                    crate::outln!(
                         "  https://{host} ({addr}): certificate valid for {} (expires in {days} days), ALPN {}",
                         r.names.join(", "),
                         r.alpn.as_deref().unwrap_or("none")
-                    );
+                    )?;
                     if days < 14 {
                         bad(format!("the certificate expires in {days} days"));
                     }
@@ -320,7 +349,7 @@ async fn check_network(config: &Config, args: &CheckArgs) -> Result<u32, String>
             .await
             {
                 Ok(r) if r.status == 200 => {
-                    println!("  client API answers /_matrix/client/versions")
+                    crate::outln!("  client API answers /_matrix/client/versions")?
                 }
                 Ok(r) => bad(format!("/_matrix/client/versions answered {}", r.status)),
                 Err(e) => bad(format!("client API: {e}")),
@@ -335,14 +364,14 @@ async fn check_network(config: &Config, args: &CheckArgs) -> Result<u32, String>
         .unwrap_or_else(|| format!("{host}:{}", port.unwrap_or(8448)));
     let (fhost, fport) = host_port(&fed);
     let fport = fport.unwrap_or(8448);
-    println!(
+    crate::outln!(
         "federation target {fhost}:{fport}{}",
         if delegated.is_some() {
             " (delegated by .well-known)"
         } else {
             ""
         }
-    );
+    )?;
     let fed_connect = args.connect.map(|a| {
         if delegated.is_some() || port.is_some() {
             a
@@ -360,21 +389,21 @@ async fn check_network(config: &Config, args: &CheckArgs) -> Result<u32, String>
         )
         .await
         {
-            Ok(r) => println!(
+            Ok(r) => crate::outln!(
                 "  {addr}: TLS certificate valid for {} (HTTP {})",
                 r.names.join(", "),
                 r.status
-            ),
+            )?,
             Err(e) => bad(format!("federation port: {e}")),
         },
         Err(e) => bad(format!("federation target: {e}")),
     }
 
     // 4. The listeners this configuration opens.
-    println!("listeners in the configuration");
+    crate::outln!("listeners in the configuration")?;
     for l in &config.listeners {
         let up = tokio::net::TcpStream::connect(l.bind).await.is_ok();
-        println!(
+        crate::outln!(
             "  http://{}  {}",
             l.bind,
             if up {
@@ -382,21 +411,23 @@ async fn check_network(config: &Config, args: &CheckArgs) -> Result<u32, String>
             } else {
                 "not accepting here"
             }
-        );
+        )?;
     }
     for b in &config.tls.listeners {
         let up = tokio::net::TcpStream::connect(b).await.is_ok();
-        println!(
+        crate::outln!(
             "  https://{b}  {}",
             if up {
                 "accepting"
             } else {
                 "not accepting here"
             }
-        );
+        )?;
     }
     if config.tls.listeners.is_empty() {
-        println!("  (no HTTPS listener: tls.mode = \"off\"; a reverse proxy must terminate TLS)");
+        crate::outln!(
+            "  (no HTTPS listener: tls.mode = \"off\"; a reverse proxy must terminate TLS)"
+        )?;
     }
     Ok(problems)
 }

@@ -42,14 +42,14 @@ pub fn run(services: &Services, command: MediaCommand) -> Result<(), String> {
             let list = media.list_user(&user_id).map_err(|e| e.message)?;
             let total: u64 = list.iter().map(|(_, r)| r.size).sum();
             for (id, r) in &list {
-                println!(
+                crate::outln!(
                     "{}\t{}\t{}\t{}\t{}",
                     media.mxc(id),
                     r.size,
                     r.content_type.as_deref().unwrap_or("-"),
                     format_ms(r.created_ms),
                     r.filename.as_deref().unwrap_or("-"),
-                );
+                )?;
             }
             eprintln!("{user_id}: {} media, {total} bytes", list.len());
         }
@@ -62,13 +62,13 @@ pub fn run(services: &Services, command: MediaCommand) -> Result<(), String> {
             if !rt.block_on(media.delete(id)).map_err(|e| e.message)? {
                 return Err(format!("no such media: {mxc}"));
             }
-            println!("deleted {mxc}");
+            crate::outln!("deleted {mxc}")?;
         }
         MediaCommand::Purge { before } => {
             let ms = parse_date_ms(&before)
                 .ok_or_else(|| format!("--before must be a date YYYY-MM-DD, got {before:?}"))?;
             let n = rt.block_on(media.purge_before(ms)).map_err(|e| e.message)?;
-            println!("purged {n} media uploaded before {before}");
+            crate::outln!("purged {n} media uploaded before {before}")?;
         }
     }
     Ok(())

@@ -47,6 +47,17 @@ impl ServerKeys {
             fs::rename(dir.join("signing.key.tmp"), &key_path).map_err(io)?;
             log::info!("generated server signing key ed25519:{version}");
         }
+        Self::load(dir)
+    }
+
+    /// Loads `dir/signing.key` and `dir/signing.key.id` as they are (nothing is created).
+    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        let key_path = dir.join("signing.key");
+        let id_path = dir.join("signing.key.id");
+        let io = |source| KeyError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
         let der = fs::read(&key_path).map_err(io)?;
         let version = fs::read_to_string(&id_path).map_err(io)?.trim().to_owned();
         let invalid = |detail: String| KeyError::Invalid {

@@ -92,37 +92,99 @@ impl RedbEngine {
     }
 }
 
+/// Every row of every table from one MVCC read transaction (a snapshot of the last commit;
+/// writers are not blocked).
+fn export_from(
+    db: &impl ReadableDatabase,
+    total: &mut dyn FnMut(u64),
+    row: &mut super::backup::RowVisitor<'_>,
+) -> Result<u64, StoreError> {
+    let txn = db.begin_read().map_err(io)?;
+    let mut names: Vec<String> = txn
+        .list_tables()
+        .map_err(io)?
+        .map(|h| h.name().to_owned())
+        .collect();
+    names.sort();
+    let mut tables = Vec::with_capacity(names.len());
+    let mut rows = 0;
+    for name in names {
+        let t = txn.open_table(def(&name)?).map_err(io)?;
+        rows += t.len().map_err(io)?;
+        tables.push((name, t));
+    }
+    total(rows);
+    let mut seen = 0;
+    for (name, t) in tables {
+        for item in t.iter().map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            row(&name, k.value(), v.value())?;
+            seen += 1;
+        }
+    }
+    Ok(seen)
+}
+
+fn get_from(
+    db: &impl ReadableDatabase,
+    table: &str,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let def = def(table)?;
+    let txn = db.begin_read().map_err(io)?;
+    let t = match txn.open_table(def) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let value = t.get(key).map_err(io)?;
+    Ok(value.map(|v| v.value().to_vec()))
+}
+
+/// A redb database opened read-only (`hearth check --data`): the file is opened for reading
+/// only, nothing is repaired, migrated or written.
+pub(crate) struct RedbReadOnly {
+    db: redb::ReadOnlyDatabase,
+}
+
+impl RedbReadOnly {
+    /// `None` if the database was not shut down cleanly and needs a repair first (which
+    /// writes, so it is not done here).
+    pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Option<Self>, StoreError> {
+        let path = dir.join("db.redb");
+        let mut builder = Database::builder();
+        builder.set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX));
+        match builder.open_read_only(&path) {
+            Ok(db) => Ok(Some(Self { db })),
+            Err(DatabaseError::RepairAborted) => Ok(None),
+            Err(DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::Io(format!(
+                "{} is in use by another process",
+                path.display()
+            ))),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    pub(crate) fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        get_from(&self.db, table, key)
+    }
+
+    pub(crate) fn export(
+        &self,
+        total: &mut dyn FnMut(u64),
+        row: &mut super::backup::RowVisitor<'_>,
+    ) -> Result<u64, StoreError> {
+        export_from(&self.db, total, row)
+    }
+}
+
 impl Engine for RedbEngine {
     fn export(
         &self,
         total: &mut dyn FnMut(u64),
         row: &mut super::backup::RowVisitor<'_>,
     ) -> Result<u64, StoreError> {
-        // One MVCC read transaction: a snapshot of the last commit; writers are not blocked.
-        let txn = self.db.begin_read().map_err(io)?;
-        let mut names: Vec<String> = txn
-            .list_tables()
-            .map_err(io)?
-            .map(|h| h.name().to_owned())
-            .collect();
-        names.sort();
-        let mut tables = Vec::with_capacity(names.len());
-        let mut rows = 0;
-        for name in names {
-            let t = txn.open_table(def(&name)?).map_err(io)?;
-            rows += t.len().map_err(io)?;
-            tables.push((name, t));
-        }
-        total(rows);
-        let mut seen = 0;
-        for (name, t) in tables {
-            for item in t.iter().map_err(io)? {
-                let (k, v) = item.map_err(io)?;
-                row(&name, k.value(), v.value())?;
-                seen += 1;
-            }
-        }
-        Ok(seen)
+        export_from(&self.db, total, row)
     }
 
     fn export_is_snapshot(&self) -> bool {
@@ -130,15 +192,7 @@ impl Engine for RedbEngine {
     }
 
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let def = def(table)?;
-        let txn = self.db.begin_read().map_err(io)?;
-        let t = match txn.open_table(def) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(io(e)),
-        };
-        let value = t.get(key).map_err(io)?;
-        Ok(value.map(|v| v.value().to_vec()))
+        get_from(&self.db, table, key)
     }
 
     fn scan(

@@ -277,3 +277,123 @@ fn admin_commands_refuse_empty_passwords() {
     let (ok, _, err) = hearth(d, &["user", "reset-password", "erin", "--password", ""]);
     assert!(!ok && err.contains("must not be empty"), "{err}");
 }
+
+/// Every path under `root` with its kind, mode and content hash, in order.
+fn tree_digest(root: &Path) -> Vec<(String, u32, String)> {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let content = if meta.is_file() {
+                let digest = sha2::Sha256::digest(std::fs::read(&path).unwrap());
+                digest.iter().map(|b| format!("{b:02x}")).collect()
+            } else {
+                String::new()
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            }
+            out.push((rel, meta.permissions().mode(), content));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn backup_directory_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ok, _, err) = hearth(d, &["user", "create", "pam", "--password", "pw"]);
+    assert!(ok, "{err}");
+    // Media files as an upload leaves them, readable by others in the source.
+    let media = d.join("data/media/ab/cd");
+    std::fs::create_dir_all(&media).unwrap();
+    std::fs::write(media.join("abcd0123"), b"picture").unwrap();
+    std::fs::set_permissions(
+        media.join("abcd0123"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let (ok, out, err) = hearth(d, &["backup", "copy/of/data"]);
+    assert!(ok, "{out}{err}");
+    let dest = d.join("copy/of/data");
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let entries = tree_digest(&dest);
+    assert!(
+        entries.iter().any(|(p, _, _)| p.ends_with("abcd0123")),
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().any(|(p, _, _)| p.starts_with("db")),
+        "{entries:?}"
+    );
+    for (path, mode, content) in entries {
+        let expected = if content.is_empty() { 0o700 } else { 0o600 };
+        assert_eq!(mode & 0o777, expected, "{path}: {:o}", mode & 0o777);
+    }
+}
+
+#[test]
+fn check_data_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ok, _, err) = hearth(d, &["user", "create", "quin", "--password", "pw"]);
+    assert!(ok, "{err}");
+    let data = d.join("data");
+    // No signing key yet, and a leftover upload in media/tmp: a server start would create
+    // the one and delete the other; a check must do neither.
+    std::fs::remove_dir_all(data.join("keys")).unwrap();
+    std::fs::write(data.join("media/tmp/upload-1"), b"partial").unwrap();
+    let before = tree_digest(&data);
+    let (ok, out, err) = hearth(d, &["check", "--data", "data"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("all readable"), "{out}");
+    assert!(out.contains("users"), "{out}");
+    assert!(out.contains("no signing key yet"), "{out}");
+    assert_eq!(
+        tree_digest(&data),
+        before,
+        "the check changed the data directory"
+    );
+}
+
+#[test]
+fn closed_output_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["rob", "sue"] {
+        let (ok, _, err) = hearth(d, &["user", "create", name, "--password", "pw"]);
+        assert!(ok, "{err}");
+    }
+    for args in [&["user", "list"][..], &["check", "--data", "data"][..]] {
+        let mut child = Command::new(BIN)
+            .current_dir(d)
+            .env_clear()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before anything is written (like `| head -0`).
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{args:?}: {:?} {stderr}",
+            output.status
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.trim().is_empty(), "{args:?}: {stderr}");
+    }
+}
