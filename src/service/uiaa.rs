@@ -274,8 +274,14 @@ impl Uiaa {
             .map(|stages| json!({ "stages": stages }))
             .collect();
         let (errcode, message) = match error {
-            // Server failures are not authentication failures: pass them through as they are.
-            Some(e) if e.status.is_server_error() => return e,
+            // Server failures and rate limits (busy password hashing, failed-attempt backoff,
+            // with their retry_after_ms) are not authentication failures: pass them through.
+            Some(e)
+                if e.status.is_server_error()
+                    || e.status == http::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                return e
+            }
             Some(e) => (e.errcode, e.message),
             None => ("", String::new()),
         };
