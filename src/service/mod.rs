@@ -206,7 +206,12 @@ impl Services {
     pub async fn deactivate_user(&self, user_id: &UserId) -> Result<()> {
         self.begin_deactivation(user_id).await?;
         log::info!("deactivated {user_id}");
-        self.complete_deactivation(user_id).await
+        // The account change is durable and its marker records what is left: a failing
+        // follow-up step is finished at the next start rather than failing the request.
+        if let Err(e) = self.complete_deactivation(user_id).await {
+            log::warn!("deactivation of {user_id} not finished, retried at next start: {e}");
+        }
+        Ok(())
     }
 
     /// The atomic part of a deactivation (see [`Services::deactivate_user`]). Public so the

@@ -60,7 +60,8 @@ pub type OperationDigest = [u8; 32];
 /// the operation does (device ids, new password, keys to upload), built the same way on
 /// every step of the flow. Only the digest is kept, never the parameters themselves.
 pub fn operation_digest(parameters: &Value) -> OperationDigest {
-    // serde_json's map is ordered by key, so equal values always serialize identically.
+    // serde_json's map is ordered by key (no `preserve_order` feature in this build), so equal
+    // values serialize identically whatever order a client sent their keys in.
     sha2::Sha256::digest(parameters.to_string().as_bytes()).into()
 }
 
@@ -274,8 +275,14 @@ impl Uiaa {
             .map(|stages| json!({ "stages": stages }))
             .collect();
         let (errcode, message) = match error {
-            // Server failures are not authentication failures: pass them through as they are.
-            Some(e) if e.status.is_server_error() => return e,
+            // Server failures and rate limits (busy password hashing, failed-attempt backoff,
+            // with their retry_after_ms) are not authentication failures: pass them through.
+            Some(e)
+                if e.status.is_server_error()
+                    || e.status == http::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                return e
+            }
             Some(e) => (e.errcode, e.message),
             None => ("", String::new()),
         };
@@ -284,5 +291,22 @@ impl Uiaa {
             .with("params", json!({}))
             .with("session", session)
             .with("completed", completed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::operation_digest;
+
+    #[test]
+    fn digest_ignores_key_order_and_sees_values() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"x": 1, "keys": {"b": 2, "a": 1}}"#).expect("valid JSON");
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"keys": {"a": 1, "b": 2}, "x": 1}"#).expect("valid JSON");
+        let c: serde_json::Value =
+            serde_json::from_str(r#"{"keys": {"a": 1, "b": 3}, "x": 1}"#).expect("valid JSON");
+        assert_eq!(operation_digest(&a), operation_digest(&b));
+        assert_ne!(operation_digest(&a), operation_digest(&c));
     }
 }

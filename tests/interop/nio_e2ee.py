@@ -14,6 +14,7 @@ import time
 from nio import (
     AsyncClient,
     AsyncClientConfig,
+    DevicesResponse,
     LoginResponse,
     MegolmEvent,
     RegisterResponse,
@@ -126,6 +127,22 @@ async def main():
     await wait_for_text(bob_tablet, room_id, "message for all of bob's devices")
     await wait_for_text(bob, room_id, "message for all of bob's devices")
     print("bob's new device decrypted a message sent after it joined", flush=True)
+
+    # matrix-nio validates the device list strictly; include a device logged in without a name.
+    plain = AsyncClient(BASE, "@bob:localhost")
+    response = await plain.login("bob-password")
+    if not isinstance(response, LoginResponse):
+        fail(f"login without a device name: {response}")
+    devices = await plain.devices()
+    if not isinstance(devices, DevicesResponse):
+        fail(f"bob's device list: {devices}")
+    ids = {d.id for d in devices.devices}
+    if not {plain.device_id, bob.device_id, bob_tablet.device_id} <= ids:
+        fail(f"bob's device list lacks a device: {ids}")
+    if any(d.last_seen_ip is None or d.last_seen_date is None for d in devices.devices):
+        fail(f"bob's devices without last-seen data: {devices.devices}")
+    await plain.close()
+    print("matrix-nio accepted bob's device list", flush=True)
 
     for client in (alice, bob, bob_tablet):
         await client.close()

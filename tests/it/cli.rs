@@ -317,7 +317,7 @@ fn backup_directory_and_files_are_private() {
     std::fs::create_dir_all(&media).unwrap();
     std::fs::write(media.join("abcd0123"), b"picture").unwrap();
     std::fs::set_permissions(
-        &media.join("abcd0123"),
+        media.join("abcd0123"),
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();

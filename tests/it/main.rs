@@ -10,6 +10,7 @@ mod common;
 mod crash;
 mod deactivation;
 mod deploy;
+mod devices;
 mod directory;
 mod e2ee;
 mod e2ee_sync;

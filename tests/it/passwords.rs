@@ -137,3 +137,60 @@ async fn password_hashing_is_bounded_and_costs_the_same_for_unknown_users() {
         assert!(body["retry_after_ms"].as_u64().is_some(), "{body}");
     }
 }
+
+/// A hash stored before pre-hashing (bare bcrypt of the password) still logs in, and is
+/// rewritten in the current format on that login.
+#[tokio::test]
+async fn legacy_hashes_verify_and_are_upgraded_at_login() {
+    let srv = TestServer::start().await;
+    let (user_id, _, _) = srv.register("ula", "first").await;
+    let services = &srv.server.as_ref().unwrap().services;
+    let user_id = ruma::UserId::parse(&user_id).unwrap();
+    let legacy = bcrypt::hash("old secret", 4).unwrap();
+    services
+        .users
+        .update(&user_id, |r| r.password_hash = Some(legacy.clone()))
+        .await
+        .unwrap();
+    assert_eq!(srv.login("ula", "first").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(srv.login("ula", "old secret").await.0, StatusCode::OK);
+    let stored = services.users.get(&user_id).unwrap().unwrap().password_hash;
+    let stored = stored.unwrap();
+    assert!(stored.starts_with("sha256:$2b$"), "{stored}");
+    assert_eq!(srv.login("ula", "old secret").await.0, StatusCode::OK);
+}
+
+/// The password stage of user-interactive auth shares the backoff, and says how long to wait.
+#[tokio::test]
+async fn uia_password_failures_are_backed_off_too() {
+    let srv = TestServer::start().await;
+    let (user_id, token, _) = srv.register("val", "right").await;
+    let path = "/_matrix/client/v3/account/password";
+    let body = json!({"new_password": "next"});
+    let (_, challenge) = srv.post(path, Some(&token), body.clone()).await;
+    let session = challenge["session"].as_str().unwrap();
+    let attempt = |password: &str| {
+        let mut body = body.clone();
+        body["auth"] = TestServer::password_auth(&user_id, password, session);
+        srv.post(path, Some(&token), body)
+    };
+    for _ in 0..3 {
+        let (status, body) = attempt("wrong").await;
+        assert_eq!(
+            (status, errcode(&body)),
+            (StatusCode::UNAUTHORIZED, "M_FORBIDDEN")
+        );
+    }
+    let (status, body) = attempt("right").await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+        "{body}"
+    );
+    assert!(body["retry_after_ms"].as_u64().is_some(), "{body}");
+    // Logins of the same account wait as well.
+    assert_eq!(
+        srv.login("val", "right").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

@@ -38,6 +38,12 @@ async fn change_password(
 ) -> Result<change_password::v3::Response> {
     let me = ctx.authed()?;
     passwords::check_acceptable(&body.new_password)?;
+    // Hashed before the auth flow can complete, so that a 429 from busy hashing slots leaves
+    // the session usable for the retry; without `auth` the flow only answers its challenge.
+    let hash = match body.auth {
+        Some(_) => Some(services.users.hash_password(&body.new_password).await?),
+        None => None,
+    };
     services
         .reauthenticate(
             "change_password",
@@ -49,7 +55,7 @@ async fn change_password(
             body.auth.as_ref(),
         )
         .await?;
-    let hash = services.users.hash_password(&body.new_password).await?;
+    let hash = hash.ok_or_else(|| Error::unknown("Authentication completed without auth data"))?;
     let current = services
         .users
         .get(&me.user_id)?

@@ -1,8 +1,11 @@
 //! Device management.
 //!
-//! `GET /devices` and `GET /devices/{deviceId}` are raw routes: ruma's `Device` serializes an
-//! absent display name or IP as `null`, which the spec does not allow for these optional
-//! strings (and which strict clients reject); here absent fields are left out.
+//! `GET /devices` and `GET /devices/{deviceId}` are raw routes, to control which keys are sent:
+//! every device logged in since last-seen data is recorded at login has `last_seen_ts` and
+//! `last_seen_ip`; older records that have none leave the keys out (ruma's `Device` would send
+//! `"last_seen_ip": null`). `display_name` is the one key always sent, `null` when the user set
+//! no name: matrix-nio's response schema requires the key (allowing null) and rejects the
+//! whole list without it, and `null` there is what other homeservers send too.
 
 use std::sync::Arc;
 
@@ -42,13 +45,11 @@ pub fn routes(router: &mut Router) {
     router.ruma(delete_many);
 }
 
-/// A device as the spec's `Device` object, without the keys that have no value.
+/// A device as the spec's `Device` object (see the module documentation for absent values).
 fn device_json(device_id: &str, record: DeviceRecord) -> Value {
     let mut device = Map::new();
     device.insert("device_id".into(), device_id.into());
-    if let Some(name) = record.display_name {
-        device.insert("display_name".into(), name.into());
-    }
+    device.insert("display_name".into(), record.display_name.into());
     if let Some(ip) = record.last_seen_ip {
         device.insert("last_seen_ip".into(), ip.into());
     }

@@ -94,6 +94,14 @@ async fn register(
         operation: uiaa::operation_digest(&serde_json::Value::Null),
         flows,
     };
+    // Hashed before the auth flow can complete: a 429 from busy hashing slots then leaves the
+    // session usable for the retry. (Without `auth` the flow only answers its challenge.)
+    let password_hash = match body.password.as_deref() {
+        Some(password) if body.auth.is_some() => {
+            Some(services.users.hash_password(password).await?)
+        }
+        _ => None,
+    };
     let completed = services
         .uiaa
         .authorize(
@@ -104,10 +112,6 @@ async fn register(
         )
         .await?;
 
-    let password_hash = match body.password.as_deref() {
-        Some(password) => Some(services.users.hash_password(password).await?),
-        None => None,
-    };
     let device_id = body.device_id.clone().unwrap_or_else(random_device_id);
     // A conflict is either the name being taken meanwhile (final) or another registration
     // spending a use of the same token (retry while uses remain).
