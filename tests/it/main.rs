@@ -17,6 +17,7 @@ mod filter;
 mod http;
 mod interop;
 mod media;
+mod messages;
 mod profile;
 mod push_rules;
 mod redaction;
