@@ -177,3 +177,120 @@ async fn lazy_load_members_returns_the_senders_member_events() {
     let page = messages(&srv, &carol, &room, "dir=b").await;
     assert!(page.get("state").is_none_or(|s| s == &json!([])), "{page}");
 }
+
+/// Sends `count` events as `token`: thread roots with one reply each when `threads`, else plain
+/// messages.
+async fn fill(
+    srv: &TestServer,
+    token: &str,
+    room: &str,
+    prefix: &str,
+    count: usize,
+    threads: bool,
+) {
+    for i in 0..count {
+        let root = send(srv, token, room, &format!("{prefix}{i}")).await;
+        if threads {
+            let (status, body) = srv
+                .put(
+                    &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{prefix}r{i}"),
+                    Some(token),
+                    json!({"msgtype": "m.text", "body": "reply",
+                           "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+}
+
+/// A newcomer to a room with `joined` history faces thousands of events they may not see:
+/// `/messages` and `/threads` examine a bounded number of them per request and answer with a
+/// token to continue, instead of walking the whole room.
+#[tokio::test]
+async fn invisible_history_is_scanned_within_a_budget() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    // 2100 events hidden from later joiners, created in one request.
+    let mut initial_state = vec![json!({"type": "m.room.history_visibility", "state_key": "",
+                                        "content": {"history_visibility": "joined"}})];
+    initial_state.extend((0..2100).map(
+        |i| json!({"type": "org.example.filler", "state_key": format!("{i}"), "content": {}}),
+    ));
+    let room = create_room(
+        &srv,
+        &alice,
+        json!({"preset": "public_chat", "initial_state": initial_state}),
+    )
+    .await;
+    // 210 hidden threads (more than one /threads request examines).
+    let started = std::time::Instant::now();
+    tokio::join!(
+        fill(&srv, &alice, &room, "t", 70, true),
+        fill(&srv, &alice, &room, "u", 70, true),
+        fill(&srv, &alice, &room, "v", 70, true),
+    );
+    eprintln!("210 threads sent in {:?}", started.elapsed());
+    join(&srv, &bob, &room).await;
+    let mine = send(&srv, &bob, &room, "hello").await;
+
+    let started = std::time::Instant::now();
+    let page = messages(&srv, &bob, &room, "dir=b&limit=1000").await;
+    eprintln!(
+        "first /messages page over 2520 hidden events: {:?}",
+        started.elapsed()
+    );
+    let first = ids(&page);
+    assert_eq!(first[0], mine, "{first:?}");
+    assert_eq!(first.len(), 2, "bob's message and join: {first:?}");
+    let mut end = page["end"]
+        .as_str()
+        .expect("a continuation token, not a walk through the whole room")
+        .to_owned();
+    // Following the tokens reaches the room's start in a few bounded steps. Only the room's
+    // first events (before its history became `joined`) are visible there.
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        assert!(steps <= 5, "too many steps");
+        let page = messages(&srv, &bob, &room, &format!("dir=b&limit=1000&from={end}")).await;
+        for event in page["chunk"].as_array().unwrap() {
+            assert_ne!(event["type"], "m.room.message", "{event}");
+            assert_ne!(event["type"], "org.example.filler", "{event}");
+        }
+        match page["end"].as_str() {
+            Some(next) => end = next.to_owned(),
+            None => break,
+        }
+    }
+
+    // The thread list: 210 threads bob may not see, more than one request examines.
+    let (status, threads) = srv
+        .get(
+            &format!("/_matrix/client/v1/rooms/{room}/threads?limit=10"),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{threads}");
+    assert_eq!(threads["chunk"], json!([]));
+    let mut next = threads["next_batch"]
+        .as_str()
+        .expect("a continuation token for the thread list")
+        .to_owned();
+    for step in 0.. {
+        assert!(step < 5, "too many steps");
+        let (status, threads) = srv
+            .get(
+                &format!("/_matrix/client/v1/rooms/{room}/threads?limit=10&from={next}"),
+                Some(&bob),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{threads}");
+        assert_eq!(threads["chunk"], json!([]));
+        match threads["next_batch"].as_str() {
+            Some(token) => next = token.to_owned(),
+            None => break,
+        }
+    }
+}

@@ -553,8 +553,20 @@ async fn messages(
     ctx: Ctx,
     body: get_message_events::v3::Request,
 ) -> Result<get_message_events::v3::Response> {
-    let me = ctx.authed()?;
-    let room = known_room(&services, &body.room_id)?;
+    let me = ctx.authed()?.clone();
+    let reading = services.clone();
+    services
+        .rooms
+        .heavy_read(move || messages_page(&reading, &me, &body))
+        .await
+}
+
+fn messages_page(
+    services: &Services,
+    me: &Authed,
+    body: &get_message_events::v3::Request,
+) -> Result<get_message_events::v3::Response> {
+    let room = known_room(services, &body.room_id)?;
     let mut reader = services.rooms.reader(&body.room_id, &me.user_id)?;
     reader.access.require_history()?;
     let backwards = body.dir == Direction::Backward;
@@ -572,10 +584,7 @@ async fn messages(
             .clamp(1, MAX_PAGE),
         filter: &body.filter,
     };
-    let budget = query.limit * 20 + 100;
-    let page = services
-        .rooms
-        .messages(&mut reader, room.sid, &query, budget)?;
+    let page = services.rooms.messages(&mut reader, room.sid, &query)?;
     let mut response = get_message_events::v3::Response::new();
     response.start = body.from.clone().unwrap_or_else(|| from.to_string());
     response.end = page.end.map(|e| e.to_string());

@@ -9,8 +9,13 @@ use std::collections::HashSet;
 
 use ruma::api::client::filter::RoomEventFilter;
 
-use super::{access::Reader, state::state_head, Rooms, StoredEvent, Timeline};
+use super::{access::Reader, state::state_head, EventMetaTable, Rooms, StoredEvent, Timeline};
 use crate::{error::Result, service::sync::event_passes};
+
+/// The most timeline events one `/messages` request examines (filtered-out and invisible ones
+/// included). A page that runs out returns what it found with the token to continue, so a
+/// long stretch of history the user may not see costs each request this much, not the room.
+pub const SCAN_BUDGET: usize = 2_000;
 
 /// What `/messages` asks for (tokens already parsed into positions).
 pub struct MessagesQuery<'a> {
@@ -32,14 +37,13 @@ pub struct MessagesPage {
 impl Rooms {
     /// A page of the room's timeline that the reader may see and that passes the filter.
     /// Events the user may not see or the filter drops are skipped, not a stop (a user who left
-    /// and came back has visible history behind invisible stretches), within `budget` events
-    /// examined; a page cut by the budget still carries the token to continue.
+    /// and came back has visible history behind invisible stretches), within `SCAN_BUDGET`
+    /// events examined; a page cut by the budget still carries the token to continue.
     pub fn messages(
         &self,
         reader: &mut Reader<'_>,
         room_sid: u64,
         query: &MessagesQuery<'_>,
-        budget: usize,
     ) -> Result<MessagesPage> {
         let backwards = query.backwards;
         // A departed user's history ends at their departure: start there, stop there.
@@ -57,7 +61,7 @@ impl Rooms {
             _ => query.from,
         };
         let limit = query.limit.max(1);
-        let mut budget = budget.max(1);
+        let mut budget = SCAN_BUDGET;
         let mut events = Vec::new();
         loop {
             if events.len() == limit || budget == 0 {
@@ -76,19 +80,34 @@ impl Rooms {
             }) else {
                 return Ok(MessagesPage { events, end: None });
             };
+            // Positions first: visibility is decided from the metadata, and only the events
+            // the user may see are loaded.
             let want = (limit - events.len()).clamp(10, 100).min(budget);
-            let page = self.timeline(room_sid, Some(start), backwards, want)?;
-            if page.is_empty() {
+            let rows = self.store.range_in_prefix::<Timeline, _>(
+                &(room_sid,),
+                Some(&(room_sid, start)),
+                backwards,
+                want,
+            )?;
+            if rows.is_empty() {
                 return Ok(MessagesPage { events, end: None });
             }
-            for event in page {
-                if !in_bounds(event.sid) {
+            for ((_, sid), _) in rows {
+                if !in_bounds(sid) {
                     return Ok(MessagesPage { events, end: None });
                 }
                 budget -= 1;
-                cursor = if backwards { event.sid } else { event.sid + 1 };
-                if event_passes(query.filter, &event) && reader.may_see(&event)? {
-                    events.push(event);
+                cursor = if backwards { sid } else { sid + 1 };
+                let visible = match self.store.get::<EventMetaTable>(&sid)? {
+                    Some(meta) => reader.may_see_meta(sid, &meta)?,
+                    None => false,
+                };
+                if visible {
+                    if let Some(event) = self.event_by_sid(sid)? {
+                        if event_passes(query.filter, &event) {
+                            events.push(event);
+                        }
+                    }
                 }
                 if events.len() == limit || budget == 0 {
                     break;
