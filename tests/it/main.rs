@@ -22,6 +22,7 @@ mod listeners;
 mod media;
 mod passwords;
 mod media_power;
+mod messages;
 mod profile;
 mod push_rules;
 mod redaction;

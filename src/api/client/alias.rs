@@ -7,15 +7,13 @@ use ruma::{
         alias::{create_alias, delete_alias, get_alias},
         room::aliases,
     },
-    events::{room::member::MembershipState, StateEventType},
     RoomAliasId,
 };
-use serde_json::Value;
 
 use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
-    service::Services,
+    service::{rooms::access::Access, Services},
 };
 
 pub fn routes(router: &mut Router) {
@@ -91,18 +89,10 @@ async fn room_aliases(
 ) -> Result<aliases::v3::Response> {
     let me = ctx.authed()?;
     let forbidden = || Error::forbidden("You are not a member of the room");
-    let room = services.rooms.room(&body.room_id)?.ok_or_else(forbidden)?;
-    let joined =
-        services.rooms.membership(&body.room_id, &me.user_id)? == Some(MembershipState::Join);
-    if !joined {
-        let world_readable = services
-            .rooms
-            .state_event(room.sid, &StateEventType::RoomHistoryVisibility, "")?
-            .and_then(|e| e.pdu.content_as::<Value>())
-            .is_some_and(|c| c["history_visibility"] == "world_readable");
-        if !world_readable {
-            return Err(forbidden());
-        }
+    services.rooms.room(&body.room_id)?.ok_or_else(forbidden)?;
+    match services.rooms.read_access(&body.room_id, &me.user_id)? {
+        Access::Joined | Access::WorldReadable => {}
+        _ => return Err(forbidden()),
     }
     let aliases = services.rooms.local_aliases(&body.room_id)?;
     Ok(aliases::v3::Response::new(aliases))

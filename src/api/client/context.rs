@@ -7,7 +7,7 @@ use ruma::api::client::{context::get_context, filter::RoomEventFilter};
 use super::room::{known_room, passes, raw, viewer};
 use crate::{
     error::{Error, Result},
-    http::{Ctx, Router},
+    http::{Authed, Ctx, Router},
     service::{
         rooms::{access::Reader, state::state_head, StoredEvent},
         Services,
@@ -86,8 +86,20 @@ async fn context(
     ctx: Ctx,
     body: get_context::v3::Request,
 ) -> Result<get_context::v3::Response> {
-    let me = ctx.authed()?;
-    let room = known_room(&services, &body.room_id)?;
+    let me = ctx.authed()?.clone();
+    let reading = services.clone();
+    services
+        .rooms
+        .heavy_read(move || context_page(&reading, &me, &body))
+        .await
+}
+
+fn context_page(
+    services: &Services,
+    me: &Authed,
+    body: &get_context::v3::Request,
+) -> Result<get_context::v3::Response> {
+    let room = known_room(services, &body.room_id)?;
     let mut reader = services.rooms.reader(&body.room_id, &me.user_id)?;
     // The context carries the room state: only for users who may read it (an invitee sees
     // their invite through `/sync`'s stripped state, not here). 404 as for an unknown event.
@@ -104,7 +116,7 @@ async fn context(
         .min(MAX_LIMIT);
     let before_limit = limit / 2;
     let (before, start) = around(
-        &services,
+        services,
         &mut reader,
         &event,
         &body.filter,
@@ -112,7 +124,7 @@ async fn context(
         before_limit,
     )?;
     let (after, end) = around(
-        &services,
+        services,
         &mut reader,
         &event,
         &body.filter,

@@ -1,4 +1,6 @@
-//! Joining, inviting, leaving, kicking, banning, knocking and forgetting.
+//! Joining, inviting, leaving, kicking, banning, knocking and forgetting. The rules live in
+//! `service::rooms::membership`; these handlers add what needs other services (profiles, the
+//! user list) and the request shapes.
 
 use std::sync::Arc;
 
@@ -10,16 +12,16 @@ use ruma::{
             kick_user, leave_room, unban_user,
         },
     },
-    events::{room::member::MembershipState, TimelineEventType},
+    events::room::member::MembershipState,
     OwnedRoomId, RoomId, RoomOrAliasId, UserId,
 };
-use serde_json::json;
+use serde_json::{Map, Value};
 
-use super::room::{known_room, profile_fields};
+use super::room::profile_fields;
 use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
-    service::{rooms::NewEvent, Services},
+    service::{rooms::membership::MembershipChange, Services},
 };
 
 pub fn routes(router: &mut Router) {
@@ -34,6 +36,15 @@ pub fn routes(router: &mut Router) {
     router.ruma(knock);
 }
 
+/// A local user's profile as member-event fields; nothing for users of other servers.
+fn profile_of(services: &Services, user_id: &UserId) -> Result<Map<String, Value>> {
+    if user_id.server_name().as_str() == services.config.server_name {
+        profile_fields(services, user_id)
+    } else {
+        Ok(Map::new())
+    }
+}
+
 /// Sends `target`'s membership event with `sender`'s authority. Profile fields are copied
 /// into join events (and into invites, from the invitee's profile), as clients expect.
 pub async fn set_membership(
@@ -44,37 +55,23 @@ pub async fn set_membership(
     membership: MembershipState,
     reason: Option<&str>,
 ) -> Result<()> {
-    known_room(services, room_id)?;
-    let mut content = json!({ "membership": membership.as_str() });
-    if matches!(
-        membership,
-        MembershipState::Join | MembershipState::Invite | MembershipState::Knock
-    ) && target.server_name().as_str() == services.config.server_name
-    {
-        for (key, value) in profile_fields(services, target)? {
-            content[key] = value;
+    let profile = match membership {
+        MembershipState::Join | MembershipState::Invite | MembershipState::Knock => {
+            profile_of(services, target)?
         }
-    }
-    if let Some(reason) = reason.filter(|r| !r.is_empty()) {
-        content["reason"] = json!(reason);
-    }
-    // A join of a restricted room carries this server's authorisation when the user may join.
+        _ => Map::new(),
+    };
     services
         .rooms
-        .prepare_member_content(room_id, sender, target.as_str(), &mut content)?;
-    let event = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content);
-    services.rooms.send(room_id, sender, event).await?;
-    Ok(())
-}
-
-/// Refuses a caller who is not joined, before anything about the target is looked at, so an
-/// outsider cannot learn other users' memberships from the error.
-fn require_caller_joined(services: &Services, room_id: &RoomId, caller: &UserId) -> Result<()> {
-    known_room(services, room_id)?;
-    if services.rooms.membership(room_id, caller)? != Some(MembershipState::Join) {
-        return Err(Error::forbidden("You are not joined to this room"));
-    }
-    Ok(())
+        .change_membership(MembershipChange {
+            room_id,
+            sender,
+            target,
+            membership,
+            reason,
+            profile,
+        })
+        .await
 }
 
 async fn join(
@@ -83,25 +80,11 @@ async fn join(
     user_id: &UserId,
     reason: Option<&str>,
 ) -> Result<()> {
-    if services.rooms.room(room_id)?.is_none() {
-        // Joining rooms on other servers needs federation, which this server does not do yet.
-        return Err(Error::not_found(
-            "No room with this id is known to this server",
-        ));
-    }
-    if services.rooms.membership(room_id, user_id)? == Some(MembershipState::Join) {
-        // Already joined: a join is idempotent and changes nothing.
-        return Ok(());
-    }
-    set_membership(
-        services,
-        room_id,
-        user_id,
-        user_id,
-        MembershipState::Join,
-        reason,
-    )
-    .await
+    let profile = profile_of(services, user_id)?;
+    services
+        .rooms
+        .join_room(room_id, user_id, reason, profile)
+        .await
 }
 
 fn resolve(services: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
@@ -157,7 +140,9 @@ async fn invite(
     body: invite_user::v3::Request,
 ) -> Result<invite_user::v3::Response> {
     let me = ctx.authed()?;
-    require_caller_joined(&services, &body.room_id, &me.user_id)?;
+    services
+        .rooms
+        .require_joined_caller(&body.room_id, &me.user_id)?;
     let invite_user::v3::InvitationRecipient::UserId(recipient) = &body.recipient else {
         return Err(Error::invalid_param(
             "Third-party invites are not supported by this server",
@@ -172,20 +157,9 @@ async fn invite(
     if !services.users.exists(target)? {
         return Err(Error::not_found("Unknown user"));
     }
-    let current = services.rooms.membership(&body.room_id, target)?;
-    if matches!(
-        current,
-        Some(MembershipState::Join) | Some(MembershipState::Ban)
-    ) {
-        return Err(Error::forbidden(format!(
-            "{target} is {} the room",
-            current.map_or("", |m| if m == MembershipState::Join {
-                "already in"
-            } else {
-                "banned from"
-            })
-        )));
-    }
+    services
+        .rooms
+        .check_invite(&body.room_id, &me.user_id, target)?;
     set_membership(
         &services,
         &body.room_id,
@@ -204,25 +178,10 @@ async fn leave(
     body: leave_room::v3::Request,
 ) -> Result<leave_room::v3::Response> {
     let me = ctx.authed()?;
-    match services.rooms.membership(&body.room_id, &me.user_id)? {
-        Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
-            set_membership(
-                &services,
-                &body.room_id,
-                &me.user_id,
-                &me.user_id,
-                MembershipState::Leave,
-                body.reason.as_deref(),
-            )
-            .await?;
-        }
-        // Leaving a room one has left (or was banned from) changes nothing.
-        Some(_) => {}
-        None => {
-            known_room(&services, &body.room_id)?;
-            return Err(Error::forbidden("You are not a member of this room"));
-        }
-    }
+    services
+        .rooms
+        .leave_room(&body.room_id, &me.user_id, body.reason.as_deref())
+        .await?;
     Ok(leave_room::v3::Response::new())
 }
 
@@ -232,20 +191,11 @@ async fn forget(
     body: forget_room::v3::Request,
 ) -> Result<forget_room::v3::Response> {
     let me = ctx.authed()?;
-    match services.rooms.membership(&body.room_id, &me.user_id)? {
-        Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
-            Err(Error::new(
-                http::StatusCode::BAD_REQUEST,
-                "M_UNKNOWN",
-                "Leave the room before forgetting it",
-            ))
-        }
-        Some(_) => {
-            services.rooms.forget(&body.room_id, &me.user_id).await?;
-            Ok(forget_room::v3::Response::new())
-        }
-        None => Err(Error::not_found("You have never been in this room")),
-    }
+    services
+        .rooms
+        .forget_room(&body.room_id, &me.user_id)
+        .await?;
+    Ok(forget_room::v3::Response::new())
 }
 
 async fn kick(
@@ -254,25 +204,15 @@ async fn kick(
     body: kick_user::v3::Request,
 ) -> Result<kick_user::v3::Response> {
     let me = ctx.authed()?;
-    require_caller_joined(&services, &body.room_id, &me.user_id)?;
-    match services.rooms.membership(&body.room_id, &body.user_id)? {
-        Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
-        _ => {
-            return Err(Error::forbidden(format!(
-                "{} is not in the room",
-                body.user_id
-            )));
-        }
-    }
-    set_membership(
-        &services,
-        &body.room_id,
-        &me.user_id,
-        &body.user_id,
-        MembershipState::Leave,
-        body.reason.as_deref(),
-    )
-    .await?;
+    services
+        .rooms
+        .kick_user(
+            &body.room_id,
+            &me.user_id,
+            &body.user_id,
+            body.reason.as_deref(),
+        )
+        .await?;
     Ok(kick_user::v3::Response::new())
 }
 
@@ -282,15 +222,15 @@ async fn ban(
     body: ban_user::v3::Request,
 ) -> Result<ban_user::v3::Response> {
     let me = ctx.authed()?;
-    set_membership(
-        &services,
-        &body.room_id,
-        &me.user_id,
-        &body.user_id,
-        MembershipState::Ban,
-        body.reason.as_deref(),
-    )
-    .await?;
+    services
+        .rooms
+        .ban_user(
+            &body.room_id,
+            &me.user_id,
+            &body.user_id,
+            body.reason.as_deref(),
+        )
+        .await?;
     Ok(ban_user::v3::Response::new())
 }
 
@@ -300,19 +240,15 @@ async fn unban(
     body: unban_user::v3::Request,
 ) -> Result<unban_user::v3::Response> {
     let me = ctx.authed()?;
-    require_caller_joined(&services, &body.room_id, &me.user_id)?;
-    if services.rooms.membership(&body.room_id, &body.user_id)? != Some(MembershipState::Ban) {
-        return Err(Error::forbidden(format!("{} is not banned", body.user_id)));
-    }
-    set_membership(
-        &services,
-        &body.room_id,
-        &me.user_id,
-        &body.user_id,
-        MembershipState::Leave,
-        body.reason.as_deref(),
-    )
-    .await?;
+    services
+        .rooms
+        .unban_user(
+            &body.room_id,
+            &me.user_id,
+            &body.user_id,
+            body.reason.as_deref(),
+        )
+        .await?;
     Ok(unban_user::v3::Response::new())
 }
 
@@ -323,21 +259,10 @@ async fn knock(
 ) -> Result<knock_room::v3::Response> {
     let me = ctx.authed()?;
     let room_id = resolve(&services, &body.room_id_or_alias)?;
-    let room = known_room(&services, &room_id)?;
-    let version = services.rooms.room_version(&room)?;
-    if !version.rules().is_some_and(|r| r.authorization.knocking) {
-        return Err(Error::forbidden(format!(
-            "Room version {version} does not allow knocking"
-        )));
-    }
-    set_membership(
-        &services,
-        &room_id,
-        &me.user_id,
-        &me.user_id,
-        MembershipState::Knock,
-        body.reason.as_deref(),
-    )
-    .await?;
+    let profile = profile_of(&services, &me.user_id)?;
+    services
+        .rooms
+        .knock_room(&room_id, &me.user_id, body.reason.as_deref(), profile)
+        .await?;
     Ok(knock_room::v3::Response::new(room_id))
 }

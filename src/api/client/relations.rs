@@ -103,27 +103,33 @@ async fn relations(
     ctx: Ctx,
     body: get_relating_events::v1::Request,
 ) -> Result<get_relating_events::v1::Response> {
-    let me = ctx.authed()?;
-    let query = RelationsQuery {
-        recurse: body.recurse,
-        ..Default::default()
-    };
-    let page = page(
-        &services,
-        me,
-        &body.room_id,
-        &body.event_id,
-        query,
-        body.from.as_deref(),
-        body.to.as_deref(),
-        body.dir,
-        body.limit,
-    )?;
-    let mut response = get_relating_events::v1::Response::new(page.chunk);
-    response.next_batch = page.next_batch;
-    response.prev_batch = page.prev_batch;
-    response.recursion_depth = page.recursion_depth;
-    Ok(response)
+    let me = ctx.authed()?.clone();
+    let reading = services.clone();
+    services
+        .rooms
+        .heavy_read(move || {
+            let query = RelationsQuery {
+                recurse: body.recurse,
+                ..Default::default()
+            };
+            let page = page(
+                &reading,
+                &me,
+                &body.room_id,
+                &body.event_id,
+                query,
+                body.from.as_deref(),
+                body.to.as_deref(),
+                body.dir,
+                body.limit,
+            )?;
+            let mut response = get_relating_events::v1::Response::new(page.chunk);
+            response.next_batch = page.next_batch;
+            response.prev_batch = page.prev_batch;
+            response.recursion_depth = page.recursion_depth;
+            Ok(response)
+        })
+        .await
 }
 
 async fn relations_of_type(
@@ -131,28 +137,34 @@ async fn relations_of_type(
     ctx: Ctx,
     body: get_relating_events_with_rel_type::v1::Request,
 ) -> Result<get_relating_events_with_rel_type::v1::Response> {
-    let me = ctx.authed()?;
-    let query = RelationsQuery {
-        rel_type: Some(body.rel_type.to_string()),
-        recurse: body.recurse,
-        ..Default::default()
-    };
-    let page = page(
-        &services,
-        me,
-        &body.room_id,
-        &body.event_id,
-        query,
-        body.from.as_deref(),
-        body.to.as_deref(),
-        body.dir,
-        body.limit,
-    )?;
-    let mut response = get_relating_events_with_rel_type::v1::Response::new(page.chunk);
-    response.next_batch = page.next_batch;
-    response.prev_batch = page.prev_batch;
-    response.recursion_depth = page.recursion_depth;
-    Ok(response)
+    let me = ctx.authed()?.clone();
+    let reading = services.clone();
+    services
+        .rooms
+        .heavy_read(move || {
+            let query = RelationsQuery {
+                rel_type: Some(body.rel_type.to_string()),
+                recurse: body.recurse,
+                ..Default::default()
+            };
+            let page = page(
+                &reading,
+                &me,
+                &body.room_id,
+                &body.event_id,
+                query,
+                body.from.as_deref(),
+                body.to.as_deref(),
+                body.dir,
+                body.limit,
+            )?;
+            let mut response = get_relating_events_with_rel_type::v1::Response::new(page.chunk);
+            response.next_batch = page.next_batch;
+            response.prev_batch = page.prev_batch;
+            response.recursion_depth = page.recursion_depth;
+            Ok(response)
+        })
+        .await
 }
 
 async fn relations_of_type_and_event_type(
@@ -160,30 +172,36 @@ async fn relations_of_type_and_event_type(
     ctx: Ctx,
     body: get_relating_events_with_rel_type_and_event_type::v1::Request,
 ) -> Result<get_relating_events_with_rel_type_and_event_type::v1::Response> {
-    let me = ctx.authed()?;
-    let query = RelationsQuery {
-        rel_type: Some(body.rel_type.to_string()),
-        event_type: Some(body.event_type.to_string()),
-        recurse: body.recurse,
-        ..Default::default()
-    };
-    let page = page(
-        &services,
-        me,
-        &body.room_id,
-        &body.event_id,
-        query,
-        body.from.as_deref(),
-        body.to.as_deref(),
-        body.dir,
-        body.limit,
-    )?;
-    let mut response =
-        get_relating_events_with_rel_type_and_event_type::v1::Response::new(page.chunk);
-    response.next_batch = page.next_batch;
-    response.prev_batch = page.prev_batch;
-    response.recursion_depth = page.recursion_depth;
-    Ok(response)
+    let me = ctx.authed()?.clone();
+    let reading = services.clone();
+    services
+        .rooms
+        .heavy_read(move || {
+            let query = RelationsQuery {
+                rel_type: Some(body.rel_type.to_string()),
+                event_type: Some(body.event_type.to_string()),
+                recurse: body.recurse,
+                ..Default::default()
+            };
+            let page = page(
+                &reading,
+                &me,
+                &body.room_id,
+                &body.event_id,
+                query,
+                body.from.as_deref(),
+                body.to.as_deref(),
+                body.dir,
+                body.limit,
+            )?;
+            let mut response =
+                get_relating_events_with_rel_type_and_event_type::v1::Response::new(page.chunk);
+            response.next_batch = page.next_batch;
+            response.prev_batch = page.prev_batch;
+            response.recursion_depth = page.recursion_depth;
+            Ok(response)
+        })
+        .await
 }
 
 /// The room's thread roots, newest activity first, with their thread summaries. 403 for a user
@@ -193,8 +211,20 @@ async fn threads(
     ctx: Ctx,
     body: get_threads::v1::Request,
 ) -> Result<get_threads::v1::Response> {
-    let me = ctx.authed()?;
-    let room = known_room(&services, &body.room_id)?;
+    let me = ctx.authed()?.clone();
+    let reading = services.clone();
+    services
+        .rooms
+        .heavy_read(move || threads_page(&reading, &me, &body))
+        .await
+}
+
+fn threads_page(
+    services: &Services,
+    me: &Authed,
+    body: &get_threads::v1::Request,
+) -> Result<get_threads::v1::Response> {
+    let room = known_room(services, &body.room_id)?;
     let mut reader = services.rooms.reader(&body.room_id, &me.user_id)?;
     reader.access.require_history()?;
     let participated = match body.include.as_str() {

@@ -30,6 +30,7 @@ use crate::{
             create::{CreateRoom, Preset},
             format::Viewer,
             state::state_head,
+            timeline::MessagesQuery,
             NewEvent, RoomRecord, StoredEvent, Txn,
         },
         Services,
@@ -544,88 +545,61 @@ async fn joined_rooms_of(
 /// The room event filter shared with `/sync`.
 pub use crate::service::sync::event_passes as passes;
 
-/// Pagination tokens are stream positions: a token `t` sits between the events at `t - 1`
-/// and `t`; paging backwards from `t` returns events below it, forwards events from it on.
+/// `GET /rooms/{roomId}/messages` (paging rules in `service::rooms::timeline`). `start` is
+/// the `from` token exactly as given; `end` is present while more events may follow; with
+/// `lazy_load_members`, `state` carries the member events of the chunk's senders.
 async fn messages(
     services: Arc<Services>,
     ctx: Ctx,
     body: get_message_events::v3::Request,
 ) -> Result<get_message_events::v3::Response> {
-    let me = ctx.authed()?;
-    let room = known_room(&services, &body.room_id)?;
+    let me = ctx.authed()?.clone();
+    let reading = services.clone();
+    services
+        .rooms
+        .heavy_read(move || messages_page(&reading, &me, &body))
+        .await
+}
+
+fn messages_page(
+    services: &Services,
+    me: &Authed,
+    body: &get_message_events::v3::Request,
+) -> Result<get_message_events::v3::Response> {
+    let room = known_room(services, &body.room_id)?;
     let mut reader = services.rooms.reader(&body.room_id, &me.user_id)?;
     reader.access.require_history()?;
-    let parse = pagination_position;
     let backwards = body.dir == Direction::Backward;
     let from = match body.from.as_deref() {
-        Some(t) => parse(t)?,
+        Some(t) => pagination_position(t)?,
         None if backwards => services.rooms.stream_position() + 1,
         None => 0,
     };
-    let to = body.to.as_deref().map(parse).transpose()?;
-    let limit = usize::try_from(u64::from(body.limit))
-        .unwrap_or(MAX_PAGE)
-        .clamp(1, MAX_PAGE);
-
-    let mut chunk = Vec::new();
-    // A departed user's history ends at their departure: start there, stop there.
-    let until = reader.access.until();
-    let mut cursor = match until {
-        Some(until) if backwards => from.min(until + 1),
-        _ => from,
+    let query = MessagesQuery {
+        from,
+        to: body.to.as_deref().map(pagination_position).transpose()?,
+        backwards,
+        limit: usize::try_from(u64::from(body.limit))
+            .unwrap_or(MAX_PAGE)
+            .clamp(1, MAX_PAGE),
+        filter: &body.filter,
     };
-    let mut end = None;
-    // Read in pages; filtered-out and invisible events do not count towards the limit, but
-    // the scan is bounded so a filter matching nothing cannot read the whole room.
-    let mut budget = limit * 20 + 100;
-    'pages: while chunk.len() < limit && budget > 0 {
-        let start = if backwards {
-            cursor.checked_sub(1)
-        } else {
-            Some(cursor)
-        };
-        let Some(start) = start else { break };
-        let page = services
-            .rooms
-            .timeline(room.sid, Some(start), backwards, limit.min(budget))?;
-        if page.is_empty() {
-            end = None;
-            break;
-        }
-        for event in page {
-            budget = budget.saturating_sub(1);
-            if let Some(to) = to {
-                if (backwards && event.sid < to) || (!backwards && event.sid >= to) {
-                    end = None;
-                    break 'pages;
-                }
-            }
-            if !backwards && until.is_some_and(|until| event.sid > until) {
-                end = None;
-                break 'pages;
-            }
-            cursor = if backwards { event.sid } else { event.sid + 1 };
-            end = Some(cursor);
-            if !passes(&body.filter, &event) {
-                continue;
-            }
-            // Invisible events are skipped, not a stop: a user who left (or left and came back)
-            // has visible history behind invisible stretches. The scan budget bounds the cost;
-            // `end` lets the client continue past a long invisible stretch.
-            if !reader.may_see(&event)? {
-                continue;
-            }
-            chunk.push(raw(services
-                .rooms
-                .client_event_bundled(&event, Some(viewer(me)))?)?);
-            if chunk.len() == limit {
-                break 'pages;
-            }
-        }
-    }
+    let page = services.rooms.messages(&mut reader, room.sid, &query)?;
     let mut response = get_message_events::v3::Response::new();
-    response.start = from.to_string();
-    response.end = end.map(|e| e.to_string());
-    response.chunk = chunk;
+    response.start = body.from.clone().unwrap_or_else(|| from.to_string());
+    response.end = page.end.map(|e| e.to_string());
+    response.chunk = page
+        .events
+        .iter()
+        .map(|e| raw(services.rooms.client_event_bundled(e, Some(viewer(me)))?))
+        .collect::<Result<_>>()?;
+    if !body.filter.lazy_load_options.is_disabled() {
+        response.state = services
+            .rooms
+            .sender_members(&page.events)?
+            .iter()
+            .map(|e| raw(services.rooms.client_event(e, Some(viewer(me)))))
+            .collect::<Result<_>>()?;
+    }
     Ok(response)
 }

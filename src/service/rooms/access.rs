@@ -18,13 +18,16 @@ use std::collections::HashMap;
 use ruma::{RoomId, UserId};
 use serde_json::Value;
 
-use super::{state::state_head, CurrentState, Rooms, StoredEvent};
+use super::{CurrentState, EventMeta, EventMetaTable, Rooms, StoredEvent, SNAPSHOT_EVERY};
 use crate::error::{Error, Result};
 
 /// How far back a user's chain of member events is followed to find a past join. A user who
 /// changed membership more often than this without joining is treated as never joined, which
 /// only ever hides history, never reveals it.
 const MEMBERSHIP_WALK_LIMIT: usize = 100;
+
+/// Bound on the states one reader caches (a request's scan is bounded too; this caps memory).
+const MAX_CACHED_RUNS: usize = 8192;
 
 /// What a user may read of one room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,30 +177,30 @@ impl<'a> Reader<'a> {
     /// Whether the user may see the event: the room-level access, then the event's history
     /// visibility.
     pub fn may_see(&mut self, event: &StoredEvent) -> Result<bool> {
-        let own_membership = event.meta.kind == "m.room.member"
-            && event.meta.state_key.as_deref() == Some(self.user_id.as_str());
+        self.may_see_meta(event.sid, &event.meta)
+    }
+
+    /// [`Reader::may_see`] from the event's metadata alone, so a scan need not load and parse
+    /// the events the user may not see.
+    pub fn may_see_meta(&mut self, sid: u64, meta: &EventMeta) -> Result<bool> {
+        let own_membership = meta.kind == "m.room.member"
+            && meta.state_key.as_deref() == Some(self.user_id.as_str());
         match self.access {
             Access::None => return Ok(false),
             Access::Invited | Access::Knocked => return Ok(own_membership),
-            Access::Departed { until } if event.sid > until => return Ok(false),
+            Access::Departed { until } if sid > until => return Ok(false),
             _ => {}
         }
         if own_membership {
             return Ok(true);
         }
-        let head = state_head(event);
-        let (visibility, membership) = match self.runs.get(&head) {
-            Some(run) => run.clone(),
-            None => {
-                let visibility = self.rooms.visibility_at(event)?;
-                let membership = self.rooms.membership_at(event, self.user_id)?;
-                if self.runs.len() < 4096 {
-                    self.runs
-                        .insert(head, (visibility.clone(), membership.clone()));
-                }
-                (visibility, membership)
-            }
+        // The state at an event: a state event includes itself (see `state::state_head`).
+        let head = if meta.state_key.is_some() {
+            Some(sid)
+        } else {
+            meta.state_link
         };
+        let (visibility, membership) = self.run_at(head)?;
         if let Some(decided) = super::visibility::decide(&visibility, membership.as_deref()) {
             return Ok(decided);
         }
@@ -205,12 +208,55 @@ impl<'a> Reader<'a> {
         let latest_join = match self.latest_join {
             Some(latest) => latest,
             None => {
-                let latest = self.rooms.latest_join(event.meta.room_sid, self.user_id)?;
+                let latest = self.rooms.latest_join(meta.room_sid, self.user_id)?;
                 self.latest_join = Some(latest);
                 latest
             }
         };
-        Ok(latest_join.is_some_and(|join| join > event.sid))
+        Ok(latest_join.is_some_and(|join| join > sid))
+    }
+
+    /// History visibility and the user's membership in the state whose newest state event is
+    /// `head`. State events that change neither (a name, a topic, another user's membership)
+    /// leave the answer as it was before them, so a walk down the state chain over such events
+    /// ends at one lookup, and every state passed on the way is cached with its answer: a scan
+    /// over a long run of state events costs one lookup per `SNAPSHOT_EVERY` of them.
+    fn run_at(&mut self, head: Option<u64>) -> Result<(String, Option<String>)> {
+        if let Some(run) = self.runs.get(&head) {
+            return Ok(run.clone());
+        }
+        let mut passed = Vec::new();
+        let mut cursor = head;
+        for _ in 0..SNAPSHOT_EVERY {
+            let Some(sid) = cursor else { break };
+            if self.runs.contains_key(&cursor) {
+                break;
+            }
+            let Some(meta) = self.rooms.store.get::<EventMetaTable>(&sid)? else {
+                break;
+            };
+            let relevant = meta.kind == "m.room.history_visibility"
+                || (meta.kind == "m.room.member"
+                    && meta.state_key.as_deref() == Some(self.user_id.as_str()));
+            if relevant {
+                break;
+            }
+            passed.push(cursor);
+            cursor = meta.state_link;
+        }
+        let run = match self.runs.get(&cursor) {
+            Some(run) => run.clone(),
+            None => (
+                self.rooms.visibility_at_head(cursor)?,
+                self.rooms.membership_at_head(cursor, self.user_id)?,
+            ),
+        };
+        if self.runs.len() + passed.len() < MAX_CACHED_RUNS {
+            for head in passed.into_iter().chain([cursor]) {
+                self.runs.insert(head, run.clone());
+            }
+        }
+        Ok(run)
     }
 
     /// The event if the user may see it, else 404 (not 403, so that existence does not leak).

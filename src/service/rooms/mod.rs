@@ -20,6 +20,7 @@ pub mod membership;
 pub mod redact;
 pub mod relations;
 pub mod state;
+pub mod timeline;
 pub mod upgrade;
 pub mod validate;
 pub mod visibility;
@@ -214,6 +215,14 @@ pub struct Rooms {
     /// One async lock per room that has an append in progress. The map lock guards only the
     /// map; entries are weak so idle rooms cost nothing.
     locks: Mutex<HashMap<OwnedRoomId, Weak<tokio::sync::Mutex<()>>>>,
+    /// Bounds the heavy reads (timeline scans, thread lists, relations, context) running at
+    /// once on the blocking pool; see [`Rooms::heavy_read`].
+    heavy_reads: Arc<tokio::sync::Semaphore>,
+}
+
+/// Heavy reads running at once: one per core, at least two (a slow scan must not block all).
+fn heavy_read_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 impl Rooms {
@@ -231,7 +240,30 @@ impl Rooms {
             server_name,
             notifier,
             locks: Mutex::new(HashMap::new()),
+            heavy_reads: Arc::new(tokio::sync::Semaphore::new(heavy_read_slots())),
         }
+    }
+
+    /// Runs a read that walks many events (store reads and JSON work, no awaits) on the
+    /// blocking pool, so that it does not hold an async worker, with at most
+    /// `heavy_read_slots()` of them at once; further ones wait for a slot. Each such read also
+    /// has its own work budget (e.g. [`timeline::SCAN_BUDGET`]), so a slot is held briefly.
+    pub async fn heavy_read<R: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let permit = self
+            .heavy_reads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::unknown("the server is shutting down"))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            read()
+        })
+        .await
+        .map_err(|e| Error::unknown(format!("read task failed: {e}")))?
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {

@@ -47,6 +47,12 @@ pub const ANNOTATION: &str = "m.annotation";
 pub const RECURSION_DEPTH: u32 = 3;
 /// At most this many related events are collected for one recursive `/relations` request.
 const RECURSION_CAP: usize = 10_000;
+/// The most index rows one `/relations` request examines (filtered-out and invisible ones
+/// included); a page cut short returns what it found and a token to continue.
+pub const SCAN_BUDGET: usize = 2_000;
+/// The same for `/threads`, whose rows cost more (each loads the thread's root and checks
+/// that the row is its newest activity).
+pub const THREADS_SCAN_BUDGET: usize = 200;
 
 /// One child of a parent: what filters and aggregations need without loading the event.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -493,9 +499,18 @@ impl Rooms {
         // Direct children: a range scan of one index, page by page from the token.
         let mut events = Vec::new();
         let mut cursor = query.from;
+        let mut budget = SCAN_BUDGET;
         loop {
-            let rows = self.child_rows(parent.sid, query, cursor, limit)?;
-            let exhausted = rows.len() < limit;
+            if budget == 0 {
+                return Ok(RelationsPage {
+                    events,
+                    next: cursor,
+                });
+            }
+            let want = limit.min(budget);
+            let rows = self.child_rows(parent.sid, query, cursor, want)?;
+            budget -= rows.len().min(budget);
+            let exhausted = rows.len() < want;
             if rows.is_empty() {
                 return Ok(RelationsPage { events, next: None });
             }
@@ -631,7 +646,15 @@ impl Rooms {
         let limit = limit.max(1);
         let mut roots = Vec::new();
         let mut cursor = from;
+        let mut budget = THREADS_SCAN_BUDGET;
         loop {
+            if budget == 0 {
+                // Out of budget: what was found, and where to go on.
+                return Ok(ThreadsPage {
+                    roots,
+                    next: cursor,
+                });
+            }
             let start = match cursor {
                 Some(0) => break,
                 Some(t) => Some((room_sid, t - 1)),
@@ -641,8 +664,9 @@ impl Rooms {
                 &(room_sid,),
                 start.as_ref(),
                 true,
-                limit,
+                limit.min(budget),
             )?;
+            budget -= rows.len().min(budget);
             if rows.is_empty() {
                 break;
             }

@@ -24,11 +24,12 @@ impl Rooms {
 
     /// The `history_visibility` in force at an event (`shared` when unset, per spec).
     pub fn visibility_at(&self, event: &StoredEvent) -> Result<String> {
-        let sid = self.state_at(
-            state_head(event),
-            &StateEventType::RoomHistoryVisibility,
-            "",
-        )?;
+        self.visibility_at_head(state_head(event))
+    }
+
+    /// The `history_visibility` in the state whose newest state event is `head`.
+    pub fn visibility_at_head(&self, head: Option<u64>) -> Result<String> {
+        let sid = self.state_at(head, &StateEventType::RoomHistoryVisibility, "")?;
         Ok(self
             .content_field(sid, "history_visibility")?
             .unwrap_or_else(|| "shared".into()))
@@ -36,11 +37,16 @@ impl Rooms {
 
     /// The user's membership in the state at an event.
     pub fn membership_at(&self, event: &StoredEvent, user_id: &UserId) -> Result<Option<String>> {
-        let sid = self.state_at(
-            state_head(event),
-            &StateEventType::RoomMember,
-            user_id.as_str(),
-        )?;
+        self.membership_at_head(state_head(event), user_id)
+    }
+
+    /// The user's membership in the state whose newest state event is `head`.
+    pub fn membership_at_head(
+        &self,
+        head: Option<u64>,
+        user_id: &UserId,
+    ) -> Result<Option<String>> {
+        let sid = self.state_at(head, &StateEventType::RoomMember, user_id.as_str())?;
         self.content_field(sid, "membership")
     }
 
