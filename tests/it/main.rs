@@ -25,6 +25,7 @@ mod rooms;
 mod spaces;
 mod store;
 mod sync;
+mod sync_rooms;
 mod timestamp;
 mod tls;
 mod to_device;

@@ -45,7 +45,7 @@ impl Rooms {
     }
 
     /// Whether `user_id` joined the room at any point after the event `after_sid`.
-    fn joined_since(&self, room_sid: u64, user_id: &UserId, after_sid: u64) -> Result<bool> {
+    pub fn joined_since(&self, room_sid: u64, user_id: &UserId, after_sid: u64) -> Result<bool> {
         let key = (room_sid, "m.room.member".to_owned(), user_id.to_string());
         let mut cursor = self.store.get::<super::CurrentState>(&key)?;
         for _ in 0..MEMBERSHIP_HISTORY_LIMIT {

@@ -272,14 +272,33 @@ pub async fn sync_once(
                 if rooms.is_forgotten(&room_id, request.user_id)? {
                     continue;
                 }
-                // Everything up to and including the user's final membership event.
+                // Everything up to and including the user's final membership event. A client
+                // that knew the room (joined at its token) gets what changed since; a room
+                // joined and left inside the window is new to it and comes in full, as of the
+                // leave; a room the user never joined (a rejected invite, a ban of a
+                // non-member) shows only the user's own membership events, no state.
                 let upto = member_sid.min(now);
-                let since = if request.since.is_some() {
-                    request.since
-                } else {
-                    None
+                let Some(record) = rooms.room(&room_id)? else {
+                    continue;
                 };
-                if let Some(room) = room_timeline(sources, request, &room_id, since, upto, false)? {
+                let joined_at_since = match request.since {
+                    Some(since) => rooms
+                        .membership_as_of(record.sid, request.user_id, since)?
+                        .is_some_and(|(m, _)| m == "join"),
+                    None => false,
+                };
+                let (since, with_state) = if joined_at_since {
+                    (request.since, true)
+                } else {
+                    let after = request.since.unwrap_or(0);
+                    (
+                        None,
+                        rooms.joined_since(record.sid, request.user_id, after)?,
+                    )
+                };
+                if let Some(room) =
+                    room_timeline(sources, request, &room_id, since, upto, false, with_state)?
+                {
                     leave.insert(room_id.to_string(), room);
                 }
             }

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     error::Result,
     service::{
-        rooms::{format::Viewer, StoredEvent},
+        rooms::{format::Viewer, state::state_head, StoredEvent},
         unread,
     },
 };
@@ -48,7 +48,7 @@ pub(super) async fn joined_room(
     let Some(record) = rooms.room(room_id)? else {
         return Ok(None);
     };
-    let timeline = room_timeline(sources, request, room_id, since, now, true)?;
+    let timeline = room_timeline(sources, request, room_id, since, now, true, true)?;
 
     // Ephemeral events: typing and receipts.
     let ephemeral_filter = &request.filter.room.ephemeral;
@@ -153,6 +153,7 @@ pub(super) async fn joined_room(
 }
 
 /// The timeline and state of a room between `since` (exclusive) and `upto` (inclusive).
+/// Without `with_state` the state section stays empty (a room the user never joined).
 pub(super) fn room_timeline(
     sources: &Sources<'_>,
     request: &SyncRequest<'_>,
@@ -160,6 +161,7 @@ pub(super) fn room_timeline(
     since: Option<u64>,
     upto: u64,
     skip_if_empty: bool,
+    with_state: bool,
 ) -> Result<Option<Value>> {
     let rooms = sources.rooms;
     let Some(record) = rooms.room(room_id)? else {
@@ -178,6 +180,8 @@ pub(super) fn room_timeline(
 
     // Newest first, down to the token; one more than the limit tells whether it is limited.
     let mut picked: Vec<StoredEvent> = Vec::new();
+    // The state at `upto` starts from the newest event at or below it.
+    let mut newest_head: Option<Option<u64>> = None;
     let mut limited = false;
     let mut cursor = Some(upto);
     let mut budget = limit * 20 + 100;
@@ -189,6 +193,7 @@ pub(super) fn room_timeline(
         for event in page {
             cursor = event.sid.checked_sub(1);
             budget = budget.saturating_sub(1);
+            newest_head.get_or_insert_with(|| state_head(&event));
             if since.is_some_and(|s| event.sid <= s) {
                 break 'scan;
             }
@@ -215,7 +220,7 @@ pub(super) fn room_timeline(
     // State: everything the client lacks before the first timeline event.
     let start_head = match picked.first() {
         Some(first) => first.meta.state_link,
-        None => record.last_state,
+        None => newest_head.unwrap_or(record.last_state),
     };
     let full = since.is_none() || request.full_state;
     let lazy = matches!(
@@ -231,7 +236,12 @@ pub(super) fn room_timeline(
     let timeline_senders: HashSet<&str> = picked.iter().map(|e| e.meta.sender.as_str()).collect();
     let timeline_sids: HashSet<u64> = picked.iter().map(|e| e.sid).collect();
     let mut state = Vec::new();
-    for (kind, key, sid) in rooms.full_state_at(start_head)? {
+    let state_rows = if with_state {
+        rooms.full_state_at(start_head)?
+    } else {
+        Vec::new()
+    };
+    for (kind, key, sid) in state_rows {
         if timeline_sids.contains(&sid) {
             continue;
         }

@@ -1,0 +1,200 @@
+//! `/sync` room sections: rooms left inside the window, timeline tokens, lazy-loaded
+//! members, profile changes reaching rooms, ignored users.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::{create_room, enc, join, TestServer};
+
+async fn sync(srv: &TestServer, token: &str, query: &str) -> Value {
+    let (status, body) = srv
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=0&{query}"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+fn next_batch(body: &Value) -> String {
+    body["next_batch"].as_str().expect("next_batch").to_owned()
+}
+
+async fn send(srv: &TestServer, token: &str, room: &str, text: &str) -> String {
+    let (status, body) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                enc(room),
+                enc(text)
+            ),
+            Some(token),
+            json!({"msgtype": "m.text", "body": text}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+async fn leave(srv: &TestServer, token: &str, room: &str) {
+    let (status, body) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(room)),
+            Some(token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn set_name(srv: &TestServer, token: &str, room: &str, name: &str) {
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(room)),
+            Some(token),
+            json!({ "name": name }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+fn events<'a>(section: &'a Value, part: &str) -> &'a Vec<Value> {
+    section[part]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{part}.events in {section}"))
+}
+
+fn texts(section: &Value) -> Vec<&str> {
+    events(section, "timeline")
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect()
+}
+
+fn has_state(section: &Value, kind: &str, key: &str) -> bool {
+    events(section, "state")
+        .iter()
+        .any(|e| e["type"] == kind && e["state_key"] == key)
+}
+
+#[tokio::test]
+async fn a_room_left_inside_the_window_comes_with_its_state_up_to_the_leave() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &bob, &room).await;
+    let since = next_batch(&sync(&srv, &bob, "").await);
+
+    // Inside the window: a renamed room, more messages than the timeline limit, the leave,
+    // then more that bob must not see.
+    set_name(&srv, &alice, &room, "Renamed").await;
+    for n in 0..3 {
+        send(&srv, &alice, &room, &format!("m{n}")).await;
+    }
+    leave(&srv, &bob, &room).await;
+    set_name(&srv, &alice, &room, "After").await;
+    send(&srv, &alice, &room, "after").await;
+
+    let filter = enc(&json!({"room": {"timeline": {"limit": 2}}}).to_string());
+    let body = sync(&srv, &bob, &format!("since={since}&filter={filter}")).await;
+    let left = &body["rooms"]["leave"][&room];
+    let timeline = events(left, "timeline");
+    assert_eq!(texts(left), ["m2"], "{left}");
+    let last = timeline.last().unwrap();
+    assert_eq!(
+        (
+            &last["type"],
+            &last["state_key"],
+            &last["content"]["membership"]
+        ),
+        (&json!("m.room.member"), &json!(bob_id), &json!("leave"))
+    );
+    assert_eq!(left["timeline"]["limited"], true);
+    // The rename happened before the timeline's start: it is in `state`, as of the leave.
+    let names: Vec<&Value> = events(left, "state")
+        .iter()
+        .filter(|e| e["type"] == "m.room.name")
+        .map(|e| &e["content"]["name"])
+        .collect();
+    assert_eq!(names, [&json!("Renamed")], "{left}");
+    assert!(body["rooms"]["join"].get(&room).is_none());
+}
+
+#[tokio::test]
+async fn a_room_joined_and_left_inside_the_window_comes_in_full() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(
+        &srv,
+        &alice,
+        json!({"preset": "public_chat", "name": "Lobby", "topic": "Chat"}),
+    )
+    .await;
+    send(&srv, &alice, &room, "before").await;
+    let since = next_batch(&sync(&srv, &bob, "").await);
+
+    join(&srv, &bob, &room).await;
+    send(&srv, &alice, &room, "hello bob").await;
+    leave(&srv, &bob, &room).await;
+    set_name(&srv, &alice, &room, "After").await;
+
+    let body = sync(&srv, &bob, &format!("since={since}")).await;
+    let left = &body["rooms"]["leave"][&room];
+    // The client never saw this room: it gets the room's state (as of the start of the
+    // timeline), not only what changed since its token.
+    let in_state_or_timeline = |kind: &str, key: &str| {
+        has_state(left, kind, key)
+            || events(left, "timeline")
+                .iter()
+                .any(|e| e["type"] == kind && e["state_key"] == key)
+    };
+    for kind in [
+        "m.room.create",
+        "m.room.power_levels",
+        "m.room.join_rules",
+        "m.room.name",
+    ] {
+        assert!(in_state_or_timeline(kind, ""), "{kind} missing: {left}");
+    }
+    assert!(texts(left).contains(&"hello bob"), "{left}");
+    let last = events(left, "timeline").last().unwrap();
+    assert_eq!(
+        (&last["state_key"], &last["content"]["membership"]),
+        (&json!(bob_id), &json!("leave"))
+    );
+    // Nothing after the leave: the later rename is not there.
+    let all = [events(left, "state"), events(left, "timeline")];
+    assert!(
+        !all.iter()
+            .flat_map(|e| e.iter())
+            .any(|e| e["content"]["name"] == "After"),
+        "{left}"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_invite_shows_no_room_state() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"name": "Private"})).await;
+    send(&srv, &alice, &room, "secret").await;
+    let since = next_batch(&sync(&srv, &bob, "").await);
+    set_name(&srv, &alice, &room, "Still private").await;
+    let (status, body) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&alice),
+            json!({"user_id": bob_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    leave(&srv, &bob, &room).await;
+    let body = sync(&srv, &bob, &format!("since={since}")).await;
+    let left = &body["rooms"]["leave"][&room];
+    assert!(events(left, "state").is_empty(), "{left}");
+    assert!(texts(left).is_empty(), "{left}");
+}
