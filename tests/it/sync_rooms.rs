@@ -198,3 +198,92 @@ async fn a_rejected_invite_shows_no_room_state() {
     assert!(events(left, "state").is_empty(), "{left}");
     assert!(texts(left).is_empty(), "{left}");
 }
+
+async fn messages_back(srv: &TestServer, token: &str, room: &str, from: &str) -> Value {
+    let (status, body) = srv
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50&from={}",
+                enc(room),
+                enc(from)
+            ),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+fn chunk_texts(body: &Value) -> Vec<&str> {
+    body["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn prev_batch_of_initial_and_empty_timelines_pages_back_correctly() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let room = create_room(&srv, &alice, json!({})).await;
+    for n in 0..5 {
+        send(&srv, &alice, &room, &format!("m{n}")).await;
+    }
+
+    // An initial sync with a limited timeline: paging back continues just before it.
+    let filter = enc(&json!({"room": {"timeline": {"limit": 2}}}).to_string());
+    let body = sync(&srv, &alice, &format!("filter={filter}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(texts(joined), ["m3", "m4"]);
+    let prev = joined["timeline"]["prev_batch"]
+        .as_str()
+        .expect("prev_batch");
+    let page = messages_back(&srv, &alice, &room, prev).await;
+    assert_eq!(chunk_texts(&page), ["m2", "m1", "m0"], "{page}");
+
+    // An initial sync whose timeline is empty (filtered) still has a prev_batch, and paging
+    // back from it starts with the newest event.
+    let filter = enc(&json!({"room": {"timeline": {"types": ["org.example.none"]}}}).to_string());
+    let body = sync(&srv, &alice, &format!("filter={filter}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert!(events(joined, "timeline").is_empty(), "{joined}");
+    let prev = joined["timeline"]["prev_batch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("prev_batch in {joined}"));
+    let page = messages_back(&srv, &alice, &room, prev).await;
+    assert_eq!(chunk_texts(&page)[..2], ["m4", "m3"], "{page}");
+
+    // An incremental sync where the room has only account data: the empty timeline's
+    // prev_batch also pages back from the newest event.
+    let since = next_batch(&body);
+    let (status, tag) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/tags/u.work",
+                enc(&whoami(&srv, &alice).await),
+                enc(&room)
+            ),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tag}");
+    let body = sync(&srv, &alice, &format!("since={since}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert!(events(joined, "timeline").is_empty(), "{joined}");
+    let prev = joined["timeline"]["prev_batch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("prev_batch in {joined}"));
+    let page = messages_back(&srv, &alice, &room, prev).await;
+    assert_eq!(chunk_texts(&page)[..2], ["m4", "m3"], "{page}");
+}
+
+async fn whoami(srv: &TestServer, token: &str) -> String {
+    let (status, body) = srv
+        .get("/_matrix/client/v3/account/whoami", Some(token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["user_id"].as_str().unwrap().to_owned()
+}

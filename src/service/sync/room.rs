@@ -102,7 +102,12 @@ pub(super) async fn joined_room(
     let mut room = match timeline {
         Some(room) => room,
         None if !ephemeral.is_empty() || !account_data.is_empty() => {
-            json!({"timeline": {"events": [], "limited": false}, "state": {"events": []}})
+            // Nothing new in the timeline: its (empty) start is this sync's horizon.
+            let prev_batch = now.saturating_add(1).to_string();
+            json!({
+                "timeline": {"events": [], "limited": false, "prev_batch": prev_batch},
+                "state": {"events": []},
+            })
         }
         None => return Ok(None),
     };
@@ -265,17 +270,19 @@ pub(super) fn room_timeline(
         }
     }
 
-    let prev_batch = picked.first().map(|e| e.sid.to_string());
+    // A pagination token below the first timeline event; with no events, below everything
+    // this sync covered (`upto` included), so paging back from it never skips an event.
+    let prev_batch = picked
+        .first()
+        .map_or(upto.saturating_add(1), |e| e.sid)
+        .to_string();
     // Timeline events carry their bundled aggregations (threads, edits, references), as on
     // every other read path.
     let events: Vec<Value> = picked
         .iter()
         .map(|e| rooms.client_event_bundled(e, Some(viewer)))
         .collect::<Result<_>>()?;
-    let mut timeline = json!({"events": events, "limited": limited});
-    if let Some(prev_batch) = prev_batch {
-        timeline["prev_batch"] = json!(prev_batch);
-    }
+    let timeline = json!({"events": events, "limited": limited, "prev_batch": prev_batch});
     Ok(Some(
         json!({"timeline": timeline, "state": {"events": state}}),
     ))
