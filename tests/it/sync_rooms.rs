@@ -287,3 +287,75 @@ async fn whoami(srv: &TestServer, token: &str) -> String {
     assert_eq!(status, StatusCode::OK, "{body}");
     body["user_id"].as_str().unwrap().to_owned()
 }
+
+fn state_members(section: &Value) -> Vec<&str> {
+    events(section, "state")
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .filter_map(|e| e["state_key"].as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn lazy_loading_sends_a_new_speakers_member_event_once_per_session() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let (carol_id, carol, _) = srv.register("carol", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &bob, &room).await;
+    join(&srv, &carol, &room).await;
+    send(&srv, &alice, &room, "a0").await;
+    let lazy = enc(
+        &json!({"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": true}}})
+            .to_string(),
+    );
+    let redundant = enc(
+        &json!({"room": {"state": {"lazy_load_members": true, "include_redundant_members": true}}})
+            .to_string(),
+    );
+    let body = sync(&srv, &alice, &format!("filter={lazy}")).await;
+    assert!(!state_members(&body["rooms"]["join"][&room]).contains(&carol_id.as_str()));
+    let since = next_batch(&body);
+
+    // Carol joined before the token but speaks for the first time after it: her member
+    // event comes with the incremental sync.
+    send(&srv, &carol, &room, "c0").await;
+    let body = sync(&srv, &alice, &format!("filter={lazy}&since={since}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(state_members(joined), [carol_id.as_str()], "{joined}");
+    // A retry from the same token (the response was lost) carries it again.
+    let retry = sync(&srv, &alice, &format!("filter={lazy}&since={since}")).await;
+    assert_eq!(
+        state_members(&retry["rooms"]["join"][&room]),
+        [carol_id.as_str()]
+    );
+    let since = next_batch(&body);
+
+    // Once delivered, not again...
+    send(&srv, &carol, &room, "c1").await;
+    let body = sync(&srv, &alice, &format!("filter={lazy}&since={since}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert!(state_members(joined).is_empty(), "{joined}");
+    let since = next_batch(&body);
+
+    // ...unless the filter asks for redundant members.
+    send(&srv, &carol, &room, "c2").await;
+    send(&srv, &bob, &room, "b0").await;
+    let body = sync(&srv, &alice, &format!("filter={redundant}&since={since}")).await;
+    let mut members = state_members(&body["rooms"]["join"][&room]);
+    members.sort();
+    assert_eq!(members, [bob_id.as_str(), carol_id.as_str()]);
+
+    // A new session (initial sync) starts over: carol's member event comes again with her
+    // next message after it.
+    let body = sync(&srv, &alice, &format!("filter={lazy}")).await;
+    let since = next_batch(&body);
+    send(&srv, &alice, &room, "a1").await;
+    send(&srv, &carol, &room, "c3").await;
+    let body = sync(&srv, &alice, &format!("filter={lazy}&since={since}")).await;
+    assert_eq!(
+        state_members(&body["rooms"]["join"][&room]),
+        [carol_id.as_str()]
+    );
+}

@@ -23,11 +23,13 @@ use ruma::{
 use serde_json::{json, Map, Value};
 
 mod filters;
+mod lazy;
 mod presence;
 mod room;
 
 pub use filters::event_passes;
 use filters::{filter_passes, limit_of, room_wanted};
+pub use lazy::LazyMembers;
 use presence::presence_events;
 use room::{joined_room, room_timeline, STRIPPED_STATE};
 
@@ -88,6 +90,7 @@ pub struct Sources<'a> {
     pub presence: &'a Presence,
     pub push_rules: &'a PushRules,
     pub e2ee: &'a E2ee,
+    pub lazy_members: &'a LazyMembers,
 }
 
 /// How a sync treats typing notifications.
@@ -135,6 +138,13 @@ pub async fn sync_once(
         .to_device_batch(request.user_id, device, request.since, now)?;
     let now = to_device.upto;
     let to_device = to_device.events;
+
+    if request.since.is_none() {
+        // A new client session: what earlier syncs sent the device no longer counts.
+        sources
+            .lazy_members
+            .reset(request.user_id.as_str(), request.device_id);
+    }
 
     let mut join = Map::new();
     let mut invite = Map::new();
@@ -296,8 +306,7 @@ pub async fn sync_once(
                         rooms.joined_since(record.sid, request.user_id, after)?,
                     )
                 };
-                if let Some(room) =
-                    room_timeline(sources, request, &room_id, since, upto, false, with_state)?
+                if let Some(room) = room_timeline(&pass, &room_id, since, upto, false, with_state)?
                 {
                     leave.insert(room_id.to_string(), room);
                 }

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     filters::{event_passes, limit_of, room_event_passes},
-    Pass, Sources, SyncRequest, TypingSince,
+    Pass, TypingSince,
 };
 use crate::{
     error::Result,
@@ -48,7 +48,7 @@ pub(super) async fn joined_room(
     let Some(record) = rooms.room(room_id)? else {
         return Ok(None);
     };
-    let timeline = room_timeline(sources, request, room_id, since, now, true, true)?;
+    let timeline = room_timeline(pass, room_id, since, now, true, true)?;
 
     // Ephemeral events: typing and receipts.
     let ephemeral_filter = &request.filter.room.ephemeral;
@@ -160,14 +160,14 @@ pub(super) async fn joined_room(
 /// The timeline and state of a room between `since` (exclusive) and `upto` (inclusive).
 /// Without `with_state` the state section stays empty (a room the user never joined).
 pub(super) fn room_timeline(
-    sources: &Sources<'_>,
-    request: &SyncRequest<'_>,
+    pass: &Pass<'_>,
     room_id: &RoomId,
     since: Option<u64>,
     upto: u64,
     skip_if_empty: bool,
     with_state: bool,
 ) -> Result<Option<Value>> {
+    let (sources, request) = (pass.sources, pass.request);
     let rooms = sources.rooms;
     let Some(record) = rooms.room(room_id)? else {
         return Ok(None);
@@ -246,26 +246,48 @@ pub(super) fn room_timeline(
     } else {
         Vec::new()
     };
+    let (user, device) = (request.user_id.as_str(), request.device_id);
     for (kind, key, sid) in state_rows {
         if timeline_sids.contains(&sid) {
             continue;
         }
-        if !full && since.is_some_and(|s| sid <= s) {
-            continue;
-        }
-        if lazy && kind == "m.room.member" && key != request.user_id.as_str() {
-            // Lazy loading: only members who sent something in this timeline (the client
-            // has the others or will fetch them), unless it asked for redundant ones.
+        let lazy_member = lazy && kind == "m.room.member" && key != user;
+        if lazy_member {
+            // Lazy loading: the members who sent something in this timeline (the client
+            // has the others or will fetch them), each once per client session, even when
+            // their member event is older than the token; redundant ones on request.
             if !timeline_senders.contains(key.as_str()) {
                 continue;
             }
-            if !include_redundant && !full && since.is_some_and(|s| sid <= s) {
+            let delivered = since.filter(|_| !full).is_some_and(|since| {
+                sources
+                    .lazy_members
+                    .delivered(user, device, record.sid, &key, sid, since)
+            });
+            if delivered && !include_redundant {
                 continue;
             }
+        } else if !full && since.is_some_and(|s| sid <= s) {
+            continue;
         }
         if let Some(event) = rooms.event_by_sid(sid)? {
             if event_passes(&request.filter.room.state, &event) {
                 state.push(rooms.client_event(&event, Some(viewer)));
+                if lazy_member {
+                    sources
+                        .lazy_members
+                        .record(user, device, record.sid, &key, sid, pass.now);
+                }
+            }
+        }
+    }
+    // Timeline member events reach the client as well.
+    if lazy {
+        for event in picked.iter().filter(|e| e.meta.kind == "m.room.member") {
+            if let Some(member) = event.meta.state_key.as_deref() {
+                sources
+                    .lazy_members
+                    .record(user, device, record.sid, member, event.sid, pass.now);
             }
         }
     }
