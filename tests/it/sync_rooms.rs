@@ -359,3 +359,148 @@ async fn lazy_loading_sends_a_new_speakers_member_event_once_per_session() {
         [carol_id.as_str()]
     );
 }
+
+/// The `m.room.member` events for `user` in a joined room's timeline.
+fn member_events<'a>(body: &'a Value, room: &str, user: &str) -> Vec<&'a Value> {
+    body["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["type"] == "m.room.member" && e["state_key"] == user)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_profile_change_reaches_every_joined_room_and_only_those() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let one = create_room(&srv, &bob, json!({"preset": "public_chat"})).await;
+    let two = create_room(&srv, &bob, json!({"preset": "public_chat"})).await;
+    let left = create_room(&srv, &bob, json!({"preset": "public_chat"})).await;
+    for room in [&one, &two, &left] {
+        join(&srv, &alice, room).await;
+    }
+    leave(&srv, &alice, &left).await;
+    let user = enc(&alice_id);
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/profile/{user}/avatar_url"),
+            Some(&alice),
+            json!({"avatar_url": "mxc://localhost/abc"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let since = next_batch(&sync(&srv, &bob, "").await);
+
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/profile/{user}/displayname"),
+            Some(&alice),
+            json!({"displayname": "Alice Liddell"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let body = sync(&srv, &bob, &format!("since={since}")).await;
+    for room in [&one, &two] {
+        let events = member_events(&body, room, &alice_id);
+        assert_eq!(events.len(), 1, "{room}: {body}");
+        let content = &events[0]["content"];
+        assert_eq!(content["membership"], "join");
+        assert_eq!(content["displayname"], "Alice Liddell");
+        assert_eq!(content["avatar_url"], "mxc://localhost/abc");
+        assert_eq!(events[0]["sender"], alice_id.as_str());
+    }
+    // Alice left this one: no event (and she is not rejoined).
+    assert!(body["rooms"]["join"].get(&left).is_none(), "{body}");
+    let (status, members) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&left)),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{members}");
+    assert!(members["joined"].get(&alice_id).is_none(), "{members}");
+
+    // Removing the avatar announces a member event without it.
+    let since = next_batch(&body);
+    let (status, body) = srv
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/_matrix/client/v3/profile/{user}/avatar_url"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = sync(&srv, &bob, &format!("since={since}")).await;
+    let events = member_events(&body, &one, &alice_id);
+    assert_eq!(events.len(), 1, "{body}");
+    assert_eq!(events[0]["content"]["displayname"], "Alice Liddell");
+    assert!(events[0]["content"].get("avatar_url").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn profile_change_events_are_rate_limited_per_room_without_refusing_the_change() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (carol_id, carol, _) = srv.register("carol", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let busy = create_room(&srv, &bob, json!({"preset": "public_chat"})).await;
+    let quiet = create_room(&srv, &bob, json!({"preset": "public_chat"})).await;
+    join(&srv, &alice, &busy).await;
+    join(&srv, &alice, &quiet).await;
+    join(&srv, &carol, &busy).await;
+    // Carol renames herself over and over until the busy room's budget runs out (a rename
+    // that is not announced there); every rename itself succeeds.
+    let mut limited = false;
+    for n in 0..200 {
+        let name = format!("carol {n}");
+        let (status, body) = srv
+            .put(
+                &format!("/_matrix/client/v3/profile/{}/displayname", enc(&carol_id)),
+                Some(&carol),
+                json!({ "displayname": name }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, page) = srv
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+                    enc(&busy)
+                ),
+                Some(&bob),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        if page["chunk"][0]["content"]["displayname"] != name.as_str() {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the busy room never limited profile-change events");
+    let since = next_batch(&sync(&srv, &bob, "").await);
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice_id)),
+            Some(&alice),
+            json!({"displayname": "Alice"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, name) = srv
+        .get(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice_id)),
+            None,
+        )
+        .await;
+    assert_eq!(name["displayname"], "Alice");
+    let body = sync(&srv, &bob, &format!("since={since}")).await;
+    // The quiet room is not held back by the busy one.
+    assert_eq!(member_events(&body, &quiet, &alice_id).len(), 1, "{body}");
+    assert!(member_events(&body, &busy, &alice_id).is_empty(), "{body}");
+}

@@ -156,6 +156,7 @@ async fn set_field(
             )));
         }
     }
+    announce(&services, &body.user_id).await;
     Ok(set_profile_field::v3::Response::new())
 }
 
@@ -179,9 +180,25 @@ async fn delete_field(
                 .await?
         }
         // Nothing else can be set, so a well-formed key is already absent.
-        other => check_key(other.as_str())?,
+        other => {
+            check_key(other.as_str())?;
+            return Ok(delete_profile_field::v3::Response::new());
+        }
     }
+    announce(&services, &body.user_id).await;
     Ok(delete_profile_field::v3::Response::new())
+}
+
+/// Sends the changed profile into the user's joined rooms. The change itself is already
+/// stored and stays; a failure to announce it is logged, not answered.
+async fn announce(services: &Services, user_id: &UserId) {
+    if let Err(e) = services
+        .profiles
+        .update_member_events(&services.rooms, user_id)
+        .await
+    {
+        log::warn!("cannot announce the profile change of {user_id}: {e}");
+    }
 }
 
 #[cfg(test)]
