@@ -504,3 +504,98 @@ async fn profile_change_events_are_rate_limited_per_room_without_refusing_the_ch
     assert_eq!(member_events(&body, &quiet, &alice_id).len(), 1, "{body}");
     assert!(member_events(&body, &busy, &alice_id).is_empty(), "{body}");
 }
+
+async fn set_ignored(srv: &TestServer, token: &str, user: &str, ignored: &[&str]) {
+    let list: serde_json::Map<String, Value> =
+        ignored.iter().map(|u| (u.to_string(), json!({}))).collect();
+    let (status, body) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                enc(user)
+            ),
+            Some(token),
+            json!({ "ignored_users": list }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn ignored_users_events_invites_and_to_device_messages_are_not_delivered() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, bob_device) = srv.register("bob", "pw").await;
+    let (_, carol, _) = srv.register("carol", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &carol, &room).await;
+    join(&srv, &bob, &room).await;
+    let since = next_batch(&sync(&srv, &bob, "").await);
+
+    set_ignored(&srv, &bob, &bob_id, &[&alice_id]).await;
+    send(&srv, &alice, &room, "from alice").await;
+    send(&srv, &carol, &room, "from carol").await;
+    set_name(&srv, &alice, &room, "Named by alice").await;
+    let other = create_room(&srv, &alice, json!({})).await;
+    let (status, body) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&other)),
+            Some(&alice),
+            json!({"user_id": bob_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = srv
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.dummy/t1",
+            Some(&alice),
+            json!({"messages": {&bob_id: {&bob_device: {"from": "alice"}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The first sync after the change already ignores alice: not her message, invite or
+    // to-device message; her state event (the name) still comes, and so does the new list.
+    let body = sync(&srv, &bob, &format!("since={since}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(texts(joined), ["from carol"], "{joined}");
+    assert!(
+        events(joined, "timeline")
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["sender"] == alice_id.as_str()),
+        "{joined}"
+    );
+    assert!(body["rooms"]["invite"].get(&other).is_none(), "{body}");
+    assert_eq!(body["to_device"]["events"], json!([]), "{body}");
+    let account_data = body["account_data"]["events"].as_array().unwrap();
+    assert!(account_data
+        .iter()
+        .any(|e| e["type"] == "m.ignored_user_list"
+            && e["content"]["ignored_users"].get(&alice_id).is_some()));
+    let since = next_batch(&body);
+
+    // Un-ignoring: alice's new events come again; what was missed is not resent.
+    set_ignored(&srv, &bob, &bob_id, &[]).await;
+    send(&srv, &alice, &room, "alice again").await;
+    let body = sync(&srv, &bob, &format!("since={since}")).await;
+    assert_eq!(texts(&body["rooms"]["join"][&room]), ["alice again"]);
+}
+
+#[tokio::test]
+async fn an_unreadable_ignored_user_list_is_refused() {
+    let srv = TestServer::start().await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let path = format!(
+        "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+        enc(&bob_id)
+    );
+    for bad in [
+        json!({}),
+        json!({"ignored_users": ["@alice:localhost"]}),
+        json!({"ignored_users": {"alice": {}}}),
+    ] {
+        let (status, body) = srv.put(&path, Some(&bob), bad.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["errcode"], "M_BAD_JSON", "{bad}");
+    }
+}

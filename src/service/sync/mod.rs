@@ -14,7 +14,10 @@
 //! ([`super::unread`]), and the top-level `presence` of the users sharing a room with the user
 //! (changed since the token, everyone's initially, and everyone's in rooms joined since).
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
 
 use ruma::{
     api::client::filter::FilterDefinition, events::StateEventType, push::Ruleset, OwnedRoomId,
@@ -34,8 +37,13 @@ use presence::presence_events;
 use room::{joined_room, room_timeline, STRIPPED_STATE};
 
 use super::{
-    account_data::AccountData, e2ee::E2ee, presence::Presence, push_rules::PushRules,
-    receipts::Receipts, rooms::Rooms, typing::Typing,
+    account_data::{ignored_users, AccountData, IGNORED_USER_LIST},
+    e2ee::E2ee,
+    presence::Presence,
+    push_rules::PushRules,
+    receipts::Receipts,
+    rooms::Rooms,
+    typing::Typing,
 };
 use crate::error::Result;
 
@@ -113,6 +121,8 @@ struct Pass<'a> {
     /// Room account data changed since the token, by room id (incremental syncs only).
     room_account_data: HashMap<String, Vec<(String, Vec<u8>)>>,
     ruleset: Ruleset,
+    /// Users the syncing user ignores.
+    ignored: &'a HashSet<String>,
 }
 
 /// The result of one sync pass: the response body, whether it carries anything new, and when
@@ -129,6 +139,21 @@ pub async fn sync_once(
     request: &SyncRequest<'_>,
     now: u64,
 ) -> Result<SyncResult> {
+    // Users the user ignores (spec: "Ignoring Users"): their non-state events, invites and
+    // to-device messages are left out, from the first sync after the list changes on.
+    let ignored = match sources
+        .account_data
+        .get(request.user_id, None, IGNORED_USER_LIST)?
+    {
+        Some(content) => ignored_users(&content),
+        None => HashSet::new(),
+    };
+    let from_ignored = |event: &Value| {
+        event["sender"]
+            .as_str()
+            .is_some_and(|sender| ignored.contains(sender))
+    };
+
     // To-device messages first: when a response cannot carry all of them, the pass's horizon
     // moves back to just before the first one held back, so every stream of this response
     // (and its token) stops there and the next sync continues from it.
@@ -137,7 +162,11 @@ pub async fn sync_once(
         .e2ee
         .to_device_batch(request.user_id, device, request.since, now)?;
     let now = to_device.upto;
-    let to_device = to_device.events;
+    let to_device: Vec<Value> = to_device
+        .events
+        .into_iter()
+        .filter(|event| !from_ignored(event))
+        .collect();
 
     if request.since.is_none() {
         // A new client session: what earlier syncs sent the device no longer counts.
@@ -187,6 +216,7 @@ pub async fn sync_once(
         typing,
         room_account_data,
         ruleset: sources.push_rules.ruleset(user_id)?,
+        ignored: &ignored,
     };
     let mut joined_rooms: Vec<OwnedRoomId> = Vec::new();
     let mut newly_joined: Vec<OwnedRoomId> = Vec::new();
@@ -253,11 +283,19 @@ pub async fn sync_once(
                         events.push(rooms.stripped_event(&e));
                     }
                 }
-                if let Some(own) = rooms.state_event(
+                let own = rooms.state_event(
                     record.sid,
                     &StateEventType::RoomMember,
                     request.user_id.as_str(),
-                )? {
+                )?;
+                if own
+                    .as_ref()
+                    .is_some_and(|own| ignored.contains(own.meta.sender.as_str()))
+                {
+                    // An invite (or knock answer) from an ignored user is not shown.
+                    continue;
+                }
+                if let Some(own) = own {
                     let mut stripped = rooms.stripped_event(&own);
                     stripped["origin_server_ts"] = json!(own.meta.origin_server_ts);
                     stripped["event_id"] = json!(own.pdu.event_id);

@@ -67,7 +67,10 @@ pub(super) async fn joined_room(
                     still_joined.push(user);
                 }
             }
-            let users = still_joined;
+            let users: Vec<_> = still_joined
+                .into_iter()
+                .filter(|user| !pass.ignored.contains(user.as_str()))
+                .collect();
             if send_empty || !users.is_empty() {
                 ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
             }
@@ -208,6 +211,10 @@ pub(super) fn room_timeline(
                 break 'scan;
             }
             if !event_passes(filter, &event) {
+                continue;
+            }
+            if event.meta.state_key.is_none() && pass.ignored.contains(event.meta.sender.as_str()) {
+                // Ignored users' events are left out; their state events are not (spec).
                 continue;
             }
             if picked.len() == limit || budget == 0 {
