@@ -13,6 +13,12 @@
 //! since the token, `m.read.private` only the user's own), unread notification counts
 //! ([`super::unread`]), and the top-level `presence` of the users sharing a room with the user
 //! (changed since the token, everyone's initially, and everyone's in rooms joined since).
+//!
+//! To-device messages are bounded per response ([`super::e2ee::to_device`]): when more wait,
+//! the pass's horizon moves back so the token stops just before the first one held back. The
+//! users in the user's `m.ignored_user_list` are left out (their non-state events, invites,
+//! typing and to-device messages). Lazy-loaded member events are tracked per device
+//! ([`lazy`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -161,6 +167,8 @@ pub async fn sync_once(
     let to_device = sources
         .e2ee
         .to_device_batch(request.user_id, device, request.since, now)?;
+    // Messages held back are news even if all of these were from ignored users.
+    let held_back = to_device.upto < now;
     let now = to_device.upto;
     let to_device: Vec<Value> = to_device
         .events
@@ -413,7 +421,7 @@ pub async fn sync_once(
         e2ee.acknowledge_to_device(request.user_id, device, since)
             .await?;
     }
-    has_updates |= !to_device.is_empty();
+    has_updates |= held_back || !to_device.is_empty();
     body.insert("to_device".into(), json!({ "events": to_device }));
     if let Some(since) = request.since {
         let (changed, left) = e2ee.device_list_changes(request.user_id, since, now)?;
