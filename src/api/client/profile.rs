@@ -6,6 +6,9 @@
 //! is 403 `M_FORBIDDEN`, and reading any unset key is 404 `M_NOT_FOUND`. Profiles of users on
 //! other servers are 404 until federation queries exist.
 //!
+//! A change of `displayname` or `avatar_url` is announced in every joined room as a new
+//! `m.room.member` event ([`crate::service::profiles::Profiles::update_member_events`]).
+//!
 //! Like Synapse (and unlike the letter of the spec, which points clients at `DELETE`), an
 //! empty string clears `displayname` or `avatar_url`: clients still remove avatars that way.
 

@@ -18,7 +18,7 @@
 //! the pass's horizon moves back so the token stops just before the first one held back. The
 //! users in the user's `m.ignored_user_list` are left out (their non-state events, invites,
 //! typing and to-device messages). Lazy-loaded member events are tracked per device
-//! ([`lazy`]).
+//! (`lazy.rs`).
 
 use std::{
     collections::{HashMap, HashSet},
