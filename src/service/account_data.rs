@@ -78,6 +78,38 @@ pub fn normalize_content(content: &[u8]) -> Result<Vec<u8>> {
     serde_json::to_vec(&object).map_err(|_| Error::bad_json("Account data cannot be serialized"))
 }
 
+/// The global account data type listing the users whose events the user does not want.
+pub const IGNORED_USER_LIST: &str = "m.ignored_user_list";
+
+/// `m.ignored_user_list` content must be `{"ignored_users": {user_id: {}, ...}}` (spec:
+/// "Ignoring Users"): a list the server cannot read would silently ignore nobody.
+fn check_ignored_user_list(content: &[u8]) -> Result<()> {
+    let content: Map<String, Value> = serde_json::from_slice(content)
+        .map_err(|_| Error::bad_json("Account data content must be a JSON object"))?;
+    let Some(Value::Object(users)) = content.get("ignored_users") else {
+        return Err(Error::bad_json(
+            "m.ignored_user_list needs an ignored_users object",
+        ));
+    };
+    if let Some(bad) = users.keys().find(|u| UserId::parse(u.as_str()).is_err()) {
+        return Err(Error::bad_json(format!(
+            "ignored_users: {bad:?} is not a user ID"
+        )));
+    }
+    Ok(())
+}
+
+/// The users `content` (an `m.ignored_user_list`) ignores; nothing for unreadable content.
+pub fn ignored_users(content: &[u8]) -> std::collections::HashSet<String> {
+    serde_json::from_slice::<Value>(content)
+        .ok()
+        .and_then(|c| match c.get("ignored_users") {
+            Some(Value::Object(users)) => Some(users.keys().cloned().collect()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 /// Checks that clients may set `kind`.
 pub fn check_settable(kind: &str) -> Result<()> {
     if kind.is_empty() || kind.len() > MAX_TYPE_BYTES {
@@ -166,6 +198,9 @@ impl AccountData {
     ) -> Result<()> {
         check_settable(kind)?;
         let content = normalize_content(content)?;
+        if kind == IGNORED_USER_LIST && room_id.is_none() {
+            check_ignored_user_list(&content)?;
+        }
         self.update(user_id, room_id, kind, |_| Ok(Some(content.clone())))
             .await
             .map(|_| ())

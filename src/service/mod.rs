@@ -61,6 +61,8 @@ pub struct Services {
     pub presence: presence::Presence,
     pub media: media::Media,
     pub e2ee: Arc<e2ee::E2ee>,
+    /// Member events sent to each device under lazy loading (memory only).
+    pub lazy_members: sync::LazyMembers,
 }
 
 /// Why the services could not start.
@@ -130,6 +132,7 @@ impl Services {
                 notifier.clone(),
             ),
             typing: typing::Typing::new(notifier.clone()),
+            lazy_members: sync::LazyMembers::default(),
             receipts: receipts::Receipts::new(store.clone(), stream.clone(), notifier.clone()),
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules: push_rules::PushRules::new(store.clone(), stream.clone(), notifier.clone()),

@@ -3,14 +3,23 @@
 //! Each field is its own row holding the field's JSON value, so `GET /profile/{userId}` is one
 //! prefix scan and further fields (`m.tz`, custom fields) need no layout change. Only
 //! `displayname` and `avatar_url` can be set today; the handlers answer other fields with the
-//! spec's errors. Propagating a change into `m.room.member` events of joined rooms belongs to
-//! the room service once it exists.
+//! spec's errors. After a change, [`Profiles::update_member_events`] sends the new profile as a
+//! new `m.room.member` join event into every room the user is joined to (spec: "Events on
+//! Change of Profile Information").
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+    time::Instant,
+};
 
-use ruma::{MxcUri, UserId};
-use serde_json::Value;
+use ruma::{
+    events::{room::member::MembershipState, StateEventType},
+    MxcUri, OwnedRoomId, UserId,
+};
+use serde_json::{Map, Value};
 
+use super::rooms::{NewEvent, Rooms};
 use crate::{
     error::{Error, Result},
     store::{Batch, Raw, Store},
@@ -38,8 +47,26 @@ pub const MAX_AVATAR_URL_BYTES: usize = 1000;
 /// More fields than any profile can have; bounds the scan of one user's profile.
 const MAX_FIELDS: usize = 1024;
 
+/// Profile-change member events a room takes in a burst, and per second after it: the limit
+/// is per room (a busy room is not flooded by members renaming), and a room over it only
+/// misses that update (logged); the profile change itself and the other rooms go through.
+const ROOM_BURST: f64 = 20.0;
+const ROOM_PER_SECOND: f64 = 1.0;
+/// Rooms whose buckets are remembered before all are forgotten (memory bound).
+const MAX_ROOM_BUCKETS: usize = 10_000;
+
+/// Member-content keys that belong to one membership change and are not carried into the
+/// join event that announces a profile change.
+const NOT_CARRIED: &[&str] = &[
+    "join_authorised_via_users_server",
+    "third_party_invite",
+    "reason",
+];
+
 pub struct Profiles {
     store: Store,
+    /// Per-room token buckets for profile-change member events: `(tokens, last refill)`.
+    room_buckets: Mutex<HashMap<OwnedRoomId, (f64, Instant)>>,
 }
 
 /// Rejects display names over the length limit.
@@ -68,7 +95,104 @@ pub fn check_avatar_url(url: &MxcUri) -> Result<()> {
 
 impl Profiles {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            room_buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// After the user's profile changed: a new `m.room.member` join event carrying the
+    /// profile (`displayname` and `avatar_url`, absent when unset) in every room the user is
+    /// joined to, sent through the normal room path. Each room is checked under its lock
+    /// (a room left meanwhile is skipped, never rejoined) and is independent: a room that
+    /// refuses the event or is over its rate limit is logged and skipped. Returns the number
+    /// of rooms updated.
+    pub async fn update_member_events(&self, rooms: &Rooms, user_id: &UserId) -> Result<usize> {
+        let displayname = self.displayname(user_id)?;
+        let avatar_url = self.avatar_url(user_id)?;
+        let mut updated = 0;
+        for room_id in rooms.rooms_of(user_id, &MembershipState::Join)? {
+            match self
+                .update_member_event(rooms, &room_id, user_id, &displayname, &avatar_url)
+                .await
+            {
+                Ok(true) => updated += 1,
+                Ok(false) => {}
+                Err(e) => log::warn!("profile change of {user_id} not announced in {room_id}: {e}"),
+            }
+        }
+        Ok(updated)
+    }
+
+    async fn update_member_event(
+        &self,
+        rooms: &Rooms,
+        room_id: &ruma::RoomId,
+        user_id: &UserId,
+        displayname: &Option<String>,
+        avatar_url: &Option<String>,
+    ) -> Result<bool> {
+        let mut staged = rooms.stage(room_id).await?;
+        let Some(current) = staged.state_pdu(&StateEventType::RoomMember, user_id.as_str()) else {
+            return Ok(false);
+        };
+        let mut content: Map<String, Value> = current.content_as().unwrap_or_default();
+        if content.get("membership").and_then(Value::as_str) != Some("join") {
+            return Ok(false);
+        }
+        for key in NOT_CARRIED {
+            content.remove(*key);
+        }
+        let before = content.clone();
+        for (field, value) in [(DISPLAYNAME, displayname), (AVATAR_URL, avatar_url)] {
+            match value {
+                Some(value) => content.insert(field.to_owned(), Value::String(value.clone())),
+                None => content.remove(field),
+            };
+        }
+        if content == before {
+            return Ok(false);
+        }
+        if !self.take_room_token(room_id) {
+            return Err(Error::new(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "M_LIMIT_EXCEEDED",
+                "Too many profile changes in this room",
+            ));
+        }
+        staged.add(
+            user_id,
+            NewEvent::state(
+                StateEventType::RoomMember.to_string(),
+                user_id.as_str(),
+                Value::Object(content),
+            ),
+        )?;
+        staged.commit().await?;
+        Ok(true)
+    }
+
+    /// Takes one token from the room's bucket; `false` when it is empty.
+    fn take_room_token(&self, room_id: &ruma::RoomId) -> bool {
+        let mut buckets = self
+            .room_buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= MAX_ROOM_BUCKETS && !buckets.contains_key(room_id) {
+            buckets.clear();
+        }
+        let now = Instant::now();
+        let (tokens, last) = buckets
+            .entry(room_id.to_owned())
+            .or_insert((ROOM_BURST, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * ROOM_PER_SECOND).min(ROOM_BURST);
+        *last = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
     }
 
     fn key(user_id: &UserId, field: &str) -> (String, String) {

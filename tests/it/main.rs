@@ -35,6 +35,7 @@ mod spaces;
 mod state_content;
 mod store;
 mod sync;
+mod sync_rooms;
 mod timestamp;
 mod tls;
 mod to_device;

@@ -6,6 +6,9 @@
 //! is 403 `M_FORBIDDEN`, and reading any unset key is 404 `M_NOT_FOUND`. Profiles of users on
 //! other servers are 404 until federation queries exist.
 //!
+//! A change of `displayname` or `avatar_url` is announced in every joined room as a new
+//! `m.room.member` event ([`crate::service::profiles::Profiles::update_member_events`]).
+//!
 //! Like Synapse (and unlike the letter of the spec, which points clients at `DELETE`), an
 //! empty string clears `displayname` or `avatar_url`: clients still remove avatars that way.
 
@@ -156,6 +159,7 @@ async fn set_field(
             )));
         }
     }
+    announce(&services, &body.user_id).await;
     Ok(set_profile_field::v3::Response::new())
 }
 
@@ -179,9 +183,25 @@ async fn delete_field(
                 .await?
         }
         // Nothing else can be set, so a well-formed key is already absent.
-        other => check_key(other.as_str())?,
+        other => {
+            check_key(other.as_str())?;
+            return Ok(delete_profile_field::v3::Response::new());
+        }
     }
+    announce(&services, &body.user_id).await;
     Ok(delete_profile_field::v3::Response::new())
+}
+
+/// Sends the changed profile into the user's joined rooms. The change itself is already
+/// stored and stays; a failure to announce it is logged, not answered.
+async fn announce(services: &Services, user_id: &UserId) {
+    if let Err(e) = services
+        .profiles
+        .update_member_events(&services.rooms, user_id)
+        .await
+    {
+        log::warn!("cannot announce the profile change of {user_id}: {e}");
+    }
 }
 
 #[cfg(test)]

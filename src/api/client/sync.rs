@@ -108,6 +108,7 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         presence: &services.presence,
         push_rules: &services.push_rules,
         e2ee: &services.e2ee,
+        lazy_members: &services.lazy_members,
     };
     let notify = services.notifier.subscribe(&me.user_id);
     let deadline = Instant::now() + query.timeout;

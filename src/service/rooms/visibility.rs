@@ -67,6 +67,13 @@ impl Rooms {
         Ok(None)
     }
 
+    /// Whether `user_id` joined the room at any point after the event `after_sid`.
+    pub fn joined_since(&self, room_sid: u64, user_id: &UserId, after_sid: u64) -> Result<bool> {
+        Ok(self
+            .latest_join(room_sid, user_id)?
+            .is_some_and(|join| join > after_sid))
+    }
+
     /// The user's membership in the room as it stood at stream position `pos`, with the sid of
     /// that member event: the current member event, or the one it replaced, and so on back.
     pub fn membership_as_of(

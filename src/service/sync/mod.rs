@@ -13,8 +13,17 @@
 //! since the token, `m.read.private` only the user's own), unread notification counts
 //! ([`super::unread`]), and the top-level `presence` of the users sharing a room with the user
 //! (changed since the token, everyone's initially, and everyone's in rooms joined since).
+//!
+//! To-device messages are bounded per response ([`super::e2ee::to_device`]): when more wait,
+//! the pass's horizon moves back so the token stops just before the first one held back. The
+//! users in the user's `m.ignored_user_list` are left out (their non-state events, invites,
+//! typing and to-device messages). Lazy-loaded member events are tracked per device
+//! (`lazy.rs`).
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
 
 use ruma::{
     api::client::filter::FilterDefinition, events::StateEventType, push::Ruleset, OwnedRoomId,
@@ -23,17 +32,24 @@ use ruma::{
 use serde_json::{json, Map, Value};
 
 mod filters;
+mod lazy;
 mod presence;
 mod room;
 
 pub use filters::event_passes;
 use filters::{filter_passes, limit_of, room_wanted};
+pub use lazy::LazyMembers;
 use presence::presence_events;
 use room::{joined_room, room_timeline, STRIPPED_STATE};
 
 use super::{
-    account_data::AccountData, e2ee::E2ee, presence::Presence, push_rules::PushRules,
-    receipts::Receipts, rooms::Rooms, typing::Typing,
+    account_data::{ignored_users, AccountData, IGNORED_USER_LIST},
+    e2ee::E2ee,
+    presence::Presence,
+    push_rules::PushRules,
+    receipts::Receipts,
+    rooms::Rooms,
+    typing::Typing,
 };
 use crate::error::Result;
 
@@ -88,6 +104,7 @@ pub struct Sources<'a> {
     pub presence: &'a Presence,
     pub push_rules: &'a PushRules,
     pub e2ee: &'a E2ee,
+    pub lazy_members: &'a LazyMembers,
 }
 
 /// How a sync treats typing notifications.
@@ -110,6 +127,8 @@ struct Pass<'a> {
     /// Room account data changed since the token, by room id (incremental syncs only).
     room_account_data: HashMap<String, Vec<(String, Vec<u8>)>>,
     ruleset: Ruleset,
+    /// Users the syncing user ignores.
+    ignored: &'a HashSet<String>,
 }
 
 /// The result of one sync pass: the response body, whether it carries anything new, and when
@@ -126,6 +145,21 @@ pub async fn sync_once(
     request: &SyncRequest<'_>,
     now: u64,
 ) -> Result<SyncResult> {
+    // Users the user ignores (spec: "Ignoring Users"): their non-state events, invites and
+    // to-device messages are left out, from the first sync after the list changes on.
+    let ignored = match sources
+        .account_data
+        .get(request.user_id, None, IGNORED_USER_LIST)?
+    {
+        Some(content) => ignored_users(&content),
+        None => HashSet::new(),
+    };
+    let from_ignored = |event: &Value| {
+        event["sender"]
+            .as_str()
+            .is_some_and(|sender| ignored.contains(sender))
+    };
+
     // To-device messages first: when a response cannot carry all of them, the pass's horizon
     // moves back to just before the first one held back, so every stream of this response
     // (and its token) stops there and the next sync continues from it.
@@ -133,8 +167,21 @@ pub async fn sync_once(
     let to_device = sources
         .e2ee
         .to_device_batch(request.user_id, device, request.since, now)?;
+    // Messages held back are news even if all of these were from ignored users.
+    let held_back = to_device.upto < now;
     let now = to_device.upto;
-    let to_device = to_device.events;
+    let to_device: Vec<Value> = to_device
+        .events
+        .into_iter()
+        .filter(|event| !from_ignored(event))
+        .collect();
+
+    if request.since.is_none() {
+        // A new client session: what earlier syncs sent the device no longer counts.
+        sources
+            .lazy_members
+            .reset(request.user_id.as_str(), request.device_id);
+    }
 
     let mut join = Map::new();
     let mut invite = Map::new();
@@ -177,6 +224,7 @@ pub async fn sync_once(
         typing,
         room_account_data,
         ruleset: sources.push_rules.ruleset(user_id)?,
+        ignored: &ignored,
     };
     let mut joined_rooms: Vec<OwnedRoomId> = Vec::new();
     let mut newly_joined: Vec<OwnedRoomId> = Vec::new();
@@ -243,11 +291,19 @@ pub async fn sync_once(
                         events.push(rooms.stripped_event(&e));
                     }
                 }
-                if let Some(own) = rooms.state_event(
+                let own = rooms.state_event(
                     record.sid,
                     &StateEventType::RoomMember,
                     request.user_id.as_str(),
-                )? {
+                )?;
+                if own
+                    .as_ref()
+                    .is_some_and(|own| ignored.contains(own.meta.sender.as_str()))
+                {
+                    // An invite (or knock answer) from an ignored user is not shown.
+                    continue;
+                }
+                if let Some(own) = own {
                     let mut stripped = rooms.stripped_event(&own);
                     stripped["origin_server_ts"] = json!(own.meta.origin_server_ts);
                     stripped["event_id"] = json!(own.pdu.event_id);
@@ -272,23 +328,34 @@ pub async fn sync_once(
                 if rooms.is_forgotten(&room_id, request.user_id)? {
                     continue;
                 }
-                // Everything up to and including the user's final membership event, but
-                // never past what the read-access rules allow (`rooms::access`).
+                // Everything up to and including the user's final membership event. A client
+                // that knew the room (joined at its token) gets what changed since; a room
+                // joined and left inside the window is new to it and comes in full, as of the
+                // leave; a room the user never joined (a rejected invite, a ban of a
+                // non-member) shows only the user's own membership events, no state.
+                // Never past what the read-access rules allow (`rooms::access`).
                 let access = rooms.read_access(&room_id, request.user_id)?;
                 let upto = access.until().unwrap_or(member_sid).min(now);
-                let since = if request.since.is_some() {
-                    request.since
-                } else {
-                    None
+                let Some(record) = rooms.room(&room_id)? else {
+                    continue;
                 };
-                if let Some(mut room) =
-                    room_timeline(sources, request, &room_id, since, upto, false)?
+                let joined_at_since = match request.since {
+                    Some(since) => rooms
+                        .membership_as_of(record.sid, request.user_id, since)?
+                        .is_some_and(|(m, _)| m == "join"),
+                    None => false,
+                };
+                let (since, with_state) = if joined_at_since {
+                    (request.since, true)
+                } else {
+                    let after = request.since.unwrap_or(0);
+                    (
+                        None,
+                        rooms.joined_since(record.sid, request.user_id, after)?,
+                    )
+                };
+                if let Some(room) = room_timeline(&pass, &room_id, since, upto, false, with_state)?
                 {
-                    // A user who never joined (a rejected invite, a pre-emptive ban) gets their
-                    // own membership events, not the room's state.
-                    if access.state_head(None).is_none() {
-                        room["state"] = json!({ "events": [] });
-                    }
                     leave.insert(room_id.to_string(), room);
                 }
             }
@@ -356,7 +423,7 @@ pub async fn sync_once(
         e2ee.acknowledge_to_device(request.user_id, device, since)
             .await?;
     }
-    has_updates |= !to_device.is_empty();
+    has_updates |= held_back || !to_device.is_empty();
     body.insert("to_device".into(), json!({ "events": to_device }));
     if let Some(since) = request.since {
         let (changed, left) = e2ee.device_list_changes(request.user_id, since, now)?;

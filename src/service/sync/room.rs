@@ -8,12 +8,12 @@ use serde_json::{json, Map, Value};
 
 use super::{
     filters::{event_passes, limit_of, room_event_passes},
-    Pass, Sources, SyncRequest, TypingSince,
+    Pass, TypingSince,
 };
 use crate::{
     error::Result,
     service::{
-        rooms::{format::Viewer, StoredEvent},
+        rooms::{format::Viewer, state::state_head, StoredEvent},
         unread,
     },
 };
@@ -48,7 +48,7 @@ pub(super) async fn joined_room(
     let Some(record) = rooms.room(room_id)? else {
         return Ok(None);
     };
-    let timeline = room_timeline(sources, request, room_id, since, now, true)?;
+    let timeline = room_timeline(pass, room_id, since, now, true, true)?;
 
     // Ephemeral events: typing and receipts.
     let ephemeral_filter = &request.filter.room.ephemeral;
@@ -67,7 +67,10 @@ pub(super) async fn joined_room(
                     still_joined.push(user);
                 }
             }
-            let users = still_joined;
+            let users: Vec<_> = still_joined
+                .into_iter()
+                .filter(|user| !pass.ignored.contains(user.as_str()))
+                .collect();
             if send_empty || !users.is_empty() {
                 ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
             }
@@ -102,7 +105,12 @@ pub(super) async fn joined_room(
     let mut room = match timeline {
         Some(room) => room,
         None if !ephemeral.is_empty() || !account_data.is_empty() => {
-            json!({"timeline": {"events": [], "limited": false}, "state": {"events": []}})
+            // Nothing new in the timeline: its (empty) start is this sync's horizon.
+            let prev_batch = now.saturating_add(1).to_string();
+            json!({
+                "timeline": {"events": [], "limited": false, "prev_batch": prev_batch},
+                "state": {"events": []},
+            })
         }
         None => return Ok(None),
     };
@@ -153,14 +161,16 @@ pub(super) async fn joined_room(
 }
 
 /// The timeline and state of a room between `since` (exclusive) and `upto` (inclusive).
+/// Without `with_state` the state section stays empty (a room the user never joined).
 pub(super) fn room_timeline(
-    sources: &Sources<'_>,
-    request: &SyncRequest<'_>,
+    pass: &Pass<'_>,
     room_id: &RoomId,
     since: Option<u64>,
     upto: u64,
     skip_if_empty: bool,
+    with_state: bool,
 ) -> Result<Option<Value>> {
+    let (sources, request) = (pass.sources, pass.request);
     let rooms = sources.rooms;
     let Some(record) = rooms.room(room_id)? else {
         return Ok(None);
@@ -178,6 +188,8 @@ pub(super) fn room_timeline(
 
     // Newest first, down to the token; one more than the limit tells whether it is limited.
     let mut picked: Vec<StoredEvent> = Vec::new();
+    // The state at `upto` starts from the newest event at or below it.
+    let mut newest_head: Option<Option<u64>> = None;
     let mut limited = false;
     let mut cursor = Some(upto);
     let mut budget = limit * 20 + 100;
@@ -189,6 +201,7 @@ pub(super) fn room_timeline(
         for event in page {
             cursor = event.sid.checked_sub(1);
             budget = budget.saturating_sub(1);
+            newest_head.get_or_insert_with(|| state_head(&event));
             if since.is_some_and(|s| event.sid <= s) {
                 break 'scan;
             }
@@ -198,6 +211,10 @@ pub(super) fn room_timeline(
                 break 'scan;
             }
             if !event_passes(filter, &event) {
+                continue;
+            }
+            if event.meta.state_key.is_none() && pass.ignored.contains(event.meta.sender.as_str()) {
+                // Ignored users' events are left out; their state events are not (spec).
                 continue;
             }
             if picked.len() == limit || budget == 0 {
@@ -215,7 +232,7 @@ pub(super) fn room_timeline(
     // State: everything the client lacks before the first timeline event.
     let start_head = match picked.first() {
         Some(first) => first.meta.state_link,
-        None => record.last_state,
+        None => newest_head.unwrap_or(record.last_state),
     };
     let full = since.is_none() || request.full_state;
     let lazy = matches!(
@@ -231,41 +248,70 @@ pub(super) fn room_timeline(
     let timeline_senders: HashSet<&str> = picked.iter().map(|e| e.meta.sender.as_str()).collect();
     let timeline_sids: HashSet<u64> = picked.iter().map(|e| e.sid).collect();
     let mut state = Vec::new();
-    for (kind, key, sid) in rooms.full_state_at(start_head)? {
+    let state_rows = if with_state {
+        rooms.full_state_at(start_head)?
+    } else {
+        Vec::new()
+    };
+    let (user, device) = (request.user_id.as_str(), request.device_id);
+    for (kind, key, sid) in state_rows {
         if timeline_sids.contains(&sid) {
             continue;
         }
-        if !full && since.is_some_and(|s| sid <= s) {
-            continue;
-        }
-        if lazy && kind == "m.room.member" && key != request.user_id.as_str() {
-            // Lazy loading: only members who sent something in this timeline (the client
-            // has the others or will fetch them), unless it asked for redundant ones.
+        let lazy_member = lazy && kind == "m.room.member" && key != user;
+        if lazy_member {
+            // Lazy loading: the members who sent something in this timeline (the client
+            // has the others or will fetch them), each once per client session, even when
+            // their member event is older than the token; redundant ones on request.
             if !timeline_senders.contains(key.as_str()) {
                 continue;
             }
-            if !include_redundant && !full && since.is_some_and(|s| sid <= s) {
+            let delivered = since.filter(|_| !full).is_some_and(|since| {
+                sources
+                    .lazy_members
+                    .delivered(user, device, record.sid, &key, sid, since)
+            });
+            if delivered && !include_redundant {
                 continue;
             }
+        } else if !full && since.is_some_and(|s| sid <= s) {
+            continue;
         }
         if let Some(event) = rooms.event_by_sid(sid)? {
             if event_passes(&request.filter.room.state, &event) {
                 state.push(rooms.client_event(&event, Some(viewer)));
+                if lazy_member {
+                    sources
+                        .lazy_members
+                        .record(user, device, record.sid, &key, sid, pass.now);
+                }
+            }
+        }
+    }
+    // Timeline member events reach the client as well.
+    if lazy {
+        for event in picked.iter().filter(|e| e.meta.kind == "m.room.member") {
+            if let Some(member) = event.meta.state_key.as_deref() {
+                sources
+                    .lazy_members
+                    .record(user, device, record.sid, member, event.sid, pass.now);
             }
         }
     }
 
-    let prev_batch = picked.first().map(|e| e.sid.to_string());
+    // A pagination token below the first timeline event; with no events, below everything
+    // this sync covered (`upto` included), so paging back from it never skips an event.
+    let prev_batch = picked
+        .first()
+        .map_or(upto.saturating_add(1), |e| e.sid)
+        .to_string();
     // Timeline events carry their bundled aggregations (threads, edits, references), as on
     // every other read path.
     let events: Vec<Value> = picked
         .iter()
         .map(|e| rooms.client_event_bundled(e, Some(viewer)))
         .collect::<Result<_>>()?;
-    let mut timeline = json!({"events": events, "limited": limited});
-    if let Some(prev_batch) = prev_batch {
-        timeline["prev_batch"] = json!(prev_batch);
-    }
+    let timeline = json!({"events": events, "limited": limited, "prev_batch": prev_batch});
     Ok(Some(
         json!({"timeline": timeline, "state": {"events": state}}),
     ))
