@@ -91,6 +91,18 @@ pub struct CommitStats {
     pub batches: u64,
 }
 
+/// How a store opened by [`Store::open_redb_with_backend`] commits (power-cut tests).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitSync {
+    /// As in production: a commit is durable (redb `Durability::Immediate`, fsync) before it
+    /// is acknowledged.
+    Durable,
+    /// The fsync is missing: commits use redb's `Durability::None` and are acknowledged while
+    /// only in memory. Exists only to show that the power-cut test catches it.
+    SkipFsync,
+}
+
 /// An atomic set of writes with optional preconditions.
 ///
 /// All preconditions of a batch are checked against the state before the batch, not against
@@ -453,6 +465,28 @@ impl Store {
             EngineKind::Redb => Arc::new(redb_engine::RedbEngine::open(dir, cache_bytes)?),
             EngineKind::Sled => Arc::new(sled_engine::SledEngine::open(dir, cache_bytes)?),
         };
+        Self::start(engine, kind)
+    }
+
+    /// Opens a redb store on `backend` instead of `db.redb` (power-cut tests: a backend that
+    /// can drop whatever `sync_data` did not cover). Everything above the engine's file is as
+    /// in [`Store::open`]: the same redb builder and commits, migration, writer thread.
+    #[doc(hidden)]
+    pub fn open_redb_with_backend(
+        backend: impl redb::StorageBackend,
+        cache_bytes: u64,
+        sync: CommitSync,
+    ) -> Result<Store, StoreError> {
+        let durability = match sync {
+            CommitSync::Durable => redb::Durability::Immediate,
+            CommitSync::SkipFsync => redb::Durability::None,
+        };
+        let engine = redb_engine::RedbEngine::with_backend(backend, cache_bytes, durability)?;
+        Self::start(Arc::new(engine), EngineKind::Redb)
+    }
+
+    /// Brings the database on `engine` to `SCHEMA_VERSION` and starts the writer.
+    fn start(engine: Arc<dyn Engine>, kind: EngineKind) -> Result<Store, StoreError> {
         match read_version(&*engine)? {
             // The version is the first thing written to a new database.
             None => apply_now(&*engine, vec![version_op(SCHEMA_VERSION)])?,

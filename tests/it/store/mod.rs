@@ -1,4 +1,6 @@
-//! The store: one conformance suite run against both engines, and kill -9 crash tests.
+//! The store: one conformance suite run against both engines, kill -9 crash tests, and
+//! power cuts under redb.
 
 mod conformance;
 mod crash;
+mod power;
