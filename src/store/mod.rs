@@ -454,10 +454,41 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Opens a store in place of [`Store::open`] (tests; see [`set_opener`]).
+#[doc(hidden)]
+pub type Opener = Arc<dyn Fn() -> Result<Store, StoreError> + Send + Sync>;
+
+fn openers() -> &'static Mutex<HashMap<std::path::PathBuf, Opener>> {
+    static OPENERS: std::sync::OnceLock<Mutex<HashMap<std::path::PathBuf, Opener>>> =
+        std::sync::OnceLock::new();
+    OPENERS.get_or_init(Default::default)
+}
+
+/// From the next open on, [`Store::open`] of `dir` calls `opener` instead of opening the files
+/// under `dir` (`None` removes it). Power-cut tests use it to run a whole server on
+/// [`Store::open_redb_with_backend`]; nothing else registers one, so a production open only
+/// looks into an empty map.
+#[doc(hidden)]
+pub fn set_opener(dir: &Path, opener: Option<Opener>) {
+    let mut map = openers().lock().unwrap_or_else(|e| e.into_inner());
+    match opener {
+        Some(o) => map.insert(dir.to_owned(), o),
+        None => map.remove(dir),
+    };
+}
+
 impl Store {
     /// Opens (creating if needed) the database under `dir` with the given engine, and migrates
     /// an older schema. `cache_bytes` bounds the engine's page cache.
     pub fn open(dir: &Path, kind: EngineKind, cache_bytes: u64) -> Result<Store, StoreError> {
+        let opener = openers()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(dir)
+            .cloned();
+        if let Some(open) = opener {
+            return open();
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         check_engine_files(dir, kind)?;

@@ -4,3 +4,4 @@
 mod conformance;
 mod crash;
 mod power;
+mod power_server;
