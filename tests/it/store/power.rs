@@ -64,7 +64,7 @@ enum Pending {
     SetLen(u64),
 }
 
-pub(super) struct DiskState {
+struct DiskState {
     /// What the process reads back: every write and resize so far.
     volatile: Vec<u8>,
     /// What the medium holds: the state as of the last completed `sync_data`.
@@ -310,9 +310,16 @@ async fn workload(store: &Store, disk: &Disk, counts: &[u64]) -> Vec<u64> {
 
 /// Opens a store on `image` and checks it against the acknowledged counts: each writer's
 /// count is at least what was acknowledged, at most what was attempted, and its records and
-/// tags are exactly what that many whole batches leave. Returns the counts found.
-fn verify(image: Vec<u8>, acked: &[u64], attempted: &[u64], what: &str) -> (Store, Disk, Vec<u64>) {
-    let disk = Disk::new(image, Torn::Nothing, 0);
+/// tags are exactly what that many whole batches leave. Returns the reopened store (on a
+/// disk that tears as `torn` with `seed` at the next cut) and the counts found.
+fn verify(
+    image: Vec<u8>,
+    (torn, seed): (Torn, u64),
+    acked: &[u64],
+    attempted: &[u64],
+    what: &str,
+) -> (Store, Disk, Vec<u64>) {
+    let disk = Disk::new(image, torn, seed);
     let store = Store::open_redb_with_backend(disk.clone(), CACHE, CommitSync::Durable)
         .unwrap_or_else(|e| panic!("{what}: the database does not open after the cut: {e}"));
     let records = store.range::<Records>(None, false, usize::MAX).unwrap();
@@ -400,16 +407,8 @@ fn power_cycles(seed: u64, sync: CommitSync, rounds: usize, cut_within: Option<u
             }
             return (acknowledged, lost);
         }
-        let reopened = verify(image, &acked, &attempted, &what);
-        store = reopened.0;
-        counts = reopened.2;
-        // The next round's disk tears with the same mode, from a new point in the seed.
-        disk = reopened.1;
-        {
-            let mut s = disk.state();
-            s.torn = torn;
-            s.rng = Rng(rng.next());
-        }
+        // The next round continues on the reopened database.
+        (store, disk, counts) = verify(image, (torn, rng.next()), &acked, &attempted, &what);
     }
     (acknowledged, lost)
 }
