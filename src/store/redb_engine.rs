@@ -10,6 +10,9 @@
 //! walking every page of the database to rebuild it. The cost is a slightly larger commit;
 //! the gain is a start-up after SIGKILL or power loss that does not grow with the database
 //! (see README, Resource use).
+//!
+//! Tests can open the engine on an injected redb storage backend instead of the file
+//! ([`RedbEngine::with_backend`]): the power-cut tests use one that drops unsynced writes.
 
 use std::collections::HashMap;
 use std::ops::Bound;
