@@ -91,6 +91,18 @@ pub struct CommitStats {
     pub batches: u64,
 }
 
+/// How a store opened by [`Store::open_redb_with_backend`] commits (power-cut tests).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitSync {
+    /// As in production: a commit is durable (redb `Durability::Immediate`, fsync) before it
+    /// is acknowledged.
+    Durable,
+    /// The fsync is missing: commits use redb's `Durability::None` and are acknowledged while
+    /// only in memory. Exists only to show that the power-cut test catches it.
+    SkipFsync,
+}
+
 /// An atomic set of writes with optional preconditions.
 ///
 /// All preconditions of a batch are checked against the state before the batch, not against
@@ -442,10 +454,41 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Opens a store in place of [`Store::open`] (tests; see [`set_opener`]).
+#[doc(hidden)]
+pub type Opener = Arc<dyn Fn() -> Result<Store, StoreError> + Send + Sync>;
+
+fn openers() -> &'static Mutex<HashMap<std::path::PathBuf, Opener>> {
+    static OPENERS: std::sync::OnceLock<Mutex<HashMap<std::path::PathBuf, Opener>>> =
+        std::sync::OnceLock::new();
+    OPENERS.get_or_init(Default::default)
+}
+
+/// From the next open on, [`Store::open`] of `dir` calls `opener` instead of opening the files
+/// under `dir` (`None` removes it). Power-cut tests use it to run a whole server on
+/// [`Store::open_redb_with_backend`]; nothing else registers one, so a production open only
+/// looks into an empty map.
+#[doc(hidden)]
+pub fn set_opener(dir: &Path, opener: Option<Opener>) {
+    let mut map = openers().lock().unwrap_or_else(|e| e.into_inner());
+    match opener {
+        Some(o) => map.insert(dir.to_owned(), o),
+        None => map.remove(dir),
+    };
+}
+
 impl Store {
     /// Opens (creating if needed) the database under `dir` with the given engine, and migrates
     /// an older schema. `cache_bytes` bounds the engine's page cache.
     pub fn open(dir: &Path, kind: EngineKind, cache_bytes: u64) -> Result<Store, StoreError> {
+        let opener = openers()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(dir)
+            .cloned();
+        if let Some(open) = opener {
+            return open();
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         check_engine_files(dir, kind)?;
@@ -453,6 +496,28 @@ impl Store {
             EngineKind::Redb => Arc::new(redb_engine::RedbEngine::open(dir, cache_bytes)?),
             EngineKind::Sled => Arc::new(sled_engine::SledEngine::open(dir, cache_bytes)?),
         };
+        Self::start(engine, kind)
+    }
+
+    /// Opens a redb store on `backend` instead of `db.redb` (power-cut tests: a backend that
+    /// can drop whatever `sync_data` did not cover). Everything above the engine's file is as
+    /// in [`Store::open`]: the same redb builder and commits, migration, writer thread.
+    #[doc(hidden)]
+    pub fn open_redb_with_backend(
+        backend: impl redb::StorageBackend,
+        cache_bytes: u64,
+        sync: CommitSync,
+    ) -> Result<Store, StoreError> {
+        let durability = match sync {
+            CommitSync::Durable => redb::Durability::Immediate,
+            CommitSync::SkipFsync => redb::Durability::None,
+        };
+        let engine = redb_engine::RedbEngine::with_backend(backend, cache_bytes, durability)?;
+        Self::start(Arc::new(engine), EngineKind::Redb)
+    }
+
+    /// Brings the database on `engine` to `SCHEMA_VERSION` and starts the writer.
+    fn start(engine: Arc<dyn Engine>, kind: EngineKind) -> Result<Store, StoreError> {
         match read_version(&*engine)? {
             // The version is the first thing written to a new database.
             None => apply_now(&*engine, vec![version_op(SCHEMA_VERSION)])?,

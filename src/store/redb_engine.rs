@@ -10,6 +10,9 @@
 //! walking every page of the database to rebuild it. The cost is a slightly larger commit;
 //! the gain is a start-up after SIGKILL or power loss that does not grow with the database
 //! (see README, Resource use).
+//!
+//! Tests can open the engine on an injected redb storage backend instead of the file
+//! ([`RedbEngine::with_backend`]): the power-cut tests use one that drops unsynced writes.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -31,6 +34,9 @@ type Def<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
 
 pub(crate) struct RedbEngine {
     db: Database,
+    /// Always `Immediate` except on a database opened by [`RedbEngine::with_backend`] for a
+    /// test that shows the power-cut test notices a commit without fsync.
+    durability: Durability,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -68,8 +74,7 @@ fn table_of_mut<'a, 'txn>(
 }
 
 impl RedbEngine {
-    pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let path = dir.join("db.redb");
+    fn builder(cache_bytes: u64) -> redb::Builder {
         let cache = usize::try_from(cache_bytes).unwrap_or(usize::MAX);
         let mut builder = Database::builder();
         builder.set_cache_size(cache);
@@ -81,6 +86,26 @@ impl RedbEngine {
                 session.progress() * 100.0
             );
         });
+        builder
+    }
+
+    /// Opens a database on `backend` instead of a file (power-cut tests: a backend that keeps
+    /// only what `sync_data` covered). Same builder, same commits as [`RedbEngine::open`],
+    /// except that `durability` replaces `Immediate` (`None` only to show a test fails).
+    pub(crate) fn with_backend(
+        backend: impl redb::StorageBackend,
+        cache_bytes: u64,
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
+        let db = Self::builder(cache_bytes)
+            .create_with_backend(backend)
+            .map_err(io)?;
+        Ok(RedbEngine { db, durability })
+    }
+
+    pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let path = dir.join("db.redb");
+        let builder = Self::builder(cache_bytes);
         // The file lock is tied to the open file, which a child process forked at that moment
         // (tests, hooks) shares until it execs: a reopen right after a close can find it held
         // for an instant. Another server on the same directory keeps it for longer than this.
@@ -102,7 +127,10 @@ impl RedbEngine {
                 Err(e) => return Err(io(e)),
             }
         };
-        Ok(RedbEngine { db })
+        Ok(RedbEngine {
+            db,
+            durability: Durability::Immediate,
+        })
     }
 }
 
@@ -252,7 +280,7 @@ impl Engine for RedbEngine {
 
     fn apply(&self, batches: &[Vec<Op>]) -> Result<Vec<Result<(), Conflict>>, StoreError> {
         let mut txn = self.db.begin_write().map_err(io)?;
-        txn.set_durability(Durability::Immediate).map_err(io)?;
+        txn.set_durability(self.durability).map_err(io)?;
         // Record the allocator state with the commit: start-up after a crash reads it back
         // rather than walking the whole file (module docs).
         txn.set_quick_repair(true);

@@ -6,9 +6,9 @@
 //! Every acknowledged upload must survive that; and with any one of the service's fsyncs
 //! suppressed, some upload must be lost, which shows that the test can fail.
 //!
-//! Not covered here: the store's own durability (redb and sled fsync inside their commit; the
-//! SIGKILL tests check that acknowledged writes are committed, not that the engine's fsync
-//! reaches the disk), and the filesystem's own guarantees (ordering, rename atomicity).
+//! Not covered here: the store's own durability (redb's is tested at a power cut in
+//! `store::power`; sled's only under SIGKILL), and the filesystem's own guarantees (ordering,
+//! rename atomicity).
 
 use std::{
     collections::HashMap,
