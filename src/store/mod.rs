@@ -33,7 +33,7 @@ use writer::{JobResult, Writer};
 
 /// The schema version this build writes. Bump it with every change of a key layout or value
 /// format, add the migration in `migrate`, and update `schema/`.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -333,10 +333,13 @@ fn migrate(engine: &dyn Engine, found: u32) -> Result<(), StoreError> {
 }
 
 /// Rewrites the layout of schema version `from` into `from + 1`.
-#[allow(clippy::match_single_binding)] // one arm per past version, once there are any
 fn migrate_step(_engine: &dyn Engine, from: u32) -> Result<(), StoreError> {
     match from {
-        // e.g. 1 => migrations::v1_to_v2(engine),
+        // 1 → 2 adds `pending_deactivations` (starts empty) and `sha256:`-prefixed password
+        // hashes (plain bcrypt hashes stay valid and are rewritten at the next login). Nothing
+        // existing changes; the bump makes an older build refuse data it could misread (it
+        // cannot verify the new hashes, nor finish a pending deactivation).
+        1 => Ok(()),
         _ => Err(StoreError::Corrupt {
             table: Meta::NAME,
             detail: format!("schema version {from} is unknown; no migration exists from it"),
