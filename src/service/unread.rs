@@ -15,7 +15,7 @@
 //! walk early, so the usual cost is a handful of events. Nothing is stored: counts always follow
 //! the current push rules and reset as soon as a receipt moves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use ruma::{
     events::{
@@ -119,6 +119,8 @@ fn push_context(
 }
 
 /// The unread counts of `user_id` in a room, over the timeline up to position `upto`.
+/// Non-state events from `ignored` senders (`m.ignored_user_list`) are never delivered to the
+/// user, so they never count either.
 pub async fn room_counts(
     rooms: &Rooms,
     receipts: &Receipts,
@@ -126,6 +128,7 @@ pub async fn room_counts(
     user_id: &UserId,
     room_id: &RoomId,
     upto: u64,
+    ignored: &HashSet<String>,
 ) -> Result<RoomCounts> {
     let mut out = RoomCounts::default();
     let Some(room) = rooms.room(room_id)? else {
@@ -158,7 +161,9 @@ pub async fn room_counts(
                 *slot = (*slot).max(event.sid);
                 continue;
             }
-            if read.is_read(event.sid, &thread) {
+            let from_ignored =
+                event.meta.state_key.is_none() && ignored.contains(event.pdu.sender.as_str());
+            if read.is_read(event.sid, &thread) || from_ignored {
                 continue;
             }
             let ctx = match &mut ctx {

@@ -565,6 +565,11 @@ async fn ignored_users_events_invites_and_to_device_messages_are_not_delivered()
             .any(|e| e["type"] == "m.room.name" && e["sender"] == alice_id.as_str()),
         "{joined}"
     );
+    // Nor does her message count as unread (carol's does; a name change notifies nobody).
+    assert_eq!(
+        joined["unread_notifications"]["notification_count"], 1,
+        "{joined}"
+    );
     assert!(body["rooms"]["invite"].get(&other).is_none(), "{body}");
     assert_eq!(body["to_device"]["events"], json!([]), "{body}");
     let account_data = body["account_data"]["events"].as_array().unwrap();

@@ -141,6 +141,7 @@ pub(super) async fn joined_room(
         user_id,
         room_id,
         now,
+        pass.ignored,
     )
     .await?;
     if request.filter.room.timeline.unread_thread_notifications {
