@@ -377,3 +377,36 @@ async fn forwarded_for_is_honoured_only_from_trusted_proxies() {
         2
     );
 }
+
+/// Behind the documented nginx or Caddy setup, the proxy writes `X-Forwarded-For` and passes a
+/// client's own `Forwarded` header on untouched: that header must not let the client pick its
+/// rate-limit bucket.
+#[tokio::test]
+async fn client_forwarded_header_does_not_override_the_proxy_header() {
+    let srv = TestServer::start_with(|c| {
+        limited(c);
+        c.trusted_proxies = vec!["127.0.0.1/32".into(), "::1".into()];
+    })
+    .await;
+    let mut answered = 0;
+    for i in 1..=6 {
+        let response = srv
+            .http
+            .get(format!("{}/_matrix/client/versions", srv.base))
+            // What the proxy saw and wrote...
+            .header("x-forwarded-for", "203.0.113.5")
+            // ...and what the client made up.
+            .header("forwarded", format!("for=198.51.100.{i}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        answered += 1;
+    }
+    assert_eq!(
+        answered, 2,
+        "a client-chosen Forwarded header picked the bucket"
+    );
+}
