@@ -1,5 +1,7 @@
 //! Local user accounts: creation, passwords, deactivation.
 
+use std::net::IpAddr;
+
 use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -69,8 +71,13 @@ impl Users {
 
     /// Whether `password` is the user's password. Unknown, deactivated and password-less
     /// accounts never match, at the same cost as a wrong password. Subject to the
-    /// per-account failed-attempt backoff (429 while it lasts).
-    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
+    /// failed-attempt backoff of the account from `client` (429 while it lasts).
+    pub async fn check_password(
+        &self,
+        user_id: &UserId,
+        client: IpAddr,
+        password: &str,
+    ) -> Result<bool> {
         let record = self.get(user_id)?;
         let hash = record
             .as_ref()
@@ -78,7 +85,7 @@ impl Users {
             .and_then(|r| r.password_hash.clone());
         let verified = self
             .passwords
-            .verify(user_id.as_str(), password, hash.clone())
+            .verify(user_id.as_str(), client, password, hash.clone())
             .await?;
         if verified == Verified::YesLegacy {
             self.upgrade_legacy_hash(user_id, password, hash).await;
@@ -88,8 +95,13 @@ impl Users {
 
     /// Checks a password for a login name that cannot be a local account, at the cost of a
     /// real check, so the answer's timing does not tell which names exist.
-    pub async fn check_password_of_unknown(&self, name: &str, password: &str) -> Result<bool> {
-        self.passwords.verify(name, password, None).await?;
+    pub async fn check_password_of_unknown(
+        &self,
+        name: &str,
+        client: IpAddr,
+        password: &str,
+    ) -> Result<bool> {
+        self.passwords.verify(name, client, password, None).await?;
         Ok(false)
     }
 

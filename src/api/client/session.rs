@@ -98,7 +98,7 @@ async fn login(
         let name = name.to_lowercase();
         services
             .users
-            .check_password_of_unknown(&name, &password.password)
+            .check_password_of_unknown(&name, ctx.ip, &password.password)
             .await?;
         return Err(invalid());
     };
@@ -107,7 +107,7 @@ async fn login(
     }
     if !services
         .users
-        .check_password(&user_id, &password.password)
+        .check_password(&user_id, ctx.ip, &password.password)
         .await?
     {
         return Err(invalid());
