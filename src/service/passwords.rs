@@ -9,7 +9,8 @@
 //!   address are refused with 429 and `retry_after_ms` for an exponentially growing delay,
 //!   without running bcrypt. Per address, because a record per account alone would let
 //!   anybody who knows a user id keep its owner locked out for good (one wrong attempt per
-//!   delay); guessing from many addresses is what the per-IP rate limiter bounds;
+//!   delay); guessing from many addresses is what the per-IP rate limiter bounds. An IPv6
+//!   client is its /64 here (see `ratelimit::network`), as one host can send from all of it;
 //! - an unknown or password-less account is checked against a dummy hash of the configured
 //!   cost, so a login costs the same whether or not the account exists.
 //!
@@ -67,7 +68,7 @@ pub struct Passwords {
     slots: Arc<Semaphore>,
     /// A well-formed bcrypt hash of the configured cost that no password matches.
     dummy: String,
-    /// (account, client address) → consecutive failed attempts (protects only this map).
+    /// (account, client network) → consecutive failed attempts (protects only this map).
     failures: Mutex<HashMap<(String, IpAddr), Failures>>,
 }
 
@@ -150,7 +151,7 @@ impl Passwords {
         password: &str,
         stored: Option<String>,
     ) -> Result<Verified> {
-        let key = (account.to_owned(), client);
+        let key = (account.to_owned(), super::ratelimit::network(client));
         self.check_backoff(&key)?;
         let hash = stored.unwrap_or_else(|| self.dummy.clone());
         let password = password.to_owned();

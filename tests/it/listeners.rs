@@ -410,3 +410,24 @@ async fn client_forwarded_header_does_not_override_the_proxy_header() {
         "a client-chosen Forwarded header picked the bucket"
     );
 }
+
+/// An IPv6 host can send from any address of its /64: every address there shares one bucket,
+/// or each request would come with a fresh one.
+#[tokio::test]
+async fn ipv6_clients_share_a_bucket_per_64() {
+    let srv = TestServer::start_with(|c| {
+        limited(c);
+        c.trusted_proxies = vec!["127.0.0.1/32".into(), "::1".into()];
+    })
+    .await;
+    let same_64: Vec<String> = (1..=6).map(|i| format!("2001:db8:0:7::{i:x}")).collect();
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &same_64).await,
+        2
+    );
+    // Another /64 is another client.
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &["2001:db8:0:8::1".to_owned()]).await,
+        1
+    );
+}

@@ -135,6 +135,13 @@ async fn failed_logins_from_one_address_do_not_lock_out_another() {
         (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
         "{body}"
     );
+    // ...and so does every address of an IPv6 guesser's /64, which it can all send from.
+    for _ in 0..4 {
+        let (status, _) = login_from("2001:db8:0:7::1", "wrong").await;
+        assert_ne!(status, StatusCode::OK);
+    }
+    let (status, body) = login_from("2001:db8:0:7::2", "right").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     // ...the owner, elsewhere, does not.
     let (status, body) = login_from("198.51.100.10", "right").await;
     assert_eq!(status, StatusCode::OK, "{body}");
