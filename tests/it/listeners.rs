@@ -431,3 +431,95 @@ async fn ipv6_clients_share_a_bucket_per_64() {
         1
     );
 }
+
+/// The real binary: SIGTERM while `hearth backup` streams from the admin socket and its reader
+/// has stalled. The server must still exit well within systemd's stop timeout (30 s): the
+/// stalled backup fails, the acknowledged data is durable anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_promptly_while_a_backup_reader_stalls() {
+    use serde_json::{json, Value};
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("HEARTH_DATA_DIR", dir.path())
+        .env("HEARTH_LISTENERS", format!("127.0.0.1:{port}"))
+        .env("HEARTH_BCRYPT_COST", "4")
+        .env("HEARTH_RATE_LIMIT__ENABLED", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}/_matrix/client/v3");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{base}/login")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let done: Value = http
+        .post(format!("{base}/register"))
+        .json(&json!({"username": "bea", "password": "pw", "auth": {"type": "m.login.dummy"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = done["access_token"]
+        .as_str()
+        .expect("registered")
+        .to_owned();
+    // Far more than a socket buffer holds, so the export blocks on the stalled reader.
+    let filler = json!({ "x": "a".repeat(60_000) });
+    for i in 0..40 {
+        let status = http
+            .put(format!(
+                "{base}/user/@bea:localhost/account_data/t.fill.{i}"
+            ))
+            .bearer_auth(&token)
+            .json(&filler)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let mut admin =
+        std::os::unix::net::UnixStream::connect(dir.path().join("admin/admin.sock")).unwrap();
+    admin.write_all(b"backup\n").unwrap();
+    // Never read: the server's writes fill the socket and block.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let signalled = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(25) {
+            let _ = child.kill();
+            panic!("still running 25 s after SIGTERM, with a backup reader stalled");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(admin);
+    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+    assert!(exit.code().is_some(), "ended by a signal: {exit:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "exited {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+}
