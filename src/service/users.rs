@@ -169,6 +169,22 @@ impl Users {
             .put::<UsersTable>(&key, &record);
     }
 
+    /// Guards `batch` on the account being active as it is now: the commit then conflicts if
+    /// the account is deactivated (or otherwise changed) meanwhile. A login stages this with
+    /// its new device and tokens, because its password check ran on the record as it was
+    /// before the check, and a deactivation committed during the check must not be followed
+    /// by a working access token.
+    pub fn stage_require_active(&self, batch: &mut Batch, user_id: &UserId) -> Result<()> {
+        let key = user_id.to_string();
+        let current = self
+            .store
+            .get::<UsersTable>(&key)?
+            .filter(|record| !record.deactivated)
+            .ok_or_else(|| Error::user_deactivated("This account has been deactivated"))?;
+        batch.expect_value::<UsersTable>(&key, Some(&current));
+        Ok(())
+    }
+
     /// Replaces the user's password (for the admin CLI).
     pub async fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
         let hash = self.hash_password(password).await?;
