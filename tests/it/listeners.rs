@@ -523,3 +523,29 @@ async fn sigterm_exits_promptly_while_a_backup_reader_stalls() {
         signalled.elapsed()
     );
 }
+
+/// The cap is shared by all listeners: a slot goes to a connection that arrived, on whichever
+/// listener, and is never parked on a listener nobody connects to.
+#[tokio::test]
+async fn connection_cap_serves_every_listener() {
+    let srv = TestServer::start_with(|c| {
+        c.limits.max_connections = 1;
+        c.listeners.push(hearth::config::Listener {
+            bind: "127.0.0.2:0".parse().unwrap(),
+        });
+    })
+    .await;
+    let addrs = srv.server.as_ref().unwrap().addrs.clone();
+    assert_eq!(addrs.len(), 2);
+    // Each listener in turn, with the other one idle.
+    for addr in addrs.iter().rev().chain(addrs.iter()) {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(VERSIONS).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("the client of {addr} was never served"))
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+}
