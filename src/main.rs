@@ -146,8 +146,22 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
+/// How long blocking work still running after the server stopped (an online backup streaming
+/// to a reader that stalls, a password hash) may hold up the exit. Dropping a runtime waits
+/// for such work without limit; together with the drain deadline this stays well below
+/// systemd's stop timeout. Every acknowledged write is durable already: what is cut off here
+/// is only an answer nobody can receive any more (a backup in progress fails and says so).
+const BLOCKING_WORK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn serve(config: Config) -> Result<(), String> {
-    runtime()?.block_on(async {
+    let runtime = runtime()?;
+    let result = serve_on(&runtime, config);
+    runtime.shutdown_timeout(BLOCKING_WORK_DEADLINE);
+    result
+}
+
+fn serve_on(runtime: &tokio::runtime::Runtime, config: Config) -> Result<(), String> {
+    runtime.block_on(async {
         let server = hearth::server::start(config)
             .await
             .map_err(|e| e.to_string())?;

@@ -10,8 +10,11 @@
 //! - Body-read timeout: each piece of a request body must arrive within the same time (see
 //!   `collect_body` in the HTTP layer); a body that stalls answers 408.
 //! - Connection cap (`limits.max_connections`, shared by all listeners of a server): at the
-//!   cap, listeners stop accepting until a connection closes; new clients wait in the
-//!   kernel's listen backlog, they are not refused.
+//!   cap, each listener holds the one connection it accepted last, unserved, and stops
+//!   accepting until a connection closes; new clients wait in the kernel's listen backlog,
+//!   they are not refused. A slot is taken only for a connection that arrived: taken before
+//!   accepting, a freed slot would wait on a listener nobody connects to while another
+//!   listener's clients wait (with fewer slots than listeners, for good).
 //! - Shutdown: listeners stop accepting, open connections finish their requests (long-polls
 //!   are woken by the notifier and answer at once) for at most [`DRAIN_DEADLINE`], then are
 //!   closed.
@@ -71,14 +74,6 @@ pub async fn serve<S>(
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        // Take a slot before accepting: at the cap, clients wait in the listen backlog.
-        let permit = tokio::select! {
-            permit = limits.connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -88,6 +83,15 @@ pub async fn serve<S>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+            _ = &mut shutdown => break,
+        };
+        // A slot for the connection that arrived; at the cap it waits here unserved, and
+        // later clients wait in the listen backlog.
+        let permit = tokio::select! {
+            permit = limits.connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
             },
             _ = &mut shutdown => break,
         };

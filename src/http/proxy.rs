@@ -3,6 +3,12 @@
 //! address there and pick their own rate-limit bucket. The client is the right-most address
 //! of the chain that is not itself a trusted proxy (each proxy appends the address it saw,
 //! so everything left of that is what the client claimed).
+//!
+//! A proxy sets one of the two headers and passes the other through as the client sent it
+//! (nginx and Caddy set `X-Forwarded-For` and forward a client's `Forwarded` untouched), so
+//! neither header may be preferred blindly: whichever one the proxy does not write is the
+//! client's to choose. When a request carries both and they name different clients, the
+//! client is unknown and the request is charged to the proxy itself.
 
 use std::net::IpAddr;
 
@@ -27,13 +33,24 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return peer;
         }
-        // `Forwarded` is the standard; a proxy that sets it is asked to be believed over the
-        // older header.
-        let chain = if headers.contains_key(http::header::FORWARDED) {
-            forwarded_chain(headers)
-        } else {
-            x_forwarded_for_chain(headers)
-        };
+        let forwarded = headers
+            .contains_key(http::header::FORWARDED)
+            .then(|| self.walk(peer, &forwarded_chain(headers)));
+        let x_forwarded_for = headers
+            .contains_key("x-forwarded-for")
+            .then(|| self.walk(peer, &x_forwarded_for_chain(headers)));
+        match (forwarded, x_forwarded_for) {
+            (Some(a), Some(b)) if a != b => {
+                log::debug!("Forwarded ({a}) and X-Forwarded-For ({b}) disagree; using {peer}");
+                peer
+            }
+            (Some(client), _) | (None, Some(client)) => client,
+            (None, None) => peer,
+        }
+    }
+
+    /// The client a forwarding `chain` names, as seen from the trusted `peer`.
+    fn walk(&self, peer: IpAddr, chain: &[Option<IpAddr>]) -> IpAddr {
         let mut client = peer;
         for hop in chain.iter().rev() {
             match hop {
@@ -154,9 +171,16 @@ mod tests {
             "for=6.6.6.6;proto=https, For=\"[2001:db8:cafe::17]:4711\";by=10.0.0.1",
         )]);
         assert_eq!(p.client_ip(ip("127.0.0.1"), &h), ip("2001:db8:cafe::17"));
+        // Both headers: believed only when they agree, since a proxy sets one and passes the
+        // other on from the client.
         let h = headers(&[
             ("forwarded", "for=192.0.2.43"),
             ("x-forwarded-for", "6.6.6.6"),
+        ]);
+        assert_eq!(p.client_ip(ip("127.0.0.1"), &h), ip("127.0.0.1"));
+        let h = headers(&[
+            ("forwarded", "for=192.0.2.43"),
+            ("x-forwarded-for", "192.0.2.43"),
         ]);
         assert_eq!(p.client_ip(ip("127.0.0.1"), &h), ip("192.0.2.43"));
         let h = headers(&[("forwarded", "for=unknown")]);

@@ -167,12 +167,14 @@ impl Services {
         &self,
         kind: &'static str,
         user_id: &UserId,
+        client: std::net::IpAddr,
         operation: &serde_json::Value,
         auth: Option<&ruma::api::client::uiaa::AuthData>,
     ) -> Result<()> {
         let request = uiaa::Request {
             kind,
             user: Some(user_id),
+            client,
             operation: uiaa::operation_digest(operation),
             flows: uiaa::PASSWORD_FLOWS,
         };

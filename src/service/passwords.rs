@@ -4,9 +4,13 @@
 //! - at most `concurrency` hashes run at once (default: cores − 1, at least 1); a request
 //!   that finds every slot busy fails at once with 429 `M_LIMIT_EXCEEDED` instead of queueing,
 //!   so a burst of logins cannot occupy every core or pile up work;
-//! - each account has an in-memory failed-attempt record: after [`FREE_FAILURES`]
-//!   consecutive failures, further attempts (right or wrong) are refused with 429 and
-//!   `retry_after_ms` for an exponentially growing delay, without running bcrypt;
+//! - each account has an in-memory failed-attempt record per client address: after
+//!   [`FREE_FAILURES`] consecutive failures, further attempts (right or wrong) from that
+//!   address are refused with 429 and `retry_after_ms` for an exponentially growing delay,
+//!   without running bcrypt. Per address, because a record per account alone would let
+//!   anybody who knows a user id keep its owner locked out for good (one wrong attempt per
+//!   delay); guessing from many addresses is what the per-IP rate limiter bounds. An IPv6
+//!   client is its /64 here (see `ratelimit::network`), as one host can send from all of it;
 //! - an unknown or password-less account is checked against a dummy hash of the configured
 //!   cost, so a login costs the same whether or not the account exists.
 //!
@@ -18,6 +22,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -63,8 +68,8 @@ pub struct Passwords {
     slots: Arc<Semaphore>,
     /// A well-formed bcrypt hash of the configured cost that no password matches.
     dummy: String,
-    /// Account → its consecutive failed attempts (protects only this map).
-    failures: Mutex<HashMap<String, Failures>>,
+    /// (account, client network) → consecutive failed attempts (protects only this map).
+    failures: Mutex<HashMap<(String, IpAddr), Failures>>,
 }
 
 /// Refuses passwords no account may have (spec: `M_WEAK_PASSWORD`).
@@ -138,14 +143,16 @@ impl Passwords {
     }
 
     /// Checks `password` against `stored` (`None`: no such account, or no password) as an
-    /// attempt on `account`, which is subject to the failed-attempt backoff.
+    /// attempt on `account` from `client`, which is subject to the failed-attempt backoff.
     pub async fn verify(
         &self,
         account: &str,
+        client: IpAddr,
         password: &str,
         stored: Option<String>,
     ) -> Result<Verified> {
-        self.check_backoff(account)?;
+        let key = (account.to_owned(), super::ratelimit::network(client));
+        self.check_backoff(&key)?;
         let hash = stored.unwrap_or_else(|| self.dummy.clone());
         let password = password.to_owned();
         let verified = self
@@ -160,18 +167,18 @@ impl Passwords {
                 },
             })
             .await?;
-        self.record(account, verified != Verified::No);
+        self.record(key, verified != Verified::No);
         Ok(verified)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failures>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, IpAddr), Failures>> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// 429 with the remaining wait if `account` is in its backoff period.
-    fn check_backoff(&self, account: &str) -> Result<()> {
+    /// 429 with the remaining wait if `key` is in its backoff period.
+    fn check_backoff(&self, key: &(String, IpAddr)) -> Result<()> {
         let now = Instant::now();
-        match self.lock().get(account) {
+        match self.lock().get(key) {
             Some(f) if f.blocked_until > now => {
                 let wait = f.blocked_until - now;
                 Err(Error::limit_exceeded(wait.as_millis().max(1) as u64))
@@ -180,14 +187,14 @@ impl Passwords {
         }
     }
 
-    fn record(&self, account: &str, success: bool) {
+    fn record(&self, key: (String, IpAddr), success: bool) {
         let mut failures = self.lock();
         if success {
-            failures.remove(account);
+            failures.remove(&key);
             return;
         }
         let now = Instant::now();
-        if failures.len() >= MAX_RECORDS && !failures.contains_key(account) {
+        if failures.len() >= MAX_RECORDS && !failures.contains_key(&key) {
             failures.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
             if failures.len() >= MAX_RECORDS {
                 let stalest = failures
@@ -199,7 +206,7 @@ impl Passwords {
                 }
             }
         }
-        let entry = failures.entry(account.to_owned()).or_insert(Failures {
+        let entry = failures.entry(key).or_insert(Failures {
             count: 0,
             blocked_until: now,
             last: now,
@@ -234,7 +241,10 @@ mod tests {
         assert!(hash.starts_with(PREHASH_PREFIX));
         let verify = |pw: String, stored: Option<String>| {
             let passwords = &passwords;
-            async move { passwords.verify("@a:x", &pw, stored).await.unwrap() }
+            async move {
+                let client = std::net::Ipv4Addr::LOCALHOST.into();
+                passwords.verify("@a:x", client, &pw, stored).await.unwrap()
+            }
         };
         assert_eq!(
             verify(format!("{long}A"), Some(hash.clone())).await,

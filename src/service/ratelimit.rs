@@ -12,6 +12,17 @@ use std::{
 
 use ruma::OwnedUserId;
 
+/// The network a client address stands for when charging or backing off clients: the address
+/// itself for IPv4, its /64 for IPv6. A single IPv6 host usually owns a whole /64 (SLAAC,
+/// privacy addresses) and can send from any address in it, so keying by the full address
+/// would give it a fresh bucket (and a fresh failed-login record) per request.
+pub fn network(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Rate {
     pub per_second: f64,
@@ -90,7 +101,7 @@ impl RateLimiter {
         let now = Instant::now();
         match user {
             Some(user) => self.users.take(user, now),
-            None => self.ips.take(&ip, now),
+            None => self.ips.take(&network(ip), now),
         }
     }
 }
@@ -113,5 +124,15 @@ mod tests {
         assert!(wait > Duration::from_millis(50) && wait <= Duration::from_millis(100));
         assert!(buckets.take(&2, t0).is_ok(), "keys are independent");
         assert!(buckets.take(&1, t0 + Duration::from_millis(100)).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_charged_per_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(network(ip("2001:db8:1:2:a::1")), ip("2001:db8:1:2::"));
+        assert_eq!(network(ip("2001:db8:1:2:ffff::9")), ip("2001:db8:1:2::"));
+        assert_ne!(network(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(network(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(network(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
     }
 }

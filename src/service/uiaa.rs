@@ -69,6 +69,9 @@ pub fn operation_digest(parameters: &Value) -> OperationDigest {
 pub struct Request<'a> {
     pub kind: &'static str,
     pub user: Option<&'a UserId>,
+    /// The client's address (password stages share the failed-attempt backoff of logins
+    /// from the same address).
+    pub client: std::net::IpAddr,
     pub operation: OperationDigest,
     pub flows: &'a [&'a [&'static str]],
 }
@@ -189,7 +192,11 @@ impl Uiaa {
                     _ => return Err(Error::forbidden("Only m.id.user identifiers are supported")),
                 };
                 let matches = named == expected.as_str() || named == expected.localpart();
-                if !matches || !users.check_password(expected, &password.password).await? {
+                if !matches
+                    || !users
+                        .check_password(expected, request.client, &password.password)
+                        .await?
+                {
                     return Err(Error::forbidden("Invalid username or password"));
                 }
                 Ok((PASSWORD, None))

@@ -1,5 +1,7 @@
 //! Local user accounts: creation, passwords, deactivation.
 
+use std::net::IpAddr;
+
 use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -69,8 +71,13 @@ impl Users {
 
     /// Whether `password` is the user's password. Unknown, deactivated and password-less
     /// accounts never match, at the same cost as a wrong password. Subject to the
-    /// per-account failed-attempt backoff (429 while it lasts).
-    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
+    /// failed-attempt backoff of the account from `client` (429 while it lasts).
+    pub async fn check_password(
+        &self,
+        user_id: &UserId,
+        client: IpAddr,
+        password: &str,
+    ) -> Result<bool> {
         let record = self.get(user_id)?;
         let hash = record
             .as_ref()
@@ -78,7 +85,7 @@ impl Users {
             .and_then(|r| r.password_hash.clone());
         let verified = self
             .passwords
-            .verify(user_id.as_str(), password, hash.clone())
+            .verify(user_id.as_str(), client, password, hash.clone())
             .await?;
         if verified == Verified::YesLegacy {
             self.upgrade_legacy_hash(user_id, password, hash).await;
@@ -88,8 +95,13 @@ impl Users {
 
     /// Checks a password for a login name that cannot be a local account, at the cost of a
     /// real check, so the answer's timing does not tell which names exist.
-    pub async fn check_password_of_unknown(&self, name: &str, password: &str) -> Result<bool> {
-        self.passwords.verify(name, password, None).await?;
+    pub async fn check_password_of_unknown(
+        &self,
+        name: &str,
+        client: IpAddr,
+        password: &str,
+    ) -> Result<bool> {
+        self.passwords.verify(name, client, password, None).await?;
         Ok(false)
     }
 
@@ -155,6 +167,22 @@ impl Users {
         batch
             .expect_value::<UsersTable>(&key, Some(current))
             .put::<UsersTable>(&key, &record);
+    }
+
+    /// Guards `batch` on the account being active as it is now: the commit then conflicts if
+    /// the account is deactivated (or otherwise changed) meanwhile. A login stages this with
+    /// its new device and tokens, because its password check ran on the record as it was
+    /// before the check, and a deactivation committed during the check must not be followed
+    /// by a working access token.
+    pub fn stage_require_active(&self, batch: &mut Batch, user_id: &UserId) -> Result<()> {
+        let key = user_id.to_string();
+        let current = self
+            .store
+            .get::<UsersTable>(&key)?
+            .filter(|record| !record.deactivated)
+            .ok_or_else(|| Error::user_deactivated("This account has been deactivated"))?;
+        batch.expect_value::<UsersTable>(&key, Some(&current));
+        Ok(())
     }
 
     /// Replaces the user's password (for the admin CLI).

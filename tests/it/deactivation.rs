@@ -118,3 +118,60 @@ async fn a_deactivation_cut_short_by_a_crash_is_finished_at_start() {
     srv.restart().await;
     assert_removed(&srv, &alice, &bob, &room).await;
 }
+
+/// A login whose password check is running when the account is deactivated must not end with
+/// a working access token: the check saw the password of an account that no longer exists
+/// by the time the login commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_racing_a_deactivation_gets_no_working_token() {
+    // A realistic cost, so the password check lasts long enough to deactivate meanwhile.
+    let srv = TestServer::start_with(|c| c.bcrypt_cost = 12).await;
+    let (user, _, _) = srv.register("rae", "pw").await;
+    let user_id = UserId::parse(&user).unwrap();
+    let login = {
+        let (http, url) = (
+            srv.http.clone(),
+            format!("{}/_matrix/client/v3/login", srv.base),
+        );
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .json(&json!({"type": "m.login.password",
+                    "identifier": {"type": "m.id.user", "user": "rae"}, "password": "pw"}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (
+                status,
+                response.json::<Value>().await.unwrap(),
+                std::time::Instant::now(),
+            )
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    services(&srv).deactivate_user(&user_id).await.unwrap();
+    let deactivated = std::time::Instant::now();
+    let (status, body, answered) = login.await.unwrap();
+    assert!(
+        answered > deactivated,
+        "the login answered before the deactivation; the race was not run"
+    );
+    match body["access_token"].as_str() {
+        Some(token) => {
+            let (status, body) = srv
+                .get("/_matrix/client/v3/account/whoami", Some(token))
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "a deactivated account got a working token: {body}"
+            );
+        }
+        None => assert_eq!(
+            (status, body["errcode"].as_str().unwrap_or("")),
+            (StatusCode::FORBIDDEN, "M_USER_DEACTIVATED"),
+            "{body}"
+        ),
+    }
+}

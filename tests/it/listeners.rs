@@ -377,3 +377,175 @@ async fn forwarded_for_is_honoured_only_from_trusted_proxies() {
         2
     );
 }
+
+/// Behind the documented nginx or Caddy setup, the proxy writes `X-Forwarded-For` and passes a
+/// client's own `Forwarded` header on untouched: that header must not let the client pick its
+/// rate-limit bucket.
+#[tokio::test]
+async fn client_forwarded_header_does_not_override_the_proxy_header() {
+    let srv = TestServer::start_with(|c| {
+        limited(c);
+        c.trusted_proxies = vec!["127.0.0.1/32".into(), "::1".into()];
+    })
+    .await;
+    let mut answered = 0;
+    for i in 1..=6 {
+        let response = srv
+            .http
+            .get(format!("{}/_matrix/client/versions", srv.base))
+            // What the proxy saw and wrote...
+            .header("x-forwarded-for", "203.0.113.5")
+            // ...and what the client made up.
+            .header("forwarded", format!("for=198.51.100.{i}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        answered += 1;
+    }
+    assert_eq!(
+        answered, 2,
+        "a client-chosen Forwarded header picked the bucket"
+    );
+}
+
+/// An IPv6 host can send from any address of its /64: every address there shares one bucket,
+/// or each request would come with a fresh one.
+#[tokio::test]
+async fn ipv6_clients_share_a_bucket_per_64() {
+    let srv = TestServer::start_with(|c| {
+        limited(c);
+        c.trusted_proxies = vec!["127.0.0.1/32".into(), "::1".into()];
+    })
+    .await;
+    let same_64: Vec<String> = (1..=6).map(|i| format!("2001:db8:0:7::{i:x}")).collect();
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &same_64).await,
+        2
+    );
+    // Another /64 is another client.
+    assert_eq!(
+        answered_before_limit(&srv, "x-forwarded-for", &["2001:db8:0:8::1".to_owned()]).await,
+        1
+    );
+}
+
+/// The real binary: SIGTERM while `hearth backup` streams from the admin socket and its reader
+/// has stalled. The server must still exit well within systemd's stop timeout (30 s): the
+/// stalled backup fails, the acknowledged data is durable anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_promptly_while_a_backup_reader_stalls() {
+    use serde_json::{json, Value};
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("HEARTH_DATA_DIR", dir.path())
+        .env("HEARTH_LISTENERS", format!("127.0.0.1:{port}"))
+        .env("HEARTH_BCRYPT_COST", "4")
+        .env("HEARTH_RATE_LIMIT__ENABLED", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}/_matrix/client/v3");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{base}/login")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let done: Value = http
+        .post(format!("{base}/register"))
+        .json(&json!({"username": "bea", "password": "pw", "auth": {"type": "m.login.dummy"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = done["access_token"]
+        .as_str()
+        .expect("registered")
+        .to_owned();
+    // Far more than a socket buffer holds, so the export blocks on the stalled reader.
+    let filler = json!({ "x": "a".repeat(60_000) });
+    for i in 0..40 {
+        let status = http
+            .put(format!(
+                "{base}/user/@bea:localhost/account_data/t.fill.{i}"
+            ))
+            .bearer_auth(&token)
+            .json(&filler)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let mut admin =
+        std::os::unix::net::UnixStream::connect(dir.path().join("admin/admin.sock")).unwrap();
+    admin.write_all(b"backup\n").unwrap();
+    // Never read: the server's writes fill the socket and block.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let signalled = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(25) {
+            let _ = child.kill();
+            panic!("still running 25 s after SIGTERM, with a backup reader stalled");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(admin);
+    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+    assert!(exit.code().is_some(), "ended by a signal: {exit:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "exited {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+}
+
+/// The cap is shared by all listeners: a slot goes to a connection that arrived, on whichever
+/// listener, and is never parked on a listener nobody connects to.
+#[tokio::test]
+async fn connection_cap_serves_every_listener() {
+    let srv = TestServer::start_with(|c| {
+        c.limits.max_connections = 1;
+        c.listeners.push(hearth::config::Listener {
+            bind: "127.0.0.2:0".parse().unwrap(),
+        });
+    })
+    .await;
+    let addrs = srv.server.as_ref().unwrap().addrs.clone();
+    assert_eq!(addrs.len(), 2);
+    // Each listener in turn, with the other one idle.
+    for addr in addrs.iter().rev().chain(addrs.iter()) {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(VERSIONS).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("the client of {addr} was never served"))
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+}

@@ -99,6 +99,54 @@ async fn repeated_failed_logins_are_backed_off() {
     assert_eq!(srv.login("xia", "right").await.0, StatusCode::OK);
 }
 
+/// Failed logins from one address do not lock the account's owner out elsewhere: a backoff
+/// per account alone would let anybody who knows a user id keep its owner out for good.
+#[tokio::test]
+async fn failed_logins_from_one_address_do_not_lock_out_another() {
+    let srv = TestServer::start_with(|c| {
+        c.trusted_proxies = vec!["127.0.0.1/32".into(), "::1".into()];
+    })
+    .await;
+    srv.register("zoe", "right").await;
+    let login_from = |ip: &'static str, password: &'static str| {
+        let request = srv
+            .http
+            .post(format!("{}/_matrix/client/v3/login", srv.base))
+            .header("x-forwarded-for", ip)
+            .json(&json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": "zoe"},
+                "password": password,
+            }));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    for _ in 0..4 {
+        let (status, _) = login_from("203.0.113.66", "wrong").await;
+        assert_ne!(status, StatusCode::OK);
+    }
+    // The guessing address waits...
+    let (status, body) = login_from("203.0.113.66", "right").await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+        "{body}"
+    );
+    // ...and so does every address of an IPv6 guesser's /64, which it can all send from.
+    for _ in 0..4 {
+        let (status, _) = login_from("2001:db8:0:7::1", "wrong").await;
+        assert_ne!(status, StatusCode::OK);
+    }
+    let (status, body) = login_from("2001:db8:0:7::2", "right").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    // ...the owner, elsewhere, does not.
+    let (status, body) = login_from("198.51.100.10", "right").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// With one hashing slot and a realistic cost, concurrent logins beyond the slot are refused
 /// at once with 429; and a login for an unknown user costs as much as for a known one.
 #[tokio::test]

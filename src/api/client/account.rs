@@ -48,6 +48,7 @@ async fn change_password(
         .reauthenticate(
             "change_password",
             &me.user_id,
+            ctx.ip,
             &json!({
                 "new_password": body.new_password,
                 "logout_devices": body.logout_devices,
@@ -91,6 +92,7 @@ async fn deactivate(
         .reauthenticate(
             "deactivate",
             &me.user_id,
+            ctx.ip,
             &json!({ "erase": body.erase }),
             body.auth.as_ref(),
         )

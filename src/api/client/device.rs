@@ -122,6 +122,7 @@ async fn delete(
         .reauthenticate(
             "delete_device",
             &me.user_id,
+            ctx.ip,
             &json!({ "device_id": body.device_id }),
             body.auth.as_ref(),
         )
@@ -148,6 +149,7 @@ async fn delete_many(
         .reauthenticate(
             "delete_devices",
             &me.user_id,
+            ctx.ip,
             &json!({ "devices": devices }),
             body.auth.as_ref(),
         )

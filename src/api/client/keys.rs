@@ -213,6 +213,7 @@ async fn upload_cross_signing(
             .reauthenticate(
                 "device_signing_upload",
                 &me.user_id,
+                ctx.ip,
                 &serde_json::json!([master, self_signing, user_signing]),
                 body.auth.as_ref(),
             )

@@ -88,6 +88,7 @@ async fn register(
     let request = uiaa::Request {
         kind: "register",
         user: None,
+        client: ctx.ip,
         // Clients commonly fetch the registration flows with an empty body and send the
         // user name only with the stages, and the stages here prove no identity that another
         // request could borrow: registration sessions are not bound to their parameters.

@@ -98,7 +98,7 @@ async fn login(
         let name = name.to_lowercase();
         services
             .users
-            .check_password_of_unknown(&name, &password.password)
+            .check_password_of_unknown(&name, ctx.ip, &password.password)
             .await?;
         return Err(invalid());
     };
@@ -107,7 +107,7 @@ async fn login(
     }
     if !services
         .users
-        .check_password(&user_id, &password.password)
+        .check_password(&user_id, ctx.ip, &password.password)
         .await?
     {
         return Err(invalid());
@@ -116,6 +116,7 @@ async fn login(
     let device_id = body.device_id.clone().unwrap_or_else(random_device_id);
     for _ in 0..4 {
         let mut batch = Batch::new();
+        services.users.stage_require_active(&mut batch, &user_id)?;
         let name = body.initial_device_display_name.clone();
         let tokens = services.sessions.stage_login(
             &mut batch,
