@@ -186,6 +186,8 @@ pub(super) fn room_timeline(
         device_id: Some(request.device_id),
     };
 
+    let mut reader = rooms.reader(room_id, request.user_id)?;
+
     // Newest first, down to the token; one more than the limit tells whether it is limited.
     let mut picked: Vec<StoredEvent> = Vec::new();
     // The state at `upto` starts from the newest event at or below it.
@@ -205,7 +207,12 @@ pub(super) fn room_timeline(
             if since.is_some_and(|s| event.sid <= s) {
                 break 'scan;
             }
-            if !rooms.can_see(request.user_id, &event)? {
+            // The room-level access first (a rejected invitee reads only their own
+            // membership events, a departed user nothing past their departure), then the
+            // event's history visibility: the rules of every other read path.
+            let own_membership = event.meta.kind == "m.room.member"
+                && event.meta.state_key.as_deref() == Some(request.user_id.as_str());
+            if !own_membership && !reader.may_see(&event)? {
                 // History the user may not read ends the timeline here.
                 limited = true;
                 break 'scan;
