@@ -186,7 +186,8 @@ pub(super) fn room_timeline(
         device_id: Some(request.device_id),
     };
 
-    let mut reader = rooms.reader(room_id, request.user_id)?;
+    // Made on the first event looked at: most rooms of an incremental sync have none.
+    let mut reader = None;
 
     // Newest first, down to the token; one more than the limit tells whether it is limited.
     let mut picked: Vec<StoredEvent> = Vec::new();
@@ -212,6 +213,10 @@ pub(super) fn room_timeline(
             // event's history visibility: the rules of every other read path.
             let own_membership = event.meta.kind == "m.room.member"
                 && event.meta.state_key.as_deref() == Some(request.user_id.as_str());
+            let reader = match &mut reader {
+                Some(reader) => reader,
+                None => reader.insert(rooms.reader(room_id, request.user_id)?),
+            };
             if !own_membership && !reader.may_see(&event)? {
                 // History the user may not read ends the timeline here.
                 limited = true;
