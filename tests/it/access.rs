@@ -402,3 +402,50 @@ async fn rejected_invite_in_sync_hides_history_of_invited_room() {
         }
     }
 }
+
+/// Spec: an `m.room.history_visibility` event is visible when the visibility before *or* after
+/// it allows. A room that goes from `shared` to `joined` before bob joins: bob sees the change
+/// (the `shared` before it lets him, since he joined later), not the messages after it.
+#[tokio::test]
+async fn a_history_visibility_change_is_visible_if_before_or_after_allows() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    let shared = send(&srv, &alice, &room, "t1", "while shared").await;
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
+            Some(&alice),
+            json!({"history_visibility": "joined"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let change = body["event_id"].as_str().unwrap().to_owned();
+    let hidden = send(&srv, &alice, &room, "t2", "while joined only").await;
+    join(&srv, &bob, &room).await;
+
+    let (status, body) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&change.as_str()), "{ids:?}");
+    assert!(ids.contains(&shared.as_str()), "{ids:?}");
+    assert!(!ids.contains(&hidden.as_str()), "{ids:?}");
+    let (status, body) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(&change)),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
