@@ -345,3 +345,107 @@ async fn forgotten_room_is_gone_from_every_read_path() {
     }
     assert_reads_nothing(&srv, &bob, &room, &message, "forgotten").await;
 }
+
+/// In a room whose history is visible to invitees (`invited`), a user who rejects the invite
+/// was never joined: their `/sync` `leave` section carries their own membership events only,
+/// never the messages sent while they were invited (as every other read path refuses them).
+#[tokio::test]
+async fn rejected_invite_in_sync_hides_history_of_invited_room() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let (status, body) = srv.get("/_matrix/client/v3/sync", Some(&bob)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    let room = create_room(&srv, &alice, json!({"name": "Secret plans"})).await;
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
+            Some(&alice),
+            json!({"history_visibility": "invited"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    member_action(&srv, &alice, &room, "invite", &bob_id).await;
+    let message = send(&srv, &alice, &room, "t1", "the secret").await;
+    let (status, body) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_reads_nothing(&srv, &bob, &room, &message, "rejected invite").await;
+
+    let filter = enc(r#"{"room":{"include_leave":true}}"#);
+    for path in [
+        format!("/_matrix/client/v3/sync?since={since}&timeout=0"),
+        format!("/_matrix/client/v3/sync?filter={filter}&timeout=0"),
+    ] {
+        let (status, body) = srv.get(&path, Some(&bob)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let left = &body["rooms"]["leave"][&room];
+        assert!(left.is_object(), "{path}: {body}");
+        let events = left["timeline"]["events"].as_array().unwrap();
+        assert!(
+            !events.is_empty(),
+            "{path}: the leave itself is missing: {body}"
+        );
+        for event in events {
+            assert_eq!(event["type"], "m.room.member", "{path}: leaked {event}");
+            assert_eq!(
+                event["state_key"],
+                bob_id.as_str(),
+                "{path}: leaked {event}"
+            );
+        }
+    }
+}
+
+/// Spec: an `m.room.history_visibility` event is visible when the visibility before *or* after
+/// it allows. A room that goes from `shared` to `joined` before bob joins: bob sees the change
+/// (the `shared` before it lets him, since he joined later), not the messages after it.
+#[tokio::test]
+async fn a_history_visibility_change_is_visible_if_before_or_after_allows() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    let shared = send(&srv, &alice, &room, "t1", "while shared").await;
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
+            Some(&alice),
+            json!({"history_visibility": "joined"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let change = body["event_id"].as_str().unwrap().to_owned();
+    let hidden = send(&srv, &alice, &room, "t2", "while joined only").await;
+    join(&srv, &bob, &room).await;
+
+    let (status, body) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&change.as_str()), "{ids:?}");
+    assert!(ids.contains(&shared.as_str()), "{ids:?}");
+    assert!(!ids.contains(&hidden.as_str()), "{ids:?}");
+    let (status, body) = srv
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(&change)),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -294,3 +294,28 @@ async fn invisible_history_is_scanned_within_a_budget() {
         }
     }
 }
+
+/// `contains_url` in the filter (Element's file panel asks for `true`): only events with a
+/// `url` in their content, or with `false` only those without.
+#[tokio::test]
+async fn contains_url_filters_on_the_url_key() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let room = create_room(&srv, &alice, json!({})).await;
+    let text = send(&srv, &alice, &room, "t0").await;
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/i0"),
+            Some(&alice),
+            json!({"msgtype": "m.image", "body": "cat.png", "url": "mxc://localhost/cat"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let image = body["event_id"].as_str().unwrap().to_owned();
+    let with = enc(r#"{"contains_url":true,"types":["m.room.message"]}"#);
+    let page = messages(&srv, &alice, &room, &format!("dir=b&filter={with}")).await;
+    assert_eq!(ids(&page), [image.clone()]);
+    let without = enc(r#"{"contains_url":false,"types":["m.room.message"]}"#);
+    let page = messages(&srv, &alice, &room, &format!("dir=b&filter={without}")).await;
+    assert_eq!(ids(&page), [text]);
+}

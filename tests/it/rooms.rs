@@ -962,3 +962,69 @@ async fn a_user_who_left_can_still_page_back_to_what_they_saw() {
         .iter()
         .any(|e| e["event_id"] == seen["event_id"]));
 }
+
+/// `/members` with both `membership` and `not_membership`: the spec makes them an "or" (the
+/// membership is `membership`, or it is not `not_membership`); each alone filters as usual.
+#[tokio::test]
+async fn members_filters_combine_as_the_spec_says() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, _, _) = srv.register("bob", "pw").await;
+    let (carol_id, carol, _) = srv.register("carol", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    srv.post(
+        &format!("/_matrix/client/v3/join/{room}"),
+        Some(&carol),
+        json!({}),
+    )
+    .await;
+    let (status, _) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&carol),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&alice),
+            json!({"user_id": bob_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let members = |query: &'static str| {
+        let (srv, alice, room) = (&srv, &alice, &room);
+        async move {
+            let (status, body) = srv
+                .get(
+                    &format!("/_matrix/client/v3/rooms/{room}/members?{query}"),
+                    Some(alice),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            let mut users: Vec<String> = body["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["state_key"].as_str().unwrap().to_owned())
+                .collect();
+            users.sort();
+            users
+        }
+    };
+    let mut invited_or_left = vec![bob_id.clone(), carol_id.clone()];
+    invited_or_left.sort();
+    assert_eq!(
+        members("membership=leave&not_membership=join").await,
+        invited_or_left
+    );
+    assert_eq!(members("membership=join").await, vec![alice_id.clone()]);
+    assert_eq!(members("not_membership=join").await, invited_or_left);
+    assert_eq!(members("membership=leave").await, vec![carol_id.clone()]);
+    assert_eq!(
+        members("membership=join&not_membership=join").await.len(),
+        3
+    );
+}

@@ -88,6 +88,17 @@ async fn malformed_well_known_state_is_refused() {
             json!({"membership": "dancing"}),
         ),
         ("m.room.member", alice_id.as_str(), json!({})),
+        (
+            "m.room.member",
+            alice_id.as_str(),
+            json!({"membership": "join", "displayname": 5}),
+        ),
+        (
+            "m.room.member",
+            alice_id.as_str(),
+            json!({"membership": "join", "avatar_url": {"url": "mxc://x/y"}}),
+        ),
+        ("m.room.avatar", "", json!({"url": ["mxc://x/y"]})),
     ];
     for (kind, key, content) in cases {
         let (status, body) = put_state(&srv, &alice, &room, kind, key, content.clone()).await;
@@ -96,6 +107,25 @@ async fn malformed_well_known_state_is_refused() {
     }
     // Nothing was stored; well-formed content still goes through.
     assert_eq!(room_name(&srv, &alice, &room).await, "Original");
+    // A per-room display name, a cleared one and an avatar are fine.
+    for content in [
+        json!({"membership": "join", "displayname": "Alice here"}),
+        json!({"membership": "join", "displayname": null}),
+    ] {
+        let (status, body) =
+            put_state(&srv, &alice, &room, "m.room.member", &alice_id, content).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = put_state(
+        &srv,
+        &alice,
+        &room,
+        "m.room.avatar",
+        "",
+        json!({"url": "mxc://localhost/abc"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = put_state(
         &srv,
         &alice,

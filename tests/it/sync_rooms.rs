@@ -302,7 +302,8 @@ async fn lazy_loading_sends_a_new_speakers_member_event_once_per_session() {
     let (_, alice, _) = srv.register("alice", "pw").await;
     let (bob_id, bob, _) = srv.register("bob", "pw").await;
     let (carol_id, carol, _) = srv.register("carol", "pw").await;
-    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    // Named, so the summary needs no heroes (whose member events would come too).
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat", "name": "N"})).await;
     join(&srv, &bob, &room).await;
     join(&srv, &carol, &room).await;
     send(&srv, &alice, &room, "a0").await;
@@ -603,4 +604,52 @@ async fn an_unreadable_ignored_user_list_is_refused() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert_eq!(body["errcode"], "M_BAD_JSON", "{bad}");
     }
+}
+
+/// A room without a name or canonical alias is named after the summary's heroes: a
+/// lazy-loading client gets their member events even when they said nothing in the timeline
+/// (once per session), and a named room needs no heroes.
+#[tokio::test]
+async fn lazy_loading_includes_the_heroes_of_an_unnamed_room() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &bob, &room).await;
+    for i in 0..5 {
+        send(&srv, &alice, &room, &format!("a{i}")).await;
+    }
+    let lazy = enc(
+        &json!({"room": {"timeline": {"limit": 2}, "state": {"lazy_load_members": true}}})
+            .to_string(),
+    );
+    let body = sync(&srv, &alice, &format!("filter={lazy}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(joined["summary"]["m.heroes"], json!([bob_id]), "{joined}");
+    let mut members = state_members(joined);
+    members.sort();
+    let mut expected = [alice_id.as_str(), bob_id.as_str()];
+    expected.sort();
+    assert_eq!(members, expected, "{joined}");
+    let since = next_batch(&body);
+
+    // Delivered once: not again while the session lasts.
+    send(&srv, &alice, &room, "a5").await;
+    let body = sync(&srv, &alice, &format!("filter={lazy}&since={since}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert!(state_members(joined).is_empty(), "{joined}");
+    let since = next_batch(&body);
+
+    // Once the room has a name, no heroes are needed.
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+            Some(&alice),
+            json!({"name": "Named"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = sync(&srv, &alice, &format!("filter={lazy}&since={since}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert!(joined["summary"].get("m.heroes").is_none(), "{joined}");
 }

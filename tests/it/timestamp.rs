@@ -180,7 +180,8 @@ async fn only_visible_events_are_found_and_access_is_checked() {
 
     // Alice finds the early message. For Bob it is invisible (history is `joined` from the
     // visibility change on), so the search passes over it: forwards to his own join,
-    // backwards to the creation events that were still `shared` by default.
+    // backwards to the visibility change itself (visible since the `shared` before it lets
+    // him see it, spec: "before *or* after").
     assert_eq!(found(&srv, &alice, &room, before_ts, "b").await.0, before);
     let (bob_back, bob_back_ts) = found(&srv, &bob, &room, before_ts, "b").await;
     assert_ne!(bob_back, before);
@@ -196,7 +197,8 @@ async fn only_visible_events_are_found_and_access_is_checked() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_ne!(body["type"], "m.room.history_visibility", "{body}");
+    assert_eq!(body["type"], "m.room.history_visibility", "{body}");
+    assert_eq!(body["content"]["history_visibility"], "joined", "{body}");
     let (bob_next, _) = found(&srv, &bob, &room, before_ts, "f").await;
     let (status, body) = srv
         .get(

@@ -482,3 +482,37 @@ async fn predecessor_names_the_tombstone() {
         json!({"room_id": old, "event_id": tombstone["event_id"]})
     );
 }
+
+/// A redacted topic (content `{}`, as the redaction algorithm leaves it) is part of the state an
+/// upgrade copies: the upgrade must not fail on it as if a client had sent it.
+#[tokio::test]
+async fn upgrade_copies_a_redacted_topic() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let room = create_room(&srv, &alice, json!({"room_version": "10", "topic": "old"})).await;
+    let topic = find(&state(&srv, &alice, &room).await, "m.room.topic", "")["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{}/r1", enc(&topic)),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        content(&state(&srv, &alice, &room).await, "m.room.topic"),
+        &json!({})
+    );
+    let (status, body) = upgrade(&srv, &alice, &room, json!({"new_version": "11"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new_room = body["replacement_room"].as_str().unwrap();
+    // The old room had no topic any more, and neither has the new one.
+    let new_state = state(&srv, &alice, new_room).await;
+    assert!(
+        !new_state.iter().any(|e| e["type"] == "m.room.topic"),
+        "{new_state:?}"
+    );
+}

@@ -466,18 +466,23 @@ async fn members(
                 .map(str::to_owned)
         });
         let membership = membership.as_deref().map(MembershipState::from);
-        if body
+        // Spec: given together, the two filters are an "or" (the membership is `membership`,
+        // or it is not `not_membership`); each alone filters on its own.
+        let is = body
             .membership
             .as_ref()
-            .is_some_and(|m| membership.as_ref() != Some(m))
-        {
-            continue;
-        }
-        if body
+            .map(|m| membership.as_ref() == Some(m));
+        let is_not = body
             .not_membership
             .as_ref()
-            .is_some_and(|m| membership.as_ref() == Some(m))
-        {
+            .map(|m| membership.as_ref() != Some(m));
+        let wanted = match (is, is_not) {
+            (Some(is), Some(is_not)) => is || is_not,
+            (Some(is), None) => is,
+            (None, Some(is_not)) => is_not,
+            (None, None) => true,
+        };
+        if !wanted {
             continue;
         }
         chunk.push(raw(services.rooms.client_event(&event, Some(viewer(me))))?);

@@ -200,6 +200,19 @@ impl<'a> Reader<'a> {
         } else {
             meta.state_link
         };
+        if self.visible_in(head, sid, meta.room_sid)? {
+            return Ok(true);
+        }
+        // Spec: a history visibility change is visible if the visibility before *or* after
+        // it allows (the state before a state event is at its link).
+        if meta.kind == "m.room.history_visibility" && meta.state_key.as_deref() == Some("") {
+            return self.visible_in(meta.state_link, sid, meta.room_sid);
+        }
+        Ok(false)
+    }
+
+    /// The spec's visibility rule for the event `sid` in the state whose head is `head`.
+    fn visible_in(&mut self, head: Option<u64>, sid: u64, room_sid: u64) -> Result<bool> {
         let (visibility, membership) = self.run_at(head)?;
         if let Some(decided) = super::visibility::decide(&visibility, membership.as_deref()) {
             return Ok(decided);
@@ -208,7 +221,7 @@ impl<'a> Reader<'a> {
         let latest_join = match self.latest_join {
             Some(latest) => latest,
             None => {
-                let latest = self.rooms.latest_join(meta.room_sid, self.user_id)?;
+                let latest = self.rooms.latest_join(room_sid, self.user_id)?;
                 self.latest_join = Some(latest);
                 latest
             }

@@ -224,9 +224,19 @@ impl Rooms {
                 users.insert(creator.to_string(), json!(current.max(top)));
             }
         }
+        // State the new room could not take from a client is not copied: a redacted topic
+        // (content `{}`) means the old room has no topic, and data stored before today's
+        // content checks must not make the room impossible to upgrade.
         let transferred: Vec<(StateEventType, Value)> = TRANSFERRED_STATE
             .iter()
             .filter_map(|kind| content_of(&old, kind, "").map(|c| (kind.clone(), c)))
+            .filter(|(kind, content)| {
+                let fits = super::validate::check_state_content(&kind.to_string(), content);
+                if let Err(e) = &fits {
+                    log::info!("upgrade of {}: not copying {kind}: {e}", request.room_id);
+                }
+                fits.is_ok()
+            })
             .collect();
         let mut bans: Vec<(String, Value)> = Vec::new();
         for (banned, membership) in self.members(old_record.sid)? {

@@ -86,7 +86,14 @@ pub fn check_state_content(kind: &str, content: &Value) -> Result<()> {
         "m.room.history_visibility" => {
             one_of(content, "history_visibility", &HISTORY_VISIBILITIES, kind)
         }
-        "m.room.member" => one_of(content, "membership", &MEMBERSHIPS, kind),
+        "m.room.member" => {
+            one_of(content, "membership", &MEMBERSHIPS, kind)?;
+            // Clients render these as text and URLs: a number here breaks them for every
+            // member of the room.
+            optional_string(content, "displayname", kind)?;
+            optional_string(content, "avatar_url", kind)
+        }
+        "m.room.avatar" => optional_string(content, "url", kind),
         "m.room.canonical_alias" => check_canonical_alias(content),
         _ => Ok(()),
     }
@@ -99,6 +106,14 @@ fn one_of(content: &Map<String, Value>, field: &str, values: &[&str], kind: &str
             "{kind}: {field} must be one of {}",
             values.join(", ")
         ))),
+    }
+}
+
+/// An optional string field (absent or null: unset).
+fn optional_string(content: &Map<String, Value>, field: &str, kind: &str) -> Result<()> {
+    match content.get(field) {
+        None | Some(Value::Null | Value::String(_)) => Ok(()),
+        Some(_) => Err(bad(format!("{kind}: {field} must be a string"))),
     }
 }
 

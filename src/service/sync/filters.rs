@@ -1,13 +1,13 @@
 //! Sync filters: which events, rooms and account data a filter lets through.
 
 use ruma::{
-    api::client::filter::{Filter, FilterDefinition, RoomEventFilter},
+    api::client::filter::{Filter, FilterDefinition, RoomEventFilter, UrlFilter},
     RoomId,
 };
 
 use crate::service::rooms::StoredEvent;
 
-/// Whether an event passes a room event filter's type and sender conditions.
+/// Whether an event passes a room event filter's type, sender and `contains_url` conditions.
 pub fn event_passes(filter: &RoomEventFilter, event: &StoredEvent) -> bool {
     let kind = event.meta.kind.as_str();
     let matches = |pattern: &String| match pattern.strip_suffix('*') {
@@ -37,6 +37,16 @@ pub fn event_passes(filter: &RoomEventFilter, event: &StoredEvent) -> bool {
         .is_some_and(|s| !s.iter().any(|s| s.as_str() == event.meta.sender))
     {
         return false;
+    }
+    // `contains_url`: only events with (`true`) or without (`false`) a `url` in their content.
+    if let Some(wanted) = &filter.url_filter {
+        let has_url = event
+            .pdu
+            .content_as::<serde_json::Value>()
+            .is_some_and(|content| content.get("url").is_some());
+        if has_url != matches!(wanted, UrlFilter::EventsWithUrl) {
+            return false;
+        }
     }
     true
 }

@@ -354,7 +354,8 @@ pub async fn sync_once(
                         rooms.joined_since(record.sid, request.user_id, after)?,
                     )
                 };
-                if let Some(room) = room_timeline(&pass, &room_id, since, upto, false, with_state)?
+                if let Some(room) =
+                    room_timeline(&pass, &room_id, since, upto, false, with_state, false)?
                 {
                     leave.insert(room_id.to_string(), room);
                 }

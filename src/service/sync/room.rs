@@ -3,7 +3,11 @@
 
 use std::collections::HashSet;
 
-use ruma::{api::client::filter::LazyLoadOptions, events::room::member::MembershipState, RoomId};
+use ruma::{
+    api::client::filter::LazyLoadOptions,
+    events::{room::member::MembershipState, StateEventType},
+    RoomId,
+};
 use serde_json::{json, Map, Value};
 
 use super::{
@@ -13,7 +17,7 @@ use super::{
 use crate::{
     error::Result,
     service::{
-        rooms::{format::Viewer, state::state_head, StoredEvent},
+        rooms::{format::Viewer, state::state_head, Rooms, StoredEvent},
         unread,
     },
 };
@@ -48,7 +52,7 @@ pub(super) async fn joined_room(
     let Some(record) = rooms.room(room_id)? else {
         return Ok(None);
     };
-    let timeline = room_timeline(pass, room_id, since, now, true, true)?;
+    let timeline = room_timeline(pass, room_id, since, now, true, true, true)?;
 
     // Ephemeral events: typing and receipts.
     let ephemeral_filter = &request.filter.room.ephemeral;
@@ -120,17 +124,13 @@ pub(super) async fn joined_room(
     let members = rooms.members(record.sid)?;
     let joined = members.iter().filter(|(_, m)| m == "join").count();
     let invited = members.iter().filter(|(_, m)| m == "invite").count();
-    let heroes: Vec<&str> = members
-        .iter()
-        .filter(|(u, m)| u != user_id.as_str() && (m == "join" || m == "invite"))
-        .map(|(u, _)| u.as_str())
-        .take(HEROES)
-        .collect();
     room["summary"] = json!({
-        "m.heroes": heroes,
         "m.joined_member_count": joined,
         "m.invited_member_count": invited,
     });
+    if needs_heroes(rooms, record.sid)? {
+        room["summary"]["m.heroes"] = json!(heroes_of(&members, user_id.as_str()));
+    }
     room["ephemeral"] = json!({ "events": ephemeral });
     room["account_data"] = json!({ "events": account_data });
 
@@ -161,8 +161,44 @@ pub(super) async fn joined_room(
     Ok(Some(room))
 }
 
+/// Whether the summary names heroes: the spec requires them when the room has no name and no
+/// canonical alias (the client then names the room after them), and a lazy-loading client
+/// must then get their member events too, so they are left out otherwise.
+fn needs_heroes(rooms: &Rooms, room_sid: u64) -> Result<bool> {
+    for (kind, field) in [
+        (StateEventType::RoomName, "name"),
+        (StateEventType::RoomCanonicalAlias, "alias"),
+    ] {
+        let set = rooms
+            .state_event(room_sid, &kind, "")?
+            .and_then(|e| e.pdu.content_as::<Value>())
+            .is_some_and(|c| {
+                c.get(field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| !v.is_empty())
+            });
+        if set {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The summary's heroes among the room's `(user, membership)` rows: joined or invited users
+/// other than the syncing user.
+fn heroes_of<'m>(members: &'m [(String, String)], user_id: &str) -> Vec<&'m str> {
+    members
+        .iter()
+        .filter(|(u, m)| u != user_id && (m == "join" || m == "invite"))
+        .map(|(u, _)| u.as_str())
+        .take(HEROES)
+        .collect()
+}
+
 /// The timeline and state of a room between `since` (exclusive) and `upto` (inclusive).
 /// Without `with_state` the state section stays empty (a room the user never joined).
+/// With `with_summary` (a joined room, whose section carries a summary) a lazy-loading
+/// client also gets the member events of the summary's heroes (spec: `m.heroes`).
 pub(super) fn room_timeline(
     pass: &Pass<'_>,
     room_id: &RoomId,
@@ -170,6 +206,7 @@ pub(super) fn room_timeline(
     upto: u64,
     skip_if_empty: bool,
     with_state: bool,
+    with_summary: bool,
 ) -> Result<Option<Value>> {
     let (sources, request) = (pass.sources, pass.request);
     let rooms = sources.rooms;
@@ -186,6 +223,9 @@ pub(super) fn room_timeline(
         user_id: request.user_id,
         device_id: Some(request.device_id),
     };
+
+    // Made on the first event looked at: most rooms of an incremental sync have none.
+    let mut reader = None;
 
     // Newest first, down to the token; one more than the limit tells whether it is limited.
     let mut picked: Vec<StoredEvent> = Vec::new();
@@ -206,7 +246,16 @@ pub(super) fn room_timeline(
             if since.is_some_and(|s| event.sid <= s) {
                 break 'scan;
             }
-            if !rooms.can_see(request.user_id, &event)? {
+            // The room-level access first (a rejected invitee reads only their own
+            // membership events, a departed user nothing past their departure), then the
+            // event's history visibility: the rules of every other read path.
+            let own_membership = event.meta.kind == "m.room.member"
+                && event.meta.state_key.as_deref() == Some(request.user_id.as_str());
+            let reader = match &mut reader {
+                Some(reader) => reader,
+                None => reader.insert(rooms.reader(room_id, request.user_id)?),
+            };
+            if !own_membership && !reader.may_see(&event)? {
                 // History the user may not read ends the timeline here.
                 limited = true;
                 break 'scan;
@@ -246,7 +295,15 @@ pub(super) fn room_timeline(
             include_redundant_members: true
         }
     );
-    let timeline_senders: HashSet<&str> = picked.iter().map(|e| e.meta.sender.as_str()).collect();
+    // The members a lazy-loading client needs: the timeline's senders and, for a room with a
+    // summary, its heroes (their member events "MUST be included ... unless redundant").
+    let room_members = if lazy && with_summary && needs_heroes(rooms, record.sid)? {
+        rooms.members(record.sid)?
+    } else {
+        Vec::new()
+    };
+    let mut needed_members: HashSet<&str> = picked.iter().map(|e| e.meta.sender.as_str()).collect();
+    needed_members.extend(heroes_of(&room_members, request.user_id.as_str()));
     let timeline_sids: HashSet<u64> = picked.iter().map(|e| e.sid).collect();
     let mut state = Vec::new();
     let state_rows = if with_state {
@@ -261,10 +318,11 @@ pub(super) fn room_timeline(
         }
         let lazy_member = lazy && kind == "m.room.member" && key != user;
         if lazy_member {
-            // Lazy loading: the members who sent something in this timeline (the client
-            // has the others or will fetch them), each once per client session, even when
-            // their member event is older than the token; redundant ones on request.
-            if !timeline_senders.contains(key.as_str()) {
+            // Lazy loading: the members who sent something in this timeline, and the
+            // summary's heroes (the client has the others or will fetch them), each once
+            // per client session, even when their member event is older than the token;
+            // redundant ones on request.
+            if !needed_members.contains(key.as_str()) {
                 continue;
             }
             let delivered = since.filter(|_| !full).is_some_and(|since| {
