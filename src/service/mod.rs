@@ -246,6 +246,15 @@ impl Services {
     /// The follow-up of a deactivation: every step is idempotent, and the marker is removed
     /// only when all succeeded (otherwise the next start tries again).
     async fn complete_deactivation(&self, user_id: &UserId) -> Result<()> {
+        // A login that committed after the deactivation batch read the device list, but before
+        // that batch committed, left a device with live tokens: remove whatever remains.
+        if !self.sessions.devices(user_id)?.is_empty() {
+            let mut batch = Batch::new();
+            self.sessions
+                .stage_delete_devices(&mut batch, user_id, None, None)?;
+            self.store.commit(batch).await?;
+            self.e2ee.devices_removed(user_id).await;
+        }
         self.e2ee.delete_cross_signing(user_id).await?;
         self.e2ee.delete_all_backups(user_id).await?;
         if self.leave_all_rooms(user_id).await {

@@ -175,3 +175,54 @@ async fn a_login_racing_a_deactivation_gets_no_working_token() {
         ),
     }
 }
+
+/// A login that commits after the deactivation batch read the user's devices but before it
+/// committed leaves a device the batch did not know of. The follow-up (here finished at the
+/// next start, as after a crash) removes it, so its token stops working.
+#[tokio::test]
+async fn a_device_left_by_a_login_racing_the_deactivation_batch_is_removed() {
+    let mut srv = TestServer::start().await;
+    let (user, _, _) = srv.register("rex", "pw").await;
+    let user_id = UserId::parse(&user).unwrap();
+    services(&srv).begin_deactivation(&user_id).await.unwrap();
+    // What the racing login committed: a new device with tokens, staged as login stages it.
+    let mut batch = hearth::store::Batch::new();
+    let device: &ruma::DeviceId = "RACER".into();
+    let tokens = services(&srv)
+        .sessions
+        .stage_login(
+            &mut batch,
+            &user_id,
+            device,
+            None,
+            false,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        )
+        .unwrap();
+    services(&srv).store.commit(batch).await.unwrap();
+    let (status, _) = srv
+        .get(
+            "/_matrix/client/v3/account/whoami",
+            Some(&tokens.access_token),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the raced device exists before the follow-up"
+    );
+
+    srv.restart().await;
+    let (status, body) = srv
+        .get(
+            "/_matrix/client/v3/account/whoami",
+            Some(&tokens.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(services(&srv)
+        .sessions
+        .devices(&user_id)
+        .unwrap()
+        .is_empty());
+}
