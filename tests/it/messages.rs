@@ -314,7 +314,7 @@ async fn contains_url_filters_on_the_url_key() {
     let image = body["event_id"].as_str().unwrap().to_owned();
     let with = enc(r#"{"contains_url":true,"types":["m.room.message"]}"#);
     let page = messages(&srv, &alice, &room, &format!("dir=b&filter={with}")).await;
-    assert_eq!(ids(&page), [image.clone()]);
+    assert_eq!(ids(&page), [image]);
     let without = enc(r#"{"contains_url":false,"types":["m.room.message"]}"#);
     let page = messages(&srv, &alice, &room, &format!("dir=b&filter={without}")).await;
     assert_eq!(ids(&page), [text]);
