@@ -137,6 +137,14 @@ impl AccountData {
     }
 
     /// The content of one entry as JSON bytes (always an object), `None` when unset.
+    /// The users `user_id` ignores (their `m.ignored_user_list`; none when unset).
+    pub fn ignored_users_of(&self, user_id: &UserId) -> Result<std::collections::HashSet<String>> {
+        Ok(self
+            .get(user_id, None, IGNORED_USER_LIST)?
+            .map(|content| ignored_users(&content))
+            .unwrap_or_default())
+    }
+
     pub fn get(
         &self,
         user_id: &UserId,

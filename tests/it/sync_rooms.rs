@@ -580,6 +580,53 @@ async fn ignored_users_events_invites_and_to_device_messages_are_not_delivered()
             && e["content"]["ignored_users"].get(&alice_id).is_some()));
     let since = next_batch(&body);
 
+    // /messages and the events around a /context leave out her messages too (not her state).
+    let (status, page) = srv
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                enc(&room)
+            ),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let chunk = page["chunk"].as_array().unwrap();
+    let bodies: Vec<&str> = chunk
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["from carol"], "{page}");
+    assert!(chunk.iter().any(|e| e["type"] == "m.room.name"), "{page}");
+    let carol_event = chunk
+        .iter()
+        .find(|e| e["content"]["body"] == "from carol")
+        .unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, context) = srv
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=10",
+                enc(&room),
+                enc(&carol_event)
+            ),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    for side in ["events_before", "events_after"] {
+        assert!(
+            context[side]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|e| e["sender"] != alice_id.as_str() || e.get("state_key").is_some()),
+            "{context}"
+        );
+    }
+
     // Un-ignoring: alice's new events come again; what was missed is not resent.
     set_ignored(&srv, &bob, &bob_id, &[]).await;
     send(&srv, &alice, &room, "alice again").await;

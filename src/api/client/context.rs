@@ -111,6 +111,9 @@ fn context_page(
         .event(&body.event_id)?
         .filter(|e| e.meta.room_sid == room.sid);
     let event = reader.visible(event)?;
+    // The event asked for is shown whoever sent it; the events around it leave out what
+    // ignored users sent, as every timeline does.
+    reader.ignore(services.account_data.ignored_users_of(&me.user_id)?);
     let limit = usize::try_from(u64::from(body.limit))
         .unwrap_or(MAX_LIMIT)
         .min(MAX_LIMIT);

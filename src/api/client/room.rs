@@ -574,6 +574,7 @@ fn messages_page(
     let room = known_room(services, &body.room_id)?;
     let mut reader = services.rooms.reader(&body.room_id, &me.user_id)?;
     reader.access.require_history()?;
+    reader.ignore(services.account_data.ignored_users_of(&me.user_id)?);
     let backwards = body.dir == Direction::Backward;
     let from = match body.from.as_deref() {
         Some(t) => pagination_position(t)?,

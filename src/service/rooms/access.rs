@@ -13,7 +13,7 @@
 //! - anything else (never a member, a rejected invite, a pre-emptive ban, a forgotten room):
 //!   nothing, exactly like a room the user never heard of.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ruma::{RoomId, UserId};
 use serde_json::Value;
@@ -161,6 +161,9 @@ pub struct Reader<'a> {
     runs: HashMap<Option<u64>, (String, Option<String>)>,
     /// The sid of the user's newest join event in the room (`Some(None)`: never joined).
     latest_join: Option<Option<u64>>,
+    /// Senders whose non-state events the user does not want (`m.ignored_user_list`); set by
+    /// the read paths that deliver a timeline ([`Reader::ignore`]).
+    ignored: HashSet<String>,
 }
 
 impl<'a> Reader<'a> {
@@ -171,7 +174,14 @@ impl<'a> Reader<'a> {
             access,
             runs: HashMap::new(),
             latest_join: None,
+            ignored: HashSet::new(),
         }
+    }
+
+    /// From now on, leaves out non-state events sent by `ignored` users (spec: "Ignoring
+    /// Users": the client no longer receives their events, state events excepted).
+    pub fn ignore(&mut self, ignored: HashSet<String>) {
+        self.ignored = ignored;
     }
 
     /// Whether the user may see the event: the room-level access, then the event's history
@@ -193,6 +203,9 @@ impl<'a> Reader<'a> {
         }
         if own_membership {
             return Ok(true);
+        }
+        if meta.state_key.is_none() && self.ignored.contains(&meta.sender) {
+            return Ok(false);
         }
         // The state at an event: a state event includes itself (see `state::state_head`).
         let head = if meta.state_key.is_some() {

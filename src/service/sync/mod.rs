@@ -43,13 +43,8 @@ use presence::presence_events;
 use room::{joined_room, room_timeline, STRIPPED_STATE};
 
 use super::{
-    account_data::{ignored_users, AccountData, IGNORED_USER_LIST},
-    e2ee::E2ee,
-    presence::Presence,
-    push_rules::PushRules,
-    receipts::Receipts,
-    rooms::Rooms,
-    typing::Typing,
+    account_data::AccountData, e2ee::E2ee, presence::Presence, push_rules::PushRules,
+    receipts::Receipts, rooms::Rooms, typing::Typing,
 };
 use crate::error::Result;
 
@@ -147,13 +142,7 @@ pub async fn sync_once(
 ) -> Result<SyncResult> {
     // Users the user ignores (spec: "Ignoring Users"): their non-state events, invites and
     // to-device messages are left out, from the first sync after the list changes on.
-    let ignored = match sources
-        .account_data
-        .get(request.user_id, None, IGNORED_USER_LIST)?
-    {
-        Some(content) => ignored_users(&content),
-        None => HashSet::new(),
-    };
+    let ignored = sources.account_data.ignored_users_of(request.user_id)?;
     let from_ignored = |event: &Value| {
         event["sender"]
             .as_str()
