@@ -449,3 +449,62 @@ async fn a_history_visibility_change_is_visible_if_before_or_after_allows() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// Bundled aggregations read the children with the same access as every other path: a user
+/// who left an `invited`-visibility room and was invited again sees no edit made after their
+/// leave bundled onto a message they could read.
+#[tokio::test]
+async fn bundled_edits_follow_the_departure_cut_off() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(
+        &srv,
+        &alice,
+        json!({"preset": "public_chat", "initial_state": [{
+            "type": "m.room.history_visibility", "state_key": "",
+            "content": {"history_visibility": "invited"}}]}),
+    )
+    .await;
+    join(&srv, &bob, &room).await;
+    let room = enc(&room);
+    let root = send(&srv, &alice, &room, "t1", "original").await;
+    let (status, body) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    member_action(&srv, &alice, &room, "invite", &bob_id).await;
+    // An edit while bob is invited again: `invited` visibility alone would show it to him.
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t2"),
+            Some(&alice),
+            json!({"msgtype": "m.text", "body": "* edited", "m.new_content":
+                {"msgtype": "m.text", "body": "edited"},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": root}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let path = format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(&root));
+    let (status, body) = srv.get(&path, Some(&alice)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["unsigned"]["m.relations"]["m.replace"].is_object(),
+        "the sender sees the edit bundled: {body}"
+    );
+    let (status, body) = srv.get(&path, Some(&bob)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "bob read the message while joined: {body}"
+    );
+    assert!(
+        body["unsigned"].get("m.relations").is_none(),
+        "an edit after bob's leave is bundled for him: {body}"
+    );
+}

@@ -326,21 +326,27 @@ impl Rooms {
         {
             return Ok(value);
         }
+        // Children are read with the same room-level access and history visibility as every
+        // other read path (`access.rs`): one reader per parent.
+        let mut reader = match (viewer, &event.pdu.room_id) {
+            (Some(v), Some(room_id)) => Some(self.reader(room_id, v.user_id)?),
+            _ => None,
+        };
         let mut relations = Map::new();
         if with_thread {
-            if let Some(thread) = self.thread_summary(event, viewer)? {
+            if let Some(thread) = self.thread_summary(event, viewer, reader.as_mut())? {
                 relations.insert(THREAD.into(), thread);
             }
         }
         if event.meta.redacted_by.is_none() {
-            if let Some(edit) = self.latest_edit(event, viewer)? {
+            if let Some(edit) = self.latest_edit(event, reader.as_mut())? {
                 relations.insert(REPLACE.into(), self.client_event(&edit, viewer));
             }
         }
         let references = self.children_of_type(event.sid, REFERENCE)?;
         let mut chunk = Vec::new();
         for (sid, _) in references {
-            if let Some(child) = self.visible_child(sid, viewer)? {
+            if let Some(child) = self.visible_child(sid, reader.as_mut())? {
                 chunk.push(json!({"event_id": child.pdu.event_id}));
             }
         }
@@ -373,15 +379,21 @@ impl Rooms {
             .collect())
     }
 
-    /// The child event, if the viewer may see it (any child when there is no viewer).
-    fn visible_child(&self, sid: u64, viewer: Option<Viewer<'_>>) -> Result<Option<StoredEvent>> {
+    /// The child event, if the reader may see it (any child when there is no reader).
+    fn visible_child(
+        &self,
+        sid: u64,
+        reader: Option<&mut Reader<'_>>,
+    ) -> Result<Option<StoredEvent>> {
         let Some(event) = self.event_by_sid(sid)? else {
             return Ok(None);
         };
-        match viewer {
-            Some(v) if !self.can_see(v.user_id, &event)? => Ok(None),
-            _ => Ok(Some(event)),
+        if let Some(reader) = reader {
+            if !reader.may_see(&event)? {
+                return Ok(None);
+            }
         }
+        Ok(Some(event))
     }
 
     /// The child event, if the reader may see it.
@@ -397,6 +409,7 @@ impl Rooms {
         &self,
         root: &StoredEvent,
         viewer: Option<Viewer<'_>>,
+        mut reader: Option<&mut Reader<'_>>,
     ) -> Result<Option<Value>> {
         let replies = self.children_of_type(root.sid, THREAD)?;
         if replies.is_empty() {
@@ -408,7 +421,7 @@ impl Rooms {
         });
         let mut latest = None;
         for (sid, _) in replies.iter().rev() {
-            if let Some(event) = self.visible_child(*sid, viewer)? {
+            if let Some(event) = self.visible_child(*sid, reader.as_deref_mut())? {
                 latest = Some(event);
                 break;
             }
@@ -429,7 +442,7 @@ impl Rooms {
     fn latest_edit(
         &self,
         event: &StoredEvent,
-        viewer: Option<Viewer<'_>>,
+        mut reader: Option<&mut Reader<'_>>,
     ) -> Result<Option<StoredEvent>> {
         let mut edits = self.children_of_type(event.sid, REPLACE)?;
         edits.sort_by_key(|(sid, r)| std::cmp::Reverse((r.origin_server_ts, *sid)));
@@ -441,7 +454,7 @@ impl Rooms {
             {
                 break;
             }
-            let Some(edit) = self.visible_child(sid, viewer)? else {
+            let Some(edit) = self.visible_child(sid, reader.as_deref_mut())? else {
                 continue;
             };
             let newer = best.as_ref().is_none_or(|b| {
