@@ -44,7 +44,11 @@ async fn report_event(
         .event(&body.event_id)?
         .filter(|e| e.meta.room_sid == room.sid)
         .ok_or_else(not_found)?;
-    if !services.rooms.can_see(&me.user_id, &event)? {
+    if !services
+        .rooms
+        .reader(&body.room_id, &me.user_id)?
+        .may_see(&event)?
+    {
         return Err(not_found());
     }
     let target = ReportTarget::Event {

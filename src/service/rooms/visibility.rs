@@ -1,10 +1,11 @@
-//! History visibility (spec: client-server API, room history visibility): which events a user
-//! may read. Every read path (messages, context, event, relations, state, members) asks here.
+//! History visibility (spec: client-server API, room history visibility): the lookups behind
+//! the per-event rule. Read paths go through [`super::access::Reader`], which applies the
+//! room-level access first and then [`decide`] with these, cached per state run.
 
 use ruma::{events::StateEventType, UserId};
 use serde_json::Value;
 
-use super::{state::state_head, Rooms, StoredEvent};
+use super::Rooms;
 use crate::error::Result;
 
 /// How far back to follow a user's membership changes when deciding `shared` visibility.
@@ -22,22 +23,12 @@ impl Rooms {
             .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned)))
     }
 
-    /// The `history_visibility` in force at an event (`shared` when unset, per spec).
-    pub fn visibility_at(&self, event: &StoredEvent) -> Result<String> {
-        self.visibility_at_head(state_head(event))
-    }
-
     /// The `history_visibility` in the state whose newest state event is `head`.
     pub fn visibility_at_head(&self, head: Option<u64>) -> Result<String> {
         let sid = self.state_at(head, &StateEventType::RoomHistoryVisibility, "")?;
         Ok(self
             .content_field(sid, "history_visibility")?
             .unwrap_or_else(|| "shared".into()))
-    }
-
-    /// The user's membership in the state at an event.
-    pub fn membership_at(&self, event: &StoredEvent, user_id: &UserId) -> Result<Option<String>> {
-        self.membership_at_head(state_head(event), user_id)
     }
 
     /// The user's membership in the state whose newest state event is `head`.
@@ -100,27 +91,6 @@ impl Rooms {
             cursor = event.meta.replaces_state;
         }
         Ok(None)
-    }
-
-    /// The spec's visibility algorithm for one event. Read paths use
-    /// [`super::access::Reader::may_see`], which also applies the room-level access and caches
-    /// per state run; this is the uncached per-event rule.
-    pub fn can_see(&self, user_id: &UserId, event: &StoredEvent) -> Result<bool> {
-        // Users always see events about their own membership (an invite, a kick, a ban),
-        // even when the history around them is hidden.
-        if event.meta.kind == "m.room.member"
-            && event.meta.state_key.as_deref() == Some(user_id.as_str())
-        {
-            return Ok(true);
-        }
-        let visibility = self.visibility_at(event)?;
-        let membership = self.membership_at(event, user_id)?;
-        if let Some(decided) = decide(&visibility, membership.as_deref()) {
-            return Ok(decided);
-        }
-        Ok(self
-            .latest_join(event.meta.room_sid, user_id)?
-            .is_some_and(|join| join > event.sid))
     }
 }
 
