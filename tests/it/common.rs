@@ -186,3 +186,38 @@ pub async fn join(srv: &TestServer, token: &str, room: &str) {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// The real `hearth` binary serving `data_dir` on a free loopback port (low bcrypt cost, no
+/// rate limits), once it answers `/versions`: the child and its base URL (`http://127.0.0.1:PORT`).
+/// For tests of signals and process exit; everything else uses [`TestServer`].
+pub async fn spawn_binary(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    use std::time::{Duration, Instant};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .env_clear()
+        .env("HEARTH_DATA_DIR", data_dir)
+        .env("HEARTH_LISTENERS", format!("127.0.0.1:{port}"))
+        .env("HEARTH_BCRYPT_COST", "4")
+        .env("HEARTH_RATE_LIMIT__ENABLED", "false")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .get(format!("{base}/_matrix/client/versions"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
+}

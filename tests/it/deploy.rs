@@ -218,33 +218,8 @@ fn backup_of_stopped_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("HEARTH_DATA_DIR", dir.path())
-        .env("HEARTH_LISTENERS", format!("127.0.0.1:{port}"))
-        .env("HEARTH_BCRYPT_COST", "4")
-        .env("HEARTH_RATE_LIMIT__ENABLED", "false")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = crate::common::spawn_binary(dir.path()).await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http
-        .get(format!("{base}/_matrix/client/versions"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let srv_register = |name: &'static str| {
         let http = http.clone();
         let base = base.clone();
@@ -337,7 +312,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     // New connections are refused soon after the signal.
     let mut refused = false;
     while killed_at.elapsed() < Duration::from_secs(2) {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+        if tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
             .await
             .is_err()
         {

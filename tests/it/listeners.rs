@@ -175,44 +175,17 @@ async fn connection_cap_holds() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_hearth");
-
 /// The real binary: SIGTERM while a /sync long-polls with a 30 s timeout. The poll answers
 /// 200 at once with its current result, and the process exits 0 well before the drain
 /// deadline (10 s) and systemd's stop timeout (30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_wakes_a_30s_long_poll_and_exits_promptly() {
     use serde_json::{json, Value};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("HEARTH_DATA_DIR", dir.path())
-        .env("HEARTH_LISTENERS", format!("127.0.0.1:{port}"))
-        .env("HEARTH_BCRYPT_COST", "4")
-        .env("HEARTH_RATE_LIMIT__ENABLED", "false")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = crate::common::spawn_binary(dir.path()).await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http
-        .get(format!("{base}/_matrix/client/versions"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let register = |body: Value| {
         let (http, base) = (http.clone(), base.clone());
         async move {
@@ -439,31 +412,12 @@ async fn ipv6_clients_share_a_bucket_per_64() {
 async fn sigterm_exits_promptly_while_a_backup_reader_stalls() {
     use serde_json::{json, Value};
     use std::io::Write as _;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("HEARTH_DATA_DIR", dir.path())
-        .env("HEARTH_LISTENERS", format!("127.0.0.1:{port}"))
-        .env("HEARTH_BCRYPT_COST", "4")
-        .env("HEARTH_RATE_LIMIT__ENABLED", "false")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}/_matrix/client/v3");
+    let (mut child, base) = crate::common::spawn_binary(dir.path()).await;
+    let base = format!("{base}/_matrix/client/v3");
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http.get(format!("{base}/login")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let done: Value = http
         .post(format!("{base}/register"))
         .json(&json!({"username": "bea", "password": "pw", "auth": {"type": "m.login.dummy"}}))
