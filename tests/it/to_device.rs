@@ -287,19 +287,12 @@ async fn unknown_remote_and_deleted_recipients() {
 
 /// One `/sync` of `dev` from `since`: its `next_batch` and the `n` of each to-device message.
 async fn sync_to_device(srv: &TestServer, dev: &Dev, since: Option<&str>) -> (String, Vec<u64>) {
-    let path = match since {
-        Some(since) => format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
-        None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
-    };
-    let (status, body) = srv.get(&path, Some(&dev.token)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let ns = body["to_device"]["events"]
-        .as_array()
-        .expect("to_device.events")
+    let (events, next) = sync(srv, dev, since).await;
+    let ns = events
         .iter()
         .map(|e| e["content"]["n"].as_u64().expect("n"))
         .collect();
-    (body["next_batch"].as_str().unwrap().to_owned(), ns)
+    (next, ns)
 }
 
 /// Sends messages `ns` from `from` to `to`'s device, one send each, in order, each padded with
