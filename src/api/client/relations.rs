@@ -15,7 +15,7 @@ use ruma::{
         Direction,
     },
     serde::Raw,
-    EventId, RoomId, UInt,
+    OwnedEventId, OwnedRoomId, UInt,
 };
 
 use super::room::{known_room, raw, viewer};
@@ -60,28 +60,47 @@ struct Page {
     recursion_depth: Option<UInt>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn page(
-    services: &Services,
-    me: &Authed,
-    room_id: &RoomId,
-    event_id: &EventId,
-    mut query: RelationsQuery,
-    from: Option<&str>,
-    to: Option<&str>,
+/// What every `/relations` variant asks: the parent, the relation filter and the paging.
+struct PageRequest {
+    room_id: OwnedRoomId,
+    event_id: OwnedEventId,
+    query: RelationsQuery,
+    from: Option<String>,
+    to: Option<String>,
     dir: Direction,
-    limit_value: Option<UInt>,
-) -> Result<Page> {
+    limit: Option<UInt>,
+}
+
+/// Reads a page of relations off the async workers (a heavy read).
+async fn page(services: Arc<Services>, ctx: Ctx, request: PageRequest) -> Result<Page> {
+    let me = ctx.authed()?.clone();
+    let reading = services.clone();
+    services
+        .rooms
+        .heavy_read(move || read_page(&reading, &me, request))
+        .await
+}
+
+fn read_page(services: &Services, me: &Authed, request: PageRequest) -> Result<Page> {
+    let PageRequest {
+        room_id,
+        event_id,
+        mut query,
+        from,
+        to,
+        dir,
+        limit: limit_value,
+    } = request;
     // Unknown, foreign or invisible parent: 404, so that existence does not leak.
-    let room = known_room(services, room_id)?;
-    let mut reader = services.rooms.reader(room_id, &me.user_id)?;
+    let room = known_room(services, &room_id)?;
+    let mut reader = services.rooms.reader(&room_id, &me.user_id)?;
     let parent = services
         .rooms
-        .event(event_id)?
+        .event(&event_id)?
         .filter(|e| e.meta.room_sid == room.sid);
     let parent = reader.visible(parent)?;
-    query.from = token(from)?;
-    query.to = token(to)?;
+    query.from = token(from.as_deref())?;
+    query.to = token(to.as_deref())?;
     query.backwards = dir == Direction::Backward;
     query.limit = limit(limit_value, DEFAULT_LIMIT, MAX_LIMIT);
     let result = services.rooms.relations(&parent, &mut reader, &query)?;
@@ -93,7 +112,7 @@ fn page(
     Ok(Page {
         chunk,
         next_batch: result.next.map(|t| t.to_string()),
-        prev_batch: from.map(str::to_owned),
+        prev_batch: from,
         recursion_depth: query.recurse.then(|| UInt::from(RECURSION_DEPTH)),
     })
 }
@@ -103,33 +122,29 @@ async fn relations(
     ctx: Ctx,
     body: get_relating_events::v1::Request,
 ) -> Result<get_relating_events::v1::Response> {
-    let me = ctx.authed()?.clone();
-    let reading = services.clone();
-    services
-        .rooms
-        .heavy_read(move || {
-            let query = RelationsQuery {
-                recurse: body.recurse,
-                ..Default::default()
-            };
-            let page = page(
-                &reading,
-                &me,
-                &body.room_id,
-                &body.event_id,
-                query,
-                body.from.as_deref(),
-                body.to.as_deref(),
-                body.dir,
-                body.limit,
-            )?;
-            let mut response = get_relating_events::v1::Response::new(page.chunk);
-            response.next_batch = page.next_batch;
-            response.prev_batch = page.prev_batch;
-            response.recursion_depth = page.recursion_depth;
-            Ok(response)
-        })
-        .await
+    let query = RelationsQuery {
+        recurse: body.recurse,
+        ..Default::default()
+    };
+    let page = page(
+        services,
+        ctx,
+        PageRequest {
+            room_id: body.room_id,
+            event_id: body.event_id,
+            query,
+            from: body.from,
+            to: body.to,
+            dir: body.dir,
+            limit: body.limit,
+        },
+    )
+    .await?;
+    let mut response = get_relating_events::v1::Response::new(page.chunk);
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.recursion_depth = page.recursion_depth;
+    Ok(response)
 }
 
 async fn relations_of_type(
@@ -137,34 +152,30 @@ async fn relations_of_type(
     ctx: Ctx,
     body: get_relating_events_with_rel_type::v1::Request,
 ) -> Result<get_relating_events_with_rel_type::v1::Response> {
-    let me = ctx.authed()?.clone();
-    let reading = services.clone();
-    services
-        .rooms
-        .heavy_read(move || {
-            let query = RelationsQuery {
-                rel_type: Some(body.rel_type.to_string()),
-                recurse: body.recurse,
-                ..Default::default()
-            };
-            let page = page(
-                &reading,
-                &me,
-                &body.room_id,
-                &body.event_id,
-                query,
-                body.from.as_deref(),
-                body.to.as_deref(),
-                body.dir,
-                body.limit,
-            )?;
-            let mut response = get_relating_events_with_rel_type::v1::Response::new(page.chunk);
-            response.next_batch = page.next_batch;
-            response.prev_batch = page.prev_batch;
-            response.recursion_depth = page.recursion_depth;
-            Ok(response)
-        })
-        .await
+    let query = RelationsQuery {
+        rel_type: Some(body.rel_type.to_string()),
+        recurse: body.recurse,
+        ..Default::default()
+    };
+    let page = page(
+        services,
+        ctx,
+        PageRequest {
+            room_id: body.room_id,
+            event_id: body.event_id,
+            query,
+            from: body.from,
+            to: body.to,
+            dir: body.dir,
+            limit: body.limit,
+        },
+    )
+    .await?;
+    let mut response = get_relating_events_with_rel_type::v1::Response::new(page.chunk);
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.recursion_depth = page.recursion_depth;
+    Ok(response)
 }
 
 async fn relations_of_type_and_event_type(
@@ -172,36 +183,32 @@ async fn relations_of_type_and_event_type(
     ctx: Ctx,
     body: get_relating_events_with_rel_type_and_event_type::v1::Request,
 ) -> Result<get_relating_events_with_rel_type_and_event_type::v1::Response> {
-    let me = ctx.authed()?.clone();
-    let reading = services.clone();
-    services
-        .rooms
-        .heavy_read(move || {
-            let query = RelationsQuery {
-                rel_type: Some(body.rel_type.to_string()),
-                event_type: Some(body.event_type.to_string()),
-                recurse: body.recurse,
-                ..Default::default()
-            };
-            let page = page(
-                &reading,
-                &me,
-                &body.room_id,
-                &body.event_id,
-                query,
-                body.from.as_deref(),
-                body.to.as_deref(),
-                body.dir,
-                body.limit,
-            )?;
-            let mut response =
-                get_relating_events_with_rel_type_and_event_type::v1::Response::new(page.chunk);
-            response.next_batch = page.next_batch;
-            response.prev_batch = page.prev_batch;
-            response.recursion_depth = page.recursion_depth;
-            Ok(response)
-        })
-        .await
+    let query = RelationsQuery {
+        rel_type: Some(body.rel_type.to_string()),
+        event_type: Some(body.event_type.to_string()),
+        recurse: body.recurse,
+        ..Default::default()
+    };
+    let page = page(
+        services,
+        ctx,
+        PageRequest {
+            room_id: body.room_id,
+            event_id: body.event_id,
+            query,
+            from: body.from,
+            to: body.to,
+            dir: body.dir,
+            limit: body.limit,
+        },
+    )
+    .await?;
+    let mut response =
+        get_relating_events_with_rel_type_and_event_type::v1::Response::new(page.chunk);
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.recursion_depth = page.recursion_depth;
+    Ok(response)
 }
 
 /// The room's thread roots, newest activity first, with their thread summaries. 403 for a user
