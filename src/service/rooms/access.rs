@@ -18,13 +18,8 @@ use std::collections::{HashMap, HashSet};
 use ruma::{RoomId, UserId};
 use serde_json::Value;
 
-use super::{CurrentState, EventMeta, EventMetaTable, Rooms, StoredEvent, SNAPSHOT_EVERY};
+use super::{EventMeta, EventMetaTable, Rooms, StoredEvent, SNAPSHOT_EVERY};
 use crate::error::{Error, Result};
-
-/// How far back a user's chain of member events is followed to find a past join. A user who
-/// changed membership more often than this without joining is treated as never joined, which
-/// only ever hides history, never reveals it.
-const MEMBERSHIP_WALK_LIMIT: usize = 100;
 
 /// Bound on the states one reader caches (a request's scan is bounded too; this caps memory).
 const MAX_CACHED_RUNS: usize = 8192;
@@ -116,23 +111,11 @@ impl Rooms {
     }
 
     /// The member event that ended the user's most recent join, if they were ever joined (and
-    /// are not now): walks the user's member events newest first.
+    /// are not now).
     fn last_departure(&self, room_sid: u64, user_id: &UserId) -> Result<Option<u64>> {
-        let key = (room_sid, "m.room.member".to_owned(), user_id.to_string());
-        let mut cursor = self.store.get::<CurrentState>(&key)?;
-        let mut newer = None;
-        for _ in 0..MEMBERSHIP_WALK_LIMIT {
-            let Some(sid) = cursor else { return Ok(None) };
-            let Some(event) = self.event_by_sid(sid)? else {
-                return Ok(None);
-            };
-            if membership_of(&event).as_deref() == Some("join") {
-                return Ok(newer);
-            }
-            newer = Some(sid);
-            cursor = event.meta.replaces_state;
-        }
-        Ok(None)
+        Ok(self
+            .last_join(room_sid, user_id)?
+            .and_then(|(_, departure)| departure))
     }
 
     /// A reader of one room for one request: the user's access, and a visibility cache.

@@ -396,14 +396,6 @@ impl Rooms {
         Ok(Some(event))
     }
 
-    /// The child event, if the reader may see it.
-    fn readable_child(&self, sid: u64, reader: &mut Reader<'_>) -> Result<Option<StoredEvent>> {
-        match self.event_by_sid(sid)? {
-            Some(event) if reader.may_see(&event)? => Ok(Some(event)),
-            _ => Ok(None),
-        }
-    }
-
     /// The `m.thread` aggregation of a thread root, if it has replies.
     fn thread_summary(
         &self,
@@ -498,7 +490,7 @@ impl Rooms {
             while events.len() < limit {
                 let Some(sid) = rest.next() else { break };
                 next = Some(if query.backwards { sid } else { sid + 1 });
-                if let Some(event) = self.readable_child(sid, reader)? {
+                if let Some(event) = self.visible_child(sid, Some(&mut *reader))? {
                     events.push(event);
                 }
             }
@@ -540,7 +532,7 @@ impl Rooms {
                 {
                     continue;
                 }
-                if let Some(event) = self.readable_child(sid, reader)? {
+                if let Some(event) = self.visible_child(sid, Some(&mut *reader))? {
                     events.push(event);
                     if events.len() == limit {
                         let last = exhausted && index + 1 == count;

@@ -8,7 +8,9 @@ use serde_json::Value;
 use super::Rooms;
 use crate::error::Result;
 
-/// How far back to follow a user's membership changes when deciding `shared` visibility.
+/// How far back a user's chain of member events is followed to find a past join. A user who
+/// changed membership more often than this without joining is treated as never joined, which
+/// only ever hides history, never reveals it.
 const MEMBERSHIP_HISTORY_LIMIT: usize = 100;
 
 impl Rooms {
@@ -41,21 +43,30 @@ impl Rooms {
         self.content_field(sid, "membership")
     }
 
-    /// The sid of the user's newest join event in the room, if any within the walk limit.
-    pub fn latest_join(&self, room_sid: u64, user_id: &UserId) -> Result<Option<u64>> {
+    /// The user's newest join event in the room and the member event that followed it (the
+    /// one that ended that join, if it has ended), walking the user's member events newest
+    /// first; `None` if no join is found within the walk limit.
+    pub fn last_join(&self, room_sid: u64, user_id: &UserId) -> Result<Option<(u64, Option<u64>)>> {
         let key = (room_sid, "m.room.member".to_owned(), user_id.to_string());
         let mut cursor = self.store.get::<super::CurrentState>(&key)?;
+        let mut newer = None;
         for _ in 0..MEMBERSHIP_HISTORY_LIMIT {
             let Some(sid) = cursor else { return Ok(None) };
             let Some(event) = self.event_by_sid(sid)? else {
                 return Ok(None);
             };
             if super::access::membership_of(&event).as_deref() == Some("join") {
-                return Ok(Some(sid));
+                return Ok(Some((sid, newer)));
             }
+            newer = Some(sid);
             cursor = event.meta.replaces_state;
         }
         Ok(None)
+    }
+
+    /// The sid of the user's newest join event in the room, if any within the walk limit.
+    pub fn latest_join(&self, room_sid: u64, user_id: &UserId) -> Result<Option<u64>> {
+        Ok(self.last_join(room_sid, user_id)?.map(|(join, _)| join))
     }
 
     /// Whether `user_id` joined the room at any point after the event `after_sid`.
