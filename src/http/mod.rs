@@ -13,7 +13,7 @@ pub mod tls;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Buf;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::Filter;
 
@@ -196,7 +196,8 @@ where
             body_stream,
         },
     );
-    match CatchUnwind(handling).await {
+    // Unwind safety: after a panic the future is never polled again; it is only dropped.
+    match std::panic::AssertUnwindSafe(handling).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => {
             // A last net: no request may reach a panic (bodies that make a parser panic are
@@ -209,27 +210,6 @@ where
                 .unwrap_or_default();
             log::error!("request handler panicked: {message}");
             Err(Error::unknown("Internal error"))
-        }
-    }
-}
-
-/// Polls a future, turning a panic inside it into an `Err` with the panic's payload.
-struct CatchUnwind<F>(F);
-
-impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let inner = &mut self.0;
-        // Unwind safety: after a panic the future is never polled again; it is only dropped.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            std::pin::Pin::new(inner).poll(cx)
-        })) {
-            Ok(poll) => poll.map(Ok),
-            Err(panic) => std::task::Poll::Ready(Err(panic)),
         }
     }
 }
@@ -361,9 +341,13 @@ mod tests {
     #[tokio::test]
     async fn catch_unwind_turns_a_panic_into_an_error() {
         let panicking: router::BoxFuture<u32> = Box::pin(async { panic!("boom") });
-        let caught = CatchUnwind(panicking).await.unwrap_err();
+        let caught = std::panic::AssertUnwindSafe(panicking)
+            .catch_unwind()
+            .await
+            .unwrap_err();
         assert_eq!(caught.downcast_ref::<&str>(), Some(&"boom"));
         let fine: router::BoxFuture<u32> = Box::pin(async { 7 });
-        assert_eq!(CatchUnwind(fine).await.unwrap(), 7);
+        let fine = std::panic::AssertUnwindSafe(fine).catch_unwind().await;
+        assert_eq!(fine.unwrap(), 7);
     }
 }

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use http::Method;
+use http::{Method, StatusCode};
 use ruma::{
     api::{
         client::device::{delete_device, delete_devices, get_device, get_devices, update_device},
@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     error::{Error, Result},
-    http::{Auth, Ctx, Incoming, Response, Router},
+    http::{json_value, Auth, Ctx, Incoming, Response, Router},
     service::{sessions::DeviceRecord, Services},
 };
 
@@ -59,15 +59,6 @@ fn device_json(device_id: &str, record: DeviceRecord) -> Value {
     Value::Object(device)
 }
 
-fn json_response(body: &Value) -> Response {
-    let mut response = Response::new(body.to_string().into_bytes());
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
 async fn list(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
     let me = incoming.ctx.authed()?;
     let devices: Vec<Value> = services
@@ -76,7 +67,7 @@ async fn list(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         .into_iter()
         .map(|(id, record)| device_json(id.as_str(), record))
         .collect();
-    Ok(json_response(&json!({ "devices": devices })))
+    Ok(json_value(StatusCode::OK, json!({ "devices": devices })))
 }
 
 async fn get(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
@@ -89,7 +80,7 @@ async fn get(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         .sessions
         .device(&me.user_id, &OwnedDeviceId::from(device_id.as_str()))?
         .ok_or_else(|| Error::not_found("Unknown device"))?;
-    Ok(json_response(&device_json(device_id, record)))
+    Ok(json_value(StatusCode::OK, device_json(device_id, record)))
 }
 
 async fn update(

@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use http::Method;
+use http::{Method, StatusCode};
 use ruma::{
     api::{client::typing::create_typing_event, path_builder::PathBuilder, Metadata},
     events::room::member::MembershipState,
@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::{
     error::{Error, Result},
-    http::{Auth, Incoming, Response, Router},
+    http::{json_response, Auth, Incoming, Response, Router},
     service::Services,
 };
 
@@ -104,10 +104,5 @@ async fn set_typing(services: Arc<Services>, incoming: Incoming) -> Result<Respo
         timeout,
         members.iter().map(|m| m.as_ref()),
     );
-    let mut response = Response::new(b"{}".to_vec());
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+    Ok(json_response(StatusCode::OK, b"{}".to_vec()))
 }

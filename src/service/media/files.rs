@@ -63,7 +63,6 @@ pub fn set_recorder(data_dir: &Path, recorder: Option<Arc<dyn Recorder>>) {
 /// The media root's filesystem access.
 #[derive(Clone)]
 pub struct Files {
-    root: PathBuf,
     recorder: Option<Arc<dyn Recorder>>,
 }
 
@@ -80,11 +79,7 @@ impl Files {
             .unwrap_or_else(|e| e.into_inner())
             .get(&root)
             .cloned();
-        Files { root, recorder }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
+        Files { recorder }
     }
 
     fn skip(&self, point: SyncPoint) -> bool {

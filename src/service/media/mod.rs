@@ -211,14 +211,6 @@ impl Media {
         format!("mxc://{}/{media_id}", self.server_name)
     }
 
-    /// Bytes the user has uploaded so far.
-    pub fn usage(&self, user: &UserId) -> Result<u64> {
-        Ok(self
-            .store
-            .get::<MediaUsage>(&user.to_string())?
-            .unwrap_or(0))
-    }
-
     fn quota_exceeded(&self, used: u64, size: u64) -> Error {
         Error::forbidden(format!(
             "Media quota exceeded: {used} of {} bytes used or held by uploads in progress, \
