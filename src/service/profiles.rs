@@ -7,11 +7,7 @@
 //! new `m.room.member` join event into every room the user is joined to (spec: "Events on
 //! Change of Profile Information").
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Mutex,
-    time::Instant,
-};
+use std::{collections::BTreeMap, time::Instant};
 
 use ruma::{
     events::{room::member::MembershipState, StateEventType},
@@ -19,7 +15,10 @@ use ruma::{
 };
 use serde_json::{Map, Value};
 
-use super::rooms::{NewEvent, Rooms};
+use super::{
+    ratelimit::{Buckets, Rate},
+    rooms::{membership::SERVER_ONLY_MEMBER_FIELDS, NewEvent, Rooms},
+};
 use crate::{
     error::{Error, Result},
     store::{Batch, Raw, Store},
@@ -50,23 +49,15 @@ const MAX_FIELDS: usize = 1024;
 /// Profile-change member events a room takes in a burst, and per second after it: the limit
 /// is per room (a busy room is not flooded by members renaming), and a room over it only
 /// misses that update (logged); the profile change itself and the other rooms go through.
-const ROOM_BURST: f64 = 20.0;
-const ROOM_PER_SECOND: f64 = 1.0;
-/// Rooms whose buckets are remembered before all are forgotten (memory bound).
-const MAX_ROOM_BUCKETS: usize = 10_000;
-
-/// Member-content keys that belong to one membership change and are not carried into the
-/// join event that announces a profile change.
-const NOT_CARRIED: &[&str] = &[
-    "join_authorised_via_users_server",
-    "third_party_invite",
-    "reason",
-];
+const ROOM_RATE: Rate = Rate {
+    per_second: 1.0,
+    burst: 20,
+};
 
 pub struct Profiles {
     store: Store,
-    /// Per-room token buckets for profile-change member events: `(tokens, last refill)`.
-    room_buckets: Mutex<HashMap<OwnedRoomId, (f64, Instant)>>,
+    /// Per-room token buckets for profile-change member events.
+    room_buckets: Buckets<OwnedRoomId>,
 }
 
 /// Rejects display names over the length limit.
@@ -97,7 +88,7 @@ impl Profiles {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            room_buckets: Mutex::new(HashMap::new()),
+            room_buckets: Buckets::new(ROOM_RATE),
         }
     }
 
@@ -140,7 +131,8 @@ impl Profiles {
         if content.get("membership").and_then(Value::as_str) != Some("join") {
             return Ok(false);
         }
-        for key in NOT_CARRIED {
+        // Keys that belong to one membership change, not to the profile announcement.
+        for key in SERVER_ONLY_MEMBER_FIELDS.iter().chain(&["reason"]) {
             content.remove(*key);
         }
         let before = content.clone();
@@ -153,7 +145,11 @@ impl Profiles {
         if content == before {
             return Ok(false);
         }
-        if !self.take_room_token(room_id) {
+        if self
+            .room_buckets
+            .take(&room_id.to_owned(), Instant::now())
+            .is_err()
+        {
             return Err(Error::new(
                 http::StatusCode::TOO_MANY_REQUESTS,
                 "M_LIMIT_EXCEEDED",
@@ -170,29 +166,6 @@ impl Profiles {
         )?;
         staged.commit().await?;
         Ok(true)
-    }
-
-    /// Takes one token from the room's bucket; `false` when it is empty.
-    fn take_room_token(&self, room_id: &ruma::RoomId) -> bool {
-        let mut buckets = self
-            .room_buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() >= MAX_ROOM_BUCKETS && !buckets.contains_key(room_id) {
-            buckets.clear();
-        }
-        let now = Instant::now();
-        let (tokens, last) = buckets
-            .entry(room_id.to_owned())
-            .or_insert((ROOM_BURST, now));
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * ROOM_PER_SECOND).min(ROOM_BURST);
-        *last = now;
-        if *tokens < 1.0 {
-            return false;
-        }
-        *tokens -= 1.0;
-        true
     }
 
     fn key(user_id: &UserId, field: &str) -> (String, String) {

@@ -35,7 +35,7 @@ struct Bucket {
 }
 
 /// Buckets keyed by `K`. The map lock protects only the bucket arithmetic (no I/O under it).
-struct Buckets<K> {
+pub struct Buckets<K> {
     rate: Rate,
     map: Mutex<HashMap<K, Bucket>>,
 }
@@ -45,7 +45,7 @@ struct Buckets<K> {
 const PRUNE_ABOVE: usize = 4096;
 
 impl<K: Hash + Eq + Clone> Buckets<K> {
-    fn new(rate: Rate) -> Self {
+    pub fn new(rate: Rate) -> Self {
         Self {
             rate,
             map: Mutex::new(HashMap::new()),
@@ -53,7 +53,7 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
     }
 
     /// Takes one token, or returns how long until one is available.
-    fn take(&self, key: &K, now: Instant) -> Result<(), Duration> {
+    pub fn take(&self, key: &K, now: Instant) -> Result<(), Duration> {
         let Rate { per_second, burst } = self.rate;
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() > PRUNE_ABOVE {
