@@ -255,14 +255,7 @@ pub fn start(
     // is tightened.
     let listener = path
         .parent()
-        .map(|dir| {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        })
+        .map(create_private_dir)
         .unwrap_or(Ok(()))
         .and_then(|()| tokio::net::UnixListener::bind(&path))
         .and_then(|l| {
@@ -282,4 +275,15 @@ pub fn start(
             ),
         }
     })
+}
+
+/// Creates `dir` (and missing parents) as mode 0700, and tightens it to 0700 if it existed: a
+/// directory only the server's user can enter (the admin socket's, a backup's destination).
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }

@@ -71,7 +71,8 @@ pub fn backup(config: &Config, dest: &Path) -> Result<(), String> {
     }
     // The copy holds every message and password hash: only its owner may enter it, from the
     // start (what is written inside cannot be reached by others while it is written).
-    create_private_dir(dest)?;
+    crate::admin::create_private_dir(dest)
+        .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
     let data_dir = &config.data_dir;
     let mut progress = Progress::new("store");
     let started = std::time::Instant::now();
@@ -150,17 +151,6 @@ pub fn backup(config: &Config, dest: &Path) -> Result<(), String> {
         }
     )?;
     Ok(())
-}
-
-/// Creates `dir` (and missing parents) with mode 0700, or narrows an existing one to 0700.
-fn create_private_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }
 
 /// Gives every directory under `root` (itself included) mode 0700 and every file 0600,

@@ -118,11 +118,16 @@ pub fn restore_rows(
 pub fn table_counts(store: &Store) -> Result<Vec<(String, u64)>, StoreError> {
     let mut counts: Vec<(String, u64)> = Vec::new();
     store.export(&mut |_| {}, &mut |table, _, _| {
-        match counts.last_mut() {
-            Some((t, n)) if t == table => *n += 1,
-            _ => counts.push((table.to_owned(), 1)),
-        }
+        count_row(&mut counts, table);
         Ok(())
     })?;
     Ok(counts)
+}
+
+/// Counts one exported row of `table` (rows arrive grouped by table).
+pub(super) fn count_row(counts: &mut Vec<(String, u64)>, table: &str) {
+    match counts.last_mut() {
+        Some((t, n)) if t == table => *n += 1,
+        _ => counts.push((table.to_owned(), 1)),
+    }
 }

@@ -24,10 +24,7 @@ pub struct Inspection {
 pub fn inspect(dir: &Path, kind: EngineKind, cache_bytes: u64) -> Result<Inspection, StoreError> {
     let mut counts: Vec<(String, u64)> = Vec::new();
     let mut count = |table: &str, _: &[u8], _: &[u8]| {
-        match counts.last_mut() {
-            Some((t, n)) if t == table => *n += 1,
-            _ => counts.push((table.to_owned(), 1)),
-        }
+        super::backup::count_row(&mut counts, table);
         Ok(())
     };
     let schema_version = match kind {

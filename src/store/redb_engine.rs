@@ -194,9 +194,9 @@ impl RedbReadOnly {
     /// writes, so it is not done here).
     pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Option<Self>, StoreError> {
         let path = dir.join("db.redb");
-        let mut builder = Database::builder();
-        builder.set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX));
-        match builder.open_read_only(&path) {
+        // The shared builder; its repair callback never runs here (a read-only open does not
+        // repair).
+        match RedbEngine::builder(cache_bytes).open_read_only(&path) {
             Ok(db) => Ok(Some(Self { db })),
             Err(DatabaseError::RepairAborted) => Ok(None),
             Err(DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::Io(format!(
