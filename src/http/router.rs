@@ -206,6 +206,11 @@ impl Router {
                 })
             }),
         });
+        self.insert_stable::<R>(route);
+    }
+
+    /// Inserts `route` on every stable path (r0 and v3 alike) of the ruma endpoint `R`.
+    fn insert_stable<R: IncomingRequest>(&mut self, route: Arc<Route>) {
         for path in R::PATH_BUILDER
             .all_paths()
             .filter(|p| !p.contains("/unstable/"))
@@ -221,16 +226,20 @@ impl Router {
         F: Fn(Arc<Services>, Incoming) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Response, Error>> + Send + 'static,
     {
-        let handler = Arc::new(handler);
-        let route = Route {
-            auth,
-            streams_body: false,
-            handler: Box::new(move |s, i| {
-                let fut = handler(s, i);
-                Box::pin(async move { fut.await.map(Outgoing::Buffered) })
-            }),
-        };
-        self.insert(path, method, Arc::new(route));
+        self.insert(path, method, raw_route(auth, handler));
+    }
+
+    /// Registers a raw handler on a ruma endpoint's stable paths, with its method and
+    /// authentication (endpoints whose body ruma parses differently from what the spec asks).
+    pub fn raw_ruma<R, F, Fut>(&mut self, handler: F)
+    where
+        R: IncomingRequest,
+        R::Authentication: AuthRequirement,
+        F: Fn(Arc<Services>, Incoming) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response, Error>> + Send + 'static,
+    {
+        let route = raw_route(<R::Authentication as AuthRequirement>::AUTH, handler);
+        self.insert_stable::<R>(route);
     }
 
     /// Registers a raw handler that reads the request body as a stream
@@ -317,6 +326,21 @@ impl Router {
             None => Match::WrongMethod,
         }
     }
+}
+
+fn raw_route<F, Fut>(auth: Auth, handler: F) -> Arc<Route>
+where
+    F: Fn(Arc<Services>, Incoming) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, Error>> + Send + 'static,
+{
+    Arc::new(Route {
+        auth,
+        streams_body: false,
+        handler: Box::new(move |s, i| {
+            let fut = handler(s, i);
+            Box::pin(async move { fut.await.map(Outgoing::Buffered) })
+        }),
+    })
 }
 
 impl Route {

@@ -9,37 +9,22 @@
 
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use ruma::{
-    api::{
-        client::device::{delete_device, delete_devices, get_device, get_devices, update_device},
-        path_builder::PathBuilder,
-        Metadata,
-    },
+    api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device},
     OwnedDeviceId,
 };
 use serde_json::{json, Map, Value};
 
 use crate::{
     error::{Error, Result},
-    http::{json_value, Auth, Ctx, Incoming, Response, Router},
+    http::{json_value, Ctx, Incoming, Response, Router},
     service::{sessions::DeviceRecord, Services},
 };
 
 pub fn routes(router: &mut Router) {
-    let stable = |path: &&str| !path.contains("/unstable/");
-    for path in get_devices::v3::Request::PATH_BUILDER
-        .all_paths()
-        .filter(stable)
-    {
-        router.raw(Method::GET, path, Auth::Required, list);
-    }
-    for path in get_device::v3::Request::PATH_BUILDER
-        .all_paths()
-        .filter(stable)
-    {
-        router.raw(Method::GET, path, Auth::Required, get);
-    }
+    router.raw_ruma::<get_devices::v3::Request, _, _>(list);
+    router.raw_ruma::<get_device::v3::Request, _, _>(get);
     router.ruma(update);
     router.ruma(delete);
     router.ruma(delete_many);

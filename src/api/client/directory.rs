@@ -2,18 +2,12 @@
 
 use std::sync::Arc;
 
-use http::Method;
 use ruma::{
-    api::{
-        client::{
-            directory::{
-                get_public_rooms, get_public_rooms_filtered, get_room_visibility,
-                set_room_visibility,
-            },
-            room::Visibility,
+    api::client::{
+        directory::{
+            get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
         },
-        path_builder::PathBuilder,
-        Metadata,
+        room::Visibility,
     },
     directory::{PublicRoomsChunk, PublicRoomsChunkInit, RoomNetwork},
     room::{JoinRuleKind, RoomType},
@@ -23,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::{
     error::{Error, Result},
-    http::{Auth, Ctx, Incoming, Response, Router},
+    http::{Ctx, Incoming, Response, Router},
     service::{
         rooms::directory::{DirectoryPage, DirectoryQuery, DirectoryRoom},
         Services,
@@ -34,12 +28,7 @@ pub fn routes(router: &mut Router) {
     router.ruma(get_visibility);
     // A raw route: the spec lets `visibility` default to `public`, which ruma's typed request
     // (a required field) would refuse.
-    for path in set_room_visibility::v3::Request::PATH_BUILDER
-        .all_paths()
-        .filter(|p| !p.contains("/unstable/"))
-    {
-        router.raw(Method::PUT, path, Auth::Required, set_visibility);
-    }
+    router.raw_ruma::<set_room_visibility::v3::Request, _, _>(set_visibility);
     router.ruma(list);
     router.ruma(list_filtered);
 }

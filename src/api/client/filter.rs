@@ -8,37 +8,22 @@
 
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use ruma::{
-    api::{
-        client::filter::{create_filter, get_filter},
-        path_builder::PathBuilder,
-        Metadata,
-    },
+    api::client::filter::{create_filter, get_filter},
     OwnedUserId,
 };
 use serde_json::json;
 
 use crate::{
     error::{Error, Result},
-    http::{json_response, Auth, Incoming, Response, Router},
+    http::{json_response, Incoming, Response, Router},
     service::Services,
 };
 
 pub fn routes(router: &mut Router) {
-    let stable = |path: &&str| !path.contains("/unstable/");
-    for path in create_filter::v3::Request::PATH_BUILDER
-        .all_paths()
-        .filter(stable)
-    {
-        router.raw(Method::POST, path, Auth::Required, create);
-    }
-    for path in get_filter::v3::Request::PATH_BUILDER
-        .all_paths()
-        .filter(stable)
-    {
-        router.raw(Method::GET, path, Auth::Required, get);
-    }
+    router.raw_ruma::<create_filter::v3::Request, _, _>(create);
+    router.raw_ruma::<get_filter::v3::Request, _, _>(get);
 }
 
 /// The `{userId}` of the path, which must be the authenticated user.

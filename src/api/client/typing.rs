@@ -7,27 +7,21 @@
 
 use std::{sync::Arc, time::Duration};
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use ruma::{
-    api::{client::typing::create_typing_event, path_builder::PathBuilder, Metadata},
-    events::room::member::MembershipState,
-    OwnedRoomId, OwnedUserId, RoomId, UserId,
+    api::client::typing::create_typing_event, events::room::member::MembershipState, OwnedRoomId,
+    OwnedUserId, RoomId, UserId,
 };
 use serde_json::Value;
 
 use crate::{
     error::{Error, Result},
-    http::{json_response, Auth, Incoming, Response, Router},
+    http::{json_response, Incoming, Response, Router},
     service::Services,
 };
 
 pub fn routes(router: &mut Router) {
-    for path in create_typing_event::v3::Request::PATH_BUILDER
-        .all_paths()
-        .filter(|path| !path.contains("/unstable/"))
-    {
-        router.raw(Method::PUT, path, Auth::Required, set_typing);
-    }
+    router.raw_ruma::<create_typing_event::v3::Request, _, _>(set_typing);
 }
 
 /// The typing state a request body asks for: `Some(timeout)` to start, `None` to stop.
