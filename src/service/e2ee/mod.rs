@@ -173,15 +173,11 @@ impl E2ee {
 
     async fn sweep_user(&self, user_id: &UserId) -> Result<()> {
         for _ in 0..ATTEMPTS {
-            let (batch, pending, changed) = self.prepare_sweep(user_id)?;
+            let (batch, pending) = self.prepare_sweep(user_id)?;
             if batch.is_empty() {
                 return Ok(());
             }
-            let wake = if changed {
-                self.device_change_targets(user_id)?
-            } else {
-                Vec::new()
-            };
+            let wake = self.device_change_targets(user_id)?;
             match self.commit_positioned(batch, pending, wake).await {
                 Ok(()) => return Ok(()),
                 Err(CommitError::Conflict) => continue,
@@ -191,19 +187,15 @@ impl E2ee {
         Err(CommitError::Conflict.into())
     }
 
-    /// One sweep batch for a user's removal markers, the stream position it uses (held until
-    /// the batch commits) and whether it records a device-list change.
-    #[allow(clippy::type_complexity)]
-    fn prepare_sweep(
-        &self,
-        user_id: &UserId,
-    ) -> Result<(Batch, Option<super::stream::Pending>, bool)> {
+    /// One sweep batch for a user's removal markers (empty when there are none) and the stream
+    /// position of the device-list change it records (held until the batch commits).
+    fn prepare_sweep(&self, user_id: &UserId) -> Result<(Batch, Option<super::stream::Pending>)> {
         let markers = self
             .store
             .scan_prefix::<RemovedDevices, _>(&(user_id.as_str(),), SWEEP_CHUNK)?;
         let mut batch = Batch::new();
         if markers.is_empty() {
-            return Ok((batch, None, false));
+            return Ok((batch, None));
         }
         for ((user, device), had_keys) in markers {
             // A device logged in again under the same id since owns its new data.
@@ -222,7 +214,7 @@ impl E2ee {
         // show other users' device lists, not only their keys.
         let pending = self.stream.allocate()?;
         self.stage_change(&mut batch, pending.pos, user_id)?;
-        Ok((batch, Some(pending), true))
+        Ok((batch, Some(pending)))
     }
 
     /// Finishes every removal left by a crash or by a process that could not (the admin CLI).
@@ -236,7 +228,7 @@ impl E2ee {
                 log::warn!("ignoring a device removal marker of the invalid user id {user:?}");
                 continue;
             };
-            let (batch, pending, _) = match self.prepare_sweep(&user_id) {
+            let (batch, pending) = match self.prepare_sweep(&user_id) {
                 Ok(prepared) => prepared,
                 Err(e) => {
                     log::warn!("cannot finish removing devices of {user_id}: {e}");
