@@ -344,7 +344,7 @@ pub async fn sync_once(
                     )
                 };
                 if let Some(room) =
-                    room_timeline(&pass, &room_id, since, upto, false, with_state, false)?
+                    room_timeline(&pass, &room_id, access, since, upto, false, with_state)?
                 {
                     leave.insert(room_id.to_string(), room);
                 }

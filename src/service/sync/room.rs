@@ -17,7 +17,12 @@ use super::{
 use crate::{
     error::Result,
     service::{
-        rooms::{format::Viewer, state::state_head, Rooms, StoredEvent},
+        rooms::{
+            access::{Access, Reader},
+            format::Viewer,
+            state::state_head,
+            Rooms, StoredEvent,
+        },
         unread,
     },
 };
@@ -52,7 +57,7 @@ pub(super) async fn joined_room(
     let Some(record) = rooms.room(room_id)? else {
         return Ok(None);
     };
-    let timeline = room_timeline(pass, room_id, since, now, true, true, true)?;
+    let timeline = room_timeline(pass, room_id, Access::Joined, since, now, true, true)?;
 
     // Ephemeral events: typing and receipts.
     let ephemeral_filter = &request.filter.room.ephemeral;
@@ -195,18 +200,20 @@ fn heroes_of<'m>(members: &'m [(String, String)], user_id: &str) -> Vec<&'m str>
         .collect()
 }
 
-/// The timeline and state of a room between `since` (exclusive) and `upto` (inclusive).
+/// The timeline and state of a room between `since` (exclusive) and `upto` (inclusive), as
+/// the user's `access` to the room (`rooms::access`, which the caller knows) allows.
 /// Without `with_state` the state section stays empty (a room the user never joined).
-/// With `with_summary` (a joined room, whose section carries a summary) a lazy-loading
-/// client also gets the member events of the summary's heroes (spec: `m.heroes`).
+/// A `joined` room's section is skipped in an incremental sync when nothing changed, and, as
+/// it carries a summary, a lazy-loading client also gets the member events of the summary's
+/// heroes (spec: `m.heroes`).
 pub(super) fn room_timeline(
     pass: &Pass<'_>,
     room_id: &RoomId,
+    access: Access,
     since: Option<u64>,
     upto: u64,
-    skip_if_empty: bool,
+    joined: bool,
     with_state: bool,
-    with_summary: bool,
 ) -> Result<Option<Value>> {
     let (sources, request) = (pass.sources, pass.request);
     let rooms = sources.rooms;
@@ -224,8 +231,7 @@ pub(super) fn room_timeline(
         device_id: Some(request.device_id),
     };
 
-    // Made on the first event looked at: most rooms of an incremental sync have none.
-    let mut reader = None;
+    let mut reader = Reader::new(rooms, request.user_id, access);
 
     // Newest first, down to the token; one more than the limit tells whether it is limited.
     let mut picked: Vec<StoredEvent> = Vec::new();
@@ -251,10 +257,6 @@ pub(super) fn room_timeline(
             // event's history visibility: the rules of every other read path.
             let own_membership = event.meta.kind == "m.room.member"
                 && event.meta.state_key.as_deref() == Some(request.user_id.as_str());
-            let reader = match &mut reader {
-                Some(reader) => reader,
-                None => reader.insert(rooms.reader(room_id, request.user_id)?),
-            };
             if !own_membership && !reader.may_see(&event)? {
                 // History the user may not read ends the timeline here.
                 limited = true;
@@ -275,7 +277,7 @@ pub(super) fn room_timeline(
         }
     }
     picked.reverse();
-    if skip_if_empty && picked.is_empty() && since.is_some() && !request.full_state {
+    if joined && picked.is_empty() && since.is_some() && !request.full_state {
         return Ok(None);
     }
 
@@ -297,7 +299,7 @@ pub(super) fn room_timeline(
     );
     // The members a lazy-loading client needs: the timeline's senders and, for a room with a
     // summary, its heroes (their member events "MUST be included ... unless redundant").
-    let room_members = if lazy && with_summary && needs_heroes(rooms, record.sid)? {
+    let room_members = if lazy && joined && needs_heroes(rooms, record.sid)? {
         rooms.members(record.sid)?
     } else {
         Vec::new()
