@@ -10,6 +10,7 @@ pub mod notifier;
 pub mod passwords;
 pub mod presence;
 pub mod profiles;
+pub mod push;
 pub mod push_rules;
 pub mod ratelimit;
 pub mod receipts;
@@ -21,7 +22,6 @@ pub mod stream;
 pub mod sync;
 pub mod typing;
 pub mod uiaa;
-pub mod unread;
 pub mod user_directory;
 pub mod users;
 
@@ -47,9 +47,10 @@ pub struct Services {
     pub reg_tokens: reg_tokens::RegTokens,
     pub rate_limiter: RateLimiter,
     pub profiles: profiles::Profiles,
-    pub account_data: account_data::AccountData,
+    pub account_data: Arc<account_data::AccountData>,
     pub filters: filters::Filters,
-    pub push_rules: push_rules::PushRules,
+    pub push_rules: Arc<push_rules::PushRules>,
+    pub notifications: Arc<push::notifications::Notifications>,
     pub reports: reports::Reports,
     pub user_directory: user_directory::UserDirectory,
     pub stream: Arc<stream::Stream>,
@@ -117,6 +118,22 @@ impl Services {
                 burst: limits.per_ip_burst,
             },
         );
+        let account_data = Arc::new(account_data::AccountData::new(
+            store.clone(),
+            stream.clone(),
+            notifier.clone(),
+        ));
+        let push_rules = Arc::new(push_rules::PushRules::new(
+            store.clone(),
+            stream.clone(),
+            notifier.clone(),
+        ));
+        let notifications = Arc::new(push::notifications::Notifications::new(
+            store.clone(),
+            push_rules.clone(),
+            account_data.clone(),
+            server_name.clone(),
+        ));
         Ok(Arc::new(Self {
             media: media::Media::new(store.clone(), &config, server_name.clone()),
             rooms: rooms::Rooms::new(
@@ -125,17 +142,20 @@ impl Services {
                 keys.clone(),
                 server_name,
                 notifier.clone(),
+                notifications.clone(),
             ),
-            account_data: account_data::AccountData::new(
+            account_data,
+            typing: typing::Typing::new(notifier.clone()),
+            lazy_members: sync::LazyMembers::default(),
+            receipts: receipts::Receipts::new(
                 store.clone(),
                 stream.clone(),
                 notifier.clone(),
+                notifications.clone(),
             ),
-            typing: typing::Typing::new(notifier.clone()),
-            lazy_members: sync::LazyMembers::default(),
-            receipts: receipts::Receipts::new(store.clone(), stream.clone(), notifier.clone()),
+            notifications,
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
-            push_rules: push_rules::PushRules::new(store.clone(), stream.clone(), notifier.clone()),
+            push_rules,
             users: users::Users::new(
                 store.clone(),
                 passwords::Passwords::new(config.bcrypt_cost, config.password_hash_concurrency),

@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use super::{
     account_data::AccountData,
     notifier::Notifier,
+    push::notifications::{Notifications, ReadUpTo as ReadMark},
     rooms::{Rooms, StoredEvent},
     stream::Stream,
     users::now_ms,
@@ -98,6 +99,11 @@ impl ReadUpTo {
 /// to [`THREAD_HOPS`] other relations (an edit or reaction of a threaded event is in that
 /// thread), else `"main"`.
 pub fn thread_of(rooms: &Rooms, event: &StoredEvent) -> Result<String> {
+    thread_of_pdu(rooms, &event.pdu, event.meta.room_sid)
+}
+
+/// [`thread_of`] for an event that may not be stored yet (`room_sid`: its room).
+pub fn thread_of_pdu(rooms: &Rooms, pdu: &super::rooms::Pdu, room_sid: u64) -> Result<String> {
     #[derive(Deserialize)]
     struct Relation {
         rel_type: Option<String>,
@@ -108,7 +114,7 @@ pub fn thread_of(rooms: &Rooms, event: &StoredEvent) -> Result<String> {
         #[serde(rename = "m.relates_to")]
         relates_to: Option<Relation>,
     }
-    let mut relation = event.pdu.content_as::<Content>().and_then(|c| c.relates_to);
+    let mut relation = pdu.content_as::<Content>().and_then(|c| c.relates_to);
     for hop in 0..=THREAD_HOPS {
         let Some(Relation {
             rel_type,
@@ -131,7 +137,7 @@ pub fn thread_of(rooms: &Rooms, event: &StoredEvent) -> Result<String> {
         else {
             break;
         };
-        if parent.meta.room_sid != event.meta.room_sid {
+        if parent.meta.room_sid != room_sid {
             break;
         }
         relation = parent
@@ -146,14 +152,21 @@ pub struct Receipts {
     store: Store,
     stream: Arc<Stream>,
     notifier: Arc<Notifier>,
+    notifications: Arc<Notifications>,
 }
 
 impl Receipts {
-    pub fn new(store: Store, stream: Arc<Stream>, notifier: Arc<Notifier>) -> Self {
+    pub fn new(
+        store: Store,
+        stream: Arc<Stream>,
+        notifier: Arc<Notifier>,
+        notifications: Arc<Notifications>,
+    ) -> Self {
         Self {
             store,
             stream,
             notifier,
+            notifications,
         }
     }
 
@@ -255,10 +268,14 @@ impl Receipts {
         marks: &[Mark<'_>],
         members: &[OwnedUserId],
     ) -> Result<()> {
+        // Unread counts change with receipts under the room lock, as with new events.
+        let lock = rooms.lock_room(room_id).await;
+        let lock = Arc::new(lock);
         for _ in 0..UPDATE_ATTEMPTS {
             let mut batch = Batch::new();
             let mut pendings = Vec::new();
             let mut public = false;
+            let mut reads = Vec::new();
             for mark in marks {
                 if mark.receipt_type == FULLY_READ {
                     let current = account_data.get(user_id, Some(room_id), FULLY_READ)?;
@@ -329,10 +346,16 @@ impl Receipts {
                     );
                 public |= mark.receipt_type == READ;
                 pendings.push(pending);
+                reads.push(match mark.thread.as_str() {
+                    "" => ReadMark::All(mark.event.sid),
+                    thread => ReadMark::Thread(thread.to_owned(), mark.event.sid),
+                });
             }
             if batch.is_empty() {
                 return Ok(());
             }
+            self.notifications
+                .stage_read(&mut batch, room_id, user_id, &reads)?;
             // Public receipts wake the room's members; private ones only the user's own syncs.
             let mut wake_users: Vec<ruma::OwnedUserId> =
                 if public { members.to_vec() } else { Vec::new() };
@@ -341,7 +364,7 @@ impl Receipts {
             let wake = move || notifier.notify(wake_users.iter().map(|m| m.as_ref()));
             match self
                 .stream
-                .commit(&self.store, batch, pendings, (), wake)
+                .commit(&self.store, batch, pendings, lock.clone(), wake)
                 .await
             {
                 Ok(()) => return Ok(()),

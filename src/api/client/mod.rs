@@ -13,6 +13,7 @@ pub mod filter;
 pub mod keys;
 pub mod media;
 pub mod membership;
+pub mod notifications;
 pub mod presence;
 pub mod profile;
 pub mod push;
@@ -53,6 +54,7 @@ pub fn register_routes(router: &mut Router) {
     account_data::routes(router);
     filter::routes(router);
     push::routes(router);
+    notifications::routes(router);
     alias::routes(router);
     directory::routes(router);
     upgrade::routes(router);

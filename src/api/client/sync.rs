@@ -107,6 +107,7 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         receipts: &services.receipts,
         presence: &services.presence,
         push_rules: &services.push_rules,
+        notifications: &services.notifications,
         e2ee: &services.e2ee,
         lazy_members: &services.lazy_members,
     };

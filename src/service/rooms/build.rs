@@ -4,6 +4,8 @@
 //! committed, so several events (a whole `createRoom`) can be built on each other and land in
 //! one atomic batch: a crash leaves either the whole room or nothing.
 
+mod push;
+
 use std::collections::HashMap;
 
 use ruma::{
@@ -552,6 +554,8 @@ impl<'a> Staged<'a> {
         if self.record.is_none() {
             return Ok(room_id);
         }
+        // Delivery to pushers is not built yet; the notified users are only stored.
+        let _notified = self.stage_push().await?;
         self.stage_record()?;
         // Everything the commit task needs, owned: the batch, the positions, the room locks
         // and whom to wake (read now, while the staged member changes are known).

@@ -212,6 +212,8 @@ pub struct Rooms {
     keys: Arc<ServerKeys>,
     server_name: OwnedServerName,
     notifier: Arc<Notifier>,
+    /// Push evaluation of new events, staged into their commit.
+    notifications: Arc<crate::service::push::notifications::Notifications>,
     /// One async lock per room that has an append in progress. The map lock guards only the
     /// map; entries are weak so idle rooms cost nothing.
     locks: Mutex<HashMap<OwnedRoomId, Weak<tokio::sync::Mutex<()>>>>,
@@ -232,6 +234,7 @@ impl Rooms {
         keys: Arc<ServerKeys>,
         server_name: OwnedServerName,
         notifier: Arc<Notifier>,
+        notifications: Arc<crate::service::push::notifications::Notifications>,
     ) -> Self {
         Self {
             store,
@@ -239,6 +242,7 @@ impl Rooms {
             keys,
             server_name,
             notifier,
+            notifications,
             locks: Mutex::new(HashMap::new()),
             heavy_reads: Arc::new(tokio::sync::Semaphore::new(heavy_read_slots())),
         }
@@ -270,7 +274,7 @@ impl Rooms {
         &self.server_name
     }
 
-    async fn lock_room(&self, room_id: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock_room(&self, room_id: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             if locks.len() > 1024 {

@@ -11,7 +11,7 @@
 //! token (all of it initially, plus `m.push_rules` on an initial sync), each joined room's
 //! ephemeral events (`m.typing` when the list changed, `m.receipt` with the receipts changed
 //! since the token, `m.read.private` only the user's own), unread notification counts
-//! ([`super::unread`]), and the top-level `presence` of the users sharing a room with the user
+//! (stored when events are persisted, [`super::push::notifications`]), and the top-level `presence` of the users sharing a room with the user
 //! (changed since the token, everyone's initially, and everyone's in rooms joined since).
 //!
 //! To-device messages are bounded per response ([`super::e2ee::to_device`]): when more wait,
@@ -43,8 +43,8 @@ use presence::presence_events;
 use room::{joined_room, room_timeline, STRIPPED_STATE};
 
 use super::{
-    account_data::AccountData, e2ee::E2ee, presence::Presence, push_rules::PushRules,
-    receipts::Receipts, rooms::Rooms, typing::Typing,
+    account_data::AccountData, e2ee::E2ee, presence::Presence, push::notifications::Notifications,
+    push_rules::PushRules, receipts::Receipts, rooms::Rooms, typing::Typing,
 };
 use crate::error::Result;
 
@@ -98,6 +98,7 @@ pub struct Sources<'a> {
     pub receipts: &'a Receipts,
     pub presence: &'a Presence,
     pub push_rules: &'a PushRules,
+    pub notifications: &'a Notifications,
     pub e2ee: &'a E2ee,
     pub lazy_members: &'a LazyMembers,
 }

@@ -16,14 +16,11 @@ use super::{
 };
 use crate::{
     error::Result,
-    service::{
-        rooms::{
-            access::{Access, Reader},
-            format::Viewer,
-            state::state_head,
-            Rooms, StoredEvent,
-        },
-        unread,
+    service::rooms::{
+        access::{Access, Reader},
+        format::Viewer,
+        state::state_head,
+        Rooms, StoredEvent,
     },
 };
 
@@ -139,16 +136,7 @@ pub(super) async fn joined_room(
     room["ephemeral"] = json!({ "events": ephemeral });
     room["account_data"] = json!({ "events": account_data });
 
-    let counts = unread::room_counts(
-        rooms,
-        sources.receipts,
-        &pass.ruleset,
-        user_id,
-        room_id,
-        now,
-        pass.ignored,
-    )
-    .await?;
+    let counts = sources.notifications.room_counts(user_id, room_id)?;
     if request.filter.room.timeline.unread_thread_notifications {
         room["unread_notifications"] = counts.main.json();
         let threads: Map<String, Value> = counts

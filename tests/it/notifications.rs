@@ -1,0 +1,289 @@
+//! Notifications stored when events are persisted: `GET /notifications` and the unread counts
+//! of `/sync`, which must agree after sends, receipts and threaded receipts.
+
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::{create_room, enc, errcode, join, TestServer};
+
+async fn send(srv: &TestServer, token: &str, room: &str, txn: &str, content: Value) -> String {
+    let (status, body) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                enc(room)
+            ),
+            Some(token),
+            content,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+async fn text(srv: &TestServer, token: &str, room: &str, txn: &str, body: &str) -> String {
+    send(
+        srv,
+        token,
+        room,
+        txn,
+        json!({"msgtype": "m.text", "body": body}),
+    )
+    .await
+}
+
+async fn receipt(srv: &TestServer, token: &str, room: &str, event: &str, body: Value) {
+    let (status, body) = srv
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(room),
+                enc(event)
+            ),
+            Some(token),
+            body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn notifications(srv: &TestServer, token: &str, query: &str) -> Value {
+    let (status, body) = srv
+        .get(
+            &format!("/_matrix/client/v3/notifications?{query}"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// `(event id, read, highlight)` of each listed notification, newest first.
+fn listed(body: &Value) -> Vec<(String, bool, bool)> {
+    body["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let highlight = n["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["set_tweak"] == "highlight" && a["value"] != json!(false));
+            (
+                n["event"]["event_id"].as_str().unwrap().to_owned(),
+                n["read"].as_bool().unwrap(),
+                highlight,
+            )
+        })
+        .collect()
+}
+
+/// `(notification_count, highlight_count)` of a joined room in a full sync.
+async fn counts(srv: &TestServer, token: &str, room: &str) -> (u64, u64) {
+    let (status, body) = srv.get("/_matrix/client/v3/sync", Some(token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let c = &body["rooms"]["join"][room]["unread_notifications"];
+    (
+        c["notification_count"].as_u64().unwrap(),
+        c["highlight_count"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn notifications_list_reads_and_agree_with_sync_counts() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &bob, &room).await;
+
+    let first = text(&srv, &bob, &room, "1", "one").await;
+    let second = text(&srv, &bob, &room, "2", "two").await;
+    let mention = send(
+        &srv,
+        &bob,
+        &room,
+        "3",
+        json!({"msgtype": "m.text", "body": "hey alice",
+               "m.mentions": {"user_ids": [alice_id]}}),
+    )
+    .await;
+
+    let body = notifications(&srv, &alice, "").await;
+    assert_eq!(
+        listed(&body),
+        [
+            (mention.clone(), false, true),
+            (second.clone(), false, false),
+            (first.clone(), false, false)
+        ]
+    );
+    let n = &body["notifications"][0];
+    assert_eq!(n["room_id"], room.as_str());
+    assert_eq!(n["event"]["content"]["body"], "hey alice");
+    assert!(n["event"].get("room_id").is_none(), "{n}");
+    assert!(n["ts"].as_u64().unwrap() > 0);
+    assert!(n["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a == "notify"));
+    assert_eq!(counts(&srv, &alice, &room).await, (3, 1));
+    // Bob's own messages never notify him, and he never sees Alice's list.
+    assert_eq!(listed(&notifications(&srv, &bob, "").await), []);
+    assert_eq!(counts(&srv, &bob, &room).await, (0, 0));
+
+    // Highlights only.
+    let body = notifications(&srv, &alice, "only=highlight").await;
+    assert_eq!(listed(&body), [(mention.clone(), false, true)]);
+
+    // Pages: limit 1, then on from the token.
+    let page = notifications(&srv, &alice, "limit=1").await;
+    assert_eq!(listed(&page), [(mention.clone(), false, true)]);
+    let token = page["next_token"].as_str().unwrap();
+    let page = notifications(&srv, &alice, &format!("limit=2&from={token}")).await;
+    assert_eq!(
+        listed(&page),
+        [
+            (second.clone(), false, false),
+            (first.clone(), false, false)
+        ]
+    );
+
+    // A receipt on the second message: both older ones read, counts follow.
+    receipt(&srv, &alice, &room, &second, json!({})).await;
+    assert_eq!(counts(&srv, &alice, &room).await, (1, 1));
+    assert_eq!(
+        listed(&notifications(&srv, &alice, "").await),
+        [
+            (mention.clone(), false, true),
+            (second.clone(), true, false),
+            (first.clone(), true, false)
+        ]
+    );
+
+    // An own message reads everything before it.
+    text(&srv, &alice, &room, "4", "answer").await;
+    assert_eq!(counts(&srv, &alice, &room).await, (0, 0));
+    assert!(listed(&notifications(&srv, &alice, "").await)
+        .iter()
+        .all(|(_, read, _)| *read));
+
+    // Bad parameters.
+    for query in ["from=nope", "only=everything"] {
+        let (status, body) = srv
+            .get(
+                &format!("/_matrix/client/v3/notifications?{query}"),
+                Some(&alice),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(errcode(&body), "M_INVALID_PARAM", "{query}");
+    }
+    let (status, _) = srv.get("/_matrix/client/v3/notifications", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn threaded_receipts_clear_their_thread_in_counts_and_list() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &bob, &room).await;
+    let root = text(&srv, &bob, &room, "1", "root").await;
+    let threaded = |n: &str| {
+        json!({"msgtype": "m.text", "body": n,
+               "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+    };
+    let t1 = send(&srv, &bob, &room, "2", threaded("t1")).await;
+    let t2 = send(&srv, &bob, &room, "3", threaded("t2")).await;
+    let main = text(&srv, &bob, &room, "4", "main again").await;
+    assert_eq!(counts(&srv, &alice, &room).await, (4, 0));
+
+    // The thread read up to its last event: main keeps its two.
+    receipt(&srv, &alice, &room, &t2, json!({"thread_id": root})).await;
+    assert_eq!(counts(&srv, &alice, &room).await, (2, 0));
+    let read: Vec<(String, bool)> = listed(&notifications(&srv, &alice, "").await)
+        .into_iter()
+        .map(|(id, read, _)| (id, read))
+        .collect();
+    assert_eq!(
+        read,
+        [
+            (main.clone(), false),
+            (t2, true),
+            (t1, true),
+            (root.clone(), false)
+        ]
+    );
+    // Main read up to the root only.
+    receipt(&srv, &alice, &room, &root, json!({"thread_id": "main"})).await;
+    assert_eq!(counts(&srv, &alice, &room).await, (1, 0));
+    // An unthreaded receipt on the latest reads the rest.
+    receipt(&srv, &alice, &room, &main, json!({})).await;
+    assert_eq!(counts(&srv, &alice, &room).await, (0, 0));
+    assert!(listed(&notifications(&srv, &alice, "").await)
+        .iter()
+        .all(|(_, read, _)| *read));
+}
+
+#[tokio::test]
+async fn an_invite_notifies_the_invitee() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({})).await;
+    let (status, body) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&alice),
+            json!({"user_id": bob_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = notifications(&srv, &bob, "").await;
+    let n = &body["notifications"][0];
+    assert_eq!(n["event"]["type"], "m.room.member", "{body}");
+    assert_eq!(n["event"]["state_key"], bob_id.as_str());
+    assert_eq!(n["event"]["content"]["membership"], "invite");
+    assert_eq!(n["room_id"], room.as_str());
+}
+
+/// Counts are stored, not recomputed from a bounded scan: they survive a restart and are not
+/// capped, and a muted room never gets any.
+#[tokio::test]
+async fn stored_counts_survive_restart_and_are_exact() {
+    let mut srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    let muted = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &bob, &room).await;
+    join(&srv, &bob, &muted).await;
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&muted)),
+            Some(&alice),
+            json!({"actions": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // More than the 200 events the old per-sync scan looked at.
+    for i in 0..205 {
+        text(&srv, &bob, &room, &format!("m{i}"), "hello").await;
+    }
+    text(&srv, &bob, &muted, "quiet", "shh").await;
+    assert_eq!(counts(&srv, &alice, &room).await, (205, 0));
+    srv.restart().await;
+    assert_eq!(counts(&srv, &alice, &room).await, (205, 0));
+    assert_eq!(counts(&srv, &alice, &muted).await, (0, 0));
+    let body = notifications(&srv, &alice, "limit=100").await;
+    assert_eq!(body["notifications"].as_array().unwrap().len(), 100);
+    assert!(body["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["room_id"] == room.as_str()));
+}
