@@ -171,6 +171,10 @@ pub struct Notified {
     pub actions: Vec<Action>,
 }
 
+/// A page of `GET /notifications`: `(event position, notification, read)` newest first, and
+/// the position to continue from when more may follow.
+pub type Page = (Vec<(u64, Notification, bool)>, Option<u64>);
+
 /// Bounds one scan of a user's unread rows in a room.
 const MAX_UNREAD_ROWS: usize = 1_000_000;
 
@@ -327,7 +331,7 @@ impl Notifications {
         from: Option<u64>,
         limit: usize,
         highlights_only: bool,
-    ) -> Result<(Vec<(u64, Notification, bool)>, Option<u64>)> {
+    ) -> Result<Page> {
         const PAGE: usize = 100;
         // Highlights-only pages skip rows; the walk is bounded all the same.
         const MAX_WALK: usize = 10_000;
