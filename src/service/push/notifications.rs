@@ -69,6 +69,8 @@ impl Record for Notification {}
 pub struct Unread {
     pub thread: String,
     pub highlight: bool,
+    /// An `m.call.invite` (counted as a missed call while unread).
+    pub call: bool,
 }
 impl Record for Unread {}
 
@@ -98,6 +100,8 @@ impl Counts {
 pub struct RoomCounts {
     pub main: Counts,
     pub threads: BTreeMap<String, Counts>,
+    /// Unread call invites, main timeline and threads together.
+    pub calls: u64,
 }
 impl Record for RoomCounts {}
 
@@ -110,15 +114,16 @@ impl RoomCounts {
         })
     }
 
-    fn add(&mut self, thread: &str, highlight: bool) {
-        if thread == "main" {
-            self.main.add(highlight);
+    fn add(&mut self, row: &Unread) {
+        if row.thread == "main" {
+            self.main.add(row.highlight);
         } else {
             self.threads
-                .entry(thread.to_owned())
+                .entry(row.thread.clone())
                 .or_default()
-                .add(highlight);
+                .add(row.highlight);
         }
+        self.calls += u64::from(row.call);
     }
 }
 
@@ -145,6 +150,7 @@ pub struct NewEvent<'a> {
     pub sid: u64,
     pub event_id: &'a str,
     pub sender: &'a UserId,
+    pub kind: &'a str,
     pub state_key: Option<&'a str>,
     /// The event's JSON (what push rules match on).
     pub json: &'a serde_json::value::RawValue,
@@ -288,6 +294,7 @@ impl Notifications {
                     Unread {
                         thread: event.thread.clone(),
                         highlight,
+                        call: event.kind == "m.call.invite",
                     },
                 )?;
                 notified.push(Notified {
@@ -376,15 +383,15 @@ impl Notifications {
         }
     }
 
-    /// The user's total unread notifications over all rooms (a push badge).
-    pub fn unread_total(&self, user_id: &UserId) -> Result<u64> {
+    /// The user's unread notifications and unread call invites over all rooms (a push
+    /// badge and `missed_calls`).
+    pub fn unread_totals(&self, user_id: &UserId) -> Result<(u64, u64)> {
         let rows = self
             .store
             .scan_prefix::<CountsTable, _>(&(user_id.as_str(),), MAX_UNREAD_ROWS)?;
-        Ok(rows
-            .iter()
-            .map(|(_, counts)| counts.total().notifications)
-            .sum())
+        Ok(rows.iter().fold((0, 0), |(unread, calls), (_, counts)| {
+            (unread + counts.total().notifications, calls + counts.calls)
+        }))
     }
 }
 
@@ -440,7 +447,7 @@ impl<'a> CountsOverlay<'a> {
     }
 
     fn add(&mut self, user_id: &UserId, sid: u64, row: Unread) -> Result<()> {
-        self.get(user_id)?.add(&row.thread, row.highlight);
+        self.get(user_id)?.add(&row);
         self.added.push((user_id.to_owned(), sid, row));
         Ok(())
     }
@@ -468,7 +475,7 @@ impl<'a> CountsOverlay<'a> {
                 self.deleted.insert((user_id.to_owned(), sid));
                 changed = true;
             } else {
-                recount.add(&row.thread, row.highlight);
+                recount.add(&row);
             }
         }
         self.added.retain(|(u, sid, row)| {
@@ -479,7 +486,7 @@ impl<'a> CountsOverlay<'a> {
                 changed = true;
                 return false;
             }
-            recount.add(&row.thread, row.highlight);
+            recount.add(&row);
             true
         });
         *self.get(user_id)? = recount;

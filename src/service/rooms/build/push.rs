@@ -25,6 +25,7 @@ use crate::{
 /// One staged event, owned, as the notifications service reads it.
 struct EventInput {
     sid: u64,
+    kind: String,
     pdu: Pdu,
     json: Box<serde_json::value::RawValue>,
     thread: String,
@@ -71,6 +72,7 @@ impl Staged<'_> {
                     sid: e.sid,
                     event_id: e.pdu.event_id.as_str(),
                     sender: &e.pdu.sender,
+                    kind: &e.kind,
                     state_key: e.pdu.state_key.as_deref(),
                     json: &e.json,
                     thread: e.thread.clone(),
@@ -162,6 +164,7 @@ impl Staged<'_> {
                 .flatten();
             events.push(EventInput {
                 sid: *sid,
+                kind: pdu.kind.to_string(),
                 pdu: pdu.clone(),
                 json,
                 thread: thread_of_pdu(self.rooms, pdu, record.sid)?,
