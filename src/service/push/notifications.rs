@@ -486,7 +486,7 @@ impl<'a> CountsOverlay<'a> {
                 changed = true;
                 return false;
             }
-            recount.add(&row);
+            recount.add(row);
             true
         });
         *self.get(user_id)? = recount;
