@@ -22,6 +22,7 @@ mod listeners;
 mod media;
 mod media_power;
 mod messages;
+mod outbound;
 mod passwords;
 mod profile;
 mod push_rules;
