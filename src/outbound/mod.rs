@@ -42,7 +42,7 @@ const MAX_ADDRESSES: usize = 4;
 /// Why an outbound request failed. The `Display` text never includes the URL (its userinfo,
 /// path or query can hold secrets, like a pushkey); the details of DNS, connect and TLS
 /// failures are logged at debug level with the host name only.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OutboundError {
     /// Not an absolute `http`/`https` URL with a host (userinfo is refused too).
     #[error("invalid URL for an outbound request")]
@@ -77,6 +77,14 @@ pub enum OutboundError {
 #[derive(Clone)]
 pub struct Outbound {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Inner {

@@ -277,7 +277,7 @@ async fn an_unusable_extra_ca_file_is_a_clear_start_error() {
     for path in [&missing, &not_pem] {
         let mut config = test_config(dir.path()).outbound;
         config.extra_ca_file = Some(path.clone());
-        let err = Outbound::new(&config).err().expect("refused");
+        let err = Outbound::new(&config).expect_err("refused");
         let msg = err.to_string();
         assert!(
             matches!(err, OutboundError::Setup(_)) && msg.contains("extra_ca_file"),
