@@ -77,6 +77,33 @@ pub struct Config {
     /// headers name the client; from any other peer those headers are ignored. Empty: the
     /// TCP peer is the client.
     pub trusted_proxies: Vec<String>,
+    /// Requests this server makes (push gateways; later federation and URL previews).
+    pub outbound: Outbound,
+}
+
+/// Outbound HTTP (`[outbound]`). By default the server refuses to connect to loopback,
+/// private, link-local and other non-public addresses (see `crate::outbound::policy`), so a
+/// URL a user supplies cannot reach the server's own network.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Outbound {
+    /// Address blocks (CIDRs like `10.1.2.0/24`) that outbound requests may reach although
+    /// the default policy refuses them, e.g. a push gateway on the local network.
+    pub allow_networks: Vec<String>,
+    /// A PEM file of CA certificates trusted for outbound HTTPS besides the public web roots
+    /// (a private CA). Read at start; unreadable or without a certificate is a start error.
+    #[serde(deserialize_with = "empty_path_as_none")]
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+impl Outbound {
+    /// `allow_networks`, parsed (validation has refused any that does not parse).
+    pub fn allow_networks(&self) -> Vec<Cidr> {
+        self.allow_networks
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
 }
 
 /// An address block like `10.0.0.0/8` or `::1/128` (a bare address is a block of one).
@@ -115,21 +142,24 @@ impl std::str::FromStr for Cidr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
         let net: std::net::IpAddr = addr
             .trim()
             .parse()
             .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
         let width = if net.is_ipv4() { 32 } else { 128 };
-        let prefix = if prefix.is_empty() {
-            width
-        } else {
-            prefix
+        // A bare address is a block of one; a `/` needs its length (`10.0.0.0/` is a typo).
+        let prefix = match prefix {
+            None => width,
+            Some(p) => p
                 .trim()
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= width)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={width}"))?
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={width}"))?,
         };
         Ok(Cidr { net, prefix })
     }
@@ -262,6 +292,7 @@ impl Default for Config {
             media: Media::default(),
             tls: Tls::default(),
             trusted_proxies: Vec::new(),
+            outbound: Outbound::default(),
         }
     }
 }
@@ -365,6 +396,10 @@ impl Default for Storage {
 
 fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Option::<String>::deserialize(d)?.filter(|s| !s.trim().is_empty()))
+}
+
+fn empty_path_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(empty_as_none(d)?.map(PathBuf::from))
 }
 
 impl Config {
@@ -475,6 +510,14 @@ impl Config {
             check(parsed.is_ok(), &format!("trusted_proxies[{i}]"), || {
                 parsed.err().unwrap_or_default()
             })?;
+        }
+        for (i, cidr) in self.outbound.allow_networks.iter().enumerate() {
+            let parsed = cidr.parse::<Cidr>();
+            check(
+                parsed.is_ok(),
+                &format!("outbound.allow_networks[{i}]"),
+                || parsed.err().unwrap_or_default(),
+            )?;
         }
         let (lim, r) = (&self.limits, &self.rate_limit);
         for (key, v) in [

@@ -116,6 +116,18 @@ fn each_validation_error_names_its_key() {
             "trusted_proxies[1]",
         ),
         ("trusted_proxies = [\"10.0.0.1/x\"]", "trusted_proxies[0]"),
+        (
+            "[outbound]\nallow_networks = [\"10.0.0.0/8\", \"fd00::/129\"]",
+            "outbound.allow_networks[1]",
+        ),
+        (
+            "[outbound]\nallow_networks = [\"localhost\"]",
+            "outbound.allow_networks[0]",
+        ),
+        (
+            "[outbound]\nallow_networks = [\"192.168.1.0/\"]",
+            "outbound.allow_networks[0]",
+        ),
     ];
     for (text, key) in cases {
         match parse(text) {
@@ -125,6 +137,29 @@ fn each_validation_error_names_its_key() {
     }
     let msg = parse("bcrypt_cost = 3").unwrap_err().to_string();
     assert_eq!(msg, "bcrypt_cost: must be between 4 and 31, got 3");
+}
+
+#[test]
+fn outbound_section_parses_and_overrides() {
+    let c = parse(
+        "[outbound]\nallow_networks = [\"10.1.2.0/24\", \"::1\"]\nextra_ca_file = \"/etc/ca.pem\"",
+    )
+    .unwrap();
+    let allowed = c.outbound.allow_networks();
+    assert_eq!(allowed.len(), 2);
+    assert!(allowed[0].contains("10.1.2.200".parse().unwrap()));
+    assert!(!allowed[0].contains("10.1.3.1".parse().unwrap()));
+    assert!(allowed[1].contains("::1".parse().unwrap()));
+    assert_eq!(c.outbound.extra_ca_file, Some(PathBuf::from("/etc/ca.pem")));
+    let c = parse("[outbound]\nextra_ca_file = \"\"").unwrap();
+    assert_eq!(c.outbound, Outbound::default());
+    let c = with_env(&[("HEARTH_OUTBOUND__ALLOW_NETWORKS", "[\"127.0.0.0/8\"]")]).unwrap();
+    assert_eq!(c.outbound.allow_networks, vec!["127.0.0.0/8".to_owned()]);
+    let err = with_env(&[("HEARTH_OUTBOUND__ALLOW_NETWORKS", "[\"nope\"]")]).unwrap_err();
+    assert!(
+        err.to_string().contains("outbound.allow_networks[0]"),
+        "{err}"
+    );
 }
 
 #[test]

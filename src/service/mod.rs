@@ -64,6 +64,8 @@ pub struct Services {
     pub e2ee: Arc<e2ee::E2ee>,
     /// Member events sent to each device under lazy loading (memory only).
     pub lazy_members: sync::LazyMembers,
+    /// The HTTP client for requests this server makes (push gateways, later federation).
+    pub outbound: crate::outbound::Outbound,
 }
 
 /// Why the services could not start.
@@ -75,6 +77,8 @@ pub enum OpenError {
     Keys(#[from] keys::KeyError),
     #[error("server_name {0:?} is not a valid Matrix server name")]
     ServerName(String),
+    #[error(transparent)]
+    Outbound(#[from] crate::outbound::OutboundError),
 }
 
 impl Services {
@@ -97,6 +101,7 @@ impl Services {
     ) -> Result<Arc<Self>, OpenError> {
         let server_name = ruma::ServerName::parse(&config.server_name)
             .map_err(|_| OpenError::ServerName(config.server_name.clone()))?;
+        let outbound = crate::outbound::Outbound::new(&config.outbound)?;
         let stream = Arc::new(stream::Stream::open(store.clone())?);
         let keys = Arc::new(keys);
         let notifier = Arc::new(notifier::Notifier::new());
@@ -154,6 +159,7 @@ impl Services {
                 notifications.clone(),
             ),
             notifications,
+            outbound,
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules,
             users: users::Users::new(

@@ -2,7 +2,7 @@
 //! client to drive it.
 
 use hearth::{
-    config::{Config, Listener, RateLimit, Registration, RegistrationMode},
+    config::{Config, Listener, Outbound, RateLimit, Registration, RegistrationMode},
     server::{self, Server},
 };
 use reqwest::{Method, StatusCode};
@@ -29,6 +29,12 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         bcrypt_cost: 4,
         rate_limit: RateLimit {
             enabled: false,
+            ..Default::default()
+        },
+        // Test servers (push gateways, ...) listen on loopback, which the policy refuses by
+        // default.
+        outbound: Outbound {
+            allow_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             ..Default::default()
         },
         ..Default::default()

@@ -266,7 +266,18 @@ fn layers_point_one_way() {
         }
     }
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let rules: [(&str, &[&str]); 4] = [
+    let rules: [(&str, &[&str]); 5] = [
+        (
+            "outbound",
+            &[
+                "crate::http",
+                "crate::api",
+                "crate::service",
+                "crate::store",
+                "crate::cli",
+                "crate::server",
+            ],
+        ),
         (
             "service",
             &["crate::http", "crate::api", "crate::cli", "crate::server"],

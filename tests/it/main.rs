@@ -23,6 +23,7 @@ mod media;
 mod media_power;
 mod messages;
 mod notifications;
+mod outbound;
 mod passwords;
 mod profile;
 mod push_rules;
