@@ -16,6 +16,7 @@ pub mod membership;
 pub mod presence;
 pub mod profile;
 pub mod push;
+pub mod pushers;
 pub mod receipt;
 pub mod redact;
 pub mod register;
@@ -53,6 +54,7 @@ pub fn register_routes(router: &mut Router) {
     account_data::routes(router);
     filter::routes(router);
     push::routes(router);
+    pushers::routes(router);
     alias::routes(router);
     directory::routes(router);
     upgrade::routes(router);
