@@ -25,6 +25,7 @@ mod messages;
 mod passwords;
 mod profile;
 mod push_rules;
+mod pushers;
 mod redaction;
 mod relations;
 mod reports;

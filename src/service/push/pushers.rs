@@ -289,11 +289,12 @@ impl NewPusher {
                 self.data.remove("format");
             }
             Some(Value::String(f)) if f == FORMAT_EVENT_ID_ONLY => {}
-            Some(_) => {
+            Some(Value::String(_)) => {
                 return Err(Error::invalid_param(format!(
                     "data.format must be \"{FORMAT_EVENT_ID_ONLY}\" or absent"
                 )))
             }
+            Some(_) => return Err(Error::bad_json("data.format must be a string")),
         }
         let size = serde_json::to_vec(&self.data).map_or(usize::MAX, |b| b.len());
         if size > MAX_DATA_BYTES {
