@@ -84,7 +84,11 @@ fn parse_body(body: &[u8]) -> Result<Action> {
     let app_display_name = string_field(&body, "app_display_name")?;
     let device_display_name = string_field(&body, "device_display_name")?;
     let lang = string_field(&body, "lang")?;
-    let profile_tag = string_field(&body, "profile_tag")?;
+    // The one optional string: `null` is the same as leaving it out.
+    let profile_tag = match body.get("profile_tag") {
+        Some(Value::Null) => None,
+        _ => string_field(&body, "profile_tag")?,
+    };
     let data = match body.get("data") {
         None => None,
         Some(Value::Object(data)) => Some(data.clone()),
