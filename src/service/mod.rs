@@ -51,6 +51,8 @@ pub struct Services {
     pub filters: filters::Filters,
     pub push_rules: Arc<push_rules::PushRules>,
     pub notifications: Arc<push::notifications::Notifications>,
+    /// Shared with `sessions`, which deletes a device's pushers with the device.
+    pub pushers: Arc<push::pushers::Pushers>,
     pub reports: reports::Reports,
     pub user_directory: user_directory::UserDirectory,
     pub stream: Arc<stream::Stream>,
@@ -105,6 +107,7 @@ impl Services {
         let stream = Arc::new(stream::Stream::open(store.clone())?);
         let keys = Arc::new(keys);
         let notifier = Arc::new(notifier::Notifier::new());
+        let pushers = Arc::new(push::pushers::Pushers::new(store.clone()));
         let e2ee = Arc::new(e2ee::E2ee::new(
             store.clone(),
             stream.clone(),
@@ -166,7 +169,8 @@ impl Services {
                 store.clone(),
                 passwords::Passwords::new(config.bcrypt_cost, config.password_hash_concurrency),
             ),
-            sessions: sessions::Sessions::new(store.clone(), e2ee.clone()),
+            sessions: sessions::Sessions::new(store.clone(), e2ee.clone(), pushers.clone()),
+            pushers,
             e2ee,
             uiaa: uiaa::Uiaa::new(),
             reg_tokens: reg_tokens::RegTokens::new(store.clone()),
@@ -258,6 +262,9 @@ impl Services {
             self.users.stage_deactivate(&mut batch, user_id, &current);
             self.sessions
                 .stage_delete_devices(&mut batch, user_id, None, None)?;
+            // Every device's pushers go with it above; this states the invariant on its own:
+            // a deactivated account has no pushers, whatever became of their devices.
+            self.pushers.stage_delete_user(&mut batch, user_id)?;
             self.profiles.stage_clear(&mut batch, user_id)?;
             match self.store.commit(batch).await {
                 Err(CommitError::Conflict) => continue,

@@ -354,14 +354,23 @@ impl Receipts {
             if batch.is_empty() {
                 return Ok(());
             }
-            self.notifications
-                .stage_read(&mut batch, room_id, user_id, &reads)?;
+            let counts_changed = self
+                .notifications
+                .stage_read(&mut batch, room_id, user_id, &reads)?
+                .is_some();
             // Public receipts wake the room's members; private ones only the user's own syncs.
             let mut wake_users: Vec<ruma::OwnedUserId> =
                 if public { members.to_vec() } else { Vec::new() };
             wake_users.push(user_id.to_owned());
             let notifier = self.notifier.clone();
-            let wake = move || notifier.notify(wake_users.iter().map(|m| m.as_ref()));
+            let notifications = self.notifications.clone();
+            let user = user_id.to_owned();
+            let wake = move || {
+                notifier.notify(wake_users.iter().map(|m| m.as_ref()));
+                if counts_changed {
+                    notifications.changed([user]);
+                }
+            };
             match self
                 .stream
                 .commit(&self.store, batch, pendings, lock.clone(), wake)

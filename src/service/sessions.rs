@@ -16,7 +16,7 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use super::{e2ee::E2ee, users::now_ms};
+use super::{e2ee::E2ee, push::pushers::Pushers, users::now_ms};
 use crate::{
     error::{Error, Result},
     store::{Batch, CommitError, Record, Store},
@@ -93,6 +93,8 @@ pub struct Sessions {
     store: Store,
     /// Removes a deleted device's end-to-end keys and inbox with it.
     e2ee: Arc<E2ee>,
+    /// Removes a deleted device's pushers with it.
+    pushers: Arc<Pushers>,
     /// Device → when its last-seen record was last written (protects only this map).
     last_seen_written: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), u64>>,
 }
@@ -125,10 +127,11 @@ fn device_key(user_id: &UserId, device_id: &DeviceId) -> (String, String) {
 }
 
 impl Sessions {
-    pub fn new(store: Store, e2ee: Arc<E2ee>) -> Self {
+    pub fn new(store: Store, e2ee: Arc<E2ee>, pushers: Arc<Pushers>) -> Self {
         Self {
             store,
             e2ee,
+            pushers,
             last_seen_written: Mutex::new(HashMap::new()),
         }
     }
@@ -312,7 +315,21 @@ impl Sessions {
         Err(CommitError::Conflict.into())
     }
 
-    /// Stages deletion of a device with its tokens.
+    /// Stages a precondition that the device is still as it is now (so the batch fails with
+    /// `Conflict` if the device is deleted or changed before it commits); whether it exists.
+    pub fn stage_expect_device(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<bool> {
+        let key = device_key(user_id, device_id);
+        let record = self.store.get::<DevicesTable>(&key)?;
+        batch.expect_value::<DevicesTable>(&key, record.as_ref());
+        Ok(record.is_some())
+    }
+
+    /// Stages deletion of a device with its tokens, end-to-end keys and pushers.
     pub fn stage_delete_device(
         &self,
         batch: &mut Batch,
@@ -328,6 +345,8 @@ impl Sessions {
             .expect_value::<DevicesTable>(&key, Some(&record))
             .delete::<DevicesTable>(&key);
         self.e2ee.stage_device_removed(batch, user_id, device_id)?;
+        self.pushers
+            .stage_delete_device(batch, user_id, device_id)?;
         self.forget_last_seen(user_id, device_id);
         Ok(true)
     }

@@ -35,7 +35,7 @@ use writer::{JobResult, Writer};
 
 /// The schema version this build writes. Bump it with every change of a key layout or value
 /// format, add the migration in `migrate`, and update `schema/`.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -342,6 +342,11 @@ fn migrate_step(_engine: &dyn Engine, from: u32) -> Result<(), StoreError> {
         // existing changes; the bump makes an older build refuse data it could misread (it
         // cannot verify the new hashes, nor finish a pending deactivation).
         1 => Ok(()),
+        // 2 → 3 adds the push tables (`notifications`, `unread`, `unread_counts`, `pushers`,
+        // `pushers_by_key`, `pusher_versions`, `pusher_progress`; they start empty: unread
+        // counts begin at zero). The bump makes an older build refuse the data: it would
+        // store events without their notifications and delete devices without their pushers.
+        2 => Ok(()),
         _ => Err(StoreError::Corrupt {
             table: Meta::NAME,
             detail: format!("schema version {from} is unknown; no migration exists from it"),

@@ -27,6 +27,7 @@ mod outbound;
 mod passwords;
 mod profile;
 mod push_rules;
+mod pushers;
 mod redaction;
 mod relations;
 mod reports;

@@ -17,6 +17,7 @@ pub mod notifications;
 pub mod presence;
 pub mod profile;
 pub mod push;
+pub mod pushers;
 pub mod receipt;
 pub mod redact;
 pub mod register;
@@ -55,6 +56,7 @@ pub fn register_routes(router: &mut Router) {
     filter::routes(router);
     push::routes(router);
     notifications::routes(router);
+    pushers::routes(router);
     alias::routes(router);
     directory::routes(router);
     upgrade::routes(router);

@@ -1,4 +1,7 @@
-//! Push notifications: push actions evaluated when an event is persisted, the per-user
-//! notification rows and unread counts they produce.
+//! Push notifications (spec: "Push Notifications"): push actions evaluated once when an event
+//! is persisted and the per-user notification rows and unread counts they produce
+//! (`notifications`), the pushers a user registered (`pushers`), and delivery to their push
+//! gateways (`delivery`). Push rules live in `push_rules.rs`.
 
 pub mod notifications;
+pub mod pushers;

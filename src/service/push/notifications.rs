@@ -19,6 +19,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
 use ruma::{
     push::{Action, FlattenedJson, PushConditionRoomCtx, Ruleset},
     serde::Raw,
@@ -168,15 +170,6 @@ pub struct Recipient {
     pub display_name: String,
 }
 
-/// One user notified by an event, for delivery to their pushers.
-#[derive(Debug, Clone)]
-pub struct Notified {
-    pub user_id: OwnedUserId,
-    pub sid: u64,
-    pub event_id: String,
-    pub actions: Vec<Action>,
-}
-
 /// A page of `GET /notifications`: `(event position, notification, read)` newest first, and
 /// the position to continue from when more may follow.
 pub type Page = (Vec<(u64, Notification, bool)>, Option<u64>);
@@ -189,6 +182,8 @@ pub struct Notifications {
     push_rules: Arc<PushRules>,
     account_data: Arc<AccountData>,
     server_name: OwnedServerName,
+    /// Where [`Notifications::changed`] reports users (push delivery), once subscribed.
+    changes: std::sync::Mutex<Option<UnboundedSender<OwnedUserId>>>,
 }
 
 impl Notifications {
@@ -203,7 +198,54 @@ impl Notifications {
             push_rules,
             account_data,
             server_name,
+            changes: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The users whose notifications or counts changed, from now on (replacing any earlier
+    /// subscriber).
+    pub fn subscribe(&self) -> UnboundedReceiver<OwnedUserId> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.changes.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Reports users whose notifications or counts changed in a commit that has landed.
+    pub fn changed(&self, users: impl IntoIterator<Item = OwnedUserId>) {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = changes.as_ref() {
+            for user in users {
+                // A closed channel means delivery stopped (shutdown); nothing to tell.
+                let _ = tx.send(user);
+            }
+        }
+    }
+
+    /// The user's notifications after position `after`, oldest first, at most `limit`, each
+    /// with whether it was read.
+    pub fn after(
+        &self,
+        user_id: &UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Notification, bool)>> {
+        let user = user_id.to_string();
+        let from = (user.clone(), after.saturating_add(1));
+        let rows = self.store.range_in_prefix::<NotificationsTable, _>(
+            &(user.as_str(),),
+            Some(&from),
+            false,
+            limit,
+        )?;
+        rows.into_iter()
+            .map(|((_, sid), row)| {
+                let unread = self
+                    .store
+                    .get::<UnreadTable>(&(user.clone(), row.room_id.clone(), sid))?
+                    .is_some();
+                Ok((sid, row, !unread))
+            })
+            .collect()
     }
 
     /// The user's unread counts in a room.
@@ -217,7 +259,7 @@ impl Notifications {
     /// Evaluates the push rules of each recipient for the events of one commit (in order) and
     /// stages the notification rows, the new counts, and what the events mark as read. Must be
     /// called under the room's lock, with the batch that persists the events. Returns the
-    /// users notified, for delivery.
+    /// users whose counts change, for [`Notifications::changed`] once the batch landed.
     ///
     /// `invitee` adds, per event, the local target of an invite (not yet a member).
     pub async fn stage_events(
@@ -228,9 +270,8 @@ impl Notifications {
         events: &[NewEvent<'_>],
         recipients: &[Recipient],
         invitee: impl Fn(&NewEvent<'_>) -> Option<Recipient>,
-    ) -> Result<Vec<Notified>> {
+    ) -> Result<Vec<OwnedUserId>> {
         let mut counts = CountsOverlay::new(&self.store, room_id);
-        let mut notified = Vec::new();
         let mut ctx = base.clone();
         let mut ignores: HashMap<OwnedUserId, HashSet<String>> = HashMap::new();
         let now = crate::service::users::now_ms();
@@ -297,16 +338,9 @@ impl Notifications {
                         call: event.kind == "m.call.invite",
                     },
                 )?;
-                notified.push(Notified {
-                    user_id: recipient.user_id.clone(),
-                    sid: event.sid,
-                    event_id: event.event_id.to_owned(),
-                    actions,
-                });
             }
         }
-        counts.stage(batch);
-        Ok(notified)
+        Ok(counts.stage(batch))
     }
 
     /// Stages what receipts mark as read: the covered unread rows go and the counts are
@@ -493,8 +527,9 @@ impl<'a> CountsOverlay<'a> {
         Ok(changed)
     }
 
-    /// Stages the added unread rows and every counts row that changed.
-    fn stage(self, batch: &mut Batch) {
+    /// Stages the added unread rows and every counts row that changed; returns whose changed.
+    fn stage(self, batch: &mut Batch) -> Vec<OwnedUserId> {
+        let mut changed = Vec::new();
         for (user, sid, row) in self.added {
             batch.put::<UnreadTable>(&(user.to_string(), self.room_id.clone(), sid), &row);
         }
@@ -503,11 +538,13 @@ impl<'a> CountsOverlay<'a> {
                 continue;
             }
             let key = (user.to_string(), self.room_id.clone());
+            changed.push(user);
             if new.total().is_zero() {
                 batch.delete::<CountsTable>(&key);
             } else {
                 batch.put::<CountsTable>(&key, &new);
             }
         }
+        changed
     }
 }

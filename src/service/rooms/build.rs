@@ -554,8 +554,7 @@ impl<'a> Staged<'a> {
         if self.record.is_none() {
             return Ok(room_id);
         }
-        // Delivery to pushers is not built yet; the notified users are only stored.
-        let _notified = self.stage_push().await?;
+        let counts_changed = self.stage_push().await?;
         self.stage_record()?;
         // Everything the commit task needs, owned: the batch, the positions, the room locks
         // and whom to wake (read now, while the staged member changes are known).
@@ -573,11 +572,13 @@ impl<'a> Staged<'a> {
             locks.extend(staged.lock.take());
         }
         let notifier = self.rooms.notifier.clone();
+        let notifications = self.rooms.notifications.clone();
         let result = self
             .rooms
             .stream
             .commit(&self.rooms.store, batch, positions, locks, move || {
-                notifier.notify(wake.iter().map(|u| u.as_ref()))
+                notifier.notify(wake.iter().map(|u| u.as_ref()));
+                notifications.changed(counts_changed);
             })
             .await;
         match result {

@@ -675,17 +675,19 @@ async fn schema_version_written_and_newer_refused(kind: EngineKind) {
         Ok(_) => panic!("expected SchemaTooNew, the store opened"),
     }
 
-    // A database of version 1 (before the deactivation marker and pre-hashed passwords) is
-    // migrated to the current version on open.
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), kind);
-    let mut b = Batch::new();
-    b.put::<MetaRaw>(&"schema_version".into(), &Raw(1u32.to_be_bytes().to_vec()));
-    store.commit(b).await.unwrap();
-    drop(store);
-    let store = open(dir.path(), kind);
-    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-    drop(store);
+    // A database of version 1 (before the deactivation marker and pre-hashed passwords) or 2
+    // (before the pushers tables) is migrated to the current version on open.
+    for old in [1u32, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), kind);
+        let mut b = Batch::new();
+        b.put::<MetaRaw>(&"schema_version".into(), &Raw(old.to_be_bytes().to_vec()));
+        store.commit(b).await.unwrap();
+        drop(store);
+        let store = open(dir.path(), kind);
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        drop(store);
+    }
 
     // An unknown older version has no migration: refused as corrupt, not silently used.
     let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use super::Staged;
 use crate::{
     error::{Error, Result},
     service::{
-        push::notifications::{NewEvent, Notified, Recipient},
+        push::notifications::{NewEvent, Recipient},
         receipts::thread_of_pdu,
         rooms::Pdu,
     },
@@ -56,14 +56,15 @@ fn membership_of(pdu: &Pdu) -> Option<String> {
 
 impl Staged<'_> {
     /// Evaluates push rules for the staged events of this room and of the rooms absorbed into
-    /// this commit, staging the results into the commit's batch.
-    pub(super) async fn stage_push(&mut self) -> Result<Vec<Notified>> {
+    /// this commit, staging the results into the commit's batch. Returns the users whose
+    /// unread counts change.
+    pub(super) async fn stage_push(&mut self) -> Result<Vec<OwnedUserId>> {
         let mut inputs = Vec::new();
         for staged in std::iter::once(&*self).chain(&self.absorbed) {
             inputs.extend(staged.push_input()?);
         }
         let notifications = self.rooms.notifications.clone();
-        let mut notified = Vec::new();
+        let mut changed = Vec::new();
         for input in inputs {
             let events: Vec<NewEvent<'_>> = input
                 .events
@@ -90,7 +91,7 @@ impl Staged<'_> {
                     .find(|r| r.user_id.as_str() == target)
                     .cloned()
             };
-            notified.extend(
+            changed.extend(
                 notifications
                     .stage_events(
                         &mut self.batch,
@@ -103,7 +104,7 @@ impl Staged<'_> {
                     .await?,
             );
         }
-        Ok(notified)
+        Ok(changed)
     }
 
     fn push_input(&self) -> Result<Option<RoomInput>> {
