@@ -94,6 +94,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         )));
         log::info!("listening on {scheme}://{addr} as {}", config.server_name);
     }
+    tasks.push(tokio::spawn(
+        services
+            .delivery
+            .clone()
+            .run(services.notifications.subscribe(), shutdown.subscribe()),
+    ));
     tasks.push(crate::admin::start(
         &config,
         services.store.clone(),

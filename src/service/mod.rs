@@ -58,7 +58,9 @@ pub struct Services {
     pub stream: Arc<stream::Stream>,
     pub keys: Arc<keys::ServerKeys>,
     pub notifier: Arc<notifier::Notifier>,
-    pub rooms: rooms::Rooms,
+    pub rooms: Arc<rooms::Rooms>,
+    /// Sends notifications to push gateways; runs once the server starts it.
+    pub delivery: Arc<push::delivery::Delivery>,
     pub typing: typing::Typing,
     pub receipts: receipts::Receipts,
     pub presence: presence::Presence,
@@ -142,16 +144,25 @@ impl Services {
             account_data.clone(),
             server_name.clone(),
         ));
+        let rooms = Arc::new(rooms::Rooms::new(
+            store.clone(),
+            stream.clone(),
+            keys.clone(),
+            server_name.clone(),
+            notifier.clone(),
+            notifications.clone(),
+        ));
+        let delivery = Arc::new(push::delivery::Delivery::new(
+            store.clone(),
+            pushers.clone(),
+            notifications.clone(),
+            rooms.clone(),
+            outbound.clone(),
+        ));
         Ok(Arc::new(Self {
-            media: media::Media::new(store.clone(), &config, server_name.clone()),
-            rooms: rooms::Rooms::new(
-                store.clone(),
-                stream.clone(),
-                keys.clone(),
-                server_name,
-                notifier.clone(),
-                notifications.clone(),
-            ),
+            media: media::Media::new(store.clone(), &config, server_name),
+            rooms,
+            delivery,
             account_data,
             typing: typing::Typing::new(notifier.clone()),
             lazy_members: sync::LazyMembers::default(),

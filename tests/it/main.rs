@@ -26,6 +26,7 @@ mod notifications;
 mod outbound;
 mod passwords;
 mod profile;
+mod push_gateway;
 mod push_rules;
 mod pushers;
 mod redaction;

@@ -144,6 +144,7 @@ async fn set(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
                     append,
                 )
                 .await?;
+            services.delivery.user_has_pushers(&me.user_id);
         }
     }
     Ok(json_value(StatusCode::OK, json!({})))

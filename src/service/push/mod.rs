@@ -3,5 +3,6 @@
 //! (`notifications`), the pushers a user registered (`pushers`), and delivery to their push
 //! gateways (`delivery`). Push rules live in `push_rules.rs`.
 
+pub mod delivery;
 pub mod notifications;
 pub mod pushers;

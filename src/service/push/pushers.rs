@@ -339,6 +339,17 @@ impl Pushers {
         }
     }
 
+    /// Every user that has a pusher (one read of the whole table: at most 100 rows a user).
+    pub fn users(&self) -> Result<Vec<ruma::OwnedUserId>> {
+        let mut users: Vec<ruma::OwnedUserId> = Vec::new();
+        for ((user, _, _), _) in self.store.range::<PushersTable>(None, false, usize::MAX)? {
+            if users.last().is_none_or(|last| last.as_str() != user) {
+                users.extend(UserId::parse(user.as_str()).ok());
+            }
+        }
+        Ok(users)
+    }
+
     /// Every pusher of `user_id`, ordered by `(app_id, pushkey)`.
     pub fn of_user(&self, user_id: &UserId) -> Result<Vec<Pusher>> {
         self.store
