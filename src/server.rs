@@ -100,6 +100,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             .clone()
             .run(services.notifications.subscribe(), shutdown.subscribe()),
     ));
+    tasks.push(tokio::spawn(crate::service::push::retention::run(
+        services.store.clone(),
+        shutdown.subscribe(),
+    )));
     tasks.push(crate::admin::start(
         &config,
         services.store.clone(),

@@ -287,3 +287,40 @@ async fn stored_counts_survive_restart_and_are_exact() {
         .iter()
         .all(|n| n["room_id"] == room.as_str()));
 }
+
+/// The retention sweep deletes read notifications older than its cutoff and keeps unread ones
+/// (they still count); counts are untouched.
+#[tokio::test]
+async fn the_retention_sweep_drops_old_read_notifications_only() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &bob, &room).await;
+    text(&srv, &bob, &room, "1", "one").await;
+    let second = text(&srv, &bob, &room, "2", "two").await;
+    let third = text(&srv, &bob, &room, "3", "three").await;
+    receipt(&srv, &alice, &room, &second, json!({})).await;
+
+    let store = &srv.server.as_ref().unwrap().services.store;
+    // Everything so far is "old" for a cutoff in the future.
+    let cutoff = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 60_000;
+    let removed = hearth::service::push::retention::sweep(store, cutoff)
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    assert_eq!(
+        listed(&notifications(&srv, &alice, "").await),
+        [(third.clone(), false, false)]
+    );
+    assert_eq!(counts(&srv, &alice, &room).await, (1, 0));
+    // A cutoff in the past removes nothing more.
+    let removed = hearth::service::push::retention::sweep(store, 0)
+        .await
+        .unwrap();
+    assert_eq!(removed, 0);
+}

@@ -282,6 +282,12 @@ impl Delivery {
                 .remove(user_id, app_id, pushkey)
                 .await
                 .map_err(|e| format!("cannot remove the pusher: {e:?}"))?;
+            let mut batch = Batch::new();
+            batch.delete::<PusherProgress>(&progress_key);
+            self.store
+                .commit(batch)
+                .await
+                .map_err(|e| format!("cannot store progress: {e}"))?;
             return Ok(Step::Gone);
         }
         progress.notified_upto = upto;

@@ -6,3 +6,4 @@
 pub mod delivery;
 pub mod notifications;
 pub mod pushers;
+pub mod retention;

@@ -257,7 +257,7 @@ fn tag(i: u64) -> u64 {
 
 /// The record that batch `i` deletes (so freed pages are reused), if any.
 fn deleted_by(i: u64) -> Option<u64> {
-    (i >= 8 && i % 3 == 0).then(|| i - 8)
+    (i >= 8 && i.is_multiple_of(3)).then(|| i - 8)
 }
 
 /// The batch that makes a writer's count `i + 1`: its record and tag, the count itself (with
