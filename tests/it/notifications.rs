@@ -324,3 +324,25 @@ async fn the_retention_sweep_drops_old_read_notifications_only() {
         .unwrap();
     assert_eq!(removed, 0);
 }
+
+/// `@room` mentions highlight only when the sender's power level allows room notifications
+/// (`notifications.room`, 50 by default): the push context carries the room's power levels.
+#[tokio::test]
+async fn room_mentions_highlight_only_from_senders_allowed_to_notify_the_room() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let (_, carol, _) = srv.register("carol", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &bob, &room).await;
+    join(&srv, &carol, &room).await;
+    let everyone = json!({"msgtype": "m.text", "body": "everyone!", "m.mentions": {"room": true}});
+    let from_admin = send(&srv, &alice, &room, "1", everyone.clone()).await;
+    let from_member = send(&srv, &bob, &room, "2", everyone).await;
+    let body = notifications(&srv, &carol, "").await;
+    assert_eq!(
+        listed(&body),
+        [(from_member, false, false), (from_admin, false, true)]
+    );
+    assert_eq!(counts(&srv, &carol, &room).await, (2, 1));
+}
