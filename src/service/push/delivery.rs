@@ -91,6 +91,9 @@ pub struct Delivery {
     /// Users that have (or recently had) a pusher; wakes for anyone else are dropped without a
     /// store read (a message to a big room wakes every member it notified).
     with_pushers: Mutex<HashSet<OwnedUserId>>,
+    /// The server's stop signal, set when [`Delivery::run`] starts; nothing is delivered
+    /// before (admin commands open the services without delivering).
+    shutdown: std::sync::OnceLock<watch::Receiver<bool>>,
 }
 
 impl Delivery {
@@ -109,6 +112,7 @@ impl Delivery {
             outbound,
             tasks: Mutex::new(HashMap::new()),
             with_pushers: Mutex::new(HashSet::new()),
+            shutdown: std::sync::OnceLock::new(),
         }
     }
 
@@ -120,11 +124,11 @@ impl Delivery {
         shutdown: watch::Receiver<bool>,
     ) {
         let mut stop = shutdown.clone();
+        let _ = self.shutdown.set(shutdown);
         match self.pushers.users() {
             Ok(users) => {
                 for user in users {
                     self.user_has_pushers(&user);
-                    self.wake_user(&user, &shutdown);
                 }
             }
             Err(e) => log::error!("push delivery cannot list pushers: {e:?}"),
@@ -132,7 +136,7 @@ impl Delivery {
         loop {
             tokio::select! {
                 user = changes.recv() => match user {
-                    Some(user) => self.wake_user(&user, &shutdown),
+                    Some(user) => self.wake_user(&user),
                     None => return,
                 },
                 _ = stop.wait_for(|stop| *stop) => return,
@@ -140,12 +144,17 @@ impl Delivery {
         }
     }
 
-    /// Notes that a user set a pusher, so their notifications are delivered from now on.
-    pub fn user_has_pushers(&self, user_id: &UserId) {
+    /// Notes that a user set a pusher, so their notifications are delivered from now on,
+    /// and delivers any they got since the pusher was created.
+    pub fn user_has_pushers(self: &Arc<Self>, user_id: &UserId) {
         lock(&self.with_pushers).insert(user_id.to_owned());
+        self.wake_user(user_id);
     }
 
-    fn wake_user(self: &Arc<Self>, user_id: &UserId, shutdown: &watch::Receiver<bool>) {
+    fn wake_user(self: &Arc<Self>, user_id: &UserId) {
+        let Some(shutdown) = self.shutdown.get() else {
+            return;
+        };
         if !lock(&self.with_pushers).contains(user_id) {
             return;
         }
