@@ -8,9 +8,12 @@
 //! one tag at a time by a read-modify-write. Every write takes a position in the global stream,
 //! recorded in a change log that `/sync` reads.
 
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
-use ruma::{RoomId, UserId};
+use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
 use super::{notifier::Notifier, stream::Stream};
@@ -61,7 +64,23 @@ pub struct AccountData {
     store: Store,
     stream: Arc<Stream>,
     notifier: Arc<Notifier>,
+    /// Parsed `m.ignored_user_list`s, for push evaluation when an event is persisted (a
+    /// message to a room of 1,000 needs 1,000 of them).
+    ignored: Mutex<IgnoredCache>,
 }
+
+/// Ignored users by user. Invariant: an entry is never older than the stored
+/// `m.ignored_user_list`: its only writer, [`AccountData::update`], bumps `generation` and
+/// drops the entry after its commit, and a reader only inserts what it loaded when no change
+/// happened since it started loading.
+#[derive(Default)]
+struct IgnoredCache {
+    generation: u64,
+    users: HashMap<OwnedUserId, Arc<HashSet<String>>>,
+}
+
+/// Most ignore lists kept parsed; the cache starts over when full.
+const IGNORED_CACHE_ENTRIES: usize = 10_000;
 
 fn key(user_id: &UserId, room_id: Option<&RoomId>, kind: &str) -> (String, String, String) {
     (
@@ -133,7 +152,32 @@ impl AccountData {
             store,
             stream,
             notifier,
+            ignored: Mutex::default(),
         }
+    }
+
+    fn ignored_cache(&self) -> std::sync::MutexGuard<'_, IgnoredCache> {
+        self.ignored.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The users `user_id` ignores, shared: from memory when they were read before.
+    pub fn cached_ignored_users(&self, user_id: &UserId) -> Result<Arc<HashSet<String>>> {
+        let generation = {
+            let cache = self.ignored_cache();
+            if let Some(users) = cache.users.get(user_id) {
+                return Ok(users.clone());
+            }
+            cache.generation
+        };
+        let users = Arc::new(self.ignored_users_of(user_id)?);
+        let mut cache = self.ignored_cache();
+        if cache.generation == generation {
+            if cache.users.len() >= IGNORED_CACHE_ENTRIES {
+                cache.users.clear();
+            }
+            cache.users.insert(user_id.to_owned(), users.clone());
+        }
+        Ok(users)
     }
 
     /// The content of one entry as JSON bytes (always an object), `None` when unset.
@@ -236,11 +280,17 @@ impl AccountData {
             self.stage_set(&mut batch, pending.pos, user_id, room_id, kind, content)?;
             let (notifier, user) = (self.notifier.clone(), user_id.to_owned());
             let wake = move || notifier.notify([user.as_ref()]);
-            match self
+            let result = self
                 .stream
                 .commit(&self.store, batch, vec![pending], (), wake)
-                .await
-            {
+                .await;
+            if kind == IGNORED_USER_LIST && room_id.is_none() {
+                // Whatever the outcome, a reader must not keep or insert the old list.
+                let mut cache = self.ignored_cache();
+                cache.generation += 1;
+                cache.users.remove(user_id);
+            }
+            match result {
                 Ok(()) => return Ok(true),
                 Err(CommitError::Conflict) => continue,
                 Err(e) => return Err(e.into()),

@@ -345,4 +345,102 @@ async fn room_mentions_highlight_only_from_senders_allowed_to_notify_the_room() 
         [(from_member, false, false), (from_admin, false, true)]
     );
     assert_eq!(counts(&srv, &carol, &room).await, (2, 1));
+
+/// `(event id, highlight)` of the user's newest notification.
+async fn newest(srv: &TestServer, token: &str) -> (String, bool) {
+    let body = notifications(srv, token, "limit=1").await;
+    let (event, _, highlight) = listed(&body).into_iter().next().expect("a notification");
+    (event, highlight)
+}
+
+/// Persisting an event reuses the room's members and display names and the recipients'
+/// ignore lists from memory: a changed display name, a redacted member event and a changed
+/// ignore list must each be seen by the next event.
+#[tokio::test]
+async fn push_evaluation_sees_new_display_names_redactions_and_ignores() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &bob, &room).await;
+    // The default rules no longer match display names (spec 1.7); Alice's own rule does.
+    let (status, body) = srv
+        .put(
+            "/_matrix/client/v3/pushrules/global/override/by-name",
+            Some(&alice),
+            json!({"conditions": [{"kind": "contains_display_name"}],
+                   "actions": ["notify", {"set_tweak": "highlight"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Warms the caches: the room's members, Alice's (empty) ignore list.
+    let plain = text(&srv, &bob, &room, "1", "hello").await;
+    assert_eq!(newest(&srv, &alice).await, (plain, false));
+
+    // A new display name: a message with it highlights.
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice_id)),
+            Some(&alice),
+            json!({"displayname": "Zebulon"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let named = text(&srv, &bob, &room, "2", "dinner, Zebulon?").await;
+    assert_eq!(newest(&srv, &alice).await, (named, true));
+
+    // Her member event redacted: the name is gone with it (the localpart is used).
+    let (status, body) = srv
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}?format=event",
+                enc(&room),
+                enc(&alice_id)
+            ),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["content"]["displayname"], "Zebulon", "{body}");
+    let member_event = body["event_id"].as_str().expect("event id").to_owned();
+    let (status, body) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+                enc(&room),
+                enc(&member_event)
+            ),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let unnamed = text(&srv, &bob, &room, "3", "Zebulon again").await;
+    assert_eq!(newest(&srv, &alice).await, (unnamed.clone(), false));
+
+    // Bob ignored: his messages no longer notify Alice; unignored: they do again.
+    let ignore = |users: Value| {
+        let srv = &srv;
+        let (alice, alice_id) = (alice.clone(), alice_id.clone());
+        async move {
+            let (status, body) = srv
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                        enc(&alice_id)
+                    ),
+                    Some(&alice),
+                    json!({"ignored_users": users}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    ignore(json!({ bob_id.clone(): {} })).await;
+    text(&srv, &bob, &room, "4", "ignored").await;
+    assert_eq!(newest(&srv, &alice).await, (unnamed, false));
+    ignore(json!({})).await;
+    let heard = text(&srv, &bob, &room, "5", "heard").await;
+    assert_eq!(newest(&srv, &alice).await, (heard, false));
 }

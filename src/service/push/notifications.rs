@@ -273,7 +273,6 @@ impl Notifications {
     ) -> Result<Vec<OwnedUserId>> {
         let mut counts = CountsOverlay::new(&self.store, room_id);
         let mut ctx = base.clone();
-        let mut ignores: HashMap<OwnedUserId, HashSet<String>> = HashMap::new();
         let now = crate::service::users::now_ms();
         for event in events {
             if event.sender.server_name() == self.server_name {
@@ -305,13 +304,7 @@ impl Notifications {
                 }
                 // Non-state events from ignored users are never delivered, so never notify.
                 if event.state_key.is_none() {
-                    let ignored = match ignores.get(&recipient.user_id) {
-                        Some(set) => set,
-                        None => {
-                            let set = self.account_data.ignored_users_of(&recipient.user_id)?;
-                            ignores.entry(recipient.user_id.clone()).or_insert(set)
-                        }
-                    };
+                    let ignored = self.account_data.cached_ignored_users(&recipient.user_id)?;
                     if ignored.contains(event.sender.as_str()) {
                         continue;
                     }

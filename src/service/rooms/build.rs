@@ -6,6 +6,8 @@
 
 mod push;
 
+pub(crate) use push::MembersCache;
+
 use std::collections::HashMap;
 
 use ruma::{

@@ -220,6 +220,8 @@ pub struct Rooms {
     /// Bounds the heavy reads (timeline scans, thread lists, relations, context) running at
     /// once on the blocking pool; see [`Rooms::heavy_read`].
     heavy_reads: Arc<tokio::sync::Semaphore>,
+    /// Committed members and display names of recently written rooms, for push evaluation.
+    push_members: build::MembersCache,
 }
 
 /// Heavy reads running at once: one per core, at least two (a slow scan must not block all).
@@ -245,6 +247,7 @@ impl Rooms {
             notifications,
             locks: Mutex::new(HashMap::new()),
             heavy_reads: Arc::new(tokio::sync::Semaphore::new(heavy_read_slots())),
+            push_members: build::MembersCache::default(),
         }
     }
 

@@ -11,6 +11,10 @@ use ruma::{
     OwnedRoomId, OwnedUserId, UInt, UserId,
 };
 use serde_json::Value;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use super::Staged;
 use crate::{
@@ -18,9 +22,103 @@ use crate::{
     service::{
         push::notifications::{NewEvent, Recipient},
         receipts::thread_of_pdu,
-        rooms::Pdu,
+        rooms::{Pdu, Rooms},
     },
 };
+
+/// Most members (over all rooms) whose memberships and display names [`MembersCache`] keeps;
+/// it starts over when an insert would exceed this.
+const CACHED_MEMBERS: usize = 200_000;
+
+/// A room's committed members as push evaluation reads them.
+struct CommittedMembers {
+    /// `RoomRecord::last_state` when this was read.
+    last_state: Option<u64>,
+    /// Every member with their membership.
+    members: Vec<(OwnedUserId, String)>,
+    /// Display names (else localparts) of the local members that are joined or invited.
+    names: HashMap<OwnedUserId, String>,
+}
+
+/// Committed members and display names of recently written rooms, by room, so that persisting
+/// an event in a room of 1,000 does not read and parse 1,000 member events each time.
+///
+/// Invariant: an entry equals what the store holds for the room while the room's
+/// `last_state` is the entry's. Every change to a room's members (`RoomMembers`) or to its
+/// member events comes with a new state event (a new `last_state`), except a redaction of a
+/// member event (it can drop the `displayname`), which drops the room's entry. Entries are
+/// read, written and dropped only by event persistence, under the room's lock, and hold only
+/// committed state: a commit that fails leaves them true. Memory is bounded by
+/// [`CACHED_MEMBERS`].
+#[derive(Default)]
+pub(crate) struct MembersCache {
+    rooms: Mutex<HashMap<u64, Arc<CommittedMembers>>>,
+}
+
+impl MembersCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<CommittedMembers>>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The room's committed members at state position `last_state`: from memory when they
+    /// were read at that position, else from the store (and remembered).
+    fn get(
+        &self,
+        rooms: &Rooms,
+        room_sid: u64,
+        last_state: Option<u64>,
+    ) -> Result<Arc<CommittedMembers>> {
+        if let Some(entry) = self.lock().get(&room_sid) {
+            if entry.last_state == last_state {
+                return Ok(entry.clone());
+            }
+        }
+        let entry = Arc::new(CommittedMembers::load(rooms, room_sid, last_state)?);
+        let mut cache = self.lock();
+        cache.remove(&room_sid);
+        let held: usize = cache.values().map(|e| e.members.len()).sum();
+        if held + entry.members.len() > CACHED_MEMBERS {
+            cache.clear();
+        }
+        if entry.members.len() <= CACHED_MEMBERS {
+            cache.insert(room_sid, entry.clone());
+        }
+        Ok(entry)
+    }
+
+    /// Forgets the room (its member events may change without a new state position).
+    fn forget(&self, room_sid: u64) {
+        self.lock().remove(&room_sid);
+    }
+}
+
+impl CommittedMembers {
+    fn load(rooms: &Rooms, room_sid: u64, last_state: Option<u64>) -> Result<Self> {
+        let local = |user: &UserId| user.server_name() == rooms.server_name;
+        let members: Vec<(OwnedUserId, String)> = rooms
+            .members(room_sid)?
+            .into_iter()
+            .filter_map(|(user, m)| Some((UserId::parse(user).ok()?, m)))
+            .collect();
+        let names = members
+            .iter()
+            .filter(|(u, m)| (m == "join" || m == "invite") && local(u))
+            .map(|(user, _)| {
+                let event = rooms
+                    .state_event(room_sid, &StateEventType::RoomMember, user.as_str())
+                    .ok()
+                    .flatten();
+                let name = display_name(event.map(|e| e.pdu).as_ref(), user);
+                (user.clone(), name)
+            })
+            .collect();
+        Ok(Self {
+            last_state,
+            members,
+            names,
+        })
+    }
+}
 
 /// One staged event, owned, as the notifications service reads it.
 struct EventInput {
@@ -116,13 +214,22 @@ impl Staged<'_> {
         }
         let local = |user: &UserId| user.server_name() == self.rooms.server_name;
 
-        // Members after the staged changes.
-        let mut members: Vec<(OwnedUserId, String)> = self
-            .rooms
-            .members(record.sid)?
-            .into_iter()
-            .filter_map(|(user, m)| Some((UserId::parse(user).ok()?, m)))
-            .collect();
+        // Members after the staged changes: the committed ones (read at the state position
+        // before this commit), then the staged member events over them.
+        let cache = &self.rooms.push_members;
+        let redacts = self
+            .events
+            .values()
+            .any(|(_, pdu, _)| pdu.kind == TimelineEventType::RoomRedaction);
+        let committed = match &self.old_record {
+            Some(old) if !redacts => cache.get(self.rooms, record.sid, old.last_state)?,
+            _ => {
+                cache.forget(record.sid);
+                let last_state = self.old_record.as_ref().and_then(|r| r.last_state);
+                Arc::new(CommittedMembers::load(self.rooms, record.sid, last_state)?)
+            }
+        };
+        let mut members = committed.members.clone();
         for ((kind, state_key), (_, pdu)) in &self.state {
             if kind != "m.room.member" {
                 continue;
@@ -137,13 +244,21 @@ impl Staged<'_> {
             }
         }
         let joined = members.iter().filter(|(_, m)| m == "join").count();
-        let named = |user: &UserId| Recipient {
-            user_id: user.to_owned(),
-            display_name: display_name(
-                self.state_pdu(&StateEventType::RoomMember, user.as_str())
-                    .as_ref(),
-                user,
-            ),
+        let named = |user: &UserId| {
+            let key = ("m.room.member".to_owned(), user.as_str().to_owned());
+            let display_name = match (self.state.get(&key), committed.names.get(user)) {
+                (Some((_, staged)), _) => display_name(Some(staged), user),
+                (None, Some(name)) => name.clone(),
+                (None, None) => display_name(
+                    self.state_pdu(&StateEventType::RoomMember, user.as_str())
+                        .as_ref(),
+                    user,
+                ),
+            };
+            Recipient {
+                user_id: user.to_owned(),
+                display_name,
+            }
         };
         let recipients = members
             .iter()
