@@ -345,6 +345,7 @@ async fn room_mentions_highlight_only_from_senders_allowed_to_notify_the_room() 
         [(from_member, false, false), (from_admin, false, true)]
     );
     assert_eq!(counts(&srv, &carol, &room).await, (2, 1));
+}
 
 /// `(event id, highlight)` of the user's newest notification.
 async fn newest(srv: &TestServer, token: &str) -> (String, bool) {
