@@ -445,3 +445,24 @@ async fn push_evaluation_sees_new_display_names_redactions_and_ignores() {
     let heard = text(&srv, &bob, &room, "5", "heard").await;
     assert_eq!(newest(&srv, &alice).await, (heard, false));
 }
+
+/// An invite from an ignored user is never shown, so it notifies nobody either.
+#[tokio::test]
+async fn an_invite_from_an_ignored_user_does_not_notify() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (bob_id, bob, _) = srv.register("bob", "pw").await;
+    let (status, body) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                enc(&alice_id)
+            ),
+            Some(&alice),
+            json!({"ignored_users": {&bob_id: {}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    create_room(&srv, &bob, json!({"invite": [alice_id]})).await;
+    assert_eq!(listed(&notifications(&srv, &alice, "").await), []);
+}

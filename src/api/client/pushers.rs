@@ -134,6 +134,9 @@ async fn set(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
                 .await?;
         }
         Action::Set { pusher, append } => {
+            // Before the commit as well: a request cancelled after its commit must not leave
+            // the pusher without deliveries.
+            services.delivery.user_has_pushers(&me.user_id);
             services
                 .pushers
                 .set(

@@ -88,8 +88,9 @@ pub struct Delivery {
     /// work. A task leaves the map (under this lock) only after seeing the flag unset, so
     /// a wake is never lost between its last look and its exit.
     tasks: Mutex<HashMap<PusherKey, Arc<AtomicBool>>>,
-    /// Users that have (or recently had) a pusher; wakes for anyone else are dropped without a
-    /// store read (a message to a big room wakes every member it notified).
+    /// Users that have (or had, since the start) a pusher; wakes for anyone else are dropped
+    /// without a store read (a message to a big room wakes every member it notified). Only
+    /// ever grows while the server runs.
     with_pushers: Mutex<HashSet<OwnedUserId>>,
     /// The server's stop signal, set when [`Delivery::run`] starts; nothing is delivered
     /// before (admin commands open the services without delivering).
@@ -165,10 +166,8 @@ impl Delivery {
                 return;
             }
         };
-        if pushers.is_empty() {
-            lock(&self.with_pushers).remove(user_id);
-            return;
-        }
+        // Users stay in `with_pushers` once there (a few per family): removing one here could
+        // race with a pusher being set again and silence them until a restart.
         let mut tasks = lock(&self.tasks);
         for pusher in pushers {
             let key = (user_id.to_owned(), pusher.app_id, pusher.pushkey);
@@ -200,7 +199,8 @@ impl Delivery {
             };
             match step {
                 Ok(Step::Progressed) => failures = 0,
-                Ok(Step::Idle) => {
+                Ok(Step::Idle | Step::Gone) => {
+                    // Gone too: the pusher may have been set again under the same key.
                     failures = 0;
                     let mut tasks = lock(&self.tasks);
                     if !woken.load(Ordering::SeqCst) {
@@ -208,7 +208,6 @@ impl Delivery {
                         return;
                     }
                 }
-                Ok(Step::Gone) => break,
                 Err(why) => {
                     failures = failures.saturating_add(1);
                     let delay = backoff(failures);
@@ -250,18 +249,26 @@ impl Delivery {
             .get::<PusherProgress>(&progress_key)
             .map_err(|e| format!("cannot read progress: {e}"))?
             .unwrap_or_default();
-        let rows = self
-            .notifications
-            .after(user_id, progress.notified_upto, SCAN)
-            .map_err(|e| format!("cannot read notifications: {e:?}"))?;
-        let now = now_ms();
-        let next = rows.iter().find(|(_, row, read)| {
-            !read && row.ts >= pusher.created_ms && now.saturating_sub(row.ts) <= MAX_AGE_MS
-        });
+        // Counts first: every notification they include is then among the rows read below
+        // (settled or not), so a badge-only push never runs ahead of its notification.
         let (unread, missed_calls) = self
             .notifications
             .unread_totals(user_id)
             .map_err(|e| format!("cannot count unread notifications: {e:?}"))?;
+        // Only settled positions: a commit at a lower position may still be in flight, and
+        // progress must never pass it (it would never be sent). Its wake comes once settled.
+        let settled = self.rooms.stream_position();
+        let mut rows = self
+            .notifications
+            .after(user_id, progress.notified_upto, SCAN)
+            .map_err(|e| format!("cannot read notifications: {e:?}"))?;
+        let listed = rows.len();
+        rows.retain(|(sid, _, _)| *sid <= settled);
+        let unsettled = rows.len() < listed;
+        let now = now_ms();
+        let next = rows.iter().find(|(_, row, read)| {
+            !read && row.ts >= pusher.created_ms && now.saturating_sub(row.ts) <= MAX_AGE_MS
+        });
         let upto = match next {
             Some((sid, _, _)) => *sid,
             None => rows
@@ -273,6 +280,8 @@ impl Delivery {
             Some((sid, row, _)) => self
                 .event_payload(&pusher, user_id, *sid, row)
                 .map_err(|e| format!("cannot build the notification: {e:?}"))?,
+            // A notification still settling comes first; its wake follows.
+            None if unsettled && !skipped => return Ok(Step::Idle),
             None if progress.badge.unwrap_or(0) != unread => Map::new(),
             None if skipped => {
                 progress.notified_upto = upto;

@@ -302,8 +302,11 @@ impl Notifications {
                 if !actions.iter().any(Action::should_notify) {
                     continue;
                 }
-                // Non-state events from ignored users are never delivered, so never notify.
-                if event.state_key.is_none() {
+                // Non-state events from ignored users are never delivered, nor are their invites
+                // (spec: "Ignoring users"), so neither notifies.
+                let invites_recipient = event.membership == Some("invite")
+                    && event.state_key == Some(recipient.user_id.as_str());
+                if event.state_key.is_none() || invites_recipient {
                     let ignored = self.account_data.cached_ignored_users(&recipient.user_id)?;
                     if ignored.contains(event.sender.as_str()) {
                         continue;
