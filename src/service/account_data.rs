@@ -66,7 +66,7 @@ pub struct AccountData {
     notifier: Arc<Notifier>,
     /// Parsed `m.ignored_user_list`s, for push evaluation when an event is persisted (a
     /// message to a room of 1,000 needs 1,000 of them).
-    ignored: Mutex<IgnoredCache>,
+    ignored: Arc<Mutex<IgnoredCache>>,
 }
 
 /// Ignored users by user. Invariant: an entry is never older than the stored
@@ -152,7 +152,7 @@ impl AccountData {
             store,
             stream,
             notifier,
-            ignored: Mutex::default(),
+            ignored: Arc::default(),
         }
     }
 
@@ -280,16 +280,20 @@ impl AccountData {
             self.stage_set(&mut batch, pending.pos, user_id, room_id, kind, content)?;
             let (notifier, user) = (self.notifier.clone(), user_id.to_owned());
             let wake = move || notifier.notify([user.as_ref()]);
+            // Whatever the outcome, a reader must not keep or insert the old list. The commit
+            // task drops this once the write is done, even if this request is cancelled.
+            let evict = (kind == IGNORED_USER_LIST && room_id.is_none()).then(|| {
+                let (cache, user) = (self.ignored.clone(), user_id.to_owned());
+                super::OnDrop::new(move || {
+                    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                    cache.generation += 1;
+                    cache.users.remove(&user);
+                })
+            });
             let result = self
                 .stream
-                .commit(&self.store, batch, vec![pending], (), wake)
+                .commit(&self.store, batch, vec![pending], evict, wake)
                 .await;
-            if kind == IGNORED_USER_LIST && room_id.is_none() {
-                // Whatever the outcome, a reader must not keep or insert the old list.
-                let mut cache = self.ignored_cache();
-                cache.generation += 1;
-                cache.users.remove(user_id);
-            }
             match result {
                 Ok(()) => return Ok(true),
                 Err(CommitError::Conflict) => continue,

@@ -37,6 +37,24 @@ use crate::{
     store::{Store, StoreError},
 };
 
+/// Runs a closure when dropped: work that must follow a commit even if the request that
+/// started it is cancelled (pass it as the `hold` of [`stream::Stream::commit`]).
+pub struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnDrop<F> {
+    pub fn new(f: F) -> Self {
+        Self(Some(f))
+    }
+}
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
 /// The services a request handler can call. Built once at start.
 pub struct Services {
     pub config: Arc<Config>,

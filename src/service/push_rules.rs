@@ -55,7 +55,7 @@ pub struct PushRules {
     notifier: Arc<Notifier>,
     /// Parsed rulesets of recent senders' room members, for push evaluation when an event is
     /// persisted (a message to a room of 1,000 needs 1,000 rulesets).
-    cache: Mutex<RulesetCache>,
+    cache: Arc<Mutex<RulesetCache>>,
 }
 
 /// Parsed rulesets by user. Invariant: an entry is never older than the stored row: a change
@@ -119,7 +119,7 @@ impl PushRules {
             store,
             stream,
             notifier,
-            cache: Mutex::default(),
+            cache: Arc::default(),
         }
     }
 
@@ -205,15 +205,19 @@ impl PushRules {
             // The user's other devices learn of the change through /sync.
             let (notifier, user) = (self.notifier.clone(), user_id.to_owned());
             let wake = move || notifier.notify([user.as_ref()]);
+            // Whatever the outcome, a reader must not keep or insert the old ruleset. The
+            // commit task drops this once the write is done, even if this request is
+            // cancelled meanwhile.
+            let (cache, user) = (self.cache.clone(), user_id.to_owned());
+            let evict = super::OnDrop::new(move || {
+                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                cache.generation += 1;
+                cache.rulesets.remove(&user);
+            });
             let result = self
                 .stream
-                .commit(&self.store, batch, vec![pending], (), wake)
+                .commit(&self.store, batch, vec![pending], evict, wake)
                 .await;
-            // Whatever the outcome, a reader must not keep or insert the old ruleset.
-            let mut cache = self.cache();
-            cache.generation += 1;
-            cache.rulesets.remove(user_id);
-            drop(cache);
             match result {
                 Ok(()) => return Ok(out),
                 Err(CommitError::Conflict) => continue,
