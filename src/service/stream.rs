@@ -127,6 +127,12 @@ impl Stream {
         self.lock().current()
     }
 
+    /// Watches the settled position: changes whenever any write settles. For waits that the
+    /// per-user notifier cannot serve (a peek at a room the user is not in).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.settled.subscribe()
+    }
+
     /// Commits `batch`, which uses `positions`, then releases them and `hold` (e.g. a room
     /// lock), in that order, in a task of its own, so the sequence completes even if the
     /// caller is dropped. Once the positions have settled — every lower position too, so a

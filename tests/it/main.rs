@@ -18,6 +18,7 @@ mod ephemeral;
 mod filter;
 mod http;
 mod interop;
+mod legacy;
 mod listeners;
 mod media;
 mod media_power;

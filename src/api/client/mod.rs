@@ -11,6 +11,7 @@ pub mod directory;
 pub mod discovery;
 pub mod filter;
 pub mod keys;
+pub mod legacy;
 pub mod media;
 pub mod membership;
 pub mod notifications;
@@ -70,4 +71,5 @@ pub fn register_routes(router: &mut Router) {
     keys::routes(router);
     to_device::routes(router);
     backup::routes(router);
+    legacy::routes(router);
 }

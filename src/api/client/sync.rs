@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Longest long-poll a client may ask for; longer requests are cut to this.
-const MAX_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 pub fn routes(router: &mut Router) {
     for path in ["/_matrix/client/v3/sync", "/_matrix/client/r0/sync"] {

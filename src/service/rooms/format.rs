@@ -82,6 +82,24 @@ impl Rooms {
         Value::Object(out)
     }
 
+    /// The federation form of a stored event (a filter's `event_format: "federation"`): the
+    /// PDU exactly as signed (`auth_events`, `prev_events`, `depth`, `hashes`, `signatures`,
+    /// ...), so its hashes and signatures check, plus the client form's `unsigned` (which is
+    /// outside what is signed). A redacted event is served as its redacted PDU.
+    pub fn federation_event(&self, event: &StoredEvent, viewer: Option<Viewer<'_>>) -> Value {
+        let mut out: Map<String, Value> = event
+            .json
+            .iter()
+            .filter(|(key, _)| key.as_str() != "unsigned")
+            .map(|(key, value)| (key.clone(), canonical_to_json(value)))
+            .collect();
+        let client = self.client_event(event, viewer);
+        if let Some(unsigned) = client.get("unsigned") {
+            out.insert("unsigned".into(), unsigned.clone());
+        }
+        Value::Object(out)
+    }
+
     /// The stripped form of a state event (for invites and knocks).
     pub fn stripped_event(&self, event: &StoredEvent) -> Value {
         let mut out = Map::new();

@@ -32,13 +32,19 @@ use ruma::{
 use serde_json::{json, Map, Value};
 
 mod filters;
+pub mod format;
 mod lazy;
+mod legacy;
 mod presence;
 mod room;
 
 pub use filters::event_passes;
 use filters::{filter_passes, limit_of, room_wanted};
+use format::EventFormat;
 pub use lazy::LazyMembers;
+pub use legacy::{
+    events_since, initial_sync, peek_access, room_initial_sync, EventsPage, InitialSyncQuery,
+};
 use presence::presence_events;
 use room::{joined_room, room_timeline, STRIPPED_STATE};
 
@@ -125,6 +131,8 @@ struct Pass<'a> {
     ruleset: Ruleset,
     /// Users the syncing user ignores.
     ignored: &'a HashSet<String>,
+    /// How the filter wants events served.
+    format: EventFormat,
 }
 
 /// The result of one sync pass: the response body, whether it carries anything new, and when
@@ -215,6 +223,7 @@ pub async fn sync_once(
         room_account_data,
         ruleset: sources.push_rules.ruleset(user_id)?,
         ignored: &ignored,
+        format: EventFormat::of(&request.filter),
     };
     let mut joined_rooms: Vec<OwnedRoomId> = Vec::new();
     let mut newly_joined: Vec<OwnedRoomId> = Vec::new();

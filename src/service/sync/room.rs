@@ -328,7 +328,7 @@ pub(super) fn room_timeline(
         }
         if let Some(event) = rooms.event_by_sid(sid)? {
             if event_passes(&request.filter.room.state, &event) {
-                state.push(rooms.client_event(&event, Some(viewer)));
+                state.push(pass.format.event(rooms, &event, Some(viewer), false)?);
                 if lazy_member {
                     sources
                         .lazy_members
@@ -355,10 +355,10 @@ pub(super) fn room_timeline(
         .map_or(upto.saturating_add(1), |e| e.sid)
         .to_string();
     // Timeline events carry their bundled aggregations (threads, edits, references), as on
-    // every other read path.
+    // every other read path (in the client format the filter may ask for).
     let events: Vec<Value> = picked
         .iter()
-        .map(|e| rooms.client_event_bundled(e, Some(viewer)))
+        .map(|e| pass.format.event(rooms, e, Some(viewer), true))
         .collect::<Result<_>>()?;
     let timeline = json!({"events": events, "limited": limited, "prev_batch": prev_batch});
     Ok(Some(
