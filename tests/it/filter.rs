@@ -294,3 +294,116 @@ async fn filters_with_invalid_values_are_rejected_on_upload_and_in_sync() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// `event_format: "federation"` serves `/sync` events as their signed PDUs: the hashes and
+/// signatures check against the server's key, and the reference hash is the event id.
+#[tokio::test]
+async fn federation_event_format_in_sync_is_the_signed_pdu() {
+    use ruma::{
+        room_version_rules::RoomVersionRules,
+        serde::Base64,
+        signatures::{reference_hash, verify_event, Verified},
+        CanonicalJsonObject,
+    };
+
+    let srv = TestServer::start().await;
+    let (_, token, _) = srv.register("alice", "pw").await;
+    let room = crate::common::create_room(&srv, &token, json!({})).await;
+    let (status, sent) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/1"),
+            Some(&token),
+            json!({"msgtype": "m.text", "body": "signed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let filter = crate::common::enc(&json!({"event_format": "federation"}).to_string());
+    let (status, body) = srv
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let joined = &body["rooms"]["join"][&room];
+    let timeline = joined["timeline"]["events"].as_array().unwrap();
+    let message = timeline
+        .iter()
+        .find(|e| e["content"]["body"] == "signed")
+        .expect("message in timeline");
+    for field in [
+        "auth_events",
+        "prev_events",
+        "depth",
+        "hashes",
+        "signatures",
+        "origin_server_ts",
+        "room_id",
+        "sender",
+        "type",
+        "content",
+        "unsigned",
+    ] {
+        assert!(message.get(field).is_some(), "{field} missing: {message}");
+    }
+    assert!(!message["auth_events"].as_array().unwrap().is_empty());
+    assert!(!message["prev_events"].as_array().unwrap().is_empty());
+    // State events come in the same form (this small room's are all in the timeline).
+    let state = joined["state"]["events"].as_array().unwrap();
+    assert!(timeline.iter().any(|e| e.get("state_key").is_some()));
+    assert!(state
+        .iter()
+        .chain(timeline)
+        .all(|e| e.get("hashes").is_some()));
+
+    let keys = hearth::service::keys::ServerKeys::load(&srv.config.data_dir.join("keys")).unwrap();
+    let key_map = [(
+        srv.config.server_name.clone(),
+        [(
+            keys.key_id(),
+            Base64::new(keys.keypair.public_key().to_vec()),
+        )]
+        .into(),
+    )]
+    .into();
+    let object: CanonicalJsonObject = serde_json::from_value(message.clone()).unwrap();
+    let rules = RoomVersionRules::V12;
+    assert_eq!(
+        verify_event(&key_map, &object, &rules).unwrap(),
+        Verified::All
+    );
+    let event_id = format!("${}", reference_hash(&object, &rules).unwrap());
+    assert_eq!(json!(event_id), sent["event_id"]);
+
+    // The client form (default) has none of it; `event_fields` cuts events down.
+    let filter = crate::common::enc(&json!({"event_fields": ["type", "content.body"]}).to_string());
+    let (status, body) = srv
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let timeline = body["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap();
+    let message = timeline
+        .iter()
+        .find(|e| e["content"]["body"] == "signed")
+        .expect("message in timeline");
+    assert_eq!(
+        message,
+        &json!({"type": "m.room.message", "content": {"body": "signed"}})
+    );
+    let (_, body) = srv
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&token))
+        .await;
+    let message = body["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["content"]["body"] == "signed")
+        .cloned()
+        .unwrap();
+    assert!(message.get("hashes").is_none() && message.get("event_id").is_some());
+}
