@@ -155,7 +155,13 @@ async fn events(services: Arc<Services>, incoming: Incoming) -> Result<Response>
                 )
             })
             .await?;
-        if !page.chunk.is_empty() || Instant::now() >= deadline || services.notifier.is_closing() {
+        // A page cut short (`end` before `now`: a long stretch the user may not see) is
+        // progress too: the client continues from its `end` at once.
+        if !page.chunk.is_empty()
+            || page.end < now
+            || Instant::now() >= deadline
+            || services.notifier.is_closing()
+        {
             break page;
         }
         let stream_moved = async {
