@@ -60,7 +60,7 @@ fn world_readable() -> Value {
 #[tokio::test]
 async fn events_returns_what_came_after_from() {
     let srv = TestServer::start().await;
-    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
     let room = create_room(&srv, &alice, json!({})).await;
     send(&srv, &alice, &room, "1", "before").await;
 
@@ -93,6 +93,34 @@ async fn events_returns_what_came_after_from() {
     .await;
     assert_eq!(bodies(&from_sync["chunk"]), ["later"]);
 
+    // An invite shows as the user's own member event, none of the room's other events.
+    let (_, carol, _) = srv.register("carol", "pw").await;
+    let secret = create_room(&srv, &carol, json!({})).await;
+    send(&srv, &carol, &secret, "s", "before the invite").await;
+    let (status, body) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{secret}/invite"),
+            Some(&carol),
+            json!({"user_id": alice_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let invited = events(
+        &srv,
+        &alice,
+        &format!("from={}&timeout=0", end_of(&from_sync)),
+    )
+    .await;
+    let from_secret: Vec<&Value> = invited["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["room_id"] == json!(secret))
+        .collect();
+    assert_eq!(from_secret.len(), 1, "{invited}");
+    assert_eq!(from_secret[0]["content"]["membership"], "invite");
+    assert_eq!(from_secret[0]["state_key"], json!(alice_id));
+
     let (status, body) = srv
         .get("/_matrix/client/v3/events?from=nonsense", Some(&alice))
         .await;
@@ -103,7 +131,7 @@ async fn events_returns_what_came_after_from() {
 #[tokio::test]
 async fn events_long_poll_wakes_on_a_message_and_times_out_empty() {
     let srv = TestServer::start().await;
-    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
     let (_, bob, _) = srv.register("bob", "pw").await;
     let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
     join(&srv, &bob, &room).await;
@@ -126,6 +154,26 @@ async fn events_long_poll_wakes_on_a_message_and_times_out_empty() {
     let (woken, _) = tokio::join!(events(&srv, &bob, &query), sender);
     assert!(began.elapsed() < Duration::from_secs(10));
     assert_eq!(bodies(&woken["chunk"]), ["wake up"], "{woken}");
+
+    // Presence changes of users sharing a room come through the stream too.
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice_id)),
+            Some(&alice),
+            json!({"presence": "unavailable"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page = events(&srv, &bob, &format!("from={}&timeout=0", end_of(&woken))).await;
+    let presence: Vec<&Value> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.presence")
+        .collect();
+    assert_eq!(presence.len(), 1, "{page}");
+    assert_eq!(presence[0]["sender"], json!(alice_id));
+    assert_eq!(presence[0]["content"]["presence"], "unavailable");
 }
 
 #[tokio::test]
