@@ -120,7 +120,10 @@ pub(super) fn validate_support(
     for (i, c) in contacts.iter().enumerate() {
         let key = |field: &str| format!("well_known.contacts[{i}].{field}");
         if c.role.trim().is_empty() {
-            return Err(err(key("role"), "must be set, e.g. \"m.role.admin\"".into()));
+            return Err(err(
+                key("role"),
+                "must be set, e.g. \"m.role.admin\"".into(),
+            ));
         }
         if c.matrix_id.is_none() && c.email_address.is_none() {
             return Err(err(

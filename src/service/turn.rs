@@ -75,7 +75,10 @@ pub fn hmac_sha1(key: &[u8], message: &[u8]) -> [u8; 20] {
 
 #[cfg(test)]
 mod tests {
-    use super::hmac_sha1;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::{credentials, hmac_sha1};
+    use crate::config::Turn;
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -99,5 +102,25 @@ mod tests {
             )),
             "aa4ae5e15272d00e95705637ce8a3b55ed402112"
         );
+    }
+
+    /// The password coturn expects, computed independently with
+    /// `printf %s '1700000000:@alice:localhost' | openssl dgst -sha1 -hmac hearth-turn-secret -binary | base64`.
+    #[test]
+    fn shared_secret_credentials_match_openssl() {
+        let turn = Turn {
+            uris: vec!["turn:turn.example.org:3478?transport=udp".into()],
+            shared_secret: Some("hearth-turn-secret".into()),
+            ttl: 3600,
+            ..Turn::default()
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000 - 3600);
+        let user = ruma::user_id!("@alice:localhost");
+        let creds = credentials(&turn, user, now).unwrap();
+        assert_eq!(creds.username, "1700000000:@alice:localhost");
+        assert_eq!(creds.password, "2anooOu3t8akvWfp6k30ZWf9e2M=");
+        assert_eq!(creds.ttl, Duration::from_secs(3600));
+        assert_eq!(creds.uris, turn.uris);
+        assert!(credentials(&Turn::default(), user, now).is_none());
     }
 }

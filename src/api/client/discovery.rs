@@ -93,7 +93,9 @@ async fn well_known_support(
                     .map_err(|_| Error::unknown("Configured support contact is invalid"))?;
                 discover_support::Contact::with_matrix_id(role, id)
             }
-            (None, Some(email)) => discover_support::Contact::with_email_address(role, email.clone()),
+            (None, Some(email)) => {
+                discover_support::Contact::with_email_address(role, email.clone())
+            }
             (None, None) => continue,
         };
         contact.email_address = c.email_address.clone();

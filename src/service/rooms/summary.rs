@@ -14,8 +14,8 @@
 use std::collections::HashSet;
 
 use ruma::{
-    events::room::member::MembershipState, room::RoomSummary, OwnedRoomId, RoomId,
-    RoomOrAliasId, UserId,
+    events::room::member::MembershipState, room::RoomSummary, OwnedRoomId, RoomId, RoomOrAliasId,
+    UserId,
 };
 
 use super::Rooms;
@@ -66,9 +66,7 @@ impl Rooms {
         requester: Option<&UserId>,
         room: &RoomOrAliasId,
     ) -> Result<(RoomSummary, Option<MembershipState>)> {
-        let room_id = self
-            .resolve_known_room(room)?
-            .ok_or_else(room_not_found)?;
+        let room_id = self.resolve_known_room(room)?.ok_or_else(room_not_found)?;
         let record = self.room(&room_id)?.ok_or_else(room_not_found)?;
         if !self.can_peek(requester, &room_id, &record)? {
             return Err(room_not_found());
@@ -107,7 +105,9 @@ impl Rooms {
             .collect();
         shared.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         let total = shared.len();
-        let start = after.map_or(0, |after| shared.partition_point(|r| r.as_str() <= after.as_str()));
+        let start = after.map_or(0, |after| {
+            shared.partition_point(|r| r.as_str() <= after.as_str())
+        });
         let rooms: Vec<OwnedRoomId> = shared
             .into_iter()
             .skip(start)
