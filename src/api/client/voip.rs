@@ -3,7 +3,8 @@
 //! Without a configured TURN server the answer is 404 `M_NOT_FOUND`: the spec's 200 response
 //! requires credentials and says nothing about the unconfigured case (matrix-spec issue 1795);
 //! MSC4166 proposes exactly this error, and clients treat a failed request as "no TURN".
-//! Guests may not call this endpoint (it is not on the spec's guest list).
+//! The endpoint is not on the spec's list of those guests may call: when guest accounts exist,
+//! the guest gate must refuse them here.
 
 use std::{sync::Arc, time::SystemTime};
 

@@ -18,7 +18,7 @@ use ruma::{
     UserId,
 };
 
-use super::Rooms;
+use super::{RoomRecord, Rooms};
 use crate::error::{Error, Result};
 
 /// Rooms per page of `/mutual_rooms`.
@@ -42,8 +42,11 @@ fn room_not_found() -> Error {
 impl Rooms {
     /// The room a room id or alias names, if this server knows it: a room id this server has
     /// a room for, or a local alias.
-    fn resolve_known_room(&self, room: &RoomOrAliasId) -> Result<Option<OwnedRoomId>> {
-        let room_id = match <&ruma::RoomId>::try_from(room) {
+    fn resolve_known_room(
+        &self,
+        room: &RoomOrAliasId,
+    ) -> Result<Option<(OwnedRoomId, RoomRecord)>> {
+        let room_id = match <&RoomId>::try_from(room) {
             Ok(room_id) => room_id.to_owned(),
             Err(alias) => {
                 if alias.server_name() != self.server_name() {
@@ -55,7 +58,7 @@ impl Rooms {
                 }
             }
         };
-        Ok(self.room(&room_id)?.map(|_| room_id))
+        Ok(self.room(&room_id)?.map(|record| (room_id, record)))
     }
 
     /// The summary of `room` for `requester` (`None`: unauthenticated) and the requester's
@@ -66,8 +69,7 @@ impl Rooms {
         requester: Option<&UserId>,
         room: &RoomOrAliasId,
     ) -> Result<(RoomSummary, Option<MembershipState>)> {
-        let room_id = self.resolve_known_room(room)?.ok_or_else(room_not_found)?;
-        let record = self.room(&room_id)?.ok_or_else(room_not_found)?;
+        let (room_id, record) = self.resolve_known_room(room)?.ok_or_else(room_not_found)?;
         if !self.can_peek(requester, &room_id, &record)? {
             return Err(room_not_found());
         }
