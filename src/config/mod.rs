@@ -14,6 +14,8 @@ use crate::store::EngineKind;
 
 mod tls;
 pub use tls::{Tls, TlsMode};
+mod turn;
+pub use turn::{SupportContact, Turn, DEFAULT_TURN_TTL};
 
 /// The fully commented example configuration that `hearth init` writes.
 /// Variables the CLI reads itself (config path, admin passwords): not config keys.
@@ -79,6 +81,8 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     /// Requests this server makes (push gateways; later federation and URL previews).
     pub outbound: Outbound,
+    /// TURN relays for VoIP calls (`GET /voip/turnServer`).
+    pub turn: Turn,
 }
 
 /// Outbound HTTP (`[outbound]`). By default the server refuses to connect to loopback,
@@ -242,6 +246,12 @@ pub struct WellKnown {
     /// Served at `/.well-known/matrix/server` as `m.server`: `host[:port]` (port 8448 if none).
     #[serde(deserialize_with = "empty_as_none")]
     pub server: Option<String>,
+    /// Served at `/.well-known/matrix/support` as `support_page`: an http(s) URL.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub support_page: Option<String>,
+    /// Served at `/.well-known/matrix/support` as `contacts`. With neither this nor
+    /// `support_page`, that URL answers 404.
+    pub contacts: Vec<SupportContact>,
 }
 
 /// The media repository (`[media]`). The largest upload is `limits.max_upload_bytes`.
@@ -293,6 +303,7 @@ impl Default for Config {
             tls: Tls::default(),
             trusted_proxies: Vec::new(),
             outbound: Outbound::default(),
+            turn: Turn::default(),
         }
     }
 }
@@ -568,6 +579,11 @@ impl Config {
             )?;
         }
         self.tls.validate(self)?;
+        self.turn.validate()?;
+        turn::validate_support(
+            self.well_known.support_page.as_deref(),
+            &self.well_known.contacts,
+        )?;
         Ok(())
     }
 

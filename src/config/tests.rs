@@ -293,3 +293,89 @@ fn public_base_url_prefers_client_base_url() {
     let c = parse("server_name = \"[::1]:8448\"\n[[listeners]]\nbind = \"[::]:9000\"").unwrap();
     assert_eq!(c.public_base_url(), "http://[::1]:9000");
 }
+
+#[test]
+fn turn_settings_and_their_validation() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/turn/hearth.toml");
+    let c = Config::load_with_env(Some(&path), env(&[])).unwrap();
+    assert_eq!(c.turn.uris.len(), 3);
+    assert!(c.turn.shared_secret.is_some() && c.turn.username.is_none());
+    assert_eq!(Config::default().turn.ttl, DEFAULT_TURN_TTL);
+    assert!(!Config::default().turn.is_configured());
+
+    let c = with_env(&[
+        ("HEARTH_TURN__URIS", "[\"turn:t.example.org\"]"),
+        ("HEARTH_TURN__SHARED_SECRET", "s3cret"),
+    ])
+    .unwrap();
+    assert_eq!(c.turn.shared_secret.as_deref(), Some("s3cret"));
+
+    let uri = "uris = [\"turn:t.example.org:3478\"]";
+    let cases = [
+        (
+            "uris = [\"http://t.example.org\"]\nshared_secret = \"s\"",
+            "turn.uris[0]",
+        ),
+        (uri, "turn.uris"),
+        ("shared_secret = \"s\"", "turn.uris"),
+        (&format!("{uri}\nusername = \"u\""), "turn.username"),
+        (
+            &format!("{uri}\nshared_secret = \"s\"\nusername = \"u\"\npassword = \"p\""),
+            "turn.shared_secret",
+        ),
+        (
+            &format!("{uri}\nshared_secret = \"s\"\nttl = 5"),
+            "turn.ttl",
+        ),
+    ];
+    for (body, key) in cases {
+        let text = format!("[turn]\n{body}\n");
+        match parse(&text) {
+            Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+            other => panic!("{text}: expected an error for {key}, got {other:?}"),
+        }
+    }
+    parse(&format!(
+        "[turn]\n{uri}\nusername = \"u\"\npassword = \"p\"\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn support_contacts_and_their_validation() {
+    let c = parse(
+        "[well_known]\nsupport_page = \"https://example.org/help\"\n\
+         [[well_known.contacts]]\nrole = \"m.role.admin\"\nmatrix_id = \"@admin:example.org\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.well_known.contacts.len(), 1);
+    let cases = [
+        (
+            "support_page = \"example.org/help\"",
+            "well_known.support_page",
+        ),
+        (
+            "[[well_known.contacts]]\nrole = \"m.role.admin\"",
+            "well_known.contacts[0].matrix_id",
+        ),
+        (
+            "[[well_known.contacts]]\nrole = \"m.role.admin\"\nmatrix_id = \"admin\"",
+            "well_known.contacts[0].matrix_id",
+        ),
+        (
+            "[[well_known.contacts]]\nrole = \"\"\nemail_address = \"a@example.org\"",
+            "well_known.contacts[0].role",
+        ),
+        (
+            "[[well_known.contacts]]\nrole = \"m.role.admin\"\nemail_address = \"nobody\"",
+            "well_known.contacts[0].email_address",
+        ),
+    ];
+    for (body, key) in cases {
+        let text = format!("[well_known]\n{body}\n");
+        match parse(&text) {
+            Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+            other => panic!("{text}: expected an error for {key}, got {other:?}"),
+        }
+    }
+}

@@ -20,6 +20,7 @@ pub mod rooms;
 pub mod sessions;
 pub mod stream;
 pub mod sync;
+pub mod turn;
 pub mod typing;
 pub mod uiaa;
 pub mod user_directory;

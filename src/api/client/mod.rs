@@ -25,15 +25,18 @@ pub mod register;
 pub mod relations;
 pub mod report;
 pub mod room;
+pub mod room_summary;
 pub mod session;
 pub mod space;
 pub mod sync;
 pub mod tag;
+pub mod thirdparty;
 pub mod timestamp;
 pub mod to_device;
 pub mod typing;
 pub mod upgrade;
 pub mod user_directory;
+pub mod voip;
 
 use crate::http::Router;
 
@@ -72,4 +75,7 @@ pub fn register_routes(router: &mut Router) {
     to_device::routes(router);
     backup::routes(router);
     legacy::routes(router);
+    voip::routes(router);
+    thirdparty::routes(router);
+    room_summary::routes(router);
 }

@@ -137,14 +137,22 @@ impl Rooms {
         Ok(string_field(create, "type").map(RoomType::from))
     }
 
-    /// Whether the user may see or peek the room, per the hierarchy endpoint: joined or
-    /// invited, the room is public, knockable, restricted to a room the user is joined to, or
-    /// world-readable. Banned users may not.
-    pub fn can_peek(&self, user_id: &UserId, room_id: &RoomId, room: &RoomRecord) -> Result<bool> {
-        match self.membership(room_id, user_id)? {
-            Some(MembershipState::Join | MembershipState::Invite) => return Ok(true),
-            Some(MembershipState::Ban) => return Ok(false),
-            _ => {}
+    /// Whether the user may see or peek the room, per the hierarchy and room summary
+    /// endpoints: joined or invited, the room is public, knockable, restricted to a room the
+    /// user is joined to, or world-readable. Banned users may not. `None` is an
+    /// unauthenticated requester, who may see public, knockable and world-readable rooms.
+    pub fn can_peek(
+        &self,
+        user_id: Option<&UserId>,
+        room_id: &RoomId,
+        room: &RoomRecord,
+    ) -> Result<bool> {
+        if let Some(user_id) = user_id {
+            match self.membership(room_id, user_id)? {
+                Some(MembershipState::Join | MembershipState::Invite) => return Ok(true),
+                Some(MembershipState::Ban) => return Ok(false),
+                _ => {}
+            }
         }
         let rules = self.room_version(room)?.rules();
         let (knocking, restricted, knock_restricted) = rules.map_or((false, false, false), |r| {
@@ -155,6 +163,9 @@ impl Rooms {
             )
         });
         let joined_to_allowed = |allow: &[AllowRule]| -> Result<bool> {
+            let Some(user_id) = user_id else {
+                return Ok(false);
+            };
             for rule in allow {
                 if let AllowRule::RoomMembership(m) = rule {
                     if self.membership(&m.room_id, user_id)? == Some(MembershipState::Join) {
@@ -278,7 +289,7 @@ impl Rooms {
         query: HierarchyQuery,
     ) -> Result<HierarchyPage> {
         let root_record = match self.room(root)? {
-            Some(record) if self.can_peek(user_id, root, &record)? => record,
+            Some(record) if self.can_peek(Some(user_id), root, &record)? => record,
             _ => return Err(Error::forbidden("You are not allowed to view this room")),
         };
         let limit = query.limit.max(1);
@@ -303,7 +314,7 @@ impl Rooms {
                     None => continue,
                 },
             };
-            if depth > 0 && !self.can_peek(user_id, &room_id, &record)? {
+            if depth > 0 && !self.can_peek(Some(user_id), &room_id, &record)? {
                 continue;
             }
             if rooms.len() == limit {
