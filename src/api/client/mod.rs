@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod account_data;
+pub mod admin;
 pub mod alias;
 pub mod backup;
 pub mod capabilities;
@@ -14,6 +15,7 @@ pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod notifications;
+pub mod openid;
 pub mod presence;
 pub mod profile;
 pub mod push;
@@ -70,4 +72,8 @@ pub fn register_routes(router: &mut Router) {
     keys::routes(router);
     to_device::routes(router);
     backup::routes(router);
+    openid::routes(router);
+    admin::routes(router);
+    // Last: it marks routes registered above.
+    admin::suspension_rules(router);
 }
