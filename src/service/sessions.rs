@@ -290,7 +290,7 @@ impl Sessions {
             MAX_CONNECTIONS * 2,
         )?;
         let mut out: Vec<_> = rows.into_iter().map(|((_, _, ip), c)| (ip, c)).collect();
-        out.sort_by(|a, b| b.1.last_seen_ms.cmp(&a.1.last_seen_ms));
+        out.sort_by_key(|(_, c)| std::cmp::Reverse(c.last_seen_ms));
         Ok(out)
     }
 

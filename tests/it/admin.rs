@@ -180,6 +180,15 @@ async fn a_locked_account_can_only_log_out_until_unlocked() {
     let (alice, alice_token, _) = srv.register("alice", "pw-alice").await;
     let (_, second) = srv.login("alice", "pw-alice").await;
     let second = second["access_token"].as_str().unwrap().to_owned();
+    let (status, refreshing) = srv
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw-alice", "refresh_token": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{refreshing}");
+    let refresh = json!({"refresh_token": refreshing["refresh_token"]});
 
     let (status, body) = srv
         .put(
@@ -219,6 +228,14 @@ async fn a_locked_account_can_only_log_out_until_unlocked() {
         (status, errcode(&body)),
         (StatusCode::FORBIDDEN, "M_FORBIDDEN")
     );
+    // Nor by refreshing.
+    let (status, body) = srv
+        .post("/_matrix/client/v3/refresh", None, refresh.clone())
+        .await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::UNAUTHORIZED, "M_USER_LOCKED")
+    );
     // Logout still works (and ends that session for good).
     let (status, body) = srv
         .post("/_matrix/client/v3/logout", Some(&second), json!({}))
@@ -248,6 +265,8 @@ async fn a_locked_account_can_only_log_out_until_unlocked() {
     );
     let (status, _) = srv.login("alice", "pw-alice").await;
     assert_eq!(status, StatusCode::OK);
+    let (status, body) = srv.post("/_matrix/client/v3/refresh", None, refresh).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]
