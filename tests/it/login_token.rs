@@ -157,3 +157,36 @@ async fn expired_login_token_is_refused() {
         .unwrap();
     assert_eq!(swept, 1);
 }
+
+/// The single-use guarantee itself, where HTTP timing cannot hide it: two logins that both
+/// found the token valid stage its spending; exactly one of their batches commits.
+#[tokio::test]
+async fn spending_a_token_twice_conflicts() {
+    use hearth::store::{Batch, CommitError};
+    let srv = TestServer::start().await;
+    let (_, access, _) = srv.register("alice", "pw-alice").await;
+    let body = get_token(&srv, &access, "alice", "pw-alice").await;
+    let services = srv.server.as_ref().unwrap().services.clone();
+    let tokens = &services.login_tokens;
+    let found = tokens
+        .find(body["login_token"].as_str().unwrap())
+        .unwrap()
+        .expect("valid token");
+    let (mut first, mut second) = (Batch::new(), Batch::new());
+    tokens.stage_spend(&mut first, &found);
+    tokens.stage_spend(&mut second, &found);
+    let (a, b) = tokio::join!(services.store.commit(first), services.store.commit(second));
+    let conflicts = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(CommitError::Conflict)))
+        .count();
+    assert_eq!(
+        (a.is_ok() || b.is_ok(), conflicts),
+        (true, 1),
+        "{a:?} {b:?}"
+    );
+    assert!(tokens
+        .find(body["login_token"].as_str().unwrap())
+        .unwrap()
+        .is_none());
+}
