@@ -92,6 +92,25 @@ impl Error {
         .with("soft_logout", soft_logout)
     }
 
+    /// 401 for every request of a locked account but logout (spec: Account locking).
+    pub fn user_locked() -> Self {
+        Self::new(
+            http::StatusCode::UNAUTHORIZED,
+            "M_USER_LOCKED",
+            "This account has been locked",
+        )
+        .with("soft_logout", true)
+    }
+
+    /// 403 for an action a suspended account may not take (spec: Account suspension).
+    pub fn user_suspended() -> Self {
+        Self::new(
+            http::StatusCode::FORBIDDEN,
+            "M_USER_SUSPENDED",
+            "You cannot perform this action while suspended",
+        )
+    }
+
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -70,6 +70,15 @@ enum UserCommand {
         /// Password; read from the HEARTH_PASSWORD environment variable if omitted.
         #[arg(long, env = "HEARTH_PASSWORD", hide_env_values = true)]
         password: String,
+        /// Make the account a server admin (admin API: whois, lock, suspend).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Grant (`on`) or revoke (`off`) server admin rights.
+    Admin {
+        user: String,
+        #[arg(value_enum)]
+        state: OnOff,
     },
     /// Set a new password and log out every device.
     ResetPassword {
@@ -81,6 +90,12 @@ enum UserCommand {
     Deactivate { user: String },
     /// List accounts.
     List,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -249,11 +264,24 @@ fn parse_user(services: &Services, user: &str) -> Result<ruma::OwnedUserId, Stri
 fn user_command(services: &Services, command: UserCommand) -> Result<(), String> {
     let rt = runtime()?;
     match command {
-        UserCommand::Create { user, password } => {
+        UserCommand::Create {
+            user,
+            password,
+            admin,
+        } => {
             let user_id = parse_user(services, &user)?;
-            rt.block_on(services.create_user(&user_id, &password))
+            rt.block_on(services.create_user(&user_id, &password, admin))
                 .map_err(|e| e.message)?;
-            hearth::outln!("created {user_id}")?;
+            let what = if admin { " (server admin)" } else { "" };
+            hearth::outln!("created {user_id}{what}")?;
+        }
+        UserCommand::Admin { user, state } => {
+            let user_id = parse_user(services, &user)?;
+            let admin = matches!(state, OnOff::On);
+            rt.block_on(services.users.set_admin(&user_id, admin))
+                .map_err(|e| e.message)?;
+            let now = if admin { "is" } else { "is no longer" };
+            hearth::outln!("{user_id} {now} a server admin")?;
         }
         UserCommand::ResetPassword { user, password } => {
             let user_id = parse_user(services, &user)?;
@@ -278,10 +306,20 @@ fn user_command(services: &Services, command: UserCommand) -> Result<(), String>
                 } else {
                     "active"
                 };
-                hearth::outln!(
-                    "{user_id}\t{state}{}",
-                    if record.admin { "\tadmin" } else { "" }
-                )?;
+                let restrictions = services
+                    .moderation
+                    .status(&user_id)
+                    .map_err(|e| e.message)?;
+                let flags: String = [
+                    (record.admin, "\tadmin"),
+                    (restrictions.locked, "\tlocked"),
+                    (restrictions.suspended, "\tsuspended"),
+                ]
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, name)| *name)
+                .collect();
+                hearth::outln!("{user_id}\t{state}{flags}")?;
             }
         }
     }

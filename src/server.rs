@@ -104,6 +104,11 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         services.store.clone(),
         shutdown.subscribe(),
     )));
+    tasks.push(tokio::spawn(crate::service::expiring_tokens::run_sweeps(
+        services.openid_tokens.clone(),
+        services.login_tokens.clone(),
+        shutdown.subscribe(),
+    )));
     tasks.push(crate::admin::start(
         &config,
         services.store.clone(),

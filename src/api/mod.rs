@@ -2,6 +2,7 @@
 //! service and encode; the routing table is built here.
 
 pub mod client;
+pub mod federation;
 
 use crate::http::Router;
 
@@ -9,5 +10,6 @@ use crate::http::Router;
 pub fn router() -> Router {
     let mut router = Router::default();
     client::register_routes(&mut router);
+    federation::register_routes(&mut router);
     router
 }

@@ -143,7 +143,11 @@ where
     };
     let user = match (route.auth, &token) {
         (Auth::None, _) | (_, None) => None,
-        (_, Some(token)) => match services.sessions.authenticate(token, ip).await {
+        (_, Some(token)) => match services
+            .sessions
+            .authenticate(token, ip, user_agent(&raw.headers))
+            .await
+        {
             Ok(user) => Some(user),
             Err(e) => {
                 // Failed authentications are charged to the IP too: guessing tokens is not free.
@@ -157,6 +161,9 @@ where
         return Err(Error::missing_token("Missing access token"));
     }
     limited(user.as_ref().map(|u| &u.user_id))?;
+    if let Some(user) = &user {
+        check_moderation(services, &route, user, &path_args)?;
+    }
     query::check_enums(&raw.query)?;
 
     let read_timeout = services.config.limits.read_timeout();
@@ -212,6 +219,35 @@ where
             Err(Error::unknown("Internal error"))
         }
     }
+}
+
+/// Account moderation, for every authenticated request in this one place: a locked account
+/// is refused everything but the routes allowed while locked (logout); a suspended one the
+/// routes whose rule refuses it.
+fn check_moderation(
+    services: &Services,
+    route: &router::Route,
+    user: &Authed,
+    path_args: &[String],
+) -> Result<(), Error> {
+    let status = services.moderation.status(&user.user_id)?;
+    if status.locked && !route.allowed_while_locked {
+        return Err(Error::user_locked());
+    }
+    if let Some(rule) = route.denied_while_suspended.filter(|_| status.suspended) {
+        if rule(services, &user.user_id, path_args)? {
+            return Err(Error::user_suspended());
+        }
+    }
+    Ok(())
+}
+
+/// The client's `User-Agent`, if it is readable text (recorded per device for whois).
+fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
 }
 
 /// A JSON response with `body` (already encoded): raw handlers answer through this, as ruma's

@@ -116,13 +116,23 @@ pub struct Incoming {
 }
 
 type Handler =
-    Box<dyn Fn(Arc<Services>, Incoming) -> BoxFuture<Result<Outgoing, Error>> + Send + Sync>;
+    Arc<dyn Fn(Arc<Services>, Incoming) -> BoxFuture<Result<Outgoing, Error>> + Send + Sync>;
 
+/// Whether a suspended user's request is refused (`M_USER_SUSPENDED`), given the user and the
+/// decoded path arguments (some endpoints are refused only for some arguments).
+pub type SuspendedRule = fn(&Services, &ruma::UserId, &[String]) -> Result<bool, Error>;
+
+#[derive(Clone)]
 pub struct Route {
     pub auth: Auth,
     /// The handler reads the body itself ([`Incoming::body_stream`]), with no size limit
     /// applied by the HTTP layer.
     pub streams_body: bool,
+    /// Answered for a locked account too (logout); every other route refuses locked
+    /// accounts with `M_USER_LOCKED`.
+    pub allowed_while_locked: bool,
+    /// Refuses suspended accounts (when the rule says so); `None`: open to them.
+    pub denied_while_suspended: Option<SuspendedRule>,
     handler: Handler,
 }
 
@@ -179,7 +189,9 @@ impl Router {
         let route = Arc::new(Route {
             auth: <R::Authentication as AuthRequirement>::AUTH,
             streams_body: false,
-            handler: Box::new(move |services, incoming: Incoming| {
+            allowed_while_locked: false,
+            denied_while_suspended: None,
+            handler: Arc::new(move |services, incoming: Incoming| {
                 let handler = handler.clone();
                 Box::pin(async move {
                     let args: Vec<&str> = incoming.path_args.iter().map(String::as_str).collect();
@@ -258,9 +270,60 @@ impl Router {
         let route = Route {
             auth,
             streams_body,
-            handler: Box::new(move |s, i| Box::pin(handler(s, i))),
+            allowed_while_locked: false,
+            denied_while_suspended: None,
+            handler: Arc::new(move |s, i| Box::pin(handler(s, i))),
         };
         self.insert(path, method, Arc::new(route));
+    }
+
+    /// Lets a locked account call the ruma endpoint `R` (spec: Account locking names logout).
+    pub fn allow_while_locked<R: IncomingRequest>(&mut self) {
+        self.modify_stable::<R>(|route| route.allowed_while_locked = true);
+    }
+
+    /// Refuses the ruma endpoint `R` to suspended accounts where `rule` says so.
+    pub fn deny_while_suspended<R: IncomingRequest>(&mut self, rule: SuspendedRule) {
+        self.modify_stable::<R>(|route| route.denied_while_suspended = Some(rule));
+    }
+
+    /// [`Router::deny_while_suspended`] for a route registered by path.
+    pub fn deny_path_while_suspended(&mut self, method: Method, path: &str, rule: SuspendedRule) {
+        self.modify(path, &method, &|route| {
+            route.denied_while_suspended = Some(rule)
+        });
+    }
+
+    fn modify_stable<R: IncomingRequest>(&mut self, change: impl Fn(&mut Route)) {
+        for path in R::PATH_BUILDER
+            .all_paths()
+            .filter(|p| !p.contains("/unstable/"))
+        {
+            self.modify(path, &R::METHOD, &change);
+        }
+    }
+
+    /// Applies `change` to the route registered for the template `path` and `method`.
+    /// Registration happens once at start, so a missing route is a bug in the route table
+    /// (every test that starts a server would show it).
+    fn modify(&mut self, path: &str, method: &Method, change: &dyn Fn(&mut Route)) {
+        let mut node = &mut self.root;
+        for segment in path.trim_start_matches('/').split('/') {
+            node = if segment.starts_with('{') || segment.starts_with(':') {
+                node.param.as_deref_mut()
+            } else {
+                node.literal.get_mut(segment)
+            }
+            .unwrap_or_else(|| panic!("no route registered for {path}"));
+        }
+        let entry = node
+            .methods
+            .iter_mut()
+            .find(|(m, _)| m == method)
+            .unwrap_or_else(|| panic!("no route registered for {method} {path}"));
+        let mut route = (*entry.1).clone();
+        change(&mut route);
+        entry.1 = Arc::new(route);
     }
 
     fn insert(&mut self, path: &str, method: Method, route: Arc<Route>) {
@@ -336,7 +399,9 @@ where
     Arc::new(Route {
         auth,
         streams_body: false,
-        handler: Box::new(move |s, i| {
+        allowed_while_locked: false,
+        denied_while_suspended: None,
+        handler: Arc::new(move |s, i| {
             let fut = handler(s, i);
             Box::pin(async move { fut.await.map(Outgoing::Buffered) })
         }),

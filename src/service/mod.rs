@@ -3,9 +3,11 @@
 
 pub mod account_data;
 pub mod e2ee;
+pub mod expiring_tokens;
 pub mod filters;
 pub mod keys;
 pub mod media;
+pub mod moderation;
 pub mod notifier;
 pub mod passwords;
 pub mod presence;
@@ -89,6 +91,12 @@ pub struct Services {
     pub lazy_members: sync::LazyMembers,
     /// The HTTP client for requests this server makes (push gateways, later federation).
     pub outbound: crate::outbound::Outbound,
+    /// Account locks and suspensions.
+    pub moderation: moderation::Moderation,
+    /// OpenID tokens (shared with the sweep task).
+    pub openid_tokens: Arc<expiring_tokens::OpenIdTokens>,
+    /// `m.login.token` login tokens (shared with the sweep task).
+    pub login_tokens: Arc<expiring_tokens::LoginTokens>,
 }
 
 /// Why the services could not start.
@@ -212,6 +220,9 @@ impl Services {
             notifier: notifier.clone(),
             stream: stream.clone(),
             keys,
+            moderation: moderation::Moderation::new(store.clone()),
+            openid_tokens: Arc::new(expiring_tokens::OpenIdTokens::new(store.clone())),
+            login_tokens: Arc::new(expiring_tokens::LoginTokens::new(store.clone())),
             store,
             config: Arc::new(config),
         }))
@@ -244,12 +255,13 @@ impl Services {
         Ok(())
     }
 
-    /// Creates an account with a password (admin path: no UIAA, no registration mode).
-    pub async fn create_user(&self, user_id: &UserId, password: &str) -> Result<()> {
+    /// Creates an account with a password (admin path: no UIAA, no registration mode),
+    /// optionally a server admin.
+    pub async fn create_user(&self, user_id: &UserId, password: &str, admin: bool) -> Result<()> {
         let hash = self.users.hash_password(password).await?;
         let mut batch = Batch::new();
         self.users
-            .stage_create(&mut batch, user_id, Some(hash), false);
+            .stage_create(&mut batch, user_id, Some(hash), false, admin);
         self.profiles.stage_set_displayname(
             &mut batch,
             user_id,

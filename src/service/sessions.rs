@@ -37,6 +37,27 @@ table!(
     pub RefreshTokensTable: "refresh_tokens", String => RefreshToken
 );
 
+table!(
+    /// `(user_id, device_id, ip) → Connection`: where a device was used from, at most
+    /// [`MAX_CONNECTIONS`] rows per device (the least recently seen goes), deleted with the
+    /// device. Written with the device's last-seen data, so at most every five minutes per
+    /// device and address.
+    pub ConnectionsTable: "device_connections", (String, String, String) => Connection
+);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Connection {
+    pub last_seen_ms: u64,
+    /// The `User-Agent` last seen from this address (at most [`MAX_USER_AGENT`] bytes).
+    pub user_agent: Option<String>,
+}
+impl Record for Connection {}
+
+/// Addresses remembered per device.
+pub const MAX_CONNECTIONS: usize = 10;
+/// Longest user agent stored; longer ones are cut (at a character boundary).
+const MAX_USER_AGENT: usize = 512;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeviceRecord {
     pub display_name: Option<String>,
@@ -95,8 +116,9 @@ pub struct Sessions {
     e2ee: Arc<E2ee>,
     /// Removes a deleted device's pushers with it.
     pushers: Arc<Pushers>,
-    /// Device → when its last-seen record was last written (protects only this map).
-    last_seen_written: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), u64>>,
+    /// Device → when and from which address its last-seen record was last written (protects
+    /// only this map).
+    last_seen_written: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), (u64, IpAddr)>>,
 }
 
 fn random_token(prefix: &str) -> String {
@@ -138,7 +160,12 @@ impl Sessions {
 
     /// Resolves an access token to its user and device. An expired token is refused with
     /// `soft_logout: true`: the device still exists and a refresh (or re-login) restores it.
-    pub async fn authenticate(&self, token: &str, ip: IpAddr) -> Result<Authed> {
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        ip: IpAddr,
+        user_agent: Option<&str>,
+    ) -> Result<Authed> {
         let Some(record) = self.store.get::<AccessTokensTable>(&token_hash(token))? else {
             return Err(Error::unknown_token(false));
         };
@@ -152,17 +179,20 @@ impl Sessions {
         ) else {
             return Err(Error::unknown_token(false));
         };
-        self.touch(&user_id, &device_id, ip, now).await?;
+        self.touch(&user_id, &device_id, ip, user_agent, now)
+            .await?;
         Ok(Authed { user_id, device_id })
     }
 
-    /// Records last-seen time and IP, throttled per device. The first use of a new token pair
-    /// also retires the refresh token it replaced.
+    /// Records last-seen time, IP and user agent, throttled per device (a new address is
+    /// recorded at once). The first use of a new token pair also retires the refresh token it
+    /// replaced.
     async fn touch(
         &self,
         user_id: &OwnedUserId,
         device_id: &OwnedDeviceId,
         ip: IpAddr,
+        user_agent: Option<&str>,
         now: u64,
     ) -> Result<()> {
         let key = (user_id.clone(), device_id.clone());
@@ -173,7 +203,7 @@ impl Sessions {
                 .unwrap_or_else(|e| e.into_inner());
             if written
                 .get(&key)
-                .is_some_and(|&t| now.saturating_sub(t) < LAST_SEEN_EVERY_MS)
+                .is_some_and(|&(t, from)| from == ip && now.saturating_sub(t) < LAST_SEEN_EVERY_MS)
             {
                 return Ok(());
             }
@@ -192,6 +222,7 @@ impl Sessions {
         batch
             .expect_value::<DevicesTable>(&dkey, Some(&old))
             .put::<DevicesTable>(&dkey, &new);
+        self.stage_connection(&mut batch, user_id, device_id, ip, user_agent, now)?;
         match self.store.commit(batch).await {
             // Someone else updated the device concurrently; last-seen can wait for next time.
             Ok(()) | Err(CommitError::Conflict) => {}
@@ -204,8 +235,63 @@ impl Sessions {
         if written.len() > 10_000 {
             written.clear();
         }
-        written.insert(key, now);
+        written.insert(key, (now, ip));
         Ok(())
+    }
+
+    /// Stages the connection row of `ip`, dropping the least recently seen address when the
+    /// device would have more than [`MAX_CONNECTIONS`].
+    fn stage_connection(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        ip: IpAddr,
+        user_agent: Option<&str>,
+        now: u64,
+    ) -> Result<()> {
+        let (user, device) = device_key(user_id, device_id);
+        let ip = ip.to_string();
+        let rows = self.store.scan_prefix::<ConnectionsTable, _>(
+            &(user.clone(), device.clone()),
+            MAX_CONNECTIONS + 1,
+        )?;
+        let known = rows.iter().any(|((_, _, from), _)| *from == ip);
+        if !known && rows.len() >= MAX_CONNECTIONS {
+            if let Some((oldest, _)) = rows.iter().min_by_key(|(_, c)| c.last_seen_ms) {
+                batch.delete::<ConnectionsTable>(oldest);
+            }
+        }
+        let user_agent = user_agent.map(|ua| {
+            let mut end = ua.len().min(MAX_USER_AGENT);
+            while !ua.is_char_boundary(end) {
+                end -= 1;
+            }
+            ua[..end].to_owned()
+        });
+        batch.put::<ConnectionsTable>(
+            &(user, device, ip),
+            &Connection {
+                last_seen_ms: now,
+                user_agent,
+            },
+        );
+        Ok(())
+    }
+
+    /// Where the device was used from: `(ip, connection)`, most recently seen first.
+    pub fn connections(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<Vec<(String, Connection)>> {
+        let rows = self.store.scan_prefix::<ConnectionsTable, _>(
+            &device_key(user_id, device_id),
+            MAX_CONNECTIONS * 2,
+        )?;
+        let mut out: Vec<_> = rows.into_iter().map(|((_, _, ip), c)| (ip, c)).collect();
+        out.sort_by_key(|(_, c)| std::cmp::Reverse(c.last_seen_ms));
+        Ok(out)
     }
 
     pub fn device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<DeviceRecord>> {
@@ -268,6 +354,14 @@ impl Sessions {
         self.forget_last_seen(user_id, device_id);
         batch.put::<DevicesTable>(&key, &record);
         Ok(issued)
+    }
+
+    /// The user a refresh token belongs to, if it is one.
+    pub fn refresh_token_owner(&self, refresh_token: &str) -> Result<Option<OwnedUserId>> {
+        Ok(self
+            .store
+            .get::<RefreshTokensTable>(&token_hash(refresh_token))?
+            .and_then(|owner| UserId::parse(owner.user_id).ok()))
     }
 
     /// Exchanges a refresh token for a new access and refresh token on the same device.
@@ -344,6 +438,12 @@ impl Sessions {
         batch
             .expect_value::<DevicesTable>(&key, Some(&record))
             .delete::<DevicesTable>(&key);
+        for (row, _) in self
+            .store
+            .scan_prefix::<ConnectionsTable, _>(&key, MAX_CONNECTIONS * 2)?
+        {
+            batch.delete::<ConnectionsTable>(&row);
+        }
         self.e2ee.stage_device_removed(batch, user_id, device_id)?;
         self.pushers
             .stage_delete_device(batch, user_id, device_id)?;

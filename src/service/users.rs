@@ -137,13 +137,14 @@ impl Users {
         user_id: &UserId,
         password_hash: Option<String>,
         guest: bool,
+        admin: bool,
     ) {
         let record = UserRecord {
             password_hash,
             created_ms: now_ms(),
             deactivated: false,
             guest,
-            admin: false,
+            admin,
         };
         let key = user_id.to_string();
         batch
@@ -243,6 +244,26 @@ impl Users {
         let mut batch = Batch::new();
         batch.delete::<PendingDeactivations>(&user_id.to_string());
         Ok(self.store.commit(batch).await?)
+    }
+
+    /// Refuses (403) anyone but an active server admin.
+    pub fn require_admin(&self, user_id: &UserId) -> Result<()> {
+        match self.get(user_id)? {
+            Some(r) if r.admin && !r.deactivated => Ok(()),
+            _ => Err(Error::forbidden("You are not a server administrator")),
+        }
+    }
+
+    /// Whether the account is an active server admin.
+    pub fn is_admin(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self
+            .get(user_id)?
+            .is_some_and(|r| r.admin && !r.deactivated))
+    }
+
+    /// Grants or revokes server admin rights (admin CLI).
+    pub async fn set_admin(&self, user_id: &UserId, admin: bool) -> Result<()> {
+        self.update(user_id, |r| r.admin = admin).await
     }
 
     /// All local accounts in user-id order.

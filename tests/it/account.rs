@@ -286,10 +286,26 @@ async fn login_variants_and_failures() {
         .post(
             "/_matrix/client/v3/login",
             None,
+            json!({"type": "m.login.sso_unknown", "token": "x"}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "unsupported login type: {body}"
+    );
+    // A login token that was never issued (spec: 403 M_FORBIDDEN; see login_token.rs).
+    let (status, body) = srv
+        .post(
+            "/_matrix/client/v3/login",
+            None,
             json!({"type": "m.login.token", "token": "x"}),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::FORBIDDEN, "M_FORBIDDEN")
+    );
 }
 
 #[tokio::test]

@@ -398,3 +398,63 @@ fn closed_output_pipe_ends_quietly() {
         assert!(stderr.trim().is_empty(), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn admin_flag_is_set_by_the_cli_and_honoured_by_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ok, out, err) = hearth(
+        d,
+        &["user", "create", "root", "--password", "pw", "--admin"],
+    );
+    assert!(ok && out.contains("server admin"), "{out}{err}");
+    let (ok, _, err) = hearth(d, &["user", "create", "dave", "--password", "pw"]);
+    assert!(ok, "{err}");
+    let (_, out, _) = hearth(d, &["user", "list"]);
+    assert!(out.contains("@root:localhost\tactive\tadmin\n"), "{out}");
+    assert!(out.contains("@dave:localhost\tactive\n"), "{out}");
+    let (ok, out, err) = hearth(d, &["user", "admin", "dave", "on"]);
+    assert!(ok && out.contains("is a server admin"), "{out}{err}");
+    let (_, out, _) = hearth(d, &["user", "list"]);
+    assert!(out.contains("@dave:localhost\tactive\tadmin\n"), "{out}");
+    let (ok, _, err) = hearth(d, &["user", "admin", "dave", "off"]);
+    assert!(ok, "{err}");
+    let (_, out, _) = hearth(d, &["user", "list"]);
+    assert!(out.contains("@dave:localhost\tactive\n"), "{out}");
+    let (ok, _, err) = hearth(d, &["user", "admin", "nobody", "on"]);
+    assert!(!ok && err.contains("Unknown user"), "{err}");
+    let (ok, _, _) = hearth(d, &["user", "admin", "dave", "maybe"]);
+    assert!(!ok);
+
+    // The server takes the flag from the store: root may lock dave, dave may not lock root.
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = spawn_server(d, port);
+    wait_until_up(&base, &mut child).await;
+    let mut tokens = Vec::new();
+    for user in ["root", "dave"] {
+        let login = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": "pw"});
+        let (status, body) = post(&base, "/_matrix/client/v3/login", None, login).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    let client = reqwest::Client::new();
+    let lock = |who: &str, token: &str| {
+        client
+            .put(format!(
+                "{base}/_matrix/client/v1/admin/lock/%40{who}%3Alocalhost"
+            ))
+            .bearer_auth(token)
+            .json(&json!({"locked": false}))
+            .send()
+    };
+    assert_eq!(
+        lock("dave", &tokens[0]).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        lock("root", &tokens[1]).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    stop(child);
+}

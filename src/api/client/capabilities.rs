@@ -15,13 +15,22 @@ pub fn routes(router: &mut Router) {
 }
 
 #[allow(deprecated)] // m.set_displayname/m.set_avatar_url: still read by current clients
-async fn capabilities(_: Arc<Services>, _: Ctx, _: caps::Request) -> Result<caps::Response> {
+async fn capabilities(
+    services: Arc<Services>,
+    ctx: Ctx,
+    _: caps::Request,
+) -> Result<caps::Response> {
     let mut capabilities = caps::Capabilities::new();
     capabilities.change_password = caps::ChangePasswordCapability::new(true);
     capabilities.set_displayname = caps::SetDisplayNameCapability::new(true);
     capabilities.set_avatar_url = caps::SetAvatarUrlCapability::new(true);
     capabilities.thirdparty_id_changes = caps::ThirdPartyIdChangesCapability::new(false);
-    capabilities.get_login_token = caps::GetLoginTokenCapability::new(false);
+    capabilities.get_login_token = caps::GetLoginTokenCapability::new(true);
+    // Per user: only server admins may lock and suspend (omitted for everyone else, as the
+    // spec asks when both would be false).
+    if services.users.is_admin(&ctx.authed()?.user_id)? {
+        capabilities.account_moderation = caps::AccountModerationCapability::new(true, true);
+    }
     let stable = [
         RoomVersionId::V1,
         RoomVersionId::V2,

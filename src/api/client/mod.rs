@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod account_data;
+pub mod admin;
 pub mod alias;
 pub mod backup;
 pub mod capabilities;
@@ -15,6 +16,7 @@ pub mod legacy;
 pub mod media;
 pub mod membership;
 pub mod notifications;
+pub mod openid;
 pub mod presence;
 pub mod profile;
 pub mod push;
@@ -78,4 +80,8 @@ pub fn register_routes(router: &mut Router) {
     voip::routes(router);
     thirdparty::routes(router);
     room_summary::routes(router);
+    openid::routes(router);
+    admin::routes(router);
+    // Last: it marks routes registered above.
+    admin::suspension_rules(router);
 }

@@ -122,7 +122,7 @@ async fn register(
         let mut batch = Batch::new();
         services
             .users
-            .stage_create(&mut batch, &user_id, password_hash.clone(), false);
+            .stage_create(&mut batch, &user_id, password_hash.clone(), false, false);
         services.profiles.stage_set_displayname(
             &mut batch,
             &user_id,
