@@ -2,6 +2,7 @@
 //! request shares — CORS, body limits, authentication, rate limiting and the request log —
 //! so handlers only decode, call a service and encode.
 
+pub mod guests;
 pub mod listener;
 pub mod proxy;
 pub mod query;
@@ -157,6 +158,9 @@ where
         return Err(Error::missing_token("Missing access token"));
     }
     limited(user.as_ref().map(|u| &u.user_id))?;
+    if let (Auth::Required, Some(user)) = (route.auth, &user) {
+        guests::check(services, &raw.method, &raw.path, &user.user_id)?;
+    }
     query::check_enums(&raw.query)?;
 
     let read_timeout = services.config.limits.read_timeout();
