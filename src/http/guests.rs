@@ -121,14 +121,29 @@ mod tests {
         assert!(ok(Method::GET, "/_matrix/client/v3/sync"));
         assert!(ok(Method::HEAD, "/_matrix/client/v3/sync"));
         assert!(ok(Method::GET, "/_matrix/client/r0/rooms/!a:b/messages"));
-        assert!(ok(Method::PUT, "/_matrix/client/v3/rooms/!a:b/send/m.room.message/1"));
-        assert!(ok(Method::PUT, "/_matrix/client/v3/rooms/!a:b/state/m.room.topic"));
-        assert!(ok(Method::PUT, "/_matrix/client/v3/profile/@g:x/displayname"));
-        assert!(ok(Method::PUT, "/_matrix/client/v3/profile/@g:x/display%6Eame"));
+        assert!(ok(
+            Method::PUT,
+            "/_matrix/client/v3/rooms/!a:b/send/m.room.message/1"
+        ));
+        assert!(ok(
+            Method::PUT,
+            "/_matrix/client/v3/rooms/!a:b/state/m.room.topic"
+        ));
+        assert!(ok(
+            Method::PUT,
+            "/_matrix/client/v3/profile/@g:x/displayname"
+        ));
+        assert!(ok(
+            Method::PUT,
+            "/_matrix/client/v3/profile/@g:x/display%6Eame"
+        ));
         assert!(ok(Method::GET, "/_matrix/client/v1/media/download/x/abc"));
         assert!(ok(Method::POST, "/_matrix/client/v3/keys/upload"));
 
-        assert!(!ok(Method::PUT, "/_matrix/client/v3/profile/@g:x/avatar_url"));
+        assert!(!ok(
+            Method::PUT,
+            "/_matrix/client/v3/profile/@g:x/avatar_url"
+        ));
         assert!(!ok(Method::POST, "/_matrix/client/v3/createRoom"));
         assert!(!ok(Method::POST, "/_matrix/client/v3/join/!a:b"));
         assert!(!ok(Method::POST, "/_matrix/client/v3/rooms/!a:b/invite"));

@@ -179,7 +179,11 @@ async fn register(
             // The guest's record changed meanwhile: still a guest, retry on it as it is now;
             // upgraded (or deactivated) by someone else, refuse.
             Err(CommitError::Conflict) if upgrade.is_some() && attempts < 8 => {
-                match services.users.get(&user_id)?.filter(|r| r.guest && !r.deactivated) {
+                match services
+                    .users
+                    .get(&user_id)?
+                    .filter(|r| r.guest && !r.deactivated)
+                {
                     Some(record) => {
                         upgrade = Some(GuestToUpgrade {
                             user_id: user_id.clone(),

@@ -32,7 +32,10 @@ const CAN_JOIN: &str = "can_join";
 /// Whether `content` (of `m.room.guest_access`) lets guests join; absent or anything else
 /// (`forbidden`, an unknown value) does not.
 fn allows_guests(content: Option<&Value>) -> bool {
-    content.and_then(|c| c.get("guest_access")).and_then(Value::as_str) == Some(CAN_JOIN)
+    content
+        .and_then(|c| c.get("guest_access"))
+        .and_then(Value::as_str)
+        == Some(CAN_JOIN)
 }
 
 /// Whether `new` sets the room's guest access to something other than `can_join`.
@@ -51,7 +54,10 @@ impl Staged<'_> {
     }
 
     fn is_local_guest(&self, user_id: &UserId) -> Result<bool> {
-        Ok(user_id.server_name() == self.rooms.server_name && self.rooms.users.is_guest(user_id)?)
+        Ok(
+            user_id.server_name() == self.rooms.server_name
+                && self.rooms.users.is_guest(user_id)?,
+        )
     }
 
     /// Refuses a local guest's own join of a room that does not allow guests (403
