@@ -400,6 +400,41 @@ async fn revoking_guest_access_makes_guests_leave() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = join_room(&srv, &t1, &room).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let allowing = body_event_id(
+        srv.get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.guest_access/?format=event",
+                enc(&room)
+            ),
+            Some(&alice),
+        )
+        .await,
+    );
+
+    // Redacting the event that allowed guests takes guest access away too.
+    let (status, body) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+                enc(&room),
+                enc(&allowing)
+            ),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        membership(&srv, &alice, &room, &g1).await["membership"],
+        "leave"
+    );
+    forbidden_for_guests(join_room(&srv, &t1, &room).await);
+}
+
+fn body_event_id(result: (StatusCode, Value)) -> String {
+    let (status, body) = result;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["event_id"].as_str().expect("event id").to_owned()
 }
 
 #[tokio::test]

@@ -234,7 +234,7 @@ impl<'a> Staged<'a> {
     pub fn add(&mut self, sender: &UserId, new: NewEvent) -> Result<OwnedEventId> {
         let rooms = self.rooms;
         self.check_guest_join(sender, &new)?;
-        let revokes_guest_access = guests::revokes_guest_access(&new);
+        let revokes_guest_access = self.revokes_guest_access(&new);
         let kind = new.kind.to_string();
         validate::check_sizes(&kind, new.state_key.as_deref())?;
         if new.state_key.is_some() {

@@ -9,7 +9,9 @@
 //!   batch, by the leave of every local guest joined to the room. The guest is the sender of
 //!   its own leave (the authorisation rules always let a member leave, whatever the power of
 //!   whoever changed `guest_access`), so the change and the removals commit together or not
-//!   at all, even across a crash.
+//!   at all, even across a crash. The redaction of a `can_join` event counts as taking guest
+//!   access away (its redacted content no longer says `can_join`). Only joined guests are
+//!   made to leave; an invited or knocking guest stays so, and cannot join.
 //!
 //! Whether a user is a guest is this server's own knowledge (the `users` record); users of
 //! other servers are never treated as guests here.
@@ -39,13 +41,30 @@ fn allows_guests(content: Option<&Value>) -> bool {
 }
 
 /// Whether `new` sets the room's guest access to something other than `can_join`.
-pub(super) fn revokes_guest_access(new: &NewEvent) -> bool {
+fn revokes_guest_access(new: &NewEvent) -> bool {
     new.kind == TimelineEventType::RoomGuestAccess
         && new.state_key.as_deref() == Some("")
         && !allows_guests(Some(&new.content))
 }
 
 impl Staged<'_> {
+    /// Whether `new` takes guest access away: a `guest_access` other than `can_join`, or the
+    /// redaction of the current `can_join` event (redacted, its content is empty).
+    pub(super) fn revokes_guest_access(&self, new: &NewEvent) -> bool {
+        if revokes_guest_access(new) {
+            return true;
+        }
+        let Some(target) = new.redacts.as_deref() else {
+            return false;
+        };
+        new.kind == TimelineEventType::RoomRedaction
+            && self
+                .state_pdu(&StateEventType::RoomGuestAccess, "")
+                .is_some_and(|pdu| {
+                    pdu.event_id == target && allows_guests(pdu.content_as::<Value>().as_ref())
+                })
+    }
+
     fn guests_may_join(&self) -> bool {
         let content = self
             .state_pdu(&StateEventType::RoomGuestAccess, "")
