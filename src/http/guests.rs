@@ -115,6 +115,29 @@ pub fn check(
 mod tests {
     use super::*;
 
+    /// Every listed endpoint is one the server serves (a typo in the list would silently
+    /// lock guests out), except those not served yet.
+    #[test]
+    fn every_listed_endpoint_is_routed() {
+        const NOT_SERVED_YET: &[&str] = &["rooms/{}/initialSync", "events"];
+        let router = crate::api::router();
+        for (method, pattern) in GUEST_ENDPOINTS {
+            let tail = pattern.replace("{}", "x");
+            let routed = ["v3", "v1"].iter().any(|version| {
+                let path = format!("/_matrix/client/{version}/{tail}");
+                assert!(allowed(method, &path), "{method} {path}");
+                matches!(
+                    router.find(method, &path),
+                    crate::http::router::Match::Found(..)
+                )
+            });
+            assert!(
+                routed || NOT_SERVED_YET.contains(pattern),
+                "{method} {pattern} is not routed"
+            );
+        }
+    }
+
     #[test]
     fn matches_the_spec_list_on_concrete_paths() {
         let ok = |m: Method, p: &str| allowed(&m, p);
