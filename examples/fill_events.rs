@@ -57,6 +57,7 @@ async fn fill(data: &Path, events: usize) {
         }],
         registration: Registration {
             mode: RegistrationMode::Open,
+            ..Default::default()
         },
         rate_limit: RateLimit {
             enabled: false,

@@ -98,6 +98,7 @@ async fn main() {
         }],
         registration: Registration {
             mode: RegistrationMode::Open,
+            ..Default::default()
         },
         bcrypt_cost: 4,
         rate_limit: RateLimit {

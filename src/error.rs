@@ -56,6 +56,7 @@ impl Error {
 
     ctor! {
         forbidden => FORBIDDEN, "M_FORBIDDEN";
+        guest_access_forbidden => FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN";
         not_found => NOT_FOUND, "M_NOT_FOUND";
         unrecognized => NOT_FOUND, "M_UNRECOGNIZED";
         bad_json => BAD_REQUEST, "M_BAD_JSON";

@@ -183,6 +183,12 @@ pub struct Listener {
 pub struct Registration {
     /// `open`, `token` or `closed`.
     pub mode: RegistrationMode,
+    /// Whether anyone may create a guest account (`POST /register?kind=guest`, no
+    /// User-Interactive Auth): a restricted account limited to the spec's guest endpoints and
+    /// to rooms whose `m.room.guest_access` is `can_join`. Independent of `mode`. When off,
+    /// existing guest accounts cannot use their access tokens (they may still upgrade to a full
+    /// account, under `mode`).
+    pub guests: bool,
 }
 
 /// Who may register.

@@ -2,6 +2,7 @@
 //! request shares — CORS, body limits, authentication, rate limiting and the request log —
 //! so handlers only decode, call a service and encode.
 
+pub mod guests;
 pub mod listener;
 pub mod proxy;
 pub mod query;
@@ -163,6 +164,9 @@ where
     limited(user.as_ref().map(|u| &u.user_id))?;
     if let Some(user) = &user {
         check_moderation(services, &route, user, &path_args)?;
+    }
+    if let (Auth::Required, Some(user)) = (route.auth, &user) {
+        guests::check(services, &raw.method, &raw.path, &user.user_id)?;
     }
     query::check_enums(&raw.query)?;
 

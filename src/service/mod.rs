@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod e2ee;
 pub mod expiring_tokens;
 pub mod filters;
+pub mod guests;
 pub mod keys;
 pub mod media;
 pub mod moderation;
@@ -62,7 +63,8 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
 pub struct Services {
     pub config: Arc<Config>,
     pub store: Store,
-    pub users: users::Users,
+    /// Shared with `rooms`, which needs to know which users are guests.
+    pub users: Arc<users::Users>,
     pub sessions: sessions::Sessions,
     pub uiaa: uiaa::Uiaa,
     pub reg_tokens: reg_tokens::RegTokens,
@@ -171,6 +173,10 @@ impl Services {
             account_data.clone(),
             server_name.clone(),
         ));
+        let users = Arc::new(users::Users::new(
+            store.clone(),
+            passwords::Passwords::new(config.bcrypt_cost, config.password_hash_concurrency),
+        ));
         let rooms = Arc::new(rooms::Rooms::new(
             store.clone(),
             stream.clone(),
@@ -178,6 +184,7 @@ impl Services {
             server_name.clone(),
             notifier.clone(),
             notifications.clone(),
+            users.clone(),
         ));
         let delivery = Arc::new(push::delivery::Delivery::new(
             store.clone(),
@@ -203,10 +210,7 @@ impl Services {
             outbound,
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules,
-            users: users::Users::new(
-                store.clone(),
-                passwords::Passwords::new(config.bcrypt_cost, config.password_hash_concurrency),
-            ),
+            users,
             sessions: sessions::Sessions::new(store.clone(), e2ee.clone(), pushers.clone()),
             pushers,
             e2ee,

@@ -63,6 +63,32 @@ impl Users {
         Ok(self.get(user_id)?.is_some())
     }
 
+    /// Whether the account is a guest account; unknown accounts are not.
+    pub fn is_guest(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.get(user_id)?.is_some_and(|r| r.guest))
+    }
+
+    /// Stages a guest's upgrade to a full account (same user id): the guest flag cleared and
+    /// the password set, guarded so that a concurrent change of the record (a second
+    /// upgrade) makes the commit conflict.
+    pub fn stage_upgrade_guest(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        current: &UserRecord,
+        password_hash: Option<String>,
+    ) {
+        let key = user_id.to_string();
+        let record = UserRecord {
+            password_hash,
+            guest: false,
+            ..current.clone()
+        };
+        batch
+            .expect_value::<UsersTable>(&key, Some(current))
+            .put::<UsersTable>(&key, &record);
+    }
+
     /// The stored form of a new password; empty passwords are refused (`M_WEAK_PASSWORD`),
     /// and 429 when every hashing slot is busy.
     pub async fn hash_password(&self, password: &str) -> Result<String> {

@@ -119,13 +119,13 @@ async fn registration_options_device_inhibit_login_and_guest() {
     );
     assert_eq!(srv.login("eve", "pw").await.0, StatusCode::OK);
 
-    // Guests are not supported, and say so.
+    // Guest accounts are off by default, and say so (tests/it/guests.rs has the rest).
     let (status, body) = srv
         .post(&format!("{REGISTER}?kind=guest"), None, json!({}))
         .await;
     assert_eq!(
         (status, errcode(&body)),
-        (StatusCode::FORBIDDEN, "M_FORBIDDEN")
+        (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN")
     );
 }
 

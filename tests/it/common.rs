@@ -25,6 +25,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         }],
         registration: Registration {
             mode: RegistrationMode::Open,
+            ..Default::default()
         },
         bcrypt_cost: 4,
         rate_limit: RateLimit {

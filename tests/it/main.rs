@@ -17,6 +17,7 @@ mod e2ee;
 mod e2ee_sync;
 mod ephemeral;
 mod filter;
+mod guests;
 mod http;
 mod interop;
 mod legacy;

@@ -1,4 +1,5 @@
-//! `POST /register`, `GET /register/available`, registration token validity.
+//! `POST /register` (accounts, guest accounts and guest upgrades), `GET /register/available`,
+//! registration token validity.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
     service::{
+        guests::GuestToUpgrade,
         passwords,
         sessions::random_device_id,
         uiaa::{self, DUMMY, REGISTRATION_TOKEN},
@@ -60,9 +62,13 @@ async fn register(
     body: register::v3::Request,
 ) -> Result<register::v3::Response> {
     if body.kind == register::RegistrationKind::Guest {
-        return Err(Error::forbidden(
-            "Guest access is not enabled on this server",
-        ));
+        let guest = services
+            .register_guest(body.initial_device_display_name, ctx.ip)
+            .await?;
+        let mut response = register::v3::Response::new(guest.user_id);
+        response.access_token = Some(guest.tokens.access_token);
+        response.device_id = Some(guest.device_id);
+        return Ok(response);
     }
     let flows: &[&[&str]] = match services.config.registration.mode {
         RegistrationMode::Closed => {
@@ -74,16 +80,26 @@ async fn register(
     if let Some(password) = body.password.as_deref() {
         passwords::check_acceptable(password)?;
     }
+    // A guest's upgrade to a full account keeps its user id (spec: Guest Access).
+    let mut upgrade = match body.guest_access_token.as_deref() {
+        Some(token) => Some(
+            services
+                .guest_to_upgrade(token, body.username.as_deref(), ctx.ip)
+                .await?,
+        ),
+        None => None,
+    };
     // Check the name before authentication, so nobody completes the flow only to be refused.
-    let user_id = match body.username.as_deref() {
-        Some(name) => {
+    let user_id = match (&upgrade, body.username.as_deref()) {
+        (Some(guest), _) => guest.user_id.clone(),
+        (None, Some(name)) => {
             let user_id = user_id_for(&services, &name.to_lowercase())?;
             if services.users.exists(&user_id)? {
                 return Err(Error::user_in_use("That user ID is already taken"));
             }
             user_id
         }
-        None => user_id_for(&services, &random_localpart())?,
+        (None, None) => user_id_for(&services, &random_localpart())?,
     };
     let request = uiaa::Request {
         kind: "register",
@@ -120,14 +136,24 @@ async fn register(
     let tokens = loop {
         attempts += 1;
         let mut batch = Batch::new();
-        services
-            .users
-            .stage_create(&mut batch, &user_id, password_hash.clone(), false, false);
-        services.profiles.stage_set_displayname(
-            &mut batch,
-            &user_id,
-            Some(user_id.localpart().to_owned()),
-        );
+        match &upgrade {
+            Some(guest) => services.users.stage_upgrade_guest(
+                &mut batch,
+                &user_id,
+                &guest.record,
+                password_hash.clone(),
+            ),
+            None => {
+                services
+                    .users
+                    .stage_create(&mut batch, &user_id, password_hash.clone(), false, false);
+                services.profiles.stage_set_displayname(
+                    &mut batch,
+                    &user_id,
+                    Some(user_id.localpart().to_owned()),
+                );
+            }
+        }
         if let Some(token) = &completed.registration_token {
             services.reg_tokens.stage_use(&mut batch, token)?;
         }
@@ -150,6 +176,29 @@ async fn register(
             .await?;
         match committed {
             Ok(()) => break tokens,
+            // The guest's record changed meanwhile: still a guest, retry on it as it is now;
+            // upgraded (or deactivated) by someone else, refuse.
+            Err(CommitError::Conflict) if upgrade.is_some() && attempts < 8 => {
+                match services
+                    .users
+                    .get(&user_id)?
+                    .filter(|r| r.guest && !r.deactivated)
+                {
+                    Some(record) => {
+                        upgrade = Some(GuestToUpgrade {
+                            user_id: user_id.clone(),
+                            record,
+                        });
+                        continue;
+                    }
+                    None => {
+                        return Err(Error::forbidden("This guest account was upgraded already"))
+                    }
+                }
+            }
+            Err(CommitError::Conflict) if upgrade.is_some() => {
+                return Err(CommitError::Conflict.into())
+            }
             Err(CommitError::Conflict) if services.users.exists(&user_id)? => {
                 return Err(Error::user_in_use("That user ID is already taken"));
             }
@@ -158,7 +207,11 @@ async fn register(
             Err(e) => return Err(e.into()),
         }
     };
-    log::info!("registered {user_id}");
+    if upgrade.is_some() {
+        log::info!("upgraded guest {user_id} to a full account");
+    } else {
+        log::info!("registered {user_id}");
+    }
 
     let mut response = register::v3::Response::new(user_id);
     if let Some(tokens) = tokens {

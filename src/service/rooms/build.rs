@@ -4,6 +4,7 @@
 //! committed, so several events (a whole `createRoom`) can be built on each other and land in
 //! one atomic batch: a crash leaves either the whole room or nothing.
 
+mod guests;
 mod push;
 
 pub(crate) use push::MembersCache;
@@ -232,6 +233,8 @@ impl<'a> Staged<'a> {
     /// Builds, signs and authorises an event and stages it. Returns its id.
     pub fn add(&mut self, sender: &UserId, new: NewEvent) -> Result<OwnedEventId> {
         let rooms = self.rooms;
+        self.check_guest_join(sender, &new)?;
+        let revokes_guest_access = self.revokes_guest_access(&new);
         let kind = new.kind.to_string();
         validate::check_sizes(&kind, new.state_key.as_deref())?;
         if new.state_key.is_some() {
@@ -350,6 +353,9 @@ impl<'a> Staged<'a> {
 
         self.stage_event(pdu, object, new.txn, sender)?;
         self.event_ids.push(event_id.clone());
+        if revokes_guest_access {
+            self.stage_guest_removal()?;
+        }
         Ok(event_id)
     }
 

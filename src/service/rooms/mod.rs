@@ -223,6 +223,8 @@ pub struct Rooms {
     heavy_reads: Arc<tokio::sync::Semaphore>,
     /// Committed members and display names of recently written rooms, for push evaluation.
     push_members: build::MembersCache,
+    /// Which local users are guests (guest joins and removals, `build/guests.rs`).
+    users: Arc<super::users::Users>,
 }
 
 /// Heavy reads running at once: one per core, at least two (a slow scan must not block all).
@@ -238,6 +240,7 @@ impl Rooms {
         server_name: OwnedServerName,
         notifier: Arc<Notifier>,
         notifications: Arc<crate::service::push::notifications::Notifications>,
+        users: Arc<super::users::Users>,
     ) -> Self {
         Self {
             store,
@@ -249,6 +252,7 @@ impl Rooms {
             locks: Mutex::new(HashMap::new()),
             heavy_reads: Arc::new(tokio::sync::Semaphore::new(heavy_read_slots())),
             push_members: build::MembersCache::default(),
+            users,
         }
     }
 
