@@ -14,6 +14,8 @@ use crate::store::EngineKind;
 
 mod tls;
 pub use tls::{Tls, TlsMode};
+mod email;
+pub use email::{is_http_url, Email, SmtpSecurity};
 
 /// The fully commented example configuration that `hearth init` writes.
 /// Variables the CLI reads itself (config path, admin passwords): not config keys.
@@ -79,6 +81,8 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     /// Requests this server makes (push gateways; later federation and URL previews).
     pub outbound: Outbound,
+    /// The SMTP server for validation mails (e-mail addresses, password reset); off if unset.
+    pub email: Email,
 }
 
 /// Outbound HTTP (`[outbound]`). By default the server refuses to connect to loopback,
@@ -293,6 +297,7 @@ impl Default for Config {
             tls: Tls::default(),
             trusted_proxies: Vec::new(),
             outbound: Outbound::default(),
+            email: Email::default(),
         }
     }
 }
@@ -550,6 +555,8 @@ impl Config {
                 || format!("must be a date YYYY-MM-DD or empty, got {date:?}"),
             )?;
         }
+        self.email
+            .validate(self.well_known.client_base_url.as_deref())?;
         if let Some(url) = &self.well_known.client_base_url {
             let rest = url
                 .strip_prefix("https://")

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod e2ee;
 pub mod filters;
 pub mod keys;
+pub mod mailer;
 pub mod media;
 pub mod notifier;
 pub mod passwords;
@@ -20,6 +21,7 @@ pub mod rooms;
 pub mod sessions;
 pub mod stream;
 pub mod sync;
+pub mod threepids;
 pub mod typing;
 pub mod uiaa;
 pub mod user_directory;
@@ -88,6 +90,10 @@ pub struct Services {
     pub lazy_members: sync::LazyMembers,
     /// The HTTP client for requests this server makes (push gateways, later federation).
     pub outbound: crate::outbound::Outbound,
+    /// E-mail addresses of accounts and their validation sessions.
+    pub threepids: threepids::Threepids,
+    /// Sends validation mails; `None` when `[email]` is not configured.
+    pub mailer: Option<mailer::Mailer>,
 }
 
 /// Why the services could not start.
@@ -101,6 +107,8 @@ pub enum OpenError {
     ServerName(String),
     #[error(transparent)]
     Outbound(#[from] crate::outbound::OutboundError),
+    #[error(transparent)]
+    Mailer(#[from] mailer::MailerError),
 }
 
 impl Services {
@@ -177,7 +185,10 @@ impl Services {
             rooms.clone(),
             outbound.clone(),
         ));
+        let mailer = mailer::Mailer::new(&config.email)?;
         Ok(Arc::new(Self {
+            threepids: threepids::Threepids::new(store.clone()),
+            mailer,
             media: media::Media::new(store.clone(), &config, server_name),
             rooms,
             delivery,
@@ -238,9 +249,25 @@ impl Services {
             flows: uiaa::PASSWORD_FLOWS,
         };
         self.uiaa
-            .authorize(request, auth, &self.users, &self.reg_tokens)
+            .authorize(request, auth, self.stage_checks())
             .await?;
         Ok(())
+    }
+
+    /// What UIAA stages are checked against.
+    pub fn stage_checks(&self) -> uiaa::StageChecks<'_> {
+        uiaa::StageChecks {
+            users: &self.users,
+            reg_tokens: &self.reg_tokens,
+            threepids: &self.threepids,
+        }
+    }
+
+    /// The base URL of the links in mails (validated at start when e-mail is on).
+    pub fn email_link_base(&self) -> String {
+        self.config
+            .email
+            .link_base(self.config.well_known.client_base_url.as_deref())
     }
 
     /// Creates an account with a password (admin path: no UIAA, no registration mode).
@@ -295,6 +322,7 @@ impl Services {
             // a deactivated account has no pushers, whatever became of their devices.
             self.pushers.stage_delete_user(&mut batch, user_id)?;
             self.profiles.stage_clear(&mut batch, user_id)?;
+            self.threepids.stage_remove_user(&mut batch, user_id)?;
             match self.store.commit(batch).await {
                 Err(CommitError::Conflict) => continue,
                 other => other?,
