@@ -38,7 +38,9 @@ impl Mailer {
             SmtpSecurity::Starttls => {
                 AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host).map_err(error)?
             }
-            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(error)?,
+            SmtpSecurity::Tls => {
+                AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(error)?
+            }
             SmtpSecurity::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
         };
         let mut builder = builder.port(config.port()).timeout(Some(SEND_TIMEOUT));
@@ -74,11 +76,15 @@ impl Mailer {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 log::warn!("cannot send mail: {e}");
-                Err(Error::unknown("The mail could not be sent; try again later"))
+                Err(Error::unknown(
+                    "The mail could not be sent; try again later",
+                ))
             }
             Err(_) => {
                 log::warn!("cannot send mail: SMTP server timed out");
-                Err(Error::unknown("The mail could not be sent; try again later"))
+                Err(Error::unknown(
+                    "The mail could not be sent; try again later",
+                ))
             }
         }
     }

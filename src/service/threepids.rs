@@ -151,8 +151,7 @@ fn auth_failed(message: &str) -> Error {
 pub fn is_valid_secret(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".=_-".contains(&b))
 }
 
@@ -580,7 +579,10 @@ pub fn validation_mail(
     let (subject, what) = match purpose {
         Purpose::Register => ("Confirm your e-mail address", "register an account with"),
         Purpose::Add => ("Confirm your e-mail address", "add to an account"),
-        Purpose::Password => ("Reset your password", "reset the password of the account of"),
+        Purpose::Password => (
+            "Reset your password",
+            "reset the password of the account of",
+        ),
     };
     let body = format!(
         "Someone asked to {what} this e-mail address on the Matrix server {link_base}.\n\n\

@@ -255,7 +255,9 @@ impl Uiaa {
                 })
             }
             // Only offered when e-mail is configured; the flows decide where it is accepted.
-            AuthData::EmailIdentity(email) if request.flows.iter().any(|f| f.contains(&EMAIL_IDENTITY)) => {
+            AuthData::EmailIdentity(email)
+                if request.flows.iter().any(|f| f.contains(&EMAIL_IDENTITY)) =>
+            {
                 let creds = &email.thirdparty_id_creds;
                 let (sid, client_secret) = (creds.sid.as_str(), creds.client_secret.as_str());
                 checks.threepids.validated(sid, client_secret, None)?;

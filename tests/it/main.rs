@@ -14,6 +14,7 @@ mod devices;
 mod directory;
 mod e2ee;
 mod e2ee_sync;
+mod email;
 mod ephemeral;
 mod filter;
 mod http;

@@ -28,6 +28,7 @@ pub mod session;
 pub mod space;
 pub mod sync;
 pub mod tag;
+pub mod threepid;
 pub mod timestamp;
 pub mod to_device;
 pub mod typing;
@@ -70,4 +71,5 @@ pub fn register_routes(router: &mut Router) {
     keys::routes(router);
     to_device::routes(router);
     backup::routes(router);
+    threepid::routes(router);
 }
