@@ -103,7 +103,8 @@ impl Email {
     }
 }
 
-/// An absolute http(s) URL with a host and no whitespace or control characters.
+/// An absolute http(s) URL with a host, in ASCII (it may go into a `Location` header), with
+/// no whitespace or control characters.
 pub fn is_http_url(url: &str) -> bool {
     let rest = url
         .strip_prefix("https://")
@@ -112,5 +113,6 @@ pub fn is_http_url(url: &str) -> bool {
     !host.is_empty()
         && !host.contains('@')
         && url.len() <= 2048
+        && url.is_ascii()
         && !url.chars().any(|c| c.is_whitespace() || c.is_control())
 }
