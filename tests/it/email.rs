@@ -2,7 +2,7 @@
 //! by `tests/email/smtp_sink.py` with the Python named in `SMTP_SINK_PYTHON`), adding and
 //! removing addresses, forgotten-password reset, registration with an e-mail address, and the
 //! error cases. The SMTP tests are `#[ignore]`d for a plain `cargo test`; `.ci/run` installs
-//! aiosmtpd and runs them. The tests without mail delivery always run.
+//! aiosmtpd and runs them. The tests without mail delivery (`email_no_delivery.rs`) always run.
 
 use std::{
     io::{BufRead, BufReader},
@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::common::{errcode, TestServer};
 
-const PUBLIC_BASE: &str = "https://hearth.test";
+pub(crate) const PUBLIC_BASE: &str = "https://hearth.test";
 
 /// The SMTP sink process and the directory it writes mails to; killed when dropped.
 struct Sink {
@@ -111,7 +111,7 @@ fn decode_quoted_printable(raw: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn email_config(port: u16) -> Email {
+pub(crate) fn email_config(port: u16) -> Email {
     Email {
         host: Some("127.0.0.1".into()),
         port,
@@ -148,7 +148,7 @@ fn link_and_code(srv: &TestServer, mail: &str) -> (String, String) {
 }
 
 /// Follows a validation link without following a redirect.
-async fn click(link: &str) -> reqwest::Response {
+pub(crate) async fn click(link: &str) -> reqwest::Response {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -159,7 +159,7 @@ async fn click(link: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn request_token(
+pub(crate) async fn request_token(
     srv: &TestServer,
     kind: &str,
     secret: &str,
@@ -179,7 +179,7 @@ async fn request_token(
     .await
 }
 
-fn email_auth(sid: &str, secret: &str, session: &str) -> Value {
+pub(crate) fn email_auth(sid: &str, secret: &str, session: &str) -> Value {
     json!({"type": "m.login.email.identity", "threepid_creds": {"sid": sid, "client_secret": secret}, "session": session})
 }
 
@@ -466,6 +466,20 @@ async fn forgotten_password_reset() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(srv.login("carol", "newer-password").await.0, StatusCode::OK);
+    // The address identifies the account at login too.
+    let by_email = |password: &str| {
+        json!({"type": "m.login.password", "password": password,
+               "identifier": {"type": "m.id.thirdparty", "medium": "email", "address": "Carol@Example.org"}})
+    };
+    let (status, body) = srv
+        .post("/_matrix/client/v3/login", None, by_email("newer-password"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["user_id"].as_str().unwrap().starts_with("@carol:"));
+    let (status, _) = srv
+        .post("/_matrix/client/v3/login", None, by_email("new-password"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = srv
         .get("/_matrix/client/v3/account/whoami", Some(&kept))
         .await;
@@ -620,179 +634,4 @@ async fn validation_errors_expiry_and_rate_limit() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(errcode(&body), "M_LIMIT_EXCEEDED");
     assert_eq!(sink.count(), 5);
-}
-
-/// Without `[email]`: every e-mail endpoint says so, and no flow offers the e-mail stage.
-#[tokio::test]
-async fn without_smtp_email_is_not_supported() {
-    let srv = TestServer::start().await;
-    for kind in ["add", "register", "password"] {
-        let (status, body) = request_token(&srv, kind, "s", "x@example.org", 1).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{kind}: {body}");
-        assert_eq!(errcode(&body), "M_THREEPID_MEDIUM_NOT_SUPPORTED", "{kind}");
-    }
-    let (status, challenge) = srv
-        .post("/_matrix/client/v3/register", None, json!({}))
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(challenge["flows"], json!([{"stages": ["m.login.dummy"]}]));
-    let (status, body) = srv
-        .post(
-            "/_matrix/client/v3/account/password",
-            None,
-            json!({"new_password": "x-password"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(errcode(&body), "M_MISSING_TOKEN");
-
-    let (_, token, _) = srv.register("frank", "frank-password").await;
-    let (status, challenge) = srv
-        .post(
-            "/_matrix/client/v3/account/password",
-            Some(&token),
-            json!({"new_password": "x-password"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        challenge["flows"],
-        json!([{"stages": ["m.login.password"]}])
-    );
-    let (status, body) = srv
-        .get("/_matrix/client/v3/account/3pid", Some(&token))
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"threepids": []}));
-    let (status, body) = srv
-        .post(
-            "/_matrix/client/v3/account/3pid/add",
-            Some(&token),
-            json!({"sid": "a", "client_secret": "b"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(errcode(&body), "M_THREEPID_MEDIUM_NOT_SUPPORTED");
-}
-
-/// What needs no mail delivery: msisdn, identity-server binds, unknown addresses, malformed
-/// requests, the validation page with a bad link, and a mail server that is down.
-#[tokio::test]
-async fn honest_answers_without_delivery() {
-    // A port nothing listens on: the mail cannot be sent.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let srv = TestServer::start_with(|c| c.email = email_config(port)).await;
-    let (_, token, _) = srv.register("gina", "gina-password").await;
-
-    for path in [
-        "/_matrix/client/v3/register/msisdn/requestToken",
-        "/_matrix/client/v3/account/3pid/msisdn/requestToken",
-        "/_matrix/client/v3/account/password/msisdn/requestToken",
-    ] {
-        let (status, body) = srv
-            .post(path, None, json!({"client_secret": "s", "country": "GB", "phone_number": "07700900001", "send_attempt": 1}))
-            .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
-        assert_eq!(errcode(&body), "M_THREEPID_MEDIUM_NOT_SUPPORTED", "{path}");
-    }
-    let creds = json!({"sid": "abc", "client_secret": "def", "id_server": "id.example.org", "id_access_token": "t"});
-    let (status, body) = srv
-        .post(
-            "/_matrix/client/v3/account/3pid/bind",
-            Some(&token),
-            creds.clone(),
-        )
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(errcode(&body), "M_SERVER_NOT_TRUSTED");
-    let (status, body) = srv
-        .post(
-            "/_matrix/client/v3/account/3pid",
-            Some(&token),
-            json!({"three_pid_creds": creds}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(errcode(&body), "M_SERVER_NOT_TRUSTED");
-    let (status, body) = srv
-        .post(
-            "/_matrix/client/v3/account/3pid/unbind",
-            Some(&token),
-            json!({"medium": "email", "address": "g@example.org"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["id_server_unbind_result"], "no-support");
-
-    let (status, body) = request_token(&srv, "password", "s", "nobody@example.org", 1).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(errcode(&body), "M_THREEPID_NOT_FOUND");
-    let (status, body) = request_token(&srv, "add", "bad/secret", "g@example.org", 1).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(errcode(&body), "M_INVALID_PARAM");
-    // The SMTP server is down: a clear failure, and no session left behind to answer a retry.
-    let (status, body) = request_token(&srv, "add", "s", "g@example.org", 1).await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
-    assert_eq!(errcode(&body), "M_UNKNOWN");
-    let (status, _) = request_token(&srv, "add", "s", "g@example.org", 1).await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-
-    // Registration and password flows offer the e-mail stage.
-    let (_, challenge) = srv
-        .post("/_matrix/client/v3/register", None, json!({}))
-        .await;
-    assert_eq!(
-        challenge["flows"],
-        json!([{"stages": ["m.login.dummy"]}, {"stages": ["m.login.email.identity"]}])
-    );
-    // An unknown session cannot complete the e-mail stage.
-    let (status, challenge) = srv
-        .post(
-            "/_matrix/client/v3/account/password",
-            None,
-            json!({"new_password": "p-password"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, body) = srv
-        .post(
-            "/_matrix/client/v3/account/password",
-            None,
-            json!({"new_password": "p-password", "auth": email_auth("nosuch", "x", challenge["session"].as_str().unwrap())}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(errcode(&body), "M_THREEPID_AUTH_FAILED");
-
-    let page = click(&format!(
-        "{}/_hearth/email/validate?sid=x&client_secret=y&token=z",
-        srv.base
-    ))
-    .await;
-    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
-    assert!(page.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/html"));
-    let (status, body) = srv
-        .post(
-            "/_hearth/email/submit_token",
-            None,
-            json!({"sid": "x", "client_secret": "y", "token": "z"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(errcode(&body), "M_INVALID_PARAM");
-
-    // The config needs a sender and a base URL for links once a host is set.
-    let mut config = srv.config.clone();
-    config.email.from = None;
-    assert!(config.validate().is_err());
-    let mut config = srv.config.clone();
-    config.email.base_url = None;
-    assert!(config.validate().is_err());
-    config.well_known.client_base_url = Some("https://matrix.example.org".into());
-    assert!(config.validate().is_ok());
 }
