@@ -229,6 +229,14 @@ async fn add_list_and_delete_an_address() {
     let srv = start_with_mail(&sink).await;
     let (_, token, _) = srv.register("alice", "alice-password").await;
     assert!(threepids(&srv, &token).await.is_empty());
+    let (_, caps) = srv
+        .get("/_matrix/client/v3/capabilities", Some(&token))
+        .await;
+    // Enabled is the default, which ruma leaves out.
+    assert_ne!(
+        caps["capabilities"]["m.3pid_changes"]["enabled"], false,
+        "{caps}"
+    );
 
     let (status, body) = request_token(&srv, "add", "s3cret", "Alice@Example.org", 1).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -15,12 +15,14 @@ pub fn routes(router: &mut Router) {
 }
 
 #[allow(deprecated)] // m.set_displayname/m.set_avatar_url: still read by current clients
-async fn capabilities(_: Arc<Services>, _: Ctx, _: caps::Request) -> Result<caps::Response> {
+async fn capabilities(services: Arc<Services>, _: Ctx, _: caps::Request) -> Result<caps::Response> {
     let mut capabilities = caps::Capabilities::new();
     capabilities.change_password = caps::ChangePasswordCapability::new(true);
     capabilities.set_displayname = caps::SetDisplayNameCapability::new(true);
     capabilities.set_avatar_url = caps::SetAvatarUrlCapability::new(true);
-    capabilities.thirdparty_id_changes = caps::ThirdPartyIdChangesCapability::new(false);
+    // Adding an e-mail address needs a validation mail: only with an SMTP server.
+    capabilities.thirdparty_id_changes =
+        caps::ThirdPartyIdChangesCapability::new(services.mailer.is_some());
     capabilities.get_login_token = caps::GetLoginTokenCapability::new(false);
     let stable = [
         RoomVersionId::V1,
