@@ -340,7 +340,10 @@ impl Threepids {
             return;
         };
         let mut batch = Batch::new();
-        self.stage_spend(&mut batch, sid, &session);
+        if let Err(e) = self.stage_spend(&mut batch, sid, &session) {
+            log::warn!("cannot remove validation session: {e}");
+            return;
+        }
         if let Err(e) = self.store.commit(batch).await {
             log::warn!("cannot remove validation session: {e}");
         }
@@ -376,7 +379,7 @@ impl Threepids {
             .range::<ValidationSessions>(None, false, SWEEP_BATCH)?;
         let mut batch = Batch::new();
         for (sid, session) in rows.iter().filter(|(_, s)| s.expires_ms <= now) {
-            self.stage_spend(&mut batch, sid, session);
+            self.stage_spend(&mut batch, sid, session)?;
         }
         if !batch.is_empty() {
             match self.store.commit(batch).await {
@@ -480,8 +483,14 @@ impl Threepids {
     }
 
     /// Stages the removal of a session, guarded so that it is spent only once: a second
-    /// batch spending it conflicts.
-    pub fn stage_spend(&self, batch: &mut Batch, sid: &str, session: &ValidationSession) {
+    /// batch spending it conflicts. Its `threepid_session_keys` row goes with it unless that
+    /// row already names a newer session (made after this one expired).
+    pub fn stage_spend(
+        &self,
+        batch: &mut Batch,
+        sid: &str,
+        session: &ValidationSession,
+    ) -> Result<()> {
         let sid = sid.to_owned();
         let key = (
             session.client_secret.clone(),
@@ -490,8 +499,13 @@ impl Threepids {
         );
         batch
             .expect_value::<ValidationSessions>(&sid, Some(session))
-            .delete::<ValidationSessions>(&sid)
-            .delete::<ValidationKeys>(&key);
+            .delete::<ValidationSessions>(&sid);
+        if self.store.get::<ValidationKeys>(&key)?.as_ref() == Some(&sid) {
+            batch
+                .expect_value::<ValidationKeys>(&key, Some(&sid))
+                .delete::<ValidationKeys>(&key);
+        }
+        Ok(())
     }
 
     /// Stages adding the validated address of `session` to `user_id` (conflicts if the

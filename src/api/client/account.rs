@@ -111,7 +111,7 @@ async fn change_password(
         .users
         .stage_set_password(&mut batch, &user_id, &current, hash);
     if let Some((sid, session)) = &email_session {
-        services.threepids.stage_spend(&mut batch, sid, session);
+        services.threepids.stage_spend(&mut batch, sid, session)?;
     }
     if body.logout_devices {
         // Without an access token every device goes.

@@ -158,7 +158,7 @@ async fn register(
             services.reg_tokens.stage_use(&mut batch, token)?;
         }
         if let Some((sid, session)) = &email_session {
-            services.threepids.stage_spend(&mut batch, sid, session);
+            services.threepids.stage_spend(&mut batch, sid, session)?;
             services.threepids.stage_add(&mut batch, &user_id, session);
         }
         let tokens = if body.inhibit_login {

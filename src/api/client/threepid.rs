@@ -245,7 +245,7 @@ async fn add(
         return Err(in_use());
     }
     let mut batch = Batch::new();
-    services.threepids.stage_spend(&mut batch, sid, &session);
+    services.threepids.stage_spend(&mut batch, sid, &session)?;
     services
         .threepids
         .stage_add(&mut batch, &me.user_id, &session);
