@@ -247,6 +247,14 @@ async fn add_list_and_delete_an_address() {
         .starts_with(PUBLIC_BASE));
     let mail = sink.mail(1).await;
     assert!(mail.contains("X-Envelope-To: alice@example.org"), "{mail}");
+    for header in [
+        "From: Hearth <noreply@hearth.test>",
+        "To: alice@example.org",
+        "Subject: Confirm your e-mail address",
+        "Content-Type: text/plain; charset=utf-8",
+    ] {
+        assert!(mail.contains(header), "{header}: {mail}");
+    }
     // The same attempt again: the same session, and no second mail.
     let (status, again) = request_token(&srv, "add", "s3cret", "alice@example.org", 1).await;
     assert_eq!(status, StatusCode::OK);
@@ -395,7 +403,9 @@ async fn forgotten_password_reset() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(errcode(&body), "M_THREEPID_AUTH_FAILED");
 
-    let (link, _) = link_and_code(&srv, &sink.mail(2).await);
+    let mail = sink.mail(2).await;
+    assert!(mail.contains("Subject: Reset your password"), "{mail}");
+    let (link, _) = link_and_code(&srv, &mail);
     let page = click(&link).await;
     assert_eq!(page.status(), StatusCode::FOUND);
     assert_eq!(page.headers()["location"], "https://app.example.org/done");
