@@ -611,3 +611,34 @@ pub fn validation_mail(
 pub fn require_mailer(mailer: Option<&Mailer>) -> Result<&Mailer> {
     mailer.ok_or_else(|| medium_not_supported("e-mail: no SMTP server is configured"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{canonical_email, is_valid_secret};
+    use crate::config::is_http_url;
+
+    #[test]
+    fn secrets_addresses_and_links() {
+        assert!(is_valid_secret("monkeys_are_GREAT.=-1"));
+        assert!(!is_valid_secret(""));
+        assert!(!is_valid_secret("a b"));
+        assert!(!is_valid_secret("a/b"));
+        assert!(is_valid_secret(&"a".repeat(255)));
+        assert!(!is_valid_secret(&"a".repeat(256)));
+
+        assert_eq!(
+            canonical_email(" Alice@Example.ORG ").unwrap(),
+            "alice@example.org"
+        );
+        assert!(canonical_email("alice").is_err());
+        assert!(canonical_email("a@b@c").is_err());
+
+        assert!(is_http_url("https://app.example.org/done?x=1"));
+        assert!(is_http_url("http://localhost:8080"));
+        assert!(!is_http_url("javascript:alert(1)"));
+        assert!(!is_http_url("https://"));
+        assert!(!is_http_url("https://a b/"));
+        assert!(!is_http_url("https://user@evil.example/"));
+        assert!(!is_http_url("https://exämple.org/"));
+    }
+}
