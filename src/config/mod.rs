@@ -16,6 +16,8 @@ mod tls;
 pub use tls::{Tls, TlsMode};
 mod turn;
 pub use turn::{SupportContact, Turn, DEFAULT_TURN_TTL};
+mod email;
+pub use email::{is_http_url, Email, SmtpSecurity};
 
 /// The fully commented example configuration that `hearth init` writes.
 /// Variables the CLI reads itself (config path, admin passwords): not config keys.
@@ -83,6 +85,8 @@ pub struct Config {
     pub outbound: Outbound,
     /// TURN relays for VoIP calls (`GET /voip/turnServer`).
     pub turn: Turn,
+    /// The SMTP server for validation mails (e-mail addresses, password reset); off if unset.
+    pub email: Email,
 }
 
 /// Outbound HTTP (`[outbound]`). By default the server refuses to connect to loopback,
@@ -310,6 +314,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             outbound: Outbound::default(),
             turn: Turn::default(),
+            email: Email::default(),
         }
     }
 }
@@ -567,6 +572,8 @@ impl Config {
                 || format!("must be a date YYYY-MM-DD or empty, got {date:?}"),
             )?;
         }
+        self.email
+            .validate(self.well_known.client_base_url.as_deref())?;
         if let Some(url) = &self.well_known.client_base_url {
             let rest = url
                 .strip_prefix("https://")

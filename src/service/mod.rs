@@ -7,6 +7,7 @@ pub mod expiring_tokens;
 pub mod filters;
 pub mod guests;
 pub mod keys;
+pub mod mailer;
 pub mod media;
 pub mod moderation;
 pub mod notifier;
@@ -24,6 +25,7 @@ pub mod sessions;
 pub mod stream;
 pub mod sync;
 pub mod turn;
+pub mod threepids;
 pub mod typing;
 pub mod uiaa;
 pub mod user_directory;
@@ -99,6 +101,10 @@ pub struct Services {
     pub openid_tokens: Arc<expiring_tokens::OpenIdTokens>,
     /// `m.login.token` login tokens (shared with the sweep task).
     pub login_tokens: Arc<expiring_tokens::LoginTokens>,
+    /// E-mail addresses of accounts and their validation sessions.
+    pub threepids: threepids::Threepids,
+    /// Sends validation mails; `None` when `[email]` is not configured.
+    pub mailer: Option<mailer::Mailer>,
 }
 
 /// Why the services could not start.
@@ -112,6 +118,8 @@ pub enum OpenError {
     ServerName(String),
     #[error(transparent)]
     Outbound(#[from] crate::outbound::OutboundError),
+    #[error(transparent)]
+    Mailer(#[from] mailer::MailerError),
 }
 
 impl Services {
@@ -193,7 +201,10 @@ impl Services {
             rooms.clone(),
             outbound.clone(),
         ));
+        let mailer = mailer::Mailer::new(&config.email)?;
         Ok(Arc::new(Self {
+            threepids: threepids::Threepids::new(store.clone()),
+            mailer,
             media: media::Media::new(store.clone(), &config, server_name),
             rooms,
             delivery,
@@ -254,7 +265,7 @@ impl Services {
             flows: uiaa::PASSWORD_FLOWS,
         };
         self.uiaa
-            .authorize(request, auth, &self.users, &self.reg_tokens)
+            .authorize(request, auth, self.stage_checks())
             .await?;
         Ok(())
     }
@@ -262,6 +273,24 @@ impl Services {
     /// Creates an account with a password (admin path: no UIAA, no registration mode),
     /// optionally a server admin.
     pub async fn create_user(&self, user_id: &UserId, password: &str, admin: bool) -> Result<()> {
+    /// What UIAA stages are checked against.
+    pub fn stage_checks(&self) -> uiaa::StageChecks<'_> {
+        uiaa::StageChecks {
+            users: &self.users,
+            reg_tokens: &self.reg_tokens,
+            threepids: &self.threepids,
+        }
+    }
+
+    /// The base URL of the links in mails (validated at start when e-mail is on).
+    pub fn email_link_base(&self) -> String {
+        self.config
+            .email
+            .link_base(self.config.well_known.client_base_url.as_deref())
+    }
+
+    /// Creates an account with a password (admin path: no UIAA, no registration mode).
+    pub async fn create_user(&self, user_id: &UserId, password: &str) -> Result<()> {
         let hash = self.users.hash_password(password).await?;
         let mut batch = Batch::new();
         self.users
@@ -312,6 +341,7 @@ impl Services {
             // a deactivated account has no pushers, whatever became of their devices.
             self.pushers.stage_delete_user(&mut batch, user_id)?;
             self.profiles.stage_clear(&mut batch, user_id)?;
+            self.threepids.stage_remove_user(&mut batch, user_id)?;
             match self.store.commit(batch).await {
                 Err(CommitError::Conflict) => continue,
                 other => other?,

@@ -22,7 +22,7 @@ use ruma::{
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
-use super::{reg_tokens::RegTokens, users::Users};
+use super::{reg_tokens::RegTokens, threepids::Threepids, users::Users};
 use crate::error::{Error, Result};
 
 const SESSION_TTL: Duration = Duration::from_secs(15 * 60);
@@ -32,6 +32,7 @@ const MAX_SESSIONS: usize = 10_000;
 pub const DUMMY: &str = "m.login.dummy";
 pub const PASSWORD: &str = "m.login.password";
 pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
+pub const EMAIL_IDENTITY: &str = "m.login.email.identity";
 
 /// The flows of account management: the user's current password.
 pub const PASSWORD_FLOWS: &[&[&str]] = &[&[PASSWORD]];
@@ -42,7 +43,31 @@ struct Session {
     operation: OperationDigest,
     completed: Vec<&'static str>,
     registration_token: Option<String>,
+    email: Option<EmailCreds>,
     created: Instant,
+}
+
+/// The `threepid_creds` of a completed `m.login.email.identity` stage: a validated e-mail
+/// session, which the endpoint spends when its operation succeeds.
+#[derive(Debug, Clone)]
+pub struct EmailCreds {
+    pub sid: String,
+    pub client_secret: String,
+}
+
+/// What the stages are checked against.
+#[derive(Clone, Copy)]
+pub struct StageChecks<'a> {
+    pub users: &'a Users,
+    pub reg_tokens: &'a RegTokens,
+    pub threepids: &'a Threepids,
+}
+
+/// One verified stage.
+struct Stage {
+    kind: &'static str,
+    registration_token: Option<String>,
+    email: Option<EmailCreds>,
 }
 
 /// What a completed flow proved, for the endpoint to act on.
@@ -51,6 +76,9 @@ pub struct Completed {
     /// The registration token accepted by `m.login.registration_token`, to be spent when the
     /// registration itself succeeds.
     pub registration_token: Option<String>,
+    /// The e-mail session validated by `m.login.email.identity`, to be spent with the
+    /// operation (it is not spent by the flow itself).
+    pub email: Option<EmailCreds>,
 }
 
 /// SHA-256 of the parameters of a protected operation (see [`operation_digest`]).
@@ -109,8 +137,7 @@ impl Uiaa {
         &self,
         request: Request<'_>,
         auth: Option<&AuthData>,
-        users: &Users,
-        reg_tokens: &RegTokens,
+        checks: StageChecks<'_>,
     ) -> Result<Completed> {
         let Some(auth) = auth else {
             let session = self.start(&request);
@@ -131,7 +158,7 @@ impl Uiaa {
             None => self.start(&request),
         };
 
-        let stage = match self.verify_stage(&request, auth, users, reg_tokens).await {
+        let stage = match self.verify_stage(&request, auth, checks).await {
             Ok(stage) => stage,
             Err(error) => return Err(self.challenge(&request, &session_id, Some(error))),
         };
@@ -141,7 +168,11 @@ impl Uiaa {
             drop(sessions);
             return Err(self.challenge(&request, &session_id, None));
         };
-        let (stage, token) = stage;
+        let Stage {
+            kind: stage,
+            registration_token: token,
+            email,
+        } = stage;
         if !session.completed.contains(&stage) {
             let mut next = session.completed.clone();
             next.push(stage);
@@ -161,28 +192,37 @@ impl Uiaa {
         if token.is_some() {
             session.registration_token = token;
         }
+        if email.is_some() {
+            session.email = email;
+        }
         if request.flows.contains(&session.completed.as_slice()) {
             let session = sessions
                 .remove(&session_id)
                 .expect("present: just looked up");
             return Ok(Completed {
                 registration_token: session.registration_token,
+                email: session.email,
             });
         }
         drop(sessions);
         Err(self.challenge(&request, &session_id, None))
     }
 
-    /// Checks the credentials of one stage; returns the stage type (and a registration token).
+    /// Checks the credentials of one stage.
     async fn verify_stage(
         &self,
         request: &Request<'_>,
         auth: &AuthData,
-        users: &Users,
-        reg_tokens: &RegTokens,
-    ) -> Result<(&'static str, Option<String>)> {
+        checks: StageChecks<'_>,
+    ) -> Result<Stage> {
+        let (users, reg_tokens) = (checks.users, checks.reg_tokens);
+        let stage = |kind| Stage {
+            kind,
+            registration_token: None,
+            email: None,
+        };
         match auth {
-            AuthData::Dummy(_) => Ok((DUMMY, None)),
+            AuthData::Dummy(_) => Ok(stage(DUMMY)),
             AuthData::Password(password) => {
                 let expected = request
                     .user
@@ -199,7 +239,7 @@ impl Uiaa {
                 {
                     return Err(Error::forbidden("Invalid username or password"));
                 }
-                Ok((PASSWORD, None))
+                Ok(stage(PASSWORD))
             }
             AuthData::RegistrationToken(token) => {
                 if !reg_tokens.is_usable(&token.token)? {
@@ -209,7 +249,25 @@ impl Uiaa {
                         "Registration token is not valid",
                     ));
                 }
-                Ok((REGISTRATION_TOKEN, Some(token.token.clone())))
+                Ok(Stage {
+                    registration_token: Some(token.token.clone()),
+                    ..stage(REGISTRATION_TOKEN)
+                })
+            }
+            // Only offered when e-mail is configured; the flows decide where it is accepted.
+            AuthData::EmailIdentity(email)
+                if request.flows.iter().any(|f| f.contains(&EMAIL_IDENTITY)) =>
+            {
+                let creds = &email.thirdparty_id_creds;
+                let (sid, client_secret) = (creds.sid.as_str(), creds.client_secret.as_str());
+                checks.threepids.validated(sid, client_secret, None)?;
+                Ok(Stage {
+                    email: Some(EmailCreds {
+                        sid: sid.to_owned(),
+                        client_secret: client_secret.to_owned(),
+                    }),
+                    ..stage(EMAIL_IDENTITY)
+                })
             }
             other => Err(Error::forbidden(format!(
                 "Authentication type {} is not supported here",
@@ -263,6 +321,7 @@ impl Uiaa {
                 operation: request.operation,
                 completed: Vec::new(),
                 registration_token: None,
+                email: None,
                 created: Instant::now(),
             },
         );

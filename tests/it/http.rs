@@ -207,7 +207,7 @@ async fn versions_capabilities_and_well_known() {
         .get("/_matrix/client/v3/capabilities", Some(&token))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    // m.change_password defaults to enabled when omitted; m.3pid_changes is off.
+    // m.change_password defaults to enabled when omitted; m.3pid_changes is off (no [email]).
     assert_ne!(
         body["capabilities"]["m.change_password"]["enabled"], false,
         "{body}"

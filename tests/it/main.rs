@@ -15,6 +15,8 @@ mod devices;
 mod directory;
 mod e2ee;
 mod e2ee_sync;
+mod email;
+mod email_no_delivery;
 mod ephemeral;
 mod filter;
 mod guests;

@@ -33,6 +33,7 @@ pub mod space;
 pub mod sync;
 pub mod tag;
 pub mod thirdparty;
+pub mod threepid;
 pub mod timestamp;
 pub mod to_device;
 pub mod typing;
@@ -84,4 +85,5 @@ pub fn register_routes(router: &mut Router) {
     admin::routes(router);
     // Last: it marks routes registered above.
     admin::suspension_rules(router);
+    threepid::routes(router);
 }

@@ -19,7 +19,8 @@ use crate::{
         guests::GuestToUpgrade,
         passwords,
         sessions::random_device_id,
-        uiaa::{self, DUMMY, REGISTRATION_TOKEN},
+        threepids::{self, Purpose},
+        uiaa::{self, DUMMY, EMAIL_IDENTITY, REGISTRATION_TOKEN},
         Services,
     },
     store::{Batch, CommitError},
@@ -70,12 +71,19 @@ async fn register(
         response.device_id = Some(guest.device_id);
         return Ok(response);
     }
-    let flows: &[&[&str]] = match services.config.registration.mode {
-        RegistrationMode::Closed => {
+    // With e-mail configured, a flow that validates an address (which becomes the account's
+    // 3PID) is offered beside the usual one; a token-only server still needs its token.
+    let email = services.mailer.is_some();
+    let flows: &[&[&str]] = match (services.config.registration.mode, email) {
+        (RegistrationMode::Closed, _) => {
             return Err(Error::forbidden("Registration is disabled on this server"))
         }
-        RegistrationMode::Open => &[&[DUMMY]],
-        RegistrationMode::Token => &[&[REGISTRATION_TOKEN]],
+        (RegistrationMode::Open, false) => &[&[DUMMY]],
+        (RegistrationMode::Open, true) => &[&[DUMMY], &[EMAIL_IDENTITY]],
+        (RegistrationMode::Token, false) => &[&[REGISTRATION_TOKEN]],
+        (RegistrationMode::Token, true) => {
+            &[&[REGISTRATION_TOKEN], &[EMAIL_IDENTITY, REGISTRATION_TOKEN]]
+        }
     };
     if let Some(password) = body.password.as_deref() {
         passwords::check_acceptable(password)?;
@@ -121,13 +129,31 @@ async fn register(
     };
     let completed = services
         .uiaa
-        .authorize(
-            request,
-            body.auth.as_ref(),
-            &services.users,
-            &services.reg_tokens,
-        )
+        .authorize(request, body.auth.as_ref(), services.stage_checks())
         .await?;
+    // The validated address, checked again now that the flow is complete.
+    let email_session = match &completed.email {
+        Some(creds) => {
+            let session = services.threepids.validated(
+                &creds.sid,
+                &creds.client_secret,
+                Some(Purpose::Register),
+            )?;
+            if services
+                .threepids
+                .owner(&session.medium, &session.address)?
+                .is_some()
+            {
+                return Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    "M_THREEPID_IN_USE",
+                    "This e-mail address is already in use",
+                ));
+            }
+            Some((creds.sid.clone(), session))
+        }
+        None => None,
+    };
 
     let device_id = body.device_id.clone().unwrap_or_else(random_device_id);
     // A conflict is either the name being taken meanwhile (final) or another registration
@@ -156,6 +182,10 @@ async fn register(
         }
         if let Some(token) = &completed.registration_token {
             services.reg_tokens.stage_use(&mut batch, token)?;
+        }
+        if let Some((sid, session)) = &email_session {
+            services.threepids.stage_spend(&mut batch, sid, session)?;
+            services.threepids.stage_add(&mut batch, &user_id, session);
         }
         let tokens = if body.inhibit_login {
             None
@@ -201,6 +231,10 @@ async fn register(
             }
             Err(CommitError::Conflict) if services.users.exists(&user_id)? => {
                 return Err(Error::user_in_use("That user ID is already taken"));
+            }
+            // The session was spent, or the address taken, by another request meanwhile.
+            Err(CommitError::Conflict) if email_session.is_some() => {
+                return Err(threepids::spent_meanwhile());
             }
             Err(CommitError::Conflict) if attempts < 8 => continue,
             Err(CommitError::Conflict) => return Err(CommitError::Conflict.into()),

@@ -13,7 +13,7 @@ use ruma::{
 use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
-    service::{sessions::random_device_id, Services},
+    service::{sessions::random_device_id, threepids, Services},
     store::{Batch, CommitError},
 };
 
@@ -162,19 +162,29 @@ async fn login_with_password(
     password: &login::v3::Password,
 ) -> Result<OwnedUserId> {
     #[allow(deprecated)]
-    let name = match (&password.identifier, &password.user) {
-        (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+    let (name, user_id) = match (&password.identifier, &password.user) {
+        (Some(UserIdentifier::Matrix(id)), _) => {
+            (id.user.clone(), resolve_user(services, &id.user))
+        }
+        // An e-mail address added to the account (`m.id.thirdparty`, medium `email`).
+        (Some(UserIdentifier::Email(email)), _) => {
+            let owner = match threepids::canonical_email(&email.address) {
+                Ok(address) => services.threepids.owner(threepids::EMAIL, &address)?,
+                Err(_) => None,
+            };
+            (email.address.clone(), owner)
+        }
         (Some(_), _) => {
             return Err(Error::forbidden(
-                "Third-party identifiers are not supported",
+                "Only user ids and e-mail addresses identify users here",
             ))
         }
-        (None, Some(user)) => user.clone(),
+        (None, Some(user)) => (user.clone(), resolve_user(services, user)),
         (None, None) => return Err(Error::missing_param("No identifier given")),
     };
     let invalid = || Error::forbidden("Invalid username or password");
     // Unknown names cost a full password check too, so timing does not reveal accounts.
-    let Some(user_id) = resolve_user(services, &name) else {
+    let Some(user_id) = user_id else {
         let name = name.to_lowercase();
         services
             .users
