@@ -17,6 +17,7 @@ pub mod receipts;
 pub mod reg_tokens;
 pub mod reports;
 pub mod rooms;
+pub mod search;
 pub mod sessions;
 pub mod stream;
 pub mod sync;
@@ -77,6 +78,8 @@ pub struct Services {
     pub keys: Arc<keys::ServerKeys>,
     pub notifier: Arc<notifier::Notifier>,
     pub rooms: Arc<rooms::Rooms>,
+    /// Server-side search over the rooms' events.
+    pub search: search::Search,
     /// Sends notifications to push gateways; runs once the server starts it.
     pub delivery: Arc<push::delivery::Delivery>,
     pub typing: typing::Typing,
@@ -101,6 +104,8 @@ pub enum OpenError {
     ServerName(String),
     #[error(transparent)]
     Outbound(#[from] crate::outbound::OutboundError),
+    #[error("cannot build the search index: {0}")]
+    Search(String),
 }
 
 impl Services {
@@ -177,8 +182,14 @@ impl Services {
             rooms.clone(),
             outbound.clone(),
         ));
+        let search = search::Search::new(store.clone(), rooms.clone());
+        // Events stored before the search index existed are indexed before any request.
+        search
+            .backfill()
+            .map_err(|e| OpenError::Search(e.to_string()))?;
         Ok(Arc::new(Self {
             media: media::Media::new(store.clone(), &config, server_name),
+            search,
             rooms,
             delivery,
             account_data,

@@ -24,6 +24,7 @@ pub mod register;
 pub mod relations;
 pub mod report;
 pub mod room;
+pub mod search;
 pub mod session;
 pub mod space;
 pub mod sync;
@@ -70,4 +71,5 @@ pub fn register_routes(router: &mut Router) {
     keys::routes(router);
     to_device::routes(router);
     backup::routes(router);
+    search::routes(router);
 }
