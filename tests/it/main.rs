@@ -35,6 +35,7 @@ mod reports;
 mod requests;
 mod restricted;
 mod rooms;
+mod search;
 mod spaces;
 mod state_content;
 mod store;

@@ -114,9 +114,9 @@ fn decode_token(token: &str, order: Order) -> Result<(Cursor, Option<Group>)> {
         .ok_or_else(invalid)?;
     let group = match parts.next() {
         None => None,
-        Some(g) if g.starts_with('r') => Some(Group::Room(
-            RoomId::parse(&g[1..]).map_err(|_| invalid())?,
-        )),
+        Some(g) if g.starts_with('r') => {
+            Some(Group::Room(RoomId::parse(&g[1..]).map_err(|_| invalid())?))
+        }
         Some(g) if g.starts_with('s') => Some(Group::Sender(
             UserId::parse(&g[1..]).map_err(|_| invalid())?.to_string(),
         )),
@@ -197,7 +197,9 @@ fn room_events(
     let limit = criteria
         .filter
         .limit
-        .map_or(DEFAULT_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(MAX_LIMIT))
+        .map_or(DEFAULT_LIMIT, |l| {
+            usize::try_from(u64::from(l)).unwrap_or(MAX_LIMIT)
+        })
         .clamp(1, MAX_LIMIT);
     let (terms, highlights) = query_terms(&criteria.search_term);
     let query = Query {
@@ -329,15 +331,18 @@ fn context_of(
     out.start = Some(start.to_string());
     out.end = Some(end.to_string());
     if ctx.include_profile {
-        for e in before.iter().chain(after.iter()).chain(std::iter::once(event)) {
+        for e in before
+            .iter()
+            .chain(after.iter())
+            .chain(std::iter::once(event))
+        {
             let Ok(sender) = OwnedUserId::try_from(e.meta.sender.clone()) else {
                 continue;
             };
             if out.profile_info.contains_key(&sender) {
                 continue;
             }
-            out.profile_info
-                .insert(sender, profile_at(services, e)?);
+            out.profile_info.insert(sender, profile_at(services, e)?);
         }
     }
     let client = |e: &StoredEvent| raw(services.rooms.client_event(e, Some(viewer(me))));
@@ -354,7 +359,11 @@ fn profile_at(services: &Services, event: &StoredEvent) -> Result<UserProfile> {
         &StateEventType::RoomMember,
         &event.meta.sender,
     )?;
-    let Some(member) = sid.map(|s| services.rooms.event_by_sid(s)).transpose()?.flatten() else {
+    let Some(member) = sid
+        .map(|s| services.rooms.event_by_sid(s))
+        .transpose()?
+        .flatten()
+    else {
         return Ok(profile);
     };
     let content = member.pdu.content_as::<Value>().unwrap_or_default();

@@ -92,10 +92,7 @@ impl Order {
     fn before(self, a: &Hit, b: &Hit) -> std::cmp::Ordering {
         match self {
             Order::Recent => b.sid.cmp(&a.sid),
-            Order::Rank => b
-                .score
-                .total_cmp(&a.score)
-                .then_with(|| b.sid.cmp(&a.sid)),
+            Order::Rank => b.score.total_cmp(&a.score).then_with(|| b.sid.cmp(&a.sid)),
         }
     }
 
@@ -194,16 +191,7 @@ pub fn search(store: &Store, rooms: &Rooms, query: &Query<'_>) -> Result<Page> {
     let mut scans = Vec::new();
     for (i, plan) in matching.iter().enumerate() {
         let share = (budget / (matching.len() - i)).max(1);
-        let scan = scan_room(
-            store,
-            rooms,
-            query,
-            &terms,
-            plan,
-            share,
-            &weights,
-            avg_len,
-        )?;
+        let scan = scan_room(store, rooms, query, &terms, plan, share, &weights, avg_len)?;
         budget = budget.saturating_sub(scan.examined as usize);
         scans.push(scan);
     }
@@ -240,7 +228,10 @@ pub fn search(store: &Store, rooms: &Rooms, query: &Query<'_>) -> Result<Page> {
             sid: last.sid,
             score: last.score,
         }),
-        (_, true, Some(h0)) => Some(Cursor { sid: h0, score: 0.0 }),
+        (_, true, Some(h0)) => Some(Cursor {
+            sid: h0,
+            score: 0.0,
+        }),
         _ => None,
     };
     Ok(Page {
