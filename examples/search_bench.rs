@@ -440,6 +440,7 @@ async fn main() {
                     group: None,
                     limit: 10,
                     ignored: Default::default(),
+                    budget: hearth::service::search::query::CANDIDATE_BUDGET,
                 };
                 let t = Instant::now();
                 let page = services.search.search(&query).unwrap();

@@ -33,7 +33,7 @@ use crate::{
         rooms::{state::state_head, StoredEvent},
         search::{
             index::{FIELD_BODY, FIELD_NAME, FIELD_TOPIC},
-            query::{Cursor, Group, Hit, Order, Page, Query},
+            query::{Cursor, Group, Hit, Order, Page, Query, CANDIDATE_BUDGET},
             tokenize::query_terms,
         },
         Services,
@@ -212,6 +212,7 @@ fn room_events(
         group: group.clone(),
         limit,
         ignored: services.account_data.ignored_users_of(&me.user_id)?,
+        budget: CANDIDATE_BUDGET,
     };
     let page = services.search.search(&query)?;
 
@@ -236,7 +237,8 @@ fn room_events(
         events.push(event);
     }
     for key in &group_keys {
-        out.groups.insert(groups(key, order, &page));
+        let more = |group: &Group, last: &Hit| group_has_more(services, &query, &page, group, last);
+        out.groups.insert(groups(key, order, &page, more)?);
     }
     if criteria.include_state == Some(true) {
         out.state = room_states(services, me, &page.hits)?;
@@ -244,10 +246,58 @@ fn room_events(
     Ok(out)
 }
 
+/// The most postings examined to learn whether a group has results beyond the page.
+const GROUP_PROBE_BUDGET: usize = 500;
+
+/// Whether the search has results of `group` after `last`, its last result in the page. In
+/// `rank` order the page already holds every later match; in `recent` order a small search
+/// within the group looks (if that is cut by its budget, the answer is yes: the token may
+/// lead to an empty page, never hide results).
+fn group_has_more(
+    services: &Services,
+    query: &Query<'_>,
+    page: &Page,
+    group: &Group,
+    last: &Hit,
+) -> Result<bool> {
+    let in_group = |h: &Hit| match group {
+        Group::Room(room) => h.room_id == *room,
+        Group::Sender(sender) => h.sender == *sender,
+    };
+    if page.rest.iter().any(in_group) {
+        return Ok(true);
+    }
+    if query.order == Order::Rank || page.next.is_none() {
+        return Ok(false);
+    }
+    let probe = Query {
+        user_id: query.user_id,
+        terms: query.terms.clone(),
+        fields: query.fields,
+        filter: query.filter,
+        order: query.order,
+        after: Some(Cursor {
+            sid: last.sid,
+            score: last.score,
+        }),
+        group: Some(group.clone()),
+        limit: 1,
+        ignored: query.ignored.clone(),
+        budget: GROUP_PROBE_BUDGET,
+    };
+    let found = services.search.search(&probe)?;
+    Ok(!found.hits.is_empty() || found.next.is_some())
+}
+
 /// The groups of one grouping key over this page: each group's results, its order (by its
-/// best result) and, when the search found more of it beyond the page, a token continuing
-/// within that group.
-fn groups(key: &GroupingKey, order: Order, page: &Page) -> ResultGroupMap {
+/// best result) and, when `more` says the search has more of it beyond the page, a token
+/// continuing within that group.
+fn groups(
+    key: &GroupingKey,
+    order: Order,
+    page: &Page,
+    mut more: impl FnMut(&Group, &Hit) -> Result<bool>,
+) -> Result<ResultGroupMap> {
     let group_of = |hit: &Hit| match key {
         GroupingKey::Sender => Group::Sender(hit.sender.clone()),
         _ => Group::Room(hit.room_id.clone()),
@@ -271,9 +321,8 @@ fn groups(key: &GroupingKey, order: Order, page: &Page) -> ResultGroupMap {
         entry.2 = Some(hit);
     }
     for (group, result_group, last) in &mut found {
-        let more = page.rest.iter().any(|h| group_of(h) == *group)
-            || (order == Order::Recent && page.rest.is_empty() && page.next.is_some());
-        if let (true, Some(last)) = (more, last) {
+        let Some(last) = last else { continue };
+        if more(group, last)? {
             let cursor = Cursor {
                 sid: last.sid,
                 score: last.score,
@@ -281,7 +330,7 @@ fn groups(key: &GroupingKey, order: Order, page: &Page) -> ResultGroupMap {
             result_group.next_batch = Some(encode_token(order, cursor, Some(group)));
         }
     }
-    match key {
+    Ok(match key {
         GroupingKey::Sender => ResultGroupMap::Sender(
             found
                 .into_iter()
@@ -300,7 +349,7 @@ fn groups(key: &GroupingKey, order: Order, page: &Page) -> ResultGroupMap {
                 })
                 .collect(),
         ),
-    }
+    })
 }
 
 /// The events around a result (the user's read authorization applies, as in `/context`), the

@@ -2,34 +2,46 @@
 //! the user may read, checked against the other terms by point lookups, the user's read
 //! authorization and the filter, then scored with BM25.
 //!
-//! Work bound: at most [`CANDIDATE_BUDGET`] postings are examined per query, shared among the
-//! rooms (rooms with fewer matches first, each taking at most an even share of what is left),
-//! newest first. Each costs one point read per further query term, one for its metadata and
-//! one for its length. Queries with a rarer term, the usual case, examine all their matches;
-//! for a term in more than that many of a user's messages, `recent` order pages through all of
-//! them (each page continues below the oldest position examined) while `rank` ranks the
-//! newest examined ones, and `count` is extrapolated from the share that matched.
+//! Work bound: one query examines at most `Query::budget` postings (default
+//! [`CANDIDATE_BUDGET`]), newest first. Each examined posting costs one point read per further
+//! query term, one for the event's metadata and one for its length.
+//! - `recent`: the rooms' posting lists are merged newest first and the scan stops as soon as
+//!   the page is full (plus one result, to know whether more follow), so a common word costs
+//!   about `limit / selectivity` postings, not its frequency. A scan stopped by the budget
+//!   returns what it found with a `next_batch` below the last position examined, so paging
+//!   reaches every match.
+//! - `rank`: every match within the budget is scored, rooms with fewer matches first, each
+//!   room taking at most an even share of the budget left. A term in more than that many of
+//!   the user's messages is ranked among its newest matches only.
+//!
+//! `count` is exact when every matching posting was examined, else extrapolated from the
+//! share of examined postings that matched.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 use ruma::{api::client::filter::RoomEventFilter, OwnedRoomId, UserId};
 
 use super::index::{posting_parts, Docs, Postings, RoomStatsTable, TermCounts};
 use crate::{
-    error::{Error, Result},
+    error::Result,
     service::{
-        rooms::{access::Access, EventMeta, EventMetaTable, Rooms},
+        rooms::{
+            access::{Access, Reader},
+            EventMeta, EventMetaTable, Rooms,
+        },
         sync::event_passes,
     },
     store::Store,
 };
 
-/// The most postings one query examines (see the module documentation).
+/// The most postings one query examines by default (see the module documentation).
 pub const CANDIDATE_BUDGET: usize = 5_000;
 /// The most terms a query matches; further words of the search term are ignored.
 pub const MAX_QUERY_TERMS: usize = 16;
 /// The most rooms one query searches (the user's newest memberships first).
 pub const MAX_ROOMS: usize = 2_000;
+/// Postings read from the store at a time per room.
+const CHUNK: usize = 64;
 
 /// BM25 parameters (the usual defaults).
 const K1: f64 = 1.2;
@@ -66,6 +78,8 @@ pub struct Query<'a> {
     pub group: Option<Group>,
     pub limit: usize,
     pub ignored: HashSet<String>,
+    /// The most postings to examine.
+    pub budget: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -80,12 +94,24 @@ pub struct Hit {
 pub struct Page {
     /// This page's results, in order.
     pub hits: Vec<Hit>,
-    /// The further results found by this query after the page, in order.
+    /// Further results this query found after the page, in order (`rank`: all of them within
+    /// the budget; `recent`: at most one).
     pub rest: Vec<Hit>,
     /// Approximate number of results in all.
     pub count: u64,
     /// Where the next page starts, if there may be one.
     pub next: Option<Cursor>,
+}
+
+impl Page {
+    fn empty() -> Self {
+        Page {
+            hits: Vec::new(),
+            rest: Vec::new(),
+            count: 0,
+            next: None,
+        }
+    }
 }
 
 impl Order {
@@ -104,25 +130,6 @@ impl Order {
             }
         }
     }
-}
-
-/// One room taking part in a query.
-struct RoomPlan {
-    room_id: OwnedRoomId,
-    room_sid: u64,
-    access: Access,
-    /// Per query term: events of the room holding it.
-    dfs: Vec<u64>,
-}
-
-/// What scanning one room found.
-struct RoomScan {
-    hits: Vec<Hit>,
-    examined: u64,
-    /// Set when the budget stopped the scan before the room's postings ran out: the oldest
-    /// position examined.
-    cut_at: Option<u64>,
-    rarest_df: u64,
 }
 
 /// The BM25 weight of one term.
@@ -145,29 +152,156 @@ fn meta_passes(filter: &RoomEventFilter, meta: &EventMeta) -> bool {
             .is_none_or(|s| s.iter().any(|s| s.as_str() == meta.sender))
 }
 
+/// Everything about the query that does not depend on the room being scanned.
+struct Scorer<'q> {
+    store: &'q Store,
+    rooms: &'q Rooms,
+    query: &'q Query<'q>,
+    terms: Vec<String>,
+    /// BM25 weight per term.
+    weights: Vec<f64>,
+    avg_len: f64,
+}
+
+/// One room's postings of the rarest query term, read newest first in chunks.
+struct RoomStream<'q> {
+    room_id: OwnedRoomId,
+    room_sid: u64,
+    rarest: usize,
+    rarest_df: u64,
+    reader: Reader<'q>,
+    buffer: VecDeque<(u64, u64)>,
+    /// The highest position not read yet; `None` once the list is exhausted.
+    top: Option<u64>,
+    examined: u64,
+    hits: u64,
+}
+
+impl<'q> RoomStream<'q> {
+    /// The next posting's position, reading a chunk if needed.
+    fn peek(&mut self, s: &Scorer<'_>) -> Result<Option<u64>> {
+        if self.buffer.is_empty() {
+            if let Some(top) = self.top {
+                let term = s.terms[self.rarest].clone();
+                let rows = s.store.range_in_prefix::<Postings, _>(
+                    &(term.clone(), self.room_sid),
+                    Some(&(term, self.room_sid, top)),
+                    true,
+                    CHUNK,
+                )?;
+                self.top = match rows.last() {
+                    Some(((_, _, sid), _)) if rows.len() == CHUNK => sid.checked_sub(1),
+                    _ => None,
+                };
+                self.buffer
+                    .extend(rows.into_iter().map(|((_, _, sid), v)| (sid, v)));
+            }
+        }
+        Ok(self.buffer.front().map(|(sid, _)| *sid))
+    }
+
+    /// Examines the next posting: the hit, if it is one.
+    fn examine(&mut self, s: &Scorer<'_>) -> Result<Option<Hit>> {
+        let Some((sid, value)) = self.buffer.pop_front() else {
+            return Ok(None);
+        };
+        self.examined += 1;
+        let hit = s.check(self, sid, value)?;
+        if hit.is_some() {
+            self.hits += 1;
+        }
+        Ok(hit)
+    }
+
+    /// Matches estimated for the whole list from the share examined.
+    fn estimate(&self) -> f64 {
+        if self.buffer.is_empty() && self.top.is_none() || self.examined == 0 {
+            return self.hits as f64;
+        }
+        self.hits as f64 * self.rarest_df as f64 / self.examined as f64
+    }
+}
+
+impl Scorer<'_> {
+    /// The hit for posting `(sid, value)` of the stream's rarest term, if every other term
+    /// matches in a wanted field, the user may see the event and the filter keeps it.
+    fn check(&self, stream: &mut RoomStream<'_>, sid: u64, value: u64) -> Result<Option<Hit>> {
+        let query = self.query;
+        let mut tfs = vec![0u64; self.terms.len()];
+        let (tf, fields) = posting_parts(value);
+        if fields & query.fields == 0 {
+            return Ok(None);
+        }
+        tfs[stream.rarest] = tf;
+        for (i, term) in self.terms.iter().enumerate() {
+            if i == stream.rarest {
+                continue;
+            }
+            let key = (term.clone(), stream.room_sid, sid);
+            let Some(value) = self.store.get::<Postings>(&key)? else {
+                return Ok(None);
+            };
+            let (tf, fields) = posting_parts(value);
+            if fields & query.fields == 0 {
+                return Ok(None);
+            }
+            tfs[i] = tf;
+        }
+        let Some(meta) = self.store.get::<EventMetaTable>(&sid)? else {
+            return Ok(None);
+        };
+        if let Some(Group::Sender(only)) = &query.group {
+            if *only != meta.sender {
+                return Ok(None);
+            }
+        }
+        if !meta_passes(query.filter, &meta) || !stream.reader.may_see_meta(sid, &meta)? {
+            return Ok(None);
+        }
+        if query.filter.url_filter.is_some() {
+            match self.rooms.event_by_sid(sid)? {
+                Some(event) if event_passes(query.filter, &event) => {}
+                _ => return Ok(None),
+            }
+        }
+        let len = self.store.get::<Docs>(&sid)?.unwrap_or(1) as f64;
+        let norm = K1 * (1.0 - B + B * len / self.avg_len);
+        let score = tfs
+            .iter()
+            .zip(&self.weights)
+            .map(|(tf, w)| {
+                let tf = *tf as f64;
+                w * tf * (K1 + 1.0) / (tf + norm)
+            })
+            .sum();
+        Ok(Some(Hit {
+            sid,
+            event_id: meta.event_id,
+            room_id: stream.room_id.clone(),
+            sender: meta.sender,
+            score,
+        }))
+    }
+}
+
 /// Runs a search for `query.user_id`.
 pub fn search(store: &Store, rooms: &Rooms, query: &Query<'_>) -> Result<Page> {
     let mut terms = query.terms.clone();
     terms.truncate(MAX_QUERY_TERMS);
     if terms.is_empty() {
-        return Ok(Page {
-            hits: Vec::new(),
-            rest: Vec::new(),
-            count: 0,
-            next: None,
-        });
+        return Ok(Page::empty());
     }
     let plans = plan(store, rooms, query, &terms)?;
     // Collection statistics over every room searched, matching or not.
     let (mut docs, mut words) = (0u64, 0u64);
     let mut totals = vec![0u64; terms.len()];
-    for plan in &plans.all {
+    for plan in &plans {
         for (total, df) in totals.iter_mut().zip(&plan.dfs) {
             *total += df;
         }
-    }
-    for room_sid in &plans.sids {
-        let stats = store.get::<RoomStatsTable>(room_sid)?.unwrap_or_default();
+        let stats = store
+            .get::<RoomStatsTable>(&plan.room_sid)?
+            .unwrap_or_default();
         docs += stats.docs;
         words += stats.words;
     }
@@ -176,61 +310,142 @@ pub fn search(store: &Store, rooms: &Rooms, query: &Query<'_>) -> Result<Page> {
     } else {
         words as f64 / docs as f64
     };
-    let weights: Vec<f64> = totals
+    let weights = totals
         .iter()
         .map(|df| idf(docs as f64, *df as f64))
         .collect();
-
-    let mut matching: Vec<&RoomPlan> = plans
-        .all
-        .iter()
-        .filter(|p| p.dfs.iter().all(|df| *df > 0))
-        .collect();
-    matching.sort_by_key(|p| p.dfs.iter().copied().min().unwrap_or(0));
-    let mut budget = CANDIDATE_BUDGET;
-    let mut scans = Vec::new();
-    for (i, plan) in matching.iter().enumerate() {
-        let share = (budget / (matching.len() - i)).max(1);
-        let scan = scan_room(store, rooms, query, &terms, plan, share, &weights, avg_len)?;
-        budget = budget.saturating_sub(scan.examined as usize);
-        scans.push(scan);
-    }
-
-    let mut count = 0f64;
-    for scan in &scans {
-        count += match scan.cut_at {
-            Some(_) if scan.examined > 0 => {
-                scan.hits.len() as f64 * scan.rarest_df as f64 / scan.examined as f64
-            }
-            _ => scan.hits.len() as f64,
-        };
-    }
-    // In `recent` order only the positions every cut scan reached are complete.
-    let horizon = match query.order {
-        Order::Recent => scans.iter().filter_map(|s| s.cut_at).max(),
-        Order::Rank => None,
+    let scorer = Scorer {
+        store,
+        rooms,
+        query,
+        terms,
+        weights,
+        avg_len,
     };
-    let mut hits: Vec<Hit> = scans
-        .into_iter()
-        .flat_map(|s| s.hits)
-        .filter(|h| horizon.is_none_or(|h0| h.sid >= h0))
-        .filter(|h| query.after.is_none_or(|c| query.order.is_after(h, &c)))
-        .collect();
-    hits.sort_by(|a, b| query.order.before(a, b));
-    let limit = query.limit.max(1);
+    // The newest position to look at: below the cursor in `recent` order.
+    let upper = match (query.order, query.after) {
+        (Order::Recent, Some(c)) if c.sid == 0 => return Ok(Page::empty()),
+        (Order::Recent, Some(c)) => c.sid - 1,
+        _ => u64::MAX,
+    };
+    let mut streams = Vec::new();
+    for plan in plans {
+        if plan.dfs.contains(&0) {
+            continue;
+        }
+        let (rarest, rarest_df) = plan
+            .dfs
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by_key(|(_, df)| *df)
+            .expect("terms are not empty");
+        let mut reader = rooms.reader(&plan.room_id, query.user_id)?;
+        reader.ignore(query.ignored.clone());
+        // Not past the user's departure from the room.
+        let top = match plan.access {
+            Access::Departed { until } => upper.min(until),
+            _ => upper,
+        };
+        streams.push(RoomStream {
+            room_id: plan.room_id,
+            room_sid: plan.room_sid,
+            rarest,
+            rarest_df,
+            reader,
+            buffer: VecDeque::new(),
+            top: Some(top),
+            examined: 0,
+            hits: 0,
+        });
+    }
+    match query.order {
+        Order::Recent => recent(&scorer, streams),
+        Order::Rank => ranked(&scorer, streams),
+    }
+}
+
+/// `recent` order: the rooms' lists merged newest first, until the page is full.
+fn recent(s: &Scorer<'_>, mut streams: Vec<RoomStream<'_>>) -> Result<Page> {
+    let limit = s.query.limit.max(1);
+    let mut hits = Vec::new();
+    let mut examined = 0;
+    let mut last_examined = None;
+    let mut cut = false;
+    while hits.len() <= limit {
+        let mut newest: Option<(usize, u64)> = None;
+        for (i, stream) in streams.iter_mut().enumerate() {
+            if let Some(sid) = stream.peek(s)? {
+                if newest.is_none_or(|(_, best)| sid > best) {
+                    newest = Some((i, sid));
+                }
+            }
+        }
+        let Some((i, sid)) = newest else { break };
+        if examined == s.query.budget {
+            cut = true;
+            break;
+        }
+        examined += 1;
+        last_examined = Some(sid);
+        hits.extend(streams[i].examine(s)?);
+    }
+    let count = streams.iter().map(RoomStream::estimate).sum::<f64>();
     let rest = if hits.len() > limit {
         hits.split_off(limit)
     } else {
         Vec::new()
     };
-    let next = match (hits.last(), rest.is_empty(), horizon) {
-        (Some(last), false, _) => Some(Cursor {
+    let next = if !rest.is_empty() {
+        hits.last().map(|h| Cursor {
+            sid: h.sid,
+            score: h.score,
+        })
+    } else if cut {
+        // Everything at or above the last examined position was examined.
+        last_examined.map(|sid| Cursor { sid, score: 0.0 })
+    } else {
+        None
+    };
+    Ok(Page {
+        hits,
+        rest,
+        count: count.round() as u64,
+        next,
+    })
+}
+
+/// `rank` order: every match within the budget, scored and sorted.
+fn ranked(s: &Scorer<'_>, mut streams: Vec<RoomStream<'_>>) -> Result<Page> {
+    streams.sort_by_key(|st| st.rarest_df);
+    let mut budget = s.query.budget;
+    let mut hits = Vec::new();
+    let rooms = streams.len();
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let share = (budget / (rooms - i)).max(1);
+        while (stream.examined as usize) < share && stream.peek(s)?.is_some() {
+            hits.extend(stream.examine(s)?);
+        }
+        budget = budget.saturating_sub(stream.examined as usize);
+        // Make `estimate` see whether the list ran out.
+        stream.peek(s)?;
+    }
+    let count = streams.iter().map(RoomStream::estimate).sum::<f64>();
+    let mut hits: Vec<Hit> = hits
+        .into_iter()
+        .filter(|h| s.query.after.is_none_or(|c| Order::Rank.is_after(h, &c)))
+        .collect();
+    hits.sort_by(|a, b| Order::Rank.before(a, b));
+    let limit = s.query.limit.max(1);
+    let rest = if hits.len() > limit {
+        hits.split_off(limit)
+    } else {
+        Vec::new()
+    };
+    let next = match (hits.last(), rest.is_empty()) {
+        (Some(last), false) => Some(Cursor {
             sid: last.sid,
             score: last.score,
-        }),
-        (_, true, Some(h0)) => Some(Cursor {
-            sid: h0,
-            score: 0.0,
         }),
         _ => None,
     };
@@ -242,20 +457,28 @@ pub fn search(store: &Store, rooms: &Rooms, query: &Query<'_>) -> Result<Page> {
     })
 }
 
-struct Plans {
-    all: Vec<RoomPlan>,
-    sids: Vec<u64>,
+/// One room taking part in a query.
+struct RoomPlan {
+    room_id: OwnedRoomId,
+    room_sid: u64,
+    access: Access,
+    /// Per query term: events of the room holding it.
+    dfs: Vec<u64>,
 }
 
 /// The rooms to search: those the user is or was in that they may read history of, as the
 /// filter and a group restriction allow, with each term's count in each.
-fn plan(store: &Store, rooms: &Rooms, query: &Query<'_>, terms: &[String]) -> Result<Plans> {
+fn plan(
+    store: &Store,
+    rooms: &Rooms,
+    query: &Query<'_>,
+    terms: &[String],
+) -> Result<Vec<RoomPlan>> {
     let mut memberships = rooms.memberships_of(query.user_id)?;
     memberships.sort_by(|a, b| b.2.cmp(&a.2));
     memberships.truncate(MAX_ROOMS);
     let filter = query.filter;
     let mut all = Vec::new();
-    let mut sids = Vec::new();
     for (room_id, _, _) in memberships {
         if filter.not_rooms.contains(&room_id)
             || filter.rooms.as_ref().is_some_and(|r| !r.contains(&room_id))
@@ -279,13 +502,9 @@ fn plan(store: &Store, rooms: &Rooms, query: &Query<'_>, terms: &[String]) -> Re
         };
         let mut dfs = Vec::with_capacity(terms.len());
         for term in terms {
-            dfs.push(
-                store
-                    .get::<TermCounts>(&(record.sid, term.clone()))?
-                    .unwrap_or(0),
-            );
+            let key = (record.sid, term.clone());
+            dfs.push(store.get::<TermCounts>(&key)?.unwrap_or(0));
         }
-        sids.push(record.sid);
         all.push(RoomPlan {
             room_id,
             room_sid: record.sid,
@@ -293,168 +512,5 @@ fn plan(store: &Store, rooms: &Rooms, query: &Query<'_>, terms: &[String]) -> Re
             dfs,
         });
     }
-    Ok(Plans { all, sids })
-}
-
-/// Reads the postings of the plan's rarest term, newest first, examining at most `share`.
-#[allow(clippy::too_many_arguments)]
-fn scan_room(
-    store: &Store,
-    rooms: &Rooms,
-    query: &Query<'_>,
-    terms: &[String],
-    plan: &RoomPlan,
-    share: usize,
-    weights: &[f64],
-    avg_len: f64,
-) -> Result<RoomScan> {
-    let (rarest, rarest_df) = plan
-        .dfs
-        .iter()
-        .enumerate()
-        .min_by_key(|(_, df)| **df)
-        .map(|(i, df)| (i, *df))
-        .ok_or_else(|| Error::unknown("query without terms"))?;
-    let mut reader = rooms.reader(&plan.room_id, query.user_id)?;
-    reader.ignore(query.ignored.clone());
-    // The newest position to look at: below the cursor in `recent` order, and not past the
-    // user's departure.
-    let mut upper = u64::MAX;
-    if let (Order::Recent, Some(c)) = (query.order, query.after) {
-        upper = c.sid.saturating_sub(1);
-        if c.sid == 0 {
-            return Ok(RoomScan {
-                hits: Vec::new(),
-                examined: 0,
-                cut_at: None,
-                rarest_df,
-            });
-        }
-    }
-    if let Access::Departed { until } = plan.access {
-        upper = upper.min(until);
-    }
-    let prefix = (terms[rarest].clone(), plan.room_sid);
-    let mut scan = RoomScan {
-        hits: Vec::new(),
-        examined: 0,
-        cut_at: None,
-        rarest_df,
-    };
-    let mut from = Some(upper);
-    while let Some(top) = from {
-        let left = share - scan.examined as usize;
-        if left == 0 {
-            // More postings below? Then this room was cut here.
-            let more = store.range_in_prefix::<Postings, _>(
-                &prefix,
-                Some(&(prefix.0.clone(), plan.room_sid, top)),
-                true,
-                1,
-            )?;
-            if !more.is_empty() {
-                scan.cut_at = Some(top + 1);
-            }
-            break;
-        }
-        let rows = store.range_in_prefix::<Postings, _>(
-            &prefix,
-            Some(&(prefix.0.clone(), plan.room_sid, top)),
-            true,
-            left.min(256),
-        )?;
-        if rows.is_empty() {
-            break;
-        }
-        from = None;
-        for ((_, _, sid), value) in rows {
-            scan.examined += 1;
-            from = sid.checked_sub(1);
-            if let Some(hit) = check(
-                store,
-                rooms,
-                &mut reader,
-                query,
-                terms,
-                plan,
-                (rarest, sid, value),
-                weights,
-                avg_len,
-            )? {
-                scan.hits.push(hit);
-            }
-        }
-    }
-    Ok(scan)
-}
-
-/// The hit for the posting `(rarest term index, sid, value)`, if every other term matches, the
-/// user may see the event and the filter keeps it.
-#[allow(clippy::too_many_arguments)]
-fn check(
-    store: &Store,
-    rooms: &Rooms,
-    reader: &mut crate::service::rooms::access::Reader<'_>,
-    query: &Query<'_>,
-    terms: &[String],
-    plan: &RoomPlan,
-    (rarest, sid, value): (usize, u64, u64),
-    weights: &[f64],
-    avg_len: f64,
-) -> Result<Option<Hit>> {
-    let mut tfs = vec![0u64; terms.len()];
-    let (tf, fields) = posting_parts(value);
-    if fields & query.fields == 0 {
-        return Ok(None);
-    }
-    tfs[rarest] = tf;
-    for (i, term) in terms.iter().enumerate() {
-        if i == rarest {
-            continue;
-        }
-        let Some(value) = store.get::<Postings>(&(term.clone(), plan.room_sid, sid))? else {
-            return Ok(None);
-        };
-        let (tf, fields) = posting_parts(value);
-        if fields & query.fields == 0 {
-            return Ok(None);
-        }
-        tfs[i] = tf;
-    }
-    let Some(meta) = store.get::<EventMetaTable>(&sid)? else {
-        return Ok(None);
-    };
-    if let Some(Group::Sender(only)) = &query.group {
-        if *only != meta.sender {
-            return Ok(None);
-        }
-    }
-    if !meta_passes(query.filter, &meta) || !reader.may_see_meta(sid, &meta)? {
-        return Ok(None);
-    }
-    if query.filter.url_filter.is_some() {
-        let Some(event) = rooms.event_by_sid(sid)? else {
-            return Ok(None);
-        };
-        if !event_passes(query.filter, &event) {
-            return Ok(None);
-        }
-    }
-    let len = store.get::<Docs>(&sid)?.unwrap_or(1) as f64;
-    let norm = K1 * (1.0 - B + B * len / avg_len);
-    let score = tfs
-        .iter()
-        .zip(weights)
-        .map(|(tf, w)| {
-            let tf = *tf as f64;
-            w * tf * (K1 + 1.0) / (tf + norm)
-        })
-        .sum();
-    Ok(Some(Hit {
-        sid,
-        event_id: meta.event_id,
-        room_id: plan.room_id.clone(),
-        sender: meta.sender,
-        score,
-    }))
+    Ok(all)
 }
