@@ -475,7 +475,7 @@ fn plan(
     terms: &[String],
 ) -> Result<Vec<RoomPlan>> {
     let mut memberships = rooms.memberships_of(query.user_id)?;
-    memberships.sort_by(|a, b| b.2.cmp(&a.2));
+    memberships.sort_by_key(|m| std::cmp::Reverse(m.2));
     memberships.truncate(MAX_ROOMS);
     let filter = query.filter;
     let mut all = Vec::new();
