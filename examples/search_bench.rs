@@ -15,7 +15,11 @@
 //!    fixed set of queries (rare word, common word, two words, Cyrillic, Chinese bigram) in
 //!    `rank` and `recent` order, and the peak RSS while searching (VmHWM, reset after loading).
 //!
-//! `cargo run --release --example search_bench -- [--messages 100000] [--rooms 20] [--runs 30]`
+//! With `--no-index` the same events are loaded without index rows and only the sizes are
+//! printed: the difference in database file size is what the index costs on disk.
+//!
+//! `cargo run --release --example search_bench -- [--messages 100000] [--rooms 20] [--runs 30]
+//!  [--no-index]`
 
 use std::{
     path::Path,
@@ -42,6 +46,8 @@ struct Args {
     messages: usize,
     rooms: usize,
     runs: usize,
+    /// Load the events without their index rows (the baseline for the file size).
+    no_index: bool,
 }
 
 fn args() -> Args {
@@ -49,8 +55,13 @@ fn args() -> Args {
         messages: 100_000,
         rooms: 20,
         runs: 30,
+        no_index: false,
     };
-    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut raw: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = raw.iter().position(|a| a == "--no-index") {
+        a.no_index = true;
+        raw.remove(i);
+    }
     for pair in raw.chunks(2) {
         let v = pair.get(1).and_then(|v| v.parse().ok());
         match (pair[0].as_str(), v) {
@@ -58,7 +69,7 @@ fn args() -> Args {
             ("--rooms", Some(v)) if v > 0 => a.rooms = v,
             ("--runs", Some(v)) if v > 0 => a.runs = v,
             _ => {
-                eprintln!("usage: search_bench [--messages N] [--rooms R] [--runs Q]");
+                eprintln!("usage: search_bench [--messages N] [--rooms R] [--runs Q] [--no-index]");
                 std::process::exit(2);
             }
         }
@@ -224,7 +235,7 @@ async fn set_up(config: &Config, rooms: usize) -> String {
     done["user_id"].as_str().unwrap().to_owned()
 }
 
-fn load(services: &Services, user: &str, n: usize) {
+fn load(services: &Services, user: &str, n: usize, with_index: bool) {
     let store = &services.store;
     let rooms = services
         .rooms
@@ -271,7 +282,9 @@ fn load(services: &Services, user: &str, n: usize) {
             .put::<Pdus>(&sid, &Raw(serde_json::to_vec(&pdu).unwrap()))
             .put::<EventMetaTable>(&sid, &meta)
             .put::<Timeline>(&(record.sid, sid), &true);
-        index::stage_add(store, &mut batch, &mut overlay, record.sid, sid, &content).unwrap();
+        if with_index {
+            index::stage_add(store, &mut batch, &mut overlay, record.sid, sid, &content).unwrap();
+        }
         if (i + 1) % 1000 == 0 || i + 1 == n {
             store.commit_blocking(std::mem::take(&mut batch)).unwrap();
             overlay = index::Overlay::default();
@@ -363,8 +376,8 @@ async fn main() {
     let db_before = dir_bytes(&dir.path().join("db"));
     let services = Services::open(config.clone()).expect("services open");
     let loader = services.clone();
-    let (u, n) = (user.clone(), args.messages);
-    tokio::task::spawn_blocking(move || load(&loader, &u, n))
+    let (u, n, with_index) = (user.clone(), args.messages, !args.no_index);
+    tokio::task::spawn_blocking(move || load(&loader, &u, n, with_index))
         .await
         .unwrap();
     let store = &services.store;
@@ -393,8 +406,12 @@ async fn main() {
         (db_after - db_before) as f64 / n
     );
     println!("peak RSS while loading: {} KiB", vm_kb("VmHWM"));
-    // Reset the peak, so what follows is the search alone.
+    if args.no_index {
+        return;
+    }
+    // Reset the peak, so what follows is the search alone (on top of what loading left).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+    println!("RSS before searching: {} KiB", vm_kb("VmRSS"));
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let vocab = vocabulary(&mut rng, 30_000);

@@ -222,7 +222,6 @@ fn room_events(
     out.next_batch = page
         .next
         .map(|cursor| encode_token(order, cursor, group.as_ref()));
-    let mut events = Vec::with_capacity(page.hits.len());
     for hit in &page.hits {
         let Some(event) = services.rooms.event_by_sid(hit.sid)? else {
             continue;
@@ -234,7 +233,6 @@ fn room_events(
             .rooms
             .client_event_bundled(&event, Some(viewer(me)))?)?);
         out.results.push(result);
-        events.push(event);
     }
     for key in &group_keys {
         let more = |group: &Group, last: &Hit| group_has_more(services, &query, &page, group, last);
