@@ -63,7 +63,8 @@ impl Services {
                 .map_err(|_| Error::unknown("cannot form a guest user id"))?;
             let device_id = random_device_id();
             let mut batch = Batch::new();
-            self.users.stage_create(&mut batch, &user_id, None, true);
+            self.users
+                .stage_create(&mut batch, &user_id, None, true, false);
             self.profiles
                 .stage_set_displayname(&mut batch, &user_id, Some(localpart));
             let tokens = self.sessions.stage_login(
@@ -107,7 +108,7 @@ impl Services {
     ) -> Result<GuestToUpgrade> {
         let authed = self
             .sessions
-            .authenticate(guest_access_token, client)
+            .authenticate(guest_access_token, client, None)
             .await?;
         let record = self
             .users

@@ -21,11 +21,12 @@ pub mod receipts;
 pub mod reg_tokens;
 pub mod reports;
 pub mod rooms;
+pub mod search;
 pub mod sessions;
 pub mod stream;
 pub mod sync;
-pub mod turn;
 pub mod threepids;
+pub mod turn;
 pub mod typing;
 pub mod uiaa;
 pub mod user_directory;
@@ -84,6 +85,8 @@ pub struct Services {
     pub keys: Arc<keys::ServerKeys>,
     pub notifier: Arc<notifier::Notifier>,
     pub rooms: Arc<rooms::Rooms>,
+    /// Server-side search over the rooms' events.
+    pub search: search::Search,
     /// Sends notifications to push gateways; runs once the server starts it.
     pub delivery: Arc<push::delivery::Delivery>,
     pub typing: typing::Typing,
@@ -120,6 +123,8 @@ pub enum OpenError {
     Outbound(#[from] crate::outbound::OutboundError),
     #[error(transparent)]
     Mailer(#[from] mailer::MailerError),
+    #[error("cannot build the search index: {0}")]
+    Search(String),
 }
 
 impl Services {
@@ -202,10 +207,16 @@ impl Services {
             outbound.clone(),
         ));
         let mailer = mailer::Mailer::new(&config.email)?;
+        let search = search::Search::new(store.clone(), rooms.clone());
+        // Events stored before the search index existed are indexed before any request.
+        search
+            .backfill()
+            .map_err(|e| OpenError::Search(e.to_string()))?;
         Ok(Arc::new(Self {
             threepids: threepids::Threepids::new(store.clone()),
             mailer,
             media: media::Media::new(store.clone(), &config, server_name),
+            search,
             rooms,
             delivery,
             account_data,
@@ -270,9 +281,6 @@ impl Services {
         Ok(())
     }
 
-    /// Creates an account with a password (admin path: no UIAA, no registration mode),
-    /// optionally a server admin.
-    pub async fn create_user(&self, user_id: &UserId, password: &str, admin: bool) -> Result<()> {
     /// What UIAA stages are checked against.
     pub fn stage_checks(&self) -> uiaa::StageChecks<'_> {
         uiaa::StageChecks {
@@ -289,8 +297,9 @@ impl Services {
             .link_base(self.config.well_known.client_base_url.as_deref())
     }
 
-    /// Creates an account with a password (admin path: no UIAA, no registration mode).
-    pub async fn create_user(&self, user_id: &UserId, password: &str) -> Result<()> {
+    /// Creates an account with a password (admin path: no UIAA, no registration mode),
+    /// optionally a server admin.
+    pub async fn create_user(&self, user_id: &UserId, password: &str, admin: bool) -> Result<()> {
         let hash = self.users.hash_password(password).await?;
         let mut batch = Batch::new();
         self.users

@@ -43,6 +43,7 @@ mod requests;
 mod restricted;
 mod room_summary;
 mod rooms;
+mod search;
 mod spaces;
 mod state_content;
 mod store;

@@ -24,7 +24,8 @@ async fn capabilities(
     capabilities.change_password = caps::ChangePasswordCapability::new(true);
     capabilities.set_displayname = caps::SetDisplayNameCapability::new(true);
     capabilities.set_avatar_url = caps::SetAvatarUrlCapability::new(true);
-    capabilities.thirdparty_id_changes = caps::ThirdPartyIdChangesCapability::new(services.mailer.is_some());
+    capabilities.thirdparty_id_changes =
+        caps::ThirdPartyIdChangesCapability::new(services.mailer.is_some());
     capabilities.get_login_token = caps::GetLoginTokenCapability::new(true);
     // Per user: only server admins may lock and suspend (omitted for everyone else, as the
     // spec asks when both would be false).

@@ -24,7 +24,7 @@ pub fn routes(router: &mut Router) {
 /// Events next to `event` in one direction that pass the filter and that the user may see,
 /// nearest first, at most `limit`. Returns them and the token where the scan stopped (a
 /// `/messages` token continuing in the same direction).
-fn around(
+pub(super) fn around(
     services: &Services,
     reader: &mut Reader<'_>,
     event: &StoredEvent,

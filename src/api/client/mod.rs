@@ -28,6 +28,7 @@ pub mod relations;
 pub mod report;
 pub mod room;
 pub mod room_summary;
+pub mod search;
 pub mod session;
 pub mod space;
 pub mod sync;
@@ -83,7 +84,8 @@ pub fn register_routes(router: &mut Router) {
     room_summary::routes(router);
     openid::routes(router);
     admin::routes(router);
+    threepid::routes(router);
+    search::routes(router);
     // Last: it marks routes registered above.
     admin::suspension_rules(router);
-    threepid::routes(router);
 }

@@ -170,9 +170,13 @@ async fn register(
                 password_hash.clone(),
             ),
             None => {
-                services
-                    .users
-                    .stage_create(&mut batch, &user_id, password_hash.clone(), false, false);
+                services.users.stage_create(
+                    &mut batch,
+                    &user_id,
+                    password_hash.clone(),
+                    false,
+                    false,
+                );
                 services.profiles.stage_set_displayname(
                     &mut batch,
                     &user_id,

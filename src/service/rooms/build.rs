@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    service::{stream::Pending, users::now_ms},
+    service::{search::index as search_index, stream::Pending, users::now_ms},
     store::{Batch, CommitError, Raw},
 };
 
@@ -52,6 +52,8 @@ pub struct Staged<'a> {
     events: HashMap<OwnedEventId, (u64, Pdu, CanonicalJsonObject)>,
     pending: Vec<Pending>,
     pub event_ids: Vec<OwnedEventId>,
+    /// Search index counters staged in `batch` and not yet committed.
+    search: search_index::Overlay,
     /// Other rooms' staged events that commit in this batch (see [`Staged::absorb`]); kept
     /// here so their locks are held until the commit.
     absorbed: Vec<Staged<'a>>,
@@ -81,6 +83,7 @@ impl Rooms {
             events: HashMap::new(),
             pending: Vec::new(),
             event_ids: Vec::new(),
+            search: search_index::Overlay::default(),
             absorbed: Vec::new(),
         })
     }
@@ -122,6 +125,7 @@ impl Rooms {
             events: HashMap::new(),
             pending: Vec::new(),
             event_ids: Vec::new(),
+            search: search_index::Overlay::default(),
             absorbed: Vec::new(),
         })
     }
@@ -399,9 +403,28 @@ impl<'a> Staged<'a> {
         if pdu.kind == TimelineEventType::RoomRedaction {
             let power = self.state_pdu(&StateEventType::RoomPowerLevels, "");
             let create = self.state_pdu(&StateEventType::RoomCreate, "");
-            rooms.stage_redaction(&mut self.batch, &self.rules, &pdu, room_sid, power, create)?;
+            rooms.stage_redaction(
+                &mut self.batch,
+                &mut self.search,
+                &self.rules,
+                &pdu,
+                room_sid,
+                power,
+                create,
+            )?;
         }
         rooms.stage_relation(&mut self.batch, sid, room_sid, &pdu, &object)?;
+        // Search index rows (and the room's term counters) land with the event.
+        if let Some(content) = pdu.content_as::<Value>() {
+            search_index::stage_add(
+                &rooms.store,
+                &mut self.batch,
+                &mut self.search,
+                room_sid,
+                sid,
+                &content,
+            )?;
+        }
         let record = self.record.as_mut().expect("set above");
         let meta = EventMeta {
             room_sid,

@@ -22,6 +22,7 @@ use serde_json::json;
 use super::{EventMetaTable, NewEvent, Pdu, Pdus, Rooms, StoredEvent, Txn};
 use crate::{
     error::{Error, Result},
+    service::search::index,
     store::{Batch, Raw},
 };
 
@@ -65,9 +66,11 @@ impl Rooms {
     /// Applies a redaction event being staged to its target (same batch). For a local sender
     /// an unknown target is 404 and a target the sender may not redact is 403, so nothing is
     /// stored; a remote redaction that does not apply (yet) is stored without effect.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn stage_redaction(
         &self,
         batch: &mut Batch,
+        search: &mut index::Overlay,
         rules: &RoomVersionRules,
         redaction: &Pdu,
         room_sid: u64,
@@ -106,13 +109,15 @@ impl Rooms {
                 Ok(())
             };
         }
-        self.apply_redaction(batch, rules, &target, &redaction.event_id)
+        self.apply_redaction(batch, search, rules, &target, &redaction.event_id)
     }
 
-    /// Rewrites the target with its redacted form and marks it redacted (first redaction wins).
+    /// Rewrites the target with its redacted form and marks it redacted (first redaction wins);
+    /// its search index rows go in the same batch.
     fn apply_redaction(
         &self,
         batch: &mut Batch,
+        search: &mut index::Overlay,
         rules: &RoomVersionRules,
         target: &StoredEvent,
         redaction_id: &ruma::EventId,
@@ -128,6 +133,16 @@ impl Rooms {
         batch
             .put::<Pdus>(&target.sid, &Raw(bytes))
             .put::<EventMetaTable>(&target.sid, &meta);
+        if let Some(content) = target.pdu.content_as::<serde_json::Value>() {
+            index::stage_remove(
+                &self.store,
+                batch,
+                search,
+                target.meta.room_sid,
+                target.sid,
+                &content,
+            )?;
+        }
         self.unstage_relation(batch, target, &redacted)
     }
 
