@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod e2ee;
 pub mod expiring_tokens;
+pub mod federation;
 pub mod filters;
 pub mod guests;
 pub mod keys;

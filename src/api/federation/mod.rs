@@ -1,6 +1,6 @@
-//! Server-Server API handlers. Only the OpenID user-info endpoint so far, which the spec
-//! leaves unauthenticated (third parties call it with the OpenID token, not servers with
-//! X-Matrix signatures).
+//! Server-Server API handlers: server keys (ours, and as a notary) and the OpenID user-info
+//! endpoint, which the spec leaves unauthenticated (third parties call it with the OpenID
+//! token, not servers with X-Matrix signatures).
 
 pub mod openid;
 

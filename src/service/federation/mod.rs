@@ -1,0 +1,3 @@
+//! Federation services: talking to other Matrix servers.
+
+pub mod keyring;
