@@ -21,11 +21,7 @@ use ruma::{
 use crate::{
     error::{Error, Result},
     http::{json_value, Auth, Ctx, Incoming, Response, Router},
-    service::{
-        keys::to_raw,
-        users::now_ms,
-        Services,
-    },
+    service::{keys::to_raw, users::now_ms, Services},
 };
 
 /// Servers one `POST /_matrix/key/v2/query` may ask about.

@@ -35,6 +35,7 @@ use ruma::{
 };
 use serde::{Deserialize, Serialize};
 
+mod fetch;
 #[cfg(test)]
 mod tests;
 mod verify;
