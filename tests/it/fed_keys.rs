@@ -121,7 +121,11 @@ async fn rotation_keeps_the_old_key_verifiable() {
     let old_id = old_keys.key_id();
     // B knows A's key before the rotation.
     let b_has = keyring(&fed.servers[1])
-        .verify_keys(name(&fed.servers[0]), &[old_id.clone()], at(now()))
+        .verify_keys(
+            name(&fed.servers[0]),
+            std::slice::from_ref(&old_id),
+            at(now()),
+        )
         .await
         .unwrap();
     assert_eq!(b_has.len(), 1);
@@ -157,7 +161,7 @@ async fn rotation_keeps_the_old_key_verifiable() {
     // B still accepts the old key for the validity window it fetched, without asking again.
     let requests = keyring(&fed.servers[1]).stats().requests;
     let still = keyring(&fed.servers[1])
-        .verify_keys(name(a), &[old_id.clone()], at(now()))
+        .verify_keys(name(a), std::slice::from_ref(&old_id), at(now()))
         .await
         .unwrap();
     assert_eq!(still, b_has);
@@ -167,12 +171,16 @@ async fn rotation_keeps_the_old_key_verifiable() {
     // expired, not after.
     let c = keyring(&fed.servers[2]);
     let before = c
-        .verify_keys(name(a), &[old_id.clone()], at(expired_ts - 1000))
+        .verify_keys(
+            name(a),
+            std::slice::from_ref(&old_id),
+            at(expired_ts - 1000),
+        )
         .await
         .unwrap();
     assert_eq!(before, b_has);
     let after = c
-        .verify_keys(name(a), &[old_id.clone()], at(expired_ts + 1))
+        .verify_keys(name(a), std::slice::from_ref(&old_id), at(expired_ts + 1))
         .await
         .unwrap_err();
     assert_eq!(after.errcode, "M_UNAUTHORIZED");
@@ -455,4 +463,36 @@ async fn forged_key_responses_are_refused() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["server_keys"], json!([]), "{body}");
     }
+}
+
+/// Figures for the report: `cargo test --release --test it fed_keys::figures -- --ignored
+/// --nocapture`. A cached lookup against one that has to fetch (TLS connection to the other
+/// server, verification, durable store commit).
+#[tokio::test]
+#[ignore]
+async fn figures() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let ring = keyring(b);
+    let id = [a.signing_key().key_id()];
+    ring.verify_keys(name(a), &id, at(now())).await.unwrap();
+    const CACHED: u32 = 20_000;
+    let start = std::time::Instant::now();
+    for _ in 0..CACHED {
+        ring.verify_keys(name(a), &id, at(now())).await.unwrap();
+    }
+    let cached = start.elapsed() / CACHED;
+    const FETCHES: u32 = 50;
+    let mut fetching = Duration::ZERO;
+    for _ in 0..FETCHES {
+        ring.age_cached(name(a), 8 * DAY).await.unwrap();
+        let start = std::time::Instant::now();
+        ring.verify_keys(name(a), &id, at(now())).await.unwrap();
+        fetching += start.elapsed();
+    }
+    assert_eq!(ring.stats().requests, 1 + u64::from(FETCHES));
+    println!(
+        "cached lookup: {cached:?}; lookup with a fetch: {:?}",
+        fetching / FETCHES
+    );
 }
