@@ -64,6 +64,12 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// At most this many cached keys of one server are read.
 const MAX_CACHED_KEYS: usize = 4096;
 
+/// Above this many servers in the memo, it is emptied.
+const MAX_MEMO: usize = 1024;
+
+/// A cached key: id, row, decoded public key.
+type MemoRow = (String, CachedKey, Base64);
+
 /// Above this many remembered servers, those with no fetch in flight and no pending retry
 /// interval are forgotten.
 const MAX_SLOTS: usize = 4096;
@@ -200,6 +206,12 @@ pub struct KeyRing {
     fetcher: Arc<dyn KeyFetcher>,
     notaries: Vec<Notary>,
     slots: Mutex<HashMap<OwnedServerName, Arc<Slot>>>,
+    /// The `server_keys` rows of recently used servers, decoded. Only this service writes the
+    /// table, and it drops a server's entry after each write.
+    memo: Mutex<HashMap<OwnedServerName, Arc<Vec<MemoRow>>>>,
+    /// Bumped (under the memo's lock) after every write, so that a scan that may predate a
+    /// write is not remembered.
+    memo_generation: AtomicU64,
     cache_hits: AtomicU64,
     requests: AtomicU64,
 }
@@ -226,6 +238,8 @@ impl KeyRing {
             fetcher,
             notaries,
             slots: Mutex::new(HashMap::new()),
+            memo: Mutex::new(HashMap::new()),
+            memo_generation: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         }
@@ -430,17 +444,54 @@ impl KeyRing {
 
     /// The cached keys of `server` usable as `want` says (asked ids only, unless none asked).
     fn cached(&self, server: &ServerName, want: &Want<'_>) -> Result<BTreeMap<String, Base64>> {
-        let rows = self
-            .store
-            .scan_prefix::<ServerKeysTable, _>(&(server.as_str().to_owned(),), MAX_CACHED_KEYS)?;
-        Ok(rows
-            .into_iter()
-            .filter(|((_, id), key)| {
+        Ok(self
+            .rows(server)?
+            .iter()
+            .filter(|(id, key, _)| {
                 (want.key_ids.is_empty() || want.key_ids.contains(id))
                     && want.valid_at <= key.usable_until(want.validity)
             })
-            .filter_map(|((_, id), key)| Some((id, crate::config::parse_public_key(&key.key)?)))
+            .map(|(id, _, public)| (id.clone(), public.clone()))
             .collect())
+    }
+
+    /// The `server_keys` rows of `server` with their keys decoded, through the memo.
+    fn rows(&self, server: &ServerName) -> Result<Arc<Vec<MemoRow>>> {
+        if let Some(rows) = self.memo().get(server) {
+            return Ok(rows.clone());
+        }
+        let generation = self.memo_generation.load(Ordering::Acquire);
+        let rows = self
+            .store
+            .scan_prefix::<ServerKeysTable, _>(&(server.as_str().to_owned(),), MAX_CACHED_KEYS)?;
+        let rows: Arc<Vec<MemoRow>> = Arc::new(
+            rows.into_iter()
+                .filter_map(|((_, id), key)| {
+                    let public = crate::config::parse_public_key(&key.key)?;
+                    Some((id, key, public))
+                })
+                .collect(),
+        );
+        let mut memo = self.memo();
+        // A write that ended since the scan began may not be in it: not remembered then.
+        if self.memo_generation.load(Ordering::Acquire) == generation {
+            if memo.len() >= MAX_MEMO {
+                memo.clear();
+            }
+            memo.insert(server.to_owned(), rows.clone());
+        }
+        Ok(rows)
+    }
+
+    /// Forgets the memo of `server` after a write to its rows (committed or failed).
+    fn forget(&self, server: &ServerName) {
+        let mut memo = self.memo();
+        self.memo_generation.fetch_add(1, Ordering::AcqRel);
+        memo.remove(server);
+    }
+
+    fn memo(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedServerName, Arc<Vec<MemoRow>>>> {
+        self.memo.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Fetches the keys of `server`: directly, then from each notary until `want` is met.
@@ -453,7 +504,7 @@ impl KeyRing {
         let direct = self.fetch_direct(server).await;
         let mut failure = match direct {
             Ok(()) if self.satisfied(server, want) => return Ok(()),
-            Ok(()) => "its key response lacks the key".to_owned(),
+            Ok(()) => format!("its key response {}", self.shortfall(server, want)),
             Err(e) => e,
         };
         if !allow_notaries {
@@ -466,12 +517,26 @@ impl KeyRing {
             match self.fetch_from_notary(notary, server, want).await {
                 Ok(()) if self.satisfied(server, want) => return Ok(()),
                 Ok(()) => {
-                    failure = format!("{failure}; notary {} lacks the key", notary.server_name)
+                    let why = self.shortfall(server, want);
+                    failure = format!("{failure}; notary {}: {why}", notary.server_name)
                 }
                 Err(e) => failure = format!("{failure}; notary {}: {e}", notary.server_name),
             }
         }
         Err(failure)
+    }
+
+    /// Why the cache still does not satisfy `want` after a response was stored.
+    fn shortfall(&self, server: &ServerName, want: &Want<'_>) -> String {
+        let any_time = Want {
+            validity: KeyValidity::Ignored,
+            ..*want
+        };
+        if self.satisfied(server, &any_time) {
+            format!("gives the key, but not valid at {}", want.valid_at)
+        } else {
+            "does not give the key".to_owned()
+        }
     }
 
     fn satisfied(&self, server: &ServerName, want: &Want<'_>) -> bool {
@@ -599,10 +664,9 @@ impl KeyRing {
             };
             batch.put::<ServerKeyResponses>(&server, &record);
         }
-        self.store
-            .commit(batch)
-            .await
-            .map_err(|e| format!("cannot store its keys: {e}"))
+        let committed = self.store.commit(batch).await;
+        self.forget(&verified.keys.server_name);
+        committed.map_err(|e| format!("cannot store its keys: {e}"))
     }
 
     /// Key responses for the notary endpoints: ours for our own name; otherwise the cached
@@ -666,7 +730,9 @@ impl KeyRing {
             record.fetched_ts = record.fetched_ts.saturating_sub(by_ms);
             batch.put::<ServerKeyResponses>(&name, &record);
         }
-        Ok(self.store.commit(batch).await?)
+        let committed = self.store.commit(batch).await;
+        self.forget(server);
+        Ok(committed?)
     }
 }
 
