@@ -197,6 +197,7 @@ where
         ip,
         user,
         access_token: token,
+        origin: None,
     };
     let handling = route.call(
         services.clone(),

@@ -64,6 +64,7 @@ pub struct Ctx {
     pub user: Option<Authed>,
     /// The access token as sent (only for endpoints that act on the session itself).
     pub access_token: Option<String>,
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl Ctx {
@@ -73,6 +74,11 @@ impl Ctx {
             .as_ref()
             .ok_or_else(|| Error::missing_token("Missing access token"))
     }
+    pub fn origin(&self) -> Result<&ruma::ServerName, Error> {
+        self.origin
+            .as_deref()
+            .ok_or_else(|| Error::new(http::StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "shim"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +86,7 @@ pub enum Auth {
     None,
     Optional,
     Required,
+    Server,
 }
 
 /// Maps ruma's authentication schemes onto what the router enforces.
@@ -100,6 +107,9 @@ impl AuthRequirement for auth_scheme::AccessTokenOptional {
 }
 impl AuthRequirement for auth_scheme::AppserviceToken {
     const AUTH: Auth = Auth::Required;
+}
+impl AuthRequirement for ruma::api::federation::authentication::ServerSignatures {
+    const AUTH: Auth = Auth::Server;
 }
 impl AuthRequirement for auth_scheme::AppserviceTokenOptional {
     const AUTH: Auth = Auth::Optional;

@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod e2ee;
 pub mod expiring_tokens;
+pub mod federation;
 pub mod filters;
 pub mod guests;
 pub mod keys;
@@ -108,6 +109,7 @@ pub struct Services {
     pub threepids: threepids::Threepids,
     /// Sends validation mails; `None` when `[email]` is not configured.
     pub mailer: Option<mailer::Mailer>,
+    pub federation: Arc<federation::client::FederationClient>,
 }
 
 /// Why the services could not start.
@@ -215,7 +217,7 @@ impl Services {
         Ok(Arc::new(Self {
             threepids: threepids::Threepids::new(store.clone()),
             mailer,
-            media: media::Media::new(store.clone(), &config, server_name),
+            media: media::Media::new(store.clone(), &config, server_name.clone()),
             search,
             rooms,
             delivery,
@@ -230,6 +232,7 @@ impl Services {
             ),
             notifications,
             outbound,
+            federation: Arc::new(federation::client::FederationClient::new(server_name.clone())),
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules,
             users,
