@@ -232,7 +232,9 @@ impl Services {
             ),
             notifications,
             outbound,
-            federation: Arc::new(federation::client::FederationClient::new(server_name.clone())),
+            federation: Arc::new(federation::client::FederationClient::new(
+                server_name.clone(),
+            )),
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules,
             users,

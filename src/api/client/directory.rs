@@ -99,7 +99,7 @@ fn require_local(services: &Services, server: Option<&ServerName>) -> Result<()>
     }
 }
 
-fn limit(limit: Option<UInt>) -> Option<usize> {
+pub(crate) fn limit(limit: Option<UInt>) -> Option<usize> {
     limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX))
 }
 
@@ -122,7 +122,9 @@ fn chunk(room: DirectoryRoom) -> PublicRoomsChunk {
     chunk
 }
 
-fn parts(page: DirectoryPage) -> (Vec<PublicRoomsChunk>, Option<String>, Option<String>, UInt) {
+pub(crate) fn parts(
+    page: DirectoryPage,
+) -> (Vec<PublicRoomsChunk>, Option<String>, Option<String>, UInt) {
     (
         page.rooms.into_iter().map(chunk).collect(),
         page.next_batch,

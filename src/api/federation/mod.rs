@@ -2,10 +2,16 @@
 //! leaves unauthenticated (third parties call it with the OpenID token, not servers with
 //! X-Matrix signatures).
 
+pub mod directory;
 pub mod openid;
+pub mod query;
+pub mod user;
 
 use crate::http::Router;
 
 pub fn register_routes(router: &mut Router) {
     openid::routes(router);
+    query::routes(router);
+    user::routes(router);
+    directory::routes(router);
 }
