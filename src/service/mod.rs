@@ -110,6 +110,8 @@ pub struct Services {
     /// Sends validation mails; `None` when `[email]` is not configured.
     pub mailer: Option<mailer::Mailer>,
     pub federation: Arc<federation::client::FederationClient>,
+    /// Queries to other servers for clients (profiles, aliases, keys, directories).
+    pub queries: federation::queries::Queries,
 }
 
 /// Why the services could not start.
@@ -150,6 +152,9 @@ impl Services {
         let server_name = ruma::ServerName::parse(&config.server_name)
             .map_err(|_| OpenError::ServerName(config.server_name.clone()))?;
         let outbound = crate::outbound::Outbound::new(&config.outbound)?;
+        let federation_client = Arc::new(federation::client::FederationClient::new(
+            server_name.clone(),
+        ));
         let stream = Arc::new(stream::Stream::open(store.clone())?);
         let keys = Arc::new(keys);
         let notifier = Arc::new(notifier::Notifier::new());
@@ -232,9 +237,8 @@ impl Services {
             ),
             notifications,
             outbound,
-            federation: Arc::new(federation::client::FederationClient::new(
-                server_name.clone(),
-            )),
+            federation: federation_client.clone(),
+            queries: federation::queries::Queries::new(federation_client),
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules,
             users,

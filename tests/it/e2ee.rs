@@ -254,7 +254,7 @@ async fn upload_and_query_device_keys() {
     let body = query(&srv, &alice.token, json!({ &bob.user: [] })).await;
     assert_eq!(body["device_keys"][&bob.user], json!({}));
 
-    // Remote users: this server cannot reach other servers (no federation yet).
+    // Users of a server that cannot be reached are a failure of that server.
     let body = query(
         &srv,
         &alice.token,
@@ -516,7 +516,7 @@ async fn one_time_and_fallback_keys() {
     )
     .await;
     assert_eq!(body["one_time_keys"], json!({}), "{body}");
-    // Remote users are failures.
+    // Users of a server that cannot be reached are a failure of that server.
     let body = claim(
         &srv,
         &bob.token,

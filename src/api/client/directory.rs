@@ -1,4 +1,5 @@
-//! The published room directory: a room's visibility in it, and listing it.
+//! The published room directory: a room's visibility in it, and listing it (this server's,
+//! or another server's through its federation `publicRooms`).
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::{
     error::{Error, Result},
     http::{Ctx, Incoming, Response, Router},
     service::{
+        federation::queries::DirectoryRequest,
         rooms::directory::{DirectoryPage, DirectoryQuery, DirectoryRoom},
         Services,
     },
@@ -86,16 +88,20 @@ async fn set_visibility(services: Arc<Services>, incoming: Incoming) -> Result<R
     ))
 }
 
-/// Only this server's directory can be listed (others need federation).
-fn require_local(services: &Services, server: Option<&ServerName>) -> Result<()> {
+/// The other server whose directory is asked for, if any (`server` naming this server is
+/// this server's directory). Only users may make this server ask another one: the listing
+/// itself is open to anyone, and an open relay to arbitrary servers is not.
+fn remote_server<'a>(
+    services: &Services,
+    ctx: &Ctx,
+    server: Option<&'a ServerName>,
+) -> Result<Option<&'a ServerName>> {
     match server {
-        Some(server) if server.as_str() != services.config.server_name => {
-            Err(Error::invalid_param(format!(
-                "Listing the directory of {server} needs federation, which this server does \
-                 not offer yet"
-            )))
+        Some(server) if !services.queries.is_local(server) => {
+            ctx.authed()?;
+            Ok(Some(server))
         }
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 
@@ -135,10 +141,22 @@ pub(crate) fn parts(
 
 async fn list(
     services: Arc<Services>,
-    _ctx: Ctx,
+    ctx: Ctx,
     body: get_public_rooms::v3::Request,
 ) -> Result<get_public_rooms::v3::Response> {
-    require_local(&services, body.server.as_deref())?;
+    if let Some(server) = remote_server(&services, &ctx, body.server.as_deref())? {
+        let request = DirectoryRequest {
+            limit: body.limit,
+            since: body.since,
+            ..Default::default()
+        };
+        let remote = services.queries.public_rooms(server, request).await?;
+        let mut response = get_public_rooms::v3::Response::new(remote.chunk);
+        response.next_batch = remote.next_batch;
+        response.prev_batch = remote.prev_batch;
+        response.total_room_count_estimate = remote.total_room_count_estimate;
+        return Ok(response);
+    }
     let query = DirectoryQuery {
         limit: limit(body.limit),
         since: body.since.clone(),
@@ -158,7 +176,21 @@ async fn list_filtered(
     body: get_public_rooms_filtered::v3::Request,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
     ctx.authed()?;
-    require_local(&services, body.server.as_deref())?;
+    if let Some(server) = remote_server(&services, &ctx, body.server.as_deref())? {
+        let request = DirectoryRequest {
+            limit: body.limit,
+            since: body.since,
+            filter: Some(body.filter),
+            room_network: body.room_network,
+        };
+        let remote = services.queries.public_rooms(server, request).await?;
+        let mut response = get_public_rooms_filtered::v3::Response::new();
+        response.chunk = remote.chunk;
+        response.next_batch = remote.next_batch;
+        response.prev_batch = remote.prev_batch;
+        response.total_room_count_estimate = remote.total_room_count_estimate;
+        return Ok(response);
+    }
     let mut response = get_public_rooms_filtered::v3::Response::new();
     // This server bridges no third-party networks: "all networks" is the Matrix one, and a
     // specific third-party network has no rooms here.
