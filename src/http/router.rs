@@ -64,6 +64,7 @@ pub struct Ctx {
     pub user: Option<Authed>,
     /// The access token as sent (only for endpoints that act on the session itself).
     pub access_token: Option<String>,
+    /// The server that signed the request (X-Matrix), on routes declared with `Auth::Server`.
     pub origin: Option<ruma::OwnedServerName>,
 }
 
@@ -74,10 +75,16 @@ impl Ctx {
             .as_ref()
             .ok_or_else(|| Error::missing_token("Missing access token"))
     }
+
+    /// The authenticated origin server; routes declared with `Auth::Server` always have one.
     pub fn origin(&self) -> Result<&ruma::ServerName, Error> {
-        self.origin
-            .as_deref()
-            .ok_or_else(|| Error::new(http::StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "shim"))
+        self.origin.as_deref().ok_or_else(|| {
+            Error::new(
+                http::StatusCode::UNAUTHORIZED,
+                "M_UNAUTHORIZED",
+                "Missing X-Matrix authorization",
+            )
+        })
     }
 }
 
@@ -86,6 +93,7 @@ pub enum Auth {
     None,
     Optional,
     Required,
+    /// Another homeserver, by an X-Matrix signature (federation endpoints).
     Server,
 }
 
@@ -108,11 +116,11 @@ impl AuthRequirement for auth_scheme::AccessTokenOptional {
 impl AuthRequirement for auth_scheme::AppserviceToken {
     const AUTH: Auth = Auth::Required;
 }
-impl AuthRequirement for ruma::api::federation::authentication::ServerSignatures {
-    const AUTH: Auth = Auth::Server;
-}
 impl AuthRequirement for auth_scheme::AppserviceTokenOptional {
     const AUTH: Auth = Auth::Optional;
+}
+impl AuthRequirement for ruma::api::federation::authentication::ServerSignatures {
+    const AUTH: Auth = Auth::Server;
 }
 
 /// A request after routing: the full HTTP request with its collected body, and the decoded

@@ -97,8 +97,12 @@ pub struct Services {
     pub e2ee: Arc<e2ee::E2ee>,
     /// Member events sent to each device under lazy loading (memory only).
     pub lazy_members: sync::LazyMembers,
-    /// The HTTP client for requests this server makes (push gateways, later federation).
+    /// The HTTP client for requests this server makes (push gateways, federation).
     pub outbound: crate::outbound::Outbound,
+    /// Signed requests to other homeservers.
+    pub federation: Arc<federation::client::FederationClient>,
+    /// Other servers' signing keys.
+    pub keyring: Arc<federation::keyring::KeyRing>,
     /// Account locks and suspensions.
     pub moderation: moderation::Moderation,
     /// OpenID tokens (shared with the sweep task).
@@ -109,7 +113,6 @@ pub struct Services {
     pub threepids: threepids::Threepids,
     /// Sends validation mails; `None` when `[email]` is not configured.
     pub mailer: Option<mailer::Mailer>,
-    pub federation: Arc<federation::client::FederationClient>,
     /// Queries to other servers for clients (profiles, aliases, keys, directories).
     pub queries: federation::queries::Queries,
 }
@@ -152,9 +155,6 @@ impl Services {
         let server_name = ruma::ServerName::parse(&config.server_name)
             .map_err(|_| OpenError::ServerName(config.server_name.clone()))?;
         let outbound = crate::outbound::Outbound::new(&config.outbound)?;
-        let federation_client = Arc::new(federation::client::FederationClient::new(
-            server_name.clone(),
-        ));
         let stream = Arc::new(stream::Stream::open(store.clone())?);
         let keys = Arc::new(keys);
         let notifier = Arc::new(notifier::Notifier::new());
@@ -213,6 +213,11 @@ impl Services {
             rooms.clone(),
             outbound.clone(),
         ));
+        let federation = Arc::new(federation::client::FederationClient::new(
+            server_name.clone(),
+            keys.clone(),
+            outbound.clone(),
+        ));
         let mailer = mailer::Mailer::new(&config.email)?;
         let search = search::Search::new(store.clone(), rooms.clone());
         // Events stored before the search index existed are indexed before any request.
@@ -236,9 +241,14 @@ impl Services {
                 notifications.clone(),
             ),
             notifications,
+            keyring: Arc::new(federation::keyring::KeyRing::new(
+                keys.clone(),
+                server_name.clone(),
+                federation.clone(),
+            )),
+            queries: federation::queries::Queries::new(federation.clone()),
+            federation,
             outbound,
-            federation: federation_client.clone(),
-            queries: federation::queries::Queries::new(federation_client),
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules,
             users,

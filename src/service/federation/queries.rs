@@ -35,6 +35,7 @@ use ruma::{
             keys::{claim_keys, get_keys},
             query::{get_profile_information, get_room_information},
         },
+        path_builder::SinglePath,
         OutgoingRequest,
     },
     directory::{Filter, RoomNetwork},
@@ -234,7 +235,7 @@ impl Queries {
         deadline: Instant,
     ) -> Option<Result<R::IncomingResponse, FedError>>
     where
-        R: OutgoingRequest<Authentication = ServerSignatures> + Send,
+        R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath> + Send,
     {
         let work = async {
             let _slot = self.slots.acquire(destination).await;
@@ -253,7 +254,7 @@ impl Queries {
         what: &str,
     ) -> Result<R::IncomingResponse>
     where
-        R: OutgoingRequest<Authentication = ServerSignatures> + Send,
+        R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath> + Send,
     {
         let deadline = Instant::now() + QUERY_TIMEOUT;
         match self.send(destination, request, deadline).await {
