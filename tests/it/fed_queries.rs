@@ -2,7 +2,13 @@
 //! keys, room directories — asked by a client of A about B, and answered by B to signed
 //! requests; plus what a server that is down or never answers does to a key query.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -304,21 +310,27 @@ async fn the_room_directory_of_another_server_is_listed_with_server() {
     assert_eq!(body["chunk"].as_array().unwrap().len(), 2, "{body}");
 }
 
-/// A TCP listener that accepts connections and never answers: a server that hangs.
-async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+/// A TCP listener that accepts connections and never answers (a server that hangs), and
+/// the number of connections it accepted.
+async fn black_hole() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let name = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
-        // Bounded: the test makes a handful of connections.
+        // Bounded: the tests make a handful of connections to each.
         for _ in 0..64 {
             match listener.accept().await {
-                Ok((socket, _)) => held.push(socket),
+                Ok((socket, _)) => {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    held.push(socket);
+                }
                 Err(_) => return,
             }
         }
     });
-    (name, task)
+    (name, accepted, task)
 }
 
 #[tokio::test]
@@ -330,7 +342,7 @@ async fn servers_that_are_down_or_hang_are_failures_and_the_rest_answers() {
     let carol = fed.servers[2].user_id("carol");
     let down = fed.servers[2].name.clone();
     fed.servers[2].stop().await;
-    let (hang, hole) = black_hole().await;
+    let (hang, _, hole) = black_hole().await;
     let hung_user = format!("@dave:{hang}");
     let a = &fed.servers[0];
 
@@ -378,6 +390,50 @@ async fn servers_that_are_down_or_hang_are_failures_and_the_rest_answers() {
     assert!(body["failures"][&hang].is_object(), "{body}");
     hole.abort();
     eprintln!("keys/query with a hanging server, timeout 2000 ms: answered in {query_took:?}");
+}
+
+/// A client asking about users of many servers that all hang: at most
+/// `PARALLEL_PER_REQUEST` of them are contacted before the request's deadline, the others are
+/// failures without a connection, and the request answers.
+#[tokio::test]
+async fn a_key_query_about_many_servers_is_bounded() {
+    let fed = start_many(1).await;
+    let a = &fed.servers[0];
+    let alice = Dev::register(a, "alice").await;
+    let mut holes = Vec::new();
+    for _ in 0..40 {
+        holes.push(black_hole().await);
+    }
+    let users: serde_json::Map<String, Value> = holes
+        .iter()
+        .map(|(name, _, _)| (format!("@someone:{name}"), json!([])))
+        .collect();
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(30),
+        a.post(
+            "/_matrix/client/v3/keys/query",
+            Some(&alice.token),
+            json!({ "timeout": 1000, "device_keys": users }),
+        ),
+    )
+    .await
+    .expect("keys/query answers");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (name, _, _) in &holes {
+        assert!(body["failures"][name].is_object(), "{name}: {body}");
+    }
+    let contacted: usize = holes
+        .iter()
+        .map(|(_, accepted, _)| accepted.load(Ordering::SeqCst))
+        .sum();
+    assert!(
+        (1..=hearth::service::federation::queries::PARALLEL_PER_REQUEST).contains(&contacted),
+        "{contacted} connections"
+    );
+    eprintln!("40 hanging servers: {contacted} contacted");
+    for (_, _, task) in holes {
+        task.abort();
+    }
 }
 
 #[tokio::test]

@@ -237,6 +237,11 @@ impl Queries {
     where
         R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath> + Send,
     {
+        // A query whose turn comes after the deadline is not started at all (`timeout_at`
+        // would still poll it once, which may open a connection).
+        if Instant::now() >= deadline {
+            return None;
+        }
         let work = async {
             let _slot = self.slots.acquire(destination).await;
             // Never closed.
