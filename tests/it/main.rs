@@ -21,6 +21,7 @@ mod ephemeral;
 mod fed_auth;
 mod fed_common;
 mod fed_keys;
+mod fed_queries;
 mod filter;
 mod guests;
 mod http;
