@@ -1,0 +1,328 @@
+use std::sync::Mutex;
+
+use super::*;
+
+/// A transport answering from a table: `(federation?, path-and-query or URL) → answer`, and
+/// recording what was asked (with whether it was signed).
+struct Fake {
+    answers: Vec<(bool, String, Result<http::Response<Bytes>, FetchError>)>,
+    asked: Mutex<Vec<(bool, String, bool)>>,
+}
+
+impl Fake {
+    fn new(answers: Vec<(bool, &str, Result<http::Response<Bytes>, FetchError>)>) -> Self {
+        Fake {
+            answers: answers
+                .into_iter()
+                .map(|(f, p, a)| (f, p.to_owned(), a))
+                .collect(),
+            asked: Mutex::default(),
+        }
+    }
+
+    fn answer(
+        &self,
+        federation: bool,
+        target: String,
+        sign: bool,
+    ) -> Result<http::Response<Bytes>, FetchError> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((federation, target.clone(), sign));
+        self.answers
+            .iter()
+            .find(|(f, p, _)| *f == federation && *p == target)
+            .map(|(_, _, a)| a.clone())
+            .unwrap_or_else(|| panic!("unexpected request {target}"))
+    }
+
+    fn asked(&self) -> Vec<(bool, String, bool)> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+impl Transport for Fake {
+    fn federation(
+        &self,
+        _destination: &ServerName,
+        request: http::Request<Vec<u8>>,
+        sign: bool,
+        _timeout: Duration,
+        max_body: usize,
+    ) -> BoxFuture<Result<http::Response<Bytes>, FetchError>> {
+        let answer = self
+            .answer(true, request.uri().to_string(), sign)
+            .and_then(|r| {
+                if r.body().len() > max_body {
+                    Err(FetchError::TooLarge)
+                } else {
+                    Ok(r)
+                }
+            });
+        Box::pin(async move { answer })
+    }
+
+    fn get(
+        &self,
+        url: &str,
+        _timeout: Duration,
+        max_body: usize,
+    ) -> BoxFuture<Result<http::Response<Bytes>, FetchError>> {
+        let answer = self.answer(false, url.to_owned(), false).and_then(|r| {
+            if r.body().len() > max_body {
+                Err(FetchError::TooLarge)
+            } else {
+                Ok(r)
+            }
+        });
+        Box::pin(async move { answer })
+    }
+}
+
+fn response(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<http::Response<Bytes>, FetchError> {
+    let mut b = http::Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    Ok(b.body(Bytes::copy_from_slice(body)).unwrap())
+}
+
+fn remote_error(status: u16, errcode: Option<&str>) -> Result<http::Response<Bytes>, FetchError> {
+    Err(FetchError::Remote {
+        status: StatusCode::from_u16(status).unwrap(),
+        errcode: errcode.map(str::to_owned),
+        error: "x".into(),
+    })
+}
+
+fn multipart_answer(second_part: &str) -> Result<http::Response<Bytes>, FetchError> {
+    let body = format!(
+        "--b\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--b\r\n{second_part}\r\n--b--\r\n"
+    );
+    response(
+        200,
+        &[("content-type", "multipart/mixed; boundary=b")],
+        body.as_bytes(),
+    )
+}
+
+const FED: &str = "/_matrix/federation/v1/media/download/abc?timeout_ms=5000";
+const LEGACY: &str =
+    "/_matrix/media/v3/download/origin.example/abc?timeout_ms=5000&allow_remote=false";
+
+fn origin() -> &'static ServerName {
+    <&ServerName>::try_from("origin.example").unwrap()
+}
+
+#[test]
+fn fallback_decision() {
+    let e = |status: u16, errcode: Option<&str>| remote_error(status, errcode).unwrap_err();
+    assert!(falls_back(&e(404, Some("M_UNRECOGNIZED"))));
+    assert!(falls_back(&e(400, Some("M_UNRECOGNIZED"))));
+    assert!(falls_back(&e(405, None)));
+    assert!(falls_back(&e(404, None)));
+    assert!(!falls_back(&e(404, Some("M_NOT_FOUND"))));
+    assert!(!falls_back(&e(400, None)));
+    assert!(!falls_back(&e(500, Some("M_UNRECOGNIZED"))));
+    assert!(!falls_back(&e(502, None)));
+    assert!(!falls_back(&FetchError::Transport("down".into())));
+    assert!(!falls_back(&FetchError::TooLarge));
+}
+
+#[tokio::test]
+async fn multipart_answer_is_read_and_signed() {
+    let fake = Fake::new(vec![(
+        true,
+        FED,
+        multipart_answer("Content-Type: text/plain\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\nhello"),
+    )]);
+    let got = fetch(&fake, origin(), "abc", Kind::Download, 5000, 100)
+        .await
+        .unwrap();
+    assert_eq!(got.bytes, Bytes::from_static(b"hello"));
+    assert_eq!(got.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(got.filename.as_deref(), Some("a.txt"));
+    assert_eq!(fake.asked(), vec![(true, FED.to_owned(), true)]);
+}
+
+#[tokio::test]
+async fn unrecognised_endpoint_falls_back_to_the_legacy_one() {
+    let fake = Fake::new(vec![
+        (true, FED, remote_error(404, Some("M_UNRECOGNIZED"))),
+        (
+            true,
+            LEGACY,
+            response(
+                200,
+                &[
+                    ("content-type", "image/png"),
+                    ("content-disposition", "inline; filename*=utf-8''%C3%A9.png"),
+                ],
+                b"png",
+            ),
+        ),
+    ]);
+    let got = fetch(&fake, origin(), "abc", Kind::Download, 5000, 100)
+        .await
+        .unwrap();
+    assert_eq!(got.bytes, Bytes::from_static(b"png"));
+    assert_eq!(got.content_type.as_deref(), Some("image/png"));
+    assert_eq!(got.filename.as_deref(), Some("é.png"));
+    // The legacy endpoint is unauthenticated, and asked with allow_remote=false.
+    assert_eq!(
+        fake.asked(),
+        vec![
+            (true, FED.to_owned(), true),
+            (true, LEGACY.to_owned(), false)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn not_found_does_not_fall_back() {
+    let fake = Fake::new(vec![(true, FED, remote_error(404, Some("M_NOT_FOUND")))]);
+    let err = fetch(&fake, origin(), "abc", Kind::Download, 5000, 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Remote { status, .. } if status == 404));
+    assert_eq!(fake.asked().len(), 1);
+    let client = fetch_error(origin(), Kind::Download, 100, err);
+    assert_eq!(
+        (client.status.as_u16(), client.errcode),
+        (404, "M_NOT_FOUND")
+    );
+}
+
+#[tokio::test]
+async fn thumbnails_ask_for_the_bucket_on_both_endpoints() {
+    let spec = thumbnail::Spec {
+        width: 96,
+        height: 96,
+        crop: true,
+    };
+    let fed =
+        "/_matrix/federation/v1/media/thumbnail/abc?width=96&height=96&method=crop&timeout_ms=0";
+    let legacy = "/_matrix/media/v3/thumbnail/origin.example/abc?width=96&height=96&method=crop&timeout_ms=0&allow_remote=false";
+    let fake = Fake::new(vec![
+        (true, fed, remote_error(400, Some("M_UNRECOGNIZED"))),
+        (
+            true,
+            legacy,
+            response(200, &[("content-type", "image/png")], b"thumb"),
+        ),
+    ]);
+    let got = fetch(&fake, origin(), "abc", Kind::Thumbnail(spec), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(got.bytes, Bytes::from_static(b"thumb"));
+    assert_eq!(fake.asked().len(), 2);
+}
+
+#[tokio::test]
+async fn location_is_followed_with_redirects() {
+    let fake = Fake::new(vec![
+        (
+            true,
+            FED,
+            multipart_answer("Location: https://cdn.example/one\r\n"),
+        ),
+        (
+            false,
+            "https://cdn.example/one",
+            response(302, &[("location", "/two")], b""),
+        ),
+        (
+            false,
+            "https://cdn.example/two",
+            response(
+                200,
+                &[
+                    ("content-type", "video/mp4"),
+                    ("content-disposition", "inline; filename=v.mp4"),
+                ],
+                b"movie",
+            ),
+        ),
+    ]);
+    let got = fetch(&fake, origin(), "abc", Kind::Download, 5000, 100)
+        .await
+        .unwrap();
+    assert_eq!(got.bytes, Bytes::from_static(b"movie"));
+    assert_eq!(got.filename.as_deref(), Some("v.mp4"));
+    assert_eq!(fake.asked().len(), 3);
+
+    // A redirect loop ends.
+    let looping = Fake::new(vec![
+        (
+            true,
+            FED,
+            multipart_answer("Location: https://cdn.example/loop\r\n"),
+        ),
+        (
+            false,
+            "https://cdn.example/loop",
+            response(307, &[("location", "https://cdn.example/loop")], b""),
+        ),
+    ]);
+    let err = fetch(&looping, origin(), "abc", Kind::Download, 5000, 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Response(_)), "{err:?}");
+    assert_eq!(looping.asked().len(), 1 + 1 + MAX_REDIRECTS);
+}
+
+#[tokio::test]
+async fn size_cap_applies_to_every_path() {
+    let big = "x".repeat(101);
+    let fake = Fake::new(vec![(
+        true,
+        FED,
+        multipart_answer(&format!("Content-Type: text/plain\r\n\r\n{big}")),
+    )]);
+    let err = fetch(&fake, origin(), "abc", Kind::Download, 5000, 100)
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::TooLarge);
+    let client = fetch_error(origin(), Kind::Download, 100, err);
+    assert_eq!(
+        (client.status.as_u16(), client.errcode),
+        (502, "M_TOO_LARGE")
+    );
+
+    let fake = Fake::new(vec![
+        (
+            true,
+            FED,
+            multipart_answer("Location: https://cdn.example/big\r\n"),
+        ),
+        (
+            false,
+            "https://cdn.example/big",
+            response(200, &[], big.as_bytes()),
+        ),
+    ]);
+    let err = fetch(&fake, origin(), "abc", Kind::Download, 5000, 100)
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::TooLarge);
+}
+
+#[test]
+fn redirect_targets() {
+    assert_eq!(
+        absolute("https://a.example/x/y", "/z?q=1").as_deref(),
+        Some("https://a.example/z?q=1")
+    );
+    assert_eq!(
+        absolute("https://a.example/x", "http://b.example/").as_deref(),
+        Some("http://b.example/")
+    );
+    assert_eq!(absolute("https://a.example/x", "//b.example/"), None);
+    assert_eq!(absolute("https://a.example/x", "relative"), None);
+    assert_eq!(absolute("https://a.example/x", "file:///etc/passwd"), None);
+}
