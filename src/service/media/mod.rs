@@ -17,6 +17,7 @@ pub mod multipart;
 mod recover;
 pub mod remote;
 pub mod thumbnail;
+mod transport;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 

@@ -326,3 +326,190 @@ fn redirect_targets() {
     assert_eq!(absolute("https://a.example/x", "relative"), None);
     assert_eq!(absolute("https://a.example/x", "file:///etc/passwd"), None);
 }
+
+/// A transport whose federation answers come after a pause, counting requests.
+struct Slow {
+    calls: std::sync::atomic::AtomicUsize,
+    body: &'static [u8],
+}
+
+impl Transport for Slow {
+    fn federation(
+        &self,
+        _destination: &ServerName,
+        _request: http::Request<Vec<u8>>,
+        _sign: bool,
+        _timeout: Duration,
+        _max_body: usize,
+    ) -> BoxFuture<Result<http::Response<Bytes>, FetchError>> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let body = format!(
+            "--b\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--b\r\nContent-Type: text/plain\r\n\r\n{}\r\n--b--\r\n",
+            String::from_utf8_lossy(self.body)
+        );
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            response(
+                200,
+                &[("content-type", "multipart/mixed; boundary=b")],
+                body.as_bytes(),
+            )
+        })
+    }
+
+    fn get(
+        &self,
+        _: &str,
+        _: Duration,
+        _: usize,
+    ) -> BoxFuture<Result<http::Response<Bytes>, FetchError>> {
+        Box::pin(async { Err(FetchError::Transport("no plain requests here".into())) })
+    }
+}
+
+fn media(dir: &std::path::Path, freeze: Option<&str>) -> Media {
+    let config = crate::config::Config {
+        data_dir: dir.to_path_buf(),
+        media: crate::config::Media {
+            legacy_download_freeze: freeze.map(str::to_owned),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let store = crate::store::Store::open(&dir.join("db"), crate::store::EngineKind::Redb, 1 << 20)
+        .unwrap();
+    Media::new(store, &config, "here.example".try_into().unwrap())
+}
+
+const AUTHED: Access = Access {
+    timeout_ms: 1000,
+    legacy: false,
+    fetch: true,
+};
+
+#[tokio::test]
+async fn concurrent_requests_share_one_fetch_and_the_copy_is_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let media = media(dir.path(), None);
+    let slow = Slow {
+        calls: Default::default(),
+        body: b"shared bytes",
+    };
+    let requests =
+        (0..6).map(|_| media.remote(&slow, "origin.example", "abc", Kind::Download, AUTHED));
+    let results = futures_util::future::join_all(requests).await;
+    for r in &results {
+        let r = r.as_ref().unwrap();
+        assert_eq!(r.size, 12);
+        assert_eq!(r.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(
+            std::fs::read(media.blob_path(&r.sha256)).unwrap(),
+            b"shared bytes"
+        );
+    }
+    assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Later requests are answered from the cache; a thumbnail is another item.
+    media
+        .remote(&slow, "origin.example", "abc", Kind::Download, AUTHED)
+        .await
+        .unwrap();
+    assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let spec = thumbnail::Spec {
+        width: 30,
+        height: 30,
+        crop: true,
+    };
+    let thumb = media
+        .remote(
+            &slow,
+            "origin.example",
+            "abc",
+            Kind::Thumbnail(spec),
+            AUTHED,
+        )
+        .await
+        .unwrap();
+    assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // One file, referenced by both rows.
+    assert_eq!(
+        media.store.get::<MediaBlobs>(&thumb.sha256).unwrap(),
+        Some(2)
+    );
+    // The bucket, not the asked size, names the cached thumbnail.
+    let bucket = thumbnail::Spec {
+        width: 32,
+        height: 32,
+        crop: true,
+    };
+    assert!(media
+        .cached_remote("origin.example", "abc", Kind::Thumbnail(bucket))
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
+async fn legacy_access_follows_allow_remote_and_the_freeze() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Slow {
+        calls: Default::default(),
+        body: b"x",
+    };
+    let legacy = Access {
+        legacy: true,
+        ..AUTHED
+    };
+    let no_fetch = Access {
+        fetch: false,
+        ..legacy
+    };
+    {
+        // No freeze: the legacy endpoints fetch, unless allow_remote=false.
+        let media = media(dir.path(), None);
+        let err = media
+            .remote(&slow, "origin.example", "a", Kind::Download, no_fetch)
+            .await
+            .unwrap_err();
+        assert_eq!(err.errcode, "M_NOT_FOUND");
+        assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+        media
+            .remote(&slow, "origin.example", "a", Kind::Download, legacy)
+            .await
+            .unwrap();
+        media
+            .remote(&slow, "origin.example", "a", Kind::Download, no_fetch)
+            .await
+            .unwrap();
+        assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+    // A freeze in the past: a copy fetched after it is frozen, and nothing new is fetched.
+    let media = media(dir.path(), Some("2024-09-01"));
+    let err = media
+        .remote(&slow, "origin.example", "a", Kind::Download, legacy)
+        .await
+        .unwrap_err();
+    assert_eq!((err.status.as_u16(), err.errcode), (404, "M_NOT_FOUND"));
+    let err = media
+        .remote(&slow, "origin.example", "b", Kind::Download, legacy)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errcode, "M_NOT_FOUND");
+    assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The authenticated endpoints serve it all the same.
+    media
+        .remote(&slow, "origin.example", "a", Kind::Download, AUTHED)
+        .await
+        .unwrap();
+    // Bad names and ids are unknown media, asked of nobody.
+    for (server, id) in [
+        ("not a server", "a"),
+        ("origin.example", "../x"),
+        ("origin.example", ""),
+    ] {
+        let err = media
+            .remote(&slow, server, id, Kind::Download, AUTHED)
+            .await
+            .unwrap_err();
+        assert_eq!(err.errcode, "M_NOT_FOUND");
+    }
+    assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
