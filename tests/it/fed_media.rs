@@ -8,7 +8,7 @@ use std::io::Cursor;
 use bytes::Bytes;
 use hearth::service::media::multipart::{self, Payload};
 use image::{DynamicImage, ImageFormat, Rgba, RgbaImage};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
 use serde_json::Value;
 
@@ -57,7 +57,13 @@ async fn error_of(response: reqwest::Response) -> (StatusCode, String, String) {
 }
 
 /// Uploads `data` to `srv`; returns the media id.
-async fn upload(srv: &TestServer, token: &str, data: &[u8], content_type: &str, name: &str) -> String {
+async fn upload(
+    srv: &TestServer,
+    token: &str,
+    data: &[u8],
+    content_type: &str,
+    name: &str,
+) -> String {
     let response = srv
         .http
         .post(format!("{}{LEGACY}/upload?filename={name}", srv.base))
@@ -87,7 +93,12 @@ fn picture(w: u32, h: u32) -> Vec<u8> {
 
 /// A GET of `to`'s federation API (over its plain listener), X-Matrix signed by `from` when
 /// `sign`.
-async fn federation_get(from: &FedServer, to: &FedServer, path: &str, sign: bool) -> reqwest::Response {
+async fn federation_get(
+    from: &FedServer,
+    to: &FedServer,
+    path: &str,
+    sign: bool,
+) -> reqwest::Response {
     let mut req = to.http.get(format!("{}{path}", to.base));
     if sign {
         let keys = from.signing_key();
@@ -105,9 +116,14 @@ async fn federation_get(from: &FedServer, to: &FedServer, path: &str, sign: bool
 
 /// The payload of a federation media answer.
 async fn multipart_of(response: reqwest::Response) -> Payload {
-    assert_eq!(response.status(), StatusCode::OK);
+    if response.status() != StatusCode::OK {
+        panic!("{:?}", error_of(response).await);
+    }
     let content_type = header(&response, "content-type").to_owned();
-    assert!(content_type.starts_with("multipart/mixed; boundary="), "{content_type}");
+    assert!(
+        content_type.starts_with("multipart/mixed; boundary="),
+        "{content_type}"
+    );
     let declared: usize = header(&response, "content-length").parse().unwrap();
     let body = response.bytes().await.unwrap();
     assert_eq!(body.len(), declared);
@@ -130,9 +146,17 @@ async fn federation_endpoints_answer_signed_requests_with_multipart() {
     let fed = fed_common::start_many(2).await;
     let (a, b) = (&fed.servers[0], &fed.servers[1]);
     let (_, alice, _) = a.register("alice", "pw").await;
-    let id = upload(a, &alice, b"some \r\n--bytes--\r\n", "text/plain", "notes.txt").await;
+    let id = upload(
+        a,
+        &alice,
+        b"some \r\n--bytes--\r\n",
+        "text/plain",
+        "notes.txt",
+    )
+    .await;
 
-    let payload = multipart_of(federation_get(b, a, &format!("{FED}/download/{id}"), true).await).await;
+    let payload =
+        multipart_of(federation_get(b, a, &format!("{FED}/download/{id}"), true).await).await;
     assert_eq!(
         payload,
         Payload::File {
@@ -143,36 +167,73 @@ async fn federation_endpoints_answer_signed_requests_with_multipart() {
     );
 
     // Unsigned: refused before anything is looked up.
-    let (status, code, _) = error_of(federation_get(b, a, &format!("{FED}/download/{id}"), false).await).await;
-    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"));
+    let (status, code, _) =
+        error_of(federation_get(b, a, &format!("{FED}/download/{id}"), false).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED")
+    );
     let (status, code, _) = error_of(
-        federation_get(b, a, &format!("{FED}/thumbnail/{id}?width=32&height=32"), false).await,
+        federation_get(
+            b,
+            a,
+            &format!("{FED}/thumbnail/{id}?width=32&height=32"),
+            false,
+        )
+        .await,
     )
     .await;
-    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED")
+    );
 
     // Unknown media.
-    let (status, code, _) = error_of(federation_get(b, a, &format!("{FED}/download/nosuchmedia"), true).await).await;
-    assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "M_NOT_FOUND"));
+    let (status, code, _) =
+        error_of(federation_get(b, a, &format!("{FED}/download/nosuchmedia"), true).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "M_NOT_FOUND")
+    );
 
     // A thumbnail, made the way the client API makes it.
     let png = picture(200, 150);
     let pic = upload(a, &alice, &png, "image/png", "pic.png").await;
     let payload = multipart_of(
-        federation_get(b, a, &format!("{FED}/thumbnail/{pic}?width=32&height=32&method=crop"), true).await,
+        federation_get(
+            b,
+            a,
+            &format!("{FED}/thumbnail/{pic}?width=32&height=32&method=crop"),
+            true,
+        )
+        .await,
     )
     .await;
-    let Payload::File { bytes, content_type, .. } = payload else {
+    let Payload::File {
+        bytes,
+        content_type,
+        ..
+    } = payload
+    else {
         panic!("a file part")
     };
     assert_eq!(content_type.as_deref(), Some("image/png"));
     let thumb = image::load_from_memory(&bytes).unwrap();
     assert_eq!((thumb.width(), thumb.height()), (32, 32));
     let (status, code, _) = error_of(
-        federation_get(b, a, &format!("{FED}/thumbnail/{pic}?width=0&height=32"), true).await,
+        federation_get(
+            b,
+            a,
+            &format!("{FED}/thumbnail/{pic}?width=0&height=32"),
+            true,
+        )
+        .await,
     )
     .await;
-    assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "M_INVALID_PARAM")
+    );
 }
 
 #[tokio::test]
@@ -184,59 +245,139 @@ async fn remote_media_through_the_client_api() {
     let (a, b) = (&fed.servers[0], &fed.servers[1]);
 
     let text = upload(a, &alice, b"hello from A", "text/plain", "notes.txt").await;
-    let html = upload(a, &alice, b"<script>alert(1)</script>", "text/html", "page.html").await;
+    let html = upload(
+        a,
+        &alice,
+        b"<script>alert(1)</script>",
+        "text/html",
+        "page.html",
+    )
+    .await;
     let png = picture(200, 150);
     let pic = upload(a, &alice, &png, "image/png", "pic.png").await;
 
     // Bytes, type and disposition as A has them, with the safe headers.
-    let response = get(b, &format!("{V1}/download/{a_name}/{text}"), Some(&bob), &[]).await;
+    let response = get(
+        b,
+        &format!("{V1}/download/{a_name}/{text}"),
+        Some(&bob),
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(header(&response, "content-type"), "text/plain");
-    assert_eq!(header(&response, "content-disposition"), "inline; filename=\"notes.txt\"");
+    assert_eq!(
+        header(&response, "content-disposition"),
+        "inline; filename=\"notes.txt\""
+    );
     assert_eq!(header(&response, "content-security-policy"), CSP);
-    assert_eq!(header(&response, "cross-origin-resource-policy"), "cross-origin");
+    assert_eq!(
+        header(&response, "cross-origin-resource-policy"),
+        "cross-origin"
+    );
     assert_eq!(&response.bytes().await.unwrap()[..], b"hello from A");
     // The file name in the path wins; ranges work on the cached copy.
-    let response = get(b, &format!("{V1}/download/{a_name}/{text}/other.txt"), Some(&bob), &[("range", "bytes=0-4")]).await;
+    let response = get(
+        b,
+        &format!("{V1}/download/{a_name}/{text}/other.txt"),
+        Some(&bob),
+        &[("range", "bytes=0-4")],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(header(&response, "content-disposition"), "inline; filename=\"other.txt\"");
+    assert_eq!(
+        header(&response, "content-disposition"),
+        "inline; filename=\"other.txt\""
+    );
     assert_eq!(&response.bytes().await.unwrap()[..], b"hello");
     // A type that is not safe inline is an attachment of no particular type.
-    let response = get(b, &format!("{V1}/download/{a_name}/{html}"), Some(&bob), &[]).await;
+    let response = get(
+        b,
+        &format!("{V1}/download/{a_name}/{html}"),
+        Some(&bob),
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(header(&response, "content-type"), "application/octet-stream");
-    assert_eq!(header(&response, "content-disposition"), "attachment; filename=\"page.html\"");
+    assert_eq!(
+        header(&response, "content-type"),
+        "application/octet-stream"
+    );
+    assert_eq!(
+        header(&response, "content-disposition"),
+        "attachment; filename=\"page.html\""
+    );
     // The authenticated endpoints need a token for remote media too.
     let response = get(b, &format!("{V1}/download/{a_name}/{text}"), None, &[]).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 
     // Thumbnails of A's image, in B's buckets.
-    for (query, want) in [("width=32&height=32&method=crop", (32, 32)), ("width=300&height=200&method=scale", (200, 150))] {
-        let response = get(b, &format!("{V1}/thumbnail/{a_name}/{pic}?{query}"), Some(&bob), &[]).await;
+    for (query, want) in [
+        ("width=32&height=32&method=crop", (32, 32)),
+        ("width=300&height=200&method=scale", (200, 150)),
+    ] {
+        let response = get(
+            b,
+            &format!("{V1}/thumbnail/{a_name}/{pic}?{query}"),
+            Some(&bob),
+            &[],
+        )
+        .await;
         assert_eq!(response.status(), StatusCode::OK, "{query}");
         assert_eq!(header(&response, "content-type"), "image/png");
         let thumb = image::load_from_memory(&response.bytes().await.unwrap()).unwrap();
         assert_eq!((thumb.width(), thumb.height()), want, "{query}");
     }
     // A's own answer for something that cannot be thumbnailed.
-    let response = get(b, &format!("{V1}/thumbnail/{a_name}/{text}?width=32&height=32"), Some(&bob), &[]).await;
+    let response = get(
+        b,
+        &format!("{V1}/thumbnail/{a_name}/{text}?width=32&height=32"),
+        Some(&bob),
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
     // Unknown on A: 404 on B.
-    let (status, code, _) = error_of(get(b, &format!("{V1}/download/{a_name}/nosuchmedia"), Some(&bob), &[]).await).await;
-    assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "M_NOT_FOUND"));
+    let (status, code, _) = error_of(
+        get(
+            b,
+            &format!("{V1}/download/{a_name}/nosuchmedia"),
+            Some(&bob),
+            &[],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "M_NOT_FOUND")
+    );
 
     // Larger than B's cap: refused with a clear error, and not cached.
     let big = vec![7u8; B_MAX as usize + 1];
     let big_id = upload(a, &alice, &big, "application/octet-stream", "big.bin").await;
-    let (status, code, error) = error_of(get(b, &format!("{V1}/download/{a_name}/{big_id}"), Some(&bob), &[]).await).await;
-    assert_eq!((status, code.as_str()), (StatusCode::BAD_GATEWAY, "M_TOO_LARGE"));
+    let (status, code, error) = error_of(
+        get(
+            b,
+            &format!("{V1}/download/{a_name}/{big_id}"),
+            Some(&bob),
+            &[],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_GATEWAY, "M_TOO_LARGE")
+    );
     assert!(error.contains(&B_MAX.to_string()), "{error}");
 
     // Concurrent first requests for one item all get it.
     let many = upload(a, &alice, b"fetched once", "text/plain", "once.txt").await;
     let path = format!("{V1}/download/{a_name}/{many}");
-    let answers = futures_util::future::join_all((0..5).map(|_| get(b, &path, Some(&bob), &[]))).await;
+    let answers =
+        futures_util::future::join_all((0..5).map(|_| get(b, &path, Some(&bob), &[]))).await;
     for response in answers {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(&response.bytes().await.unwrap()[..], b"fetched once");
@@ -245,27 +386,72 @@ async fn remote_media_through_the_client_api() {
     // B's deprecated endpoints (no freeze on B) serve remote media too; with
     // allow_remote=false only what B has cached.
     let legacy = upload(a, &alice, b"for old clients", "text/plain", "old.txt").await;
-    let response = get(b, &format!("{LEGACY}/download/{a_name}/{legacy}?allow_remote=false"), None, &[]).await;
+    let response = get(
+        b,
+        &format!("{LEGACY}/download/{a_name}/{legacy}?allow_remote=false"),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let response = get(b, &format!("{LEGACY}/download/{a_name}/{legacy}"), None, &[]).await;
+    let response = get(
+        b,
+        &format!("{LEGACY}/download/{a_name}/{legacy}"),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(header(&response, "content-security-policy"), CSP);
     assert_eq!(&response.bytes().await.unwrap()[..], b"for old clients");
-    let response = get(b, &format!("{LEGACY}/download/{a_name}/{text}?allow_remote=false"), None, &[]).await;
+    let response = get(
+        b,
+        &format!("{LEGACY}/download/{a_name}/{text}?allow_remote=false"),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let response = get(b, &format!("{LEGACY}/thumbnail/{a_name}/{pic}?width=32&height=32&method=crop"), None, &[]).await;
+    let response = get(
+        b,
+        &format!("{LEGACY}/thumbnail/{a_name}/{pic}?width=32&height=32&method=crop"),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
 
     // A goes away: B still serves what it cached, and says it cannot reach A otherwise.
     fed.servers[0].server.take().unwrap().stop().await;
     let b = &fed.servers[1];
-    let response = get(b, &format!("{V1}/download/{a_name}/{text}"), Some(&bob), &[]).await;
+    let response = get(
+        b,
+        &format!("{V1}/download/{a_name}/{text}"),
+        Some(&bob),
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(header(&response, "content-type"), "text/plain");
     assert_eq!(&response.bytes().await.unwrap()[..], b"hello from A");
-    let response = get(b, &format!("{V1}/thumbnail/{a_name}/{pic}?width=32&height=32&method=crop"), Some(&bob), &[]).await;
+    let response = get(
+        b,
+        &format!("{V1}/thumbnail/{a_name}/{pic}?width=32&height=32&method=crop"),
+        Some(&bob),
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let (status, _, error) = error_of(get(b, &format!("{V1}/download/{a_name}/{html}x"), Some(&bob), &[]).await).await;
+    let (status, _, error) = error_of(
+        get(
+            b,
+            &format!("{V1}/download/{a_name}/{html}x"),
+            Some(&bob),
+            &[],
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{error}");
 }
 
@@ -276,16 +462,16 @@ type Asked = std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>;
 /// federation test certificate: it does not know the federation media endpoints (404
 /// `M_UNRECOGNIZED`), and its deprecated `/_matrix/media/v3/{download,thumbnail}` are Hearth
 /// `origin`'s own (`origin` must serve them unfrozen), its media ids being `origin`'s.
-async fn old_server(fed: &fed_common::Fed, origin: &FedServer) -> (String, Asked) {
+async fn old_server(origin: &FedServer) -> (String, Asked) {
     use hyper_util::rt::TokioIo;
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
-    let dir = fed.ca_pem.parent().unwrap();
-    let certs = CertificateDer::pem_file_iter(dir.join("cert.pem"))
+    // The certificate every test server has (for 127.0.0.1, from the test CA).
+    let certs = CertificateDer::pem_file_iter(&origin.config.tls.cert)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(&origin.config.tls.key).unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -318,18 +504,25 @@ async fn old_server(fed: &fed_common::Fed, origin: &FedServer) -> (String, Asked
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let target = req.uri().to_string();
-                    seen.lock()
-                        .unwrap()
-                        .push((target.clone(), req.headers().contains_key("authorization")));
-                    let (own, origin_name, origin_base, client) =
-                        (own.clone(), origin_name.clone(), origin_base.clone(), client.clone());
-                    async move {
-                        let legacy = ["download", "thumbnail"]
-                            .iter()
-                            .find_map(|k| target.strip_prefix(&format!("{LEGACY}/{k}/{own}/")).map(|rest| (k, rest)));
-                        let response = match legacy {
+                let service = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let target = req.uri().to_string();
+                        seen.lock()
+                            .unwrap()
+                            .push((target.clone(), req.headers().contains_key("authorization")));
+                        let (own, origin_name, origin_base, client) = (
+                            own.clone(),
+                            origin_name.clone(),
+                            origin_base.clone(),
+                            client.clone(),
+                        );
+                        async move {
+                            let legacy = ["download", "thumbnail"].iter().find_map(|k| {
+                                target
+                                    .strip_prefix(&format!("{LEGACY}/{k}/{own}/"))
+                                    .map(|rest| (k, rest))
+                            });
+                            let response = match legacy {
                             Some((kind, rest)) => {
                                 let url = format!("{origin_base}{LEGACY}/{kind}/{origin_name}/{rest}");
                                 let answer = client.get(url).send().await.unwrap();
@@ -349,9 +542,10 @@ async fn old_server(fed: &fed_common::Fed, origin: &FedServer) -> (String, Asked
                                 )))
                                 .unwrap(),
                         };
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
                     .await;
@@ -370,7 +564,7 @@ async fn servers_without_authenticated_media_are_asked_the_deprecated_endpoints(
     })
     .await;
     let (a, b) = (&fed.servers[0], &fed.servers[1]);
-    let (old, asked) = old_server(&fed, a).await;
+    let (old, asked) = old_server(a).await;
     let (_, alice, _) = a.register("alice", "pw").await;
     let (_, bob, _) = b.register("bob", "pw").await;
     let doc = upload(a, &alice, b"from an old server", "text/plain", "old.txt").await;
@@ -380,9 +574,18 @@ async fn servers_without_authenticated_media_are_asked_the_deprecated_endpoints(
     let response = get(b, &format!("{V1}/download/{old}/{doc}"), Some(&bob), &[]).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(header(&response, "content-type"), "text/plain");
-    assert_eq!(header(&response, "content-disposition"), "inline; filename=\"old.txt\"");
+    assert_eq!(
+        header(&response, "content-disposition"),
+        "inline; filename=\"old.txt\""
+    );
     assert_eq!(&response.bytes().await.unwrap()[..], b"from an old server");
-    let response = get(b, &format!("{V1}/thumbnail/{old}/{pic}?width=32&height=32&method=crop"), Some(&bob), &[]).await;
+    let response = get(
+        b,
+        &format!("{V1}/thumbnail/{old}/{pic}?width=32&height=32&method=crop"),
+        Some(&bob),
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     let thumb = image::load_from_memory(&response.bytes().await.unwrap()).unwrap();
     assert_eq!((thumb.width(), thumb.height()), (32, 32));
