@@ -2,15 +2,17 @@ use std::sync::Mutex;
 
 use super::*;
 
+type Answer = Result<http::Response<Bytes>, FetchError>;
+
 /// A transport answering from a table: `(federation?, path-and-query or URL) → answer`, and
 /// recording what was asked (with whether it was signed).
 struct Fake {
-    answers: Vec<(bool, String, Result<http::Response<Bytes>, FetchError>)>,
+    answers: Vec<(bool, String, Answer)>,
     asked: Mutex<Vec<(bool, String, bool)>>,
 }
 
 impl Fake {
-    fn new(answers: Vec<(bool, &str, Result<http::Response<Bytes>, FetchError>)>) -> Self {
+    fn new(answers: Vec<(bool, &str, Answer)>) -> Self {
         Fake {
             answers: answers
                 .into_iter()
