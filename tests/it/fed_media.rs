@@ -606,3 +606,47 @@ async fn servers_without_authenticated_media_are_asked_the_deprecated_endpoints(
         ]
     );
 }
+
+/// The process's peak resident memory so far (`VmHWM`), in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Figure for the report, not a check: time and peak memory for B to fetch and cache a 10 MB
+/// file from A and serve it (both servers in this process; A streams its file, B holds the
+/// answer in memory once). `cargo test --release --test it fed_media::figure -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn figure_fetch_and_cache_10_mb() {
+    let fed = fed_common::start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice, _) = a.register("alice", "pw").await;
+    let (_, bob, _) = b.register("bob", "pw").await;
+    let data: Vec<u8> = (0..10_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let id = upload(a, &alice, &data, "application/octet-stream", "ten.bin").await;
+    drop(data);
+    let path = format!("{V1}/download/{}/{id}", a.name);
+    for round in ["first (fetch and cache)", "second (cached)"] {
+        // Resets the peak to the current resident size (Linux: clear_refs 5).
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let before = peak_rss_kib();
+        let started = std::time::Instant::now();
+        let mut response = get(b, &path, Some(&bob), &[]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut received = 0;
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            received += chunk.len();
+        }
+        assert_eq!(received, 10_000_000);
+        println!(
+            "{round}: {} ms, peak RSS {} KiB → {} KiB",
+            started.elapsed().as_millis(),
+            before,
+            peak_rss_kib()
+        );
+    }
+}
