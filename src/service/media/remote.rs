@@ -578,5 +578,100 @@ impl Media {
     }
 }
 
+/// A row of the remote cache.
+enum CachedRow {
+    Media((String, String)),
+    Thumb((String, String, String)),
+}
+
+impl Media {
+    /// Drops the cached copy of remote media `mxc://server/media_id` and its cached
+    /// thumbnails (the next request fetches them again). Returns whether anything was cached.
+    pub async fn delete_remote(&self, server: &str, media_id: &str) -> Result<bool> {
+        let mut rows = Vec::new();
+        let key = (server.to_owned(), media_id.to_owned());
+        if self.store.get::<MediaRemote>(&key)?.is_some() {
+            rows.push(CachedRow::Media(key.clone()));
+        }
+        for (k, _) in self
+            .store
+            .scan_prefix::<MediaRemoteThumbs, _>(&key, usize::MAX)?
+        {
+            rows.push(CachedRow::Thumb(k));
+        }
+        Ok(self.drop_cached(rows).await? > 0)
+    }
+
+    /// Drops every cached remote file (media and thumbnails) fetched before `before_ms`;
+    /// returns how many.
+    pub async fn purge_remote_before(&self, before_ms: u64) -> Result<usize> {
+        let mut rows = Vec::new();
+        for (k, r) in self.store.range::<MediaRemote>(None, false, usize::MAX)? {
+            if r.fetched_ms < before_ms {
+                rows.push(CachedRow::Media(k));
+            }
+        }
+        for (k, r) in self
+            .store
+            .range::<MediaRemoteThumbs>(None, false, usize::MAX)?
+        {
+            if r.fetched_ms < before_ms {
+                rows.push(CachedRow::Thumb(k));
+            }
+        }
+        self.drop_cached(rows).await
+    }
+
+    /// Deletes cache rows and their files' references, then the files nothing references
+    /// any more; returns how many rows were deleted.
+    async fn drop_cached(&self, rows: Vec<CachedRow>) -> Result<usize> {
+        let guard = self.blob_lock.lock().await;
+        let mut batch = Batch::new();
+        let mut refs: Vec<(String, i64)> = Vec::new();
+        let mut n = 0;
+        for row in rows {
+            let record = match &row {
+                CachedRow::Media(k) => self.store.get::<MediaRemote>(k)?,
+                CachedRow::Thumb(k) => self.store.get::<MediaRemoteThumbs>(k)?,
+            };
+            let Some(record) = record else { continue };
+            match &row {
+                CachedRow::Media(k) => {
+                    batch.expect_value::<MediaRemote>(k, Some(&record));
+                    batch.delete::<MediaRemote>(k);
+                }
+                CachedRow::Thumb(k) => {
+                    batch.expect_value::<MediaRemoteThumbs>(k, Some(&record));
+                    batch.delete::<MediaRemoteThumbs>(k);
+                }
+            }
+            match refs.iter_mut().find(|(s, _)| *s == record.sha256) {
+                Some((_, d)) => *d -= 1,
+                None => refs.push((record.sha256, -1)),
+            }
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut unreferenced = Vec::new();
+        for (sha, delta) in &refs {
+            if self.stage_blob_ref(&mut batch, sha, *delta)? == 0 {
+                unreferenced.push(sha.clone());
+            }
+        }
+        self.store.commit(batch).await?;
+        for sha in unreferenced {
+            let (files, path) = (self.files.clone(), self.blob_path(&sha));
+            if let Err(e) = super::blocking(move || files.remove(&path)).await {
+                // Unreferenced now, so swept at the next start.
+                log::warn!("cannot remove media file {sha}: {e}");
+            }
+        }
+        drop(guard);
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests;

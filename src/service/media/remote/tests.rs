@@ -515,3 +515,66 @@ async fn legacy_access_follows_allow_remote_and_the_freeze() {
     }
     assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn cached_copies_can_be_dropped_and_are_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let media = media(dir.path(), None);
+    let slow = Slow {
+        calls: Default::default(),
+        body: b"cached",
+    };
+    let calls = || slow.calls.load(std::sync::atomic::Ordering::SeqCst);
+    let spec = thumbnail::Spec {
+        width: 32,
+        height: 32,
+        crop: true,
+    };
+    let one = media
+        .remote(&slow, "origin.example", "one", Kind::Download, AUTHED)
+        .await
+        .unwrap();
+    media
+        .remote(
+            &slow,
+            "origin.example",
+            "one",
+            Kind::Thumbnail(spec),
+            AUTHED,
+        )
+        .await
+        .unwrap();
+    media
+        .remote(&slow, "origin.example", "two", Kind::Download, AUTHED)
+        .await
+        .unwrap();
+    // The same bytes: one file with three references.
+    let file = media.blob_path(&one.sha256);
+    assert_eq!(media.store.get::<MediaBlobs>(&one.sha256).unwrap(), Some(3));
+
+    assert!(media.delete_remote("origin.example", "one").await.unwrap());
+    assert!(!media.delete_remote("origin.example", "one").await.unwrap());
+    assert!(media
+        .cached_remote("origin.example", "one", Kind::Thumbnail(spec))
+        .unwrap()
+        .is_none());
+    assert_eq!(media.store.get::<MediaBlobs>(&one.sha256).unwrap(), Some(1));
+    assert!(file.exists());
+    media
+        .remote(&slow, "origin.example", "one", Kind::Download, AUTHED)
+        .await
+        .unwrap();
+    assert_eq!(calls(), 4);
+
+    // Purging before a past date keeps everything; purging before tomorrow drops all of it.
+    assert_eq!(media.purge_remote_before(1).await.unwrap(), 0);
+    assert_eq!(
+        media
+            .purge_remote_before(now_ms() + 86_400_000)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(media.store.get::<MediaBlobs>(&one.sha256).unwrap(), None);
+    assert!(!file.exists());
+}
