@@ -22,6 +22,7 @@ mod fed_auth;
 mod fed_common;
 mod fed_keys;
 mod fed_queries;
+mod fed_media;
 mod filter;
 mod guests;
 mod http;
