@@ -21,6 +21,8 @@ mod ephemeral;
 mod fed_auth;
 mod fed_common;
 mod fed_keys;
+mod fed_queries;
+mod fed_media;
 mod filter;
 mod guests;
 mod http;
