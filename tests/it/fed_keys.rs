@@ -98,6 +98,41 @@ async fn our_key_response_is_self_signed_and_fresh() {
     verify_signed(&old_form, "localhost", &published);
 }
 
+/// A profile query from `origin` to `to`, X-Matrix signed with `keys` (which may be a key
+/// `origin` no longer uses); the status.
+async fn query_signed_with(
+    keys: &hearth::service::keys::ServerKeys,
+    origin: &str,
+    to: &FedServer,
+    user: &str,
+) -> StatusCode {
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        crate::common::enc(user)
+    );
+    let request = http::Request::builder()
+        .method("GET")
+        .uri(&path)
+        .body(Vec::<u8>::new())
+        .unwrap();
+    let header = ruma::api::federation::authentication::XMatrix::sign_http_request(
+        &request,
+        ruma::api::federation::authentication::XMatrixSigningInput::new(
+            origin.try_into().unwrap(),
+            to.name.as_str().try_into().unwrap(),
+            &keys.keypair,
+        ),
+    )
+    .unwrap();
+    to.http
+        .get(format!("{}{path}", to.base))
+        .header("authorization", header.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 fn rotate(data_dir: &Path) -> String {
     let output = std::process::Command::new(BIN)
         .args(["keys", "rotate"])
@@ -166,6 +201,17 @@ async fn rotation_keeps_the_old_key_verifiable() {
         .unwrap();
     assert_eq!(still, b_has);
     assert_eq!(keyring(&fed.servers[1]).stats().requests, requests);
+    // So does its request authentication: a request A signed with the old key is accepted by
+    // B, and refused by C, which learns the key only as expired.
+    let (b, c) = (&fed.servers[1], &fed.servers[2]);
+    b.register("bob", "password-bob").await;
+    c.register("carol", "password-carol").await;
+    let status = query_signed_with(&old_keys, &a.name, b, &b.user_id("bob")).await;
+    assert_eq!(status, StatusCode::OK);
+    let status = query_signed_with(&old_keys, &a.name, c, &c.user_id("carol")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let status = query_signed_with(&new_keys, &a.name, c, &c.user_id("carol")).await;
+    assert_eq!(status, StatusCode::OK);
 
     // C, which never saw it, learns it as an old key: valid for what it signed before it
     // expired, not after.
