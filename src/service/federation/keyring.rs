@@ -45,7 +45,7 @@ use verify::{verify_response, Verified};
 use crate::{
     config::TrustedKeyServer,
     error::{Error, Result},
-    service::{keys::ServerKeys, users::now_ms},
+    service::{keys::ServerKeys, users::now_ms, OnDrop},
     store::{Batch, Record, Store},
     table,
 };
@@ -372,9 +372,9 @@ impl KeyRing {
         fetch: impl FnOnce(&'a ServerName) -> BoxFuture<'a, Result<(), String>>,
     ) -> Result<Option<String>> {
         let slot = self.slot(server);
-        let failure = {
+        let failure = async {
             let _running = slot.fetch.lock().await;
-            if satisfied()? {
+            Ok(if satisfied()? {
                 None
             } else {
                 let now = now_ms();
@@ -398,10 +398,11 @@ impl KeyRing {
                         })
                     }
                 }
-            }
-        };
+            })
+        }
+        .await;
         self.release(server, slot);
-        Ok(failure)
+        failure
     }
 
     fn slot(&self, server: &ServerName) -> Arc<Slot> {
@@ -664,9 +665,12 @@ impl KeyRing {
             };
             batch.put::<ServerKeyResponses>(&server, &record);
         }
-        let committed = self.store.commit(batch).await;
-        self.forget(&verified.keys.server_name);
-        committed.map_err(|e| format!("cannot store its keys: {e}"))
+        // Also when the caller goes away mid-commit: the writer may still apply the batch.
+        let _forget = OnDrop::new(|| self.forget(&verified.keys.server_name));
+        self.store
+            .commit(batch)
+            .await
+            .map_err(|e| format!("cannot store its keys: {e}"))
     }
 
     /// Key responses for the notary endpoints: ours for our own name; otherwise the cached
@@ -730,9 +734,8 @@ impl KeyRing {
             record.fetched_ts = record.fetched_ts.saturating_sub(by_ms);
             batch.put::<ServerKeyResponses>(&name, &record);
         }
-        let committed = self.store.commit(batch).await;
-        self.forget(server);
-        Ok(committed?)
+        let _forget = OnDrop::new(|| self.forget(server));
+        Ok(self.store.commit(batch).await?)
     }
 }
 
