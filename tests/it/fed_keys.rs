@@ -542,3 +542,83 @@ async fn figures() {
         fetching / FETCHES
     );
 }
+
+#[tokio::test]
+async fn notary_refreshes_stale_responses_and_serves_the_last_one_when_the_server_is_down() {
+    let mut fed = start_many(2).await;
+    let a_name = fed.servers[0].name.clone();
+    let query = format!("/_matrix/key/v2/query/{a_name}");
+    let b = &fed.servers[1];
+    let (_, body) = b.get(&query, None).await;
+    let first_until = body["server_keys"][0]["valid_until_ts"].as_u64().unwrap();
+    assert_eq!(keyring(b).stats().requests, 1);
+    // Within half its lifetime the cached response is served as it is.
+    let (_, body) = b.get(&query, None).await;
+    assert_eq!(body["server_keys"][0]["valid_until_ts"], first_until);
+    assert_eq!(keyring(b).stats().requests, 1);
+    // Asked for more than it covers: fetched again (A's new response reaches further, as
+    // time has passed).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (_, body) = b
+        .get(
+            &format!("{query}?minimum_valid_until_ts={}", first_until + 10),
+            None,
+        )
+        .await;
+    assert_eq!(keyring(b).stats().requests, 2);
+    let until = body["server_keys"][0]["valid_until_ts"].as_u64().unwrap();
+    assert!(until >= first_until + 10, "{body}");
+    // Past its validity (as far as B's records go) and A is down: B tries A again, then
+    // serves the last response it has (old events stay checkable), signed by B.
+    keyring(b)
+        .age_cached(name(&fed.servers[0]), 8 * DAY)
+        .await
+        .unwrap();
+    fed.servers[0].stop().await;
+    let b = &fed.servers[1];
+    let (status, body) = b.get(&query, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(keyring(b).stats().requests, 3);
+    let served = &body["server_keys"][0];
+    assert_eq!(served["valid_until_ts"], until);
+    let b_keys = b.signing_key();
+    verify_signed(
+        served,
+        &b.name,
+        &BTreeMap::from([(b_keys.key_id(), b_keys.public_key_base64())]),
+    );
+}
+
+#[tokio::test]
+async fn notary_requests_are_checked() {
+    let srv = TestServer::start().await;
+    let (status, body) = srv.get("/_matrix/key/v2/query/not%20a%20name", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let many: serde_json::Map<String, Value> = (0..101)
+        .map(|i| (format!("s{i}.example"), json!({})))
+        .collect();
+    let (status, body) = srv
+        .post(
+            "/_matrix/key/v2/query",
+            None,
+            json!({ "server_keys": many }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(crate::common::errcode(&body), "M_INVALID_PARAM");
+    let (status, body) = srv
+        .post("/_matrix/key/v2/query", None, json!({ "server_keys": {} }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["server_keys"], json!([]));
+    // About ourselves: our own response.
+    let (status, body) = srv
+        .post(
+            "/_matrix/key/v2/query",
+            None,
+            json!({ "server_keys": {"localhost": {}} }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["server_keys"][0]["server_name"], "localhost");
+}
