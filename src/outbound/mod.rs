@@ -12,6 +12,7 @@
 //! per minute, where a handshake per request costs nothing noticeable and saves a pool's
 //! bookkeeping and its stale-connection failures.
 
+pub mod discovery;
 pub mod policy;
 mod resolve;
 
