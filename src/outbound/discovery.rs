@@ -289,6 +289,27 @@ pub fn parse_well_known(body: &[u8]) -> Result<String, String> {
     Ok(server.to_owned())
 }
 
+/// Where a redirect from `base` to `location` leads, if that is an `https` URL: an absolute
+/// URL, a scheme-relative `//host/path`, an absolute path, or a path relative to `base`'s.
+pub fn redirect_target(base: &http::Uri, location: &str) -> Option<http::Uri> {
+    let location = location.trim();
+    let absolute = if location.contains("://") {
+        location.to_owned()
+    } else if let Some(rest) = location.strip_prefix("//") {
+        format!("https://{rest}")
+    } else {
+        let authority = base.authority()?;
+        if location.starts_with('/') {
+            format!("https://{authority}{location}")
+        } else {
+            let dir = base.path().rsplit_once('/').map_or("", |(dir, _)| dir);
+            format!("https://{authority}{dir}/{location}")
+        }
+    };
+    let uri: http::Uri = absolute.parse().ok()?;
+    (uri.scheme_str() == Some("https") && uri.host().is_some_and(|h| !h.is_empty())).then_some(uri)
+}
+
 /// The lifetime `Cache-Control` gives: `max-age` seconds, zero for `no-store`/`no-cache`,
 /// `None` when it says neither.
 pub fn cache_control_ttl(header: Option<&str>) -> Option<Duration> {

@@ -379,3 +379,27 @@ async fn the_cache_is_bounded() {
         .await;
     assert_eq!(cache.len(), 2);
 }
+
+#[test]
+fn redirects_resolve_to_https_urls_only() {
+    let base: http::Uri = "https://example.org/.well-known/matrix/server"
+        .parse()
+        .unwrap();
+    let go = |l: &str| redirect_target(&base, l).map(|u| u.to_string());
+    assert_eq!(
+        go("https://www.example.org/.well-known/matrix/server").as_deref(),
+        Some("https://www.example.org/.well-known/matrix/server")
+    );
+    assert_eq!(go("/other").as_deref(), Some("https://example.org/other"));
+    assert_eq!(
+        go("server.json").as_deref(),
+        Some("https://example.org/.well-known/matrix/server.json")
+    );
+    assert_eq!(
+        go("//cdn.example.net/x").as_deref(),
+        Some("https://cdn.example.net/x")
+    );
+    assert_eq!(go("http://example.org/.well-known/matrix/server"), None);
+    assert_eq!(go("ftp://example.org/x"), None);
+    assert_eq!(go("https:///nohost"), None);
+}
