@@ -370,9 +370,10 @@ async fn the_cache_is_bounded() {
     // Full: the soonest-expiring entry ("a") goes.
     cache.get_or_fetch("d", t0, || answer(400)).await;
     assert_eq!(cache.len(), 3);
-    let slots = cache.slots.lock().unwrap();
-    assert!(!slots.contains_key("a") && slots.contains_key("d"));
-    drop(slots);
+    {
+        let slots = cache.slots.lock().unwrap();
+        assert!(!slots.contains_key("a") && slots.contains_key("d"));
+    }
     // Past "b" and "c"'s expiry both go at the next insert.
     cache
         .get_or_fetch("e", t0 + Duration::from_secs(350), || answer(400))
