@@ -35,6 +35,9 @@ pub struct TestHooks {
     pub default_port: Option<u16>,
     /// These DNS servers instead of the system's (`/etc/resolv.conf`).
     pub name_servers: Vec<SocketAddr>,
+    /// Every connection goes to this address, whatever the name (`hearth check --connect`,
+    /// to check a server before its DNS records exist).
+    pub connect_to: Option<SocketAddr>,
 }
 
 impl Outbound {

@@ -242,6 +242,12 @@ impl Outbound {
         ip: Option<IpAddr>,
         port: u16,
     ) -> Result<TcpStream, OutboundError> {
+        if let Some(addr) = self.inner.hooks.connect_to {
+            return TcpStream::connect(addr).await.map_err(|e| {
+                log::debug!("outbound {host}: connect to {addr}: {e}");
+                OutboundError::Connect
+            });
+        }
         let addrs = match ip {
             Some(ip) => vec![ip],
             None => self.lookup(host).await?,

@@ -489,6 +489,7 @@ async fn srv_records_of_the_delegated_name_or_the_server_name_are_used() {
             well_known_port: Some(no_wk.port()),
             default_port: Some(port),
             name_servers: vec![dns.addr],
+            ..Default::default()
         },
     );
     fed_get(&c, "srv.test").await.unwrap();
@@ -534,6 +535,7 @@ async fn without_well_known_nor_srv_the_name_is_used_on_8448() {
             well_known_port: Some(closed_port),
             default_port: Some(fed.port()),
             name_servers: vec![dns.addr],
+            ..Default::default()
         },
     );
     let route = c.discover("plain.test").await.unwrap();
