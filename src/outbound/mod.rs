@@ -21,6 +21,8 @@ mod federation;
 pub mod policy;
 mod resolve;
 
+pub use discovery::DEFAULT_PORT as DEFAULT_FEDERATION_PORT;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod e2ee;
 pub mod expiring_tokens;
+pub mod federation;
 pub mod filters;
 pub mod guests;
 pub mod keys;
@@ -96,8 +97,12 @@ pub struct Services {
     pub e2ee: Arc<e2ee::E2ee>,
     /// Member events sent to each device under lazy loading (memory only).
     pub lazy_members: sync::LazyMembers,
-    /// The HTTP client for requests this server makes (push gateways, later federation).
+    /// The HTTP client for requests this server makes (push gateways, federation).
     pub outbound: crate::outbound::Outbound,
+    /// Signed requests to other homeservers.
+    pub federation: Arc<federation::client::FederationClient>,
+    /// Other servers' signing keys.
+    pub keyring: Arc<federation::keyring::KeyRing>,
     /// Account locks and suspensions.
     pub moderation: moderation::Moderation,
     /// OpenID tokens (shared with the sweep task).
@@ -206,6 +211,11 @@ impl Services {
             rooms.clone(),
             outbound.clone(),
         ));
+        let federation = Arc::new(federation::client::FederationClient::new(
+            server_name.clone(),
+            keys.clone(),
+            outbound.clone(),
+        ));
         let mailer = mailer::Mailer::new(&config.email)?;
         let search = search::Search::new(store.clone(), rooms.clone());
         // Events stored before the search index existed are indexed before any request.
@@ -215,7 +225,7 @@ impl Services {
         Ok(Arc::new(Self {
             threepids: threepids::Threepids::new(store.clone()),
             mailer,
-            media: media::Media::new(store.clone(), &config, server_name),
+            media: media::Media::new(store.clone(), &config, server_name.clone()),
             search,
             rooms,
             delivery,
@@ -229,6 +239,12 @@ impl Services {
                 notifications.clone(),
             ),
             notifications,
+            keyring: Arc::new(federation::keyring::KeyRing::new(
+                keys.clone(),
+                server_name.clone(),
+                federation.clone(),
+            )),
+            federation,
             outbound,
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules,
