@@ -210,10 +210,15 @@ async fn files_mode_serves_https_h2_and_reloads_on_sighup() {
     );
     assert!(text.contains("ALPN h2"), "{text}");
     assert!(
-        text.contains(&format!("\"m.server\":\"localhost:{tls}\"")),
+        text.contains(&format!(
+            "https://localhost/.well-known/matrix/server delegates to localhost:{tls}"
+        )),
         "{text}"
     );
-    assert!(text.contains("(delegated by .well-known)"), "{text}");
+    assert!(
+        text.contains("self-signature valid") && text.contains("keys ed25519:"),
+        "{text}"
+    );
     assert!(text.contains("client API answers"), "{text}");
     assert!(
         text.contains(&format!("https://{tls_addr}  accepting")),
