@@ -285,7 +285,14 @@ fn tls_error(e: &std::io::Error) -> HttpsError {
         })) => HttpsError::WrongName {
             presented: presented
                 .iter()
-                .map(|n| n.trim_matches('"').to_owned())
+                // rustls writes them as `DnsName("x")` / `IpAddress(x)`.
+                .map(|n| {
+                    let inner = n
+                        .split_once('(')
+                        .and_then(|(_, rest)| rest.rsplit_once(')'))
+                        .map_or(n.as_str(), |(inner, _)| inner);
+                    inner.trim_matches('"').to_owned()
+                })
                 .collect(),
         },
         _ => HttpsError::Tls(e.to_string()),
@@ -300,7 +307,12 @@ fn cert_info(der: &[u8]) -> Result<(Vec<String>, i64), String> {
             match name {
                 x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
                 x509_parser::extensions::GeneralName::IPAddress(ip) => {
-                    names.push(format!("{ip:?}"))
+                    let ip = match ip.len() {
+                        4 => <[u8; 4]>::try_from(*ip).map(std::net::IpAddr::from).ok(),
+                        16 => <[u8; 16]>::try_from(*ip).map(std::net::IpAddr::from).ok(),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
                 }
                 _ => {}
             }

@@ -19,6 +19,7 @@ mod email;
 mod email_no_delivery;
 mod ephemeral;
 mod fed_auth;
+mod fed_check;
 mod fed_common;
 mod fed_discovery;
 mod filter;
