@@ -65,7 +65,7 @@ async fn check_fetches_our_keys_from_a_running_server_through_discovery() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("/_matrix/key/v2/server: keys ed25519:"))
+        text.contains("/_matrix/key/v2/server: keys ed25519:")
             && text.contains(&format!("for {}, self-signature valid", server.name)),
         "{text}"
     );
