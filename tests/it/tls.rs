@@ -262,6 +262,21 @@ fn tls_config_is_validated_with_clear_messages() {
     assert!(e.contains("listed twice"), "{e}");
     let e = err("server_name = \"127.0.0.1\"\n[tls]\nmode = \"acme\"\nemail = \"a@b.c\"\nlisteners = [\"0.0.0.0:443\"]\n");
     assert!(e.contains("tls.domains"), "{e}");
+    for name in ["127.0.0.1:8448", "[::1]:8448"] {
+        let e = err(&format!("server_name = \"{name}\"\n[tls]\nmode = \"acme\"\nemail = \"a@b.c\"\nlisteners = [\"0.0.0.0:8448\"]\n"));
+        assert!(
+            e.contains("tls.domains")
+                && e.contains("ACME cannot issue a certificate for an IP address"),
+            "{e}"
+        );
+    }
+    // An IP-literal server name with certificate files is fine.
+    Config::from_toml_str(
+        "server_name = \"127.0.0.1:8448\"\n[tls]\nmode = \"files\"\nlisteners = [\"127.0.0.1:8448\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+        "t",
+        Vec::new(),
+    )
+    .unwrap();
     let e = err("[tls]\nmode = \"acme\"\nemail = \"a@b.c\"\nlisteners = [\"0.0.0.0:443\"]\ndirectory = \"nope\"\n");
     assert!(e.contains("tls.directory"), "{e}");
     let e = err("[tls]\nmode = \"tls\"\n");
