@@ -23,6 +23,7 @@ mod fed_check;
 mod fed_common;
 mod fed_discovery;
 mod fed_keys;
+mod fed_queries;
 mod filter;
 mod guests;
 mod http;
