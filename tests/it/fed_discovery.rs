@@ -639,3 +639,92 @@ async fn the_ip_policy_applies_to_discovered_addresses() {
     assert_eq!(fed_get(&c, &dest).await, Err(OutboundError::Refused));
     assert!(fed.hits().is_empty());
 }
+
+/// Figures for the report (not a check): a cold discovery (well-known fetch over TLS, SRV
+/// lookup, fresh caches) against a cached one, and the memory one cached well-known answer
+/// takes. Run alone: `cargo test --test it fed_discovery::figures -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run alone"]
+async fn figures() {
+    use hearth::outbound::discovery::{WellKnownCache, WellKnownOutcome};
+    use std::time::Instant;
+    let ca = TestCa::new();
+    let fed = TlsServer::federation(&ca, &["deleg.test"]).await;
+    let dns = FakeDns::start(Zone::default().a(&["example.test", "target.test"]).srv(
+        "_matrix-fed._tcp.deleg.test",
+        &[(0, 0, fed.port(), "target.test.")],
+    ))
+    .await;
+    let wk = TlsServer::well_known(
+        &ca,
+        &["example.test"],
+        json!({"m.server": "deleg.test"}),
+        "",
+    )
+    .await;
+    let hooks = TestHooks {
+        well_known_port: Some(wk.port()),
+        name_servers: vec![dns.addr],
+        ..Default::default()
+    };
+    let rounds = 30;
+    let mut cold = Vec::new();
+    for _ in 0..rounds {
+        let c = client(&ca.pem, hooks.clone());
+        let t = Instant::now();
+        c.discover("example.test").await.unwrap();
+        cold.push(t.elapsed());
+    }
+    let c = client(&ca.pem, hooks.clone());
+    c.discover("example.test").await.unwrap();
+    let warm_rounds = 2000;
+    let t = Instant::now();
+    for _ in 0..warm_rounds {
+        c.discover("example.test").await.unwrap();
+    }
+    let warm = t.elapsed() / warm_rounds;
+    cold.sort();
+    // A whole request (discovery, TCP, TLS handshake, HTTP) cold and with discovery cached.
+    let t = Instant::now();
+    fed_get(&client(&ca.pem, hooks.clone()), "example.test")
+        .await
+        .unwrap();
+    let request_cold = t.elapsed();
+    let t = Instant::now();
+    for _ in 0..20 {
+        fed_get(&c, "example.test").await.unwrap();
+    }
+    let request_warm = t.elapsed() / 20;
+    println!(
+        "discovery (well-known over TLS + SRV): cold median {:?} (min {:?}, max {:?}); cached {:?}",
+        cold[cold.len() / 2],
+        cold[0],
+        cold[cold.len() - 1],
+        warm
+    );
+    println!("federation request: cold {request_cold:?}, discovery cached {request_warm:?}");
+
+    // Memory per cached destination: RSS before and after 100k well-known answers.
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+    let n = 100_000;
+    let cache = WellKnownCache::new(n);
+    let now = std::time::Instant::now();
+    let before = rss_kib();
+    for i in 0..n {
+        let host = format!("host{i}.example.org");
+        let answer = WellKnownOutcome::Delegated(format!("matrix.host{i}.example.org:443"));
+        cache
+            .get_or_fetch(&host, now, || async move { (answer, None) })
+            .await;
+    }
+    let after = rss_kib();
+    println!(
+        "well-known cache: {n} entries, RSS +{} KiB, {} bytes per destination (names of ~18 and ~30 bytes)",
+        after - before,
+        (after - before) * 1024 / n as u64
+    );
+}
