@@ -353,6 +353,16 @@ mod tests {
     }
 
     #[test]
+    fn rotation_without_a_key_creates_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let rotation = ServerKeys::rotate(dir.path(), 1).unwrap();
+        assert_eq!(rotation.retired, None);
+        let keys = ServerKeys::load(dir.path()).unwrap();
+        assert_eq!(keys.key_id(), rotation.current);
+        assert!(keys.old.is_empty());
+    }
+
+    #[test]
     fn interrupted_rotations_are_completed_or_undone() {
         let dir = tempfile::tempdir().unwrap();
         let keys = ServerKeys::load_or_generate(dir.path()).unwrap();
