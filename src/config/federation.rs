@@ -111,6 +111,15 @@ mod tests {
             };
             assert!(config.validate().is_err());
         }
+        // The commented example of examples/hearth.toml, uncommented.
+        let example: Federation = toml::from_str(
+            r#"trusted_key_servers = [
+  { server_name = "matrix.org", verify_keys = { "ed25519:auto" = "Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw" } },
+]"#,
+        )
+        .unwrap();
+        example.validate().unwrap();
+        assert_eq!(example.trusted_key_servers[0].verify_keys.len(), 1);
         let twice = Federation {
             trusted_key_servers: vec![notary("a.org", &[]), notary("a.org", &[])],
         };
