@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod e2ee;
 pub mod expiring_tokens;
+pub mod federation;
 pub mod filters;
 pub mod guests;
 pub mod keys;
@@ -104,6 +105,14 @@ pub struct Services {
     pub openid_tokens: Arc<expiring_tokens::OpenIdTokens>,
     /// `m.login.token` login tokens (shared with the sweep task).
     pub login_tokens: Arc<expiring_tokens::LoginTokens>,
+    /// The durable outbound federation queue (shared with every service that queues).
+    pub fed_queue: Arc<federation::queue::Queue>,
+    /// Delivers the queue's transactions; runs once the server starts it.
+    pub fed_sender: Arc<federation::sender::Sender>,
+    /// Device lists over federation: local announcements, the remote cache.
+    pub fed_devices: Arc<federation::devices::FederatedDevices>,
+    /// Inbound transactions in progress.
+    pub fed_inbound: federation::receive::Inbound,
     /// E-mail addresses of accounts and their validation sessions.
     pub threepids: threepids::Threepids,
     /// Sends validation mails; `None` when `[email]` is not configured.
@@ -152,11 +161,17 @@ impl Services {
         let keys = Arc::new(keys);
         let notifier = Arc::new(notifier::Notifier::new());
         let pushers = Arc::new(push::pushers::Pushers::new(store.clone()));
+        let fed_queue = Arc::new(federation::queue::Queue::new(
+            store.clone(),
+            stream.clone(),
+            server_name.clone(),
+        ));
         let e2ee = Arc::new(e2ee::E2ee::new(
             store.clone(),
             stream.clone(),
             notifier.clone(),
             server_name.clone(),
+            fed_queue.clone(),
         )?);
         let limits = &config.rate_limit;
         let rate_limiter = RateLimiter::new(
@@ -198,6 +213,7 @@ impl Services {
             notifier.clone(),
             notifications.clone(),
             users.clone(),
+            fed_queue.clone(),
         ));
         let delivery = Arc::new(push::delivery::Delivery::new(
             store.clone(),
@@ -208,6 +224,21 @@ impl Services {
         ));
         let mailer = mailer::Mailer::new(&config.email)?;
         let search = search::Search::new(store.clone(), rooms.clone());
+        // MERGE(lead): the federation client built above (`services.federation`).
+        let federation = Arc::new(federation::client::FederationClient);
+        let fed_devices = Arc::new(federation::devices::FederatedDevices::new(
+            store.clone(),
+            stream.clone(),
+            e2ee.clone(),
+            rooms.clone(),
+            fed_queue.clone(),
+            federation.clone(),
+        ));
+        let fed_sender = Arc::new(federation::sender::Sender::new(
+            fed_queue.clone(),
+            federation,
+            fed_devices.clone(),
+        ));
         // Events stored before the search index existed are indexed before any request.
         search
             .backfill()
@@ -227,10 +258,16 @@ impl Services {
                 stream.clone(),
                 notifier.clone(),
                 notifications.clone(),
+                fed_queue.clone(),
             ),
             notifications,
             outbound,
-            presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
+            presence: presence::Presence::new(
+                store.clone(),
+                stream.clone(),
+                notifier.clone(),
+                fed_queue.clone(),
+            ),
             push_rules,
             users,
             sessions: sessions::Sessions::new(store.clone(), e2ee.clone(), pushers.clone()),
@@ -249,6 +286,10 @@ impl Services {
             moderation: moderation::Moderation::new(store.clone()),
             openid_tokens: Arc::new(expiring_tokens::OpenIdTokens::new(store.clone())),
             login_tokens: Arc::new(expiring_tokens::LoginTokens::new(store.clone())),
+            fed_queue,
+            fed_sender,
+            fed_devices,
+            fed_inbound: Default::default(),
             store,
             config: Arc::new(config),
         }))

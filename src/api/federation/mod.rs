@@ -3,9 +3,11 @@
 //! X-Matrix signatures).
 
 pub mod openid;
+pub mod send;
 
 use crate::http::Router;
 
 pub fn register_routes(router: &mut Router) {
     openid::routes(router);
+    send::routes(router);
 }
