@@ -17,6 +17,7 @@ mod e2ee;
 mod e2ee_sync;
 mod email;
 mod email_no_delivery;
+mod fed_transactions;
 mod ephemeral;
 mod filter;
 mod guests;

@@ -53,6 +53,9 @@ pub const MAX_EDUS: usize = 100;
 const TYPING_STALE_MS: u64 = 30_000;
 /// Rows read per scan when building a transaction.
 const SCAN_CHUNK: usize = 64;
+/// Most rows looked at for one transaction: when one kind is full, the other kind's items
+/// behind a long backlog wait for a later transaction rather than cost a scan of it all.
+const MAX_SCAN: usize = 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum QueueItem {
@@ -287,6 +290,7 @@ impl Queue {
         let (mut pdus, mut edus) = (0, 0);
         let mut positions = Vec::new();
         let mut from: Option<(String, u64)> = None;
+        let mut scanned = 0;
         'scan: loop {
             let rows = self.store.range_in_prefix::<FedQueue, _>(
                 &(key.as_str(),),
@@ -297,6 +301,7 @@ impl Queue {
             let full = rows.len() == SCAN_CHUNK;
             for ((_, pos), item) in rows {
                 from = Some((key.clone(), pos + 1));
+                scanned += 1;
                 match &item {
                     QueueItem::Pdu if pdus < MAX_PDUS => {
                         pdus += 1;
@@ -321,7 +326,7 @@ impl Queue {
                     // among themselves is kept.
                     _ => {}
                 }
-                if pdus == MAX_PDUS && edus == MAX_EDUS {
+                if (pdus == MAX_PDUS && edus == MAX_EDUS) || scanned >= MAX_SCAN {
                     break 'scan;
                 }
             }
