@@ -97,8 +97,12 @@ pub struct Services {
     pub e2ee: Arc<e2ee::E2ee>,
     /// Member events sent to each device under lazy loading (memory only).
     pub lazy_members: sync::LazyMembers,
-    /// The HTTP client for requests this server makes (push gateways, later federation).
+    /// The HTTP client for requests this server makes (push gateways, federation).
     pub outbound: crate::outbound::Outbound,
+    /// Signed requests to other homeservers.
+    pub federation: Arc<federation::client::FederationClient>,
+    /// Other servers' signing keys.
+    pub keyring: Arc<federation::keyring::KeyRing>,
     /// Account locks and suspensions.
     pub moderation: moderation::Moderation,
     /// OpenID tokens (shared with the sweep task).
@@ -222,10 +226,13 @@ impl Services {
             rooms.clone(),
             outbound.clone(),
         ));
+        let federation = Arc::new(federation::client::FederationClient::new(
+            server_name.clone(),
+            keys.clone(),
+            outbound.clone(),
+        ));
         let mailer = mailer::Mailer::new(&config.email)?;
         let search = search::Search::new(store.clone(), rooms.clone());
-        // MERGE(lead): the federation client built above (`services.federation`).
-        let federation = Arc::new(federation::client::FederationClient);
         let fed_devices = Arc::new(federation::devices::FederatedDevices::new(
             store.clone(),
             stream.clone(),
@@ -236,7 +243,7 @@ impl Services {
         ));
         let fed_sender = Arc::new(federation::sender::Sender::new(
             fed_queue.clone(),
-            federation,
+            federation.clone(),
             fed_devices.clone(),
         ));
         // Events stored before the search index existed are indexed before any request.
@@ -246,7 +253,7 @@ impl Services {
         Ok(Arc::new(Self {
             threepids: threepids::Threepids::new(store.clone()),
             mailer,
-            media: media::Media::new(store.clone(), &config, server_name),
+            media: media::Media::new(store.clone(), &config, server_name.clone()),
             search,
             rooms,
             delivery,
@@ -261,6 +268,12 @@ impl Services {
                 fed_queue.clone(),
             ),
             notifications,
+            keyring: Arc::new(federation::keyring::KeyRing::new(
+                keys.clone(),
+                server_name.clone(),
+                federation.clone(),
+            )),
+            federation,
             outbound,
             presence: presence::Presence::new(
                 store.clone(),

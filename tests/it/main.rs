@@ -19,6 +19,8 @@ mod email;
 mod email_no_delivery;
 mod fed_transactions;
 mod ephemeral;
+mod fed_auth;
+mod fed_common;
 mod filter;
 mod guests;
 mod http;

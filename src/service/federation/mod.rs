@@ -1,7 +1,17 @@
-//! Federation services.
+//! Federation: talking to other homeservers (spec: Server-Server API).
+//!
+//! - `client`: typed, X-Matrix signed requests to other servers.
+//! - `acl`: server ACLs of rooms, for every inbound request about a room.
+//! - `auth`: verification of the X-Matrix signature of incoming requests.
+//! - `queue`, `sender`: the durable outbound transaction queue and its delivery tasks.
+//! - `receive`: inbound transactions and their EDUs.
+//! - `devices`: device lists over federation (announcements, the remote cache).
 
+pub mod acl;
+pub mod auth;
 pub mod client;
 pub mod devices;
+pub mod keyring;
 pub mod queue;
 pub mod receive;
 pub mod sender;
