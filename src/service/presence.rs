@@ -209,15 +209,13 @@ impl Presence {
             log::debug!("ignoring presence of {user_id}: no room shared with a local user");
             return Ok(());
         }
-        let status_msg = status_msg
-            .filter(|m| !m.is_empty())
-            .map(|mut m| {
-                // Cut on a character boundary, as a local client's message is limited.
-                while m.len() > MAX_STATUS_BYTES {
-                    m.pop();
-                }
-                m
-            });
+        let status_msg = status_msg.filter(|m| !m.is_empty()).map(|mut m| {
+            // Cut on a character boundary, as a local client's message is limited.
+            while m.len() > MAX_STATUS_BYTES {
+                m.pop();
+            }
+            m
+        });
         self.write(rooms, user_id, |_, now| {
             Some((
                 state.to_owned(),

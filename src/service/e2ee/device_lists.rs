@@ -25,8 +25,8 @@ use ruma::{OwnedUserId, UserId};
 
 use super::E2ee;
 use crate::{
-    service::federation::devices::DeviceListDirty,
     error::Result,
+    service::federation::devices::DeviceListDirty,
     service::rooms::{CurrentState, RoomMembers, RoomsTable, UserRooms},
     store::{Batch, Store},
     table,

@@ -36,9 +36,7 @@ use ruma::{
 };
 use serde_json::{Map, Value};
 
-use super::{
-    federation::queue::Queue, notifier::Notifier, sessions::DevicesTable, stream::Stream,
-};
+use super::{federation::queue::Queue, notifier::Notifier, sessions::DevicesTable, stream::Stream};
 use crate::{
     error::{Error, Result},
     store::{Batch, CommitError, Store, StoreError},

@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 
 use super::{E2ee, ATTEMPTS};
 use crate::{
-    service::federation::queue::Edu,
     error::{Error, Result},
+    service::federation::queue::Edu,
     service::sessions::DevicesTable,
     store::{Batch, CommitError, Raw, Store},
     table,

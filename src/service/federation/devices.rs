@@ -156,7 +156,9 @@ impl FederatedDevices {
     /// The remote servers sharing a joined room with `user_id`.
     fn servers_sharing(&self, user_id: &UserId) -> Result<BTreeSet<OwnedServerName>> {
         let members = co_members(&self.rooms, user_id)?;
-        Ok(self.queue.remote_servers(members.iter().map(|u| u.as_ref())))
+        Ok(self
+            .queue
+            .remote_servers(members.iter().map(|u| u.as_ref())))
     }
 
     /// Announces every pending local change (see the module documentation). Errors are
@@ -164,7 +166,10 @@ impl FederatedDevices {
     pub async fn announce_local_changes(&self) {
         let mut from: Option<String> = None;
         loop {
-            let rows = match self.store.range::<DeviceListDirty>(from.as_ref(), false, CHUNK) {
+            let rows = match self
+                .store
+                .range::<DeviceListDirty>(from.as_ref(), false, CHUNK)
+            {
                 Ok(rows) => rows,
                 Err(e) => {
                     log::warn!("cannot read device-list markers: {e}");
@@ -192,13 +197,16 @@ impl FederatedDevices {
         let record = self
             .store
             .get::<DevicesTable>(&(user_id.to_string(), device.to_owned()))?;
-        let keys = self.e2ee.device_keys_for(user_id, user_id, device)?.map(|mut k| {
-            // The display name travels beside the keys, not in their `unsigned`.
-            if let Some(object) = k.as_object_mut() {
-                object.remove("unsigned");
-            }
-            k
-        });
+        let keys = self
+            .e2ee
+            .device_keys_for(user_id, user_id, device)?
+            .map(|mut k| {
+                // The display name travels beside the keys, not in their `unsigned`.
+                if let Some(object) = k.as_object_mut() {
+                    object.remove("unsigned");
+                }
+                k
+            });
         Ok(json!({
             "display_name": record.and_then(|r| r.display_name),
             "keys": keys,
@@ -261,7 +269,9 @@ impl FederatedDevices {
                 }
                 edus.push(Edu::new("m.device_list_update", content));
             }
-            let master = self.e2ee.cross_signing_key_for(user_id, user_id, "master")?;
+            let master = self
+                .e2ee
+                .cross_signing_key_for(user_id, user_id, "master")?;
             let self_signing = self
                 .e2ee
                 .cross_signing_key_for(user_id, user_id, "self_signing")?;
@@ -369,7 +379,9 @@ impl FederatedDevices {
             .e2ee
             .device_change_targets(user_id)
             .map_err(|e| CommitError::Store(crate::store::StoreError::Io(e.to_string())))?;
-        self.e2ee.commit_positioned(batch, Some(pending), wake).await
+        self.e2ee
+            .commit_positioned(batch, Some(pending), wake)
+            .await
     }
 
     /// An `m.device_list_update` EDU (its sender already checked against the origin).
@@ -450,9 +462,15 @@ impl FederatedDevices {
         }
         let user = user_id.to_string();
         let mut batch = Batch::new();
-        for (field, usage) in [("master_key", "master"), ("self_signing_key", "self_signing")] {
+        for (field, usage) in [
+            ("master_key", "master"),
+            ("self_signing_key", "self_signing"),
+        ] {
             if let Some(key) = content.get(field).filter(|k| k.is_object()) {
-                batch.put::<RemoteCrossSigning>(&(user.clone(), usage.to_owned()), &Raw(to_json(key)?));
+                batch.put::<RemoteCrossSigning>(
+                    &(user.clone(), usage.to_owned()),
+                    &Raw(to_json(key)?),
+                );
             }
         }
         if batch.is_empty() {

@@ -364,8 +364,10 @@ impl Queue {
         &self,
         destination: &ServerName,
         in_flight: &InFlight,
-    ) -> Result<(Vec<Box<serde_json::value::RawValue>>, Vec<Box<serde_json::value::RawValue>>)>
-    {
+    ) -> Result<(
+        Vec<Box<serde_json::value::RawValue>>,
+        Vec<Box<serde_json::value::RawValue>>,
+    )> {
         let mut pdus = Vec::new();
         let mut edus = Vec::new();
         for &pos in &in_flight.positions {
@@ -397,7 +399,11 @@ impl Queue {
 
     /// After a 200 (or a refusal that retrying cannot change): deletes the transaction's items
     /// and clears the in-flight record and the backoff.
-    pub async fn transaction_done(&self, destination: &ServerName, in_flight: &InFlight) -> Result<()> {
+    pub async fn transaction_done(
+        &self,
+        destination: &ServerName,
+        in_flight: &InFlight,
+    ) -> Result<()> {
         let key = destination.to_string();
         let mut batch = Batch::new();
         for &pos in &in_flight.positions {
@@ -410,7 +416,11 @@ impl Queue {
 
     /// After a failed attempt: one more failure, the next attempt not before `retry_at_ms`.
     /// The in-flight transaction stays as it is.
-    pub async fn transaction_failed(&self, destination: &ServerName, retry_at_ms: u64) -> Result<u32> {
+    pub async fn transaction_failed(
+        &self,
+        destination: &ServerName,
+        retry_at_ms: u64,
+    ) -> Result<u32> {
         let key = destination.to_string();
         let mut state = self.destination_state(destination)?;
         state.failures = state.failures.saturating_add(1);
@@ -444,4 +454,3 @@ impl Queue {
         }
     }
 }
-

@@ -152,10 +152,9 @@ pub async fn receive(services: &Arc<Services>, txn: Transaction<'_>) -> Result<P
             .collect(),
     };
     let mut batch = Batch::new();
-    batch.put::<InboundTxns>(&key, &record).put::<InboundTxnAges>(
-        &(received_ms, key.0.clone(), key.1.clone()),
-        &true,
-    );
+    batch
+        .put::<InboundTxns>(&key, &record)
+        .put::<InboundTxnAges>(&(received_ms, key.0.clone(), key.1.clone()), &true);
     stage_prune(services, &mut batch, received_ms)?;
     services.store.commit(batch).await?;
     Ok(pdu_results)
@@ -173,9 +172,10 @@ fn results_of(done: &InboundTxn) -> PduResults {
 
 fn stage_prune(services: &Services, batch: &mut Batch, now: u64) -> Result<()> {
     let cutoff = now.saturating_sub(REMEMBER_TXN.as_millis() as u64);
-    for ((ms, origin, txn_id), _) in services
-        .store
-        .range::<InboundTxnAges>(None, false, PRUNE_PER_TXN)?
+    for ((ms, origin, txn_id), _) in
+        services
+            .store
+            .range::<InboundTxnAges>(None, false, PRUNE_PER_TXN)?
     {
         if ms >= cutoff {
             break;
@@ -194,9 +194,13 @@ struct RawEdu {
     content: Value,
 }
 
-async fn apply_edu(services: &Arc<Services>, origin: &ServerName, edu: &RawJsonValue) -> Result<()> {
-    let edu: RawEdu = serde_json::from_str(edu.get())
-        .map_err(|e| Error::bad_json(format!("not an EDU: {e}")))?;
+async fn apply_edu(
+    services: &Arc<Services>,
+    origin: &ServerName,
+    edu: &RawJsonValue,
+) -> Result<()> {
+    let edu: RawEdu =
+        serde_json::from_str(edu.get()).map_err(|e| Error::bad_json(format!("not an EDU: {e}")))?;
     let content = &edu.content;
     match edu.edu_type.as_str() {
         "m.typing" => typing(services, origin, content).await,
@@ -332,7 +336,11 @@ async fn one_receipt(
         .filter_map(|id| ruma::EventId::parse(id).ok())
     {
         if let Some(event) = services.rooms.event(&id)? {
-            if event.meta.room_sid == room.sid && latest.as_ref().is_none_or(|l: &crate::service::rooms::StoredEvent| l.sid < event.sid) {
+            if event.meta.room_sid == room.sid
+                && latest
+                    .as_ref()
+                    .is_none_or(|l: &crate::service::rooms::StoredEvent| l.sid < event.sid)
+            {
                 latest = Some(event);
             }
         }

@@ -42,9 +42,7 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Delay before the next attempt after `failures` failures in a row.
 pub fn backoff(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(20);
-    BACKOFF_BASE
-        .saturating_mul(1 << doublings)
-        .min(BACKOFF_CAP)
+    BACKOFF_BASE.saturating_mul(1 << doublings).min(BACKOFF_CAP)
 }
 
 enum Outcome {
@@ -64,7 +62,11 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(queue: Arc<Queue>, client: Arc<FederationClient>, devices: Arc<FederatedDevices>) -> Self {
+    pub fn new(
+        queue: Arc<Queue>,
+        client: Arc<FederationClient>,
+        devices: Arc<FederatedDevices>,
+    ) -> Self {
         Self {
             queue,
             client,
@@ -109,10 +111,7 @@ impl Sender {
                 }
                 let notify = Arc::new(Notify::new());
                 active.insert(destination.clone(), notify.clone());
-                tasks.spawn(
-                    self.clone()
-                        .deliver(destination, notify, shutdown.clone()),
-                );
+                tasks.spawn(self.clone().deliver(destination, notify, shutdown.clone()));
             }
             while tasks.try_join_next().is_some() {}
         }
@@ -268,9 +267,12 @@ impl Sender {
                 }
                 Outcome::Delivered
             }
-            Err(FedError::Remote { status, errcode, error })
-                if status == http::StatusCode::BAD_REQUEST
-                    || status == http::StatusCode::PAYLOAD_TOO_LARGE =>
+            Err(FedError::Remote {
+                status,
+                errcode,
+                error,
+            }) if status == http::StatusCode::BAD_REQUEST
+                || status == http::StatusCode::PAYLOAD_TOO_LARGE =>
             {
                 Outcome::Refused(format!("{status} {errcode}: {error}"))
             }
