@@ -89,6 +89,9 @@ pub struct InFlight {
     pub positions: Vec<u64>,
 }
 
+/// PDUs or EDUs of a transaction, as sent.
+pub type RawJsonList = Vec<Box<serde_json::value::RawValue>>;
+
 /// An EDU to queue: its type and content.
 pub struct Edu {
     pub edu_type: &'static str,
@@ -364,10 +367,7 @@ impl Queue {
         &self,
         destination: &ServerName,
         in_flight: &InFlight,
-    ) -> Result<(
-        Vec<Box<serde_json::value::RawValue>>,
-        Vec<Box<serde_json::value::RawValue>>,
-    )> {
+    ) -> Result<(RawJsonList, RawJsonList)> {
         let mut pdus = Vec::new();
         let mut edus = Vec::new();
         for &pos in &in_flight.positions {

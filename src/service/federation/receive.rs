@@ -72,10 +72,13 @@ const FEDERATION_DEVICE: &str = "*federation";
 /// The PDU results of a transaction.
 pub type PduResults = std::collections::BTreeMap<OwnedEventId, Result<(), String>>;
 
+/// `(origin, txn_id) →` the lock of a transaction being processed.
+type TxnLocks = HashMap<(OwnedServerName, String), Weak<tokio::sync::Mutex<()>>>;
+
 #[derive(Default)]
 pub struct Inbound {
     /// One lock per transaction being processed; weak, so finished ones cost nothing.
-    locks: Mutex<HashMap<(OwnedServerName, String), Weak<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<TxnLocks>,
 }
 
 impl Inbound {

@@ -235,6 +235,8 @@ fn heavy_read_slots() -> usize {
 }
 
 impl Rooms {
+    // The services it writes through, each shared with others; built once in `Services`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         stream: Arc<Stream>,
