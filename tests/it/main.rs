@@ -20,6 +20,7 @@ mod email_no_delivery;
 mod ephemeral;
 mod fed_auth;
 mod fed_common;
+mod fed_keys;
 mod fed_transactions;
 mod filter;
 mod guests;
