@@ -310,6 +310,61 @@ async fn a_destination_that_was_down_gets_everything_once() {
 }
 
 #[tokio::test]
+async fn a_transaction_from_a_backing_off_destination_resumes_delivery() {
+    let mut fed = start_many(2).await;
+    let alice = Dev::register(&fed.servers[0], "alice").await;
+    let bob = Dev::register(&fed.servers[1], "bob").await;
+    let b_name = name(&fed.servers[1]);
+    fed.servers[1].stop().await;
+    send_to_device(
+        &fed.servers[0],
+        &alice,
+        "c1",
+        json!({ &bob.user: { "*": { "n": 1 } } }),
+    )
+    .await;
+    let a = &fed.servers[0];
+    wait_until("A failed to reach B", Duration::from_secs(30), || async {
+        services(a)
+            .fed_queue
+            .destination_state(&b_name)
+            .unwrap()
+            .failures
+            > 0
+    })
+    .await;
+    // As after many failures: the next attempt an hour away.
+    let in_an_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000;
+    services(a)
+        .fed_queue
+        .transaction_failed(&b_name, in_an_hour)
+        .await
+        .unwrap();
+
+    // B comes back and sends A something: A learns B is up and delivers at once.
+    fed.servers[1].start_again().await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    send_to_device(b, &bob, "c2", json!({ &alice.user: { "*": { "n": 2 } } })).await;
+    wait_until(
+        "alice got bob's message",
+        Duration::from_secs(30),
+        || async { inbox(a, &alice).await.len() == 1 },
+    )
+    .await;
+    wait_until(
+        "bob got alice's queued message",
+        Duration::from_secs(30),
+        || async { inbox(b, &bob).await.len() == 1 },
+    )
+    .await;
+    assert_eq!(inbox(b, &bob).await[0]["content"], json!({ "n": 1 }));
+}
+
+#[tokio::test]
 async fn a_restart_resends_the_same_transaction() {
     let mut fed = start_many(2).await;
     let alice = Dev::register(&fed.servers[0], "alice").await;

@@ -118,6 +118,8 @@ pub async fn receive(services: &Arc<Services>, txn: Transaction<'_>) -> Result<P
         )));
     }
     let origin = txn.origin;
+    // The origin is evidently up: anything queued for it goes now.
+    services.fed_sender.destination_alive(origin).await;
     let lock = services.fed_inbound.lock_for(origin, txn.txn_id);
     let _guard = lock.lock().await;
     let key = (origin.to_string(), txn.txn_id.to_owned());
@@ -125,8 +127,6 @@ pub async fn receive(services: &Arc<Services>, txn: Transaction<'_>) -> Result<P
         log::debug!("replayed transaction {} from {origin}", txn.txn_id);
         return Ok(results_of(&done));
     }
-    // The origin is evidently up: anything queued for it goes now.
-    services.fed_sender.destination_alive(origin).await;
 
     // MERGE(P): the PDUs go to helper P's PDU service here:
     //     let pdu_results = services.pdus.receive_pdus(origin, txn.pdus).await;
