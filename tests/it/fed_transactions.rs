@@ -127,11 +127,17 @@ async fn to_device_messages_reach_users_of_another_server() {
     )
     .await;
     assert_eq!(inbox(b, &bob2).await[0]["content"], json!({ "n": 2 }));
-    // Delivered transactions leave nothing queued.
+    // Delivered transactions leave nothing queued, and an idle destination no task.
     wait_until(
         "A's queue for B is empty",
         Duration::from_secs(10),
         || async { services(a).fed_queue.queued(&name(b), 10).unwrap() == 0 },
+    )
+    .await;
+    wait_until(
+        "A's delivery task for B ended",
+        Duration::from_secs(10),
+        || async { services(a).fed_sender.active_destinations() == 0 },
     )
     .await;
 }
