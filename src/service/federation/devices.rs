@@ -368,6 +368,17 @@ impl FederatedDevices {
         }))
     }
 
+    /// The devices of a remote user: from the cache, else fetched from their server
+    /// (`user/devices`) and cached from then on — a user asked about is tracked, and their
+    /// server's updates keep the cache current.
+    pub async fn devices_of(&self, user_id: &UserId) -> Result<CachedDevices> {
+        if let Some(cached) = self.cached(user_id)? {
+            return Ok(cached);
+        }
+        self.resync(user_id).await?;
+        Ok(self.cached(user_id)?.unwrap_or_default())
+    }
+
     /// Commits a change of the cache together with a device-list change of the remote user in
     /// the e2ee stream, and wakes the local users who see it.
     async fn commit_change(&self, mut batch: Batch, user_id: &UserId) -> Result<(), CommitError> {
