@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod e2ee;
 pub mod expiring_tokens;
+pub mod federation;
 pub mod filters;
 pub mod guests;
 pub mod keys;
@@ -85,6 +86,8 @@ pub struct Services {
     pub keys: Arc<keys::ServerKeys>,
     pub notifier: Arc<notifier::Notifier>,
     pub rooms: Arc<rooms::Rooms>,
+    /// Inbound PDUs: checked, authorised and stored (`/send`).
+    pub pdus: Arc<federation::pdus::Pdus>,
     /// Server-side search over the rooms' events.
     pub search: search::Search,
     /// Sends notifications to push gateways; runs once the server starts it.
@@ -207,6 +210,14 @@ impl Services {
             outbound.clone(),
         ));
         let mailer = mailer::Mailer::new(&config.email)?;
+        let pdus = Arc::new(federation::pdus::Pdus::new(
+            store.clone(),
+            rooms.clone(),
+            Arc::new(federation::pdus::OwnKey::new(
+                server_name.clone(),
+                keys.clone(),
+            )),
+        ));
         let search = search::Search::new(store.clone(), rooms.clone());
         // Events stored before the search index existed are indexed before any request.
         search
@@ -218,6 +229,7 @@ impl Services {
             media: media::Media::new(store.clone(), &config, server_name),
             search,
             rooms,
+            pdus,
             delivery,
             account_data,
             typing: typing::Typing::new(notifier.clone()),

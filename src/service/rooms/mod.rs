@@ -11,7 +11,7 @@
 //! snapshot every `SNAPSHOT_EVERY` links.
 
 pub mod access;
-mod build;
+pub(crate) mod build;
 pub mod create;
 pub mod directory;
 pub mod format;

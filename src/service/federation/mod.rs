@@ -1,0 +1,3 @@
+//! The server-server API's services.
+
+pub mod pdus;

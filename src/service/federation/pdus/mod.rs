@@ -1,0 +1,360 @@
+//! Inbound PDUs (server-server API, "Transactions" and "Checks performed on receipt of a
+//! PDU"): each PDU of a transaction is checked — format and size limits of its room version,
+//! event id, signatures, content hash ([`checks`]), then the authorization rules against its
+//! auth events, the state before it and the current state (`rooms::build::remote`) — and
+//! stored with its outcome (`schema/federation-events.md`): accepted events take the same
+//! timeline path as local events; soft-failed events are stored but never served; rejected
+//! events are kept apart, in `rejected_events`; events that fail the format or signature
+//! checks are dropped.
+//!
+//! PDUs of different rooms are processed concurrently and only ever wait for their own room's
+//! lock; the PDUs of one room are processed in `depth` order, each committed on its own so the
+//! next one sees it.
+
+pub mod checks;
+
+use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
+
+use futures_util::future::join_all;
+use ruma::{
+    events::{room::server_acl::RoomServerAclEventContent, StateEventType},
+    room_version_rules::RoomVersionRules,
+    signatures::PublicKeyMap,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue as RawJsonValue;
+
+use crate::{
+    error::{Error, Result},
+    service::{
+        rooms::{
+            build::remote::{Placement, Verdict},
+            Pdu, Rooms,
+        },
+        users::now_ms,
+    },
+    store::{Record, Store},
+    table,
+};
+
+table!(
+    /// `event_id → RejectedEvent`: remote events that failed the authorization rules against
+    /// their auth events or the state before them. Never in `event_ids`, so no read path of
+    /// the client API can reach them; kept so a resent copy is answered without reprocessing
+    /// and events citing them as auth events are rejected in turn.
+    pub RejectedEvents: "rejected_events", String => RejectedEvent
+);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RejectedEvent {
+    pub room_id: String,
+    /// Which rule failed, as returned to the sending server.
+    pub reason: String,
+    pub received_ms: u64,
+    /// The canonical JSON as processed (redacted if its content hash did not match).
+    pub pdu: Vec<u8>,
+}
+impl Record for RejectedEvent {}
+
+/// A future returned by [`SigningKeys::public_key_map`].
+pub type KeysFuture<'a> = Pin<Box<dyn Future<Output = Result<PublicKeyMap>> + Send + 'a>>;
+
+/// Where the verify keys of other servers come from (the keyring, `services.keyring`).
+pub trait SigningKeys: Send + Sync {
+    /// The keys of each wanted server (only the key ids listed, all if empty) that are valid at
+    /// `valid_at` — when `enforce_validity`; else any key the server published —, as a map
+    /// `verify_event` reads. A server whose keys cannot be had is left out (its events then
+    /// fail the signature check).
+    fn public_key_map<'a>(
+        &'a self,
+        wanted: &'a BTreeMap<OwnedServerName, Vec<String>>,
+        valid_at: MilliSecondsSinceUnixEpoch,
+        enforce_validity: bool,
+    ) -> KeysFuture<'a>;
+}
+
+/// This server's own current key only: a stand-in key source until the keyring (which knows
+/// other servers' keys) is wired in its place.
+pub struct OwnKey {
+    server_name: OwnedServerName,
+    keys: Arc<crate::service::keys::ServerKeys>,
+}
+
+impl OwnKey {
+    pub fn new(server_name: OwnedServerName, keys: Arc<crate::service::keys::ServerKeys>) -> Self {
+        Self { server_name, keys }
+    }
+}
+
+impl SigningKeys for OwnKey {
+    fn public_key_map<'a>(
+        &'a self,
+        wanted: &'a BTreeMap<OwnedServerName, Vec<String>>,
+        _valid_at: MilliSecondsSinceUnixEpoch,
+        _enforce_validity: bool,
+    ) -> KeysFuture<'a> {
+        Box::pin(async move {
+            let mut map = PublicKeyMap::new();
+            if wanted.contains_key(&self.server_name) {
+                let key = ruma::serde::Base64::new(self.keys.keypair.public_key().to_vec());
+                map.insert(
+                    self.server_name.to_string(),
+                    BTreeMap::from([(self.keys.key_id(), key)]),
+                );
+            }
+            Ok(map)
+        })
+    }
+}
+
+/// The outcome for each PDU of a transaction, as the `/send` response reports it.
+pub type PduResults = BTreeMap<OwnedEventId, Result<(), String>>;
+
+/// A PDU that passed the state-independent checks, ready for its room.
+struct Prepared {
+    event_id: OwnedEventId,
+    pdu: Pdu,
+    object: CanonicalJsonObject,
+}
+
+pub struct Pdus {
+    store: Store,
+    rooms: Arc<Rooms>,
+    keys: Arc<dyn SigningKeys>,
+}
+
+impl Pdus {
+    pub fn new(store: Store, rooms: Arc<Rooms>, keys: Arc<dyn SigningKeys>) -> Self {
+        Self { store, rooms, keys }
+    }
+
+    /// Checks and stores the PDUs of a transaction from `origin`. Every PDU whose event id
+    /// can be computed has an entry: `Ok` when it is stored as accepted or soft-failed (or was
+    /// already), else why not.
+    pub async fn receive_pdus(
+        &self,
+        origin: &ServerName,
+        pdus: &[Box<RawJsonValue>],
+    ) -> PduResults {
+        let mut results = PduResults::new();
+        let mut by_room: BTreeMap<OwnedRoomId, Vec<Prepared>> = BTreeMap::new();
+        for raw in pdus {
+            match self.prepare(origin, raw).await {
+                Ok((room_id, prepared)) => by_room.entry(room_id).or_default().push(prepared),
+                Err((Some(event_id), error)) => {
+                    log::info!("PDU {event_id} from {origin} dropped: {error}");
+                    results.insert(event_id, Err(error));
+                }
+                Err((None, error)) => {
+                    log::info!("PDU without an event id from {origin} dropped: {error}");
+                }
+            }
+        }
+        let rooms = by_room
+            .into_iter()
+            .map(|(room_id, events)| self.receive_in_room(room_id, events));
+        for room_results in join_all(rooms).await {
+            results.extend(room_results);
+        }
+        results
+    }
+
+    /// Steps 1 to 3 (see [`checks`]) and the room checks that need no lock: the room is known
+    /// here, and `origin` is not denied by its server ACL.
+    async fn prepare(
+        &self,
+        origin: &ServerName,
+        raw: &RawJsonValue,
+    ) -> std::result::Result<(OwnedRoomId, Prepared), (Option<OwnedEventId>, String)> {
+        let object = checks::parse(raw).map_err(|e| (None, e))?;
+        let room_id = match object.get("room_id") {
+            Some(CanonicalJsonValue::String(id)) => RoomId::parse(id).ok(),
+            _ => None,
+        };
+        let room = match &room_id {
+            Some(room_id) => self
+                .rooms
+                .room(room_id)
+                .map_err(|e| (None, e.to_string()))?,
+            None => None,
+        };
+        let Some((room_id, room)) = room_id.zip(room) else {
+            // The room version is unknown, so the id can only be a best guess: the one the
+            // room versions in use today (3 and later) would give.
+            let guess = checks::event_id(&object, &RoomVersionId::V11.rules().expect("known"));
+            return Err((
+                guess.ok(),
+                "the room is not known to this server".to_owned(),
+            ));
+        };
+        let version = self
+            .rooms
+            .room_version(&room)
+            .map_err(|e| (None, e.to_string()))?;
+        let rules: RoomVersionRules = version
+            .rules()
+            .ok_or_else(|| (None, format!("room version {version} is not supported")))?;
+        let event_id = checks::event_id(&object, &rules).map_err(|e| (None, e))?;
+        let fail = |e: String| (Some(event_id.clone()), e);
+        checks::check_format(&object, &rules).map_err(fail)?;
+        if !self
+            .acl_allows(&room_id, room.sid, origin)
+            .map_err(|e| fail(e.to_string()))?
+        {
+            return Err(fail(format!("{origin} is denied by the room's server ACL")));
+        }
+        let wanted = checks::wanted_keys(&object, &rules).map_err(fail)?;
+        let (valid_at, enforce) = checks::key_validity(&object, &rules);
+        let keys = self
+            .keys
+            .public_key_map(&wanted, valid_at, enforce)
+            .await
+            .map_err(|e| fail(format!("cannot get the signing keys: {e}")))?;
+        let (object, redacted) = checks::verify(&keys, object, &rules).map_err(fail)?;
+        if redacted {
+            log::info!("PDU {event_id} has a wrong content hash: processed redacted");
+        }
+        let pdu = Pdu::from_object(event_id.clone(), &object).map_err(fail)?;
+        Ok((
+            room_id,
+            Prepared {
+                event_id,
+                pdu,
+                object,
+            },
+        ))
+    }
+
+    /// Whether the room's current `m.room.server_acl` lets `server` take part.
+    fn acl_allows(&self, _room_id: &RoomId, room_sid: u64, server: &ServerName) -> Result<bool> {
+        let Some(acl) = self
+            .rooms
+            .state_event(room_sid, &StateEventType::RoomServerAcl, "")?
+        else {
+            return Ok(true);
+        };
+        Ok(acl
+            .pdu
+            .content_as::<RoomServerAclEventContent>()
+            .is_none_or(|acl| acl.is_allowed(server)))
+    }
+
+    /// Processes one room's PDUs in `depth` order (so that a join is stored before the
+    /// messages that follow it in the same transaction).
+    async fn receive_in_room(&self, room_id: OwnedRoomId, mut events: Vec<Prepared>) -> PduResults {
+        events.sort_by_key(|e| e.pdu.depth);
+        let mut results = PduResults::new();
+        for event in events {
+            let event_id = event.event_id.clone();
+            let outcome = match self.receive_one(&room_id, event).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    log::warn!("cannot store PDU {event_id}: {e}");
+                    Err(format!("internal error: {e}"))
+                }
+            };
+            if let Err(reason) = &outcome {
+                log::info!("PDU {event_id} in {room_id} not accepted: {reason}");
+            }
+            results.insert(event_id, outcome);
+        }
+        results
+    }
+
+    /// The stored outcome of an event already known here, if it is.
+    fn known_outcome(&self, event_id: &EventId) -> Result<Option<std::result::Result<(), String>>> {
+        if self.rooms.is_stored(event_id)? {
+            return Ok(Some(Ok(())));
+        }
+        Ok(self
+            .store
+            .get::<RejectedEvents>(&event_id.to_string())?
+            .map(|r| Err(format!("rejected: {}", r.reason))))
+    }
+
+    /// Steps 4 to 6 under the room's lock, and the store.
+    async fn receive_one(
+        &self,
+        room_id: &RoomId,
+        event: Prepared,
+    ) -> Result<std::result::Result<(), String>> {
+        if let Some(outcome) = self.known_outcome(&event.event_id)? {
+            return Ok(outcome);
+        }
+        let mut staged = self.rooms.stage(room_id).await?;
+        // Another transaction may have stored it while this one waited for the lock.
+        if let Some(outcome) = self.known_outcome(&event.event_id)? {
+            return Ok(outcome);
+        }
+        if let Some(rejected) = self.rejected_auth_event(&event.pdu)? {
+            let reason = format!("auth event {rejected} was rejected");
+            self.stage_rejected(&mut staged, room_id, &event, &reason)?;
+            staged.commit().await?;
+            return Ok(Err(format!("rejected: {reason}")));
+        }
+        let placement: Placement = staged.place_remote(&event.pdu)?;
+        let verdict = staged.authorise_remote(&event.pdu, &placement.state)?;
+        let outcome = match verdict {
+            Verdict::Accepted => {
+                staged.add_remote(event.pdu, event.object, &placement)?;
+                Ok(())
+            }
+            Verdict::SoftFailed(reason) => {
+                log::info!("PDU {} soft-failed: {reason}", event.event_id);
+                staged.add_soft_failed(&event.pdu, &event.object, &placement.state)?;
+                Ok(())
+            }
+            Verdict::Rejected(reason) => {
+                self.stage_rejected(&mut staged, room_id, &event, &reason)?;
+                Err(format!("rejected: {reason}"))
+            }
+            // Nothing to store: with the auth event fetched, the same PDU may yet pass.
+            Verdict::MissingAuth(reason) => return Ok(Err(reason)),
+        };
+        staged
+            .commit_with(|| Error::unknown("the event was stored concurrently"))
+            .await?;
+        Ok(outcome)
+    }
+
+    /// The first of the event's auth events that was itself rejected here, if any.
+    fn rejected_auth_event(&self, pdu: &Pdu) -> Result<Option<OwnedEventId>> {
+        for id in &pdu.auth_events {
+            if self.rooms.is_stored(id)? {
+                continue;
+            }
+            if self.store.get::<RejectedEvents>(&id.to_string())?.is_some() {
+                return Ok(Some(id.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    fn stage_rejected(
+        &self,
+        staged: &mut crate::service::rooms::build::Staged<'_>,
+        room_id: &RoomId,
+        event: &Prepared,
+        reason: &str,
+    ) -> Result<()> {
+        let record = RejectedEvent {
+            room_id: room_id.to_string(),
+            reason: reason.to_owned(),
+            received_ms: now_ms(),
+            pdu: serde_json::to_vec(&event.object).map_err(|e| Error::unknown(e.to_string()))?,
+        };
+        let key = event.event_id.to_string();
+        staged
+            .batch_mut()
+            .expect_absent::<RejectedEvents>(&key)
+            .put::<RejectedEvents>(&key, &record);
+        Ok(())
+    }
+
+    /// Why an event was rejected, if it was (for tests and the admin view).
+    pub fn rejection(&self, event_id: &EventId) -> Result<Option<RejectedEvent>> {
+        Ok(self.store.get::<RejectedEvents>(&event_id.to_string())?)
+    }
+}
