@@ -18,6 +18,7 @@ mod e2ee_sync;
 mod email;
 mod email_no_delivery;
 mod ephemeral;
+mod fed_pdus;
 mod filter;
 mod guests;
 mod http;

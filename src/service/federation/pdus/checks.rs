@@ -112,7 +112,7 @@ pub fn verify(
 mod tests {
     use super::*;
     use ruma::{
-        signatures::{hash_and_sign_event, Ed25519KeyPair, KeyPair},
+        signatures::{hash_and_sign_event, Ed25519KeyPair},
         RoomVersionId,
     };
     use serde_json::json;
@@ -143,7 +143,7 @@ mod tests {
     }
 
     fn keypair(version: &str) -> Ed25519KeyPair {
-        Ed25519KeyPair::from_der(&Ed25519KeyPair::generate().unwrap(), version.into()).unwrap()
+        Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), version.into()).unwrap()
     }
 
     #[test]
