@@ -591,3 +591,70 @@ async fn pdus_of_unknown_rooms_and_malformed_pdus_are_refused() {
     let error = results.values().next().unwrap().clone().unwrap_err();
     assert!(error.contains("sender"), "{error}");
 }
+
+/// CPU time of this process so far (every thread's, from `/proc/self/task/*/schedstat`).
+fn process_cpu() -> Duration {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Duration::from_nanos(total)
+}
+
+/// Figure: server CPU per PDU for inbound transactions of 50 messages (each citing the one
+/// before). Run with `cargo test --test it fed_pdus::figure -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn figure_cpu_per_pdu_in_transactions_of_50() {
+    const TRANSACTIONS: usize = 20;
+    const PER_TRANSACTION: usize = 50;
+    let setup = Setup::new().await;
+    let join_id = setup.join_bob().await;
+    let view = setup.view();
+    let auth = view.auth_events("m.room.message", &setup.bob, None, &json!({}));
+    assert!(auth.contains(&join_id.to_string()));
+    let mut prev = join_id.to_string();
+    let mut transactions = Vec::new();
+    for t in 0..TRANSACTIONS {
+        let mut events = Vec::new();
+        for i in 0..PER_TRANSACTION {
+            let n = t * PER_TRANSACTION + i;
+            let mut spec = EventSpec::message(&setup.bob, &format!("message number {n}"));
+            spec.prev = Some(vec![prev.clone()]);
+            spec.auth = Some(auth.clone());
+            spec.extra_depth = n as u64;
+            let (id, object) = view.event(&setup.remote, spec);
+            prev = id.to_string();
+            events.push(object);
+        }
+        transactions.push(events);
+    }
+    let mut cpu = Duration::ZERO;
+    let mut wall = Duration::ZERO;
+    for events in &transactions {
+        let refs: Vec<&CanonicalJsonObject> = events.iter().collect();
+        let (cpu0, wall0) = (process_cpu(), Instant::now());
+        let results = setup.send(&refs).await;
+        cpu += process_cpu() - cpu0;
+        wall += wall0.elapsed();
+        assert_eq!(results.len(), PER_TRANSACTION);
+        assert!(results.values().all(Result::is_ok), "{results:?}");
+    }
+    let pdus = (TRANSACTIONS * PER_TRANSACTION) as u32;
+    println!(
+        "{TRANSACTIONS} transactions of {PER_TRANSACTION} PDUs: CPU {:?} per PDU, wall {:?} per \
+         transaction",
+        cpu / pdus,
+        wall / TRANSACTIONS as u32
+    );
+    assert_eq!(view.latest(), vec![prev]);
+}
