@@ -658,3 +658,91 @@ async fn figure_cpu_per_pdu_in_transactions_of_50() {
     );
     assert_eq!(view.latest(), vec![prev]);
 }
+
+#[tokio::test]
+async fn the_state_before_an_event_merging_a_fork_is_resolved() {
+    let setup = Setup::new().await;
+    let join_id = setup.join_bob().await;
+    let view = setup.view();
+    let member_auth = view.auth_events("m.room.message", &setup.bob, None, &json!({}));
+    let topic = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.topic",
+        enc(&setup.room_id)
+    );
+    let (status, body) = setup
+        .srv
+        .put(&topic, Some(&setup.alice_token), json!({"topic": "news"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let topic_id = body["event_id"].as_str().unwrap().to_owned();
+
+    // Bob has not seen the topic: his message forks from his join.
+    let mut spec = EventSpec::message(&setup.bob, "on a branch");
+    spec.prev = Some(vec![join_id.to_string()]);
+    spec.auth = Some(member_auth.clone());
+    let (branch_id, branch) = view.event(&setup.remote, spec);
+    let results = setup.send(&[&branch]).await;
+    assert_eq!(results.get(&branch_id), Some(&Ok(())), "{results:?}");
+    let mut latest = view.latest();
+    latest.sort();
+    let mut expected = vec![topic_id.clone(), branch_id.to_string()];
+    expected.sort();
+    assert_eq!(latest, expected, "both branches are forward extremities");
+
+    // The next message merges both branches: the two states are resolved (bob is a member
+    // in both).
+    let mut spec = EventSpec::message(&setup.bob, "merged");
+    spec.prev = Some(expected.clone());
+    spec.auth = Some(member_auth.clone());
+    spec.extra_depth = 1;
+    let (merge_id, merge) = view.event(&setup.remote, spec);
+    let results = setup.send(&[&merge]).await;
+    assert_eq!(results.get(&merge_id), Some(&Ok(())), "{results:?}");
+    assert_eq!(view.latest(), vec![merge_id.to_string()]);
+    let timeline = setup.timeline_ids().await;
+    assert!(timeline.contains(&branch_id.to_string()));
+    assert!(timeline.contains(&merge_id.to_string()));
+
+    // Alice bans bob; an event of bob's merging his old branch with the ban is judged against
+    // the resolved state, in which he is banned: rejected, not merely soft-failed.
+    let ban = format!("/_matrix/client/v3/rooms/{}/ban", enc(&setup.room_id));
+    let (status, body) = setup
+        .srv
+        .post(
+            &ban,
+            Some(&setup.alice_token),
+            json!({"user_id": setup.bob}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ban_id = view.latest().pop().unwrap();
+    let rooms = &setup.services().rooms;
+    let head = |id: &str| {
+        let event = rooms
+            .event(&OwnedEventId::try_from(id).unwrap())
+            .unwrap()
+            .unwrap();
+        hearth::service::rooms::state::state_head(&event)
+    };
+    let resolved = rooms
+        .resolve_states(&view.rules(), &[head(branch_id.as_str()), head(&ban_id)])
+        .unwrap()
+        .expect("resolved");
+    assert_eq!(
+        resolved[&("m.room.member".to_owned(), setup.bob.clone())].as_str(),
+        ban_id,
+        "the ban wins"
+    );
+    assert_eq!(
+        resolved[&("m.room.topic".to_owned(), String::new())].as_str(),
+        topic_id
+    );
+    let mut spec = EventSpec::message(&setup.bob, "merging the ban away");
+    spec.prev = Some(vec![branch_id.to_string(), ban_id]);
+    spec.auth = Some(member_auth);
+    spec.extra_depth = 1;
+    let (id, event) = view.event(&setup.remote, spec);
+    let results = setup.send(&[&event]).await;
+    let error = results.get(&id).unwrap().clone().unwrap_err();
+    assert!(error.contains("state before the event"), "{error}");
+}

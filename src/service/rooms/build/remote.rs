@@ -11,7 +11,7 @@
 //! whose prev events is known is judged against the current state. See
 //! `schema/federation-events.md` for what is stored in each outcome.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     events::StateEventType,
@@ -24,8 +24,8 @@ use super::Staged;
 use crate::{
     error::{Error, Result},
     service::rooms::{
-        state::state_head, EventIds, EventMeta, EventMetaTable, NewEvent, Pdu, Pdus, Rooms,
-        StateSnapshot, StateSnapshots, SNAPSHOT_EVERY,
+        resolve::ResolvedState, state::state_head, EventIds, EventMeta, EventMetaTable, NewEvent,
+        Pdu, Pdus, Rooms, StateSnapshot, StateSnapshots, SNAPSHOT_EVERY,
     },
     store::Raw,
     table,
@@ -54,12 +54,15 @@ pub enum Verdict {
 }
 
 /// Where the state before a remote event comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StateBefore {
-    /// The head of the state chain that gives the state before the event.
+    /// The head of the state chain that gives the state before the event (when its prev
+    /// events' states had to be resolved: the newest of them).
     pub head: Option<u64>,
     /// Whether that is the room's current state.
     pub current: bool,
+    /// The resolution of the prev events' states, when they differ.
+    pub resolved: Option<Arc<ResolvedState>>,
 }
 
 /// The event's known prev events and the state before it.
@@ -125,17 +128,24 @@ impl Staged<'_> {
             _ if all_current => StateBefore {
                 head: record.last_state,
                 current: true,
+                resolved: None,
             },
             [head] => StateBefore {
                 head: *head,
                 current: false,
+                resolved: None,
             },
-            // Prev events with different states need state resolution of those states; until
-            // that is built the newest of them stands for the state before the event (its
-            // auth events still had to pass, and the current state is checked as well).
+            // Prev events with different states: the state before the event is their
+            // resolution. Should that be out of reach (state resolution v1, or auth chains past
+            // the bound), the newest of them stands in; the event still has to pass its auth
+            // events and the current state.
             _ => StateBefore {
                 head: heads.iter().max().copied().flatten(),
                 current: false,
+                resolved: self
+                    .rooms
+                    .resolve_states(&self.rules, &heads)?
+                    .map(Arc::new),
             },
         };
         Ok(Placement { state, prev_sids })
@@ -189,6 +199,10 @@ impl Staged<'_> {
         let before = |kind: &StateEventType, key: &str| {
             if state.current {
                 return self.state_pdu(kind, key);
+            }
+            if let Some(resolved) = &state.resolved {
+                let id = resolved.get(&(kind.to_string(), key.to_owned()))?;
+                return rooms.event(id).ok().flatten().map(|e| e.pdu);
             }
             let sid = rooms.state_at(state.head, kind, key).ok().flatten()?;
             rooms.event_by_sid(sid).ok().flatten().map(|e| e.pdu)
