@@ -66,6 +66,10 @@ pub async fn serve(
     listener::serve(warp::service(filter), listener, tls, limits, shutdown).await
 }
 
+/// The least body size a federation request may have: a transaction carries up to 50 PDUs of
+/// up to 64 KiB each plus 100 EDUs, more than a client request needs.
+const FEDERATION_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
 struct RawRequest {
     method: Method,
     path: String,
@@ -143,7 +147,7 @@ where
         Err(wait) => Err(Error::limit_exceeded(wait.as_millis().max(1) as u64)),
     };
     let user = match (route.auth, &token) {
-        (Auth::None, _) | (_, None) => None,
+        (Auth::None | Auth::Server, _) | (_, None) => None,
         (_, Some(token)) => match services
             .sessions
             .authenticate(token, ip, user_agent(&raw.headers))
@@ -161,7 +165,11 @@ where
         limited(None)?;
         return Err(Error::missing_token("Missing access token"));
     }
-    limited(user.as_ref().map(|u| &u.user_id))?;
+    // Servers are charged only when their signature fails (below): one busy peer behind an
+    // address must not be throttled like one client.
+    if route.auth != Auth::Server {
+        limited(user.as_ref().map(|u| &u.user_id))?;
+    }
     if let Some(user) = &user {
         check_moderation(services, &route, user, &path_args)?;
     }
@@ -176,7 +184,10 @@ where
             .map(|chunk| chunk.map(|mut chunk| chunk.copy_to_bytes(chunk.remaining())));
         (Vec::new(), Some(Box::pin(stream) as BodyStream))
     } else {
-        let limit = services.config.limits.max_request_bytes as usize;
+        let mut limit = services.config.limits.max_request_bytes as usize;
+        if route.auth == Auth::Server {
+            limit = limit.max(FEDERATION_MAX_REQUEST_BYTES);
+        }
         (
             collect_body(timed_body(body, read_timeout), limit).await?,
             None,
@@ -193,10 +204,28 @@ where
         .parse()
         .map_err(|_| Error::invalid_param("Malformed request URI"))?;
     *request.headers_mut() = raw.headers;
+    let origin = if route.auth == Auth::Server {
+        match crate::service::federation::auth::authenticate(
+            &services.keyring,
+            services.federation.server_name(),
+            &request,
+        )
+        .await
+        {
+            Ok(origin) => Some(origin),
+            Err(e) => {
+                limited(None)?;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let ctx = Ctx {
         ip,
         user,
         access_token: token,
+        origin,
     };
     let handling = route.call(
         services.clone(),

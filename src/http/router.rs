@@ -64,6 +64,8 @@ pub struct Ctx {
     pub user: Option<Authed>,
     /// The access token as sent (only for endpoints that act on the session itself).
     pub access_token: Option<String>,
+    /// The server that signed the request (X-Matrix), on routes declared with `Auth::Server`.
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl Ctx {
@@ -73,6 +75,17 @@ impl Ctx {
             .as_ref()
             .ok_or_else(|| Error::missing_token("Missing access token"))
     }
+
+    /// The authenticated origin server; routes declared with `Auth::Server` always have one.
+    pub fn origin(&self) -> Result<&ruma::ServerName, Error> {
+        self.origin.as_deref().ok_or_else(|| {
+            Error::new(
+                http::StatusCode::UNAUTHORIZED,
+                "M_UNAUTHORIZED",
+                "Missing X-Matrix authorization",
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +93,8 @@ pub enum Auth {
     None,
     Optional,
     Required,
+    /// Another homeserver, by an X-Matrix signature (federation endpoints).
+    Server,
 }
 
 /// Maps ruma's authentication schemes onto what the router enforces.
@@ -103,6 +118,9 @@ impl AuthRequirement for auth_scheme::AppserviceToken {
 }
 impl AuthRequirement for auth_scheme::AppserviceTokenOptional {
     const AUTH: Auth = Auth::Optional;
+}
+impl AuthRequirement for ruma::api::federation::authentication::ServerSignatures {
+    const AUTH: Auth = Auth::Server;
 }
 
 /// A request after routing: the full HTTP request with its collected body, and the decoded

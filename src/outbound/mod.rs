@@ -12,8 +12,11 @@
 //! per minute, where a handshake per request costs nothing noticeable and saves a pool's
 //! bookkeeping and its stale-connection failures.
 
+mod federation;
 pub mod policy;
 mod resolve;
+
+pub use federation::DEFAULT_FEDERATION_PORT;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -171,7 +174,10 @@ impl Outbound {
             .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
         parts.version = http::Version::HTTP_11;
         let headers = &mut parts.headers;
-        headers.insert(header::HOST, target.host_header.clone());
+        // Federation names its own Host (the server name, which may differ from the URL's).
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, target.host_header.clone());
+        }
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         if !headers.contains_key(header::USER_AGENT) {
             headers.insert(header::USER_AGENT, self.inner.user_agent.clone());

@@ -99,8 +99,12 @@ pub struct Services {
     pub e2ee: Arc<e2ee::E2ee>,
     /// Member events sent to each device under lazy loading (memory only).
     pub lazy_members: sync::LazyMembers,
-    /// The HTTP client for requests this server makes (push gateways, later federation).
+    /// The HTTP client for requests this server makes (push gateways, federation).
     pub outbound: crate::outbound::Outbound,
+    /// Signed requests to other homeservers.
+    pub federation: Arc<federation::client::FederationClient>,
+    /// Other servers' signing keys.
+    pub keyring: Arc<federation::keyring::KeyRing>,
     /// Account locks and suspensions.
     pub moderation: moderation::Moderation,
     /// OpenID tokens (shared with the sweep task).
@@ -209,14 +213,21 @@ impl Services {
             rooms.clone(),
             outbound.clone(),
         ));
+        let federation = Arc::new(federation::client::FederationClient::new(
+            server_name.clone(),
+            keys.clone(),
+            outbound.clone(),
+        ));
         let mailer = mailer::Mailer::new(&config.email)?;
+        let keyring = Arc::new(federation::keyring::KeyRing::new(
+            keys.clone(),
+            server_name.clone(),
+            federation.clone(),
+        ));
         let pdus = Arc::new(federation::pdus::Pdus::new(
             store.clone(),
             rooms.clone(),
-            Arc::new(federation::pdus::OwnKey::new(
-                server_name.clone(),
-                keys.clone(),
-            )),
+            keyring.clone(),
         ));
         let search = search::Search::new(store.clone(), rooms.clone());
         // Events stored before the search index existed are indexed before any request.
@@ -226,7 +237,7 @@ impl Services {
         Ok(Arc::new(Self {
             threepids: threepids::Threepids::new(store.clone()),
             mailer,
-            media: media::Media::new(store.clone(), &config, server_name),
+            media: media::Media::new(store.clone(), &config, server_name.clone()),
             search,
             rooms,
             pdus,
@@ -241,6 +252,8 @@ impl Services {
                 notifications.clone(),
             ),
             notifications,
+            keyring,
+            federation,
             outbound,
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
             push_rules,

@@ -62,6 +62,42 @@ impl TestServer {
         }
     }
 
+    /// Like [`TestServer::start_with`], but `None` when a listener's address is taken (the
+    /// caller picked a port that another test grabbed first); other failures panic.
+    pub async fn try_start_with(change: impl FnOnce(&mut Config)) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        change(&mut config);
+        let server = match server::start(config.clone()).await {
+            Ok(server) => server,
+            Err(server::StartError::Bind { .. }) => return None,
+            Err(e) => panic!("server starts: {e}"),
+        };
+        let base = server.base_url();
+        Some(Self {
+            server: Some(server),
+            config,
+            _dir: dir,
+            base,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Stops the server; its data directory stays for [`TestServer::start_again`].
+    pub async fn stop(&mut self) {
+        self.server.take().expect("running").stop().await;
+    }
+
+    /// Starts a stopped server again on the same data directory and configuration.
+    pub async fn start_again(&mut self) {
+        assert!(self.server.is_none(), "already running");
+        let server = server::start(self.config.clone())
+            .await
+            .expect("server restarts");
+        self.base = server.base_url();
+        self.server = Some(server);
+    }
+
     /// Stops the server and starts a new one on the same data directory.
     pub async fn restart(&mut self) {
         self.server.take().expect("running").stop().await;

@@ -18,6 +18,8 @@ mod e2ee_sync;
 mod email;
 mod email_no_delivery;
 mod ephemeral;
+mod fed_auth;
+mod fed_common;
 mod fed_pdus;
 mod filter;
 mod guests;

@@ -1,11 +1,15 @@
-//! Server-Server API handlers. Only the OpenID user-info endpoint so far, which the spec
-//! leaves unauthenticated (third parties call it with the OpenID token, not servers with
-//! X-Matrix signatures).
+//! Server-Server API handlers, one module per spec area. Routes whose ruma type declares
+//! X-Matrix authentication reach their handler only after the router verified the signature
+//! (`ctx.origin()` is the verified origin server).
 
+pub mod keys;
 pub mod openid;
+pub mod version;
 
 use crate::http::Router;
 
 pub fn register_routes(router: &mut Router) {
+    keys::routes(router);
     openid::routes(router);
+    version::routes(router);
 }

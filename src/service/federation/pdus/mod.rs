@@ -17,11 +17,9 @@ use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
 
 use futures_util::future::join_all;
 use ruma::{
-    events::{room::server_acl::RoomServerAclEventContent, StateEventType},
-    room_version_rules::RoomVersionRules,
-    signatures::PublicKeyMap,
-    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName,
+    room_version_rules::RoomVersionRules, signatures::PublicKeyMap, CanonicalJsonObject,
+    CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
+    OwnedServerName, RoomId, RoomVersionId, ServerName,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue as RawJsonValue;
@@ -75,37 +73,20 @@ pub trait SigningKeys: Send + Sync {
     ) -> KeysFuture<'a>;
 }
 
-/// This server's own current key only: a stand-in key source until the keyring (which knows
-/// other servers' keys) is wired in its place.
-pub struct OwnKey {
-    server_name: OwnedServerName,
-    keys: Arc<crate::service::keys::ServerKeys>,
-}
-
-impl OwnKey {
-    pub fn new(server_name: OwnedServerName, keys: Arc<crate::service::keys::ServerKeys>) -> Self {
-        Self { server_name, keys }
-    }
-}
-
-impl SigningKeys for OwnKey {
+impl SigningKeys for super::keyring::KeyRing {
     fn public_key_map<'a>(
         &'a self,
         wanted: &'a BTreeMap<OwnedServerName, Vec<String>>,
-        _valid_at: MilliSecondsSinceUnixEpoch,
-        _enforce_validity: bool,
+        valid_at: MilliSecondsSinceUnixEpoch,
+        enforce_validity: bool,
     ) -> KeysFuture<'a> {
-        Box::pin(async move {
-            let mut map = PublicKeyMap::new();
-            if wanted.contains_key(&self.server_name) {
-                let key = ruma::serde::Base64::new(self.keys.keypair.public_key().to_vec());
-                map.insert(
-                    self.server_name.to_string(),
-                    BTreeMap::from([(self.keys.key_id(), key)]),
-                );
-            }
-            Ok(map)
-        })
+        // Room versions 1 to 4 ignore `valid_until_ts`: any key valid at some point will do.
+        let valid_at = if enforce_validity {
+            valid_at
+        } else {
+            MilliSecondsSinceUnixEpoch(ruma::UInt::MIN)
+        };
+        Box::pin(self.public_key_map(wanted, valid_at))
     }
 }
 
@@ -199,10 +180,7 @@ impl Pdus {
         let event_id = checks::event_id(&object, &rules).map_err(|e| (None, e))?;
         let fail = |e: String| (Some(event_id.clone()), e);
         checks::check_format(&object, &rules).map_err(fail)?;
-        if !self
-            .acl_allows(&room_id, room.sid, origin)
-            .map_err(|e| fail(e.to_string()))?
-        {
+        if !super::acl::allows(&self.rooms, &room_id, origin).map_err(|e| fail(e.to_string()))? {
             return Err(fail(format!("{origin} is denied by the room's server ACL")));
         }
         let wanted = checks::wanted_keys(&object, &rules).map_err(fail)?;
@@ -225,20 +203,6 @@ impl Pdus {
                 object,
             },
         ))
-    }
-
-    /// Whether the room's current `m.room.server_acl` lets `server` take part.
-    fn acl_allows(&self, _room_id: &RoomId, room_sid: u64, server: &ServerName) -> Result<bool> {
-        let Some(acl) = self
-            .rooms
-            .state_event(room_sid, &StateEventType::RoomServerAcl, "")?
-        else {
-            return Ok(true);
-        };
-        Ok(acl
-            .pdu
-            .content_as::<RoomServerAclEventContent>()
-            .is_none_or(|acl| acl.is_allowed(server)))
     }
 
     /// Processes one room's PDUs in `depth` order (so that a join is stored before the
