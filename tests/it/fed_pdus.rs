@@ -29,7 +29,10 @@ use ruma::{
 };
 use serde_json::{json, value::RawValue, Value};
 
-use crate::common::{create_room, enc, TestServer};
+use crate::{
+    common::{create_room, enc, TestServer},
+    fed_common::{start_many, FedServer},
+};
 
 /// Keys handed to the PDU service directly (the keyring's job in production).
 struct StaticKeys(PublicKeyMap);
@@ -66,9 +69,17 @@ impl Remote {
         }
     }
 
+    /// A real test server, signing with its own key (read from its data directory).
+    pub fn server(server: &FedServer) -> Self {
+        Self {
+            name: server.name.clone(),
+            key: server.signing_key().keypair,
+        }
+    }
+
     pub fn public_keys(&self) -> PublicKeyMap {
         let keys = BTreeMap::from([(
-            "ed25519:t1".to_owned(),
+            format!("ed25519:{}", self.key.version()),
             Base64::new(self.key.public_key().to_vec()),
         )]);
         BTreeMap::from([(self.name.clone(), keys)])
@@ -745,4 +756,57 @@ async fn the_state_before_an_event_merging_a_fork_is_resolved() {
     let results = setup.send(&[&event]).await;
     let error = results.get(&id).unwrap().clone().unwrap_err();
     assert!(error.contains("state before the event"), "{error}");
+}
+
+/// Server B's user joins server A's room and talks there: the events are signed with B's real
+/// key, and A's keyring fetches that key from B over TLS to check them.
+#[tokio::test]
+async fn events_signed_by_a_real_server_are_checked_with_its_fetched_keys() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice_token, _) = a.register("alice", "password1").await;
+    let room_id = create_room(a, &alice_token, json!({"preset": "public_chat"})).await;
+    let services = &a.server.as_ref().unwrap().services;
+    let view = RoomView {
+        services,
+        room_id: room_id.clone(),
+    };
+    let remote = Remote::server(b);
+    let bob = b.user_id("bob");
+    let origin = OwnedServerName::try_from(b.name.as_str()).unwrap();
+
+    let (join_id, join) = view.event(
+        &remote,
+        EventSpec::state("m.room.member", &bob, &bob, json!({"membership": "join"})),
+    );
+    let results = services.pdus.receive_pdus(&origin, &[raw(&join)]).await;
+    assert_eq!(results.get(&join_id), Some(&Ok(())), "{results:?}");
+    let (message_id, message) = view.event(&remote, EventSpec::message(&bob, "hi alice"));
+    // A forged message: signed by another key under B's key id.
+    let forger = Remote {
+        name: b.name.clone(),
+        key: Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), remote.key.version().to_owned())
+            .unwrap(),
+    };
+    let (forged_id, forged) = view.event(&forger, EventSpec::message(&bob, "forged"));
+    let results = services
+        .pdus
+        .receive_pdus(&origin, &[raw(&message), raw(&forged)])
+        .await;
+    assert_eq!(results.get(&message_id), Some(&Ok(())), "{results:?}");
+    assert!(results.get(&forged_id).unwrap().is_err(), "{results:?}");
+
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10",
+        enc(&room_id)
+    );
+    let (status, body) = a.get(&path, Some(&alice_token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bodies: Vec<&str> = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, vec!["hi alice"], "{body}");
 }
