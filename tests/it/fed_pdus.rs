@@ -810,3 +810,74 @@ async fn events_signed_by_a_real_server_are_checked_with_its_fetched_keys() {
         .collect();
     assert_eq!(bodies, vec!["hi alice"], "{body}");
 }
+
+/// Prev events that are unknown here are not fetched yet: the event is judged against its auth
+/// events and the current state, stored, and stays a forward extremity beside the others.
+#[tokio::test]
+async fn an_event_with_unknown_prev_events_is_judged_against_the_current_state() {
+    let setup = Setup::new().await;
+    setup.join_bob().await;
+    let view = setup.view();
+    let auth_as_member = view.auth_events("m.room.message", &setup.bob, None, &json!({}));
+    let before = view.latest();
+    let mut spec = EventSpec::message(&setup.bob, "after a gap");
+    spec.prev = Some(vec![
+        "$notstoredanywhereaaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned()
+    ]);
+    let (id, event) = view.event(&setup.remote, spec);
+    let results = setup.send(&[&event]).await;
+    assert_eq!(results.get(&id), Some(&Ok(())), "{results:?}");
+    assert!(setup.timeline_ids().await.contains(&id.to_string()));
+    let mut latest = view.latest();
+    latest.sort();
+    let mut expected = [before, vec![id.to_string()]].concat();
+    expected.sort();
+    assert_eq!(latest, expected);
+
+    // Alice's next message closes the gap locally: it cites both extremities.
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+        enc(&setup.room_id)
+    );
+    let (status, body) = setup
+        .srv
+        .put(
+            &path,
+            Some(&setup.alice_token),
+            json!({"msgtype": "m.text", "body": "hi"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let local = OwnedEventId::try_from(body["event_id"].as_str().unwrap()).unwrap();
+    let stored = setup.services().rooms.event(&local).unwrap().unwrap();
+    let mut prev: Vec<String> = stored
+        .pdu
+        .prev_events
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    prev.sort();
+    assert_eq!(prev, expected);
+    assert_eq!(view.latest(), vec![local.to_string()]);
+
+    // A banned sender's event with unknown prev events is rejected against the current state.
+    let ban = format!("/_matrix/client/v3/rooms/{}/ban", enc(&setup.room_id));
+    let (status, body) = setup
+        .srv
+        .post(
+            &ban,
+            Some(&setup.alice_token),
+            json!({"user_id": setup.bob}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut spec = EventSpec::message(&setup.bob, "from the gap, banned");
+    spec.prev = Some(vec![
+        "$notstoredanywherebbbbbbbbbbbbbbbbbbbbbbbbbb".to_owned()
+    ]);
+    spec.auth = Some(auth_as_member);
+    let (id, event) = view.event(&setup.remote, spec);
+    let results = setup.send(&[&event]).await;
+    let error = results.get(&id).unwrap().clone().unwrap_err();
+    assert!(error.contains("state before the event"), "{error}");
+}

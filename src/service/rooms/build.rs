@@ -39,6 +39,9 @@ use crate::{
 /// The most `prev_events` a PDU may cite (spec: room versions, event format).
 const MAX_PREV_EVENTS: usize = 20;
 
+/// The most forward extremities a room keeps.
+const MAX_EXTREMITIES: usize = 100;
+
 /// Events staged for one room under its lock, committed together.
 pub struct Staged<'a> {
     rooms: &'a Rooms,
@@ -478,6 +481,12 @@ impl<'a> Staged<'a> {
         record.depth = record.depth.max(pdu.depth);
         record.extremities.retain(|s| !prev_sids.contains(s));
         record.extremities.push(sid);
+        // Remote events with unknown prev events each add one; the oldest are let go (the room
+        // record is rewritten with every event, so it must stay small).
+        if record.extremities.len() > MAX_EXTREMITIES {
+            let excess = record.extremities.len() - MAX_EXTREMITIES;
+            record.extremities.drain(..excess);
+        }
 
         if let Some(state_key) = &state_key {
             let record = self.record.as_mut().expect("set above");
