@@ -881,3 +881,84 @@ async fn an_event_with_unknown_prev_events_is_judged_against_the_current_state()
     let error = results.get(&id).unwrap().clone().unwrap_err();
     assert!(error.contains("state before the event"), "{error}");
 }
+
+/// Events of one transaction that build on each other: a join, a message, a reaction to it,
+/// its redaction, a rejected state event and a message citing it as an auth event.
+#[tokio::test]
+async fn one_transaction_carries_events_that_build_on_each_other() {
+    let setup = Setup::new().await;
+    let view = setup.view();
+    let bob = setup.bob.as_str();
+    let mut chain: Vec<(OwnedEventId, CanonicalJsonObject)> = Vec::new();
+    let mut member_auth = view.auth_events("m.room.message", bob, None, &json!({}));
+    let (join_id, join) = view.event(
+        &setup.remote,
+        EventSpec::state("m.room.member", bob, bob, json!({"membership": "join"})),
+    );
+    member_auth.push(join_id.to_string());
+    chain.push((join_id, join));
+    let next = |spec: EventSpec<'_>, chain: &mut Vec<(OwnedEventId, CanonicalJsonObject)>| {
+        let mut spec = spec;
+        spec.prev = Some(vec![chain.last().unwrap().0.to_string()]);
+        spec.auth.get_or_insert_with(|| member_auth.clone());
+        spec.extra_depth = chain.len() as u64;
+        let (id, object) = view.event(&setup.remote, spec);
+        chain.push((id.clone(), object));
+        id
+    };
+    let message_id = next(EventSpec::message(bob, "soon gone"), &mut chain);
+    let mut reaction = EventSpec::message(bob, "");
+    reaction.kind = "m.reaction";
+    reaction.content =
+        json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": message_id, "key": "👍"}});
+    let reaction_id = next(reaction, &mut chain);
+    let mut redaction = EventSpec::message(bob, "");
+    redaction.kind = "m.room.redaction";
+    redaction.content = json!({"redacts": message_id});
+    let redaction_id = next(redaction, &mut chain);
+    let rename_id = next(
+        EventSpec::state("m.room.name", bob, "", json!({"name": "mine"})),
+        &mut chain,
+    );
+    let mut citing = EventSpec::message(bob, "citing the rejected rename");
+    let mut auth = member_auth.clone();
+    auth.push(rename_id.to_string());
+    citing.auth = Some(auth);
+    let citing_id = next(citing, &mut chain);
+
+    let objects: Vec<&CanonicalJsonObject> = chain.iter().map(|(_, o)| o).collect();
+    let results = setup.send(&objects).await;
+    for id in [&chain[0].0, &message_id, &reaction_id, &redaction_id] {
+        assert_eq!(results.get(id), Some(&Ok(())), "{id}: {results:?}");
+    }
+    let error = results.get(&rename_id).unwrap().clone().unwrap_err();
+    assert!(error.starts_with("rejected"), "{error}");
+    let error = results.get(&citing_id).unwrap().clone().unwrap_err();
+    assert!(error.contains("was rejected"), "{error}");
+
+    // The redaction applied to the message staged before it.
+    let (status, body) = setup.get_event(&message_id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["content"], json!({}), "{body}");
+    // The reaction was indexed against the message staged before it (and redacted away with
+    // it: a redacted event keeps no relations of its own, its children stay).
+    let path = format!(
+        "/_matrix/client/v1/rooms/{}/relations/{}",
+        enc(&setup.room_id),
+        enc(message_id.as_str())
+    );
+    let (status, body) = setup.srv.get(&path, Some(&setup.alice_token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let children: Vec<&str> = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert_eq!(children, vec![reaction_id.as_str()], "{body}");
+    let timeline = setup.timeline_ids().await;
+    for id in [&message_id, &reaction_id, &redaction_id] {
+        assert!(timeline.contains(&id.to_string()), "{id}");
+    }
+    assert_eq!(view.latest(), vec![redaction_id.to_string()]);
+}

@@ -64,6 +64,8 @@ pub struct Staged<'a> {
     /// Other rooms' staged events that commit in this batch (see [`Staged::absorb`]); kept
     /// here so their locks are held until the commit.
     absorbed: Vec<Staged<'a>>,
+    /// What remote events staged here look like to the ones staged after them.
+    remote: remote::Overlay,
 }
 
 impl Rooms {
@@ -92,6 +94,7 @@ impl Rooms {
             event_ids: Vec::new(),
             search: search_index::Overlay::default(),
             absorbed: Vec::new(),
+            remote: remote::Overlay::default(),
         })
     }
 
@@ -134,6 +137,7 @@ impl Rooms {
             event_ids: Vec::new(),
             search: search_index::Overlay::default(),
             absorbed: Vec::new(),
+            remote: remote::Overlay::default(),
         })
     }
 

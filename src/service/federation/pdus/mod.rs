@@ -28,7 +28,7 @@ use crate::{
     error::{Error, Result},
     service::{
         rooms::{
-            build::remote::{Placement, Verdict},
+            build::{remote::Verdict, Staged},
             Pdu, Rooms,
         },
         users::now_ms,
@@ -92,6 +92,16 @@ impl SigningKeys for super::keyring::KeyRing {
 
 /// The outcome for each PDU of a transaction, as the `/send` response reports it.
 pub type PduResults = BTreeMap<OwnedEventId, Result<(), String>>;
+
+/// What [`Pdus::judge`] made of an event.
+enum Judged {
+    /// Staged into the batch: the outcome stands once it commits.
+    Staged(std::result::Result<(), String>),
+    /// Nothing staged: the outcome stands as it is.
+    Final(std::result::Result<(), String>),
+    /// It needs the events staged before it committed first.
+    CommitFirst,
+}
 
 /// A PDU that passed the state-independent checks, ready for its room.
 struct Prepared {
@@ -206,25 +216,93 @@ impl Pdus {
     }
 
     /// Processes one room's PDUs in `depth` order (so that a join is stored before the
-    /// messages that follow it in the same transaction).
+    /// messages that follow it in the same transaction), staging as many as possible into one
+    /// batch under the room's lock: one durable commit for a run of events that follow each
+    /// other, more only where an event needs the committed form of one staged before it.
     async fn receive_in_room(&self, room_id: OwnedRoomId, mut events: Vec<Prepared>) -> PduResults {
         events.sort_by_key(|e| e.pdu.depth);
         let mut results = PduResults::new();
+        // Outcomes that stand only once the staged batch commits.
+        let mut pending: Vec<(OwnedEventId, std::result::Result<(), String>)> = Vec::new();
+        let mut staged: Option<Staged<'_>> = None;
         for event in events {
             let event_id = event.event_id.clone();
-            let outcome = match self.receive_one(&room_id, event).await {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    log::warn!("cannot store PDU {event_id}: {e}");
-                    Err(format!("internal error: {e}"))
+            if results.contains_key(&event_id) || pending.iter().any(|(id, _)| *id == event_id) {
+                continue;
+            }
+            let mut attempt = 0;
+            // `(staged, outcome)`: whether the outcome waits for the batch to commit.
+            let judged = loop {
+                attempt += 1;
+                if staged.is_none() {
+                    match self.rooms.stage(&room_id).await {
+                        Ok(s) => staged = Some(s),
+                        Err(e) => break Err(e),
+                    }
+                }
+                let s = staged.as_mut().expect("staged above");
+                match self.judge(s, &room_id, &event, &pending) {
+                    Ok(Judged::Staged(outcome)) => break Ok((true, outcome)),
+                    Ok(Judged::Final(outcome)) => break Ok((false, outcome)),
+                    // A fresh batch can always judge it; the bound is only a guard.
+                    Ok(Judged::CommitFirst) if attempt < 3 => {
+                        let s = staged.take().expect("staged above");
+                        self.commit(s, &mut pending, &mut results).await;
+                    }
+                    Ok(Judged::CommitFirst) => {
+                        break Err(Error::unknown("cannot place the event"));
+                    }
+                    Err(e) => break Err(e),
                 }
             };
-            if let Err(reason) = &outcome {
+            match judged {
+                Ok((true, outcome)) => pending.push((event_id, outcome)),
+                Ok((false, outcome)) => {
+                    results.insert(event_id, outcome);
+                }
+                Err(e) => {
+                    // The batch may hold part of this event: drop it, and with it the events
+                    // staged before (they were not stored; the sender will retry them).
+                    log::warn!("cannot store PDU {event_id}: {e}");
+                    staged = None;
+                    for (id, _) in pending.drain(..) {
+                        results.insert(id, Err(format!("internal error: {e}")));
+                    }
+                    results.insert(event_id, Err(format!("internal error: {e}")));
+                }
+            }
+        }
+        if let Some(s) = staged {
+            self.commit(s, &mut pending, &mut results).await;
+        }
+        for (event_id, outcome) in &results {
+            if let Err(reason) = outcome {
                 log::info!("PDU {event_id} in {room_id} not accepted: {reason}");
             }
-            results.insert(event_id, outcome);
         }
         results
+    }
+
+    /// Commits a batch; its events' outcomes stand if it does, else they become errors.
+    async fn commit(
+        &self,
+        staged: Staged<'_>,
+        pending: &mut Vec<(OwnedEventId, std::result::Result<(), String>)>,
+        results: &mut PduResults,
+    ) {
+        let committed = staged
+            .commit_with(|| Error::unknown("the room changed concurrently"))
+            .await;
+        for (event_id, outcome) in pending.drain(..) {
+            let outcome = match &committed {
+                Ok(_) => outcome,
+                Err(e) => Err(format!("internal error: {e}")),
+            };
+            results.insert(event_id, outcome);
+        }
+        if let Err(e) = committed {
+            log::warn!("cannot store received PDUs: {e}");
+        }
     }
 
     /// The stored outcome of an event already known here, if it is.
@@ -238,49 +316,56 @@ impl Pdus {
             .map(|r| Err(format!("rejected: {}", r.reason))))
     }
 
-    /// Steps 4 to 6 under the room's lock, and the store.
-    async fn receive_one(
+    /// Steps 4 to 6 for one event, under the room's lock held by `staged`, staging what is to
+    /// be stored. `pending` are the outcomes of the events staged before it.
+    fn judge(
         &self,
+        staged: &mut Staged<'_>,
         room_id: &RoomId,
-        event: Prepared,
-    ) -> Result<std::result::Result<(), String>> {
+        event: &Prepared,
+        pending: &[(OwnedEventId, std::result::Result<(), String>)],
+    ) -> Result<Judged> {
         if let Some(outcome) = self.known_outcome(&event.event_id)? {
-            return Ok(outcome);
+            return Ok(Judged::Final(outcome));
         }
-        let mut staged = self.rooms.stage(room_id).await?;
-        // Another transaction may have stored it while this one waited for the lock.
-        if let Some(outcome) = self.known_outcome(&event.event_id)? {
-            return Ok(outcome);
+        if staged.needs_commit_before(&event.pdu, &event.object) {
+            return Ok(Judged::CommitFirst);
         }
-        if let Some(rejected) = self.rejected_auth_event(&event.pdu)? {
+        let staged_rejection = event.pdu.auth_events.iter().find(|id| {
+            pending
+                .iter()
+                .any(|(p, outcome)| p == *id && outcome.is_err())
+        });
+        let rejected = match staged_rejection {
+            Some(id) => Some(id.clone()),
+            None => self.rejected_auth_event(&event.pdu)?,
+        };
+        if let Some(rejected) = rejected {
             let reason = format!("auth event {rejected} was rejected");
-            self.stage_rejected(&mut staged, room_id, &event, &reason)?;
-            staged.commit().await?;
-            return Ok(Err(format!("rejected: {reason}")));
+            self.stage_rejected(staged, room_id, event, &reason)?;
+            return Ok(Judged::Staged(Err(format!("rejected: {reason}"))));
         }
-        let placement: Placement = staged.place_remote(&event.pdu)?;
+        let Some(placement) = staged.place_remote(&event.pdu)? else {
+            return Ok(Judged::CommitFirst);
+        };
         let verdict = staged.authorise_remote(&event.pdu, &placement.state)?;
-        let outcome = match verdict {
+        Ok(match verdict {
             Verdict::Accepted => {
-                staged.add_remote(event.pdu, event.object, &placement)?;
-                Ok(())
+                staged.add_remote(event.pdu.clone(), event.object.clone(), &placement)?;
+                Judged::Staged(Ok(()))
             }
             Verdict::SoftFailed(reason) => {
                 log::info!("PDU {} soft-failed: {reason}", event.event_id);
                 staged.add_soft_failed(&event.pdu, &event.object, &placement.state)?;
-                Ok(())
+                Judged::Staged(Ok(()))
             }
             Verdict::Rejected(reason) => {
-                self.stage_rejected(&mut staged, room_id, &event, &reason)?;
-                Err(format!("rejected: {reason}"))
+                self.stage_rejected(staged, room_id, event, &reason)?;
+                Judged::Staged(Err(format!("rejected: {reason}")))
             }
             // Nothing to store: with the auth event fetched, the same PDU may yet pass.
-            Verdict::MissingAuth(reason) => return Ok(Err(reason)),
-        };
-        staged
-            .commit_with(|| Error::unknown("the event was stored concurrently"))
-            .await?;
-        Ok(outcome)
+            Verdict::MissingAuth(reason) => Judged::Final(Err(reason)),
+        })
     }
 
     /// The first of the event's auth events that was itself rejected here, if any.
@@ -298,7 +383,7 @@ impl Pdus {
 
     fn stage_rejected(
         &self,
-        staged: &mut crate::service::rooms::build::Staged<'_>,
+        staged: &mut Staged<'_>,
         room_id: &RoomId,
         event: &Prepared,
         reason: &str,

@@ -38,6 +38,15 @@ table!(
     pub SoftFailed: "soft_failed_events", u64 => bool
 );
 
+/// Remote events staged but not committed, as later events of the same batch see them.
+#[derive(Default)]
+pub(crate) struct Overlay {
+    /// Accepted events: their sid and the head of the state at them.
+    heads: HashMap<OwnedEventId, (u64, Option<u64>)>,
+    /// Soft-failed events.
+    soft: HashMap<OwnedEventId, Pdu>,
+}
+
 /// What the authorization rules say of a remote event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -103,15 +112,50 @@ impl Rooms {
 }
 
 impl Staged<'_> {
-    /// Where the state before `pdu` comes from: see the module doc.
-    pub fn place_remote(&self, pdu: &Pdu) -> Result<Placement> {
+    /// Whether `pdu` refers to a remote event staged in this batch in a way only committed
+    /// events can answer (a redaction or relation target, a soft-failed prev event): then the
+    /// staged events must be committed before it is judged.
+    pub fn needs_commit_before(&self, pdu: &Pdu, object: &CanonicalJsonObject) -> bool {
+        let staged =
+            |id: &EventId| self.remote.heads.contains_key(id) || self.remote.soft.contains_key(id);
+        pdu.redacts.as_deref().is_some_and(staged)
+            || crate::service::rooms::relations::relates_to(object)
+                .is_some_and(|r| staged(&r.event_id))
+            || pdu
+                .prev_events
+                .iter()
+                .any(|id| self.remote.soft.contains_key(id))
+    }
+
+    /// An event by id: staged in this batch (accepted or soft-failed) or stored.
+    fn remote_event_pdu(&self, id: &EventId) -> Result<Option<Pdu>> {
+        if let Some(pdu) = self.remote.soft.get(id) {
+            return Ok(Some(pdu.clone()));
+        }
+        if let Some((_, pdu, _)) = self.events.get(id) {
+            return Ok(Some(pdu.clone()));
+        }
+        Ok(self.rooms.event(id)?.map(|e| e.pdu))
+    }
+
+    /// Where the state before `pdu` comes from: see the module doc. `None` when that needs
+    /// the state at an event staged in this batch other than the current state: commit the
+    /// staged events first.
+    pub fn place_remote(&self, pdu: &Pdu) -> Result<Option<Placement>> {
         let record = self
             .record
             .as_ref()
             .ok_or_else(|| Error::unknown("room record missing"))?;
         let mut prev_sids = Vec::new();
         let mut heads = Vec::new();
+        let mut cites_staged = false;
         for prev in &pdu.prev_events {
+            if let Some((sid, head)) = self.remote.heads.get(prev) {
+                cites_staged = true;
+                prev_sids.push(*sid);
+                heads.push(*head);
+                continue;
+            }
             let Some(event) = self.rooms.event(prev)? else {
                 continue;
             };
@@ -124,6 +168,9 @@ impl Staged<'_> {
         heads.sort();
         heads.dedup();
         let all_current = heads.iter().all(|h| *h == record.last_state);
+        if cites_staged && !all_current {
+            return Ok(None);
+        }
         let state = match heads.as_slice() {
             _ if all_current => StateBefore {
                 head: record.last_state,
@@ -148,7 +195,7 @@ impl Staged<'_> {
                     .map(Arc::new),
             },
         };
-        Ok(Placement { state, prev_sids })
+        Ok(Some(Placement { state, prev_sids }))
     }
 
     /// Runs the authorization rules on a remote event (already verified and, on a hash
@@ -161,9 +208,9 @@ impl Staged<'_> {
         // are not in `event_ids`, so they read as unknown here; the caller tells them apart).
         let mut auth: HashMap<OwnedEventId, Pdu> = HashMap::new();
         for id in &pdu.auth_events {
-            match rooms.event(id)? {
+            match self.remote_event_pdu(id)? {
                 Some(event) => {
-                    auth.insert(id.clone(), event.pdu);
+                    auth.insert(id.clone(), event);
                 }
                 None => return Ok(Verdict::MissingAuth(format!("unknown auth event {id}"))),
             }
@@ -175,8 +222,8 @@ impl Staged<'_> {
             .and_then(|room| EventId::parse(format!("${}", room.strip_sigil())).ok());
         if let Some(id) = &create_id {
             if !auth.contains_key(id) {
-                if let Some(event) = rooms.event(id)? {
-                    auth.insert(id.clone(), event.pdu);
+                if let Some(event) = self.remote_event_pdu(id)? {
+                    auth.insert(id.clone(), event);
                 }
             }
         }
@@ -238,6 +285,7 @@ impl Staged<'_> {
         };
         let revokes_guest_access = self.revokes_guest_access(&as_new);
         let event_id = pdu.event_id.clone();
+        let is_state = pdu.is_state();
         self.stage_event(
             pdu,
             object,
@@ -245,6 +293,17 @@ impl Staged<'_> {
             &placement.prev_sids,
             placement.state.head,
         )?;
+        let sid = self
+            .events
+            .get(&event_id)
+            .map(|(sid, _, _)| *sid)
+            .ok_or_else(|| Error::unknown("staged event missing"))?;
+        let head = if is_state {
+            Some(sid)
+        } else {
+            placement.state.head
+        };
+        self.remote.heads.insert(event_id.clone(), (sid, head));
         self.event_ids.push(event_id);
         if revokes_guest_access {
             self.stage_guest_removal()?;
@@ -297,6 +356,7 @@ impl Staged<'_> {
             .put::<Pdus>(&sid, &Raw(json))
             .put::<EventMetaTable>(&sid, &meta)
             .put::<SoftFailed>(&sid, &true);
+        self.remote.soft.insert(pdu.event_id.clone(), pdu.clone());
         // A branch of soft-failed state events must not outgrow the bound on chain walks.
         if pdu.state_key.is_some() && rooms.links_to_snapshot(state.head)? + 1 >= SNAPSHOT_EVERY {
             let mut entries = rooms.full_state_at(state.head)?;
