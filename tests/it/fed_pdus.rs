@@ -575,7 +575,13 @@ async fn a_duplicate_pdu_is_stored_once() {
     let again = setup.send(&[&message, &message]).await;
     assert_eq!(again.get(&id), Some(&Ok(())));
     let timeline = setup.timeline_ids().await;
-    assert_eq!(timeline.iter().filter(|e| **e == id.to_string()).count(), 1);
+    assert_eq!(
+        timeline
+            .iter()
+            .filter(|e| e.as_str() == id.as_str())
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -961,4 +967,31 @@ async fn one_transaction_carries_events_that_build_on_each_other() {
         assert!(timeline.contains(&id.to_string()), "{id}");
     }
     assert_eq!(view.latest(), vec![redaction_id.to_string()]);
+}
+
+/// Within a transaction, what an event cites comes first, whatever depths the sender gave.
+#[tokio::test]
+async fn cited_events_are_processed_first_whatever_their_depth() {
+    let setup = Setup::new().await;
+    let view = setup.view();
+    let mut join = EventSpec::state(
+        "m.room.member",
+        &setup.bob,
+        &setup.bob,
+        json!({"membership": "join"}),
+    );
+    join.extra_depth = 5;
+    let (join_id, join) = view.event(&setup.remote, join);
+    let mut auth = view.auth_events("m.room.message", &setup.bob, None, &json!({}));
+    auth.push(join_id.to_string());
+    let mut message = EventSpec::message(&setup.bob, "shallower than my join");
+    message.prev = Some(vec![join_id.to_string()]);
+    message.auth = Some(auth);
+    let (message_id, message) = view.event(&setup.remote, message);
+    let results = setup.send(&[&message, &join]).await;
+    assert_eq!(results.get(&join_id), Some(&Ok(())), "{results:?}");
+    assert_eq!(results.get(&message_id), Some(&Ok(())), "{results:?}");
+    let timeline = setup.timeline_ids().await;
+    let position = |id: &OwnedEventId| timeline.iter().position(|e| e.as_str() == id.as_str());
+    assert!(position(&join_id).unwrap() < position(&message_id).unwrap());
 }

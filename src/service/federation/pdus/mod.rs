@@ -8,8 +8,10 @@
 //! checks are dropped.
 //!
 //! PDUs of different rooms are processed concurrently and only ever wait for their own room's
-//! lock; the PDUs of one room are processed in `depth` order, each committed on its own so the
-//! next one sees it.
+//! lock. The PDUs of one room are processed in causal order (what an event cites first, else by
+//! `depth`) and staged into one batch under the room's lock, committed once; an event that
+//! needs the committed form of one staged before it (a redaction or relation target, the state
+//! at a staged event other than the current state) commits the batch first.
 
 pub mod checks;
 
@@ -92,6 +94,52 @@ impl SigningKeys for super::keyring::KeyRing {
 
 /// The outcome for each PDU of a transaction, as the `/send` response reports it.
 pub type PduResults = BTreeMap<OwnedEventId, Result<(), String>>;
+
+/// The events in an order where each comes after those of the same transaction it cites as
+/// prev or auth events, and otherwise by `depth` (a sender's depths may be wrong; the
+/// references are what the checks need).
+fn causal_order(mut events: Vec<Prepared>) -> Vec<Prepared> {
+    events.sort_by_key(|e| e.pdu.depth);
+    let index: std::collections::HashMap<OwnedEventId, usize> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.event_id.clone(), i))
+        .collect();
+    // Kahn's algorithm, taking the ready event of least (depth, position) each time.
+    let mut waiting_on = vec![0usize; events.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); events.len()];
+    for (i, event) in events.iter().enumerate() {
+        let cited: std::collections::BTreeSet<usize> = event
+            .pdu
+            .prev_events
+            .iter()
+            .chain(&event.pdu.auth_events)
+            .filter_map(|id| index.get(id).copied())
+            .filter(|&j| j != i)
+            .collect();
+        waiting_on[i] = cited.len();
+        for j in cited {
+            dependents[j].push(i);
+        }
+    }
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..events.len()).filter(|&i| waiting_on[i] == 0).collect();
+    let mut order = Vec::with_capacity(events.len());
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &d in &dependents[i] {
+            waiting_on[d] -= 1;
+            if waiting_on[d] == 0 {
+                ready.insert(d);
+            }
+        }
+    }
+    // A cycle (only a forged set of events can have one): the rest by depth.
+    let placed: std::collections::HashSet<usize> = order.iter().copied().collect();
+    order.extend((0..events.len()).filter(|i| !placed.contains(i)));
+    let mut slots: Vec<Option<Prepared>> = events.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
 
 /// What [`Pdus::judge`] made of an event.
 enum Judged {
@@ -215,12 +263,12 @@ impl Pdus {
         ))
     }
 
-    /// Processes one room's PDUs in `depth` order (so that a join is stored before the
+    /// Processes one room's PDUs in causal order (so that a join is stored before the
     /// messages that follow it in the same transaction), staging as many as possible into one
     /// batch under the room's lock: one durable commit for a run of events that follow each
     /// other, more only where an event needs the committed form of one staged before it.
-    async fn receive_in_room(&self, room_id: OwnedRoomId, mut events: Vec<Prepared>) -> PduResults {
-        events.sort_by_key(|e| e.pdu.depth);
+    async fn receive_in_room(&self, room_id: OwnedRoomId, events: Vec<Prepared>) -> PduResults {
+        let events = causal_order(events);
         let mut results = PduResults::new();
         // Outcomes that stand only once the staged batch commits.
         let mut pending: Vec<(OwnedEventId, std::result::Result<(), String>)> = Vec::new();
