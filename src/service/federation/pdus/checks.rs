@@ -222,6 +222,43 @@ mod tests {
     }
 
     #[test]
+    fn the_authorising_server_of_a_restricted_join_must_sign_too() {
+        let rules = RoomVersionId::V10.rules().unwrap();
+        let key = keypair("k1");
+        let mut object = signed(&rules, &key);
+        object.insert(
+            "type".into(),
+            CanonicalJsonValue::String("m.room.member".into()),
+        );
+        object.insert(
+            "state_key".into(),
+            CanonicalJsonValue::String("@bob:remote.test".into()),
+        );
+        object.insert(
+            "content".into(),
+            serde_json::from_value(json!({
+                "membership": "join",
+                "join_authorised_via_users_server": "@alice:home.test",
+            }))
+            .unwrap(),
+        );
+        let wanted = wanted_keys(&object, &rules);
+        assert!(
+            wanted.unwrap_err().contains("home.test"),
+            "signed only by remote.test"
+        );
+    }
+
+    #[test]
+    fn non_canonical_json_is_refused() {
+        let raw = |s: &str| serde_json::value::RawValue::from_string(s.to_owned()).unwrap();
+        assert!(parse(&raw(r#"{"depth": 1.5}"#)).is_err());
+        assert!(parse(&raw(r#"{"depth": 9007199254740992}"#)).is_err());
+        assert!(parse(&raw(r#"[1]"#)).is_err());
+        assert!(parse(&raw(r#"{"depth": 2}"#)).is_ok());
+    }
+
+    #[test]
     fn oversized_pdus_fail_the_format_check() {
         let rules = RoomVersionId::V10.rules().unwrap();
         let key = keypair("k1");
