@@ -141,7 +141,12 @@ where
         router::Match::BadPath => return Err(Error::invalid_param("Path is not valid UTF-8")),
     };
 
-    let token = access_token(&raw.headers, &raw.query)?;
+    // Server routes carry an X-Matrix `Authorization` header, checked below, not a token.
+    let token = if route.auth == Auth::Server {
+        None
+    } else {
+        access_token(&raw.headers, &raw.query)?
+    };
     let limited = |user: Option<&ruma::OwnedUserId>| match services.rate_limiter.check(user, ip) {
         Ok(()) => Ok(()),
         Err(wait) => Err(Error::limit_exceeded(wait.as_millis().max(1) as u64)),

@@ -115,6 +115,8 @@ pub struct Services {
     pub threepids: threepids::Threepids,
     /// Sends validation mails; `None` when `[email]` is not configured.
     pub mailer: Option<mailer::Mailer>,
+    /// Queries to other servers for clients (profiles, aliases, keys, directories).
+    pub queries: federation::queries::Queries,
 }
 
 /// Why the services could not start.
@@ -220,9 +222,11 @@ impl Services {
         ));
         let mailer = mailer::Mailer::new(&config.email)?;
         let keyring = Arc::new(federation::keyring::KeyRing::new(
+            store.clone(),
             keys.clone(),
             server_name.clone(),
             federation.clone(),
+            federation::keyring::Notary::from_config(&config.federation.trusted_key_servers),
         ));
         let pdus = Arc::new(federation::pdus::Pdus::new(
             store.clone(),
@@ -253,6 +257,7 @@ impl Services {
             ),
             notifications,
             keyring,
+            queries: federation::queries::Queries::new(federation.clone()),
             federation,
             outbound,
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),

@@ -82,13 +82,13 @@ impl SigningKeys for super::keyring::KeyRing {
         valid_at: MilliSecondsSinceUnixEpoch,
         enforce_validity: bool,
     ) -> KeysFuture<'a> {
-        // Room versions 1 to 4 ignore `valid_until_ts`: any key valid at some point will do.
-        let valid_at = if enforce_validity {
-            valid_at
+        use super::keyring::KeyValidity;
+        let validity = if enforce_validity {
+            KeyValidity::Enforced
         } else {
-            MilliSecondsSinceUnixEpoch(ruma::UInt::MIN)
+            KeyValidity::Ignored
         };
-        Box::pin(self.public_key_map(wanted, valid_at))
+        Box::pin(self.public_key_map_with(wanted, valid_at, validity))
     }
 }
 
