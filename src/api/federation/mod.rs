@@ -7,6 +7,7 @@ pub mod keys;
 pub mod media;
 pub mod openid;
 pub mod query;
+pub mod send;
 pub mod user;
 pub mod version;
 
@@ -16,6 +17,7 @@ pub fn register_routes(router: &mut Router) {
     keys::routes(router);
     media::routes(router);
     openid::routes(router);
+    send::routes(router);
     version::routes(router);
     query::routes(router);
     user::routes(router);

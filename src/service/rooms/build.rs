@@ -6,10 +6,11 @@
 
 mod guests;
 mod push;
+pub mod remote;
 
 pub(crate) use push::MembersCache;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use ruma::{
     canonical_json::to_canonical_value,
@@ -19,8 +20,8 @@ use ruma::{
     state_res::{
         auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
     },
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId,
-    RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
+    RoomId, RoomVersionId, UserId,
 };
 use serde_json::{json, Map, Value};
 
@@ -34,6 +35,12 @@ use crate::{
     service::{search::index as search_index, stream::Pending, users::now_ms},
     store::{Batch, CommitError, Raw},
 };
+
+/// The most `prev_events` a PDU may cite (spec: room versions, event format).
+const MAX_PREV_EVENTS: usize = 20;
+
+/// The most forward extremities a room keeps.
+const MAX_EXTREMITIES: usize = 100;
 
 /// Events staged for one room under its lock, committed together.
 pub struct Staged<'a> {
@@ -57,6 +64,8 @@ pub struct Staged<'a> {
     /// Other rooms' staged events that commit in this batch (see [`Staged::absorb`]); kept
     /// here so their locks are held until the commit.
     absorbed: Vec<Staged<'a>>,
+    /// What remote events staged here look like to the ones staged after them.
+    remote: remote::Overlay,
 }
 
 impl Rooms {
@@ -85,6 +94,7 @@ impl Rooms {
             event_ids: Vec::new(),
             search: search_index::Overlay::default(),
             absorbed: Vec::new(),
+            remote: remote::Overlay::default(),
         })
     }
 
@@ -127,6 +137,7 @@ impl Rooms {
             event_ids: Vec::new(),
             search: search_index::Overlay::default(),
             absorbed: Vec::new(),
+            remote: remote::Overlay::default(),
         })
     }
 
@@ -268,10 +279,15 @@ impl<'a> Staged<'a> {
                 }
             }
         }
+        // A PDU may cite at most 20 prev_events; the newest extremities are cited, the others
+        // stay extremities for the next event.
         let prev = self
             .record
             .as_ref()
-            .map(|r| r.extremities.clone())
+            .map(|r| {
+                let skip = r.extremities.len().saturating_sub(MAX_PREV_EVENTS);
+                r.extremities[skip..].to_vec()
+            })
             .unwrap_or_default();
         let depth = self.record.as_ref().map_or(1, |r| r.depth + 1);
 
@@ -355,7 +371,8 @@ impl<'a> Staged<'a> {
         })
         .map_err(|e| Error::forbidden(format!("Event is not authorised: {e}")))?;
 
-        self.stage_event(pdu, object, new.txn, sender)?;
+        let state_before = self.record.as_ref().and_then(|r| r.last_state);
+        self.stage_event(pdu, object, new.txn, &prev, state_before)?;
         self.event_ids.push(event_id.clone());
         if revokes_guest_access {
             self.stage_guest_removal()?;
@@ -363,14 +380,20 @@ impl<'a> Staged<'a> {
         Ok(event_id)
     }
 
+    /// Stages an authorised event into the timeline and, for a state event, onto the room's
+    /// current state (the head of the state chain). `prev_sids` are its known prev events (no
+    /// longer extremities once it is stored); `state_before` is the head of the state before
+    /// it, recorded as the `state_link` of a non-state event (local events: the current state).
     fn stage_event(
         &mut self,
         pdu: Pdu,
         object: CanonicalJsonObject,
         txn: Option<super::Txn>,
-        sender: &UserId,
+        prev_sids: &[u64],
+        state_before: Option<u64>,
     ) -> Result<()> {
         let rooms = self.rooms;
+        let sender = pdu.sender.clone();
         let room_id = self
             .room_id
             .clone()
@@ -432,7 +455,11 @@ impl<'a> Staged<'a> {
             kind: kind.clone(),
             state_key: state_key.clone(),
             sender: sender.to_string(),
-            state_link: record.last_state,
+            state_link: if state_key.is_some() {
+                record.last_state
+            } else {
+                state_before
+            },
             depth: pdu.depth,
             origin_server_ts: u64::from(pdu.origin_server_ts.0),
             txn: txn
@@ -456,7 +483,14 @@ impl<'a> Staged<'a> {
             );
         }
         record.depth = record.depth.max(pdu.depth);
-        record.extremities = vec![sid];
+        record.extremities.retain(|s| !prev_sids.contains(s));
+        record.extremities.push(sid);
+        // Remote events with unknown prev events each add one; the oldest are let go (the room
+        // record is rewritten with every event, so it must stay small).
+        if record.extremities.len() > MAX_EXTREMITIES {
+            let excess = record.extremities.len() - MAX_EXTREMITIES;
+            record.extremities.drain(..excess);
+        }
 
         if let Some(state_key) = &state_key {
             let record = self.record.as_mut().expect("set above");
@@ -517,6 +551,43 @@ impl<'a> Staged<'a> {
             }
         }
         Ok(users)
+    }
+
+    /// The other servers that get this staging's local events: those with members joined
+    /// before or after it (a server whose last user leaves gets the leave). With the events'
+    /// positions; nothing when no event is local (remote events are not relayed).
+    fn federation_targets(&self) -> Result<(BTreeSet<OwnedServerName>, Vec<u64>)> {
+        let Some(record) = &self.record else {
+            return Ok(Default::default());
+        };
+        let queue = &self.rooms.fed_queue;
+        let mut local: Vec<u64> = self
+            .events
+            .values()
+            .filter(|(_, pdu, _)| pdu.sender.server_name() == queue.server_name())
+            .map(|(sid, _, _)| *sid)
+            .collect();
+        if local.is_empty() {
+            return Ok(Default::default());
+        }
+        local.sort_unstable();
+        let mut users: Vec<ruma::OwnedUserId> = self
+            .rooms
+            .members(record.sid)?
+            .into_iter()
+            .filter(|(_, m)| m == "join")
+            .filter_map(|(user, _)| UserId::parse(user).ok())
+            .collect();
+        for ((kind, state_key), (_, pdu)) in &self.state {
+            let joined = pdu
+                .content_as::<Value>()
+                .is_some_and(|c| c["membership"] == "join");
+            if kind == "m.room.member" && joined {
+                users.extend(UserId::parse(state_key.as_str()).ok());
+            }
+        }
+        let servers = queue.remote_servers(users.iter().map(|u| u.as_ref()));
+        Ok((servers, local))
     }
 
     /// The whole current state including staged changes.
@@ -593,11 +664,20 @@ impl<'a> Staged<'a> {
         let mut positions = std::mem::take(&mut self.pending);
         let mut locks: Vec<_> = self.lock.take().into_iter().collect();
         let mut wake = Vec::new();
+        let mut batch = batch;
+        let mut destinations = BTreeSet::new();
         for staged in std::iter::once(&self).chain(&self.absorbed) {
             if let Some(record) = &staged.record {
                 wake.extend(staged.wake_targets(record.sid)?);
             }
+            // Queued in the event's own batch: an event is queued exactly when it commits.
+            let (servers, sids) = staged.federation_targets()?;
+            for sid in sids {
+                self.rooms.fed_queue.stage_pdu(&mut batch, sid, &servers);
+            }
+            destinations.extend(servers);
         }
+        let fed_queue = self.rooms.fed_queue.clone();
         for staged in &mut self.absorbed {
             positions.append(&mut staged.pending);
             locks.extend(staged.lock.take());
@@ -610,6 +690,7 @@ impl<'a> Staged<'a> {
             .commit(&self.rooms.store, batch, positions, locks, move || {
                 notifier.notify(wake.iter().map(|u| u.as_ref()));
                 notifications.changed(counts_changed);
+                fed_queue.wake(destinations);
             })
             .await;
         match result {
