@@ -242,9 +242,11 @@ impl Services {
             ),
             notifications,
             keyring: Arc::new(federation::keyring::KeyRing::new(
+                store.clone(),
                 keys.clone(),
                 server_name.clone(),
                 federation.clone(),
+                federation::keyring::Notary::from_config(&config.federation.trusted_key_servers),
             )),
             queries: federation::queries::Queries::new(federation.clone()),
             federation,

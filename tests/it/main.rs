@@ -20,6 +20,7 @@ mod email_no_delivery;
 mod ephemeral;
 mod fed_auth;
 mod fed_common;
+mod fed_keys;
 mod fed_queries;
 mod filter;
 mod guests;
