@@ -52,6 +52,7 @@ use tokio::{
 
 use super::client::{FedError, FederationClient};
 use crate::error::{Error, Result};
+use crate::outbound::OutboundError;
 
 /// Deadline of a single query (profile, alias, directory).
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,8 +64,17 @@ pub const MAX_KEYS_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PARALLEL_PER_REQUEST: usize = 16;
 /// Queries in flight to one destination, over every client.
 pub const PER_DESTINATION: usize = 8;
-/// Queries in flight over every client and destination.
-pub const MAX_IN_FLIGHT: usize = 256;
+/// Queries in flight over every client and destination (with the answer caps below, this
+/// bounds the memory remote answers can take at once).
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Largest answer to a profile or alias query.
+const MAX_SMALL_ANSWER: usize = 1024 * 1024;
+/// Largest answer to a directory listing.
+const MAX_DIRECTORY_ANSWER: usize = 8 * 1024 * 1024;
+/// Largest answer to a device key query (many users with many devices).
+const MAX_KEYS_ANSWER: usize = 16 * 1024 * 1024;
+/// Largest answer to a one-time key claim.
+const MAX_CLAIM_ANSWER: usize = 4 * 1024 * 1024;
 /// Most servers one alias resolution passes on to the client.
 const MAX_ALIAS_SERVERS: usize = 100;
 
@@ -227,12 +237,13 @@ impl Queries {
     }
 
     /// Sends `request` once a slot for `destination` and an overall slot are free, all of it
-    /// bounded by `deadline` (`None` once it passed).
+    /// bounded by `deadline` (`None` once it passed) and the answer by `max_body` bytes.
     async fn send<R>(
         &self,
         destination: &ServerName,
         request: R,
         deadline: Instant,
+        max_body: usize,
     ) -> Option<Result<R::IncomingResponse, FedError>>
     where
         R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath> + Send,
@@ -246,7 +257,10 @@ impl Queries {
             let _slot = self.slots.acquire(destination).await;
             // Never closed.
             let _permit = self.in_flight.acquire().await.ok();
-            self.client.send(destination, request).await
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.client
+                .send_with_limits(destination, request, left, max_body)
+                .await
         };
         tokio::time::timeout_at(deadline, work).await.ok()
     }
@@ -257,15 +271,18 @@ impl Queries {
         destination: &ServerName,
         request: R,
         what: &str,
+        max_body: usize,
     ) -> Result<R::IncomingResponse>
     where
         R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath> + Send,
     {
         let deadline = Instant::now() + QUERY_TIMEOUT;
-        match self.send(destination, request, deadline).await {
+        match self.send(destination, request, deadline, max_body).await {
             Some(Ok(response)) => Ok(response),
+            Some(Err(FedError::Outbound(OutboundError::Timeout))) | None => {
+                Err(deadline_error(destination))
+            }
             Some(Err(e)) => Err(client_error(destination, e, what)),
-            None => Err(deadline_error(destination)),
         }
     }
 
@@ -279,7 +296,7 @@ impl Queries {
         let mut request = get_profile_information::v1::Request::new(user_id.to_owned());
         request.field = field.clone();
         let response = self
-            .single(user_id.server_name(), request, "Profile")
+            .single(user_id.server_name(), request, "Profile", MAX_SMALL_ANSWER)
             .await?;
         Ok(response
             .into_iter()
@@ -296,7 +313,7 @@ impl Queries {
     ) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
         let request = get_room_information::v1::Request::new(alias.to_owned());
         let mut response = self
-            .single(alias.server_name(), request, "Room alias")
+            .single(alias.server_name(), request, "Room alias", MAX_SMALL_ANSWER)
             .await?;
         response.servers.truncate(MAX_ALIAS_SERVERS);
         if response.servers.is_empty() {
@@ -317,7 +334,9 @@ impl Queries {
                 get.limit = request.limit;
                 get.since = request.since;
                 get.room_network = request.room_network;
-                let r = self.single(server, get, "Room directory").await?;
+                let r = self
+                    .single(server, get, "Room directory", MAX_DIRECTORY_ANSWER)
+                    .await?;
                 let mut response = get_public_rooms_filtered::v1::Response::new();
                 response.chunk = r.chunk;
                 response.next_batch = r.next_batch;
@@ -331,7 +350,8 @@ impl Queries {
                 post.since = request.since;
                 post.filter = filter;
                 post.room_network = request.room_network;
-                self.single(server, post, "Room directory").await
+                self.single(server, post, "Room directory", MAX_DIRECTORY_ANSWER)
+                    .await
             }
         }
     }
@@ -379,20 +399,20 @@ impl Queries {
         let answers = self
             .fan_out(per_server, timeout, |server, asked, deadline| async move {
                 let request = get_keys::v1::Request::new(asked);
-                self.send(&server, request, deadline).await
+                self.send(&server, request, deadline, MAX_KEYS_ANSWER).await
             })
             .await;
         let mut out = RemoteKeys::default();
         for (server, asked, answer) in answers {
             let response = match answer {
                 Some(Ok(response)) => response,
+                Some(Err(FedError::Outbound(OutboundError::Timeout))) | None => {
+                    out.failures.insert(server.to_string(), timed_out());
+                    continue;
+                }
                 Some(Err(e)) => {
                     log::info!("user/keys/query to {server} failed: {e}");
                     out.failures.insert(server.to_string(), failure(&e));
-                    continue;
-                }
-                None => {
-                    out.failures.insert(server.to_string(), timed_out());
                     continue;
                 }
             };
@@ -444,20 +464,21 @@ impl Queries {
         let answers = self
             .fan_out(per_server, timeout, |server, asked, deadline| async move {
                 let request = claim_keys::v1::Request::new(asked);
-                self.send(&server, request, deadline).await
+                self.send(&server, request, deadline, MAX_CLAIM_ANSWER)
+                    .await
             })
             .await;
         let mut out = RemoteClaims::default();
         for (server, asked, answer) in answers {
             let response = match answer {
                 Some(Ok(response)) => response,
+                Some(Err(FedError::Outbound(OutboundError::Timeout))) | None => {
+                    out.failures.insert(server.to_string(), timed_out());
+                    continue;
+                }
                 Some(Err(e)) => {
                     log::info!("user/keys/claim to {server} failed: {e}");
                     out.failures.insert(server.to_string(), failure(&e));
-                    continue;
-                }
-                None => {
-                    out.failures.insert(server.to_string(), timed_out());
                     continue;
                 }
             };
