@@ -304,6 +304,34 @@ async fn the_room_directory_of_another_server_is_listed_with_server() {
         format!("#garden:{}", b.name)
     );
 
+    // B's own answers to signed requests: a limit of 0 is no limit, all networks are the
+    // Matrix rooms here, and a third-party network has none.
+    for (query, rooms) in [
+        ("limit=0", 2),
+        ("include_all_networks=true", 2),
+        ("third_party_instance_id=irc", 0),
+    ] {
+        let path = format!("/_matrix/federation/v1/publicRooms?{query}");
+        let (status, body) = a.signed(b, &b.name, Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        assert_eq!(
+            body["chunk"].as_array().unwrap().len(),
+            rooms,
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = a
+        .signed(
+            b,
+            &b.name,
+            Method::POST,
+            "/_matrix/federation/v1/publicRooms",
+            Some(json!({"limit": 1, "filter": {"generic_search_term": "CHESS"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["chunk"][0]["name"], "Chess", "{body}");
+
     // The listing needs no access token (spec), another server's neither.
     let (status, body) = a.get(&path, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
