@@ -26,6 +26,7 @@ mod fed_keys;
 mod fed_media;
 mod fed_pdus;
 mod fed_queries;
+mod fed_rooms;
 mod fed_transactions;
 mod filter;
 mod guests;

@@ -293,6 +293,7 @@ async fn typing(services: &Services, origin: &ServerName, content: &Value) -> Re
         .get("typing")
         .and_then(Value::as_bool)
         .ok_or_else(|| Error::bad_json("m.typing without a boolean typing"))?;
+    super::acl::check(&services.rooms, &room_id, origin)?;
     let members = joined_members_with(services, &room_id, &user)?;
     services.typing.set(
         &room_id,
@@ -314,6 +315,11 @@ async fn receipt(services: &Services, origin: &ServerName, content: &Value) -> R
             log::info!("m.receipt from {origin} names an invalid room {room_id:?}");
             continue;
         };
+        // All receipts for a room are ignored when the room's ACL denies the origin.
+        if !super::acl::allows(&services.rooms, &room_id, origin)? {
+            log::info!("m.receipt from {origin} in {room_id}: denied by the server ACL");
+            continue;
+        }
         let Some(reads) = by_type.get(receipts::READ).and_then(Value::as_object) else {
             continue;
         };
