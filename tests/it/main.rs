@@ -24,6 +24,7 @@ mod fed_common;
 mod fed_discovery;
 mod fed_keys;
 mod fed_queries;
+mod fed_media;
 mod filter;
 mod guests;
 mod http;

@@ -4,6 +4,7 @@
 
 pub mod directory;
 pub mod keys;
+pub mod media;
 pub mod openid;
 pub mod query;
 pub mod user;
@@ -13,6 +14,7 @@ use crate::http::Router;
 
 pub fn register_routes(router: &mut Router) {
     keys::routes(router);
+    media::routes(router);
     openid::routes(router);
     version::routes(router);
     query::routes(router);
