@@ -100,6 +100,9 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             .clone()
             .run(services.notifications.subscribe(), shutdown.subscribe()),
     ));
+    tasks.push(tokio::spawn(
+        services.fed_sender.clone().run(shutdown.subscribe()),
+    ));
     tasks.push(tokio::spawn(crate::service::push::retention::run(
         services.store.clone(),
         shutdown.subscribe(),

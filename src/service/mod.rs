@@ -109,6 +109,14 @@ pub struct Services {
     pub openid_tokens: Arc<expiring_tokens::OpenIdTokens>,
     /// `m.login.token` login tokens (shared with the sweep task).
     pub login_tokens: Arc<expiring_tokens::LoginTokens>,
+    /// The durable outbound federation queue (shared with every service that queues).
+    pub fed_queue: Arc<federation::queue::Queue>,
+    /// Delivers the queue's transactions; runs once the server starts it.
+    pub fed_sender: Arc<federation::sender::Sender>,
+    /// Device lists over federation: local announcements, the remote cache.
+    pub fed_devices: Arc<federation::devices::FederatedDevices>,
+    /// Inbound transactions in progress.
+    pub fed_inbound: federation::receive::Inbound,
     /// E-mail addresses of accounts and their validation sessions.
     pub threepids: threepids::Threepids,
     /// Sends validation mails; `None` when `[email]` is not configured.
@@ -159,11 +167,17 @@ impl Services {
         let keys = Arc::new(keys);
         let notifier = Arc::new(notifier::Notifier::new());
         let pushers = Arc::new(push::pushers::Pushers::new(store.clone()));
+        let fed_queue = Arc::new(federation::queue::Queue::new(
+            store.clone(),
+            stream.clone(),
+            server_name.clone(),
+        ));
         let e2ee = Arc::new(e2ee::E2ee::new(
             store.clone(),
             stream.clone(),
             notifier.clone(),
             server_name.clone(),
+            fed_queue.clone(),
         )?);
         let limits = &config.rate_limit;
         let rate_limiter = RateLimiter::new(
@@ -205,6 +219,7 @@ impl Services {
             notifier.clone(),
             notifications.clone(),
             users.clone(),
+            fed_queue.clone(),
         ));
         let delivery = Arc::new(push::delivery::Delivery::new(
             store.clone(),
@@ -220,6 +235,19 @@ impl Services {
         ));
         let mailer = mailer::Mailer::new(&config.email)?;
         let search = search::Search::new(store.clone(), rooms.clone());
+        let fed_devices = Arc::new(federation::devices::FederatedDevices::new(
+            store.clone(),
+            stream.clone(),
+            e2ee.clone(),
+            rooms.clone(),
+            fed_queue.clone(),
+            federation.clone(),
+        ));
+        let fed_sender = Arc::new(federation::sender::Sender::new(
+            fed_queue.clone(),
+            federation.clone(),
+            fed_devices.clone(),
+        ));
         // Events stored before the search index existed are indexed before any request.
         search
             .backfill()
@@ -239,6 +267,7 @@ impl Services {
                 stream.clone(),
                 notifier.clone(),
                 notifications.clone(),
+                fed_queue.clone(),
             ),
             notifications,
             keyring: Arc::new(federation::keyring::KeyRing::new(
@@ -251,7 +280,12 @@ impl Services {
             queries: federation::queries::Queries::new(federation.clone()),
             federation,
             outbound,
-            presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),
+            presence: presence::Presence::new(
+                store.clone(),
+                stream.clone(),
+                notifier.clone(),
+                fed_queue.clone(),
+            ),
             push_rules,
             users,
             sessions: sessions::Sessions::new(store.clone(), e2ee.clone(), pushers.clone()),
@@ -270,6 +304,10 @@ impl Services {
             moderation: moderation::Moderation::new(store.clone()),
             openid_tokens: Arc::new(expiring_tokens::OpenIdTokens::new(store.clone())),
             login_tokens: Arc::new(expiring_tokens::LoginTokens::new(store.clone())),
+            fed_queue,
+            fed_sender,
+            fed_devices,
+            fed_inbound: Default::default(),
             store,
             config: Arc::new(config),
         }))

@@ -19,7 +19,13 @@ use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{notifier::Notifier, rooms::Rooms, stream::Stream, users::now_ms};
+use super::{
+    federation::queue::{Edu, Queue},
+    notifier::Notifier,
+    rooms::Rooms,
+    stream::Stream,
+    users::now_ms,
+};
 use crate::{
     error::{Error, Result},
     store::{Batch, CommitError, Record, Store},
@@ -156,7 +162,14 @@ pub struct Presence {
     store: Store,
     stream: Arc<Stream>,
     notifier: Arc<Notifier>,
+    /// Local users' visible changes go to the servers sharing a room with them.
+    fed_queue: Arc<Queue>,
 }
+
+/// Most servers one presence change is sent to (the first ones by name): presence is the
+/// chattiest EDU, and a user in rooms with thousands of servers must not cost thousands of
+/// queue rows per change.
+pub const MAX_PRESENCE_DESTINATIONS: usize = 100;
 
 /// What a write does to the status message.
 pub enum StatusMsg {
@@ -165,12 +178,52 @@ pub enum StatusMsg {
 }
 
 impl Presence {
-    pub fn new(store: Store, stream: Arc<Stream>, notifier: Arc<Notifier>) -> Self {
+    pub fn new(
+        store: Store,
+        stream: Arc<Stream>,
+        notifier: Arc<Notifier>,
+        fed_queue: Arc<Queue>,
+    ) -> Self {
         Self {
             store,
             stream,
             notifier,
+            fed_queue,
         }
+    }
+
+    /// A remote user's presence from their server (`m.presence`), kept only for users who
+    /// share a room with a local user; `last_active_ago` as the remote server counted it.
+    pub async fn set_remote(
+        &self,
+        rooms: &Rooms,
+        user_id: &UserId,
+        state: &str,
+        status_msg: Option<String>,
+        last_active_ago: u64,
+    ) -> Result<()> {
+        let shared = co_members(rooms, user_id)?
+            .iter()
+            .any(|u| u.server_name() == self.fed_queue.server_name());
+        if !shared {
+            log::debug!("ignoring presence of {user_id}: no room shared with a local user");
+            return Ok(());
+        }
+        let status_msg = status_msg.filter(|m| !m.is_empty()).map(|mut m| {
+            // Cut on a character boundary, as a local client's message is limited.
+            while m.len() > MAX_STATUS_BYTES {
+                m.pop();
+            }
+            m
+        });
+        self.write(rooms, user_id, |_, now| {
+            Some((
+                state.to_owned(),
+                status_msg.clone(),
+                now.saturating_sub(last_active_ago),
+            ))
+        })
+        .await
     }
 
     pub fn get(&self, user_id: &UserId) -> Result<Option<PresenceRecord>> {
@@ -275,8 +328,32 @@ impl Presence {
             } else {
                 BTreeSet::new()
             };
+            let local = user_id.server_name() == self.fed_queue.server_name();
+            let destinations: BTreeSet<_> = match &pending {
+                Some(pending) if local => {
+                    let destinations = self
+                        .fed_queue
+                        .remote_servers(wake_users.iter().map(|m| m.as_ref()))
+                        .into_iter()
+                        .take(MAX_PRESENCE_DESTINATIONS)
+                        .collect();
+                    let view = View::of(Some(&next), now);
+                    let mut update = view.content();
+                    update["user_id"] = json!(user_id);
+                    update["last_active_ago"] = json!(view.last_active_ago.unwrap_or(0));
+                    let edu = Edu::new("m.presence", json!({ "push": [update] }));
+                    self.fed_queue
+                        .stage_edu(&mut batch, pending.pos, &destinations, &edu)?;
+                    destinations
+                }
+                _ => BTreeSet::new(),
+            };
             let notifier = self.notifier.clone();
-            let wake = move || notifier.notify(wake_users.iter().map(|m| m.as_ref()));
+            let fed_queue = self.fed_queue.clone();
+            let wake = move || {
+                notifier.notify(wake_users.iter().map(|m| m.as_ref()));
+                fed_queue.wake(destinations);
+            };
             let positions: Vec<_> = pending.into_iter().collect();
             match self
                 .stream

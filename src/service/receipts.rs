@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     account_data::AccountData,
+    federation::queue::{Edu, Queue},
     notifier::Notifier,
     push::notifications::{Notifications, ReadUpTo as ReadMark},
     rooms::{Rooms, StoredEvent},
@@ -153,6 +154,8 @@ pub struct Receipts {
     stream: Arc<Stream>,
     notifier: Arc<Notifier>,
     notifications: Arc<Notifications>,
+    /// Local users' public receipts go to the other servers in the room.
+    fed_queue: Arc<Queue>,
 }
 
 impl Receipts {
@@ -161,12 +164,14 @@ impl Receipts {
         stream: Arc<Stream>,
         notifier: Arc<Notifier>,
         notifications: Arc<Notifications>,
+        fed_queue: Arc<Queue>,
     ) -> Self {
         Self {
             store,
             stream,
             notifier,
             notifications,
+            fed_queue,
         }
     }
 
@@ -271,6 +276,12 @@ impl Receipts {
         // Unread counts change with receipts under the room lock, as with new events.
         let lock = rooms.lock_room(room_id).await;
         let lock = Arc::new(lock);
+        let destinations = if user_id.server_name() == self.fed_queue.server_name() {
+            self.fed_queue
+                .remote_servers(members.iter().map(|m| m.as_ref()))
+        } else {
+            Default::default()
+        };
         for _ in 0..UPDATE_ATTEMPTS {
             let mut batch = Batch::new();
             let mut pendings = Vec::new();
@@ -325,6 +336,22 @@ impl Receipts {
                 if let Some(old) = &current {
                     batch.delete::<ReceiptLog>(&(room_id.to_string(), old.pos));
                 }
+                if mark.receipt_type == READ {
+                    let mut data = json!({ "ts": now_ms() });
+                    if !mark.thread.is_empty() {
+                        data["thread_id"] = json!(mark.thread);
+                    }
+                    let content = json!({ room_id.as_str(): { READ: { user_id.as_str(): {
+                        "data": data,
+                        "event_ids": [mark.event.pdu.event_id],
+                    }}}});
+                    self.fed_queue.stage_edu(
+                        &mut batch,
+                        pending.pos,
+                        &destinations,
+                        &Edu::new("m.receipt", content),
+                    )?;
+                }
                 batch
                     .expect_value::<ReceiptsTable>(&key, current.as_ref())
                     .put::<ReceiptsTable>(
@@ -365,8 +392,15 @@ impl Receipts {
             let notifier = self.notifier.clone();
             let notifications = self.notifications.clone();
             let user = user_id.to_owned();
+            let fed_queue = self.fed_queue.clone();
+            let fed_wake = if public {
+                destinations.clone()
+            } else {
+                Default::default()
+            };
             let wake = move || {
                 notifier.notify(wake_users.iter().map(|m| m.as_ref()));
+                fed_queue.wake(fed_wake);
                 if counts_changed {
                     notifications.changed([user]);
                 }

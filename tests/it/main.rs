@@ -25,6 +25,7 @@ mod fed_discovery;
 mod fed_keys;
 mod fed_media;
 mod fed_queries;
+mod fed_transactions;
 mod filter;
 mod guests;
 mod http;

@@ -195,8 +195,8 @@ async fn unknown_remote_and_deleted_recipients() {
     let bob = Dev::register(&srv, "bob").await;
     let bob2 = Dev::login(&srv, "bob").await;
 
-    // Unknown devices and users, and users of other servers (no federation yet), are
-    // skipped; the rest is delivered.
+    // Unknown devices and users are skipped, users of other servers are queued for their
+    // server (fed_transactions.rs); the rest is delivered.
     send(
         &srv,
         &alice,

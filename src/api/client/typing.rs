@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::{
     error::{Error, Result},
     http::{json_response, Incoming, Response, Router},
-    service::Services,
+    service::{federation::queue::Edu, Services},
 };
 
 pub fn routes(router: &mut Router) {
@@ -98,5 +98,17 @@ async fn set_typing(services: Arc<Services>, incoming: Incoming) -> Result<Respo
         timeout,
         members.iter().map(|m| m.as_ref()),
     );
+    let servers = services
+        .fed_queue
+        .remote_servers(members.iter().map(|m| m.as_ref()));
+    let edu = Edu::new(
+        "m.typing",
+        serde_json::json!({
+            "room_id": room_id,
+            "user_id": me.user_id,
+            "typing": timeout.is_some(),
+        }),
+    );
+    services.fed_queue.enqueue_edus(&servers, &[edu]).await?;
     Ok(json_response(StatusCode::OK, b"{}".to_vec()))
 }

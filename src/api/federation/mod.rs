@@ -8,6 +8,7 @@ pub mod media;
 pub mod openid;
 pub mod query;
 pub mod user;
+pub mod send;
 pub mod version;
 
 use crate::http::Router;
@@ -16,6 +17,7 @@ pub fn register_routes(router: &mut Router) {
     keys::routes(router);
     media::routes(router);
     openid::routes(router);
+    send::routes(router);
     version::routes(router);
     query::routes(router);
     user::routes(router);

@@ -26,6 +26,7 @@ use ruma::{OwnedUserId, UserId};
 use super::E2ee;
 use crate::{
     error::Result,
+    service::federation::devices::DeviceListDirty,
     service::rooms::{CurrentState, RoomMembers, RoomsTable, UserRooms},
     store::{Batch, Store},
     table,
@@ -108,6 +109,10 @@ impl E2ee {
             .expect_value::<DeviceListLatest>(&user, old.as_ref())
             .put::<DeviceListLatest>(&user, &pos)
             .put::<DeviceListChanges>(&pos, &user);
+        if self.is_local(user_id) {
+            // Announced to other servers after the commit (`federation::devices`).
+            batch.put::<DeviceListDirty>(&user, &pos);
+        }
         Ok(())
     }
 

@@ -36,7 +36,7 @@ use ruma::{
 };
 use serde_json::{Map, Value};
 
-use super::{notifier::Notifier, sessions::DevicesTable, stream::Stream};
+use super::{federation::queue::Queue, notifier::Notifier, sessions::DevicesTable, stream::Stream};
 use crate::{
     error::{Error, Result},
     store::{Batch, CommitError, Store, StoreError},
@@ -63,6 +63,8 @@ pub struct E2ee {
     /// Sizes of device inboxes, `(user, device) → size`, as far as counted (see
     /// `to_device.rs`): enforcing the inbox cap costs no scan per send.
     inbox_sizes: std::sync::Mutex<HashMap<(String, String), to_device::InboxSize>>,
+    /// Device-list changes and to-device messages for other servers.
+    fed_queue: Arc<Queue>,
 }
 
 impl E2ee {
@@ -73,12 +75,14 @@ impl E2ee {
         stream: Arc<Stream>,
         notifier: Arc<Notifier>,
         server_name: OwnedServerName,
+        fed_queue: Arc<Queue>,
     ) -> Result<Self, StoreError> {
         let e2ee = Self {
             store,
             stream,
             notifier,
             server_name,
+            fed_queue,
             inbox_sizes: Default::default(),
         };
         e2ee.sweep_all_blocking()?;
@@ -159,7 +163,12 @@ impl E2ee {
         wake: Vec<ruma::OwnedUserId>,
     ) -> Result<(), CommitError> {
         let notifier = self.notifier.clone();
-        let wake_fn = move || notifier.notify(wake.iter().map(|u| u.as_ref()));
+        let fed_queue = self.fed_queue.clone();
+        let wake_fn = move || {
+            notifier.notify(wake.iter().map(|u| u.as_ref()));
+            // The batch may hold a device-list marker of a local user (see `stage_change`).
+            fed_queue.device_lists_changed();
+        };
         self.stream
             .commit(
                 &self.store,

@@ -8,14 +8,15 @@
 //! from an earlier token delivers them again, so nothing is lost to a dropped response or a
 //! restart.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedServerName, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
 use super::{E2ee, ATTEMPTS};
 use crate::{
     error::{Error, Result},
+    service::federation::queue::Edu,
     service::sessions::DevicesTable,
     store::{Batch, CommitError, Raw, Store},
     table,
@@ -89,9 +90,11 @@ pub(crate) fn stage_delete_device_inbox(
 }
 
 impl E2ee {
-    /// `PUT /sendToDevice/{type}/{txnId}`. Messages to unknown users or devices are dropped,
-    /// as are messages to users of other servers (there is no federation yet; logged). A
-    /// message addressed to a device explicitly wins over the same user's `*`.
+    /// `PUT /sendToDevice/{type}/{txnId}`. Messages to unknown local users or devices are
+    /// dropped. Messages to users of other servers are queued in the same batch, one
+    /// `m.direct_to_device` EDU per server whose `message_id` is the send's stream position
+    /// (unique for this server), so a retried send queues nothing again. A message addressed
+    /// to a device explicitly wins over the same user's `*`.
     pub async fn send_to_device(
         &self,
         sender: &UserId,
@@ -119,9 +122,19 @@ impl E2ee {
             let mut batch = Batch::new();
             // (user, device) → content; explicit devices replace `*`, `*` fills in.
             let mut inbox: BTreeMap<(String, String), &Map<String, Value>> = BTreeMap::new();
+            let mut remote: BTreeMap<OwnedServerName, Map<String, Value>> = BTreeMap::new();
             for (user_id, target, content) in messages {
                 if !self.is_local(user_id) {
-                    log::warn!("dropping a to-device message for {user_id}: no federation yet");
+                    let device = match target {
+                        Target::Device(device) => device.to_string(),
+                        Target::AllDevices => "*".to_owned(),
+                    };
+                    let by_user = remote
+                        .entry(user_id.server_name().to_owned())
+                        .or_default()
+                        .entry(user_id.to_string())
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    by_user[device.as_str()] = Value::Object(content.clone());
                     continue;
                 }
                 let user = user_id.to_string();
@@ -165,6 +178,20 @@ impl E2ee {
                 sizes.push(((user.clone(), device), dropped, added));
                 recipients.push(user);
             }
+            for (server, by_user) in &remote {
+                let edu = Edu::new(
+                    "m.direct_to_device",
+                    json!({
+                        "sender": sender,
+                        "type": event_type,
+                        "message_id": pending.pos.to_string(),
+                        "messages": by_user,
+                    }),
+                );
+                let destination = BTreeSet::from([server.clone()]);
+                self.fed_queue
+                    .stage_edu(&mut batch, pending.pos, &destination, &edu)?;
+            }
             batch
                 .expect_absent::<ToDeviceTxns>(&txn)
                 .put::<ToDeviceTxns>(&txn, &pending.pos);
@@ -177,6 +204,7 @@ impl E2ee {
             match self.commit_positioned(batch, Some(pending), users).await {
                 Ok(()) => {
                     self.inbox_sizes_changed(sizes);
+                    self.fed_queue.wake(remote.into_keys());
                     return Ok(());
                 }
                 // Either a retry of this send landed first (found on the next round) or a

@@ -9,7 +9,7 @@ mod push;
 
 pub(crate) use push::MembersCache;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use ruma::{
     canonical_json::to_canonical_value,
@@ -19,8 +19,8 @@ use ruma::{
     state_res::{
         auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
     },
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId,
-    RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
+    RoomId, RoomVersionId, UserId,
 };
 use serde_json::{json, Map, Value};
 
@@ -519,6 +519,43 @@ impl<'a> Staged<'a> {
         Ok(users)
     }
 
+    /// The other servers that get this staging's local events: those with members joined
+    /// before or after it (a server whose last user leaves gets the leave). With the events'
+    /// positions; nothing when no event is local (remote events are not relayed).
+    fn federation_targets(&self) -> Result<(BTreeSet<OwnedServerName>, Vec<u64>)> {
+        let Some(record) = &self.record else {
+            return Ok(Default::default());
+        };
+        let queue = &self.rooms.fed_queue;
+        let mut local: Vec<u64> = self
+            .events
+            .values()
+            .filter(|(_, pdu, _)| pdu.sender.server_name() == queue.server_name())
+            .map(|(sid, _, _)| *sid)
+            .collect();
+        if local.is_empty() {
+            return Ok(Default::default());
+        }
+        local.sort_unstable();
+        let mut users: Vec<ruma::OwnedUserId> = self
+            .rooms
+            .members(record.sid)?
+            .into_iter()
+            .filter(|(_, m)| m == "join")
+            .filter_map(|(user, _)| UserId::parse(user).ok())
+            .collect();
+        for ((kind, state_key), (_, pdu)) in &self.state {
+            let joined = pdu
+                .content_as::<Value>()
+                .is_some_and(|c| c["membership"] == "join");
+            if kind == "m.room.member" && joined {
+                users.extend(UserId::parse(state_key.as_str()).ok());
+            }
+        }
+        let servers = queue.remote_servers(users.iter().map(|u| u.as_ref()));
+        Ok((servers, local))
+    }
+
     /// The whole current state including staged changes.
     fn full_state_entries(&self) -> Result<Vec<(String, String, u64)>> {
         let mut map: HashMap<(String, String), u64> = HashMap::new();
@@ -593,11 +630,20 @@ impl<'a> Staged<'a> {
         let mut positions = std::mem::take(&mut self.pending);
         let mut locks: Vec<_> = self.lock.take().into_iter().collect();
         let mut wake = Vec::new();
+        let mut batch = batch;
+        let mut destinations = BTreeSet::new();
         for staged in std::iter::once(&self).chain(&self.absorbed) {
             if let Some(record) = &staged.record {
                 wake.extend(staged.wake_targets(record.sid)?);
             }
+            // Queued in the event's own batch: an event is queued exactly when it commits.
+            let (servers, sids) = staged.federation_targets()?;
+            for sid in sids {
+                self.rooms.fed_queue.stage_pdu(&mut batch, sid, &servers);
+            }
+            destinations.extend(servers);
         }
+        let fed_queue = self.rooms.fed_queue.clone();
         for staged in &mut self.absorbed {
             positions.append(&mut staged.pending);
             locks.extend(staged.lock.take());
@@ -610,6 +656,7 @@ impl<'a> Staged<'a> {
             .commit(&self.rooms.store, batch, positions, locks, move || {
                 notifier.notify(wake.iter().map(|u| u.as_ref()));
                 notifications.changed(counts_changed);
+                fed_queue.wake(destinations);
             })
             .await;
         match result {

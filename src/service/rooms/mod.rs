@@ -225,6 +225,8 @@ pub struct Rooms {
     push_members: build::MembersCache,
     /// Which local users are guests (guest joins and removals, `build/guests.rs`).
     users: Arc<super::users::Users>,
+    /// Local events are queued for the other servers in their room in their own batch.
+    fed_queue: Arc<super::federation::queue::Queue>,
 }
 
 /// Heavy reads running at once: one per core, at least two (a slow scan must not block all).
@@ -233,6 +235,8 @@ fn heavy_read_slots() -> usize {
 }
 
 impl Rooms {
+    // The services it writes through, each shared with others; built once in `Services`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         stream: Arc<Stream>,
@@ -241,8 +245,10 @@ impl Rooms {
         notifier: Arc<Notifier>,
         notifications: Arc<crate::service::push::notifications::Notifications>,
         users: Arc<super::users::Users>,
+        fed_queue: Arc<super::federation::queue::Queue>,
     ) -> Self {
         Self {
+            fed_queue,
             store,
             stream,
             keys,
