@@ -24,6 +24,7 @@ mod fed_common;
 mod fed_discovery;
 mod fed_keys;
 mod fed_media;
+mod fed_pdus;
 mod fed_queries;
 mod fed_transactions;
 mod filter;

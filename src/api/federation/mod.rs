@@ -7,8 +7,8 @@ pub mod keys;
 pub mod media;
 pub mod openid;
 pub mod query;
-pub mod user;
 pub mod send;
+pub mod user;
 pub mod version;
 
 use crate::http::Router;
