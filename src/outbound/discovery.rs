@@ -43,7 +43,8 @@ pub const WELL_KNOWN_MAX_ENTRIES: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
     Ip(IpAddr),
-    /// A DNS name, lowercased.
+    /// A DNS name, lowercased, without a final dot (SRV targets keep theirs: they are only
+    /// resolved, never checked against a certificate).
     Name(String),
 }
 
@@ -76,9 +77,13 @@ pub fn split_server_name(name: &str) -> Option<(Host, Option<u16>)> {
         if !valid {
             return None;
         }
+        // A fully qualified "example.org." is the same host: the dot would only upset
+        // certificate name checks.
+        let name = host.strip_suffix('.').unwrap_or(host);
         let host = match host.parse::<IpAddr>() {
             Ok(ip) => Host::Ip(ip),
-            Err(_) => Host::Name(host.to_ascii_lowercase()),
+            Err(_) if name.is_empty() || name.ends_with('.') => return None,
+            Err(_) => Host::Name(name.to_ascii_lowercase()),
         };
         (host, rest)
     };

@@ -263,3 +263,65 @@ fn key_responses_are_checked() {
         .unwrap_err()
         .contains("not a canonical JSON object"));
 }
+
+/// `srv.test` without well-known, found by its SRV record: check names the record and wants
+/// a certificate for `srv.test` on the target, not one for the target's name.
+async fn srv_deployment(fed_names: &[&str]) -> (bool, String) {
+    let ca = TestCa::new();
+    let keys = key_response("srv.test", |_| {});
+    let fed = TlsServer::start(ca.server_config(fed_names), move |path| -> Answer {
+        match path {
+            "/_matrix/key/v2/server" => (200, Vec::new(), keys.clone()),
+            _ => (404, Vec::new(), Vec::new()),
+        }
+    })
+    .await;
+    let web = TlsServer::start(ca.server_config(&["srv.test"]), |path| -> Answer {
+        match path {
+            "/_matrix/client/versions" => (200, Vec::new(), br#"{"versions":[]}"#.to_vec()),
+            _ => (404, Vec::new(), Vec::new()),
+        }
+    })
+    .await;
+    let dns = FakeDns::start(Zone::default().a(&["srv.test", "target.test"]).srv(
+        "_matrix-fed._tcp.srv.test",
+        &[(0, 0, fed.port(), "target.test.")],
+    ))
+    .await;
+    let args = [
+        "--ca".to_owned(),
+        ca.pem.display().to_string(),
+        "--test-well-known-port".to_owned(),
+        web.port().to_string(),
+        "--test-dns".to_owned(),
+        dns.addr.to_string(),
+    ];
+    let port = fed.port();
+    let (ok, text) = tokio::task::spawn_blocking(move || check("srv.test", &[], &args))
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&format!(
+            "SRV _matrix-fed._tcp.srv.test. gives target.test:{port}"
+        )),
+        "{text}"
+    );
+    (ok, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_follows_srv_records() {
+    let (ok, text) = srv_deployment(&["srv.test"]).await;
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("HTTP 404 Not Found, so no delegation"),
+        "{text}"
+    );
+    assert!(
+        text.contains("keys ed25519:k1 for srv.test, self-signature valid"),
+        "{text}"
+    );
+    let (ok, text) = srv_deployment(&["target.test"]).await;
+    assert!(!ok);
+    assert!(text.contains("is for target.test, not srv.test"), "{text}");
+}

@@ -728,3 +728,35 @@ async fn figures() {
         (after - before) * 1024 / n as u64
     );
 }
+
+#[tokio::test]
+async fn the_request_timeout_bounds_discovery_too() {
+    let ca = TestCa::new();
+    let dns = FakeDns::start(Zone::default().a(&["slow.test"])).await;
+    // A well-known host that accepts connections and never answers.
+    let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hanging.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = hanging.accept().await {
+            open.push(tcp);
+        }
+    });
+    let c = client(
+        &ca.pem,
+        TestHooks {
+            well_known_port: Some(port),
+            name_servers: vec![dns.addr],
+            ..Default::default()
+        },
+    );
+    let req = http::Request::get("/_matrix/federation/v1/version")
+        .body(Vec::new())
+        .unwrap();
+    let name = ServerName::parse("slow.test").unwrap();
+    let result = c
+        .federation_request(&name, req, Duration::from_millis(500), 4096)
+        .await;
+    assert_eq!(result.unwrap_err(), OutboundError::Timeout);
+    held.abort();
+}

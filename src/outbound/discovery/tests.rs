@@ -73,6 +73,7 @@ fn server_names_split_per_the_grammar() {
     assert_eq!(ok("Example.ORG:8448"), (name("example.org"), Some(8448)));
     assert_eq!(ok("127.0.0.1"), (ip("127.0.0.1"), None));
     assert_eq!(ok("127.0.0.1:8448"), (ip("127.0.0.1"), Some(8448)));
+    assert_eq!(ok("Example.org.:8448"), (name("example.org"), Some(8448)));
     assert_eq!(ok("[::1]"), (ip("::1"), None));
     assert_eq!(
         ok("[1234:5678::abcd]:443"),
@@ -80,7 +81,7 @@ fn server_names_split_per_the_grammar() {
     );
     for bad in [
         "", ":8448", "a:", "a:0", "a:65536", "a:123456", "a b", "::1", "[::1", "[nope]:1",
-        "[::1]x", "a_b.org", "a:1:2", "a:+1",
+        "[::1]x", "a_b.org", "a:1:2", "a:+1", ".", "a..", ".:8448",
     ] {
         assert!(
             split_server_name(bad).is_none(),
