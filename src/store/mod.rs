@@ -35,7 +35,7 @@ use writer::{JobResult, Writer};
 
 /// The schema version this build writes. Bump it with every change of a key layout or value
 /// format, add the migration in `migrate`, and update `schema/`.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -354,6 +354,12 @@ fn migrate_step(_engine: &dyn Engine, from: u32) -> Result<(), StoreError> {
         // events is service logic the store does not know. The bump makes an older build
         // refuse the data: it would store and redact events without updating the index.
         3 => Ok(()),
+        // 4 → 5 adds the federation tables (remote server keys, the outbound transaction
+        // queue, inbound transactions, remote device lists, rejected and soft-failed events,
+        // cached remote media; schema/federation-*.md, media.md). They start empty. The bump
+        // makes an older build refuse the data: it would serve soft-failed remote events and
+        // forget what is queued for other servers.
+        4 => Ok(()),
         _ => Err(StoreError::Corrupt {
             table: Meta::NAME,
             detail: format!("schema version {from} is unknown; no migration exists from it"),
