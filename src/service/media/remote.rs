@@ -27,11 +27,13 @@ use serde::{Deserialize, Serialize};
 use super::{check_media_id, multipart, thumbnail, Media, MediaBlobs};
 use crate::{
     error::{Error, Result},
-    http::router::BoxFuture,
     service::users::now_ms,
     store::{Batch, Record, Table},
     table,
 };
+
+/// A boxed future of a [`Transport`] call (the trait is object-safe).
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 table!(
     /// `(server_name, media_id) → RemoteRecord`: remote media fetched and cached.

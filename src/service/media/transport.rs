@@ -7,9 +7,8 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use ruma::ServerName;
 
-use super::remote::{FetchError, Transport};
+use super::remote::{BoxFuture, FetchError, Transport};
 use crate::{
-    http::router::BoxFuture,
     outbound::{Outbound, OutboundError},
     service::{
         federation::client::{FedError, FederationClient},
