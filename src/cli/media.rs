@@ -13,13 +13,17 @@ pub enum MediaCommand {
         /// Localpart (`alice`) or full user id (`@alice:example.org`).
         user: String,
     },
-    /// Delete one media (and its thumbnails) by its `mxc://` URI.
+    /// Delete one media (and its thumbnails) by its `mxc://` URI; for another server's media,
+    /// the cached copy (fetched again on the next request).
     Delete { mxc: String },
     /// Delete every media uploaded before a date.
     Purge {
         /// `YYYY-MM-DD` (midnight UTC).
         #[arg(long)]
         before: String,
+        /// Purge the cache of other servers' media instead (copies fetched before the date).
+        #[arg(long)]
+        remote: bool,
     },
 }
 
@@ -57,18 +61,32 @@ pub fn run(services: &Services, command: MediaCommand) -> Result<(), String> {
             let (server, id) =
                 parse_mxc(&mxc).ok_or_else(|| format!("not an mxc:// URI: {mxc}"))?;
             if server != services.config.server_name {
-                return Err(format!("{mxc} is not media of this server"));
+                if !rt
+                    .block_on(media.delete_remote(server, id))
+                    .map_err(|e| e.message)?
+                {
+                    return Err(format!("no cached copy of {mxc}"));
+                }
+                crate::outln!("deleted the cached copy of {mxc}")?;
+                return Ok(());
             }
             if !rt.block_on(media.delete(id)).map_err(|e| e.message)? {
                 return Err(format!("no such media: {mxc}"));
             }
             crate::outln!("deleted {mxc}")?;
         }
-        MediaCommand::Purge { before } => {
+        MediaCommand::Purge { before, remote } => {
             let ms = parse_date_ms(&before)
                 .ok_or_else(|| format!("--before must be a date YYYY-MM-DD, got {before:?}"))?;
-            let n = rt.block_on(media.purge_before(ms)).map_err(|e| e.message)?;
-            crate::outln!("purged {n} media uploaded before {before}")?;
+            if remote {
+                let n = rt
+                    .block_on(media.purge_remote_before(ms))
+                    .map_err(|e| e.message)?;
+                crate::outln!("purged {n} cached remote files fetched before {before}")?;
+            } else {
+                let n = rt.block_on(media.purge_before(ms)).map_err(|e| e.message)?;
+                crate::outln!("purged {n} media uploaded before {before}")?;
+            }
         }
     }
     Ok(())

@@ -218,7 +218,8 @@ pub enum RegistrationMode {
 pub struct Limits {
     /// Largest JSON request body of the client API, in bytes (> 0).
     pub max_request_bytes: u64,
-    /// Largest media upload, in bytes (> 0).
+    /// Largest media upload, in bytes (> 0); also the largest remote media this server fetches
+    /// and caches for its users.
     pub max_upload_bytes: u64,
     /// Seconds a client may take to send a request head, to send each piece of a body, and
     /// to stay idle between requests on a kept-alive connection (>= 1).

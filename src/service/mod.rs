@@ -121,6 +121,8 @@ pub struct Services {
     pub threepids: threepids::Threepids,
     /// Sends validation mails; `None` when `[email]` is not configured.
     pub mailer: Option<mailer::Mailer>,
+    /// Queries to other servers for clients (profiles, aliases, keys, directories).
+    pub queries: federation::queries::Queries,
 }
 
 /// Why the services could not start.
@@ -275,6 +277,7 @@ impl Services {
                 federation.clone(),
                 federation::keyring::Notary::from_config(&config.federation.trusted_key_servers),
             )),
+            queries: federation::queries::Queries::new(federation.clone()),
             federation,
             outbound,
             presence: presence::Presence::new(

@@ -13,7 +13,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use hearth::service::{
-    federation::receive::{self, InboundTxns, Transaction},
+    federation::{
+        devices::DeviceListDirty,
+        receive::{self, InboundTxns, Transaction},
+    },
     Services,
 };
 
@@ -481,6 +484,129 @@ async fn device_list_changes_are_announced_and_untracked_users_are_not_cached() 
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(services(b).fed_devices.cached(&alice_id).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn remote_device_lists_follow_updates_and_resync_on_gaps() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let alice = Dev::register(a, "alice").await;
+    alice.upload_device_keys(a).await;
+    let alice_id = ruma::UserId::parse(&alice.user).unwrap();
+    // Announced once no change of hers is waiting (two changes may make one round).
+    let dirty = (alice.user.clone(),);
+    wait_until(
+        "the keys are announced",
+        Duration::from_secs(10),
+        || async {
+            services(a)
+                .store
+                .get::<DeviceListDirty>(&dirty.0)
+                .unwrap()
+                .is_none()
+        },
+    )
+    .await;
+    let s = services(a).fed_devices.local_stream_id(&alice_id).unwrap();
+    assert!(s >= 1);
+
+    // B asks about Alice: fetched from A and cached, at A's stream id.
+    let devices = services(b).fed_devices.devices_of(&alice_id).await.unwrap();
+    assert_eq!(devices.stream_id, s);
+    assert_eq!(
+        devices.devices.keys().collect::<Vec<_>>(),
+        vec![&alice.device]
+    );
+
+    // The next update (prev_id = what B has) applies to the cache.
+    let send = |txn: &'static str, content: Value| {
+        let body = txn_body(
+            &a.name,
+            vec![json!({"edu_type": "m.device_list_update", "content": content})],
+        );
+        async move {
+            let path = format!("/_matrix/federation/v1/send/{txn}");
+            let (status, answer) = a.signed(b, &b.name, Method::PUT, &path, Some(body)).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+        }
+    };
+    send(
+        "u1",
+        json!({"user_id": alice.user, "device_id": "PHONE", "stream_id": s + 1, "prev_id": [s],
+               "device_display_name": "Alice's phone"}),
+    )
+    .await;
+    let cached = services(b).fed_devices.cached(&alice_id).unwrap().unwrap();
+    assert_eq!(cached.stream_id, s + 1);
+    assert_eq!(
+        cached.devices["PHONE"].display_name.as_deref(),
+        Some("Alice's phone")
+    );
+    // An old update is ignored; a deletion applies.
+    send(
+        "u2",
+        json!({"user_id": alice.user, "device_id": "OLD", "stream_id": s, "prev_id": []}),
+    )
+    .await;
+    send(
+        "u3",
+        json!({"user_id": alice.user, "device_id": "PHONE", "stream_id": s + 2,
+               "prev_id": [s + 1], "deleted": true}),
+    )
+    .await;
+    let cached = services(b).fed_devices.cached(&alice_id).unwrap().unwrap();
+    assert_eq!(cached.stream_id, s + 2);
+    assert_eq!(
+        cached.devices.keys().collect::<Vec<_>>(),
+        vec![&alice.device]
+    );
+
+    // A gap (B never saw s + 3 and s + 4): B fetches Alice's list again, and A's truth
+    // replaces the cache (A's stream id, without the device named only in the update).
+    send(
+        "u4",
+        json!({"user_id": alice.user, "device_id": "TABLET", "stream_id": s + 5,
+               "prev_id": [s + 4]}),
+    )
+    .await;
+    wait_until(
+        "B resynced Alice's devices",
+        Duration::from_secs(20),
+        || async {
+            services(b)
+                .fed_devices
+                .cached(&alice_id)
+                .unwrap()
+                .is_some_and(|c| c.stream_id == s)
+        },
+    )
+    .await;
+    let cached = services(b).fed_devices.cached(&alice_id).unwrap().unwrap();
+    assert_eq!(
+        cached.devices.keys().collect::<Vec<_>>(),
+        vec![&alice.device]
+    );
+
+    // A signing-key update about a user of A from A: cached.
+    let master = json!({"user_id": alice.user, "usage": ["master"],
+                        "keys": {"ed25519:base64+master+key": "base64+master+key"}});
+    let body = txn_body(
+        &a.name,
+        vec![json!({"edu_type": "m.signing_key_update",
+                    "content": {"user_id": alice.user, "master_key": master}})],
+    );
+    let (status, _) = a
+        .signed(
+            b,
+            &b.name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/s1",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let cached = services(b).fed_devices.cached(&alice_id).unwrap().unwrap();
+    assert_eq!(cached.master_key, Some(master));
 }
 
 /// The body of a transaction's EDU.

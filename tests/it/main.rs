@@ -21,6 +21,8 @@ mod ephemeral;
 mod fed_auth;
 mod fed_common;
 mod fed_keys;
+mod fed_media;
+mod fed_queries;
 mod fed_transactions;
 mod filter;
 mod guests;

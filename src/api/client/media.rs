@@ -19,7 +19,13 @@ use warp::Reply;
 use crate::{
     error::{Error, Result},
     http::{json_value as json_response, Auth, Incoming, Outgoing, Response, Router},
-    service::{media::UploadMeta, Services},
+    service::{
+        media::{
+            remote::{Access, Kind},
+            thumbnail, UploadMeta,
+        },
+        Services,
+    },
 };
 
 pub const CSP: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; object-src 'self';";
@@ -191,24 +197,57 @@ fn timeout_ms(q: &[(String, String)]) -> Result<u64> {
     }
 }
 
+/// Whether the media of `server` is this server's own.
+fn is_local(services: &Services, server: &str) -> bool {
+    server == services.config.server_name.as_str()
+}
+
+/// How a request may reach remote media: the authenticated endpoints always fetch; the
+/// deprecated ones only with `allow_remote` (default true) and subject to the freeze.
+fn remote_access(q: &[(String, String)], legacy: bool) -> Result<Access> {
+    Ok(Access {
+        timeout_ms: timeout_ms(q)?,
+        legacy,
+        fetch: !legacy || param(q, "allow_remote") != Some("false"),
+    })
+}
+
 async fn download(services: Arc<Services>, incoming: Incoming, legacy: bool) -> Result<Outgoing> {
     let q = query(&incoming);
     let (server, media_id) = (&incoming.path_args[0], &incoming.path_args[1]);
-    let record = services
-        .media
-        .get(server, media_id, timeout_ms(&q)?, legacy)
-        .await?;
-    let filename = incoming
-        .path_args
-        .get(2)
-        .cloned()
-        .or(record.filename.clone());
-    let file = ServedFile {
-        path: services.media.blob_path(&record.sha256),
-        size: record.size,
-        content_type: record.content_type.clone(),
-        filename,
+    let mut file = if is_local(&services, server) {
+        let record = services
+            .media
+            .get(server, media_id, timeout_ms(&q)?, legacy)
+            .await?;
+        ServedFile {
+            path: services.media.blob_path(&record.sha256),
+            size: record.size,
+            content_type: record.content_type,
+            filename: record.filename,
+        }
+    } else {
+        let transport = services.media_transport();
+        let record = services
+            .media
+            .remote(
+                &transport,
+                server,
+                media_id,
+                Kind::Download,
+                remote_access(&q, legacy)?,
+            )
+            .await?;
+        ServedFile {
+            path: services.media.blob_path(&record.sha256),
+            size: record.size,
+            content_type: record.content_type,
+            filename: record.filename,
+        }
     };
+    if let Some(name) = incoming.path_args.get(2) {
+        file.filename = Some(name.clone());
+    }
     serve(
         header_str(&incoming, header::RANGE).map(str::to_owned),
         file,
@@ -216,10 +255,10 @@ async fn download(services: Arc<Services>, incoming: Incoming, legacy: bool) -> 
     .await
 }
 
-async fn thumbnail(services: Arc<Services>, incoming: Incoming, legacy: bool) -> Result<Outgoing> {
-    let q = query(&incoming);
+/// The `width`, `height` and `method` of a thumbnail request.
+pub fn thumbnail_params(q: &[(String, String)]) -> Result<thumbnail::Spec> {
     let dimension = |name: &str| -> Result<u32> {
-        let v = param(&q, name).ok_or_else(|| Error::missing_param(format!("Missing {name}")))?;
+        let v = param(q, name).ok_or_else(|| Error::missing_param(format!("Missing {name}")))?;
         match v.parse::<u32>() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(Error::invalid_param(format!(
@@ -228,7 +267,7 @@ async fn thumbnail(services: Arc<Services>, incoming: Incoming, legacy: bool) ->
         }
     };
     let (width, height) = (dimension("width")?, dimension("height")?);
-    let crop = match param(&q, "method").unwrap_or("scale") {
+    let crop = match param(q, "method").unwrap_or("scale") {
         "scale" => false,
         "crop" => true,
         other => {
@@ -237,25 +276,57 @@ async fn thumbnail(services: Arc<Services>, incoming: Incoming, legacy: bool) ->
             )))
         }
     };
+    Ok(thumbnail::Spec {
+        width,
+        height,
+        crop,
+    })
+}
+
+/// The file name a thumbnail is served under.
+pub fn thumbnail_filename(content_type: Option<&str>) -> String {
+    let ext = match content_type.map(essence).as_deref() {
+        Some("image/jpeg") => "jpg",
+        Some("image/gif") => "gif",
+        Some("image/webp") => "webp",
+        _ => "png",
+    };
+    format!("thumbnail.{ext}")
+}
+
+async fn thumbnail(services: Arc<Services>, incoming: Incoming, legacy: bool) -> Result<Outgoing> {
+    let q = query(&incoming);
+    let spec = thumbnail_params(&q)?;
     let (server, media_id) = (&incoming.path_args[0], &incoming.path_args[1]);
-    let record = services
-        .media
-        .get(server, media_id, timeout_ms(&q)?, legacy)
-        .await?;
-    let thumb = services
-        .media
-        .thumbnail(media_id, &record, width, height, crop)
-        .await?;
-    let ext = if thumb.content_type == "image/jpeg" {
-        "jpg"
+    let (sha256, size, content_type) = if is_local(&services, server) {
+        let record = services
+            .media
+            .get(server, media_id, timeout_ms(&q)?, legacy)
+            .await?;
+        let thumb = services
+            .media
+            .thumbnail(media_id, &record, spec.width, spec.height, spec.crop)
+            .await?;
+        (thumb.sha256, thumb.size, Some(thumb.content_type))
     } else {
-        "png"
+        let transport = services.media_transport();
+        let record = services
+            .media
+            .remote(
+                &transport,
+                server,
+                media_id,
+                Kind::Thumbnail(spec),
+                remote_access(&q, legacy)?,
+            )
+            .await?;
+        (record.sha256, record.size, record.content_type)
     };
     let file = ServedFile {
-        path: services.media.blob_path(&thumb.sha256),
-        size: thumb.size,
-        content_type: Some(thumb.content_type),
-        filename: Some(format!("thumbnail.{ext}")),
+        path: services.media.blob_path(&sha256),
+        size,
+        filename: Some(thumbnail_filename(content_type.as_deref())),
+        content_type,
     };
     serve(
         header_str(&incoming, header::RANGE).map(str::to_owned),
@@ -272,7 +343,7 @@ struct ServedFile {
 }
 
 /// The essence of a content type (`type/subtype`, lower case, no parameters).
-fn essence(content_type: &str) -> String {
+pub fn essence(content_type: &str) -> String {
     content_type
         .split(';')
         .next()
@@ -429,7 +500,7 @@ async fn serve(range: Option<String>, file: ServedFile) -> Result<Outgoing> {
 
 /// `len` bytes of `file` from its current position, in chunks, read by a task that stops as
 /// soon as the client goes away.
-fn file_stream(
+pub fn file_stream(
     mut file: tokio::fs::File,
     len: u64,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static {

@@ -2,16 +2,24 @@
 //! X-Matrix authentication reach their handler only after the router verified the signature
 //! (`ctx.origin()` is the verified origin server).
 
+pub mod directory;
 pub mod keys;
+pub mod media;
 pub mod openid;
+pub mod query;
 pub mod send;
+pub mod user;
 pub mod version;
 
 use crate::http::Router;
 
 pub fn register_routes(router: &mut Router) {
     keys::routes(router);
+    media::routes(router);
     openid::routes(router);
     send::routes(router);
     version::routes(router);
+    query::routes(router);
+    user::routes(router);
+    directory::routes(router);
 }

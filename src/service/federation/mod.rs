@@ -3,15 +3,19 @@
 //! - `client`: typed, X-Matrix signed requests to other servers.
 //! - `acl`: server ACLs of rooms, for every inbound request about a room.
 //! - `auth`: verification of the X-Matrix signature of incoming requests.
+//! - `queries`: queries to other servers for clients (profiles, aliases, keys, directories),
+//!   bounded per request and per destination; `answers`: what this server answers to them.
 //! - `queue`, `sender`: the durable outbound transaction queue and its delivery tasks.
 //! - `receive`: inbound transactions and their EDUs.
 //! - `devices`: device lists over federation (announcements, the remote cache).
 
 pub mod acl;
+pub mod answers;
 pub mod auth;
 pub mod client;
 pub mod devices;
 pub mod keyring;
+pub mod queries;
 pub mod queue;
 pub mod receive;
 pub mod sender;

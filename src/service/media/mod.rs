@@ -13,8 +13,11 @@
 //! metadata commit; an fsync error fails the upload. All of it goes through [`files::Files`].
 
 pub mod files;
+pub mod multipart;
 mod recover;
+pub mod remote;
 pub mod thumbnail;
+mod transport;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -128,6 +131,8 @@ pub struct Media {
     /// `user → bytes` reserved by uploads in progress. Invariant: for every user,
     /// committed usage + reservations ≤ quota, so concurrent uploads cannot together pass it.
     in_flight: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    /// Remote fetches in progress.
+    remote: remote::RemoteState,
 }
 
 /// Quota bytes an upload in progress holds; released when dropped (after the commit has
@@ -192,6 +197,7 @@ impl Media {
             thumb_jobs: Arc::new(tokio::sync::Semaphore::new(THUMBNAIL_JOBS)),
             uploaded: tokio::sync::Notify::new(),
             in_flight: Arc::default(),
+            remote: remote::RemoteState::default(),
         }
     }
 
@@ -478,8 +484,8 @@ impl Media {
         Ok(next)
     }
 
-    /// A local media's record for download. Remote media is not available (no federation
-    /// yet). An id from `/create` not uploaded yet is waited for up to `timeout_ms`.
+    /// A local media's record for download (remote media: [`Media::remote`]). An id from
+    /// `/create` not uploaded yet is waited for up to `timeout_ms`.
     pub async fn get(
         &self,
         server: &str,
@@ -489,7 +495,7 @@ impl Media {
     ) -> Result<MediaRecord> {
         if server != self.server_name.as_str() {
             return Err(Error::not_found(
-                "Remote media is not available: this server does not federate yet",
+                "Unknown media: not a media of this server",
             ));
         }
         check_media_id(media_id).map_err(|_| Error::not_found("Unknown media"))?;
