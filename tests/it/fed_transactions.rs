@@ -609,6 +609,105 @@ async fn remote_device_lists_follow_updates_and_resync_on_gaps() {
     assert_eq!(cached.master_key, Some(master));
 }
 
+/// Transactions are cut at 50 PDUs and 100 EDUs in queue order; the one in flight stays
+/// the same until it is done; stale typing notifications are dropped, not sent.
+#[tokio::test]
+async fn transactions_carry_at_most_50_pdus_and_100_edus() {
+    use hearth::service::federation::queue::{FedQueue, QueueItem};
+    let srv = TestServer::start().await;
+    let (_, token, _) = srv.register("alice", "pw-alice-123456").await;
+    let services = srv.server.as_ref().unwrap().services.clone();
+    let room = crate::common::create_room(&srv, &token, json!({})).await;
+    let mut sids = Vec::new();
+    for i in 0..55 {
+        let (status, body) = srv
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t{i}"),
+                Some(&token),
+                json!({"msgtype": "m.text", "body": format!("{i}")}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let id = ruma::EventId::parse(body["event_id"].as_str().unwrap()).unwrap();
+        sids.push(services.rooms.event_sid(&id).unwrap().unwrap());
+    }
+    // Queued by hand for a destination nobody wakes a sender for.
+    let dest = ServerName::parse("unreachable.invalid").unwrap();
+    let key = |pos: u64| (dest.to_string(), pos);
+    let edu_item = |edu_type: &str, queued_ms: u64| QueueItem::Edu {
+        edu_type: edu_type.to_owned(),
+        json: json!({"edu_type": edu_type, "content": {}})
+            .to_string()
+            .into_bytes(),
+        queued_ms,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut batch = hearth::store::Batch::new();
+    let base = sids.last().unwrap() + 1_000;
+    for sid in &sids {
+        batch.put::<FedQueue>(&key(*sid), &QueueItem::Pdu);
+    }
+    batch.put::<FedQueue>(&key(base), &edu_item("m.typing", now - 60_000));
+    for i in 1..=120 {
+        batch.put::<FedQueue>(&key(base + i), &edu_item("m.presence", now));
+    }
+    services.store.commit(batch).await.unwrap();
+
+    let (_, first) = services
+        .fed_queue
+        .next_transaction(&dest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.positions.len(), 150);
+    assert_eq!(&first.positions[..50], &sids[..50]);
+    assert_eq!(
+        first.positions[50],
+        base + 1,
+        "the stale typing EDU is dropped"
+    );
+    let (pdus, edus) = services.fed_queue.transaction_body(&dest, &first).unwrap();
+    assert_eq!((pdus.len(), edus.len()), (50, 100));
+    // Asked again (a retry, or after a restart): the same transaction.
+    let (_, again) = services
+        .fed_queue
+        .next_transaction(&dest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, first);
+
+    services
+        .fed_queue
+        .transaction_done(&dest, &first)
+        .await
+        .unwrap();
+    let (_, second) = services
+        .fed_queue
+        .next_transaction(&dest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(second.txn_id, first.txn_id);
+    let (pdus, edus) = services.fed_queue.transaction_body(&dest, &second).unwrap();
+    assert_eq!((pdus.len(), edus.len()), (5, 20));
+    services
+        .fed_queue
+        .transaction_done(&dest, &second)
+        .await
+        .unwrap();
+    assert!(services
+        .fed_queue
+        .next_transaction(&dest)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(services.fed_queue.queued(&dest, 10).unwrap(), 0);
+}
+
 /// The body of a transaction's EDU.
 fn edu(edu_type: &str, content: Value) -> Box<RawValue> {
     RawValue::from_string(json!({"edu_type": edu_type, "content": content}).to_string()).unwrap()
