@@ -86,6 +86,8 @@ pub struct Services {
     pub keys: Arc<keys::ServerKeys>,
     pub notifier: Arc<notifier::Notifier>,
     pub rooms: Arc<rooms::Rooms>,
+    /// Inbound PDUs: checked, authorised and stored (`/send`).
+    pub pdus: Arc<federation::pdus::Pdus>,
     /// Server-side search over the rooms' events.
     pub search: search::Search,
     /// Sends notifications to push gateways; runs once the server starts it.
@@ -234,6 +236,18 @@ impl Services {
             outbound.clone(),
         ));
         let mailer = mailer::Mailer::new(&config.email)?;
+        let keyring = Arc::new(federation::keyring::KeyRing::new(
+            store.clone(),
+            keys.clone(),
+            server_name.clone(),
+            federation.clone(),
+            federation::keyring::Notary::from_config(&config.federation.trusted_key_servers),
+        ));
+        let pdus = Arc::new(federation::pdus::Pdus::new(
+            store.clone(),
+            rooms.clone(),
+            keyring.clone(),
+        ));
         let search = search::Search::new(store.clone(), rooms.clone());
         let fed_devices = Arc::new(federation::devices::FederatedDevices::new(
             store.clone(),
@@ -258,6 +272,7 @@ impl Services {
             media: media::Media::new(store.clone(), &config, server_name.clone()),
             search,
             rooms,
+            pdus,
             delivery,
             account_data,
             typing: typing::Typing::new(notifier.clone()),
@@ -270,13 +285,7 @@ impl Services {
                 fed_queue.clone(),
             ),
             notifications,
-            keyring: Arc::new(federation::keyring::KeyRing::new(
-                store.clone(),
-                keys.clone(),
-                server_name.clone(),
-                federation.clone(),
-                federation::keyring::Notary::from_config(&config.federation.trusted_key_servers),
-            )),
+            keyring,
             queries: federation::queries::Queries::new(federation.clone()),
             federation,
             outbound,

@@ -121,7 +121,11 @@ async fn rotation_keeps_the_old_key_verifiable() {
     let old_id = old_keys.key_id();
     // B knows A's key before the rotation.
     let b_has = keyring(&fed.servers[1])
-        .verify_keys(name(&fed.servers[0]), &[old_id.clone()], at(now()))
+        .verify_keys(
+            name(&fed.servers[0]),
+            std::slice::from_ref(&old_id),
+            at(now()),
+        )
         .await
         .unwrap();
     assert_eq!(b_has.len(), 1);
@@ -157,7 +161,7 @@ async fn rotation_keeps_the_old_key_verifiable() {
     // B still accepts the old key for the validity window it fetched, without asking again.
     let requests = keyring(&fed.servers[1]).stats().requests;
     let still = keyring(&fed.servers[1])
-        .verify_keys(name(a), &[old_id.clone()], at(now()))
+        .verify_keys(name(a), std::slice::from_ref(&old_id), at(now()))
         .await
         .unwrap();
     assert_eq!(still, b_has);
@@ -167,12 +171,16 @@ async fn rotation_keeps_the_old_key_verifiable() {
     // expired, not after.
     let c = keyring(&fed.servers[2]);
     let before = c
-        .verify_keys(name(a), &[old_id.clone()], at(expired_ts - 1000))
+        .verify_keys(
+            name(a),
+            std::slice::from_ref(&old_id),
+            at(expired_ts - 1000),
+        )
         .await
         .unwrap();
     assert_eq!(before, b_has);
     let after = c
-        .verify_keys(name(a), &[old_id.clone()], at(expired_ts + 1))
+        .verify_keys(name(a), std::slice::from_ref(&old_id), at(expired_ts + 1))
         .await
         .unwrap_err();
     assert_eq!(after.errcode, "M_UNAUTHORIZED");

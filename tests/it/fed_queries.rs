@@ -304,33 +304,74 @@ async fn the_room_directory_of_another_server_is_listed_with_server() {
         format!("#garden:{}", b.name)
     );
 
+    // B's own answers to signed requests: a limit of 0 is no limit, all networks are the
+    // Matrix rooms here, and a third-party network has none.
+    for (query, rooms) in [
+        ("limit=0", 2),
+        ("include_all_networks=true", 2),
+        ("third_party_instance_id=irc", 0),
+    ] {
+        let path = format!("/_matrix/federation/v1/publicRooms?{query}");
+        let (status, body) = a.signed(b, &b.name, Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        assert_eq!(
+            body["chunk"].as_array().unwrap().len(),
+            rooms,
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = a
+        .signed(
+            b,
+            &b.name,
+            Method::POST,
+            "/_matrix/federation/v1/publicRooms",
+            Some(json!({"limit": 1, "filter": {"generic_search_term": "CHESS"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["chunk"][0]["name"], "Chess", "{body}");
+
     // The listing needs no access token (spec), another server's neither.
     let (status, body) = a.get(&path, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["chunk"].as_array().unwrap().len(), 2, "{body}");
 }
 
-/// A TCP listener that accepts connections and never answers (a server that hangs), and
-/// the number of connections it accepted.
-async fn black_hole() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+/// Connections to black holes: open now, and the most open at once.
+#[derive(Default)]
+struct Connections {
+    open: AtomicUsize,
+    most: AtomicUsize,
+}
+
+/// A TCP listener that accepts connections and never answers (a server that hangs); each
+/// connection counts in `connections` until the other side closes it.
+async fn black_hole(connections: Arc<Connections>) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let name = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
     let task = tokio::spawn(async move {
-        let mut held = Vec::new();
+        let mut readers = tokio::task::JoinSet::new();
         // Bounded: the tests make a handful of connections to each.
         for _ in 0..64 {
-            match listener.accept().await {
-                Ok((socket, _)) => {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    held.push(socket);
-                }
-                Err(_) => return,
-            }
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let open = connections.open.fetch_add(1, Ordering::SeqCst) + 1;
+            connections.most.fetch_max(open, Ordering::SeqCst);
+            let connections = connections.clone();
+            readers.spawn(async move {
+                let mut buf = [0u8; 4096];
+                // Until the client gives up (EOF or reset); nothing is ever answered.
+                while matches!(
+                    tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await,
+                    Ok(n) if n > 0
+                ) {}
+                connections.open.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     });
-    (name, accepted, task)
+    (name, task)
 }
 
 #[tokio::test]
@@ -342,7 +383,7 @@ async fn servers_that_are_down_or_hang_are_failures_and_the_rest_answers() {
     let carol = fed.servers[2].user_id("carol");
     let down = fed.servers[2].name.clone();
     fed.servers[2].stop().await;
-    let (hang, _, hole) = black_hole().await;
+    let (hang, hole) = black_hole(Arc::default()).await;
     let hung_user = format!("@dave:{hang}");
     let a = &fed.servers[0];
 
@@ -392,46 +433,53 @@ async fn servers_that_are_down_or_hang_are_failures_and_the_rest_answers() {
     eprintln!("keys/query with a hanging server, timeout 2000 ms: answered in {query_took:?}");
 }
 
-/// A client asking about users of many servers that all hang: at most
-/// `PARALLEL_PER_REQUEST` of them are contacted before the request's deadline, the others are
-/// failures without a connection, and the request answers.
+/// A user asking about users of many servers that all hang, in two requests at once: at
+/// most `PER_REQUESTER` (16) connections are open at any time — one request alone could open
+/// 16, two could open 32 without the per-user bound —, servers whose turn comes after the
+/// deadline are failures without a connection, and both requests answer.
 #[tokio::test]
-async fn a_key_query_about_many_servers_is_bounded() {
+async fn key_queries_about_many_servers_are_bounded() {
     let fed = start_many(1).await;
     let a = &fed.servers[0];
     let alice = Dev::register(a, "alice").await;
+    let connections = Arc::new(Connections::default());
     let mut holes = Vec::new();
     for _ in 0..40 {
-        holes.push(black_hole().await);
+        holes.push(black_hole(connections.clone()).await);
     }
-    let users: serde_json::Map<String, Value> = holes
-        .iter()
-        .map(|(name, _, _)| (format!("@someone:{name}"), json!([])))
-        .collect();
-    let (status, body) = tokio::time::timeout(
-        Duration::from_secs(30),
-        a.post(
-            "/_matrix/client/v3/keys/query",
-            Some(&alice.token),
-            json!({ "timeout": 1000, "device_keys": users }),
-        ),
-    )
-    .await
-    .expect("keys/query answers");
-    assert_eq!(status, StatusCode::OK, "{body}");
-    for (name, _, _) in &holes {
-        assert!(body["failures"][name].is_object(), "{name}: {body}");
+    let ask = |holes: &[(String, tokio::task::JoinHandle<()>)]| {
+        let users: serde_json::Map<String, Value> = holes
+            .iter()
+            .map(|(name, _)| (format!("@someone:{name}"), json!([])))
+            .collect();
+        let token = alice.token.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                a.post(
+                    "/_matrix/client/v3/keys/query",
+                    Some(&token),
+                    json!({ "timeout": 1000, "device_keys": users }),
+                ),
+            )
+            .await
+            .expect("keys/query answers")
+        }
+    };
+    let (first, second) = tokio::join!(ask(&holes[..20]), ask(&holes[20..]));
+    for ((status, body), holes) in [(first, &holes[..20]), (second, &holes[20..])] {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for (name, _) in holes {
+            assert!(body["failures"][name].is_object(), "{name}: {body}");
+        }
     }
-    let contacted: usize = holes
-        .iter()
-        .map(|(_, accepted, _)| accepted.load(Ordering::SeqCst))
-        .sum();
+    let most = connections.most.load(Ordering::SeqCst);
     assert!(
-        (1..=hearth::service::federation::queries::PARALLEL_PER_REQUEST).contains(&contacted),
-        "{contacted} connections"
+        (1..=hearth::service::federation::queries::PER_REQUESTER).contains(&most),
+        "{most} connections at once"
     );
-    eprintln!("40 hanging servers: {contacted} contacted");
-    for (_, _, task) in holes {
+    eprintln!("40 hanging servers asked about in two requests: {most} connections at most");
+    for (_, task) in holes {
         task.abort();
     }
 }

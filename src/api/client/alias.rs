@@ -14,7 +14,7 @@ use ruma::{
 use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
-    service::{rooms::access::Access, Services},
+    service::{federation::queries::Requester, rooms::access::Access, Services},
 };
 
 pub fn routes(router: &mut Router) {
@@ -50,10 +50,11 @@ async fn create(
 
 async fn resolve(
     services: Arc<Services>,
-    _ctx: Ctx,
+    ctx: Ctx,
     body: get_alias::v3::Request,
 ) -> Result<get_alias::v3::Response> {
-    let (room_id, servers) = resolve_alias(&services, &body.room_alias).await?;
+    let requester = Requester::new(ctx.user.as_ref().map(|u| &*u.user_id), ctx.ip);
+    let (room_id, servers) = resolve_alias(&services, requester, &body.room_alias).await?;
     Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
@@ -61,10 +62,11 @@ async fn resolve(
 /// other servers' aliases by asking that server (`query/directory`).
 pub async fn resolve_alias(
     services: &Services,
+    requester: Requester<'_>,
     alias: &RoomAliasId,
 ) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
     if !services.queries.is_local(alias.server_name()) {
-        return services.queries.resolve_alias(alias).await;
+        return services.queries.resolve_alias(requester, alias).await;
     }
     let room_id = services
         .rooms

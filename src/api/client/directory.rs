@@ -20,7 +20,7 @@ use crate::{
     error::{Error, Result},
     http::{Ctx, Incoming, Response, Router},
     service::{
-        federation::queries::DirectoryRequest,
+        federation::queries::{DirectoryRequest, Requester},
         rooms::directory::{DirectoryPage, DirectoryQuery, DirectoryRoom},
         Services,
     },
@@ -135,7 +135,7 @@ pub(crate) fn parts(
 
 async fn list(
     services: Arc<Services>,
-    _ctx: Ctx,
+    ctx: Ctx,
     body: get_public_rooms::v3::Request,
 ) -> Result<get_public_rooms::v3::Response> {
     if let Some(server) = remote_server(&services, body.server.as_deref()) {
@@ -144,7 +144,11 @@ async fn list(
             since: body.since,
             ..Default::default()
         };
-        let remote = services.queries.public_rooms(server, request).await?;
+        let requester = Requester::new(ctx.user.as_ref().map(|u| &*u.user_id), ctx.ip);
+        let remote = services
+            .queries
+            .public_rooms(requester, server, request)
+            .await?;
         let mut response = get_public_rooms::v3::Response::new(remote.chunk);
         response.next_batch = remote.next_batch;
         response.prev_batch = remote.prev_batch;
@@ -177,7 +181,11 @@ async fn list_filtered(
             filter: Some(body.filter),
             room_network: body.room_network,
         };
-        let remote = services.queries.public_rooms(server, request).await?;
+        let requester = Requester::new(ctx.user.as_ref().map(|u| &*u.user_id), ctx.ip);
+        let remote = services
+            .queries
+            .public_rooms(requester, server, request)
+            .await?;
         let mut response = get_public_rooms_filtered::v3::Response::new();
         response.chunk = remote.chunk;
         response.next_batch = remote.next_batch;

@@ -21,7 +21,7 @@ use crate::{
             parse_object,
             signing::CrossSigningUpload,
         },
-        federation::queries::DEFAULT_KEYS_TIMEOUT,
+        federation::queries::{Requester, DEFAULT_KEYS_TIMEOUT},
         sync::SyncToken,
         Services,
     },
@@ -100,7 +100,10 @@ async fn query(
     let mut response = get_keys::v3::Response::new();
     if !remote_users.is_empty() {
         let timeout = body.timeout.unwrap_or(DEFAULT_KEYS_TIMEOUT);
-        let remote = services.queries.query_keys(remote_users, timeout).await;
+        let remote = services
+            .queries
+            .query_keys(Requester::User(&me.user_id), remote_users, timeout)
+            .await;
         response.failures = remote.failures;
         response.device_keys = remote.device_keys;
         response.master_keys = remote.master_keys;
@@ -135,7 +138,7 @@ async fn claim(
     ctx: Ctx,
     body: claim_keys::v3::Request,
 ) -> Result<claim_keys::v3::Response> {
-    ctx.authed()?;
+    let me = ctx.authed()?;
     let e2ee = &services.e2ee;
     let mut remote_wanted = BTreeMap::new();
     let mut wanted = Vec::new();
@@ -152,7 +155,9 @@ async fn claim(
     // Remote claims run while the local ones commit.
     let (claimed, remote) = tokio::join!(
         e2ee.claim_keys(&wanted),
-        services.queries.claim_keys(remote_wanted, timeout)
+        services
+            .queries
+            .claim_keys(Requester::User(&me.user_id), remote_wanted, timeout)
     );
     let claimed = claimed?;
     let mut one_time_keys = remote.one_time_keys;

@@ -27,6 +27,7 @@ use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
     service::{
+        federation::queries::Requester,
         profiles::{AVATAR_URL, DISPLAYNAME},
         Services,
     },
@@ -77,6 +78,10 @@ fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+fn requester(ctx: &Ctx) -> Requester<'_> {
+    Requester::new(ctx.user.as_ref().map(|u| &*u.user_id), ctx.ip)
+}
+
 fn is_remote(services: &Services, user_id: &UserId) -> bool {
     !services.queries.is_local(user_id.server_name())
 }
@@ -101,11 +106,14 @@ fn check_writable(ctx: &Ctx, user_id: &UserId) -> Result<()> {
 
 async fn get_profile(
     services: Arc<Services>,
-    _: Ctx,
+    ctx: Ctx,
     body: get_profile::v3::Request,
 ) -> Result<get_profile::v3::Response> {
     if is_remote(&services, &body.user_id) {
-        let profile = services.queries.profile(&body.user_id, None).await?;
+        let profile = services
+            .queries
+            .profile(requester(&ctx), &body.user_id, None)
+            .await?;
         return Ok(profile.into_iter().collect());
     }
     check_readable(&services, &body.user_id)?;
@@ -118,11 +126,11 @@ async fn get_profile(
 
 async fn get_field(
     services: Arc<Services>,
-    _: Ctx,
+    ctx: Ctx,
     body: get_profile_field::v3::Request,
 ) -> Result<get_profile_field::v3::Response> {
     if is_remote(&services, &body.user_id) {
-        return remote_field(&services, &body).await;
+        return remote_field(&services, &ctx, &body).await;
     }
     check_readable(&services, &body.user_id)?;
     let field = body.field.as_str();
@@ -144,12 +152,13 @@ async fn get_field(
 /// fault (502).
 async fn remote_field(
     services: &Services,
+    ctx: &Ctx,
     body: &get_profile_field::v3::Request,
 ) -> Result<get_profile_field::v3::Response> {
     let field = body.field.as_str();
     let value = services
         .queries
-        .profile(&body.user_id, Some(body.field.clone()))
+        .profile(requester(ctx), &body.user_id, Some(body.field.clone()))
         .await?
         .remove(field)
         .ok_or_else(|| Error::not_found(format!("The profile has no {field}")))?;

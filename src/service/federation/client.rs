@@ -86,6 +86,22 @@ impl FederationClient {
     where
         R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
     {
+        self.send_with_limits(destination, request, REQUEST_TIMEOUT, MAX_RESPONSE_BYTES)
+            .await
+    }
+
+    /// [`FederationClient::send`] with a tighter time limit and response size than the
+    /// defaults (queries made for clients, whose answers are small).
+    pub async fn send_with_limits<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<R::IncomingResponse, FedError>
+    where
+        R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+    {
         self.check_destination(destination)?;
         let input = XMatrixSigningInput::new(
             self.server_name.clone(),
@@ -96,7 +112,7 @@ impl FederationClient {
             .try_into_http_request::<Vec<u8>>(&base_url(destination), input, ())
             .map_err(|e| FedError::Request(e.to_string()))?;
         let response = self
-            .exchange(destination, request, REQUEST_TIMEOUT, MAX_RESPONSE_BYTES)
+            .exchange(destination, request, timeout, max_body)
             .await?;
         decode::<R>(response)
     }

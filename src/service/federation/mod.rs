@@ -8,6 +8,7 @@
 //! - `queue`, `sender`: the durable outbound transaction queue and its delivery tasks.
 //! - `receive`: inbound transactions and their EDUs.
 //! - `devices`: device lists over federation (announcements, the remote cache).
+//! - `pdus`: checks and storage of received PDUs.
 
 pub mod acl;
 pub mod answers;
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod client;
 pub mod devices;
 pub mod keyring;
+pub mod pdus;
 pub mod queries;
 pub mod queue;
 pub mod receive;

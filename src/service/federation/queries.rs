@@ -8,8 +8,10 @@
 //! Every query is bounded so that no client can make this server open an unbounded number of
 //! connections or wait without end:
 //! - one client request queries at most [`PARALLEL_PER_REQUEST`] servers at a time;
-//! - at most [`PER_DESTINATION`] queries are in flight to one server (over all clients) and
-//!   [`MAX_IN_FLIGHT`] in all; waiting for a slot counts against the request's time;
+//! - at most [`PER_DESTINATION`] queries are in flight to one server (over all clients),
+//!   [`PER_REQUESTER`] for one user (over all of their requests) and [`MAX_IN_FLIGHT`] in all;
+//!   waiting for a slot counts against the request's time;
+//! - answers are size-capped per endpoint (1 to 16 MiB);
 //! - a client request ends at its deadline ([`QUERY_TIMEOUT`] for single queries, the
 //!   request's own `timeout` for key queries, at most [`MAX_KEYS_TIMEOUT`]): servers that
 //!   have not answered by then — including those not yet asked — are reported as failures.
@@ -21,6 +23,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -52,6 +55,7 @@ use tokio::{
 
 use super::client::{FedError, FederationClient};
 use crate::error::{Error, Result};
+use crate::outbound::OutboundError;
 
 /// Deadline of a single query (profile, alias, directory).
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,41 +67,60 @@ pub const MAX_KEYS_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PARALLEL_PER_REQUEST: usize = 16;
 /// Queries in flight to one destination, over every client.
 pub const PER_DESTINATION: usize = 8;
-/// Queries in flight over every client and destination.
-pub const MAX_IN_FLIGHT: usize = 256;
+/// Queries in flight for one user (or address), over all of their requests: a quarter of
+/// [`MAX_IN_FLIGHT`], so that servers that hang, asked by one user, cannot take every slot.
+pub const PER_REQUESTER: usize = 16;
+/// Queries in flight over every client and destination (with the answer caps below, this
+/// bounds the memory remote answers can take at once).
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Largest answer to a profile or alias query.
+const MAX_SMALL_ANSWER: usize = 1024 * 1024;
+/// Largest answer to a directory listing.
+const MAX_DIRECTORY_ANSWER: usize = 8 * 1024 * 1024;
+/// Largest answer to a device key query (many users with many devices).
+const MAX_KEYS_ANSWER: usize = 16 * 1024 * 1024;
+/// Largest answer to a one-time key claim.
+const MAX_CLAIM_ANSWER: usize = 4 * 1024 * 1024;
 /// Most servers one alias resolution passes on to the client.
 const MAX_ALIAS_SERVERS: usize = 100;
 
-/// Per-destination slots: the semaphore of each destination and how many callers hold or
-/// wait for one of its slots. Invariant: a destination is in the map exactly while that
-/// count is above zero (both change under the lock), so the map never outgrows the
-/// destinations in use.
-#[derive(Default)]
-struct DestinationSlots {
-    map: Mutex<HashMap<OwnedServerName, (Arc<Semaphore>, usize)>>,
+/// Slots per key (a destination, or who asked): the semaphore of each key and how many
+/// callers hold or wait for one of its slots. Invariant: a key is in the map exactly while
+/// that count is above zero (both change under the lock), so the map never outgrows the keys
+/// in use.
+struct KeyedSlots {
+    capacity: usize,
+    map: Mutex<HashMap<String, (Arc<Semaphore>, usize)>>,
 }
 
-/// A slot for one query to a destination (or the wait for one); leaving it updates the
-/// destination's count, also when the wait is cancelled.
+/// A slot of one key (or the wait for one); leaving it updates the key's count, also when the
+/// wait is cancelled.
 struct Slot<'a> {
-    slots: &'a DestinationSlots,
-    destination: OwnedServerName,
+    slots: &'a KeyedSlots,
+    key: String,
     permit: Option<OwnedSemaphorePermit>,
 }
 
-impl DestinationSlots {
-    async fn acquire(&self, destination: &ServerName) -> Slot<'_> {
+impl KeyedSlots {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            map: Mutex::default(),
+        }
+    }
+
+    async fn acquire(&self, key: &str) -> Slot<'_> {
         let semaphore = {
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
             let entry = map
-                .entry(destination.to_owned())
-                .or_insert_with(|| (Arc::new(Semaphore::new(PER_DESTINATION)), 0));
+                .entry(key.to_owned())
+                .or_insert_with(|| (Arc::new(Semaphore::new(self.capacity)), 0));
             entry.1 += 1;
             entry.0.clone()
         };
         let mut slot = Slot {
             slots: self,
-            destination: destination.to_owned(),
+            key: key.to_owned(),
             permit: None,
         };
         // The semaphore is never closed.
@@ -110,11 +133,33 @@ impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.permit.take();
         let mut map = self.slots.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = map.get_mut(&self.destination) {
+        if let Some(entry) = map.get_mut(&self.key) {
             entry.1 -= 1;
             if entry.1 == 0 {
-                map.remove(&self.destination);
+                map.remove(&self.key);
             }
+        }
+    }
+}
+
+/// Who a query is made for: its slots are shared by all of their requests.
+#[derive(Debug, Clone, Copy)]
+pub enum Requester<'a> {
+    User(&'a UserId),
+    /// Requests without an access token (directory listings, profiles), by address.
+    Address(IpAddr),
+}
+
+impl<'a> Requester<'a> {
+    /// The user when the request carried a token, else its address.
+    pub fn new(user: Option<&'a UserId>, ip: IpAddr) -> Self {
+        user.map_or(Requester::Address(ip), Requester::User)
+    }
+
+    fn key(&self) -> String {
+        match self {
+            Requester::User(user) => user.to_string(),
+            Requester::Address(ip) => ip.to_string(),
         }
     }
 }
@@ -204,7 +249,8 @@ pub struct DirectoryRequest {
 /// The client for remote queries; see the module documentation for its limits.
 pub struct Queries {
     client: Arc<FederationClient>,
-    slots: DestinationSlots,
+    destinations: KeyedSlots,
+    requesters: KeyedSlots,
     in_flight: Arc<Semaphore>,
 }
 
@@ -212,7 +258,8 @@ impl Queries {
     pub fn new(client: Arc<FederationClient>) -> Self {
         Self {
             client,
-            slots: DestinationSlots::default(),
+            destinations: KeyedSlots::new(PER_DESTINATION),
+            requesters: KeyedSlots::new(PER_REQUESTER),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
@@ -227,12 +274,14 @@ impl Queries {
     }
 
     /// Sends `request` once a slot for `destination` and an overall slot are free, all of it
-    /// bounded by `deadline` (`None` once it passed).
+    /// bounded by `deadline` (`None` once it passed) and the answer by `max_body` bytes.
     async fn send<R>(
         &self,
+        requester: Requester<'_>,
         destination: &ServerName,
         request: R,
         deadline: Instant,
+        max_body: usize,
     ) -> Option<Result<R::IncomingResponse, FedError>>
     where
         R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath> + Send,
@@ -243,10 +292,14 @@ impl Queries {
             return None;
         }
         let work = async {
-            let _slot = self.slots.acquire(destination).await;
+            let _mine = self.requesters.acquire(&requester.key()).await;
+            let _slot = self.destinations.acquire(destination.as_str()).await;
             // Never closed.
             let _permit = self.in_flight.acquire().await.ok();
-            self.client.send(destination, request).await
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.client
+                .send_with_limits(destination, request, left, max_body)
+                .await
         };
         tokio::time::timeout_at(deadline, work).await.ok()
     }
@@ -254,18 +307,25 @@ impl Queries {
     /// A single query with [`QUERY_TIMEOUT`], its failures as client errors.
     async fn single<R>(
         &self,
+        requester: Requester<'_>,
         destination: &ServerName,
         request: R,
         what: &str,
+        max_body: usize,
     ) -> Result<R::IncomingResponse>
     where
         R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath> + Send,
     {
         let deadline = Instant::now() + QUERY_TIMEOUT;
-        match self.send(destination, request, deadline).await {
+        match self
+            .send(requester, destination, request, deadline, max_body)
+            .await
+        {
             Some(Ok(response)) => Ok(response),
+            Some(Err(FedError::Outbound(OutboundError::Timeout))) | None => {
+                Err(deadline_error(destination))
+            }
             Some(Err(e)) => Err(client_error(destination, e, what)),
-            None => Err(deadline_error(destination)),
         }
     }
 
@@ -273,13 +333,20 @@ impl Queries {
     /// `null` are unset (spec) and left out.
     pub async fn profile(
         &self,
+        requester: Requester<'_>,
         user_id: &UserId,
         field: Option<ProfileFieldName>,
     ) -> Result<BTreeMap<String, Value>> {
         let mut request = get_profile_information::v1::Request::new(user_id.to_owned());
         request.field = field.clone();
         let response = self
-            .single(user_id.server_name(), request, "Profile")
+            .single(
+                requester,
+                user_id.server_name(),
+                request,
+                "Profile",
+                MAX_SMALL_ANSWER,
+            )
             .await?;
         Ok(response
             .into_iter()
@@ -292,11 +359,18 @@ impl Queries {
     /// The room an alias of another server names, and servers that are in it.
     pub async fn resolve_alias(
         &self,
+        requester: Requester<'_>,
         alias: &RoomAliasId,
     ) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
         let request = get_room_information::v1::Request::new(alias.to_owned());
         let mut response = self
-            .single(alias.server_name(), request, "Room alias")
+            .single(
+                requester,
+                alias.server_name(),
+                request,
+                "Room alias",
+                MAX_SMALL_ANSWER,
+            )
             .await?;
         response.servers.truncate(MAX_ALIAS_SERVERS);
         if response.servers.is_empty() {
@@ -308,6 +382,7 @@ impl Queries {
     /// Another server's published room directory.
     pub async fn public_rooms(
         &self,
+        requester: Requester<'_>,
         server: &ServerName,
         request: DirectoryRequest,
     ) -> Result<get_public_rooms_filtered::v1::Response> {
@@ -317,7 +392,15 @@ impl Queries {
                 get.limit = request.limit;
                 get.since = request.since;
                 get.room_network = request.room_network;
-                let r = self.single(server, get, "Room directory").await?;
+                let r = self
+                    .single(
+                        requester,
+                        server,
+                        get,
+                        "Room directory",
+                        MAX_DIRECTORY_ANSWER,
+                    )
+                    .await?;
                 let mut response = get_public_rooms_filtered::v1::Response::new();
                 response.chunk = r.chunk;
                 response.next_batch = r.next_batch;
@@ -331,7 +414,14 @@ impl Queries {
                 post.since = request.since;
                 post.filter = filter;
                 post.room_network = request.room_network;
-                self.single(server, post, "Room directory").await
+                self.single(
+                    requester,
+                    server,
+                    post,
+                    "Room directory",
+                    MAX_DIRECTORY_ANSWER,
+                )
+                .await
             }
         }
     }
@@ -363,6 +453,7 @@ impl Queries {
     /// `/keys/query` for users of other servers: one `user/keys/query` per server.
     pub async fn query_keys(
         &self,
+        requester: Requester<'_>,
         wanted: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
         timeout: Duration,
     ) -> RemoteKeys {
@@ -379,20 +470,21 @@ impl Queries {
         let answers = self
             .fan_out(per_server, timeout, |server, asked, deadline| async move {
                 let request = get_keys::v1::Request::new(asked);
-                self.send(&server, request, deadline).await
+                self.send(requester, &server, request, deadline, MAX_KEYS_ANSWER)
+                    .await
             })
             .await;
         let mut out = RemoteKeys::default();
         for (server, asked, answer) in answers {
             let response = match answer {
                 Some(Ok(response)) => response,
+                Some(Err(FedError::Outbound(OutboundError::Timeout))) | None => {
+                    out.failures.insert(server.to_string(), timed_out());
+                    continue;
+                }
                 Some(Err(e)) => {
                     log::info!("user/keys/query to {server} failed: {e}");
                     out.failures.insert(server.to_string(), failure(&e));
-                    continue;
-                }
-                None => {
-                    out.failures.insert(server.to_string(), timed_out());
                     continue;
                 }
             };
@@ -428,6 +520,7 @@ impl Queries {
     /// `/keys/claim` for devices of users of other servers: one `user/keys/claim` per server.
     pub async fn claim_keys(
         &self,
+        requester: Requester<'_>,
         wanted: claim_keys::v1::OneTimeKeyClaims,
         timeout: Duration,
     ) -> RemoteClaims {
@@ -444,20 +537,21 @@ impl Queries {
         let answers = self
             .fan_out(per_server, timeout, |server, asked, deadline| async move {
                 let request = claim_keys::v1::Request::new(asked);
-                self.send(&server, request, deadline).await
+                self.send(requester, &server, request, deadline, MAX_CLAIM_ANSWER)
+                    .await
             })
             .await;
         let mut out = RemoteClaims::default();
         for (server, asked, answer) in answers {
             let response = match answer {
                 Some(Ok(response)) => response,
+                Some(Err(FedError::Outbound(OutboundError::Timeout))) | None => {
+                    out.failures.insert(server.to_string(), timed_out());
+                    continue;
+                }
                 Some(Err(e)) => {
                     log::info!("user/keys/claim to {server} failed: {e}");
                     out.failures.insert(server.to_string(), failure(&e));
-                    continue;
-                }
-                None => {
-                    out.failures.insert(server.to_string(), timed_out());
                     continue;
                 }
             };
@@ -512,14 +606,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn destination_slots_are_bounded_and_forgotten() {
-        let slots = DestinationSlots::default();
-        let dest = ServerName::parse("b.example").unwrap();
+    async fn slots_are_bounded_and_forgotten() {
+        let slots = KeyedSlots::new(PER_DESTINATION);
+        let dest = "b.example";
         let mut held = Vec::new();
         for _ in 0..PER_DESTINATION {
-            held.push(slots.acquire(&dest).await);
+            held.push(slots.acquire(dest).await);
         }
-        let more = tokio::time::timeout(Duration::from_millis(50), slots.acquire(&dest)).await;
+        let more = tokio::time::timeout(Duration::from_millis(50), slots.acquire(dest)).await;
         assert!(
             more.is_err(),
             "a slot beyond PER_DESTINATION was handed out"
@@ -527,7 +621,7 @@ mod tests {
         assert_eq!(slots.map.lock().unwrap().len(), 1);
         held.clear();
         assert!(slots.map.lock().unwrap().is_empty());
-        let again = slots.acquire(&dest).await;
+        let again = slots.acquire(dest).await;
         assert!(again.permit.is_some());
         drop(again);
         assert!(slots.map.lock().unwrap().is_empty());

@@ -19,8 +19,8 @@ use std::{
 };
 
 use ruma::{
-    events::room::member::MembershipState, OwnedDeviceId, OwnedEventId, OwnedServerName, RoomId,
-    ServerName, UserId,
+    events::room::member::MembershipState, OwnedDeviceId, OwnedServerName, RoomId, ServerName,
+    UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{value::RawValue as RawJsonValue, Value};
@@ -70,7 +70,7 @@ pub const REMOTE_TYPING_TIMEOUT: Duration = Duration::from_secs(30);
 const FEDERATION_DEVICE: &str = "*federation";
 
 /// The PDU results of a transaction.
-pub type PduResults = std::collections::BTreeMap<OwnedEventId, Result<(), String>>;
+pub use super::pdus::PduResults;
 
 /// `(origin, txn_id) →` the lock of a transaction being processed.
 type TxnLocks = HashMap<(OwnedServerName, String), Weak<tokio::sync::Mutex<()>>>;
@@ -128,17 +128,7 @@ pub async fn receive(services: &Arc<Services>, txn: Transaction<'_>) -> Result<P
         return Ok(results_of(&done));
     }
 
-    // MERGE(P): the PDUs go to helper P's PDU service here:
-    //     let pdu_results = services.pdus.receive_pdus(origin, txn.pdus).await;
-    // Until it is merged no PDU is processed and the answer lists none.
-    if !txn.pdus.is_empty() {
-        log::warn!(
-            "transaction {} from {origin}: {} PDUs not processed (no PDU service in this build)",
-            txn.txn_id,
-            txn.pdus.len()
-        );
-    }
-    let pdu_results = PduResults::new();
+    let pdu_results = services.pdus.receive_pdus(origin, txn.pdus).await;
 
     apply_edus(services, origin, txn.edus).await;
 
@@ -303,6 +293,7 @@ async fn typing(services: &Services, origin: &ServerName, content: &Value) -> Re
         .get("typing")
         .and_then(Value::as_bool)
         .ok_or_else(|| Error::bad_json("m.typing without a boolean typing"))?;
+    super::acl::check(&services.rooms, &room_id, origin)?;
     let members = joined_members_with(services, &room_id, &user)?;
     services.typing.set(
         &room_id,
@@ -324,6 +315,11 @@ async fn receipt(services: &Services, origin: &ServerName, content: &Value) -> R
             log::info!("m.receipt from {origin} names an invalid room {room_id:?}");
             continue;
         };
+        // All receipts for a room are ignored when the room's ACL denies the origin.
+        if !super::acl::allows(&services.rooms, &room_id, origin)? {
+            log::info!("m.receipt from {origin} in {room_id}: denied by the server ACL");
+            continue;
+        }
         let Some(reads) = by_type.get(receipts::READ).and_then(Value::as_object) else {
             continue;
         };

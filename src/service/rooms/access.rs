@@ -176,6 +176,10 @@ impl<'a> Reader<'a> {
     /// [`Reader::may_see`] from the event's metadata alone, so a scan need not load and parse
     /// the events the user may not see.
     pub fn may_see_meta(&mut self, sid: u64, meta: &EventMeta) -> Result<bool> {
+        // Soft-failed remote events are stored for the room's graph, never for clients.
+        if self.rooms.is_soft_failed(sid)? {
+            return Ok(false);
+        }
         let own_membership = meta.kind == "m.room.member"
             && meta.state_key.as_deref() == Some(self.user_id.as_str());
         match self.access {

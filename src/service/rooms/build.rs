@@ -6,6 +6,7 @@
 
 mod guests;
 mod push;
+pub mod remote;
 
 pub(crate) use push::MembersCache;
 
@@ -35,6 +36,12 @@ use crate::{
     store::{Batch, CommitError, Raw},
 };
 
+/// The most `prev_events` a PDU may cite (spec: room versions, event format).
+const MAX_PREV_EVENTS: usize = 20;
+
+/// The most forward extremities a room keeps.
+const MAX_EXTREMITIES: usize = 100;
+
 /// Events staged for one room under its lock, committed together.
 pub struct Staged<'a> {
     rooms: &'a Rooms,
@@ -57,6 +64,8 @@ pub struct Staged<'a> {
     /// Other rooms' staged events that commit in this batch (see [`Staged::absorb`]); kept
     /// here so their locks are held until the commit.
     absorbed: Vec<Staged<'a>>,
+    /// What remote events staged here look like to the ones staged after them.
+    remote: remote::Overlay,
 }
 
 impl Rooms {
@@ -85,6 +94,7 @@ impl Rooms {
             event_ids: Vec::new(),
             search: search_index::Overlay::default(),
             absorbed: Vec::new(),
+            remote: remote::Overlay::default(),
         })
     }
 
@@ -127,6 +137,7 @@ impl Rooms {
             event_ids: Vec::new(),
             search: search_index::Overlay::default(),
             absorbed: Vec::new(),
+            remote: remote::Overlay::default(),
         })
     }
 
@@ -268,10 +279,15 @@ impl<'a> Staged<'a> {
                 }
             }
         }
+        // A PDU may cite at most 20 prev_events; the newest extremities are cited, the others
+        // stay extremities for the next event.
         let prev = self
             .record
             .as_ref()
-            .map(|r| r.extremities.clone())
+            .map(|r| {
+                let skip = r.extremities.len().saturating_sub(MAX_PREV_EVENTS);
+                r.extremities[skip..].to_vec()
+            })
             .unwrap_or_default();
         let depth = self.record.as_ref().map_or(1, |r| r.depth + 1);
 
@@ -355,7 +371,8 @@ impl<'a> Staged<'a> {
         })
         .map_err(|e| Error::forbidden(format!("Event is not authorised: {e}")))?;
 
-        self.stage_event(pdu, object, new.txn, sender)?;
+        let state_before = self.record.as_ref().and_then(|r| r.last_state);
+        self.stage_event(pdu, object, new.txn, &prev, state_before)?;
         self.event_ids.push(event_id.clone());
         if revokes_guest_access {
             self.stage_guest_removal()?;
@@ -363,14 +380,20 @@ impl<'a> Staged<'a> {
         Ok(event_id)
     }
 
+    /// Stages an authorised event into the timeline and, for a state event, onto the room's
+    /// current state (the head of the state chain). `prev_sids` are its known prev events (no
+    /// longer extremities once it is stored); `state_before` is the head of the state before
+    /// it, recorded as the `state_link` of a non-state event (local events: the current state).
     fn stage_event(
         &mut self,
         pdu: Pdu,
         object: CanonicalJsonObject,
         txn: Option<super::Txn>,
-        sender: &UserId,
+        prev_sids: &[u64],
+        state_before: Option<u64>,
     ) -> Result<()> {
         let rooms = self.rooms;
+        let sender = pdu.sender.clone();
         let room_id = self
             .room_id
             .clone()
@@ -432,7 +455,11 @@ impl<'a> Staged<'a> {
             kind: kind.clone(),
             state_key: state_key.clone(),
             sender: sender.to_string(),
-            state_link: record.last_state,
+            state_link: if state_key.is_some() {
+                record.last_state
+            } else {
+                state_before
+            },
             depth: pdu.depth,
             origin_server_ts: u64::from(pdu.origin_server_ts.0),
             txn: txn
@@ -456,7 +483,14 @@ impl<'a> Staged<'a> {
             );
         }
         record.depth = record.depth.max(pdu.depth);
-        record.extremities = vec![sid];
+        record.extremities.retain(|s| !prev_sids.contains(s));
+        record.extremities.push(sid);
+        // Remote events with unknown prev events each add one; the oldest are let go (the room
+        // record is rewritten with every event, so it must stay small).
+        if record.extremities.len() > MAX_EXTREMITIES {
+            let excess = record.extremities.len() - MAX_EXTREMITIES;
+            record.extremities.drain(..excess);
+        }
 
         if let Some(state_key) = &state_key {
             let record = self.record.as_mut().expect("set above");

@@ -11,7 +11,7 @@
 //! snapshot every `SNAPSHOT_EVERY` links.
 
 pub mod access;
-mod build;
+pub(crate) mod build;
 pub mod create;
 pub mod directory;
 pub mod format;
@@ -19,6 +19,7 @@ pub mod hierarchy;
 pub mod membership;
 pub mod redact;
 pub mod relations;
+pub mod resolve;
 pub mod state;
 pub mod summary;
 pub mod timeline;

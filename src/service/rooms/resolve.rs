@@ -1,0 +1,160 @@
+//! State resolution v2 (ruma) over the states at several stored events: the state before a
+//! remote event whose prev events have different states.
+//!
+//! Everything is read from the store, and every walk is bounded: a resolution that would need
+//! more than [`MAX_AUTH_EVENTS`] events of auth chain returns `None`, and the caller falls back
+//! (see `build/remote.rs`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use ruma::{
+    events::StateEventType,
+    room_version_rules::{RoomVersionRules, StateResolutionVersion},
+    state_res::{resolve, utils::event_id_set::EventIdSet, StateMap},
+    OwnedEventId,
+};
+
+use super::{Pdu, Rooms};
+use crate::error::Result;
+
+/// The most events one resolution reads while walking auth chains.
+pub const MAX_AUTH_EVENTS: usize = 20_000;
+
+/// A resolved state: `(type, state_key) → event id`.
+pub type ResolvedState = HashMap<(String, String), OwnedEventId>;
+
+impl Rooms {
+    /// Resolves the states whose state-chain heads are `heads` (the states at some stored
+    /// events). `None` when the room version resolves state with v1 (not supported) or the
+    /// auth chains exceed the bound.
+    pub fn resolve_states(
+        &self,
+        rules: &RoomVersionRules,
+        heads: &[Option<u64>],
+    ) -> Result<Option<ResolvedState>> {
+        let StateResolutionVersion::V2(state_res_rules) = &rules.state_res else {
+            return Ok(None);
+        };
+        let mut maps: Vec<StateMap<OwnedEventId>> = Vec::new();
+        for head in heads {
+            let mut map = StateMap::new();
+            for (kind, key, sid) in self.full_state_at(*head)? {
+                let Some(meta) = self.store.get::<super::EventMetaTable>(&sid)? else {
+                    continue;
+                };
+                let Ok(id) = OwnedEventId::try_from(meta.event_id) else {
+                    continue;
+                };
+                map.insert((StateEventType::from(kind), key), id);
+            }
+            maps.push(map);
+        }
+        // Events read during resolution, so each is parsed once.
+        let cache: std::cell::RefCell<HashMap<OwnedEventId, Option<Pdu>>> = Default::default();
+        let fetch = |id: &ruma::EventId| -> Option<Pdu> {
+            if let Some(pdu) = cache.borrow().get(id) {
+                return pdu.clone();
+            }
+            let pdu = self.event(id).ok().flatten().map(|e| e.pdu);
+            cache.borrow_mut().insert(id.to_owned(), pdu.clone());
+            pdu
+        };
+        let mut budget = MAX_AUTH_EVENTS;
+        let mut chains = Vec::new();
+        for map in &maps {
+            let Some(chain) = auth_chain(map.values().cloned(), &fetch, &mut budget) else {
+                return Ok(None);
+            };
+            chains.push(chain.into_iter().collect::<EventIdSet<OwnedEventId>>());
+        }
+        let subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| {
+            let targets: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
+            conflicted_subgraph(&targets, &fetch, MAX_AUTH_EVENTS)
+        };
+        match resolve(
+            &rules.authorization,
+            state_res_rules,
+            &maps,
+            chains,
+            |id| fetch(id),
+            subgraph,
+        ) {
+            Ok(resolved) => Ok(Some(
+                resolved
+                    .into_iter()
+                    .map(|((kind, key), id)| ((kind.to_string(), key), id))
+                    .collect(),
+            )),
+            Err(e) => {
+                log::warn!("state resolution failed: {e}");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The auth chain of `start` (the events themselves not included unless reachable), walking at
+/// most `budget` events; `None` when the budget runs out.
+fn auth_chain(
+    start: impl Iterator<Item = OwnedEventId>,
+    fetch: &impl Fn(&ruma::EventId) -> Option<Pdu>,
+    budget: &mut usize,
+) -> Option<HashSet<OwnedEventId>> {
+    let mut seen = HashSet::new();
+    let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
+    for id in start {
+        if let Some(pdu) = fetch(&id) {
+            queue.extend(pdu.auth_events);
+        }
+    }
+    while let Some(id) = queue.pop_front() {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        *budget = budget.checked_sub(1)?;
+        if let Some(pdu) = fetch(&id) {
+            queue.extend(pdu.auth_events.into_iter().filter(|a| !seen.contains(a)));
+        }
+    }
+    Some(seen)
+}
+
+/// The conflicted state subgraph (room version 12): the events on auth-event paths from one
+/// conflicted event to another — reachable from a conflicted event, and reaching one.
+fn conflicted_subgraph(
+    targets: &HashSet<OwnedEventId>,
+    fetch: &impl Fn(&ruma::EventId) -> Option<Pdu>,
+    bound: usize,
+) -> Option<EventIdSet<OwnedEventId>> {
+    // Everything reachable from the conflicted events, with its auth edges.
+    let mut edges: HashMap<OwnedEventId, Vec<OwnedEventId>> = HashMap::new();
+    let mut queue: VecDeque<OwnedEventId> = targets.iter().cloned().collect();
+    while let Some(id) = queue.pop_front() {
+        if edges.contains_key(&id) {
+            continue;
+        }
+        if edges.len() >= bound {
+            return None;
+        }
+        let auth = fetch(&id).map(|p| p.auth_events).unwrap_or_default();
+        queue.extend(auth.iter().filter(|a| !edges.contains_key(*a)).cloned());
+        edges.insert(id, auth);
+    }
+    // Walk the edges backwards from the conflicted events: what reaches one.
+    let mut reverse: HashMap<&OwnedEventId, Vec<&OwnedEventId>> = HashMap::new();
+    for (from, to) in &edges {
+        for to in to {
+            reverse.entry(to).or_default().push(from);
+        }
+    }
+    let mut reaching: HashSet<&OwnedEventId> = targets.iter().collect();
+    let mut queue: VecDeque<&OwnedEventId> = targets.iter().collect();
+    while let Some(id) = queue.pop_front() {
+        for from in reverse.get(id).into_iter().flatten() {
+            if reaching.insert(from) {
+                queue.push_back(from);
+            }
+        }
+    }
+    Some(reaching.into_iter().cloned().collect())
+}
