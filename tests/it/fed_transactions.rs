@@ -609,6 +609,85 @@ async fn remote_device_lists_follow_updates_and_resync_on_gaps() {
     assert_eq!(cached.master_key, Some(master));
 }
 
+/// With a room shared through a remote join, a remote user's typing, read receipt and new
+/// device reach the local member's `/sync`.
+#[tokio::test]
+async fn room_edus_of_a_remote_member_reach_local_syncs() {
+    use crate::fed_pdus::{raw, EventSpec, Remote, RoomView};
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice_token, _) = a.register("alice", "password1").await;
+    let room_id =
+        crate::common::create_room(a, &alice_token, json!({"preset": "public_chat"})).await;
+    let view = RoomView {
+        services: services(a),
+        room_id: room_id.clone(),
+    };
+    let remote = Remote::server(b);
+    let bob = b.user_id("bob");
+    let send = |txn: &'static str, pdus: Vec<Value>, edus: Vec<Value>| {
+        let mut body = txn_body(&b.name, edus);
+        body["pdus"] = json!(pdus);
+        async move {
+            let path = format!("/_matrix/federation/v1/send/{txn}");
+            let (status, answer) = b.signed(a, &a.name, Method::PUT, &path, Some(body)).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+        }
+    };
+    let as_json =
+        |o: &ruma::CanonicalJsonObject| -> Value { serde_json::from_str(raw(o).get()).unwrap() };
+    let (_, join) = view.event(
+        &remote,
+        EventSpec::state("m.room.member", &bob, &bob, json!({"membership": "join"})),
+    );
+    send("j1", vec![as_json(&join)], vec![]).await;
+    let (message_id, message) = view.event(&remote, EventSpec::message(&bob, "hi"));
+    send("m1", vec![as_json(&message)], vec![]).await;
+    let (status, first) = a
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&alice_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    let edus = vec![
+        json!({"edu_type": "m.typing", "content": {
+            "room_id": room_id, "user_id": bob, "typing": true}}),
+        json!({"edu_type": "m.receipt", "content": { &room_id: { "m.read": { &bob: {
+            "data": {"ts": 1}, "event_ids": [message_id.as_str()]}}}}}),
+        json!({"edu_type": "m.device_list_update", "content": {
+            "user_id": bob, "device_id": "BOBPHONE", "stream_id": 1, "prev_id": []}}),
+    ];
+    send("e1", vec![], edus).await;
+    let (status, next) = a
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+            Some(&alice_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    let ephemeral = next["rooms"]["join"][&room_id]["ephemeral"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{next}"))
+        .clone();
+    let of_type = |t: &str| ephemeral.iter().find(|e| e["type"] == t).cloned();
+    assert_eq!(
+        of_type("m.typing").expect("typing")["content"]["user_ids"],
+        json!([bob])
+    );
+    let receipt = of_type("m.receipt").expect("receipt");
+    assert!(
+        receipt["content"][message_id.as_str()]["m.read"]
+            .get(&bob)
+            .is_some(),
+        "{receipt}"
+    );
+    let changed = next["device_lists"]["changed"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(changed.contains(&json!(bob)), "{next}");
+}
+
 /// Transactions are cut at 50 PDUs and 100 EDUs in queue order; the one in flight stays
 /// the same until it is done; stale typing notifications are dropped, not sent.
 #[tokio::test]
