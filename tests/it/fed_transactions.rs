@@ -13,7 +13,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use hearth::service::{
-    federation::receive::{self, InboundTxns, Transaction},
+    federation::{
+        devices::DeviceListDirty,
+        receive::{self, InboundTxns, Transaction},
+    },
     Services,
 };
 
@@ -481,6 +484,307 @@ async fn device_list_changes_are_announced_and_untracked_users_are_not_cached() 
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(services(b).fed_devices.cached(&alice_id).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn remote_device_lists_follow_updates_and_resync_on_gaps() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let alice = Dev::register(a, "alice").await;
+    alice.upload_device_keys(a).await;
+    let alice_id = ruma::UserId::parse(&alice.user).unwrap();
+    // Announced once no change of hers is waiting (two changes may make one round).
+    let dirty = (alice.user.clone(),);
+    wait_until(
+        "the keys are announced",
+        Duration::from_secs(10),
+        || async {
+            services(a)
+                .store
+                .get::<DeviceListDirty>(&dirty.0)
+                .unwrap()
+                .is_none()
+        },
+    )
+    .await;
+    let s = services(a).fed_devices.local_stream_id(&alice_id).unwrap();
+    assert!(s >= 1);
+
+    // B asks about Alice: fetched from A and cached, at A's stream id.
+    let devices = services(b).fed_devices.devices_of(&alice_id).await.unwrap();
+    assert_eq!(devices.stream_id, s);
+    assert_eq!(
+        devices.devices.keys().collect::<Vec<_>>(),
+        vec![&alice.device]
+    );
+
+    // The next update (prev_id = what B has) applies to the cache.
+    let send = |txn: &'static str, content: Value| {
+        let body = txn_body(
+            &a.name,
+            vec![json!({"edu_type": "m.device_list_update", "content": content})],
+        );
+        async move {
+            let path = format!("/_matrix/federation/v1/send/{txn}");
+            let (status, answer) = a.signed(b, &b.name, Method::PUT, &path, Some(body)).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+        }
+    };
+    send(
+        "u1",
+        json!({"user_id": alice.user, "device_id": "PHONE", "stream_id": s + 1, "prev_id": [s],
+               "device_display_name": "Alice's phone"}),
+    )
+    .await;
+    let cached = services(b).fed_devices.cached(&alice_id).unwrap().unwrap();
+    assert_eq!(cached.stream_id, s + 1);
+    assert_eq!(
+        cached.devices["PHONE"].display_name.as_deref(),
+        Some("Alice's phone")
+    );
+    // An old update is ignored; a deletion applies.
+    send(
+        "u2",
+        json!({"user_id": alice.user, "device_id": "OLD", "stream_id": s, "prev_id": []}),
+    )
+    .await;
+    send(
+        "u3",
+        json!({"user_id": alice.user, "device_id": "PHONE", "stream_id": s + 2,
+               "prev_id": [s + 1], "deleted": true}),
+    )
+    .await;
+    let cached = services(b).fed_devices.cached(&alice_id).unwrap().unwrap();
+    assert_eq!(cached.stream_id, s + 2);
+    assert_eq!(
+        cached.devices.keys().collect::<Vec<_>>(),
+        vec![&alice.device]
+    );
+
+    // A gap (B never saw s + 3 and s + 4): B fetches Alice's list again, and A's truth
+    // replaces the cache (A's stream id, without the device named only in the update).
+    send(
+        "u4",
+        json!({"user_id": alice.user, "device_id": "TABLET", "stream_id": s + 5,
+               "prev_id": [s + 4]}),
+    )
+    .await;
+    wait_until(
+        "B resynced Alice's devices",
+        Duration::from_secs(20),
+        || async {
+            services(b)
+                .fed_devices
+                .cached(&alice_id)
+                .unwrap()
+                .is_some_and(|c| c.stream_id == s)
+        },
+    )
+    .await;
+    let cached = services(b).fed_devices.cached(&alice_id).unwrap().unwrap();
+    assert_eq!(
+        cached.devices.keys().collect::<Vec<_>>(),
+        vec![&alice.device]
+    );
+
+    // A signing-key update about a user of A from A: cached.
+    let master = json!({"user_id": alice.user, "usage": ["master"],
+                        "keys": {"ed25519:base64+master+key": "base64+master+key"}});
+    let body = txn_body(
+        &a.name,
+        vec![json!({"edu_type": "m.signing_key_update",
+                    "content": {"user_id": alice.user, "master_key": master}})],
+    );
+    let (status, _) = a
+        .signed(
+            b,
+            &b.name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/s1",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let cached = services(b).fed_devices.cached(&alice_id).unwrap().unwrap();
+    assert_eq!(cached.master_key, Some(master));
+}
+
+/// With a room shared through a remote join, a remote user's typing, read receipt and new
+/// device reach the local member's `/sync`.
+#[tokio::test]
+async fn room_edus_of_a_remote_member_reach_local_syncs() {
+    use crate::fed_pdus::{raw, EventSpec, Remote, RoomView};
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice_token, _) = a.register("alice", "password1").await;
+    let room_id =
+        crate::common::create_room(a, &alice_token, json!({"preset": "public_chat"})).await;
+    let view = RoomView {
+        services: services(a),
+        room_id: room_id.clone(),
+    };
+    let remote = Remote::server(b);
+    let bob = b.user_id("bob");
+    let send = |txn: &'static str, pdus: Vec<Value>, edus: Vec<Value>| {
+        let mut body = txn_body(&b.name, edus);
+        body["pdus"] = json!(pdus);
+        async move {
+            let path = format!("/_matrix/federation/v1/send/{txn}");
+            let (status, answer) = b.signed(a, &a.name, Method::PUT, &path, Some(body)).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+        }
+    };
+    let as_json =
+        |o: &ruma::CanonicalJsonObject| -> Value { serde_json::from_str(raw(o).get()).unwrap() };
+    let (_, join) = view.event(
+        &remote,
+        EventSpec::state("m.room.member", &bob, &bob, json!({"membership": "join"})),
+    );
+    send("j1", vec![as_json(&join)], vec![]).await;
+    let (message_id, message) = view.event(&remote, EventSpec::message(&bob, "hi"));
+    send("m1", vec![as_json(&message)], vec![]).await;
+    let (status, first) = a
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&alice_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    let edus = vec![
+        json!({"edu_type": "m.typing", "content": {
+            "room_id": room_id, "user_id": bob, "typing": true}}),
+        json!({"edu_type": "m.receipt", "content": { &room_id: { "m.read": { &bob: {
+            "data": {"ts": 1}, "event_ids": [message_id.as_str()]}}}}}),
+        json!({"edu_type": "m.device_list_update", "content": {
+            "user_id": bob, "device_id": "BOBPHONE", "stream_id": 1, "prev_id": []}}),
+    ];
+    send("e1", vec![], edus).await;
+    let (status, next) = a
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+            Some(&alice_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    let ephemeral = next["rooms"]["join"][&room_id]["ephemeral"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{next}"))
+        .clone();
+    let of_type = |t: &str| ephemeral.iter().find(|e| e["type"] == t).cloned();
+    assert_eq!(
+        of_type("m.typing").expect("typing")["content"]["user_ids"],
+        json!([bob])
+    );
+    let receipt = of_type("m.receipt").expect("receipt");
+    assert!(
+        receipt["content"][message_id.as_str()]["m.read"]
+            .get(&bob)
+            .is_some(),
+        "{receipt}"
+    );
+    let changed = next["device_lists"]["changed"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(changed.contains(&json!(bob)), "{next}");
+}
+
+/// Transactions are cut at 50 PDUs and 100 EDUs in queue order; the one in flight stays
+/// the same until it is done; stale typing notifications are dropped, not sent.
+#[tokio::test]
+async fn transactions_carry_at_most_50_pdus_and_100_edus() {
+    use hearth::service::federation::queue::{FedQueue, QueueItem};
+    let srv = TestServer::start().await;
+    let (_, token, _) = srv.register("alice", "pw-alice-123456").await;
+    let services = srv.server.as_ref().unwrap().services.clone();
+    let room = crate::common::create_room(&srv, &token, json!({})).await;
+    let mut sids = Vec::new();
+    for i in 0..55 {
+        let (status, body) = srv
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t{i}"),
+                Some(&token),
+                json!({"msgtype": "m.text", "body": format!("{i}")}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let id = ruma::EventId::parse(body["event_id"].as_str().unwrap()).unwrap();
+        sids.push(services.rooms.event_sid(&id).unwrap().unwrap());
+    }
+    // Queued by hand for a destination nobody wakes a sender for.
+    let dest = ServerName::parse("unreachable.invalid").unwrap();
+    let key = |pos: u64| (dest.to_string(), pos);
+    let edu_item = |edu_type: &str, queued_ms: u64| QueueItem::Edu {
+        edu_type: edu_type.to_owned(),
+        json: json!({"edu_type": edu_type, "content": {}})
+            .to_string()
+            .into_bytes(),
+        queued_ms,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut batch = hearth::store::Batch::new();
+    let base = sids.last().unwrap() + 1_000;
+    for sid in &sids {
+        batch.put::<FedQueue>(&key(*sid), &QueueItem::Pdu);
+    }
+    batch.put::<FedQueue>(&key(base), &edu_item("m.typing", now - 60_000));
+    for i in 1..=120 {
+        batch.put::<FedQueue>(&key(base + i), &edu_item("m.presence", now));
+    }
+    services.store.commit(batch).await.unwrap();
+
+    let (_, first) = services
+        .fed_queue
+        .next_transaction(&dest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.positions.len(), 150);
+    assert_eq!(&first.positions[..50], &sids[..50]);
+    assert_eq!(
+        first.positions[50],
+        base + 1,
+        "the stale typing EDU is dropped"
+    );
+    let (pdus, edus) = services.fed_queue.transaction_body(&dest, &first).unwrap();
+    assert_eq!((pdus.len(), edus.len()), (50, 100));
+    // Asked again (a retry, or after a restart): the same transaction.
+    let (_, again) = services
+        .fed_queue
+        .next_transaction(&dest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, first);
+
+    services
+        .fed_queue
+        .transaction_done(&dest, &first)
+        .await
+        .unwrap();
+    let (_, second) = services
+        .fed_queue
+        .next_transaction(&dest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(second.txn_id, first.txn_id);
+    let (pdus, edus) = services.fed_queue.transaction_body(&dest, &second).unwrap();
+    assert_eq!((pdus.len(), edus.len()), (5, 20));
+    services
+        .fed_queue
+        .transaction_done(&dest, &second)
+        .await
+        .unwrap();
+    assert!(services
+        .fed_queue
+        .next_transaction(&dest)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(services.fed_queue.queued(&dest, 10).unwrap(), 0);
 }
 
 /// The body of a transaction's EDU.

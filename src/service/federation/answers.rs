@@ -25,10 +25,7 @@ use serde_json::Value;
 use crate::{
     error::{Error, Result},
     service::{
-        e2ee::{
-            device_lists::DeviceListLatest,
-            keys::{Claimed, DeviceKeysTable},
-        },
+        e2ee::keys::{Claimed, DeviceKeysTable},
         rooms::directory::{DirectoryPage, DirectoryQuery},
         sessions::DevicesTable,
         Services,
@@ -118,9 +115,10 @@ fn raw<T>(value: &Value) -> Result<ruma::serde::Raw<T>> {
 }
 
 /// `user/devices/{userId}`: the user's devices that have identity keys, their display names,
-/// and the master and self-signing keys. `stream_id` is the stream position of the user's
-/// latest device-list change (0 when none), read before the devices so that an answer is
-/// never newer-labelled than what it shows.
+/// and the master and self-signing keys. `stream_id` is the id of the user's latest
+/// `m.device_list_update` (`federation::devices`; 0 when none), read before the devices so
+/// that an answer is never newer-labelled than what it shows: the updates after it continue
+/// from it.
 pub fn user_devices(services: &Services, user_id: &UserId) -> Result<get_devices::v1::Response> {
     if !is_local_user(services, user_id) {
         return Err(not_ours(user_id));
@@ -128,10 +126,7 @@ pub fn user_devices(services: &Services, user_id: &UserId) -> Result<get_devices
     if services.users.get(user_id)?.is_none() {
         return Err(Error::not_found("User does not exist"));
     }
-    let stream_id = services
-        .store
-        .get::<DeviceListLatest>(&user_id.to_string())?
-        .unwrap_or(0);
+    let stream_id = services.fed_devices.local_stream_id(user_id)?;
     let mut response =
         get_devices::v1::Response::new(user_id.to_owned(), ruma::UInt::new_saturating(stream_id));
     let e2ee = &services.e2ee;

@@ -98,6 +98,8 @@ const CHUNK: usize = 100;
 /// Most devices kept for one remote user; a larger answer is cut (logged).
 const MAX_REMOTE_DEVICES: usize = 1000;
 const ATTEMPTS: usize = 8;
+/// How long a fetched device list of a user sharing no room with a local user is used.
+pub const UNSHARED_FRESH_MS: u64 = 60_000;
 
 /// A remote user's cached devices and cross-signing keys.
 #[derive(Debug, Clone, Default)]
@@ -369,13 +371,23 @@ impl FederatedDevices {
     }
 
     /// The devices of a remote user: from the cache, else fetched from their server
-    /// (`user/devices`) and cached from then on — a user asked about is tracked, and their
-    /// server's updates keep the cache current.
+    /// (`user/devices`) and cached. Updates reach the cache only while the user shares a room
+    /// with a local user (their server sends them to such servers alone), so for anyone else
+    /// a cached list older than [`UNSHARED_FRESH_MS`] is fetched again.
     pub async fn devices_of(&self, user_id: &UserId) -> Result<CachedDevices> {
-        if let Some(cached) = self.cached(user_id)? {
-            return Ok(cached);
+        let record = self.store.get::<RemoteDeviceLists>(&user_id.to_string())?;
+        let fresh = match &record {
+            None => false,
+            Some(r) => {
+                now_ms().saturating_sub(r.fetched_ms) < UNSHARED_FRESH_MS
+                    || co_members(&self.rooms, user_id)?
+                        .iter()
+                        .any(|u| self.e2ee.is_local(u))
+            }
+        };
+        if !fresh {
+            self.resync(user_id).await?;
         }
-        self.resync(user_id).await?;
         Ok(self.cached(user_id)?.unwrap_or_default())
     }
 

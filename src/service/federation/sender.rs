@@ -47,8 +47,8 @@ pub fn backoff(failures: u32) -> Duration {
 
 enum Outcome {
     Delivered,
-    /// The destination refused the content itself (400/413): sending the same again cannot
-    /// succeed, so the items are dropped.
+    /// The destination refused the content itself (400/413), or the request cannot be made:
+    /// sending the same again cannot succeed, so the items are dropped.
     Refused(String),
     Failed(String),
 }
@@ -276,6 +276,9 @@ impl Sender {
             {
                 Outcome::Refused(format!("{status} {errcode}: {error}"))
             }
+            // Nothing to retry: the same items would build the same request, and there is
+            // no other server to reach when the destination is this one.
+            Err(e @ (FedError::Request(_) | FedError::ToSelf)) => Outcome::Refused(e.to_string()),
             Err(e) => Outcome::Failed(e.to_string()),
         }
     }
