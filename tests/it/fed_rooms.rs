@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::common::{create_room, enc};
 use crate::fed_common::{start_many, FedServer};
-use crate::fed_pdus::{raw, EventSpec, Remote, RoomView};
+use crate::fed_pdus::events::{raw, EventSpec, Remote, RoomView};
 
 fn services(s: &FedServer) -> &hearth::service::Services {
     &s.server.as_ref().expect("running").services

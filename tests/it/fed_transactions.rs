@@ -613,7 +613,7 @@ async fn remote_device_lists_follow_updates_and_resync_on_gaps() {
 /// device reach the local member's `/sync`.
 #[tokio::test]
 async fn room_edus_of_a_remote_member_reach_local_syncs() {
-    use crate::fed_pdus::{raw, EventSpec, Remote, RoomView};
+    use crate::fed_pdus::events::{raw, EventSpec, Remote, RoomView};
     let fed = start_many(2).await;
     let (a, b) = (&fed.servers[0], &fed.servers[1]);
     let (_, alice_token, _) = a.register("alice", "password1").await;

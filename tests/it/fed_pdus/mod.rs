@@ -6,7 +6,7 @@
 //! with the PDUs of the transaction), with the remote server's verify key given to it
 //! directly, since fetching remote keys belongs to the keyring.
 
-mod events;
+pub mod events;
 
 use std::{
     future::Future,
