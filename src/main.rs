@@ -56,6 +56,9 @@ enum Command {
         /// A directory written by `hearth backup`.
         src: PathBuf,
     },
+    /// Manage the server's signing key (stop the server first).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Report what a remote server or client would see (name resolution, well-known, TLS
     /// certificate, listeners), or with --data verify a data directory.
     Check(hearth::cli::check::CheckArgs),
@@ -90,6 +93,14 @@ enum UserCommand {
     Deactivate { user: String },
     /// List accounts.
     List,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new signing key the current one. The previous key stays published as an old
+    /// verify key (expired now), so other servers can still check what it signed. Takes
+    /// effect at the next start.
+    Rotate,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -142,6 +153,7 @@ fn main() -> ExitCode {
         Command::Backup { dest } => hearth::cli::backup::backup(&config, &dest),
         Command::Restore { src } => hearth::cli::backup::restore(&config, &src),
         Command::Check(args) => hearth::cli::check::run(&config, args),
+        Command::Keys(KeysCommand::Rotate) => admin(config, rotate_keys),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -245,6 +257,23 @@ fn admin(config: Config, run: impl FnOnce(&Services) -> Result<(), String>) -> R
         )
     })?;
     run(&services)
+}
+
+/// Runs through [`admin`] so that a running server (which holds the database) is refused: it
+/// would keep signing with the key it loaded while the files say it was retired.
+fn rotate_keys(services: &Services) -> Result<(), String> {
+    let dir = services.config.data_dir.join("keys");
+    let now = hearth::service::users::now_ms();
+    let rotation =
+        hearth::service::keys::ServerKeys::rotate(&dir, now).map_err(|e| e.to_string())?;
+    if let Some(retired) = rotation.retired {
+        hearth::outln!("retired {retired}: published as an old verify key, expired now")?;
+    }
+    hearth::outln!(
+        "new signing key {}; it is used from the next start",
+        rotation.current
+    )?;
+    Ok(())
 }
 
 fn parse_user(services: &Services, user: &str) -> Result<ruma::OwnedUserId, String> {

@@ -18,6 +18,8 @@ mod turn;
 pub use turn::{SupportContact, Turn, DEFAULT_TURN_TTL};
 mod email;
 pub use email::{is_http_url, Email, SmtpSecurity};
+mod federation;
+pub use federation::{parse_public_key, Federation, TrustedKeyServer};
 
 /// The fully commented example configuration that `hearth init` writes.
 /// Variables the CLI reads itself (config path, admin passwords): not config keys.
@@ -87,6 +89,8 @@ pub struct Config {
     pub turn: Turn,
     /// The SMTP server for validation mails (e-mail addresses, password reset); off if unset.
     pub email: Email,
+    /// Talking to other Matrix servers (notaries for signing keys).
+    pub federation: Federation,
 }
 
 /// Outbound HTTP (`[outbound]`). By default the server refuses to connect to loopback,
@@ -316,6 +320,7 @@ impl Default for Config {
             outbound: Outbound::default(),
             turn: Turn::default(),
             email: Email::default(),
+            federation: Federation::default(),
         }
     }
 }
@@ -594,6 +599,7 @@ impl Config {
         }
         self.tls.validate(self)?;
         self.turn.validate()?;
+        self.federation.validate()?;
         turn::validate_support(
             self.well_known.support_page.as_deref(),
             &self.well_known.contacts,

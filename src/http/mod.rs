@@ -141,7 +141,7 @@ where
         router::Match::BadPath => return Err(Error::invalid_param("Path is not valid UTF-8")),
     };
 
-    // On federation routes the Authorization header is X-Matrix, checked below, not a token.
+    // Server routes carry an X-Matrix `Authorization` header, checked below, not a token.
     let token = if route.auth == Auth::Server {
         None
     } else {

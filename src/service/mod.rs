@@ -113,6 +113,8 @@ pub struct Services {
     pub threepids: threepids::Threepids,
     /// Sends validation mails; `None` when `[email]` is not configured.
     pub mailer: Option<mailer::Mailer>,
+    /// Queries to other servers for clients (profiles, aliases, keys, directories).
+    pub queries: federation::queries::Queries,
 }
 
 /// Why the services could not start.
@@ -240,10 +242,13 @@ impl Services {
             ),
             notifications,
             keyring: Arc::new(federation::keyring::KeyRing::new(
+                store.clone(),
                 keys.clone(),
                 server_name.clone(),
                 federation.clone(),
+                federation::keyring::Notary::from_config(&config.federation.trusted_key_servers),
             )),
+            queries: federation::queries::Queries::new(federation.clone()),
             federation,
             outbound,
             presence: presence::Presence::new(store.clone(), stream.clone(), notifier.clone()),

@@ -254,18 +254,11 @@ async fn upload_and_query_device_keys() {
     let body = query(&srv, &alice.token, json!({ &bob.user: [] })).await;
     assert_eq!(body["device_keys"][&bob.user], json!({}));
 
-    // Remote users: this server cannot reach other servers (no federation yet).
-    let body = query(
-        &srv,
-        &alice.token,
-        json!({ "@carol:elsewhere.example": [] }),
-    )
-    .await;
-    assert!(body["failures"]["elsewhere.example"].is_object(), "{body}");
+    // Users of a server that cannot be reached are a failure of that server.
+    let body = query(&srv, &alice.token, json!({ "@carol:127.0.0.1:9": [] })).await;
+    assert!(body["failures"]["127.0.0.1:9"].is_object(), "{body}");
     assert!(
-        body["device_keys"]
-            .get("@carol:elsewhere.example")
-            .is_none(),
+        body["device_keys"].get("@carol:127.0.0.1:9").is_none(),
         "{body}"
     );
 
@@ -516,14 +509,14 @@ async fn one_time_and_fallback_keys() {
     )
     .await;
     assert_eq!(body["one_time_keys"], json!({}), "{body}");
-    // Remote users are failures.
+    // Users of a server that cannot be reached are a failure of that server.
     let body = claim(
         &srv,
         &bob.token,
-        json!({ "@carol:elsewhere.example": { "X": "signed_curve25519" } }),
+        json!({ "@carol:127.0.0.1:9": { "X": "signed_curve25519" } }),
     )
     .await;
-    assert!(body["failures"]["elsewhere.example"].is_object(), "{body}");
+    assert!(body["failures"]["127.0.0.1:9"].is_object(), "{body}");
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Room aliases: create, resolve and delete local aliases, and list a room's local aliases.
+//! Room aliases: create, resolve and delete local aliases, resolve other servers' aliases
+//! (through `query/directory`), and list a room's local aliases.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use ruma::{
         alias::{create_alias, delete_alias, get_alias},
         room::aliases,
     },
-    RoomAliasId,
+    OwnedRoomId, OwnedServerName, RoomAliasId,
 };
 
 use crate::{
@@ -52,19 +53,24 @@ async fn resolve(
     _ctx: Ctx,
     body: get_alias::v3::Request,
 ) -> Result<get_alias::v3::Response> {
-    if body.room_alias.server_name().as_str() != services.config.server_name {
-        // Resolving another server's alias needs a federation query.
-        return Err(Error::not_found(format!(
-            "Room alias {} is on another server, which this server cannot query yet",
-            body.room_alias
-        )));
+    let (room_id, servers) = resolve_alias(&services, &body.room_alias).await?;
+    Ok(get_alias::v3::Response::new(room_id, servers))
+}
+
+/// The room an alias names and servers to join it through: local aliases from the store,
+/// other servers' aliases by asking that server (`query/directory`).
+pub async fn resolve_alias(
+    services: &Services,
+    alias: &RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+    if !services.queries.is_local(alias.server_name()) {
+        return services.queries.resolve_alias(alias).await;
     }
     let room_id = services
         .rooms
-        .alias_room(&body.room_alias)?
-        .ok_or_else(|| Error::not_found(format!("Room alias {} not found", body.room_alias)))?;
-    let servers = vec![services.rooms.server_name().to_owned()];
-    Ok(get_alias::v3::Response::new(room_id, servers))
+        .alias_room(alias)?
+        .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
+    Ok((room_id, vec![services.rooms.server_name().to_owned()]))
 }
 
 async fn delete(

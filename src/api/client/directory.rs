@@ -1,4 +1,5 @@
-//! The published room directory: a room's visibility in it, and listing it.
+//! The published room directory: a room's visibility in it, and listing it (this server's,
+//! or another server's through its federation `publicRooms`).
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::{
     error::{Error, Result},
     http::{Ctx, Incoming, Response, Router},
     service::{
+        federation::queries::DirectoryRequest,
         rooms::directory::{DirectoryPage, DirectoryQuery, DirectoryRoom},
         Services,
     },
@@ -86,20 +88,18 @@ async fn set_visibility(services: Arc<Services>, incoming: Incoming) -> Result<R
     ))
 }
 
-/// Only this server's directory can be listed (others need federation).
-fn require_local(services: &Services, server: Option<&ServerName>) -> Result<()> {
-    match server {
-        Some(server) if server.as_str() != services.config.server_name => {
-            Err(Error::invalid_param(format!(
-                "Listing the directory of {server} needs federation, which this server does \
-                 not offer yet"
-            )))
-        }
-        _ => Ok(()),
-    }
+/// The other server whose directory is asked for, if any (`server` naming this server is
+/// this server's directory). The spec lets anyone list directories, other servers' too; the
+/// requests this makes to other servers are bounded by the per-IP rate limit and by the
+/// query client's per-destination and overall limits.
+fn remote_server<'a>(
+    services: &Services,
+    server: Option<&'a ServerName>,
+) -> Option<&'a ServerName> {
+    server.filter(|server| !services.queries.is_local(server))
 }
 
-fn limit(limit: Option<UInt>) -> Option<usize> {
+pub(crate) fn limit(limit: Option<UInt>) -> Option<usize> {
     limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX))
 }
 
@@ -122,7 +122,9 @@ fn chunk(room: DirectoryRoom) -> PublicRoomsChunk {
     chunk
 }
 
-fn parts(page: DirectoryPage) -> (Vec<PublicRoomsChunk>, Option<String>, Option<String>, UInt) {
+pub(crate) fn parts(
+    page: DirectoryPage,
+) -> (Vec<PublicRoomsChunk>, Option<String>, Option<String>, UInt) {
     (
         page.rooms.into_iter().map(chunk).collect(),
         page.next_batch,
@@ -136,7 +138,19 @@ async fn list(
     _ctx: Ctx,
     body: get_public_rooms::v3::Request,
 ) -> Result<get_public_rooms::v3::Response> {
-    require_local(&services, body.server.as_deref())?;
+    if let Some(server) = remote_server(&services, body.server.as_deref()) {
+        let request = DirectoryRequest {
+            limit: body.limit,
+            since: body.since,
+            ..Default::default()
+        };
+        let remote = services.queries.public_rooms(server, request).await?;
+        let mut response = get_public_rooms::v3::Response::new(remote.chunk);
+        response.next_batch = remote.next_batch;
+        response.prev_batch = remote.prev_batch;
+        response.total_room_count_estimate = remote.total_room_count_estimate;
+        return Ok(response);
+    }
     let query = DirectoryQuery {
         limit: limit(body.limit),
         since: body.since.clone(),
@@ -156,7 +170,21 @@ async fn list_filtered(
     body: get_public_rooms_filtered::v3::Request,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
     ctx.authed()?;
-    require_local(&services, body.server.as_deref())?;
+    if let Some(server) = remote_server(&services, body.server.as_deref()) {
+        let request = DirectoryRequest {
+            limit: body.limit,
+            since: body.since,
+            filter: Some(body.filter),
+            room_network: body.room_network,
+        };
+        let remote = services.queries.public_rooms(server, request).await?;
+        let mut response = get_public_rooms_filtered::v3::Response::new();
+        response.chunk = remote.chunk;
+        response.next_batch = remote.next_batch;
+        response.prev_batch = remote.prev_batch;
+        response.total_room_count_estimate = remote.total_room_count_estimate;
+        return Ok(response);
+    }
     let mut response = get_public_rooms_filtered::v3::Response::new();
     // This server bridges no third-party networks: "all networks" is the Matrix one, and a
     // specific third-party network has no rooms here.

@@ -17,10 +17,11 @@ use crate::{
     http::{Ctx, Router},
     service::{
         e2ee::{
-            keys::{parse_device_keys, parse_key, split_key_id, unreachable_failure, Upload},
+            keys::{parse_device_keys, parse_key, split_key_id, Upload},
             parse_object,
             signing::CrossSigningUpload,
         },
+        federation::queries::DEFAULT_KEYS_TIMEOUT,
         sync::SyncToken,
         Services,
     },
@@ -90,13 +91,20 @@ async fn query(
     let me = ctx.authed()?;
     let e2ee = &services.e2ee;
     let result = e2ee.query_keys(&me.user_id, &body.device_keys)?;
+    let remote_users: BTreeMap<_, _> = body
+        .device_keys
+        .iter()
+        .filter(|(user_id, _)| !e2ee.is_local(user_id))
+        .map(|(user_id, devices)| (user_id.clone(), devices.clone()))
+        .collect();
     let mut response = get_keys::v3::Response::new();
-    for user_id in body.device_keys.keys() {
-        if !e2ee.is_local(user_id) {
-            response
-                .failures
-                .insert(user_id.server_name().to_string(), unreachable_failure());
-        }
+    if !remote_users.is_empty() {
+        let timeout = body.timeout.unwrap_or(DEFAULT_KEYS_TIMEOUT);
+        let remote = services.queries.query_keys(remote_users, timeout).await;
+        response.failures = remote.failures;
+        response.device_keys = remote.device_keys;
+        response.master_keys = remote.master_keys;
+        response.self_signing_keys = remote.self_signing_keys;
     }
     for (user_id, devices) in result.device_keys {
         // Users of this server that do not exist are left out (spec: unknown users are
@@ -129,19 +137,25 @@ async fn claim(
 ) -> Result<claim_keys::v3::Response> {
     ctx.authed()?;
     let e2ee = &services.e2ee;
-    let mut failures = BTreeMap::new();
+    let mut remote_wanted = BTreeMap::new();
     let mut wanted = Vec::new();
     for (user_id, devices) in &body.one_time_keys {
         if !e2ee.is_local(user_id) {
-            failures.insert(user_id.server_name().to_string(), unreachable_failure());
+            remote_wanted.insert(user_id.clone(), devices.clone());
             continue;
         }
         for (device_id, algorithm) in devices {
             wanted.push((user_id.clone(), device_id.clone(), algorithm.to_string()));
         }
     }
-    let claimed = e2ee.claim_keys(&wanted).await?;
-    let mut one_time_keys = BTreeMap::new();
+    let timeout = body.timeout.unwrap_or(DEFAULT_KEYS_TIMEOUT);
+    // Remote claims run while the local ones commit.
+    let (claimed, remote) = tokio::join!(
+        e2ee.claim_keys(&wanted),
+        services.queries.claim_keys(remote_wanted, timeout)
+    );
+    let claimed = claimed?;
+    let mut one_time_keys = remote.one_time_keys;
     for (user_id, devices) in claimed {
         let mut by_device = BTreeMap::new();
         for (device_id, keys) in devices {
@@ -158,7 +172,7 @@ async fn claim(
         one_time_keys.insert(user_id, by_device);
     }
     let mut response = claim_keys::v3::Response::new(one_time_keys);
-    response.failures = failures;
+    response.failures = remote.failures;
     Ok(response)
 }
 

@@ -87,13 +87,13 @@ async fn join(
         .await
 }
 
-fn resolve(services: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
+/// The room to join or knock on; an alias of another server is resolved by asking it. Joining
+/// through other servers is not built yet, so a room resolved that way that this server does
+/// not know gets the answer of any unknown room.
+async fn resolve(services: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
     match <&RoomId>::try_from(target) {
         Ok(room_id) => Ok(room_id.to_owned()),
-        Err(alias) => services
-            .rooms
-            .alias_room(alias)?
-            .ok_or_else(|| Error::not_found("Room alias not found")),
+        Err(alias) => Ok(super::alias::resolve_alias(services, alias).await?.0),
     }
 }
 
@@ -129,7 +129,7 @@ async fn join_by_id_or_alias(
             "Third-party invites are not supported by this server",
         ));
     }
-    let room_id = resolve(&services, &body.room_id_or_alias)?;
+    let room_id = resolve(&services, &body.room_id_or_alias).await?;
     join(&services, &room_id, &me.user_id, body.reason.as_deref()).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
@@ -258,7 +258,7 @@ async fn knock(
     body: knock_room::v3::Request,
 ) -> Result<knock_room::v3::Response> {
     let me = ctx.authed()?;
-    let room_id = resolve(&services, &body.room_id_or_alias)?;
+    let room_id = resolve(&services, &body.room_id_or_alias).await?;
     let profile = profile_of(&services, &me.user_id)?;
     services
         .rooms

@@ -77,13 +77,12 @@ fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// The user whose profile is read must be a known local user.
+fn is_remote(services: &Services, user_id: &UserId) -> bool {
+    !services.queries.is_local(user_id.server_name())
+}
+
+/// A local user whose profile is read must exist.
 fn check_readable(services: &Services, user_id: &UserId) -> Result<()> {
-    if user_id.server_name().as_str() != services.config.server_name {
-        return Err(Error::not_found(
-            "Profiles of users on other servers are not available yet",
-        ));
-    }
     if !services.users.exists(user_id)? {
         return Err(Error::not_found("Profile not found"));
     }
@@ -105,6 +104,10 @@ async fn get_profile(
     _: Ctx,
     body: get_profile::v3::Request,
 ) -> Result<get_profile::v3::Response> {
+    if is_remote(&services, &body.user_id) {
+        let profile = services.queries.profile(&body.user_id, None).await?;
+        return Ok(profile.into_iter().collect());
+    }
     check_readable(&services, &body.user_id)?;
     Ok(services
         .profiles
@@ -118,6 +121,9 @@ async fn get_field(
     _: Ctx,
     body: get_profile_field::v3::Request,
 ) -> Result<get_profile_field::v3::Response> {
+    if is_remote(&services, &body.user_id) {
+        return remote_field(&services, &body).await;
+    }
     check_readable(&services, &body.user_id)?;
     let field = body.field.as_str();
     let value = services
@@ -130,6 +136,32 @@ async fn get_field(
             body.user_id
         );
         Error::unknown("Internal storage error")
+    })?;
+    Ok(get_profile_field::v3::Response::new(value))
+}
+
+/// One field of a remote user's profile; a value of the wrong type is the remote server's
+/// fault (502).
+async fn remote_field(
+    services: &Services,
+    body: &get_profile_field::v3::Request,
+) -> Result<get_profile_field::v3::Response> {
+    let field = body.field.as_str();
+    let value = services
+        .queries
+        .profile(&body.user_id, Some(body.field.clone()))
+        .await?
+        .remove(field)
+        .ok_or_else(|| Error::not_found(format!("The profile has no {field}")))?;
+    let value = ProfileFieldValue::new(field, value).map_err(|_| {
+        Error::new(
+            StatusCode::BAD_GATEWAY,
+            "M_UNKNOWN",
+            format!(
+                "{} sent a {field} of the wrong type",
+                body.user_id.server_name()
+            ),
+        )
     })?;
     Ok(get_profile_field::v3::Response::new(value))
 }

@@ -2,9 +2,12 @@
 //! X-Matrix authentication reach their handler only after the router verified the signature
 //! (`ctx.origin()` is the verified origin server).
 
+pub mod directory;
 pub mod keys;
 pub mod media;
 pub mod openid;
+pub mod query;
+pub mod user;
 pub mod version;
 
 use crate::http::Router;
@@ -14,4 +17,7 @@ pub fn register_routes(router: &mut Router) {
     media::routes(router);
     openid::routes(router);
     version::routes(router);
+    query::routes(router);
+    user::routes(router);
+    directory::routes(router);
 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::{
     parse_object, signed_content, stored_object, to_bytes, verify_signature, E2ee, ATTEMPTS,
@@ -570,12 +570,4 @@ pub fn parse_key(raw: &str, id: &str) -> Result<Value> {
 /// Parses uploaded identity keys.
 pub fn parse_device_keys(raw: &str) -> Result<Map<String, Value>> {
     parse_object(raw, "device_keys")
-}
-
-/// A `failures` entry for a server this one cannot reach (there is no federation yet).
-pub fn unreachable_failure() -> Value {
-    json!({
-        "errcode": "M_UNRECOGNIZED",
-        "error": "This homeserver does not federate yet, so it cannot reach other servers",
-    })
 }
