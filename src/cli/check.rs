@@ -7,6 +7,9 @@ use crate::config::Config;
 use crate::service::keys::ServerKeys;
 use crate::store;
 
+mod federation;
+pub use federation::check_key_response;
+
 /// Verifies a data directory without changing anything in it: the database is opened
 /// read-only (no migration, no repair, no write), every row of every table is read, and the
 /// signing key is loaded if there is one (none is generated); nothing is cleaned up. Prints
@@ -90,6 +93,15 @@ pub struct CheckArgs {
     /// Also trust this CA (PEM) when verifying certificates (a private or test CA).
     #[arg(long, value_name = "PEM")]
     pub ca: Option<std::path::PathBuf>,
+    /// Tests only: the port of the well-known and client API instead of 443.
+    #[arg(long, hide = true)]
+    pub test_well_known_port: Option<u16>,
+    /// Tests only: the federation port instead of 8448.
+    #[arg(long, hide = true)]
+    pub test_federation_port: Option<u16>,
+    /// Tests only: this DNS server instead of the system's.
+    #[arg(long, hide = true)]
+    pub test_dns: Option<SocketAddr>,
 }
 
 /// `hearth check`.
@@ -142,6 +154,30 @@ pub fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
+/// Why an HTTPS request of `check` failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpsError {
+    /// No TCP connection.
+    Connect(String),
+    /// The certificate is not valid for the name; the names it is valid for.
+    WrongName { presented: Vec<String> },
+    /// Another TLS failure (unknown issuer, expired, handshake).
+    Tls(String),
+    /// Anything else (a timeout, no HTTP answer).
+    Other(String),
+}
+
+impl std::fmt::Display for HttpsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpsError::Connect(e) | HttpsError::Tls(e) | HttpsError::Other(e) => f.write_str(e),
+            HttpsError::WrongName { presented } => {
+                write!(f, "the certificate is only for {}", presented.join(", "))
+            }
+        }
+    }
+}
+
 /// `GET path` over HTTPS to `addr`, verifying the certificate for `host` against `roots`,
 /// offering ALPN `alpn` (the request itself is HTTP/1.1, so offer `h2` only to see whether the
 /// server picks it; the request is then skipped and `status` is 0).
@@ -152,24 +188,44 @@ pub async fn https_get(
     path: &str,
     alpn: &[&str],
 ) -> Result<HttpsResult, String> {
+    https_get_as(addr, host, host, roots, path, alpn)
+        .await
+        .map_err(|e| match e {
+            HttpsError::Connect(e) => format!("cannot connect to {addr}: {e}"),
+            HttpsError::Tls(e) => format!("TLS with {addr} as {host}: {e}"),
+            e => format!("{addr}: {e}"),
+        })
+}
+
+/// [`https_get`] with a `Host` header other than the certificate name `tls_name` (an IP
+/// address there means no SNI and a certificate for the IP).
+pub async fn https_get_as(
+    addr: SocketAddr,
+    tls_name: &str,
+    host_header: &str,
+    roots: rustls::RootCertStore,
+    path: &str,
+    alpn: &[&str],
+) -> Result<HttpsResult, HttpsError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let other = |e: String| HttpsError::Other(e);
     let mut config = rustls::ClientConfig::builder_with_provider(crate::http::tls::provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| other(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("{host}: {e}"))?;
+    let server_name = rustls::pki_types::ServerName::try_from(tls_name.to_owned())
+        .map_err(|e| other(format!("{tls_name}: {e}")))?;
     let io = async {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            .map_err(|e| HttpsError::Connect(e.to_string()))?;
         let mut tls = connector
             .connect(server_name, tcp)
             .await
-            .map_err(|e| format!("TLS with {addr} as {host}: {e}"))?;
+            .map_err(|e| tls_error(&e))?;
         let (_, conn) = tls.get_ref();
         let alpn = conn
             .alpn_protocol()
@@ -177,9 +233,9 @@ pub async fn https_get(
         let leaf = conn
             .peer_certificates()
             .and_then(|c| c.first())
-            .ok_or("no certificate")?
+            .ok_or_else(|| other("no certificate".into()))?
             .clone();
-        let (names, not_after) = cert_info(&leaf)?;
+        let (names, not_after) = cert_info(&leaf).map_err(other)?;
         if alpn.as_deref() == Some("h2") {
             return Ok(HttpsResult {
                 alpn,
@@ -189,10 +245,11 @@ pub async fn https_get(
                 body: String::new(),
             });
         }
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n");
         tls.write_all(request.as_bytes())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| other(e.to_string()))?;
         let mut response = Vec::new();
         // A peer that closes without close_notify still delivered what it sent.
         let _ = tls.read_to_end(&mut response).await;
@@ -201,7 +258,7 @@ pub async fn https_get(
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("no HTTP response from {addr}"))?;
+            .ok_or_else(|| other(format!("no HTTP response from {addr}")))?;
         let body = text
             .split_once("\r\n\r\n")
             .map_or(String::new(), |(_, b)| b.to_owned());
@@ -215,7 +272,31 @@ pub async fn https_get(
     };
     tokio::time::timeout(std::time::Duration::from_secs(10), io)
         .await
-        .map_err(|_| format!("{addr}: timed out"))?
+        .map_err(|_| other(format!("{addr}: timed out")))?
+}
+
+/// A TLS handshake failure, with the certificate's names when they are the problem.
+fn tls_error(e: &std::io::Error) -> HttpsError {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            presented,
+            ..
+        })) => HttpsError::WrongName {
+            presented: presented
+                .iter()
+                // rustls writes them as `DnsName("x")` / `IpAddress(x)`.
+                .map(|n| {
+                    let inner = n
+                        .split_once('(')
+                        .and_then(|(_, rest)| rest.rsplit_once(')'))
+                        .map_or(n.as_str(), |(inner, _)| inner);
+                    inner.trim_matches('"').to_owned()
+                })
+                .collect(),
+        },
+        _ => HttpsError::Tls(e.to_string()),
+    }
 }
 
 fn cert_info(der: &[u8]) -> Result<(Vec<String>, i64), String> {
@@ -226,7 +307,12 @@ fn cert_info(der: &[u8]) -> Result<(Vec<String>, i64), String> {
             match name {
                 x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
                 x509_parser::extensions::GeneralName::IPAddress(ip) => {
-                    names.push(format!("{ip:?}"))
+                    let ip = match ip.len() {
+                        4 => <[u8; 4]>::try_from(*ip).map(std::net::IpAddr::from).ok(),
+                        16 => <[u8; 16]>::try_from(*ip).map(std::net::IpAddr::from).ok(),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
                 }
                 _ => {}
             }
@@ -235,168 +321,99 @@ fn cert_info(der: &[u8]) -> Result<(Vec<String>, i64), String> {
     Ok((names, cert.validity().not_after.timestamp()))
 }
 
-/// Splits `host[:port]`, `[v6][:port]`.
-fn host_port(name: &str) -> (String, Option<u16>) {
-    if let Some(rest) = name.strip_prefix('[') {
-        if let Some((h, p)) = rest.split_once(']') {
-            return (
-                h.to_owned(),
-                p.strip_prefix(':').and_then(|p| p.parse().ok()),
-            );
-        }
-    }
-    match name.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_owned(), p.parse().ok()),
-        _ => (name.to_owned(), None),
-    }
-}
-
-async fn resolve(host: &str, port: u16, connect: Option<SocketAddr>) -> Result<SocketAddr, String> {
-    if let Some(addr) = connect {
-        return Ok(addr);
-    }
-    tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("{host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} has no address"))
-}
-
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Reports, as a remote server and a client would see it: name resolution, well-known files,
-/// the certificate on the client and federation ports, and the configured listeners. Returns
+/// Reports, as a remote server and a client would see it: federation (discovery, the
+/// certificate and our own keys through it), the client side (well-known, certificate and
+/// client API on port 443 or the server name's port), and the configured listeners. Returns
 /// the number of problems.
 async fn check_network(config: &Config, args: &CheckArgs) -> Result<u32, String> {
+    use crate::outbound::discovery::{split_server_name, Host};
     let name = args
         .name
         .clone()
         .unwrap_or_else(|| config.server_name.clone());
     let roots = roots(args.ca.as_deref())?;
+    let outbound = federation::client(config, args)?;
     let mut problems = 0;
     let mut bad = |what: String| {
         // A closed output shows at the next checked line.
         let _ = crate::outln!("  PROBLEM: {what}");
         problems += 1;
     };
-    let (host, port) = host_port(&name);
+    let (host, port) =
+        split_server_name(&name).ok_or_else(|| format!("{name:?} is not a Matrix server name"))?;
     crate::outln!("server name {name}")?;
 
-    // 1. Name resolution.
-    match tokio::net::lookup_host((host.as_str(), port.unwrap_or(443))).await {
-        Ok(addrs) => {
-            let addrs: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
-            crate::outln!("  resolves to {}", addrs.join(", "))?;
-        }
-        Err(e) if args.connect.is_some() => {
-            crate::outln!("  does not resolve ({e}); using --connect")?
-        }
-        Err(e) => bad(format!("{host} does not resolve: {e}")),
-    }
+    // 1. Name resolution (and the address the client side uses).
+    let client_port = port.or(args.test_well_known_port).unwrap_or(443);
+    let client_addr = match (&host, args.connect) {
+        (_, Some(addr)) => Some(addr),
+        (Host::Ip(ip), None) => Some(SocketAddr::new(*ip, client_port)),
+        (Host::Name(h), None) => match outbound.lookup(h).await {
+            Ok(ips) => {
+                let shown: Vec<String> = ips.iter().map(ToString::to_string).collect();
+                crate::outln!("  resolves to {}", shown.join(", "))?;
+                ips.first().map(|ip| SocketAddr::new(*ip, client_port))
+            }
+            Err(_) => {
+                bad(format!("{h} does not resolve (no A or AAAA record)"));
+                None
+            }
+        },
+    };
 
-    // 2. Client side: well-known and the client API on 443 (or the given port).
-    let client_addr = resolve(&host, port.unwrap_or(443), args.connect).await;
-    let mut delegated = None;
-    match &client_addr {
-        Ok(addr) => {
-            for path in ["/.well-known/matrix/client", "/.well-known/matrix/server"] {
-                match https_get(*addr, &host, roots.clone(), path, &["http/1.1"]).await {
-                    Ok(r) if r.status == 200 => {
-                        crate::outln!("  {path}: {}", r.body.trim())?;
-                        if path.ends_with("server") {
-                            delegated = serde_json::from_str::<serde_json::Value>(&r.body)
-                                .ok()
-                                .and_then(|v| v["m.server"].as_str().map(str::to_owned));
-                        }
-                    }
-                    Ok(r) => crate::outln!("  {path}: {} (not delegated)", r.status)?,
-                    Err(e) => bad(format!("{path}: {e}")),
-                }
-            }
-            match https_get(
-                *addr,
-                &host,
-                roots.clone(),
-                "/_matrix/client/versions",
-                &["h2", "http/1.1"],
-            )
-            .await
-            {
-                Ok(r) => {
-                    let days = (r.not_after - now_secs()) / 86_400;
-                    crate::outln!(
-                        "  https://{host} ({addr}): certificate valid for {} (expires in {days} days), ALPN {}",
-                        r.names.join(", "),
-                        r.alpn.as_deref().unwrap_or("none")
-                    )?;
-                    if days < 14 {
-                        bad(format!("the certificate expires in {days} days"));
-                    }
-                }
-                Err(e) => bad(format!("client API over HTTPS: {e}")),
-            }
-            match https_get(
-                *addr,
-                &host,
-                roots.clone(),
-                "/_matrix/client/versions",
-                &["http/1.1"],
-            )
-            .await
-            {
-                Ok(r) if r.status == 200 => {
-                    crate::outln!("  client API answers /_matrix/client/versions")?
-                }
-                Ok(r) => bad(format!("/_matrix/client/versions answered {}", r.status)),
-                Err(e) => bad(format!("client API: {e}")),
-            }
-        }
-        Err(e) => bad(format!("cannot reach {host}: {e}")),
-    }
+    // 2. Federation, as another server finds us.
+    federation::check(config, args, &outbound, &name, &roots, &mut bad).await?;
 
-    // 3. Federation: the delegated host or the server name on 8448.
-    let fed = delegated
-        .clone()
-        .unwrap_or_else(|| format!("{host}:{}", port.unwrap_or(8448)));
-    let (fhost, fport) = host_port(&fed);
-    let fport = fport.unwrap_or(8448);
+    // 3. Client side: well-known and the client API on 443 (or the given port).
+    let tls_name = match &host {
+        Host::Ip(ip) => ip.to_string(),
+        Host::Name(h) => h.clone(),
+    };
     crate::outln!(
-        "federation target {fhost}:{fport}{}",
-        if delegated.is_some() {
-            " (delegated by .well-known)"
-        } else {
-            ""
-        }
+        "client side, https://{host}{}",
+        port.map_or(String::new(), |p| format!(":{p}"))
     )?;
-    let fed_connect = args.connect.map(|a| {
-        if delegated.is_some() || port.is_some() {
-            a
-        } else {
-            SocketAddr::new(a.ip(), fport)
+    if let Some(addr) = client_addr {
+        let path = "/.well-known/matrix/client";
+        match https_get(addr, &tls_name, roots.clone(), path, &["http/1.1"]).await {
+            Ok(r) if r.status == 200 => crate::outln!("  {path}: {}", r.body.trim())?,
+            Ok(r) => crate::outln!("  {path}: {} (clients must be told the URL)", r.status)?,
+            Err(e) => bad(format!("{path}: {e}")),
         }
-    });
-    match resolve(&fhost, fport, fed_connect).await {
-        Ok(addr) => match https_get(
+        let versions = "/_matrix/client/versions";
+        match https_get(
             addr,
-            &fhost,
+            &tls_name,
             roots.clone(),
-            "/_matrix/key/v2/server",
-            &["http/1.1"],
+            versions,
+            &["h2", "http/1.1"],
         )
         .await
         {
-            Ok(r) => crate::outln!(
-                "  {addr}: TLS certificate valid for {} (HTTP {})",
-                r.names.join(", "),
-                r.status
-            )?,
-            Err(e) => bad(format!("federation port: {e}")),
-        },
-        Err(e) => bad(format!("federation target: {e}")),
+            Ok(r) => {
+                let days = (r.not_after - now_secs()) / 86_400;
+                crate::outln!(
+                    "  {addr}: certificate valid for {} (expires in {days} days), ALPN {}",
+                    r.names.join(", "),
+                    r.alpn.as_deref().unwrap_or("none")
+                )?;
+                if days < 14 {
+                    bad(format!("the certificate expires in {days} days"));
+                }
+            }
+            Err(e) => bad(format!("client API over HTTPS: {e}")),
+        }
+        match https_get(addr, &tls_name, roots.clone(), versions, &["http/1.1"]).await {
+            Ok(r) if r.status == 200 => crate::outln!("  client API answers {versions}")?,
+            Ok(r) => bad(format!("{versions} answered {}", r.status)),
+            Err(e) => bad(format!("client API: {e}")),
+        }
     }
 
     // 4. The listeners this configuration opens.
@@ -426,7 +443,8 @@ async fn check_network(config: &Config, args: &CheckArgs) -> Result<u32, String>
     }
     if config.tls.listeners.is_empty() {
         crate::outln!(
-            "  (no HTTPS listener: tls.mode = \"off\"; a reverse proxy must terminate TLS)"
+            "  (no HTTPS listener: tls.mode = \"off\"; a reverse proxy must terminate TLS and \
+             forward /_matrix/ and /.well-known/matrix/)"
         )?;
     }
     Ok(problems)

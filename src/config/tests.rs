@@ -168,6 +168,7 @@ fn valid_values_are_accepted() {
         "example.org",
         "example.org:8448",
         "1.2.3.4",
+        "127.0.0.1:8448",
         "[::1]:8448",
         "a-b.c",
     ] {

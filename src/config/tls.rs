@@ -146,9 +146,23 @@ impl Tls {
                     ));
                 }
                 for d in self.acme_domains(&config.server_name) {
+                    let bare = d.trim_start_matches('[').trim_end_matches(']');
+                    if bare.parse::<std::net::IpAddr>().is_ok() {
+                        let whose = if self.domains.is_empty() {
+                            format!(" (the host of server_name {:?})", config.server_name)
+                        } else {
+                            String::new()
+                        };
+                        return Err(err(
+                            "domains",
+                            format!(
+                                "ACME cannot issue a certificate for an IP address: {d}{whose}; \
+                                 use mode = \"files\" with a certificate for the IP address, or \
+                                 a DNS name"
+                            ),
+                        ));
+                    }
                     let ok = !d.is_empty()
-                        && d.parse::<std::net::IpAddr>().is_err()
-                        && !d.starts_with('[')
                         && d.split('.').all(|l| {
                             !l.is_empty()
                                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')

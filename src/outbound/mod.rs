@@ -7,16 +7,21 @@
 //! resolved again between the check and the connect, so DNS rebinding cannot slip a refused
 //! address in) → TLS for `https` → one HTTP/1.1 exchange.
 //!
+//! Federation requests (`federation.rs`) take the same path, except that the address, the
+//! certificate name and the `Host` header come from server discovery (`discovery.rs`) rather
+//! than from a URL.
+//!
 //! Each request opens its own connection (sent with `Connection: close`) and drops it after
 //! the response. There is no pooling: the callers are background deliveries of a few requests
 //! per minute, where a handshake per request costs nothing noticeable and saves a pool's
 //! bookkeeping and its stale-connection failures.
 
+pub mod discovery;
 mod federation;
 pub mod policy;
 mod resolve;
 
-pub use federation::DEFAULT_FEDERATION_PORT;
+pub use discovery::DEFAULT_PORT as DEFAULT_FEDERATION_PORT;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -30,6 +35,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+pub use federation::TestHooks;
 pub use policy::IpPolicy;
 
 /// The timeout of [`Outbound::post_json`].
@@ -95,6 +101,9 @@ struct Inner {
     resolver: resolve::Resolver,
     tls: tokio_rustls::TlsConnector,
     user_agent: HeaderValue,
+    /// The well-known answers of federation destinations.
+    well_known: discovery::WellKnownCache,
+    hooks: TestHooks,
 }
 
 /// Where a request goes, taken from its URL.
@@ -112,8 +121,23 @@ impl Outbound {
     /// Builds the client from `[outbound]`: the allow list, the public web roots plus
     /// `extra_ca_file`, and the system's DNS configuration.
     pub fn new(config: &crate::config::Outbound) -> Result<Self, OutboundError> {
+        Outbound::with_hooks(config, TestHooks::default())
+    }
+
+    /// [`Outbound::new`] with the test hooks of discovery (other ports than 443 and 8448,
+    /// other DNS servers).
+    #[doc(hidden)]
+    pub fn with_hooks(
+        config: &crate::config::Outbound,
+        hooks: TestHooks,
+    ) -> Result<Self, OutboundError> {
         let tls = tls_config(config.extra_ca_file.as_deref())?;
-        let resolver = resolve::Resolver::from_system().map_err(OutboundError::Setup)?;
+        let resolver = if hooks.name_servers.is_empty() {
+            resolve::Resolver::from_system()
+        } else {
+            resolve::Resolver::with_name_servers(&hooks.name_servers)
+        }
+        .map_err(OutboundError::Setup)?;
         let user_agent = HeaderValue::from_static(concat!("Hearth/", env!("CARGO_PKG_VERSION")));
         Ok(Outbound {
             inner: Arc::new(Inner {
@@ -121,6 +145,8 @@ impl Outbound {
                 resolver,
                 tls: tokio_rustls::TlsConnector::from(tls),
                 user_agent,
+                well_known: discovery::WellKnownCache::new(discovery::WELL_KNOWN_MAX_ENTRIES),
+                hooks,
             }),
         })
     }
@@ -167,6 +193,20 @@ impl Outbound {
         max_body: usize,
     ) -> Result<Response<Bytes>, OutboundError> {
         let target = target(req.uri())?;
+        let req = self.prepare(req, target.host_header.clone());
+        let tcp = self.connect(&target.host, target.ip, target.port).await?;
+        if !target.https {
+            return send(tcp, req, max_body).await;
+        }
+        let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+            .map_err(|_| OutboundError::InvalidUrl)?;
+        let tls = self.tls_connect(name, tcp, &target.host).await?;
+        send(tls, req, max_body).await
+    }
+
+    /// The request as it goes on the wire: path-and-query URI, HTTP/1.1, `Host`,
+    /// `Connection: close` and a `User-Agent` unless the caller set one.
+    fn prepare(&self, req: Request<Vec<u8>>, host: HeaderValue) -> Request<Full<Bytes>> {
         let (mut parts, body) = req.into_parts();
         parts.uri = parts
             .uri
@@ -174,50 +214,52 @@ impl Outbound {
             .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
         parts.version = http::Version::HTTP_11;
         let headers = &mut parts.headers;
-        // Federation names its own Host (the server name, which may differ from the URL's).
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, target.host_header.clone());
-        }
+        headers.insert(header::HOST, host);
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         if !headers.contains_key(header::USER_AGENT) {
             headers.insert(header::USER_AGENT, self.inner.user_agent.clone());
         }
-        let req = Request::from_parts(parts, Full::new(Bytes::from(body)));
-
-        let tcp = self.connect(&target).await?;
-        if !target.https {
-            return send(tcp, req, max_body).await;
-        }
-        let name = rustls::pki_types::ServerName::try_from(target.host.clone())
-            .map_err(|_| OutboundError::InvalidUrl)?;
-        let tls = self.inner.tls.connect(name, tcp).await.map_err(|e| {
-            log::debug!("outbound {}: TLS: {e}", target.host);
-            OutboundError::Tls
-        })?;
-        send(tls, req, max_body).await
+        Request::from_parts(parts, Full::new(Bytes::from(body)))
     }
 
-    /// Resolves the target, keeps the addresses the policy permits and connects to the first
-    /// of them that answers.
-    async fn connect(&self, target: &Target) -> Result<TcpStream, OutboundError> {
-        let addrs = match target.ip {
+    /// The TLS handshake on `tcp`, verifying the certificate for `name` (sent as SNI when it
+    /// is a DNS name; rustls sends none for an IP address).
+    async fn tls_connect(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        tcp: TcpStream,
+        host: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, OutboundError> {
+        self.inner.tls.connect(name, tcp).await.map_err(|e| {
+            log::debug!("outbound {host}: TLS: {e}");
+            OutboundError::Tls
+        })
+    }
+
+    /// Resolves `host` (unless `ip` is given), keeps the addresses the policy permits and
+    /// connects to the first of them that answers on `port`.
+    async fn connect(
+        &self,
+        host: &str,
+        ip: Option<IpAddr>,
+        port: u16,
+    ) -> Result<TcpStream, OutboundError> {
+        if let Some(addr) = self.inner.hooks.connect_to {
+            return TcpStream::connect(addr).await.map_err(|e| {
+                log::debug!("outbound {host}: connect to {addr}: {e}");
+                OutboundError::Connect
+            });
+        }
+        let addrs = match ip {
             Some(ip) => vec![ip],
-            None => self
-                .inner
-                .resolver
-                .lookup(&target.host)
-                .await
-                .map_err(|e| {
-                    log::debug!("outbound {}: DNS: {e}", target.host);
-                    OutboundError::Dns
-                })?,
+            None => self.lookup(host).await?,
         };
         let permitted: Vec<IpAddr> = addrs
             .into_iter()
             .filter(|ip| {
                 let ok = self.inner.policy.permits(*ip);
                 if !ok {
-                    log::debug!("outbound {}: {ip} refused by the IP policy", target.host);
+                    log::debug!("outbound {host}: {ip} refused by the IP policy");
                 }
                 ok
             })
@@ -228,7 +270,7 @@ impl Outbound {
         }
         let last = permitted.len() - 1;
         for (i, ip) in permitted.into_iter().enumerate() {
-            let attempt = TcpStream::connect(SocketAddr::new(ip, target.port));
+            let attempt = TcpStream::connect(SocketAddr::new(ip, port));
             let result = if i == last {
                 attempt.await
             } else {
@@ -242,10 +284,18 @@ impl Outbound {
                     let _ = stream.set_nodelay(true);
                     return Ok(stream);
                 }
-                Err(e) => log::debug!("outbound {}: connect to {ip}: {e}", target.host),
+                Err(e) => log::debug!("outbound {host}: connect to {ip}: {e}"),
             }
         }
         Err(OutboundError::Connect)
+    }
+
+    /// The addresses of a host name, in the resolver's order (not yet checked by the policy).
+    pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, OutboundError> {
+        self.inner.resolver.lookup(host).await.map_err(|e| {
+            log::debug!("outbound {host}: DNS: {e}");
+            OutboundError::Dns
+        })
     }
 }
 

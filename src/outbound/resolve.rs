@@ -1,11 +1,14 @@
 //! Name resolution for outbound requests: hickory-resolver on tokio, configured like the
 //! system resolver, with `/etc/hosts` honoured.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
+
+use super::discovery::SrvRecord;
 
 /// Resolves host names to addresses. Cheap to clone (the resolver shares its cache).
 #[derive(Clone)]
@@ -45,6 +48,55 @@ impl Resolver {
             .build()
             .map_err(|e| format!("outbound DNS resolver: {e}"))?;
         Ok(Resolver { inner })
+    }
+
+    /// Only the DNS servers `servers` (UDP and TCP on their ports), for tests of discovery
+    /// against a local DNS server; the hosts file is still consulted first.
+    pub fn with_name_servers(servers: &[SocketAddr]) -> Result<Self, String> {
+        let servers = servers
+            .iter()
+            .map(|addr| {
+                let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                    .into_iter()
+                    .map(|mut c| {
+                        c.port = addr.port();
+                        c
+                    })
+                    .collect();
+                NameServerConfig::new(addr.ip(), true, connections)
+            })
+            .collect();
+        let mut builder = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        );
+        builder.options_mut().use_hosts_file = ResolveHosts::Always;
+        let inner = builder
+            .build()
+            .map_err(|e| format!("outbound DNS resolver: {e}"))?;
+        Ok(Resolver { inner })
+    }
+
+    /// The SRV records of `name` (an FQDN with its trailing dot); empty when the name has
+    /// none (or does not exist).
+    pub async fn srv(&self, name: &str) -> Result<Vec<SrvRecord>, String> {
+        match self.inner.srv_lookup(name).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::SRV(srv) => Some(SrvRecord {
+                        priority: srv.priority,
+                        weight: srv.weight,
+                        port: srv.port,
+                        target: srv.target.to_ascii(),
+                    }),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// The addresses of `host` (a name, not an IP literal), in the resolver's preference

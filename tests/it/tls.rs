@@ -210,10 +210,15 @@ async fn files_mode_serves_https_h2_and_reloads_on_sighup() {
     );
     assert!(text.contains("ALPN h2"), "{text}");
     assert!(
-        text.contains(&format!("\"m.server\":\"localhost:{tls}\"")),
+        text.contains(&format!(
+            "https://localhost/.well-known/matrix/server delegates to localhost:{tls}"
+        )),
         "{text}"
     );
-    assert!(text.contains("(delegated by .well-known)"), "{text}");
+    assert!(
+        text.contains("self-signature valid") && text.contains("keys ed25519:"),
+        "{text}"
+    );
     assert!(text.contains("client API answers"), "{text}");
     assert!(
         text.contains(&format!("https://{tls_addr}  accepting")),
@@ -257,6 +262,21 @@ fn tls_config_is_validated_with_clear_messages() {
     assert!(e.contains("listed twice"), "{e}");
     let e = err("server_name = \"127.0.0.1\"\n[tls]\nmode = \"acme\"\nemail = \"a@b.c\"\nlisteners = [\"0.0.0.0:443\"]\n");
     assert!(e.contains("tls.domains"), "{e}");
+    for name in ["127.0.0.1:8448", "[::1]:8448"] {
+        let e = err(&format!("server_name = \"{name}\"\n[tls]\nmode = \"acme\"\nemail = \"a@b.c\"\nlisteners = [\"0.0.0.0:8448\"]\n"));
+        assert!(
+            e.contains("tls.domains")
+                && e.contains("ACME cannot issue a certificate for an IP address"),
+            "{e}"
+        );
+    }
+    // An IP-literal server name with certificate files is fine.
+    Config::from_toml_str(
+        "server_name = \"127.0.0.1:8448\"\n[tls]\nmode = \"files\"\nlisteners = [\"127.0.0.1:8448\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+        "t",
+        Vec::new(),
+    )
+    .unwrap();
     let e = err("[tls]\nmode = \"acme\"\nemail = \"a@b.c\"\nlisteners = [\"0.0.0.0:443\"]\ndirectory = \"nope\"\n");
     assert!(e.contains("tls.directory"), "{e}");
     let e = err("[tls]\nmode = \"tls\"\n");
