@@ -411,7 +411,9 @@ async fn read_body(
         return Err(OutboundError::TooLarge);
     }
     let (parts, mut body) = response.into_parts();
-    let mut buf = Vec::new();
+    // Sized up front when declared (within the cap): growing by doubling would hold up to
+    // twice a large body (media) while it arrives.
+    let mut buf = Vec::with_capacity(declared.map_or(0, |len| len as usize));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| OutboundError::Http(e.to_string()))?;
         if let Ok(data) = frame.into_data() {

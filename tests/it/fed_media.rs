@@ -79,6 +79,20 @@ async fn upload(
     mxc.rsplit_once('/').unwrap().1.to_owned()
 }
 
+/// An id from `/create` on `srv`, not uploaded to.
+async fn pending(srv: &TestServer, token: &str) -> String {
+    let (status, body) = srv
+        .post(
+            "/_matrix/media/v1/create",
+            Some(token),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mxc = body["content_uri"].as_str().unwrap();
+    mxc.rsplit_once('/').unwrap().1.to_owned()
+}
+
 /// A `w`×`h` PNG.
 fn picture(w: u32, h: u32) -> Vec<u8> {
     let image = DynamicImage::ImageRgba8(RgbaImage::from_fn(w, h, |x, y| {
@@ -186,6 +200,15 @@ async fn federation_endpoints_answer_signed_requests_with_multipart() {
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED")
+    );
+
+    // Not uploaded yet: waited for, up to timeout_ms.
+    let later = pending(a, &alice).await;
+    let path = format!("{FED}/download/{later}?timeout_ms=50");
+    let (status, code, _) = error_of(federation_get(b, a, &path, true).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED")
     );
 
     // Unknown media.
@@ -337,6 +360,15 @@ async fn remote_media_through_the_client_api() {
     )
     .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // Not uploaded on A yet: B says so too.
+    let later = pending(a, &alice).await;
+    let path = format!("{V1}/download/{a_name}/{later}?timeout_ms=50");
+    let (status, code, _) = error_of(get(b, &path, Some(&bob), &[]).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED")
+    );
 
     // Unknown on A: 404 on B.
     let (status, code, _) = error_of(

@@ -3,6 +3,9 @@
 //! `/_matrix/media/v3/*` downloads (frozen for media newer than `media.legacy_download_freeze`),
 //! and the uploads, which only exist under `/_matrix/media`.
 //!
+//! Other servers' media is fetched over federation on first request and served from the
+//! cache afterwards (`service::media::remote`), with the same headers as local media.
+//!
 //! Uploads read their body as a stream (no buffering, limit `limits.max_upload_bytes`);
 //! downloads stream the file, honouring single `Range` requests. Every served file carries the
 //! security headers of the spec's "serving inline content" section.
