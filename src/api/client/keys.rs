@@ -37,7 +37,30 @@ pub fn routes(router: &mut Router) {
 }
 
 /// A JSON value as a ruma `Raw`.
-fn raw<T>(value: &Value) -> Result<Raw<T>> {
+/// Claimed keys of this server's users as the client and federation APIs answer them.
+pub(crate) fn one_time_keys_of(
+    claimed: crate::service::e2ee::keys::Claimed,
+) -> Result<ruma::api::federation::keys::claim_keys::v1::OneTimeKeys> {
+    let mut one_time_keys = BTreeMap::new();
+    for (user_id, devices) in claimed {
+        let mut by_device = BTreeMap::new();
+        for (device_id, keys) in devices {
+            let mut by_id = BTreeMap::new();
+            for (id, key) in keys {
+                let id = id
+                    .as_str()
+                    .try_into()
+                    .map_err(|_| Error::unknown("Stored key id is invalid"))?;
+                by_id.insert(id, raw(&key)?);
+            }
+            by_device.insert(device_id, by_id);
+        }
+        one_time_keys.insert(user_id, by_device);
+    }
+    Ok(one_time_keys)
+}
+
+pub(crate) fn raw<T>(value: &Value) -> Result<Raw<T>> {
     to_raw_value(value)
         .map(Raw::from_json)
         .map_err(|_| Error::unknown("Cannot serialize a key"))
@@ -159,23 +182,8 @@ async fn claim(
             .queries
             .claim_keys(Requester::User(&me.user_id), remote_wanted, timeout)
     );
-    let claimed = claimed?;
     let mut one_time_keys = remote.one_time_keys;
-    for (user_id, devices) in claimed {
-        let mut by_device = BTreeMap::new();
-        for (device_id, keys) in devices {
-            let mut by_id = BTreeMap::new();
-            for (id, key) in keys {
-                let id = id
-                    .as_str()
-                    .try_into()
-                    .map_err(|_| Error::unknown("Stored key id is invalid"))?;
-                by_id.insert(id, raw(&key)?);
-            }
-            by_device.insert(device_id, by_id);
-        }
-        one_time_keys.insert(user_id, by_device);
-    }
+    one_time_keys.extend(one_time_keys_of(claimed?)?);
     let mut response = claim_keys::v3::Response::new(one_time_keys);
     response.failures = remote.failures;
     Ok(response)

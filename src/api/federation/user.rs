@@ -4,17 +4,14 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use ruma::{
-    api::federation::{
-        device::get_devices,
-        keys::{claim_keys, get_keys},
-    },
-    serde::Raw,
+use ruma::api::federation::{
+    device::get_devices,
+    keys::{claim_keys, get_keys},
 };
-use serde_json::Value;
 
 use crate::{
-    error::{Error, Result},
+    api::client::keys::{one_time_keys_of, raw},
+    error::Result,
     http::{Ctx, Router},
     service::{federation::answers, Services},
 };
@@ -23,12 +20,6 @@ pub fn routes(router: &mut Router) {
     router.ruma(devices);
     router.ruma(query);
     router.ruma(claim);
-}
-
-fn raw<T>(value: &Value) -> Result<Raw<T>> {
-    serde_json::value::to_raw_value(value)
-        .map(Raw::from_json)
-        .map_err(|_| Error::unknown("Cannot serialize a key"))
 }
 
 async fn devices(
@@ -73,21 +64,6 @@ async fn claim(
 ) -> Result<claim_keys::v1::Response> {
     ctx.origin()?;
     let claimed = answers::claim_keys(&services, &body.one_time_keys).await?;
-    let mut one_time_keys = BTreeMap::new();
-    for (user, devices) in claimed {
-        let mut by_device = BTreeMap::new();
-        for (device, keys) in devices {
-            let mut by_id = BTreeMap::new();
-            for (id, key) in keys {
-                let id = id
-                    .as_str()
-                    .try_into()
-                    .map_err(|_| Error::unknown("Stored key id is invalid"))?;
-                by_id.insert(id, raw(&key)?);
-            }
-            by_device.insert(device, by_id);
-        }
-        one_time_keys.insert(user, by_device);
-    }
+    let one_time_keys = one_time_keys_of(claimed)?;
     Ok(claim_keys::v1::Response::new(one_time_keys))
 }

@@ -176,6 +176,28 @@ pub fn failure(error: &FedError) -> Value {
     }
 }
 
+/// A server's answer to a fanned-out request, or `None` after recording in `failures` why it
+/// has none (timed out, never asked before the deadline, or failed).
+fn answered<T>(
+    server: &ServerName,
+    answer: Option<Result<T, FedError>>,
+    failures: &mut BTreeMap<String, Value>,
+    endpoint: &str,
+) -> Option<T> {
+    match answer {
+        Some(Ok(response)) => Some(response),
+        Some(Err(FedError::Outbound(OutboundError::Timeout))) | None => {
+            failures.insert(server.to_string(), timed_out());
+            None
+        }
+        Some(Err(e)) => {
+            log::info!("{endpoint} to {server} failed: {e}");
+            failures.insert(server.to_string(), failure(&e));
+            None
+        }
+    }
+}
+
 fn timed_out() -> Value {
     json!({
         "status": 504,
@@ -450,6 +472,23 @@ impl Queries {
             .await
     }
 
+    /// The entries of `wanted` about users of other servers, grouped by server.
+    fn remote_by_server<V>(
+        &self,
+        wanted: BTreeMap<OwnedUserId, V>,
+    ) -> BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, V>> {
+        let mut per_server: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, V>> = BTreeMap::new();
+        for (user, value) in wanted {
+            if !self.is_local(user.server_name()) {
+                per_server
+                    .entry(user.server_name().to_owned())
+                    .or_default()
+                    .insert(user, value);
+            }
+        }
+        per_server
+    }
+
     /// `/keys/query` for users of other servers: one `user/keys/query` per server.
     pub async fn query_keys(
         &self,
@@ -457,16 +496,7 @@ impl Queries {
         wanted: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
         timeout: Duration,
     ) -> RemoteKeys {
-        let mut per_server: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>> =
-            BTreeMap::new();
-        for (user, devices) in wanted {
-            if !self.is_local(user.server_name()) {
-                per_server
-                    .entry(user.server_name().to_owned())
-                    .or_default()
-                    .insert(user, devices);
-            }
-        }
+        let per_server = self.remote_by_server(wanted);
         let answers = self
             .fan_out(per_server, timeout, |server, asked, deadline| async move {
                 let request = get_keys::v1::Request::new(asked);
@@ -476,17 +506,9 @@ impl Queries {
             .await;
         let mut out = RemoteKeys::default();
         for (server, asked, answer) in answers {
-            let response = match answer {
-                Some(Ok(response)) => response,
-                Some(Err(FedError::Outbound(OutboundError::Timeout))) | None => {
-                    out.failures.insert(server.to_string(), timed_out());
-                    continue;
-                }
-                Some(Err(e)) => {
-                    log::info!("user/keys/query to {server} failed: {e}");
-                    out.failures.insert(server.to_string(), failure(&e));
-                    continue;
-                }
+            let Some(response) = answered(&server, answer, &mut out.failures, "user/keys/query")
+            else {
+                continue;
             };
             let asked_about = |user: &UserId| asked.contains_key(user);
             for (user, devices) in response.device_keys {
@@ -524,16 +546,7 @@ impl Queries {
         wanted: claim_keys::v1::OneTimeKeyClaims,
         timeout: Duration,
     ) -> RemoteClaims {
-        let mut per_server: BTreeMap<OwnedServerName, claim_keys::v1::OneTimeKeyClaims> =
-            BTreeMap::new();
-        for (user, devices) in wanted {
-            if !self.is_local(user.server_name()) {
-                per_server
-                    .entry(user.server_name().to_owned())
-                    .or_default()
-                    .insert(user, devices);
-            }
-        }
+        let per_server = self.remote_by_server(wanted);
         let answers = self
             .fan_out(per_server, timeout, |server, asked, deadline| async move {
                 let request = claim_keys::v1::Request::new(asked);
@@ -543,17 +556,9 @@ impl Queries {
             .await;
         let mut out = RemoteClaims::default();
         for (server, asked, answer) in answers {
-            let response = match answer {
-                Some(Ok(response)) => response,
-                Some(Err(FedError::Outbound(OutboundError::Timeout))) | None => {
-                    out.failures.insert(server.to_string(), timed_out());
-                    continue;
-                }
-                Some(Err(e)) => {
-                    log::info!("user/keys/claim to {server} failed: {e}");
-                    out.failures.insert(server.to_string(), failure(&e));
-                    continue;
-                }
+            let Some(response) = answered(&server, answer, &mut out.failures, "user/keys/claim")
+            else {
+                continue;
             };
             for (user, devices) in response.one_time_keys {
                 let Some(asked_devices) = asked.get(&user) else {
