@@ -21,7 +21,11 @@ use super::room::profile_fields;
 use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
-    service::{federation::queries::Requester, rooms::membership::MembershipChange, Services},
+    service::{
+        federation::{invite, queries::Requester, remote_membership},
+        rooms::membership::MembershipChange,
+        Services,
+    },
 };
 
 pub fn routes(router: &mut Router) {
@@ -106,6 +110,25 @@ async fn resolve(
     }
 }
 
+/// [`resolve`], with the servers an alias's answer names (for a room not known here).
+async fn resolve_with_servers(
+    services: &Services,
+    user_id: &UserId,
+    target: &RoomOrAliasId,
+) -> Result<(OwnedRoomId, Vec<String>)> {
+    match <&RoomId>::try_from(target) {
+        Ok(room_id) => Ok((room_id.to_owned(), Vec::new())),
+        Err(alias) => {
+            let requester = Requester::User(user_id);
+            let (room_id, servers) =
+                super::alias::resolve_alias(services, requester, alias).await?;
+            let mut servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
+            servers.push(alias.server_name().to_string());
+            Ok((room_id, servers))
+        }
+    }
+}
+
 async fn join_by_id(
     services: Arc<Services>,
     ctx: Ctx,
@@ -159,9 +182,16 @@ async fn invite(
     };
     let target = &recipient.user_id;
     if target.server_name().as_str() != services.config.server_name {
-        return Err(Error::forbidden(
-            "Inviting users of other servers needs federation, which is not available yet",
-        ));
+        // The invitee's server co-signs the invite before it is stored.
+        invite::invite_remote(
+            &services,
+            &body.room_id,
+            &me.user_id,
+            target,
+            recipient.reason.as_deref(),
+        )
+        .await?;
+        return Ok(invite_user::v3::Response::new());
     }
     if !services.users.exists(target)? {
         return Err(Error::not_found("Unknown user"));
@@ -187,6 +217,21 @@ async fn leave(
     body: leave_room::v3::Request,
 ) -> Result<leave_room::v3::Response> {
     let me = ctx.authed()?;
+    if services
+        .rooms
+        .remote_membership(&me.user_id, &body.room_id)?
+        .is_some()
+    {
+        // An invite or knock known through another server: rejected or withdrawn there.
+        remote_membership::leave_remote(
+            &services,
+            &body.room_id,
+            &me.user_id,
+            body.reason.as_deref(),
+        )
+        .await?;
+        return Ok(leave_room::v3::Response::new());
+    }
     services
         .rooms
         .leave_room(&body.room_id, &me.user_id, body.reason.as_deref())
@@ -200,6 +245,21 @@ async fn forget(
     body: forget_room::v3::Request,
 ) -> Result<forget_room::v3::Response> {
     let me = ctx.authed()?;
+    let remote = services
+        .rooms
+        .remote_membership(&me.user_id, &body.room_id)?;
+    if let Some(remote) = remote {
+        // A remote invite or knock that ended: forgotten like a left room.
+        if matches!(remote.membership.as_str(), "invite" | "knock") {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "Leave the room before forgetting it",
+            ));
+        }
+        services.rooms.forget(&body.room_id, &me.user_id).await?;
+        return Ok(forget_room::v3::Response::new());
+    }
     services
         .rooms
         .forget_room(&body.room_id, &me.user_id)
@@ -267,8 +327,24 @@ async fn knock(
     body: knock_room::v3::Request,
 ) -> Result<knock_room::v3::Response> {
     let me = ctx.authed()?;
-    let room_id = resolve(&services, &me.user_id, &body.room_id_or_alias).await?;
+    let (room_id, mut servers) = resolve_with_servers(&services, &me.user_id, &body.room_id_or_alias).await?;
     let profile = profile_of(&services, &me.user_id)?;
+    if services.rooms.room(&room_id)?.is_none() {
+        // A room this server is not in: knocked on through a resident server (the servers
+        // the client names, the alias's, the room id's).
+        servers.extend(body.via.iter().map(ToString::to_string));
+        servers.extend(room_id.server_name().map(ToString::to_string));
+        remote_membership::knock_remote(
+            &services,
+            &room_id,
+            &me.user_id,
+            body.reason.as_deref(),
+            &servers,
+            profile,
+        )
+        .await?;
+        return Ok(knock_room::v3::Response::new(room_id));
+    }
     services
         .rooms
         .knock_room(&room_id, &me.user_id, body.reason.as_deref(), profile)

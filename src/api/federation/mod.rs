@@ -3,6 +3,7 @@
 //! (`ctx.origin()` is the verified origin server).
 
 pub mod directory;
+pub mod invite;
 pub mod keys;
 pub mod media;
 pub mod openid;
@@ -22,4 +23,5 @@ pub fn register_routes(router: &mut Router) {
     query::routes(router);
     user::routes(router);
     directory::routes(router);
+    invite::routes(router);
 }

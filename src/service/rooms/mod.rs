@@ -19,6 +19,7 @@ pub mod hierarchy;
 pub mod membership;
 pub mod redact;
 pub mod relations;
+pub mod remote_invites;
 pub mod resolve;
 pub mod state;
 pub mod summary;
