@@ -61,7 +61,12 @@ async fn invite(a: &FedServer, token: &str, room_id: &str, user: &str) -> (Statu
 }
 
 /// `user`'s member event in the room as A's client API shows it (status, content).
-async fn member_content(a: &FedServer, token: &str, room_id: &str, user: &str) -> (StatusCode, Value) {
+async fn member_content(
+    a: &FedServer,
+    token: &str,
+    room_id: &str,
+    user: &str,
+) -> (StatusCode, Value) {
     a.get(
         &format!(
             "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
@@ -133,9 +138,15 @@ async fn an_invite_shows_on_the_invitees_server_and_a_kick_rescinds_it() {
             .unwrap_or_else(|| panic!("no {kind} {key:?} in {events:?}"))
     };
     find("m.room.create", "");
-    assert_eq!(find("m.room.join_rules", "")["content"]["join_rule"], "invite");
+    assert_eq!(
+        find("m.room.join_rules", "")["content"]["join_rule"],
+        "invite"
+    );
     assert_eq!(find("m.room.name", "")["content"]["name"], "Across servers");
-    assert_eq!(find("m.room.member", &alice)["content"]["membership"], "join");
+    assert_eq!(
+        find("m.room.member", &alice)["content"]["membership"],
+        "join"
+    );
     let own = find("m.room.member", &bob);
     assert_eq!(own["content"]["membership"], "invite");
     assert_eq!(own["sender"], json!(alice));
@@ -144,8 +155,15 @@ async fn an_invite_shows_on_the_invitees_server_and_a_kick_rescinds_it() {
         // Stripped state only: nothing of the PDUs A sent passes through.
         for key in event.as_object().unwrap().keys() {
             assert!(
-                ["type", "state_key", "sender", "content", "event_id", "origin_server_ts"]
-                    .contains(&key.as_str()),
+                [
+                    "type",
+                    "state_key",
+                    "sender",
+                    "content",
+                    "event_id",
+                    "origin_server_ts"
+                ]
+                .contains(&key.as_str()),
                 "{key} in {event}"
             );
         }
@@ -174,7 +192,10 @@ async fn an_invite_shows_on_the_invitees_server_and_a_kick_rescinds_it() {
     let (_, initial) = b
         .get("/_matrix/client/v3/sync?timeout=0", Some(&bob_token))
         .await;
-    assert!(initial["rooms"]["invite"].get(&room_id).is_none(), "{initial}");
+    assert!(
+        initial["rooms"]["invite"].get(&room_id).is_none(),
+        "{initial}"
+    );
 }
 
 #[tokio::test]
@@ -234,7 +255,7 @@ async fn invites_the_invitees_server_refuses_change_nothing() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // A server the room's ACL denies is not asked at all.
-    let (_, _) = b.register("bob", "password1").await;
+    b.register("bob", "password1").await;
     let (status, body) = a
         .put(
             &format!(
@@ -278,7 +299,12 @@ fn stripped_create(remote: &Remote) -> Value {
            "content": {"room_version": "10", "creator": remote.user("carol")}})
 }
 
-async fn put_invite(b: &FedServer, a: &FedServer, event_id: &str, body: Value) -> (StatusCode, Value) {
+async fn put_invite(
+    b: &FedServer,
+    a: &FedServer,
+    event_id: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     let room_id = body["event"]["room_id"].as_str().unwrap().to_owned();
     let path = format!(
         "/_matrix/federation/v2/invite/{}/{}",
@@ -300,11 +326,8 @@ async fn inbound_invites_are_checked_before_they_are_signed() {
     // Signed with a key B never had, under B's key id.
     let forged = Remote {
         name: b.name.clone(),
-        key: Ed25519KeyPair::from_der(
-            &Ed25519KeyPair::generate(),
-            real.key.version().to_owned(),
-        )
-        .unwrap(),
+        key: Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), real.key.version().to_owned())
+            .unwrap(),
     };
     let (event_id, event) = invite_event(&forged, &alice, &v10);
     let body = json!({"room_version": "10", "event": event, "invite_room_state": [stripped_create(&real)]});
@@ -314,7 +337,8 @@ async fn inbound_invites_are_checked_before_they_are_signed() {
 
     // A room version A does not know.
     let (event_id, event) = invite_event(&real, &alice, &v10);
-    let body = json!({"room_version": "org.example.unknown", "event": event, "invite_room_state": []});
+    let body =
+        json!({"room_version": "org.example.unknown", "event": event, "invite_room_state": []});
     let (status, answer) = put_invite(b, a, &event_id, body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(errcode(&answer), "M_INCOMPATIBLE_ROOM_VERSION");
@@ -344,17 +368,31 @@ async fn inbound_invites_are_checked_before_they_are_signed() {
 
     // Nothing of that reached Alice.
     let (_, sync) = a
-        .get(&format!("/_matrix/client/v3/sync?timeout=0&since={since}"), Some(&alice_token))
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+            Some(&alice_token),
+        )
         .await;
-    assert!(sync["rooms"]["invite"].as_object().is_none_or(|m| m.is_empty()), "{sync}");
+    assert!(
+        sync["rooms"]["invite"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "{sync}"
+    );
 
     // The same invite properly signed: A signs it and Alice sees it.
     let (event_id, event) = invite_event(&real, &alice, &v10);
     let body = json!({"room_version": "10", "event": event, "invite_room_state": [stripped_create(&real)]});
     let (status, answer) = put_invite(b, a, &event_id, body).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert!(answer["event"]["signatures"][&a.name].is_object(), "{answer}");
-    assert!(answer["event"]["signatures"][&b.name].is_object(), "{answer}");
+    assert!(
+        answer["event"]["signatures"][&a.name].is_object(),
+        "{answer}"
+    );
+    assert!(
+        answer["event"]["signatures"][&b.name].is_object(),
+        "{answer}"
+    );
     let room_id = format!("!nowhere:{}", b.name);
     let sync = sync_until(a, &alice_token, &since, "the invite", |s| {
         s["rooms"]["invite"][&room_id].is_object()
@@ -362,7 +400,148 @@ async fn inbound_invites_are_checked_before_they_are_signed() {
     .await;
     let events = &sync["rooms"]["invite"][&room_id]["invite_state"]["events"];
     assert!(
-        events.as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"),
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create"),
         "{events}"
     );
+}
+
+#[tokio::test]
+async fn rejecting_a_remote_invite_moves_it_to_leave() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice_token, _) = a.register("alice", "password1").await;
+    let (bob, bob_token, _) = b.register("bob", "password1").await;
+    let room_id = create_room(a, &alice_token, json!({"preset": "private_chat"})).await;
+    let since = sync_token(b, &bob_token).await;
+    let (status, body) = invite(a, &alice_token, &room_id, &bob).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = sync_until(b, &bob_token, &since, "the invite", |s| {
+        s["rooms"]["invite"][&room_id].is_object()
+    })
+    .await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+            Some(&bob_token),
+            json!({"reason": "no thanks"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = sync_until(b, &bob_token, &since, "the rejection", |s| {
+        s["rooms"]["leave"][&room_id].is_object()
+    })
+    .await;
+    assert!(sync["rooms"]["invite"].get(&room_id).is_none(), "{sync}");
+    // Leaving again changes nothing; forgetting hides the room from later syncs.
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+            Some(&bob_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/forget", enc(&room_id)),
+            Some(&bob_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, initial) = b
+        .get(
+            "/_matrix/client/v3/sync?timeout=0&filter=%7B%22room%22%3A%7B%22include_leave%22%3Atrue%7D%7D",
+            Some(&bob_token),
+        )
+        .await;
+    assert!(
+        initial["rooms"]["leave"].get(&room_id).is_none(),
+        "{initial}"
+    );
+}
+
+/// Needs the resident side of `make_knock`/`send_knock` (branch `i14-joins`).
+#[tokio::test]
+#[ignore = "needs the resident make_knock/send_knock of i14-joins"]
+async fn a_knock_through_the_rooms_server_shows_on_both_sides() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice_token, _) = a.register("alice", "password1").await;
+    let (bob, bob_token, _) = b.register("bob", "password1").await;
+    let room_id = create_room(
+        a,
+        &alice_token,
+        json!({"preset": "private_chat", "name": "Knock here", "room_version": "10",
+               "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}),
+    )
+    .await;
+    let since = sync_token(b, &bob_token).await;
+
+    let (status, body) = b
+        .post(
+            &format!(
+                "/_matrix/client/v3/knock/{}?via={}",
+                enc(&room_id),
+                enc(&a.name)
+            ),
+            Some(&bob_token),
+            json!({"reason": "let me in"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], json!(room_id));
+    let (status, content) = member_content(a, &alice_token, &room_id, &bob).await;
+    assert_eq!(status, StatusCode::OK, "{content}");
+    assert_eq!(content["membership"], "knock");
+    assert_eq!(content["reason"], "let me in");
+
+    let sync = sync_until(b, &bob_token, &since, "the knock", |s| {
+        s["rooms"]["knock"][&room_id].is_object()
+    })
+    .await;
+    let events = sync["rooms"]["knock"][&room_id]["knock_state"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.create"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock here"),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == json!(bob)
+            && e["content"]["membership"] == "knock"),
+        "{events:?}"
+    );
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Withdrawing the knock: a leave through A.
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+            Some(&bob_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, content) = member_content(a, &alice_token, &room_id, &bob).await;
+    assert_eq!(content["membership"], "leave", "{content}");
+    let sync = sync_until(b, &bob_token, &since, "the withdrawn knock", |s| {
+        !left_events(s, &room_id).is_empty()
+    })
+    .await;
+    assert!(sync["rooms"]["knock"].get(&room_id).is_none(), "{sync}");
 }

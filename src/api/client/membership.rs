@@ -22,7 +22,7 @@ use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
     service::{
-        federation::{invite, queries::Requester, remote_membership},
+        federation::{invite as fed_invite, queries::Requester, remote_membership},
         rooms::membership::MembershipChange,
         Services,
     },
@@ -183,7 +183,7 @@ async fn invite(
     let target = &recipient.user_id;
     if target.server_name().as_str() != services.config.server_name {
         // The invitee's server co-signs the invite before it is stored.
-        invite::invite_remote(
+        fed_invite::invite_remote(
             &services,
             &body.room_id,
             &me.user_id,
@@ -327,7 +327,8 @@ async fn knock(
     body: knock_room::v3::Request,
 ) -> Result<knock_room::v3::Response> {
     let me = ctx.authed()?;
-    let (room_id, mut servers) = resolve_with_servers(&services, &me.user_id, &body.room_id_or_alias).await?;
+    let (room_id, mut servers) =
+        resolve_with_servers(&services, &me.user_id, &body.room_id_or_alias).await?;
     let profile = profile_of(&services, &me.user_id)?;
     if services.rooms.room(&room_id)?.is_none() {
         // A room this server is not in: knocked on through a resident server (the servers

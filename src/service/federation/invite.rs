@@ -239,9 +239,9 @@ pub async fn receive_invite(
 
     let rooms = &services.rooms;
     let previous = rooms.remote_invite(&invitee, &request.room_id)?;
-    let same = previous
-        .as_ref()
-        .is_some_and(|p| p.membership == "invite" && p.event_id.as_deref() == Some(event_id.as_str()));
+    let same = previous.as_ref().is_some_and(|p| {
+        p.membership == "invite" && p.event_id.as_deref() == Some(event_id.as_str())
+    });
     if !same {
         let mut servers = vec![origin.to_string()];
         if let Some(server) = request.room_id.server_name() {
@@ -304,9 +304,13 @@ pub fn remote_error(server: &ServerName, error: FedError, what: &str) -> Error {
         } => {
             log::info!("{what} refused by {server}: {status} {errcode}: {error}");
             let (status, code) = match errcode.as_str() {
-                "M_INCOMPATIBLE_ROOM_VERSION" => (StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
+                "M_INCOMPATIBLE_ROOM_VERSION" => {
+                    (StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION")
+                }
                 "M_NOT_FOUND" => (StatusCode::NOT_FOUND, "M_NOT_FOUND"),
-                "M_UNSUPPORTED_ROOM_VERSION" => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+                "M_UNSUPPORTED_ROOM_VERSION" => {
+                    (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION")
+                }
                 // A request the other server found invalid is our fault, not the client's
                 // (spec: such errors become 5xx).
                 "M_INVALID_PARAM" | "M_MISSING_PARAM" | "M_BAD_JSON" => {
@@ -315,7 +319,11 @@ pub fn remote_error(server: &ServerName, error: FedError, what: &str) -> Error {
                 _ if status == StatusCode::NOT_FOUND => (StatusCode::NOT_FOUND, "M_NOT_FOUND"),
                 _ => (StatusCode::FORBIDDEN, "M_FORBIDDEN"),
             };
-            Error::new(status, code, format!("{server} refused the {what}: {error}"))
+            Error::new(
+                status,
+                code,
+                format!("{server} refused the {what}: {error}"),
+            )
         }
         other => {
             log::info!("{what} via {server} failed: {other}");
@@ -423,7 +431,11 @@ pub async fn invite_remote(
         .await
         .map_err(|e| remote_error(&server, e, "invite"))?;
     let returned = checks::parse(&response.event).map_err(|e| {
-        Error::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("{server}: {e}"))
+        Error::new(
+            StatusCode::BAD_GATEWAY,
+            "M_UNKNOWN",
+            format!("{server}: {e}"),
+        )
     })?;
     // The same event back (only signatures may differ), signed by the invitee's server.
     let without_signatures = |o: &CanonicalJsonObject| {

@@ -119,10 +119,18 @@ fn sign_template(
     if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 {
         let server_name = ServerName::parse(server).map_err(|e| Error::unknown(e.to_string()))?;
         let id = EventId::new_v1(&server_name);
-        object.insert("event_id".into(), CanonicalJsonValue::String(id.to_string()));
+        object.insert(
+            "event_id".into(),
+            CanonicalJsonValue::String(id.to_string()),
+        );
     }
-    hash_and_sign_event(server, &services.keys.keypair, &mut object, &rules.redaction)
-        .map_err(|e| Error::unknown(format!("cannot sign the event: {e}")))?;
+    hash_and_sign_event(
+        server,
+        &services.keys.keypair,
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(|e| Error::unknown(format!("cannot sign the event: {e}")))?;
     checks::check_format(&object, &rules).map_err(bad_gateway)?;
     let event_id = checks::event_id(&object, &rules).map_err(Error::unknown)?;
     Ok((event_id, object))
@@ -298,8 +306,7 @@ async fn knock_via(
     user_id: &UserId,
     extra: Map<String, Value>,
 ) -> Result<(OwnedEventId, CanonicalJsonObject, RoomVersionId, Vec<Value>)> {
-    let mut request =
-        prepare_knock_event::v1::Request::new(room_id.to_owned(), user_id.to_owned());
+    let mut request = prepare_knock_event::v1::Request::new(room_id.to_owned(), user_id.to_owned());
     request.ver = supported_versions();
     let template = services
         .federation

@@ -601,9 +601,8 @@ impl<'a> Staged<'a> {
             .filter(|(_, pdu, _)| pdu.sender.server_name() == own)
             .filter(|(_, pdu, _)| pdu.kind == TimelineEventType::RoomMember)
             .filter(|(_, pdu, _)| {
-                pdu.content_as::<Value>().is_some_and(|c| {
-                    matches!(c["membership"].as_str(), Some("leave" | "ban"))
-                })
+                pdu.content_as::<Value>()
+                    .is_some_and(|c| matches!(c["membership"].as_str(), Some("leave" | "ban")))
             })
             .filter_map(|(sid, pdu, _)| {
                 let target = UserId::parse(pdu.state_key.as_deref()?).ok()?;

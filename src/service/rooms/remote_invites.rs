@@ -66,7 +66,11 @@ impl RemoteInvite {
 }
 
 impl Rooms {
-    pub fn remote_invite(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<RemoteInvite>> {
+    pub fn remote_invite(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Option<RemoteInvite>> {
         Ok(self
             .store
             .get::<RemoteInvites>(&(user_id.to_string(), room_id.to_string()))?)
@@ -85,7 +89,11 @@ impl Rooms {
 
     /// The user's membership from a remote record, when that record is newer than what the
     /// room's own state (if this server has the room) says.
-    pub fn remote_membership(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<RemoteInvite>> {
+    pub fn remote_membership(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Option<RemoteInvite>> {
         let Some(remote) = self.remote_invite(user_id, room_id)? else {
             return Ok(None);
         };
@@ -123,7 +131,7 @@ impl Rooms {
         let result = self
             .stream
             .commit(&self.store, batch, vec![pending], (), move || {
-                notifier.notify([user.as_ref()]);
+                notifier.notify(std::iter::once(&*user));
             })
             .await;
         match result {

@@ -43,11 +43,11 @@ pub use filters::event_passes;
 use filters::{filter_passes, limit_of, room_wanted};
 use format::EventFormat;
 pub use lazy::LazyMembers;
-pub use remote::stripped;
 pub use legacy::{
     events_since, initial_sync, peek_access, room_initial_sync, EventsPage, InitialSyncQuery,
 };
 use presence::presence_events;
+pub use remote::stripped;
 use room::{joined_room, room_timeline, STRIPPED_STATE};
 
 use super::{

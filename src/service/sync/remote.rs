@@ -95,7 +95,10 @@ pub(super) fn section(
             // No history here to page into: the token is the record's own position.
             let timeline =
                 json!({"events": events, "limited": false, "prev_batch": record.sid.to_string()});
-            Some(("leave", json!({"timeline": timeline, "state": {"events": []}})))
+            Some((
+                "leave",
+                json!({"timeline": timeline, "state": {"events": []}}),
+            ))
         }
     }
 }
