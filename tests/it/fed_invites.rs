@@ -545,3 +545,103 @@ async fn a_knock_through_the_rooms_server_shows_on_both_sides() {
     .await;
     assert!(sync["rooms"]["knock"].get(&room_id).is_none(), "{sync}");
 }
+
+/// Waits (bounded: 20 s) until `to` processed a transaction from `from` carrying `event_id`.
+async fn wait_delivered(from: &FedServer, to: &FedServer, event_id: &str) {
+    use hearth::service::federation::receive::InboundTxns;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let txns = services(to)
+            .store
+            .range::<InboundTxns>(None, false, 1000)
+            .unwrap();
+        let arrived = txns
+            .iter()
+            .filter(|((origin, _), _)| origin == &from.name)
+            .any(|(_, txn)| txn.pdus.iter().any(|(id, _)| id == event_id));
+        if arrived {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{event_id} never reached {}",
+            to.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn state_id(srv: &FedServer, room_id: &str, kind: &str, state_key: &str) -> String {
+    let rooms = &services(srv).rooms;
+    let room = rooms
+        .room(&ruma::RoomId::parse(room_id).unwrap())
+        .unwrap()
+        .unwrap();
+    rooms
+        .state_event(room.sid, &kind.into(), state_key)
+        .unwrap()
+        .unwrap()
+        .pdu
+        .event_id
+        .to_string()
+}
+
+#[tokio::test]
+async fn bans_and_tombstones_reach_the_servers_of_remote_users() {
+    use crate::fed_pdus::events::{raw, EventSpec, RoomView};
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice_token, _) = a.register("alice", "password1").await;
+    let room_id = create_room(
+        a,
+        &alice_token,
+        json!({"preset": "public_chat", "room_version": "10"}),
+    )
+    .await;
+
+    // A pre-emptive ban of a user whose server has nobody in the room still goes there.
+    let carol = b.user_id("carol");
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room_id)),
+            Some(&alice_token),
+            json!({"user_id": carol}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_delivered(a, b, &state_id(a, &room_id, "m.room.member", &carol)).await;
+
+    // B's user joins (an event signed with B's key, as `fed_rooms` does until joins over
+    // federation exist); the upgrade's tombstone then reaches B.
+    let view = RoomView {
+        services: services(a),
+        room_id: room_id.clone(),
+    };
+    let bob = b.user_id("bob");
+    let (join_id, join) = view.event(
+        &Remote::server(b),
+        EventSpec::state("m.room.member", &bob, &bob, json!({"membership": "join"})),
+    );
+    let body = json!({"origin": b.name, "origin_server_ts": now_ms(), "pdus": [serde_json::from_str::<Value>(raw(&join).get()).unwrap()]});
+    let (status, answer) = b
+        .signed(
+            a,
+            &a.name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/j1",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["pdus"][join_id.as_str()], json!({}), "{answer}");
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&room_id)),
+            Some(&alice_token),
+            json!({"new_version": "11"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let tombstone = state_id(a, &room_id, "m.room.tombstone", "");
+    wait_delivered(a, b, &tombstone).await;
+}

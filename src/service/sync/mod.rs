@@ -243,10 +243,9 @@ pub async fn sync_once(
             if member_sid > now || !changed {
                 continue;
             }
-            if record.membership == "leave" || record.membership == "ban" {
-                if !leave_wanted || rooms.is_forgotten(&room_id, request.user_id)? {
-                    continue;
-                }
+            let departed = record.membership == "leave" || record.membership == "ban";
+            if departed && (!leave_wanted || rooms.is_forgotten(&room_id, request.user_id)?) {
+                continue;
             }
             match remote::section(&record, &ignored) {
                 Some(("invite", body)) => invite.insert(room_id.to_string(), body),

@@ -155,7 +155,7 @@ enum Judged {
 /// What [`Pdus::prepare`] made of a PDU.
 enum Ready {
     /// Checked, to be judged in its room.
-    Room(OwnedRoomId, Prepared),
+    Room(OwnedRoomId, Box<Prepared>),
     /// A member event for a room this server is not in, recorded (`outside`).
     Outside(OwnedEventId),
 }
@@ -191,7 +191,7 @@ impl Pdus {
         for raw in pdus {
             match self.prepare(origin, raw).await {
                 Ok(Ready::Room(room_id, prepared)) => {
-                    by_room.entry(room_id).or_default().push(prepared)
+                    by_room.entry(room_id).or_default().push(*prepared)
                 }
                 Ok(Ready::Outside(event_id)) => {
                     results.insert(event_id, Ok(()));
@@ -276,11 +276,11 @@ impl Pdus {
         let pdu = Pdu::from_object(event_id.clone(), &object).map_err(fail)?;
         Ok(Ready::Room(
             room_id,
-            Prepared {
+            Box::new(Prepared {
                 event_id,
                 pdu,
                 object,
-            },
+            }),
         ))
     }
 
