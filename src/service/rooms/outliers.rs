@@ -132,7 +132,7 @@ impl Rooms {
         let mut sids = Vec::with_capacity(events.len());
         let mut staged: std::collections::HashMap<&EventId, u64> = Default::default();
         for (pdu, object) in events {
-            if let Some(sid) = staged.get(pdu.event_id.as_ref()) {
+            if let Some(sid) = staged.get(&*pdu.event_id) {
                 sids.push(*sid);
                 continue;
             }
@@ -151,7 +151,7 @@ impl Rooms {
             return Ok(sids);
         }
         self.stream
-            .commit(&self.store, batch, pending, Vec::new(), || {})
+            .commit(&self.store, batch, pending, (), || {})
             .await
             .map_err(Error::from)?;
         Ok(sids)
@@ -160,7 +160,11 @@ impl Rooms {
     /// What to do with the stored outlier `event_id` now received as a timeline event of the
     /// room whose forward extremities are `extremities` (see the module doc); `None` when the
     /// event is not an outlier.
-    pub fn outlier_fate(&self, event_id: &EventId, extremities: &[u64]) -> Result<Option<Promotion>> {
+    pub fn outlier_fate(
+        &self,
+        event_id: &EventId,
+        extremities: &[u64],
+    ) -> Result<Option<Promotion>> {
         let Some(sid) = self.event_sid(event_id)? else {
             return Ok(None);
         };
