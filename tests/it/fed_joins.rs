@@ -193,3 +193,214 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_for_membership(a, &alice, &room, &bob_id, "leave").await;
 }
+
+#[tokio::test]
+async fn joins_by_alias_in_every_room_version_and_kicks_reach_the_joiner() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (bob_id, bob, _) = b.register("bob", "password1").await;
+    for version in 1..=12 {
+        let alias_name = format!("v{version}");
+        let room = create_room(
+            a,
+            &alice,
+            json!({
+                "preset": "public_chat",
+                "room_version": version.to_string(),
+                "room_alias_name": alias_name,
+            }),
+        )
+        .await;
+        // By alias: A's directory answer names A as a server in the room.
+        let alias = format!("#{alias_name}:{}", a.name);
+        let (status, body) = b
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&alias)),
+                Some(&bob),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "version {version}: {body}");
+        assert_eq!(body["room_id"], room, "version {version}");
+        wait_for_membership(a, &alice, &room, &bob_id, "join").await;
+        assert_eq!(
+            state_ids(a, &alice, &room).await,
+            state_ids(b, &bob, &room).await,
+            "version {version}"
+        );
+        let text = format!("bob in v{version}");
+        send_text(b, &bob, &room, &format!("t{version}"), &text).await;
+        wait_for_message(a, &alice, &room, &text).await;
+        if version == 12 {
+            // Alice kicks Bob: B learns it and Bob can no longer send.
+            let (status, body) = a
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room)),
+                    Some(&alice),
+                    json!({"user_id": bob_id, "reason": "test"}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            wait_for_membership(b, &bob, &room, &bob_id, "leave").await;
+            let (status, body) = b
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/send/m.room.message/after-kick",
+                        enc(&room)
+                    ),
+                    Some(&bob),
+                    json!({"msgtype": "m.text", "body": "still here?"}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        }
+    }
+}
+
+/// `origin` asks `to` for a join template of `user` in `room` (hand-signed request).
+async fn make_join(
+    from: &FedServer,
+    to: &FedServer,
+    room: &str,
+    user: &str,
+    ver: &[&str],
+) -> (StatusCode, Value) {
+    let query: Vec<String> = ver.iter().map(|v| format!("ver={v}")).collect();
+    from.signed(
+        to,
+        &to.name,
+        Method::GET,
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{}",
+            enc(room),
+            enc(user),
+            query.join("&")
+        ),
+        None,
+    )
+    .await
+}
+
+/// The template of a `make_*` answer, signed by `remote` as the joining server would:
+/// `(event id, event)`.
+fn sign_template(
+    remote: &Remote,
+    version: &str,
+    template: &Value,
+) -> (ruma::OwnedEventId, CanonicalJsonObject) {
+    let rules = RoomVersionId::try_from(version).unwrap().rules().unwrap();
+    let mut value = template.clone();
+    value["origin_server_ts"] = json!(crate::fed_pdus::events::now_ms());
+    let object: CanonicalJsonObject = serde_json::from_value(value).unwrap();
+    remote.sign(&rules, object)
+}
+
+fn value_of(object: &CanonicalJsonObject) -> Value {
+    serde_json::to_value(object).unwrap()
+}
+
+async fn send_join(
+    from: &FedServer,
+    to: &FedServer,
+    room: &str,
+    event_id: &str,
+    event: Value,
+    omit_members: bool,
+) -> (StatusCode, Value) {
+    from.signed(
+        to,
+        &to.name,
+        Method::PUT,
+        &format!(
+            "/_matrix/federation/v2/send_join/{}/{}?omit_members={omit_members}",
+            enc(room),
+            enc(event_id)
+        ),
+        Some(event),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_resident_refuses_bad_requests_and_forged_joins() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let bob = b.user_id("bob");
+
+    // The room is version 12; B says it supports 10 and 11 only.
+    let (status, body) = make_join(b, a, &room, &bob, &["10", "11"]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(errcode(&body), "M_INCOMPATIBLE_ROOM_VERSION");
+    assert_eq!(body["room_version"], "12");
+    // Only the user's own server may ask.
+    let (status, body) = make_join(b, a, &room, &a.user_id("mallory"), &["12"]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // An unknown room.
+    let (status, body) = make_join(b, a, "!nope:example.org", &bob, &["12"]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    let (status, made) = make_join(b, a, &room, &bob, &["11", "12"]).await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    assert_eq!(made["room_version"], "12");
+    assert_eq!(made["event"]["type"], "m.room.member");
+    assert_eq!(made["event"]["content"]["membership"], "join");
+    let remote = Remote::server(b);
+    let (event_id, event) = sign_template(&remote, "12", &made["event"]);
+
+    // Content changed after signing: the hash does not match.
+    let mut tampered = value_of(&event);
+    tampered["content"]["displayname"] = json!("Mallory");
+    let (status, body) = send_join(b, a, &room, event_id.as_str(), tampered, false).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // Signed by another key under B's key id.
+    let forger = Remote {
+        name: b.name.clone(),
+        key: {
+            let der = ruma::signatures::Ed25519KeyPair::generate();
+            ruma::signatures::Ed25519KeyPair::from_der(&der, remote.key.version().into()).unwrap()
+        },
+    };
+    let (forged_id, forged) = sign_template(&forger, "12", &made["event"]);
+    let (status, body) =
+        send_join(b, a, &room, forged_id.as_str(), value_of(&forged), false).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // The path names another event.
+    let (status, body) = send_join(b, a, &room, "$other", value_of(&event), false).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // A join of a user of another server, sent by B.
+    let mut foreign = made["event"].clone();
+    foreign["sender"] = json!(a.user_id("mallory"));
+    foreign["state_key"] = json!(a.user_id("mallory"));
+    let (foreign_id, foreign) = sign_template(&remote, "12", &foreign);
+    let (status, body) =
+        send_join(b, a, &room, foreign_id.as_str(), value_of(&foreign), false).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // Not a join.
+    let mut leave = made["event"].clone();
+    leave["content"]["membership"] = json!("leave");
+    let (leave_id, leave) = sign_template(&remote, "12", &leave);
+    let (status, body) = send_join(b, a, &room, leave_id.as_str(), value_of(&leave), false).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // None of them was stored.
+    let rooms = &services(a).rooms;
+    for id in [&forged_id, &foreign_id, &leave_id, &event_id] {
+        assert!(rooms.event_sid(id).unwrap().is_none(), "{id} stored");
+    }
+    let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room));
+    let (_, members) = a.get(&path, Some(&alice)).await;
+    assert!(members["joined"].get(&bob).is_none(), "{members}");
+
+    // The genuine one is accepted, and a resend answered the same.
+    let (status, answer) = send_join(b, a, &room, event_id.as_str(), value_of(&event), false).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["state"].as_array().unwrap().len() >= 5, "{answer}");
+    assert!(!answer["auth_chain"].as_array().unwrap().is_empty(), "{answer}");
+    let (status, again) = send_join(b, a, &room, event_id.as_str(), value_of(&event), false).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    let (_, members) = a.get(&path, Some(&alice)).await;
+    assert!(members["joined"].get(&bob).is_some(), "{members}");
+}
