@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, RoomVersionId};
+use ruma::{CanonicalJsonObject, RoomVersionId};
 use serde_json::{json, Value};
 
 use crate::common::{create_room, enc, errcode};
@@ -403,4 +403,290 @@ async fn the_resident_refuses_bad_requests_and_forged_joins() {
     assert_eq!(status, StatusCode::OK, "{again}");
     let (_, members) = a.get(&path, Some(&alice)).await;
     assert!(members["joined"].get(&bob).is_some(), "{members}");
+}
+
+#[tokio::test]
+async fn restricted_rooms_are_joined_through_a_resident_that_vouches() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (alice_id, alice, _) = a.register("alice", "password1").await;
+    let (bob_id, bob, _) = b.register("bob", "password1").await;
+    let space = create_room(a, &alice, json!({"preset": "public_chat", "room_version": "10"})).await;
+    let restricted = |allowed: &str| {
+        json!({
+            "room_version": "10",
+            "initial_state": [{
+                "type": "m.room.join_rules",
+                "state_key": "",
+                "content": {
+                    "join_rule": "restricted",
+                    "allow": [{"type": "m.room_membership", "room_id": allowed}],
+                },
+            }],
+        })
+    };
+    let room = create_room(a, &alice, restricted(&space)).await;
+
+    // Bob is in none of the allowed rooms yet: refused.
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let room_id: &ruma::RoomId = room.as_str().try_into().unwrap();
+    assert!(services(b).rooms.room(room_id).unwrap().is_none());
+
+    let (status, body) = join_via(b, &bob, &space, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_membership(a, &alice, &space, &bob_id, "join").await;
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_membership(a, &alice, &room, &bob_id, "join").await;
+
+    // The join names Alice and carries A's signature beside B's, on both servers.
+    for (srv, token) in [(a, &alice), (b, &bob)] {
+        let rooms = &services(srv).rooms;
+        let room_id: &ruma::RoomId = room.as_str().try_into().unwrap();
+        let record = rooms.room(room_id).unwrap().unwrap();
+        let join = rooms
+            .state_event(
+                record.sid,
+                &ruma::events::StateEventType::RoomMember,
+                &bob_id,
+            )
+            .unwrap()
+            .unwrap();
+        let json = serde_json::to_value(&join.json).unwrap();
+        assert_eq!(
+            json["content"]["join_authorised_via_users_server"], alice_id,
+            "{json}"
+        );
+        assert!(json["signatures"][&a.name].is_object(), "{json}");
+        assert!(json["signatures"][&b.name].is_object(), "{json}");
+        let _ = token;
+    }
+    assert_eq!(state_ids(a, &alice, &room).await, state_ids(b, &bob, &room).await);
+
+    // A room allowing members of a room A is not in: A cannot tell.
+    let elsewhere = create_room(b, &bob, json!({"preset": "public_chat"})).await;
+    let unknown = create_room(a, &alice, restricted(&elsewhere)).await;
+    let carol = b.user_id("carol");
+    let (status, body) = make_join(b, a, &unknown, &carol, &["10"]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(errcode(&body), "M_UNABLE_TO_AUTHORISE_JOIN");
+    // Bob meets the condition, but nobody on A may invite.
+    let mut no_inviter = restricted(&space);
+    no_inviter["power_level_content_override"] = json!({"invite": 101});
+    let no_inviter = create_room(a, &alice, no_inviter).await;
+    let (status, body) = make_join(b, a, &no_inviter, &bob_id, &["10"]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(errcode(&body), "M_UNABLE_TO_GRANT_JOIN");
+}
+
+#[tokio::test]
+async fn a_resident_answering_with_a_forged_state_event_fails_the_join() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (_, bob, _) = b.register("bob", "password1").await;
+    let room = create_room(
+        a,
+        &alice,
+        json!({"preset": "public_chat", "topic": "the real topic"}),
+    )
+    .await;
+    let room_id: &ruma::RoomId = room.as_str().try_into().unwrap();
+    // A's stored topic event is changed behind its back: its signature no longer holds.
+    let rooms = &services(a).rooms;
+    let record = rooms.room(room_id).unwrap().unwrap();
+    let topic = rooms
+        .state_event(record.sid, &ruma::events::StateEventType::RoomTopic, "")
+        .unwrap()
+        .unwrap();
+    let mut forged = serde_json::to_value(&topic.json).unwrap();
+    forged["origin_server_ts"] = json!(forged["origin_server_ts"].as_u64().unwrap() + 1);
+    let mut batch = hearth::store::Batch::new();
+    batch.put::<hearth::service::rooms::Pdus>(
+        &topic.sid,
+        &hearth::store::Raw(serde_json::to_vec(&forged).unwrap()),
+    );
+    services(a).store.commit(batch).await.unwrap();
+
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    // Nothing of the room is stored on B.
+    let b_rooms = &services(b).rooms;
+    assert!(b_rooms.room(room_id).unwrap().is_none());
+    let create = rooms
+        .state_event(record.sid, &ruma::events::StateEventType::RoomCreate, "")
+        .unwrap()
+        .unwrap();
+    assert!(b_rooms.event_sid(&create.pdu.event_id).unwrap().is_none());
+    let (status, sync) = b.get("/_matrix/client/v3/sync?timeout=0", Some(&bob)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(sync["rooms"]["join"].get(&room).is_none(), "{sync}");
+}
+
+#[tokio::test]
+async fn omit_members_leaves_out_members_but_heroes_and_names_the_servers() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (alice_id, alice, _) = a.register("alice", "password1").await;
+    let (_, carol, _) = a.register("carol", "password1").await;
+    let remote = Remote::server(b);
+    for named in [true, false] {
+        let mut body = json!({"preset": "public_chat"});
+        if named {
+            body["name"] = json!("named");
+        }
+        let room = create_room(a, &alice, body).await;
+        crate::common::join(a, &carol, &room).await;
+        let user = b.user_id(if named { "bob" } else { "dan" });
+        let (status, made) = make_join(b, a, &room, &user, &["12"]).await;
+        assert_eq!(status, StatusCode::OK, "{made}");
+        let (event_id, event) = sign_template(&remote, "12", &made["event"]);
+        let (status, answer) =
+            send_join(b, a, &room, event_id.as_str(), value_of(&event), true).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        // Named: every member is left out; unnamed: both members are heroes, so none is.
+        assert_eq!(answer["members_omitted"] == true, named, "{answer}");
+        assert_eq!(answer["servers_in_room"], json!([a.name]), "{answer}");
+        let state = answer["state"].as_array().unwrap();
+        let members: Vec<&str> = state
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .filter_map(|e| e["state_key"].as_str())
+            .collect();
+        if named {
+            assert!(members.is_empty(), "{members:?}");
+            // Alice's member event is in the auth chain of the power levels.
+            assert!(answer["auth_chain"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["type"] == "m.room.member" && e["state_key"] == alice_id));
+        } else {
+            // No name: the heroes' member events stay.
+            let mut sorted = members.clone();
+            sorted.sort();
+            let mut want = vec![alice_id.as_str(), a.user_id("carol").leak() as &str];
+            want.sort();
+            assert_eq!(sorted, want);
+        }
+        assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{answer}");
+        // What is in `state` is not repeated in `auth_chain`.
+        let in_state: std::collections::HashSet<String> =
+            state.iter().map(|e| e.to_string()).collect();
+        for event in answer["auth_chain"].as_array().unwrap() {
+            assert!(!in_state.contains(&event.to_string()), "{event}");
+        }
+    }
+    // Without omit_members every member is there and nothing is said to be omitted.
+    let room = create_room(a, &alice, json!({"preset": "public_chat", "name": "n"})).await;
+    let (_, made) = make_join(b, a, &room, &b.user_id("erin"), &["12"]).await;
+    let (event_id, event) = sign_template(&remote, "12", &made["event"]);
+    let (status, answer) = send_join(b, a, &room, event_id.as_str(), value_of(&event), false).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer.get("members_omitted").is_none() || answer["members_omitted"] == false);
+    assert!(answer["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.member" && e["state_key"] == alice_id));
+}
+
+#[tokio::test]
+async fn remote_users_knock_and_leave_through_the_resident() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let remote = Remote::server(b);
+    let bob = b.user_id("bob");
+    let room = create_room(
+        a,
+        &alice,
+        json!({"initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}),
+    )
+    .await;
+    let path = |what: &str, event: Option<&str>| match event {
+        None => format!(
+            "/_matrix/federation/v1/make_{what}/{}/{}?ver=11&ver=12",
+            enc(&room),
+            enc(&bob)
+        ),
+        Some(id) => format!(
+            "/_matrix/federation/{}/send_{what}/{}/{}",
+            if what == "knock" { "v1" } else { "v2" },
+            enc(&room),
+            enc(id)
+        ),
+    };
+    // Joining is not allowed (knock rule): the template is refused.
+    let (status, body) = make_join(b, a, &room, &bob, &["12"]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    let (status, made) = b.signed(a, &a.name, Method::GET, &path("knock", None), None).await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    assert_eq!(made["event"]["content"]["membership"], "knock");
+    let (knock_id, knock) = sign_template(&remote, "12", &made["event"]);
+    let (status, answer) = b
+        .signed(
+            a,
+            &a.name,
+            Method::PUT,
+            &path("knock", Some(knock_id.as_str())),
+            Some(value_of(&knock)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let stripped = answer["knock_room_state"].as_array().unwrap();
+    let types: Vec<&str> = stripped.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(types.contains(&"m.room.create"), "{answer}");
+    assert!(types.contains(&"m.room.join_rules"), "{answer}");
+    wait_for_membership(a, &alice, &room, &bob, "knock").await;
+
+    // The knock is withdrawn with make_leave/send_leave.
+    let (status, made) = b
+        .signed(
+            a,
+            &a.name,
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/make_leave/{}/{}",
+                enc(&room),
+                enc(&bob)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    assert_eq!(made["event"]["content"]["membership"], "leave");
+    let (leave_id, leave) = sign_template(&remote, "12", &made["event"]);
+    let (status, answer) = b
+        .signed(
+            a,
+            &a.name,
+            Method::PUT,
+            &path("leave", Some(leave_id.as_str())),
+            Some(value_of(&leave)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer, json!({}));
+    wait_for_membership(a, &alice, &room, &bob, "leave").await;
+
+    // A version without knocking.
+    let old = create_room(a, &alice, json!({"room_version": "6"})).await;
+    let (status, body) = b
+        .signed(
+            a,
+            &a.name,
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/make_knock/{}/{}?ver=6",
+                enc(&old),
+                enc(&bob)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(errcode(&body), "M_INCOMPATIBLE_ROOM_VERSION");
 }
