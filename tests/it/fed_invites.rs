@@ -361,7 +361,7 @@ async fn inbound_invites_are_checked_before_they_are_signed() {
 
     // An event id that is not the event's.
     let (_, event) = invite_event(&real, &alice, &v10);
-    let (other_id, _) = invite_event(&real, &alice, &v10);
+    let (other_id, _) = invite_event(&real, &a.user_id("someone"), &v10);
     let body = json!({"room_version": "10", "event": event, "invite_room_state": []});
     let (status, answer) = put_invite(b, a, &other_id, body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
@@ -433,11 +433,19 @@ async fn rejecting_a_remote_invite_moves_it_to_leave() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // The leave went through A (make_leave/send_leave): A's room shows it.
+    let (status, content) = member_content(a, &alice_token, &room_id, &bob).await;
+    assert_eq!(status, StatusCode::OK, "{content}");
+    assert_eq!(content["membership"], "leave", "{content}");
+    assert_eq!(content["reason"], "no thanks", "{content}");
     let sync = sync_until(b, &bob_token, &since, "the rejection", |s| {
-        s["rooms"]["leave"][&room_id].is_object()
+        !left_events(s, &room_id).is_empty()
     })
     .await;
     assert!(sync["rooms"]["invite"].get(&room_id).is_none(), "{sync}");
+    let leave = left_events(&sync, &room_id)[0].clone();
+    assert_eq!(leave["sender"], json!(bob), "{leave}");
+    assert_eq!(leave["content"]["membership"], "leave", "{leave}");
     // Leaving again changes nothing; forgetting hides the room from later syncs.
     let (status, body) = b
         .post(
@@ -467,9 +475,7 @@ async fn rejecting_a_remote_invite_moves_it_to_leave() {
     );
 }
 
-/// Needs the resident side of `make_knock`/`send_knock` (branch `i14-joins`).
 #[tokio::test]
-#[ignore = "needs the resident make_knock/send_knock of i14-joins"]
 async fn a_knock_through_the_rooms_server_shows_on_both_sides() {
     let fed = start_many(2).await;
     let (a, b) = (&fed.servers[0], &fed.servers[1]);
@@ -644,4 +650,58 @@ async fn bans_and_tombstones_reach_the_servers_of_remote_users() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let tombstone = state_id(a, &room_id, "m.room.tombstone", "");
     wait_delivered(a, b, &tombstone).await;
+}
+
+#[tokio::test]
+async fn an_invited_remote_user_joins_through_the_inviters_server() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice_token, _) = a.register("alice", "password1").await;
+    let (bob, bob_token, _) = b.register("bob", "password1").await;
+    let room_id = create_room(a, &alice_token, json!({"preset": "private_chat"})).await;
+    let since = sync_token(b, &bob_token).await;
+    let (status, body) = invite(a, &alice_token, &room_id, &bob).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = sync_until(b, &bob_token, &since, "the invite", |s| {
+        s["rooms"]["invite"][&room_id].is_object()
+    })
+    .await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // No server named: the invite tells B where to join through.
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room_id)),
+            Some(&bob_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, content) = member_content(a, &alice_token, &room_id, &bob).await;
+    assert_eq!(content["membership"], "join", "{content}");
+    let sync = sync_until(b, &bob_token, &since, "the joined room", |s| {
+        s["rooms"]["join"][&room_id].is_object()
+    })
+    .await;
+    assert!(sync["rooms"]["invite"].get(&room_id).is_none(), "{sync}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Alice's next message reaches Bob on B.
+    let (status, body) = a
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                enc(&room_id)
+            ),
+            Some(&alice_token),
+            json!({"msgtype": "m.text", "body": "welcome"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    sync_until(b, &bob_token, &since, "Alice's message", |s| {
+        s["rooms"]["join"][&room_id]["timeline"]["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["content"]["body"] == "welcome"))
+    })
+    .await;
 }

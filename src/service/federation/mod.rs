@@ -12,6 +12,7 @@
 //! - `invite`: invites across servers, both ways; `remote_membership`: rejecting remote
 //!   invites and knocking through resident servers (`make_leave`/`send_leave`,
 //!   `make_knock`/`send_knock` as the leaving or knocking server).
+//! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
 
 pub mod acl;
 pub mod answers;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod devices;
 pub mod invite;
 pub mod keyring;
+pub mod membership;
 pub mod pdus;
 pub mod queries;
 pub mod queue;

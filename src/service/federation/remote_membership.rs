@@ -39,28 +39,6 @@ const MAX_RESPONSE: usize = 1024 * 1024;
 /// Most servers tried for one change.
 const MAX_SERVERS: usize = 5;
 
-/// The room versions this server can take part in, as `make_knock` asks.
-fn supported_versions() -> Vec<RoomVersionId> {
-    use RoomVersionId as V;
-    [
-        V::V1,
-        V::V2,
-        V::V3,
-        V::V4,
-        V::V5,
-        V::V6,
-        V::V7,
-        V::V8,
-        V::V9,
-        V::V10,
-        V::V11,
-        V::V12,
-    ]
-    .into_iter()
-    .filter(|v| v.rules().is_some())
-    .collect()
-}
-
 fn bad_gateway(message: impl Into<String>) -> Error {
     Error::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", message)
 }
@@ -307,7 +285,7 @@ async fn knock_via(
     extra: Map<String, Value>,
 ) -> Result<(OwnedEventId, CanonicalJsonObject, RoomVersionId, Vec<Value>)> {
     let mut request = prepare_knock_event::v1::Request::new(room_id.to_owned(), user_id.to_owned());
-    request.ver = supported_versions();
+    request.ver = super::membership::join::supported_versions();
     let template = services
         .federation
         .send_with_limits(server, request, STEP_TIMEOUT, MAX_RESPONSE)
