@@ -593,8 +593,7 @@ fn state_id(srv: &FedServer, room_id: &str, kind: &str, state_key: &str) -> Stri
 }
 
 #[tokio::test]
-async fn bans_and_tombstones_reach_the_servers_of_remote_users() {
-    use crate::fed_pdus::events::{raw, EventSpec, RoomView};
+async fn bans_and_tombstones_reach_remote_servers_whose_users_follow_the_upgrade() {
     let fed = start_many(2).await;
     let (a, b) = (&fed.servers[0], &fed.servers[1]);
     let (_, alice_token, _) = a.register("alice", "password1").await;
@@ -617,29 +616,18 @@ async fn bans_and_tombstones_reach_the_servers_of_remote_users() {
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_delivered(a, b, &state_id(a, &room_id, "m.room.member", &carol)).await;
 
-    // B's user joins (an event signed with B's key, as `fed_rooms` does until joins over
-    // federation exist); the upgrade's tombstone then reaches B.
-    let view = RoomView {
-        services: services(a),
-        room_id: room_id.clone(),
-    };
-    let bob = b.user_id("bob");
-    let (join_id, join) = view.event(
-        &Remote::server(b),
-        EventSpec::state("m.room.member", &bob, &bob, json!({"membership": "join"})),
-    );
-    let body = json!({"origin": b.name, "origin_server_ts": now_ms(), "pdus": [serde_json::from_str::<Value>(raw(&join).get()).unwrap()]});
-    let (status, answer) = b
-        .signed(
-            a,
-            &a.name,
-            Method::PUT,
-            "/_matrix/federation/v1/send/j1",
-            Some(body),
+    // B's user joins over federation; the upgrade's tombstone reaches B, whose user sees it
+    // and follows it into the replacement room through A.
+    let (bob, bob_token, _) = b.register("bob", "password1").await;
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room_id)),
+            Some(&bob_token),
+            json!({}),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["pdus"][join_id.as_str()], json!({}), "{answer}");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let since = sync_token(b, &bob_token).await;
     let (status, body) = a
         .post(
             &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&room_id)),
@@ -648,8 +636,33 @@ async fn bans_and_tombstones_reach_the_servers_of_remote_users() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let replacement = body["replacement_room"].as_str().unwrap().to_owned();
     let tombstone = state_id(a, &room_id, "m.room.tombstone", "");
     wait_delivered(a, b, &tombstone).await;
+    let sync = sync_until(b, &bob_token, &since, "the tombstone", |s| {
+        s["rooms"]["join"][&room_id]["timeline"]["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["type"] == "m.room.tombstone"))
+    })
+    .await;
+    let events = sync["rooms"]["join"][&room_id]["timeline"]["events"]
+        .as_array()
+        .unwrap();
+    let shown = events
+        .iter()
+        .find(|e| e["type"] == "m.room.tombstone")
+        .unwrap();
+    assert_eq!(shown["content"]["replacement_room"], json!(replacement));
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&replacement)),
+            Some(&bob_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, content) = member_content(a, &alice_token, &replacement, &bob).await;
+    assert_eq!(content["membership"], "join", "{content}");
 }
 
 #[tokio::test]
@@ -698,10 +711,29 @@ async fn an_invited_remote_user_joins_through_the_inviters_server() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    sync_until(b, &bob_token, &since, "Alice's message", |s| {
+    let sync = sync_until(b, &bob_token, &since, "Alice's message", |s| {
         s["rooms"]["join"][&room_id]["timeline"]["events"]
             .as_array()
             .is_some_and(|events| events.iter().any(|e| e["content"]["body"] == "welcome"))
     })
     .await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // A ban of the joined remote user: B shows the room as left, with the ban.
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room_id)),
+            Some(&alice_token),
+            json!({"user_id": bob, "reason": "bye"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = sync_until(b, &bob_token, &since, "the ban", |s| {
+        s["rooms"]["leave"][&room_id].is_object()
+    })
+    .await;
+    let banned = left_events(&sync, &room_id)
+        .into_iter()
+        .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "ban");
+    assert!(banned, "{sync}");
 }
