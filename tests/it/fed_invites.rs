@@ -737,3 +737,49 @@ async fn an_invited_remote_user_joins_through_the_inviters_server() {
         .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "ban");
     assert!(banned, "{sync}");
 }
+
+#[tokio::test]
+async fn invites_work_in_every_room_version() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice_token, _) = a.register("alice", "password1").await;
+    let (bob, bob_token, _) = b.register("bob", "password1").await;
+    let mut since = sync_token(b, &bob_token).await;
+    for version in 1..=12 {
+        let room_id = create_room(
+            a,
+            &alice_token,
+            json!({"preset": "private_chat", "room_version": version.to_string()}),
+        )
+        .await;
+        let (status, body) = invite(a, &alice_token, &room_id, &bob).await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {body}");
+        let sync = sync_until(b, &bob_token, &since, "the invite", |s| {
+            s["rooms"]["invite"][&room_id].is_object()
+        })
+        .await;
+        let events = sync["rooms"]["invite"][&room_id]["invite_state"]["events"]
+            .as_array()
+            .unwrap();
+        let create = events
+            .iter()
+            .find(|e| e["type"] == "m.room.create")
+            .unwrap_or_else(|| panic!("v{version}: {events:?}"));
+        assert_eq!(create["content"]["room_version"], version.to_string());
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        // Rescinded at once: every version's kick reaches B too.
+        let (status, body) = a
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room_id)),
+                Some(&alice_token),
+                json!({"user_id": bob}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {body}");
+        let sync = sync_until(b, &bob_token, &since, "the rescinded invite", |s| {
+            !left_events(s, &room_id).is_empty()
+        })
+        .await;
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+}
