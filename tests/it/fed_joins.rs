@@ -789,6 +789,30 @@ async fn an_outlier_received_again_as_history_is_promoted_in_place() {
     assert!(b_record.extremities[0] > sid);
 }
 
+#[tokio::test]
+async fn the_resident_sends_a_join_on_to_the_rooms_other_servers() {
+    let fed = start_many(3).await;
+    let (a, b, c) = (&fed.servers[0], &fed.servers[1], &fed.servers[2]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (bob_id, bob, _) = b.register("bob", "password1").await;
+    let (_, carol, _) = c.register("carol", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let (status, body) = join_via(c, &carol, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // B joins through A: C learns of it from A, and B's messages go to C directly.
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_membership(c, &carol, &room, &bob_id, "join").await;
+    send_text(b, &bob, &room, "b1", "bob to everyone").await;
+    wait_for_message(c, &carol, &room, "bob to everyone").await;
+    wait_for_message(a, &alice, &room, "bob to everyone").await;
+    send_text(c, &carol, &room, "c1", "carol to everyone").await;
+    wait_for_message(b, &bob, &room, "carol to everyone").await;
+    let a_state = state_ids(a, &alice, &room).await;
+    assert_eq!(a_state, state_ids(b, &bob, &room).await);
+    assert_eq!(a_state, state_ids(c, &carol, &room).await);
+}
+
 /// Figure for the report: a user of B joins a room of A with 500 members (the members are
 /// users of a third server C, joined by PDUs C sends A). Prints the time of B's `/join`. Run
 /// with `cargo test --release --test it fed_joins::figure -- --ignored --nocapture`.
