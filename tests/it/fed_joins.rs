@@ -203,6 +203,23 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_for_membership(a, &alice, &room, &bob_id, "leave").await;
+
+    // While B is out of the room, A's room changes; Bob joins again through A, and B's
+    // stored room takes A's state.
+    let (status, body) = a
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+            Some(&alice),
+            json!({"topic": "while bob was away"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_membership(a, &alice, &room, &bob_id, "join").await;
+    assert_eq!(state_ids(a, &alice, &room).await, state_ids(b, &bob, &room).await);
+    send_text(a, &alice, &room, "a2", "welcome back").await;
+    wait_for_message(b, &bob, &room, "welcome back").await;
 }
 
 #[tokio::test]
