@@ -203,6 +203,23 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_for_membership(a, &alice, &room, &bob_id, "leave").await;
+
+    // While B is out of the room, A's room changes; Bob joins again through A, and B's
+    // stored room takes A's state.
+    let (status, body) = a
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+            Some(&alice),
+            json!({"topic": "while bob was away"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_membership(a, &alice, &room, &bob_id, "join").await;
+    assert_eq!(state_ids(a, &alice, &room).await, state_ids(b, &bob, &room).await);
+    send_text(a, &alice, &room, "a2", "welcome back").await;
+    wait_for_message(b, &bob, &room, "welcome back").await;
 }
 
 #[tokio::test]
@@ -787,4 +804,107 @@ async fn an_outlier_received_again_as_history_is_promoted_in_place() {
     let b_record = b_rooms.room(room_id).unwrap().unwrap();
     assert_eq!(b_record.extremities.len(), 1);
     assert!(b_record.extremities[0] > sid);
+}
+
+#[tokio::test]
+async fn the_resident_sends_a_join_on_to_the_rooms_other_servers() {
+    let fed = start_many(3).await;
+    let (a, b, c) = (&fed.servers[0], &fed.servers[1], &fed.servers[2]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (bob_id, bob, _) = b.register("bob", "password1").await;
+    let (_, carol, _) = c.register("carol", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let (status, body) = join_via(c, &carol, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // B joins through A: C learns of it from A, and B's messages go to C directly.
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_membership(c, &carol, &room, &bob_id, "join").await;
+    send_text(b, &bob, &room, "b1", "bob to everyone").await;
+    wait_for_message(c, &carol, &room, "bob to everyone").await;
+    wait_for_message(a, &alice, &room, "bob to everyone").await;
+    send_text(c, &carol, &room, "c1", "carol to everyone").await;
+    wait_for_message(b, &bob, &room, "carol to everyone").await;
+    let a_state = state_ids(a, &alice, &room).await;
+    assert_eq!(a_state, state_ids(b, &bob, &room).await);
+    assert_eq!(a_state, state_ids(c, &carol, &room).await);
+}
+
+/// Figure for the report: a user of B joins a room of A with 500 members (the members are
+/// users of a third server C, joined by PDUs C sends A). Prints the time of B's `/join`. Run
+/// with `cargo test --release --test it fed_joins::figure -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn figure_join_a_room_with_500_members() {
+    const MEMBERS: usize = 500;
+    const PER_TRANSACTION: usize = 50;
+    let fed = start_many(3).await;
+    let (a, b, c) = (&fed.servers[0], &fed.servers[1], &fed.servers[2]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (_, bob, _) = b.register("bob", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let view = crate::fed_pdus::events::RoomView {
+        services: services(a),
+        room_id: room.clone(),
+    };
+    let remote = Remote::server(c);
+    let mut prev = view.latest();
+    let mut n = 0;
+    for t in 0..MEMBERS / PER_TRANSACTION {
+        let mut pdus = Vec::new();
+        let auth = {
+            let probe = remote.user("probe");
+            view.auth_events(
+                "m.room.member",
+                &probe,
+                Some(&probe),
+                &json!({"membership": "join"}),
+            )
+        };
+        for _ in 0..PER_TRANSACTION {
+            let user = remote.user(&format!("member{n}"));
+            let mut spec = crate::fed_pdus::events::EventSpec::state(
+                "m.room.member",
+                &user,
+                &user,
+                json!({"membership": "join", "displayname": format!("Member {n}")}),
+            );
+            spec.prev = Some(prev.clone());
+            spec.auth = Some(auth.clone());
+            spec.extra_depth = (n % PER_TRANSACTION) as u64;
+            let (id, object) = view.event(&remote, spec);
+            prev = vec![id.to_string()];
+            pdus.push(value_of(&object));
+            n += 1;
+        }
+        let body = json!({
+            "origin": c.name,
+            "origin_server_ts": crate::fed_pdus::events::now_ms(),
+            "pdus": pdus,
+        });
+        let (status, answer) = c
+            .signed(
+                a,
+                &a.name,
+                Method::PUT,
+                &format!("/_matrix/federation/v1/send/m{t}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room));
+    let (_, members) = a.get(&path, Some(&alice)).await;
+    assert_eq!(members["joined"].as_object().unwrap().len(), MEMBERS + 1);
+
+    let started = Instant::now();
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, members) = b.get(&path, Some(&bob)).await;
+    assert_eq!(members["joined"].as_object().unwrap().len(), MEMBERS + 2);
+    println!(
+        "FIGURE: B joined a room of A with {} members in {took:?}",
+        MEMBERS + 1
+    );
 }
