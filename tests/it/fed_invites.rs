@@ -366,6 +366,18 @@ async fn inbound_invites_are_checked_before_they_are_signed() {
     let (status, answer) = put_invite(b, a, &other_id, body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
 
+    // Room version 12: the create event is required, and stripped state must be full events.
+    let v12 = RoomVersionId::V12;
+    let (event_id, event) = invite_event(&real, &alice, &v12);
+    let body = json!({"room_version": "12", "event": event, "invite_room_state": []});
+    let (status, answer) = put_invite(b, a, &event_id, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(errcode(&answer), "M_MISSING_PARAM");
+    let body = json!({"room_version": "12", "event": event, "invite_room_state": [stripped_create(&real)]});
+    let (status, answer) = put_invite(b, a, &event_id, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(errcode(&answer), "M_INVALID_PARAM");
+
     // Nothing of that reached Alice.
     let (_, sync) = a
         .get(

@@ -208,7 +208,10 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
     // stored room takes A's state.
     let (status, body) = a
         .put(
-            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&room)
+            ),
             Some(&alice),
             json!({"topic": "while bob was away"}),
         )
@@ -217,7 +220,10 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
     let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_for_membership(a, &alice, &room, &bob_id, "join").await;
-    assert_eq!(state_ids(a, &alice, &room).await, state_ids(b, &bob, &room).await);
+    assert_eq!(
+        state_ids(a, &alice, &room).await,
+        state_ids(b, &bob, &room).await
+    );
     send_text(a, &alice, &room, "a2", "welcome back").await;
     wait_for_message(b, &bob, &room, "welcome back").await;
 }

@@ -167,6 +167,43 @@ pub fn prune_stripped_state(
     Ok(out)
 }
 
+/// From room version 12 on (spec 1.16: servers SHOULD), every stripped state entry must be a
+/// full PDU of the room that passes the signature and hash checks: the create event by its id
+/// (the room id is its reference hash), the others by their `room_id`.
+async fn verify_stripped_pdus(
+    services: &Services,
+    entries: &[RawStrippedState],
+    room_id: &RoomId,
+    version: &RoomVersionId,
+) -> Result<()> {
+    let strict = version
+        .rules()
+        .is_some_and(|r| r.authorization.room_create_event_id_as_room_id);
+    if !strict {
+        return Ok(());
+    }
+    for entry in entries.iter().take(MAX_STRIPPED_STATE) {
+        let RawStrippedState::Pdu(raw) = entry else {
+            return Err(invalid(
+                "Stripped state must be full events in this room version",
+            ));
+        };
+        let object = checks::parse(raw).map_err(invalid)?;
+        let is_create = string_field(&object, "type") == Some("m.room.create");
+        let in_room = string_field(&object, "room_id").map(str::to_owned);
+        let (event_id, _) = verify_pdu(services, object, version).await?;
+        let ours = if is_create {
+            room_id.as_str().get(1..) == event_id.as_str().get(1..)
+        } else {
+            in_room.as_deref() == Some(room_id.as_str())
+        };
+        if !ours {
+            return Err(invalid("A stripped state event is of another room"));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `server` passes the server ACL of stripped state (allowed when there is none).
 fn stripped_acl_allows(state: &[Value], server: &ServerName) -> bool {
     match state.iter().find(|e| e["type"] == "m.room.server_acl") {
@@ -224,6 +261,13 @@ pub async fn receive_invite(
         )));
     }
 
+    verify_stripped_pdus(
+        services,
+        &request.invite_room_state,
+        &request.room_id,
+        version,
+    )
+    .await?;
     let (event_id, mut object) = verify_pdu(services, object, version).await?;
     if event_id != request.event_id {
         return Err(invalid("The event id does not match the event"));
