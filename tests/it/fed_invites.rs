@@ -795,3 +795,109 @@ async fn invites_work_in_every_room_version() {
         since = sync["next_batch"].as_str().unwrap().to_owned();
     }
 }
+
+/// A leave of `target` in `room_id` by `sender` of `remote`, at `depth`.
+fn leave_event(
+    remote: &Remote,
+    room_id: &str,
+    sender: &str,
+    target: &str,
+    depth: u64,
+) -> (String, Value) {
+    let rules = RoomVersionId::V10.rules().unwrap();
+    let value = json!({
+        "type": "m.room.member",
+        "room_id": room_id,
+        "sender": sender,
+        "state_key": target,
+        "origin_server_ts": now_ms(),
+        "depth": depth,
+        "prev_events": ["$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"],
+        "auth_events": ["$bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"],
+        "content": {"membership": "leave"},
+    });
+    let object: CanonicalJsonObject = serde_json::from_value(value).unwrap();
+    let (event_id, object) = remote.sign(&rules, object);
+    (event_id.to_string(), serde_json::to_value(&object).unwrap())
+}
+
+#[tokio::test]
+async fn only_the_inviting_side_can_rescind_an_invite() {
+    let fed = start_many(3).await;
+    let (a, b, c) = (&fed.servers[0], &fed.servers[1], &fed.servers[2]);
+    let (alice, alice_token, _) = a.register("alice", "password1").await;
+    let (bob, bob_token, _) = b.register("bob", "password1").await;
+    let room_id = create_room(
+        a,
+        &alice_token,
+        json!({"preset": "private_chat", "room_version": "10"}),
+    )
+    .await;
+    let since = sync_token(b, &bob_token).await;
+    let (status, body) = invite(a, &alice_token, &room_id, &bob).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = sync_until(b, &bob_token, &since, "the invite", |s| {
+        s["rooms"]["invite"][&room_id].is_object()
+    })
+    .await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let invite_depth = services(a)
+        .rooms
+        .room(&ruma::RoomId::parse(&room_id).unwrap())
+        .unwrap()
+        .unwrap()
+        .depth;
+
+    let txn = |origin: &str, pdu: Value| json!({"origin": origin, "origin_server_ts": now_ms(), "pdus": [pdu]});
+    // A server with no part in the invite.
+    let mallory = c.user_id("mallory");
+    let (forged_id, forged) = leave_event(
+        &Remote::server(c),
+        &room_id,
+        &mallory,
+        &bob,
+        invite_depth + 1,
+    );
+    let body = txn(&c.name, forged);
+    let (status, answer) = c
+        .signed(
+            b,
+            &b.name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/x1",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["pdus"][&forged_id]["error"].is_string(), "{answer}");
+    // The inviting server, but an event older than the invite.
+    let (old_id, old) = leave_event(&Remote::server(a), &room_id, &alice, &bob, invite_depth - 1);
+    let body = txn(&a.name, old);
+    let (status, answer) = a
+        .signed(
+            b,
+            &b.name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/x2",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["pdus"][&old_id]["error"].is_string(), "{answer}");
+
+    // Bob is still invited.
+    let (_, sync) = b
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+            Some(&bob_token),
+        )
+        .await;
+    assert!(sync["rooms"]["leave"].get(&room_id).is_none(), "{sync}");
+    let (_, initial) = b
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&bob_token))
+        .await;
+    assert!(
+        initial["rooms"]["invite"][&room_id].is_object(),
+        "{initial}"
+    );
+}
