@@ -562,6 +562,41 @@ async fn a_knock_through_the_rooms_server_shows_on_both_sides() {
     })
     .await;
     assert!(sync["rooms"]["knock"].get(&room_id).is_none(), "{sync}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Knocking again, and Alice turns the knock down: the kick reaches B.
+    let (status, body) = b
+        .post(
+            &format!(
+                "/_matrix/client/v3/knock/{}?via={}",
+                enc(&room_id),
+                enc(&a.name)
+            ),
+            Some(&bob_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = sync_until(b, &bob_token, &since, "the second knock", |s| {
+        s["rooms"]["knock"][&room_id].is_object()
+    })
+    .await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room_id)),
+            Some(&alice_token),
+            json!({"user_id": bob, "reason": "not now"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = sync_until(b, &bob_token, &since, "the refused knock", |s| {
+        !left_events(s, &room_id).is_empty()
+    })
+    .await;
+    let refusal = left_events(&sync, &room_id)[0].clone();
+    assert_eq!(refusal["content"]["reason"], "not now", "{refusal}");
+    assert_ne!(refusal["sender"], json!(bob), "{refusal}");
 }
 
 /// Waits (bounded: 20 s) until `to` processed a transaction from `from` carrying `event_id`.
