@@ -324,7 +324,7 @@ async fn knock(
         servers.push(alias.server_name().to_string());
     }
     let profile = profile_of(&services, &me.user_id)?;
-    if services.rooms.room(&room_id)?.is_none() {
+    if !services.rooms.is_resident(&room_id)? {
         // A room this server is not in: knocked on through a resident server (the servers
         // the client names, the alias's, the room id's).
         servers.extend(body.via.iter().map(ToString::to_string));

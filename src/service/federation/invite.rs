@@ -282,6 +282,11 @@ pub async fn receive_invite(
     let event = serde_json::to_string(&object).map_err(|e| Error::unknown(e.to_string()))?;
 
     let rooms = &services.rooms;
+    if rooms.is_resident(&request.room_id)? {
+        // This server is in the room: the invite arrives as a PDU of the room as well and is
+        // stored from there, against the room's state; a record here would only shadow it.
+        return RawJsonValue::from_string(event).map_err(|e| Error::unknown(e.to_string()));
+    }
     let previous = rooms.remote_invite(&invitee, &request.room_id)?;
     let same = previous.as_ref().is_some_and(|p| {
         p.membership == "invite" && p.event_id.as_deref() == Some(event_id.as_str())

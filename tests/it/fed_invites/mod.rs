@@ -402,6 +402,36 @@ async fn an_invited_remote_user_joins_through_the_inviters_server() {
     .await;
     let since = sync["next_batch"].as_str().unwrap().to_owned();
 
+    // B is in the room now: an invite of another of its users comes as a PDU of the room too,
+    // and is shown from the room's own state.
+    let (carol, carol_token, _) = b.register("carol", "password1").await;
+    let carol_since = sync_token(b, &carol_token).await;
+    let (status, body) = invite(a, &alice_token, &room_id, &carol).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let room_sid = services(b)
+        .rooms
+        .room(&ruma::RoomId::parse(&room_id).unwrap())
+        .unwrap()
+        .unwrap()
+        .sid;
+    sync_until(b, &carol_token, &carol_since, "Carol's invite", |s| {
+        s["rooms"]["invite"][&room_id].is_object()
+    })
+    .await;
+    assert!(services(b)
+        .rooms
+        .state_event(room_sid, &"m.room.member".into(), &carol)
+        .unwrap()
+        .is_some());
+    assert!(services(b)
+        .rooms
+        .remote_invite(
+            &ruma::UserId::parse(&carol).unwrap(),
+            &ruma::RoomId::parse(&room_id).unwrap()
+        )
+        .unwrap()
+        .is_none());
+
     // A ban of the joined remote user: B shows the room as left, with the ban.
     let (status, body) = a
         .post(
