@@ -496,3 +496,43 @@ async fn invites_work_in_every_room_version() {
         since = sync["next_batch"].as_str().unwrap().to_owned();
     }
 }
+
+#[tokio::test]
+async fn an_invite_of_a_server_that_is_gone_can_still_be_rejected() {
+    let mut fed = start_many(2).await;
+    let (_, alice_token, _) = fed.servers[0].register("alice", "password1").await;
+    let (bob, bob_token, _) = fed.servers[1].register("bob", "password1").await;
+    let room_id = create_room(
+        &fed.servers[0],
+        &alice_token,
+        json!({"preset": "private_chat"}),
+    )
+    .await;
+    let since = sync_token(&fed.servers[1], &bob_token).await;
+    let (status, body) = invite(&fed.servers[0], &alice_token, &room_id, &bob).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let b = &fed.servers[1];
+    let sync = sync_until(b, &bob_token, &since, "the invite", |s| {
+        s["rooms"]["invite"][&room_id].is_object()
+    })
+    .await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // A is gone: the rejection cannot reach the room, and is recorded on B all the same.
+    fed.servers[0].stop().await;
+    let b = &fed.servers[1];
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+            Some(&bob_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = sync_until(b, &bob_token, &since, "the rejection", |s| {
+        s["rooms"]["leave"][&room_id].is_object()
+    })
+    .await;
+    assert!(left_events(&sync, &room_id).is_empty(), "{sync}");
+    assert!(sync["rooms"]["invite"].get(&room_id).is_none(), "{sync}");
+}
