@@ -1,6 +1,8 @@
 //! Joining, inviting, leaving, kicking, banning, knocking and forgetting. The rules live in
 //! `service::rooms::membership`; these handlers add what needs other services (profiles, the
-//! user list) and the request shapes.
+//! user list) and the request shapes. Rooms of other servers go through
+//! `service::federation`: joins (`membership::join`), invites of their users (`invite`), and
+//! leaving or knocking on a room known only through an invite or knock (`remote_membership`).
 
 use std::sync::Arc;
 
