@@ -208,7 +208,10 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
     // stored room takes A's state.
     let (status, body) = a
         .put(
-            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&room)
+            ),
             Some(&alice),
             json!({"topic": "while bob was away"}),
         )
@@ -217,7 +220,10 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
     let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_for_membership(a, &alice, &room, &bob_id, "join").await;
-    assert_eq!(state_ids(a, &alice, &room).await, state_ids(b, &bob, &room).await);
+    assert_eq!(
+        state_ids(a, &alice, &room).await,
+        state_ids(b, &bob, &room).await
+    );
     send_text(a, &alice, &room, "a2", "welcome back").await;
     wait_for_message(b, &bob, &room, "welcome back").await;
 }
@@ -828,6 +834,31 @@ async fn the_resident_sends_a_join_on_to_the_rooms_other_servers() {
     let a_state = state_ids(a, &alice, &room).await;
     assert_eq!(a_state, state_ids(b, &bob, &room).await);
     assert_eq!(a_state, state_ids(c, &carol, &room).await);
+}
+
+#[tokio::test]
+async fn two_users_of_one_server_join_a_remote_room_at_once() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (bob_id, bob, _) = b.register("bob", "password1").await;
+    let (dan_id, dan, _) = b.register("dan", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let via = [a.name.as_str()];
+    let (first, second) = tokio::join!(
+        join_via(b, &bob, &room, &via),
+        join_via(b, &dan, &room, &via),
+    );
+    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+    assert_eq!(second.0, StatusCode::OK, "{}", second.1);
+    for user in [&bob_id, &dan_id] {
+        wait_for_membership(a, &alice, &room, user, "join").await;
+        wait_for_membership(b, &bob, &room, user, "join").await;
+    }
+    assert_eq!(
+        state_ids(a, &alice, &room).await,
+        state_ids(b, &dan, &room).await
+    );
 }
 
 /// Figure for the report: a user of B joins a room of A with 500 members (the members are

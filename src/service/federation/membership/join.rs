@@ -244,11 +244,23 @@ async fn try_join(
     .await
     .map_err(failed)?;
     let started = std::time::Instant::now();
-    services
+    // Another local user's join may have got here first: then this one is one more event of
+    // the room (checked again under the room lock by `store_joined_room`).
+    if services
         .rooms
-        .store_joined_room(joined)
-        .await
-        .map_err(Attempt::Refused)?;
+        .is_resident(join.room_id)
+        .map_err(Attempt::Refused)?
+    {
+        return add_to_joined_room(services, join.room_id, joined.join).await;
+    }
+    let join_event = joined.join.clone();
+    match services.rooms.store_joined_room(joined).await {
+        Ok(_) => {}
+        Err(e) if e.status == StatusCode::CONFLICT => {
+            return add_to_joined_room(services, join.room_id, join_event).await;
+        }
+        Err(e) => return Err(Attempt::Refused(e)),
+    }
     log::info!(
         "{} joined {} via {server} (stored in {:?})",
         join.user_id,
@@ -256,6 +268,24 @@ async fn try_join(
         started.elapsed()
     );
     Ok(())
+}
+
+/// Stores the join as an event of a room this server is in by now (see [`try_join`]).
+async fn add_to_joined_room(
+    services: &Services,
+    room_id: &RoomId,
+    (pdu, object): (Pdu, CanonicalJsonObject),
+) -> std::result::Result<(), Attempt> {
+    let own = services.rooms.server_name().to_owned();
+    let outcome = services
+        .pdus
+        .receive_direct(room_id, &own, pdu.event_id.clone(), pdu, object)
+        .await
+        .map_err(Attempt::Refused)?;
+    match outcome {
+        super::super::pdus::Direct::Refused(reason) => Err(Attempt::Failed(reason)),
+        _ => Ok(()),
+    }
 }
 
 fn raw_object(object: &CanonicalJsonObject) -> Result<Box<RawJsonValue>> {
