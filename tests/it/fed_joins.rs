@@ -813,6 +813,61 @@ async fn an_outlier_received_again_as_history_is_promoted_in_place() {
 }
 
 #[tokio::test]
+async fn an_outlier_received_again_as_new_history_is_stored_again() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (alice_id, alice, _) = a.register("alice", "password1").await;
+    let (_, bob, _) = b.register("bob", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let room_id: &ruma::RoomId = room.as_str().try_into().unwrap();
+
+    // A message of Alice's that follows B's newest event, first known to B as an outlier
+    // (as an auth or missing event fetch would store it).
+    let view = crate::fed_pdus::events::RoomView {
+        services: services(b),
+        room_id: room.clone(),
+    };
+    let (event_id, object) = view.event(
+        &Remote::server(a),
+        crate::fed_pdus::events::EventSpec::message(&alice_id, "first an outlier"),
+    );
+    let b_rooms = &services(b).rooms;
+    let pdu = hearth::service::rooms::Pdu::from_object(event_id.clone(), &object).unwrap();
+    let sids = b_rooms
+        .store_outliers(room_id, &[(pdu, object.clone())])
+        .await
+        .unwrap();
+    assert!(b_rooms.is_outlier(sids[0]).unwrap());
+
+    let body = json!({
+        "origin": a.name,
+        "origin_server_ts": crate::fed_pdus::events::now_ms(),
+        "pdus": [value_of(&object)],
+    });
+    let (status, answer) = a
+        .signed(
+            b,
+            &b.name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/r1",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["pdus"][event_id.as_str()], json!({}), "{answer}");
+    // Stored again at a new position: in the timeline, the room's newest event.
+    let sid = b_rooms.event_sid(&event_id).unwrap().unwrap();
+    assert!(sid > sids[0]);
+    assert!(!b_rooms.is_outlier(sid).unwrap());
+    assert!(b_rooms.event_by_sid(sids[0]).unwrap().is_none());
+    let record = b_rooms.room(room_id).unwrap().unwrap();
+    assert_eq!(record.extremities, vec![sid]);
+    wait_for_message(b, &bob, &room, "first an outlier").await;
+}
+
+#[tokio::test]
 async fn the_resident_sends_a_join_on_to_the_rooms_other_servers() {
     let fed = start_many(3).await;
     let (a, b, c) = (&fed.servers[0], &fed.servers[1], &fed.servers[2]);
