@@ -265,3 +265,25 @@ async fn remote_users_knock_and_leave_through_the_resident() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(errcode(&body), "M_INCOMPATIBLE_ROOM_VERSION");
 }
+
+#[tokio::test]
+async fn a_server_denied_by_the_acl_gets_no_template() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let (status, body) = a
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.server_acl/",
+                enc(&room)
+            ),
+            Some(&alice),
+            json!({"allow": [a.name], "deny": [], "allow_ip_literals": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = make_join(b, a, &room, &b.user_id("bob"), &["12"]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(errcode(&body), "M_FORBIDDEN");
+}
