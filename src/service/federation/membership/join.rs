@@ -412,6 +412,10 @@ async fn check_answer(
     (join_id, own_join): (OwnedEventId, CanonicalJsonObject),
     answer: create_join_event::v2::RoomState,
 ) -> std::result::Result<JoinedRoom, String> {
+    // This server does not ask for a partial state, and cannot use one.
+    if answer.members_omitted {
+        return Err("the resident left members out of the state unasked".into());
+    }
     // The join as the resident has it: ours, or ours with the authoriser's signature added.
     let join_object = match &answer.event {
         Some(raw) => {
