@@ -9,6 +9,7 @@
 //! - `receive`: inbound transactions and their EDUs.
 //! - `devices`: device lists over federation (announcements, the remote cache).
 //! - `pdus`: checks and storage of received PDUs.
+//! - `spaces`: space hierarchies of rooms on other servers (federation `/hierarchy`).
 
 pub mod acl;
 pub mod answers;
@@ -21,3 +22,4 @@ pub mod queries;
 pub mod queue;
 pub mod receive;
 pub mod sender;
+pub mod spaces;

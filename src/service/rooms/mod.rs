@@ -20,6 +20,7 @@ pub mod membership;
 pub mod redact;
 pub mod relations;
 pub mod resolve;
+pub mod serve;
 pub mod state;
 pub mod summary;
 pub mod timeline;
