@@ -119,6 +119,13 @@ impl Rooms {
                 "This server may not see the state at the requested event",
             ));
         }
+        // Only the create event has no state before it. Any other event without a state link
+        // is an outlier (`rooms/outliers.rs`): the state before it is unknown here.
+        if meta.state_link.is_none() && meta.kind != "m.room.create" {
+            return Err(Error::not_found(format!(
+                "The state at {event_id} is not known here"
+            )));
+        }
         let state: Vec<u64> = self
             .full_state_at(meta.state_link)?
             .into_iter()
