@@ -361,6 +361,15 @@ async fn history_and_state_are_served_to_a_server_with_a_user_in_the_room() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // A redacted event is served as stored: redacted.
+    let path = format!("/_matrix/client/v3/rooms/{room}/redact/{}/r1", enc(&m1));
+    let (status, body) = a.put(&path, Some(&token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = fed_get(b, a, &format!("/_matrix/federation/v1/event/{}", enc(&m1))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["pdus"][0]["content"], json!({}));
+    assert_eq!(body["pdus"], json!([stored(a, &m1)]));
 }
 
 #[tokio::test]
@@ -456,6 +465,60 @@ async fn history_visibility_joined_hides_what_came_before_the_join_and_shared_sh
             assert_eq!(state_status, StatusCode::OK);
         }
     }
+}
+
+#[tokio::test]
+async fn a_server_whose_users_left_reads_up_to_their_departure() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, token, _) = a.register("alice", "password1").await;
+    let room_id = create_room(a, &token, json!({"preset": "public_chat"})).await;
+    let room = enc(&room_id);
+    remote_join(a, b, &room_id, "bob").await;
+    let during = say(a, &token, &room_id, "during").await;
+    let view = RoomView {
+        services: services(a),
+        room_id: room_id.clone(),
+    };
+    let bob = b.user_id("bob");
+    let (leave, leave_pdu) = view.event(
+        &Remote::server(b),
+        EventSpec::state("m.room.member", &bob, &bob, json!({"membership": "leave"})),
+    );
+    let answer = send_txn(b, a, "leave", vec![json_of(&leave_pdu)]).await;
+    assert_eq!(answer[leave.as_str()], json!({}), "{answer}");
+    let later = say(a, &token, &room_id, "later").await;
+
+    let event = |id: &str| format!("/_matrix/federation/v1/event/{}", enc(id));
+    let (status, body) = fed_get(b, a, &event(&during)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["pdus"], json!([stored(a, &during)]));
+    let (status, body) = fed_get(b, a, &event(leave.as_str())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = fed_get(b, a, &event(&later)).await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (StatusCode::FORBIDDEN, "M_FORBIDDEN"),
+        "{body}"
+    );
+    // A walk from after the departure serves nothing past it (and counts only what it
+    // serves against the limit).
+    let path = format!(
+        "/_matrix/federation/v1/backfill/{room}?v={}&limit=2",
+        enc(&later)
+    );
+    let (status, body) = fed_get(b, a, &path).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["pdus"],
+        json!([json_of(&leave_pdu), stored(a, &during)])
+    );
+    let path = format!(
+        "/_matrix/federation/v1/state_ids/{room}?event_id={}",
+        enc(&later)
+    );
+    let (status, _) = fed_get(b, a, &path).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
