@@ -164,6 +164,7 @@ impl Rooms {
             },
             access,
             runs: HashMap::new(),
+            decided: HashMap::new(),
             latest_join: None,
             ignored: HashSet::new(),
         })
@@ -277,8 +278,10 @@ pub struct Reader<'a> {
     rooms: &'a Rooms,
     who: Who<'a>,
     pub access: Access,
-    /// State head → (history visibility, the reader's membership) at that state.
-    runs: HashMap<Option<u64>, (String, Option<String>)>,
+    /// State head → the head that decides its visibility and the reader's membership.
+    runs: HashMap<Option<u64>, Option<u64>>,
+    /// Deciding head → (history visibility, the reader's membership once looked up).
+    decided: HashMap<Option<u64>, (String, Option<Option<String>>)>,
     /// The sid of the reader's newest join event in the room (`Some(None)`: never joined).
     latest_join: Option<Option<u64>>,
     /// Senders whose non-state events the user does not want (`m.ignored_user_list`); set by
@@ -293,6 +296,7 @@ impl<'a> Reader<'a> {
             who: Who::User(user_id),
             access,
             runs: HashMap::new(),
+            decided: HashMap::new(),
             latest_join: None,
             ignored: HashSet::new(),
         }
@@ -349,32 +353,46 @@ impl<'a> Reader<'a> {
         Ok(false)
     }
 
-    /// The spec's visibility rule for the event `sid` in the state whose head is `head`.
+    /// The spec's visibility rule for the event `sid` in the state whose head is `head`. The
+    /// reader's membership at the event is looked up only when the visibility and a later
+    /// join do not decide (a server reader weighs each of its users there).
     fn visible_in(&mut self, head: Option<u64>, sid: u64, room_sid: u64) -> Result<bool> {
-        let (visibility, membership) = self.run_at(head)?;
-        if let Some(decided) = super::visibility::decide(&visibility, membership.as_deref()) {
-            return Ok(decided);
+        let key = self.run_at(head)?;
+        let visibility = self
+            .decided
+            .get(&key)
+            .map(|(visibility, _)| visibility.clone())
+            .unwrap_or_else(|| "shared".into());
+        if visibility == "world_readable" {
+            return Ok(true);
         }
         // `shared`: visible if the user (one of the server's users) joined at any point after
         // the event.
-        let latest_join = match self.latest_join {
-            Some(latest) => latest,
-            None => {
-                let latest = match &self.who {
-                    Who::User(user_id) => self.rooms.latest_join(room_sid, user_id)?,
-                    Who::Server { users, .. } => {
-                        let mut latest = None;
-                        for user in users {
-                            latest = latest.max(self.rooms.latest_join(room_sid, user)?);
-                        }
-                        latest
-                    }
-                };
-                self.latest_join = Some(latest);
+        if visibility == "shared" && self.latest_join(room_sid)?.is_some_and(|join| join > sid) {
+            return Ok(true);
+        }
+        let membership = self.run_membership(key)?;
+        Ok(super::visibility::decide(&visibility, membership.as_deref()).unwrap_or(false))
+    }
+
+    /// The sid of the reader's newest join event in the room (for a server, of any of its
+    /// users), looked up once per reader.
+    fn latest_join(&mut self, room_sid: u64) -> Result<Option<u64>> {
+        if let Some(latest) = self.latest_join {
+            return Ok(latest);
+        }
+        let latest = match &self.who {
+            Who::User(user_id) => self.rooms.latest_join(room_sid, user_id)?,
+            Who::Server { users, .. } => {
+                let mut latest = None;
+                for user in users {
+                    latest = latest.max(self.rooms.latest_join(room_sid, user)?);
+                }
                 latest
             }
         };
-        Ok(latest_join.is_some_and(|join| join > sid))
+        self.latest_join = Some(latest);
+        Ok(latest)
     }
 
     /// The reader's membership in the state whose head is `head`; for a server, the best of
@@ -398,20 +416,35 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// History visibility and the user's membership in the state whose newest state event is
-    /// `head`. State events that change neither (a name, a topic, another user's membership)
-    /// leave the answer as it was before them, so a walk down the state chain over such events
-    /// ends at one lookup, and every state passed on the way is cached with its answer: a scan
-    /// over a long run of state events costs one lookup per `SNAPSHOT_EVERY` of them.
-    fn run_at(&mut self, head: Option<u64>) -> Result<(String, Option<String>)> {
-        if let Some(run) = self.runs.get(&head) {
-            return Ok(run.clone());
+    /// The reader's membership in the run decided at `key` (see [`Reader::run_at`]), looked up
+    /// once per run.
+    fn run_membership(&mut self, key: Option<u64>) -> Result<Option<String>> {
+        if let Some((_, Some(membership))) = self.decided.get(&key) {
+            return Ok(membership.clone());
+        }
+        let membership = self.membership_at(key)?;
+        if let Some((_, slot)) = self.decided.get_mut(&key) {
+            *slot = Some(membership.clone());
+        }
+        Ok(membership)
+    }
+
+    /// The head that decides the state whose newest state event is `head`: the newest state
+    /// event at or below it that changes the history visibility or the reader's membership
+    /// (state events that change neither — a name, a topic, another user's membership — leave
+    /// the answer as it was before them). Its history visibility is cached with it, and every
+    /// state passed on the way maps to it, so a scan over a long run of state events costs one
+    /// lookup per `SNAPSHOT_EVERY` of them.
+    fn run_at(&mut self, head: Option<u64>) -> Result<Option<u64>> {
+        if let Some(key) = self.runs.get(&head) {
+            return Ok(*key);
         }
         let mut passed = Vec::new();
         let mut cursor = head;
         for _ in 0..SNAPSHOT_EVERY {
             let Some(sid) = cursor else { break };
-            if self.runs.contains_key(&cursor) {
+            if let Some(key) = self.runs.get(&cursor) {
+                cursor = *key;
                 break;
             }
             let Some(meta) = self.rooms.store.get::<EventMetaTable>(&sid)? else {
@@ -426,19 +459,23 @@ impl<'a> Reader<'a> {
             passed.push(cursor);
             cursor = meta.state_link;
         }
-        let run = match self.runs.get(&cursor) {
-            Some(run) => run.clone(),
-            None => (
-                self.rooms.visibility_at_head(cursor)?,
-                self.membership_at(cursor)?,
-            ),
-        };
-        if self.runs.len() + passed.len() < MAX_CACHED_RUNS {
-            for head in passed.into_iter().chain([cursor]) {
-                self.runs.insert(head, run.clone());
+        if !self.decided.contains_key(&cursor) {
+            let visibility = self.rooms.visibility_at_head(cursor)?;
+            if self.decided.len() < MAX_CACHED_RUNS {
+                self.decided.insert(cursor, (visibility, None));
+            } else {
+                // Full: the cache starts afresh (memory stays bounded).
+                self.decided.clear();
+                self.runs.clear();
+                self.decided.insert(cursor, (visibility, None));
             }
         }
-        Ok(run)
+        if self.runs.len() + passed.len() < MAX_CACHED_RUNS {
+            for head in passed.into_iter().chain([cursor]) {
+                self.runs.insert(head, cursor);
+            }
+        }
+        Ok(cursor)
     }
 
     /// The event if the user may see it, else 404 (not 403, so that existence does not leak).
