@@ -43,7 +43,7 @@ fn json_of(object: &ruma::CanonicalJsonObject) -> Value {
 }
 
 /// A signed GET from `from` to `to`.
-async fn fed_get(from: &FedServer, to: &FedServer, path: &str) -> (StatusCode, Value) {
+pub async fn fed_get(from: &FedServer, to: &FedServer, path: &str) -> (StatusCode, Value) {
     from.signed(to, &to.name, Method::GET, path, None).await
 }
 
@@ -693,86 +693,65 @@ async fn rejected_events_are_never_served_and_soft_failed_ones_only_when_asked_f
     );
 }
 
-/// Links `child` (on the server `via`) into `space` on `srv`.
-async fn link(srv: &FedServer, token: &str, space: &str, child: &str, via: &str) {
-    let path = format!(
-        "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
-        enc(space),
-        enc(child)
-    );
-    let (status, body) = srv.put(&path, Some(token), json!({"via": [via]})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
-
 #[tokio::test]
-async fn a_space_shows_its_children_on_another_server() {
+async fn every_room_version_is_served_in_its_own_format() {
     let fed = start_many(2).await;
     let (a, b) = (&fed.servers[0], &fed.servers[1]);
-    let (_, alice, _) = a.register("alice", "password1").await;
-    let (_, bob, _) = b.register("bob", "password1").await;
-    // On B: a public space with a public child, and a private room.
-    let space_b = create_room(b, &bob, json!({"preset": "public_chat", "name": "Bob's space", "creation_content": {"type": "m.space"}})).await;
-    let child_b = create_room(
-        b,
-        &bob,
-        json!({"preset": "public_chat", "name": "Bob's child"}),
-    )
-    .await;
-    let secret_b = create_room(b, &bob, json!({"preset": "private_chat", "name": "Secret"})).await;
-    link(b, &bob, &space_b, &child_b, &b.name).await;
-    // On A: alice's space links B's space and B's private room.
-    let space_a = create_room(a, &alice, json!({"preset": "public_chat", "name": "Alice's space", "creation_content": {"type": "m.space"}})).await;
-    link(a, &alice, &space_a, &space_b, &b.name).await;
-    link(a, &alice, &space_a, &secret_b, &b.name).await;
-
-    // B serves its space over federation: the room, its child, nothing inaccessible.
-    let (status, body) = fed_get(
-        a,
-        b,
-        &format!("/_matrix/federation/v1/hierarchy/{}", enc(&space_b)),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["room"]["room_id"], json!(space_b));
-    assert_eq!(
-        body["room"]["children_state"][0]["state_key"],
-        json!(child_b)
-    );
-    assert_eq!(body["children"][0]["name"], json!("Bob's child"));
-    assert_eq!(body["inaccessible_children"], json!([]));
-    let (status, body) = fed_get(
-        a,
-        b,
-        &format!("/_matrix/federation/v1/hierarchy/{}", enc(&secret_b)),
-    )
-    .await;
-    assert_eq!(
-        (status, errcode(&body)),
-        (StatusCode::NOT_FOUND, "M_NOT_FOUND"),
-        "{body}"
-    );
-
-    // Alice's client sees the remote space and its child; the private room is left out.
-    let path = format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&space_a));
-    let (status, body) = a.get(&path, Some(&alice)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let names: Vec<&Value> = body["rooms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["name"])
-        .collect();
-    assert_eq!(
-        names,
-        vec![
-            &json!("Alice's space"),
-            &json!("Bob's space"),
-            &json!("Bob's child")
-        ],
-        "{body}"
-    );
-    assert_eq!(
-        body["rooms"][1]["children_state"][0]["state_key"],
-        json!(child_b)
-    );
+    let (_, token, _) = a.register("alice", "password1").await;
+    for version in [
+        "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+    ] {
+        // World-readable: B reads it without a user in it (events, not state).
+        let room_id = create_room(
+            a,
+            &token,
+            json!({"preset": "public_chat", "room_version": version, "initial_state": [{
+                "type": "m.room.history_visibility", "state_key": "",
+                "content": {"history_visibility": "world_readable"}
+            }]}),
+        )
+        .await;
+        let room = enc(&room_id);
+        let m1 = say(a, &token, &room_id, &format!("one v{version}")).await;
+        let m2 = say(a, &token, &room_id, &format!("two v{version}")).await;
+        let (status, body) =
+            fed_get(b, a, &format!("/_matrix/federation/v1/event/{}", enc(&m2))).await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {body}");
+        assert_eq!(body["pdus"], json!([stored(a, &m2)]), "v{version}");
+        // Versions 1 and 2 carry the event id and cite events as [id, hashes] pairs.
+        let old_format = version == "1" || version == "2";
+        assert_eq!(
+            body["pdus"][0]["event_id"].is_string(),
+            old_format,
+            "v{version}"
+        );
+        assert_eq!(
+            body["pdus"][0]["prev_events"][0].is_array(),
+            old_format,
+            "v{version}"
+        );
+        let path = format!(
+            "/_matrix/federation/v1/backfill/{room}?v={}&limit=2",
+            enc(&m2)
+        );
+        let (status, body) = fed_get(b, a, &path).await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {body}");
+        assert_eq!(
+            body["pdus"],
+            json!([stored(a, &m2), stored(a, &m1)]),
+            "v{version}"
+        );
+        let ask = json!({"earliest_events": [], "latest_events": [m2], "limit": 1});
+        let path = format!("/_matrix/federation/v1/get_missing_events/{room}");
+        let (status, body) = fed_post(b, a, &path, ask).await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {body}");
+        assert_eq!(body["events"], json!([stored(a, &m1)]), "v{version}");
+        // No user of B in the room: no state.
+        let path = format!(
+            "/_matrix/federation/v1/state_ids/{room}?event_id={}",
+            enc(&m2)
+        );
+        let (status, _) = fed_get(b, a, &path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "v{version}");
+    }
 }

@@ -28,6 +28,7 @@ mod fed_media;
 mod fed_pdus;
 mod fed_queries;
 mod fed_rooms;
+mod fed_spaces;
 mod fed_transactions;
 mod filter;
 mod guests;
