@@ -150,12 +150,13 @@ impl Rooms {
         room: &RoomRecord,
         server: &ServerName,
     ) -> Result<Reader<'a>> {
-        let users = self.server_users(room.sid, server)?;
+        let members = self.server_users(room.sid, server)?;
         let access = if !crate::service::federation::acl::allows(self, room_id, server)? {
             Access::None
         } else {
-            self.server_access(room.sid, &users)?
+            self.server_access(room.sid, &members)?
         };
+        let users = members.into_iter().map(|(user, _)| user).collect();
         Ok(Reader {
             rooms: self,
             who: Who::Server {
@@ -171,58 +172,52 @@ impl Rooms {
     }
 
     /// The users of `server` with a member event in the room's current state (every user
-    /// that ever had a membership there), currently joined users first, at most
-    /// [`MAX_SERVER_USERS`].
-    fn server_users(&self, room_sid: u64, server: &ServerName) -> Result<Vec<OwnedUserId>> {
-        let mut users: Vec<(bool, OwnedUserId)> = self
+    /// that ever had a membership there) and their membership now, currently joined users
+    /// first, at most [`MAX_SERVER_USERS`].
+    fn server_users(
+        &self,
+        room_sid: u64,
+        server: &ServerName,
+    ) -> Result<Vec<(OwnedUserId, String)>> {
+        let mut users: Vec<(bool, OwnedUserId, String)> = self
             .members(room_sid)?
             .into_iter()
             .filter_map(|(user, membership)| {
                 let user = UserId::parse(user).ok()?;
-                (user.server_name() == server).then_some((membership != "join", user))
+                (user.server_name() == server).then_some((membership != "join", user, membership))
             })
             .collect();
         users.sort();
         users.truncate(MAX_SERVER_USERS);
-        Ok(users.into_iter().map(|(_, user)| user).collect())
+        Ok(users
+            .into_iter()
+            .map(|(_, user, membership)| (user, membership))
+            .collect())
     }
 
     /// A server's room-level access: the best of its users'.
-    fn server_access(&self, room_sid: u64, users: &[OwnedUserId]) -> Result<Access> {
-        let mut memberships = Vec::with_capacity(users.len());
-        for user in users {
-            let row = self.members_row(room_sid, user)?;
-            if row.as_deref() == Some("join") {
-                return Ok(Access::Joined);
-            }
-            memberships.push(row);
+    fn server_access(&self, room_sid: u64, members: &[(OwnedUserId, String)]) -> Result<Access> {
+        let has = |wanted: &str| members.iter().any(|(_, membership)| membership == wanted);
+        if has("join") {
+            return Ok(Access::Joined);
         }
         if self.is_world_readable(room_sid)? {
             return Ok(Access::WorldReadable);
         }
         let mut until = None;
-        for user in users {
+        for (user, _) in members {
             until = until.max(self.last_departure(room_sid, user)?);
         }
         if let Some(until) = until {
             return Ok(Access::Departed { until });
         }
-        Ok(
-            if memberships.iter().any(|m| m.as_deref() == Some("invite")) {
-                Access::Invited
-            } else if memberships.iter().any(|m| m.as_deref() == Some("knock")) {
-                Access::Knocked
-            } else {
-                Access::None
-            },
-        )
-    }
-
-    /// The user's membership as `room_members` has it (the room's current state).
-    fn members_row(&self, room_sid: u64, user_id: &UserId) -> Result<Option<String>> {
-        Ok(self
-            .store
-            .get::<super::RoomMembers>(&(room_sid, user_id.to_string()))?)
+        Ok(if has("invite") {
+            Access::Invited
+        } else if has("knock") {
+            Access::Knocked
+        } else {
+            Access::None
+        })
     }
 }
 
