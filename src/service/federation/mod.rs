@@ -10,6 +10,7 @@
 //! - `devices`: device lists over federation (announcements, the remote cache).
 //! - `pdus`: checks and storage of received PDUs.
 //! - `spaces`: space hierarchies of rooms on other servers (federation `/hierarchy`).
+//! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
 
 pub mod acl;
 pub mod answers;
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod client;
 pub mod devices;
 pub mod keyring;
+pub mod membership;
 pub mod pdus;
 pub mod queries;
 pub mod queue;

@@ -5,8 +5,10 @@
 //! one atomic batch: a crash leaves either the whole room or nothing.
 
 mod guests;
+pub mod joined;
 mod push;
 pub mod remote;
+mod template;
 
 pub(crate) use push::MembersCache;
 
@@ -470,8 +472,8 @@ impl<'a> Staged<'a> {
         };
         let json = serde_json::to_vec(&object).map_err(|e| Error::unknown(e.to_string()))?;
         let event_key = pdu.event_id.to_string();
+        joined::guard_event_id(&mut self.batch, &mut self.remote, &pdu.event_id);
         self.batch
-            .expect_absent::<EventIds>(&event_key)
             .put::<EventIds>(&event_key, &sid)
             .put::<Pdus>(&sid, &Raw(json))
             .put::<EventMetaTable>(&sid, &meta)
