@@ -2,14 +2,17 @@
 //! X-Matrix authentication reach their handler only after the router verified the signature
 //! (`ctx.origin()` is the verified origin server).
 
+pub mod backfill;
 pub mod directory;
 pub mod invite;
+pub mod events;
 pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod openid;
 pub mod query;
 pub mod send;
+pub mod space;
 pub mod user;
 pub mod version;
 
@@ -26,4 +29,7 @@ pub fn register_routes(router: &mut Router) {
     user::routes(router);
     directory::routes(router);
     invite::routes(router);
+    events::routes(router);
+    backfill::routes(router);
+    space::routes(router);
 }

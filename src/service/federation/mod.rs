@@ -12,6 +12,7 @@
 //! - `invite`: invites across servers, both ways; `remote_membership`: rejecting remote
 //!   invites and knocking through resident servers (`make_leave`/`send_leave`,
 //!   `make_knock`/`send_knock` as the leaving or knocking server).
+//! - `spaces`: space hierarchies of rooms on other servers (federation `/hierarchy`).
 //! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
 
 pub mod acl;
@@ -28,3 +29,4 @@ pub mod queue;
 pub mod receive;
 pub mod remote_membership;
 pub mod sender;
+pub mod spaces;
