@@ -536,3 +536,47 @@ async fn an_invite_of_a_server_that_is_gone_can_still_be_rejected() {
     assert!(left_events(&sync, &room_id).is_empty(), "{sync}");
     assert!(sync["rooms"]["invite"].get(&room_id).is_none(), "{sync}");
 }
+
+#[tokio::test]
+async fn invites_from_ignored_users_of_other_servers_are_not_shown() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (alice, alice_token, _) = a.register("alice", "password1").await;
+    let (_, carol_token, _) = a.register("carol", "password1").await;
+    let (bob, bob_token, _) = b.register("bob", "password1").await;
+    let (status, body) = b
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                enc(&bob)
+            ),
+            Some(&bob_token),
+            json!({"ignored_users": {alice.clone(): {}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let since = sync_token(b, &bob_token).await;
+    let ignored_room = create_room(a, &alice_token, json!({"preset": "private_chat"})).await;
+    let (status, body) = invite(a, &alice_token, &ignored_room, &bob).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Carol's invite, sent after Alice's, shows; Alice's does not.
+    let room = create_room(a, &carol_token, json!({"preset": "private_chat"})).await;
+    let (status, body) = invite(a, &carol_token, &room, &bob).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = sync_until(b, &bob_token, &since, "Carol's invite", |s| {
+        s["rooms"]["invite"][&room].is_object()
+    })
+    .await;
+    assert!(
+        sync["rooms"]["invite"].get(&ignored_room).is_none(),
+        "{sync}"
+    );
+    let (_, initial) = b
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&bob_token))
+        .await;
+    assert!(
+        initial["rooms"]["invite"].get(&ignored_room).is_none(),
+        "{initial}"
+    );
+    assert!(initial["rooms"]["invite"][&room].is_object(), "{initial}");
+}
