@@ -1,0 +1,412 @@
+//! Interoperability with a real Synapse (issue 14): `.ci/run` installs `matrix-synapse` from
+//! PyPI in a virtualenv and names its Python in `SYNAPSE_PYTHON`. A plain `cargo test` lists
+//! these tests as ignored; `.ci/run` runs them (`--include-ignored`), and then the variable is
+//! required.
+//!
+//! One Synapse serves every test of the run (it takes seconds to start; each test starts its
+//! own in-process Hearth, with its own server name, so tests do not see each other). It runs
+//! from `tests/interop/synapse/` (configuration templates and `run.py`, which ends Synapse
+//! when the test process closes its standard input, i.e. exits in any way) in a temporary
+//! directory that also holds the test CA and the certificate both servers present.
+//!
+//! Server names: both servers are named by IP literal and port, `127.0.0.1:<TLS port>`, as the
+//! Hearth-to-Hearth tests are. A name with an explicit port skips `.well-known` and SRV on both
+//! sides (spec: Server-Server, Resolving server names, steps 1–2), and the certificate has the
+//! IP SAN `127.0.0.1`, which Synapse's federation client checks for IP literals (it verifies
+//! the IP address, not a host name, and sends no SNI) and Hearth's checks likewise. `localhost`
+//! names would work for Synapse too, but then both servers' names would differ only by port
+//! and need a DNS-name SAN; the IP literal is what the existing harness already proves.
+//!
+//! The clients drive both servers over plain HTTP: Hearth's listener, and a plain listener of
+//! Synapse with its client, media and federation resources (federation between the two goes
+//! over TLS only; the plain federation resource lets the test read Synapse's notary answers).
+
+mod queries;
+mod rooms;
+
+use std::{
+    fmt::Display,
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::e2ee::{keypair, Dev, PW};
+use crate::fed_common::{self, FedServer};
+
+/// The Synapse every test of this run federates with.
+pub struct Synapse {
+    /// `127.0.0.1:<federation TLS port>`.
+    pub name: String,
+    /// `http://127.0.0.1:<plain port>`.
+    pub base: String,
+    /// The run's directory: `ca.pem`, `cert.pem`, `key.pem`, `homeserver.yaml`,
+    /// `homeserver.log`, the database and the media store.
+    pub dir: PathBuf,
+    /// From spawning the process to the client API answering.
+    pub started_in: Duration,
+    /// The process and the pipe whose end stops it (see `run.py`); never dropped.
+    _process: Mutex<(Child, ChildStdin)>,
+}
+
+static SYNAPSE: OnceLock<Synapse> = OnceLock::new();
+
+/// The shared Synapse, started on first use.
+pub fn synapse() -> &'static Synapse {
+    SYNAPSE.get_or_init(start_synapse)
+}
+
+fn template(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop/synapse")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn start_synapse() -> Synapse {
+    let python = std::env::var("SYNAPSE_PYTHON")
+        .expect("SYNAPSE_PYTHON must name a Python with matrix-synapse (.ci/run sets one up)");
+    let dir = tempfile::Builder::new()
+        .prefix("hearth-synapse-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let (ca_cert, ca_key) = fed_common::ca();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    fed_common::leaf(
+        &ca_cert,
+        &ca_key,
+        &dir.join("cert.pem"),
+        &dir.join("key.pem"),
+    );
+    let dir_text = dir.display().to_string();
+    std::fs::write(
+        dir.join("log.yaml"),
+        template("log.yaml").replace("@DIR@", &dir_text),
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/synapse/run.py");
+    // The ports are chosen before Synapse binds them; another test may take one in between,
+    // hence a few attempts.
+    for _ in 0..5 {
+        let fed_port = fed_common::free_port();
+        let client_port = fed_common::free_port();
+        let config = template("homeserver.yaml")
+            .replace("@DIR@", &dir_text)
+            .replace("@FED_PORT@", &fed_port.to_string())
+            .replace("@CLIENT_PORT@", &client_port.to_string());
+        std::fs::write(dir.join("homeserver.yaml"), config).unwrap();
+        let _ = std::fs::remove_file(dir.join("homeserver.db"));
+        let output = std::fs::File::create(dir.join("stdout.log")).unwrap();
+        let began = Instant::now();
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
+            .spawn()
+            .expect("SYNAPSE_PYTHON runs");
+        let stdin = child.stdin.take().unwrap();
+        // Bounded: 600 polls, at most a minute.
+        for _ in 0..600 {
+            if began.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if answers(client_port) {
+                return Synapse {
+                    name: format!("127.0.0.1:{fed_port}"),
+                    base: format!("http://127.0.0.1:{client_port}"),
+                    dir,
+                    started_in: began.elapsed(),
+                    _process: Mutex::new((child, stdin)),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let said = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
+        let log = log_excerpt(&dir);
+        if !said.contains("Address already in use") && !log.contains("Address already in use") {
+            panic!("Synapse did not start:\n{said}\n{log}");
+        }
+    }
+    panic!("no free ports for Synapse");
+}
+
+/// Whether the client API on `port` answers `GET /_matrix/client/versions` with 200.
+fn answers(port: u16) -> bool {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /_matrix/client/versions HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+}
+
+/// The warnings and errors in Synapse's log (with the traceback lines that follow them),
+/// the last 80 lines of them.
+fn log_excerpt(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("homeserver.log")).unwrap_or_default();
+    let mut kept = Vec::new();
+    let mut keeping = false;
+    for line in log.lines() {
+        // A log record starts with its date; other lines continue the previous record.
+        let record = line.starts_with("20");
+        if record {
+            keeping = [" - WARNING - ", " - ERROR - ", " - CRITICAL - "]
+                .iter()
+                .any(|level| line.contains(level));
+        }
+        if keeping {
+            kept.push(line);
+        }
+    }
+    let from = kept.len().saturating_sub(80);
+    format!(
+        "--- Synapse's warnings and errors ({}/homeserver.log) ---\n{}",
+        dir.display(),
+        kept[from..].join("\n")
+    )
+}
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+/// `prefix` with a number no other call in this run got: users and aliases on the shared
+/// Synapse stay apart between tests.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", UNIQUE.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A client of the shared Synapse, made per test (an HTTP client's connections belong to
+/// the test's runtime).
+pub struct Syn {
+    pub server: &'static Synapse,
+    pub name: String,
+    pub http: reqwest::Client,
+}
+
+impl Syn {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.server.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request to Synapse sent");
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, token, Some(body)).await
+    }
+
+    /// A raw request (media).
+    pub fn request(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.server.base))
+            .bearer_auth(token)
+    }
+
+    /// Registers a new user (a unique name from `prefix`) through the dummy flow.
+    pub async fn register(&self, prefix: &str) -> Dev {
+        let name = unique(prefix);
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({"username": name, "password": PW, "auth": {"type": "m.login.dummy"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let device = body["device_id"].as_str().unwrap().to_owned();
+        Dev {
+            user: body["user_id"].as_str().unwrap().to_owned(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+            key: keypair(&device),
+            device,
+        }
+    }
+}
+
+/// One test's servers: a fresh Hearth and the shared Synapse, trusting each other's
+/// certificates.
+pub struct Pair {
+    pub hearth: FedServer,
+    pub syn: Syn,
+}
+
+impl Pair {
+    pub async fn start() -> Self {
+        let synapse = tokio::task::spawn_blocking(synapse).await.unwrap();
+        println!(
+            "Synapse {} at {} (started in {:?})",
+            synapse.name, synapse.base, synapse.started_in
+        );
+        let dir = &synapse.dir;
+        let hearth = fed_common::start_one(
+            0,
+            &dir.join("ca.pem"),
+            &dir.join("cert.pem"),
+            &dir.join("key.pem"),
+            &|_, _| {},
+        )
+        .await;
+        Self {
+            hearth,
+            syn: Syn {
+                server: synapse,
+                name: synapse.name.clone(),
+                http: reqwest::Client::new(),
+            },
+        }
+    }
+
+    /// Registers a Hearth user (a unique name from `prefix`).
+    pub async fn hearth_user(&self, prefix: &str) -> Dev {
+        Dev::register(&self.hearth, &unique(prefix)).await
+    }
+
+    /// Panics with `what` and Synapse's recent warnings and errors unless `ok`.
+    #[track_caller]
+    pub fn ensure(&self, ok: bool, what: impl Display) {
+        if !ok {
+            panic!("{what}\n{}", log_excerpt(&self.syn.server.dir));
+        }
+    }
+
+    /// `ensure(left == right)`, showing both.
+    #[track_caller]
+    pub fn ensure_eq<T: PartialEq + std::fmt::Debug>(&self, left: T, right: T, what: impl Display) {
+        if left != right {
+            panic!(
+                "{what}\n  left: {left:?}\n right: {right:?}\n{}",
+                log_excerpt(&self.syn.server.dir)
+            );
+        }
+    }
+
+    /// Polls `check` until it returns `Some` (at most 300 times, 30 s); panics with `what`
+    /// and Synapse's log if it never does. Federation is asynchronous on both servers.
+    pub async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let began = Instant::now();
+        for _ in 0..300 {
+            if let Some(found) = check().await {
+                return found;
+            }
+            if began.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "timed out waiting: {what}\n{}",
+            log_excerpt(&self.syn.server.dir)
+        );
+    }
+}
+
+/// Either server, as its clients see it: the room tests run each scenario in both
+/// directions with the same code.
+#[derive(Clone, Copy)]
+pub enum Side<'a> {
+    Hearth(&'a FedServer),
+    Synapse(&'a Syn),
+}
+
+impl Side<'_> {
+    /// "Hearth" or "Synapse", for messages.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Side::Hearth(_) => "Hearth",
+            Side::Synapse(_) => "Synapse",
+        }
+    }
+
+    /// The server name.
+    pub fn name(&self) -> &str {
+        match self {
+            Side::Hearth(s) => &s.name,
+            Side::Synapse(s) => &s.name,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        match self {
+            Side::Hearth(s) => s.call(method, path, Some(token), body).await,
+            Side::Synapse(s) => s.call(method, path, Some(token), body).await,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, token, Some(body)).await
+    }
+}
+
+impl Pair {
+    pub fn hearth_side(&self) -> Side<'_> {
+        Side::Hearth(&self.hearth)
+    }
+
+    pub fn synapse_side(&self) -> Side<'_> {
+        Side::Synapse(&self.syn)
+    }
+}
