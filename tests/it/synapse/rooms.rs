@@ -169,7 +169,11 @@ async fn message_travels(p: &Pair, from: &Member<'_>, to: &Member<'_>, room: &st
     let content = json!({"msgtype": "m.text", "body": format!("hello from {}", from.label())});
     let id = send(p, from, room, "m.room.message", content.clone()).await;
     let got = event_on(p, to, room, &id).await;
-    p.ensure_eq(&got["sender"], &json!(from.user()), format!("sender: {got}"));
+    p.ensure_eq(
+        &got["sender"],
+        &json!(from.user()),
+        format!("sender: {got}"),
+    );
     p.ensure_eq(&got["content"], &content, format!("content: {got}"));
     id
 }
@@ -223,12 +227,21 @@ async fn relations_travel(p: &Pair, from: &Member<'_>, to: &Member<'_>, room: &s
     });
     let edit_id = send(p, from, room, "m.room.message", edit.clone()).await;
     let got = event_on(p, to, room, &edit_id).await;
-    p.ensure_eq(&got["content"], &edit, format!("the edit on {}", to.label()));
+    p.ensure_eq(
+        &got["content"],
+        &edit,
+        format!("the edit on {}", to.label()),
+    );
     // A reaction, and the relations endpoint listing it.
-    let reaction = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": original, "key": "👍"}});
+    let reaction =
+        json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": original, "key": "👍"}});
     let reaction_id = send(p, from, room, "m.reaction", reaction.clone()).await;
     let got = event_on(p, to, room, &reaction_id).await;
-    p.ensure_eq(&got["content"], &reaction, format!("the reaction on {}", to.label()));
+    p.ensure_eq(
+        &got["content"],
+        &reaction,
+        format!("the reaction on {}", to.label()),
+    );
     let path = format!(
         "/_matrix/client/v1/rooms/{}/relations/{}/m.annotation",
         enc(room),
@@ -269,10 +282,13 @@ async fn relations_travel(p: &Pair, from: &Member<'_>, to: &Member<'_>, room: &s
         enc(&reaction_id)
     );
     let redacted = p
-        .eventually(&format!("the reaction redacted on {}", to.label()), || async {
-            let (_, body) = to.side.get(&path, to.token()).await;
-            (body["content"] == json!({})).then_some(body)
-        })
+        .eventually(
+            &format!("the reaction redacted on {}", to.label()),
+            || async {
+                let (_, body) = to.side.get(&path, to.token()).await;
+                (body["content"] == json!({})).then_some(body)
+            },
+        )
         .await;
     p.ensure_eq(
         &redacted["unsigned"]["redacted_because"]["event_id"],
@@ -383,7 +399,7 @@ async fn invite(p: &Pair, host: &Member<'_>, guest: &Member<'_>, accept: bool) {
     .await;
     if accept {
         let joined = join(p, guest, &room, host.side.name()).await;
-        p.ensure_eq(&joined, &room, "the joined room".into());
+        p.ensure_eq(&joined, &room, "the joined room");
         membership_on(p, host, &room, guest.user(), "join").await;
         message_travels(p, guest, host, &room).await;
     } else {
