@@ -40,6 +40,7 @@ use std::{
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::common::enc;
 use crate::e2ee::{keypair, Dev, PW};
 use crate::fed_common::{self, FedServer};
 
@@ -139,7 +140,7 @@ fn start_synapse() -> Synapse {
         let _ = child.kill();
         let _ = child.wait();
         let said = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
-        let log = log_excerpt(&dir);
+        let log = log_excerpt(&dir, None);
         if !said.contains("Address already in use") && !log.contains("Address already in use") {
             panic!("Synapse did not start:\n{said}\n{log}");
         }
@@ -165,8 +166,9 @@ fn answers(port: u16) -> bool {
 }
 
 /// The warnings and errors in Synapse's log (with the traceback lines that follow them),
-/// the last 80 lines of them.
-fn log_excerpt(dir: &Path) -> String {
+/// the last 80 lines of them; with `about`, only the warnings that name it (a test's Hearth
+/// server: the Synapse is shared), and every error.
+fn log_excerpt(dir: &Path, about: Option<&str>) -> String {
     let log = std::fs::read_to_string(dir.join("homeserver.log")).unwrap_or_default();
     let mut kept = Vec::new();
     let mut keeping = false;
@@ -174,9 +176,11 @@ fn log_excerpt(dir: &Path) -> String {
         // A log record starts with its date; other lines continue the previous record.
         let record = line.starts_with("20");
         if record {
-            keeping = [" - WARNING - ", " - ERROR - ", " - CRITICAL - "]
-                .iter()
-                .any(|level| line.contains(level));
+            let error = line.contains(" - ERROR - ") || line.contains(" - CRITICAL - ");
+            let warning = line.contains(" - WARNING - ")
+                && !line.contains(" - main - ")
+                && about.is_none_or(|name| line.contains(name) || line.contains(&enc(name)));
+            keeping = error || warning;
         }
         if keeping {
             kept.push(line);
@@ -310,11 +314,16 @@ impl Pair {
         Dev::register(&self.hearth, &unique(prefix)).await
     }
 
+    /// Synapse's recent warnings about this test's Hearth, and its errors.
+    pub fn log(&self) -> String {
+        log_excerpt(&self.syn.server.dir, Some(&self.hearth.name))
+    }
+
     /// Panics with `what` and Synapse's recent warnings and errors unless `ok`.
     #[track_caller]
     pub fn ensure(&self, ok: bool, what: impl Display) {
         if !ok {
-            panic!("{what}\n{}", log_excerpt(&self.syn.server.dir));
+            panic!("{what}\n{}", self.log());
         }
     }
 
@@ -324,7 +333,7 @@ impl Pair {
         if left != right {
             panic!(
                 "{what}\n  left: {left:?}\n right: {right:?}\n{}",
-                log_excerpt(&self.syn.server.dir)
+                self.log()
             );
         }
     }
@@ -346,10 +355,7 @@ impl Pair {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!(
-            "timed out waiting: {what}\n{}",
-            log_excerpt(&self.syn.server.dir)
-        );
+        panic!("timed out waiting: {what}\n{}", self.log());
     }
 }
 
