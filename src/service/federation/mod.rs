@@ -9,6 +9,7 @@
 //! - `receive`: inbound transactions and their EDUs.
 //! - `devices`: device lists over federation (announcements, the remote cache).
 //! - `pdus`: checks and storage of received PDUs.
+//! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
 
 pub mod acl;
 pub mod answers;
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod client;
 pub mod devices;
 pub mod keyring;
+pub mod membership;
 pub mod pdus;
 pub mod queries;
 pub mod queue;

@@ -180,6 +180,10 @@ impl<'a> Reader<'a> {
         if self.rooms.is_soft_failed(sid)? {
             return Ok(false);
         }
+        // Outliers are not in the timeline; only those of the room's state are readable.
+        if self.rooms.is_hidden_outlier(sid)? {
+            return Ok(false);
+        }
         let own_membership = meta.kind == "m.room.member"
             && meta.state_key.as_deref() == Some(self.user_id.as_str());
         match self.access {

@@ -5,8 +5,10 @@
 //! one atomic batch: a crash leaves either the whole room or nothing.
 
 mod guests;
+pub mod joined;
 mod push;
 pub mod remote;
+mod template;
 
 pub(crate) use push::MembersCache;
 

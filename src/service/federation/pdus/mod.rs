@@ -14,6 +14,9 @@
 //! at a staged event other than the current state) commits the batch first.
 
 pub mod checks;
+mod direct;
+
+pub use direct::Direct;
 
 use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
 
