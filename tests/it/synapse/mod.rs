@@ -304,7 +304,11 @@ impl Pair {
             syn: Syn {
                 server: synapse,
                 name: synapse.name.clone(),
-                http: reqwest::Client::new(),
+                // Bounded: a request Synapse never answers fails the test instead of hanging.
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .unwrap(),
             },
         }
     }
