@@ -10,6 +10,7 @@
 //! - `devices`: device lists over federation (announcements, the remote cache).
 //! - `pdus`: checks and storage of received PDUs.
 //! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
+//! - `spaces`: space hierarchies of rooms on other servers (federation `/hierarchy`).
 
 pub mod acl;
 pub mod answers;
@@ -23,3 +24,4 @@ pub mod queries;
 pub mod queue;
 pub mod receive;
 pub mod sender;
+pub mod spaces;
