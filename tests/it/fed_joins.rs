@@ -129,7 +129,12 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
     let (a, b) = (&fed.servers[0], &fed.servers[1]);
     let (_, alice, _) = a.register("alice", "password1").await;
     let (bob_id, bob, _) = b.register("bob", "password1").await;
-    let room = create_room(a, &alice, json!({"preset": "public_chat", "name": "Hearth"})).await;
+    let room = create_room(
+        a,
+        &alice,
+        json!({"preset": "public_chat", "name": "Hearth"}),
+    )
+    .await;
     send_text(a, &alice, &room, "a0", "before bob").await;
 
     // B is not in the room and, without a server to ask, cannot join it.
@@ -144,7 +149,10 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
     assert_eq!(status, StatusCode::OK, "{body}");
 
     wait_for_membership(a, &alice, &room, &bob_id, "join").await;
-    assert_eq!(state_ids(a, &alice, &room).await, state_ids(b, &bob, &room).await);
+    assert_eq!(
+        state_ids(a, &alice, &room).await,
+        state_ids(b, &bob, &room).await
+    );
 
     // The room on B shows its name and members to Bob's sync.
     let (status, sync) = b.get("/_matrix/client/v3/sync?timeout=0", Some(&bob)).await;
@@ -168,7 +176,10 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
     // appears there as a message.
     let (status, page) = b
         .get(
-            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                enc(&room)
+            ),
             Some(&bob),
         )
         .await;
@@ -192,6 +203,29 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_for_membership(a, &alice, &room, &bob_id, "leave").await;
+
+    // While B is out of the room, A's room changes; Bob joins again through A, and B's
+    // stored room takes A's state.
+    let (status, body) = a
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&room)
+            ),
+            Some(&alice),
+            json!({"topic": "while bob was away"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_membership(a, &alice, &room, &bob_id, "join").await;
+    assert_eq!(
+        state_ids(a, &alice, &room).await,
+        state_ids(b, &bob, &room).await
+    );
+    send_text(a, &alice, &room, "a2", "welcome back").await;
+    wait_for_message(b, &bob, &room, "welcome back").await;
 }
 
 #[tokio::test]
@@ -364,8 +398,7 @@ async fn the_resident_refuses_bad_requests_and_forged_joins() {
         },
     };
     let (forged_id, forged) = sign_template(&forger, "12", &made["event"]);
-    let (status, body) =
-        send_join(b, a, &room, forged_id.as_str(), value_of(&forged), false).await;
+    let (status, body) = send_join(b, a, &room, forged_id.as_str(), value_of(&forged), false).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     // The path names another event.
     let (status, body) = send_join(b, a, &room, "$other", value_of(&event), false).await;
@@ -398,7 +431,10 @@ async fn the_resident_refuses_bad_requests_and_forged_joins() {
     let (status, answer) = send_join(b, a, &room, event_id.as_str(), value_of(&event), false).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert!(answer["state"].as_array().unwrap().len() >= 5, "{answer}");
-    assert!(!answer["auth_chain"].as_array().unwrap().is_empty(), "{answer}");
+    assert!(
+        !answer["auth_chain"].as_array().unwrap().is_empty(),
+        "{answer}"
+    );
     let (status, again) = send_join(b, a, &room, event_id.as_str(), value_of(&event), false).await;
     assert_eq!(status, StatusCode::OK, "{again}");
     let (_, members) = a.get(&path, Some(&alice)).await;
@@ -411,7 +447,12 @@ async fn restricted_rooms_are_joined_through_a_resident_that_vouches() {
     let (a, b) = (&fed.servers[0], &fed.servers[1]);
     let (alice_id, alice, _) = a.register("alice", "password1").await;
     let (bob_id, bob, _) = b.register("bob", "password1").await;
-    let space = create_room(a, &alice, json!({"preset": "public_chat", "room_version": "10"})).await;
+    let space = create_room(
+        a,
+        &alice,
+        json!({"preset": "public_chat", "room_version": "10"}),
+    )
+    .await;
     let restricted = |allowed: &str| {
         json!({
             "room_version": "10",
@@ -462,7 +503,10 @@ async fn restricted_rooms_are_joined_through_a_resident_that_vouches() {
         assert!(json["signatures"][&b.name].is_object(), "{json}");
         let _ = token;
     }
-    assert_eq!(state_ids(a, &alice, &room).await, state_ids(b, &bob, &room).await);
+    assert_eq!(
+        state_ids(a, &alice, &room).await,
+        state_ids(b, &bob, &room).await
+    );
 
     // A room allowing members of a room A is not in: A cannot tell.
     let elsewhere = create_room(b, &bob, json!({"preset": "public_chat"})).await;
@@ -570,7 +614,10 @@ async fn omit_members_leaves_out_members_but_heroes_and_names_the_servers() {
             want.sort();
             assert_eq!(sorted, want);
         }
-        assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{answer}");
+        assert!(
+            state.iter().any(|e| e["type"] == "m.room.create"),
+            "{answer}"
+        );
         // What is in `state` is not repeated in `auth_chain`.
         let in_state: std::collections::HashSet<String> =
             state.iter().map(|e| e.to_string()).collect();
@@ -622,7 +669,9 @@ async fn remote_users_knock_and_leave_through_the_resident() {
     let (status, body) = make_join(b, a, &room, &bob, &["12"]).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 
-    let (status, made) = b.signed(a, &a.name, Method::GET, &path("knock", None), None).await;
+    let (status, made) = b
+        .signed(a, &a.name, Method::GET, &path("knock", None), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{made}");
     assert_eq!(made["event"]["content"]["membership"], "knock");
     let (knock_id, knock) = sign_template(&remote, "12", &made["event"]);
@@ -689,4 +738,179 @@ async fn remote_users_knock_and_leave_through_the_resident() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(errcode(&body), "M_INCOMPATIBLE_ROOM_VERSION");
+}
+
+#[tokio::test]
+async fn an_outlier_received_again_as_history_is_promoted_in_place() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (_, bob, _) = b.register("bob", "password1").await;
+    let room = create_room(
+        a,
+        &alice,
+        json!({"preset": "public_chat", "name": "old name"}),
+    )
+    .await;
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let room_id: &ruma::RoomId = room.as_str().try_into().unwrap();
+
+    // On B the name event is an outlier of the state: readable as state, not in the timeline.
+    let a_rooms = &services(a).rooms;
+    let record = a_rooms.room(room_id).unwrap().unwrap();
+    let name = a_rooms
+        .state_event(record.sid, &ruma::events::StateEventType::RoomName, "")
+        .unwrap()
+        .unwrap();
+    let b_rooms = &services(b).rooms;
+    let sid = b_rooms.event_sid(&name.pdu.event_id).unwrap().unwrap();
+    assert!(b_rooms.is_outlier(sid).unwrap());
+    let messages = format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+        enc(&room)
+    );
+    let names_in = |page: &Value| {
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.name")
+            .count()
+    };
+    let (_, page) = b.get(&messages, Some(&bob)).await;
+    assert_eq!(names_in(&page), 0, "{page}");
+
+    // A sends it as a PDU (as backfill or missing events would bring it): promoted where it
+    // is, before the join; the current state and the join stay as they were.
+    let body = json!({
+        "origin": a.name,
+        "origin_server_ts": crate::fed_pdus::events::now_ms(),
+        "pdus": [value_of(&name.json)],
+    });
+    let (status, answer) = a
+        .signed(
+            b,
+            &b.name,
+            Method::PUT,
+            "/_matrix/federation/v1/send/p1",
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["pdus"][name.pdu.event_id.as_str()],
+        json!({}),
+        "{answer}"
+    );
+    assert_eq!(b_rooms.event_sid(&name.pdu.event_id).unwrap(), Some(sid));
+    assert!(!b_rooms.is_outlier(sid).unwrap());
+    let (_, page) = b.get(&messages, Some(&bob)).await;
+    assert_eq!(names_in(&page), 1, "{page}");
+    let b_record = b_rooms.room(room_id).unwrap().unwrap();
+    assert_eq!(b_record.extremities.len(), 1);
+    assert!(b_record.extremities[0] > sid);
+}
+
+#[tokio::test]
+async fn the_resident_sends_a_join_on_to_the_rooms_other_servers() {
+    let fed = start_many(3).await;
+    let (a, b, c) = (&fed.servers[0], &fed.servers[1], &fed.servers[2]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (bob_id, bob, _) = b.register("bob", "password1").await;
+    let (_, carol, _) = c.register("carol", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let (status, body) = join_via(c, &carol, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // B joins through A: C learns of it from A, and B's messages go to C directly.
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_membership(c, &carol, &room, &bob_id, "join").await;
+    send_text(b, &bob, &room, "b1", "bob to everyone").await;
+    wait_for_message(c, &carol, &room, "bob to everyone").await;
+    wait_for_message(a, &alice, &room, "bob to everyone").await;
+    send_text(c, &carol, &room, "c1", "carol to everyone").await;
+    wait_for_message(b, &bob, &room, "carol to everyone").await;
+    let a_state = state_ids(a, &alice, &room).await;
+    assert_eq!(a_state, state_ids(b, &bob, &room).await);
+    assert_eq!(a_state, state_ids(c, &carol, &room).await);
+}
+
+/// Figure for the report: a user of B joins a room of A with 500 members (the members are
+/// users of a third server C, joined by PDUs C sends A). Prints the time of B's `/join`. Run
+/// with `cargo test --release --test it fed_joins::figure -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn figure_join_a_room_with_500_members() {
+    const MEMBERS: usize = 500;
+    const PER_TRANSACTION: usize = 50;
+    let fed = start_many(3).await;
+    let (a, b, c) = (&fed.servers[0], &fed.servers[1], &fed.servers[2]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (_, bob, _) = b.register("bob", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let view = crate::fed_pdus::events::RoomView {
+        services: services(a),
+        room_id: room.clone(),
+    };
+    let remote = Remote::server(c);
+    let mut prev = view.latest();
+    let mut n = 0;
+    for t in 0..MEMBERS / PER_TRANSACTION {
+        let mut pdus = Vec::new();
+        let auth = {
+            let probe = remote.user("probe");
+            view.auth_events(
+                "m.room.member",
+                &probe,
+                Some(&probe),
+                &json!({"membership": "join"}),
+            )
+        };
+        for _ in 0..PER_TRANSACTION {
+            let user = remote.user(&format!("member{n}"));
+            let mut spec = crate::fed_pdus::events::EventSpec::state(
+                "m.room.member",
+                &user,
+                &user,
+                json!({"membership": "join", "displayname": format!("Member {n}")}),
+            );
+            spec.prev = Some(prev.clone());
+            spec.auth = Some(auth.clone());
+            spec.extra_depth = (n % PER_TRANSACTION) as u64;
+            let (id, object) = view.event(&remote, spec);
+            prev = vec![id.to_string()];
+            pdus.push(value_of(&object));
+            n += 1;
+        }
+        let body = json!({
+            "origin": c.name,
+            "origin_server_ts": crate::fed_pdus::events::now_ms(),
+            "pdus": pdus,
+        });
+        let (status, answer) = c
+            .signed(
+                a,
+                &a.name,
+                Method::PUT,
+                &format!("/_matrix/federation/v1/send/m{t}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room));
+    let (_, members) = a.get(&path, Some(&alice)).await;
+    assert_eq!(members["joined"].as_object().unwrap().len(), MEMBERS + 1);
+
+    let started = Instant::now();
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, members) = b.get(&path, Some(&bob)).await;
+    assert_eq!(members["joined"].as_object().unwrap().len(), MEMBERS + 2);
+    println!(
+        "FIGURE: B joined a room of A with {} members in {took:?}",
+        MEMBERS + 1
+    );
 }

@@ -5,6 +5,7 @@
 pub mod backfill;
 pub mod directory;
 pub mod events;
+pub mod invite;
 pub mod keys;
 pub mod media;
 pub mod membership;
@@ -30,4 +31,5 @@ pub fn register_routes(router: &mut Router) {
     events::routes(router);
     backfill::routes(router);
     space::routes(router);
+    invite::routes(router);
 }

@@ -9,6 +9,9 @@
 //! - `receive`: inbound transactions and their EDUs.
 //! - `devices`: device lists over federation (announcements, the remote cache).
 //! - `pdus`: checks and storage of received PDUs.
+//! - `invite`: invites across servers, both ways; `remote_membership`: rejecting remote
+//!   invites and knocking through resident servers (`make_leave`/`send_leave`,
+//!   `make_knock`/`send_knock` as the leaving or knocking server).
 //! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
 //! - `spaces`: space hierarchies of rooms on other servers (federation `/hierarchy`).
 
@@ -17,11 +20,13 @@ pub mod answers;
 pub mod auth;
 pub mod client;
 pub mod devices;
+pub mod invite;
 pub mod keyring;
 pub mod membership;
 pub mod pdus;
 pub mod queries;
 pub mod queue;
 pub mod receive;
+pub mod remote_membership;
 pub mod sender;
 pub mod spaces;

@@ -248,7 +248,7 @@ async fn try_join(
         .rooms
         .store_joined_room(joined)
         .await
-        .map_err(|e| Attempt::Refused(e))?;
+        .map_err(Attempt::Refused)?;
     log::info!(
         "{} joined {} via {server} (stored in {:?})",
         join.user_id,
@@ -664,6 +664,16 @@ pub async fn join_room(
     let mut content = profile;
     if let Some(reason) = reason.filter(|r| !r.is_empty()) {
         content.insert("reason".into(), Value::from(reason));
+    }
+    // An invite (or knock) from another server names the servers to go through.
+    let mut servers = servers;
+    if let Some(invite) = services.rooms.remote_membership(user_id, room_id)? {
+        servers.extend(
+            invite
+                .servers
+                .iter()
+                .filter_map(|s| ServerName::parse(s).ok()),
+        );
     }
     join_remote(
         services,

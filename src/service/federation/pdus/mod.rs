@@ -15,6 +15,7 @@
 
 pub mod checks;
 mod direct;
+mod outside;
 
 pub use direct::Direct;
 
@@ -34,6 +35,7 @@ use crate::{
     service::{
         rooms::{
             build::{remote::Verdict, Staged},
+            outliers::Promotion,
             Pdu, Rooms,
         },
         users::now_ms,
@@ -154,6 +156,14 @@ enum Judged {
     CommitFirst,
 }
 
+/// What [`Pdus::prepare`] made of a PDU.
+enum Ready {
+    /// Checked, to be judged in its room.
+    Room(OwnedRoomId, Box<Prepared>),
+    /// A member event for a room this server is not in, recorded (`outside`).
+    Outside(OwnedEventId),
+}
+
 /// A PDU that passed the state-independent checks, ready for its room.
 struct Prepared {
     event_id: OwnedEventId,
@@ -184,7 +194,12 @@ impl Pdus {
         let mut by_room: BTreeMap<OwnedRoomId, Vec<Prepared>> = BTreeMap::new();
         for raw in pdus {
             match self.prepare(origin, raw).await {
-                Ok((room_id, prepared)) => by_room.entry(room_id).or_default().push(prepared),
+                Ok(Ready::Room(room_id, prepared)) => {
+                    by_room.entry(room_id).or_default().push(*prepared)
+                }
+                Ok(Ready::Outside(event_id)) => {
+                    results.insert(event_id, Ok(()));
+                }
                 Err((Some(event_id), error)) => {
                     log::info!("PDU {event_id} from {origin} dropped: {error}");
                     results.insert(event_id, Err(error));
@@ -209,7 +224,7 @@ impl Pdus {
         &self,
         origin: &ServerName,
         raw: &RawJsonValue,
-    ) -> std::result::Result<(OwnedRoomId, Prepared), (Option<OwnedEventId>, String)> {
+    ) -> std::result::Result<Ready, (Option<OwnedEventId>, String)> {
         let object = checks::parse(raw).map_err(|e| (None, e))?;
         let room_id = match object.get("room_id") {
             Some(CanonicalJsonValue::String(id)) => RoomId::parse(id).ok(),
@@ -222,6 +237,13 @@ impl Pdus {
                 .map_err(|e| (None, e.to_string()))?,
             None => None,
         };
+        if let (Some(room_id), None) = (&room_id, &room) {
+            // A member event about a local user's remote invite or knock (a rescinded
+            // invite, a refused knock) is all this server takes of a room it is not in.
+            if let Some(outcome) = self.outside_room(origin, &object, room_id).await {
+                return outcome.map(Ready::Outside);
+            }
+        }
         let Some((room_id, room)) = room_id.zip(room) else {
             // The room version is unknown, so the id can only be a best guess: the one the
             // room versions in use today (3 and later) would give.
@@ -256,13 +278,13 @@ impl Pdus {
             log::info!("PDU {event_id} has a wrong content hash: processed redacted");
         }
         let pdu = Pdu::from_object(event_id.clone(), &object).map_err(fail)?;
-        Ok((
+        Ok(Ready::Room(
             room_id,
-            Prepared {
+            Box::new(Prepared {
                 event_id,
                 pdu,
                 object,
-            },
+            }),
         ))
     }
 
@@ -376,8 +398,23 @@ impl Pdus {
         event: &Prepared,
         pending: &[(OwnedEventId, std::result::Result<(), String>)],
     ) -> Result<Judged> {
-        if let Some(outcome) = self.known_outcome(&event.event_id)? {
-            return Ok(Judged::Final(outcome));
+        // An outlier received as a timeline event (`rooms/outliers.rs`): old history is
+        // promoted where it is; new history is judged and stored again like any event.
+        match self
+            .rooms
+            .outlier_fate(&event.event_id, staged.extremities())?
+        {
+            Some(Promotion::InPlace { sid }) => {
+                let room_sid = self.rooms.room(room_id)?.map(|r| r.sid).unwrap_or_default();
+                Rooms::stage_promote_in_place(staged.batch_mut(), room_sid, sid);
+                return Ok(Judged::Staged(Ok(())));
+            }
+            Some(Promotion::Replace { sid }) => staged.replace_outlier(&event.event_id, sid),
+            None => {
+                if let Some(outcome) = self.known_outcome(&event.event_id)? {
+                    return Ok(Judged::Final(outcome));
+                }
+            }
         }
         if staged.needs_commit_before(&event.pdu, &event.object) {
             return Ok(Judged::CommitFirst);
