@@ -139,7 +139,8 @@ async fn membership_on(p: &Pair, m: &Member<'_>, room: &str, user: &str, want: &
     .await
 }
 
-/// Syncs as `m` (a full sync, then incremental ones) until `found` picks something.
+/// Syncs as `m` (a full sync, then incremental ones, all with left rooms) until `found`
+/// picks something.
 async fn sync_until<T>(
     p: &Pair,
     m: &Member<'_>,
@@ -150,9 +151,13 @@ async fn sync_until<T>(
     let found = &found;
     let since = &since;
     p.eventually(&format!("{what} in {}'s sync", m.label()), || async move {
+        let filter = enc(r#"{"room":{"include_leave":true}}"#);
         let path = match since.lock().unwrap().clone() {
-            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
-            Some(s) => format!("/_matrix/client/v3/sync?timeout=500&since={}", enc(&s)),
+            None => format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+            Some(s) => format!(
+                "/_matrix/client/v3/sync?timeout=500&filter={filter}&since={}",
+                enc(&s)
+            ),
         };
         let (status, body) = m.side.get(&path, m.token()).await;
         if status.as_u16() != 200 {
