@@ -21,6 +21,7 @@
 //! Synapse with its client, media and federation resources (federation between the two goes
 //! over TLS only; the plain federation resource lets the test read Synapse's notary answers).
 
+mod live;
 mod queries;
 mod rooms;
 
@@ -344,17 +345,28 @@ impl Pair {
 
     /// Polls `check` until it returns `Some` (at most 300 times, 30 s); panics with `what`
     /// and Synapse's log if it never does. Federation is asynchronous on both servers.
-    pub async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    pub async fn eventually<T, F, Fut>(&self, what: &str, check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        self.eventually_within(Duration::from_secs(30), what, check)
+            .await
+    }
+
+    /// [`Pair::eventually`] with another time limit (at most ten polls a second).
+    pub async fn eventually_within<T, F, Fut>(&self, limit: Duration, what: &str, mut check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
         let began = Instant::now();
-        for _ in 0..300 {
+        let polls = limit.as_millis() / 100;
+        for _ in 0..polls.max(1) {
             if let Some(found) = check().await {
                 return found;
             }
-            if began.elapsed() > Duration::from_secs(30) {
+            if began.elapsed() > limit {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -15,20 +15,20 @@ pub struct Member<'a> {
 }
 
 impl Member<'_> {
-    fn user(&self) -> &str {
+    pub(super) fn user(&self) -> &str {
         &self.dev.user
     }
 
-    fn token(&self) -> &str {
+    pub(super) fn token(&self) -> &str {
         &self.dev.token
     }
 
-    fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         format!("{} on {}", self.dev.user, self.side.label())
     }
 }
 
-async fn members(p: &Pair) -> (Member<'_>, Member<'_>) {
+pub(super) async fn members(p: &Pair) -> (Member<'_>, Member<'_>) {
     let alice = Member {
         side: p.hearth_side(),
         dev: p.hearth_user("alice").await,
@@ -41,7 +41,7 @@ async fn members(p: &Pair) -> (Member<'_>, Member<'_>) {
 }
 
 /// A public room of `version` created by `m`, with an alias; (room id, alias).
-async fn create(p: &Pair, m: &Member<'_>, version: &str) -> (String, String) {
+pub(super) async fn create(p: &Pair, m: &Member<'_>, version: &str) -> (String, String) {
     let local = unique("room-");
     let (status, body) = m
         .side
@@ -68,7 +68,7 @@ async fn create(p: &Pair, m: &Member<'_>, version: &str) -> (String, String) {
 }
 
 /// `m` joins `target` (an alias or a room id, with `via` servers).
-async fn join(p: &Pair, m: &Member<'_>, target: &str, via: &str) -> String {
+pub(super) async fn join(p: &Pair, m: &Member<'_>, target: &str, via: &str) -> String {
     let (status, body) = m
         .side
         .post(
@@ -91,7 +91,13 @@ async fn join(p: &Pair, m: &Member<'_>, target: &str, via: &str) -> String {
 }
 
 /// `m` sends an event; its id.
-async fn send(p: &Pair, m: &Member<'_>, room: &str, kind: &str, content: Value) -> String {
+pub(super) async fn send(
+    p: &Pair,
+    m: &Member<'_>,
+    room: &str,
+    kind: &str,
+    content: Value,
+) -> String {
     let (status, body) = m
         .side
         .put(
@@ -113,7 +119,7 @@ async fn send(p: &Pair, m: &Member<'_>, room: &str, kind: &str, content: Value) 
 }
 
 /// The event `id` as `m`'s server serves it, once it has it.
-async fn event_on(p: &Pair, m: &Member<'_>, room: &str, id: &str) -> Value {
+pub(super) async fn event_on(p: &Pair, m: &Member<'_>, room: &str, id: &str) -> Value {
     let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(id));
     p.eventually(&format!("{id} reaching {}", m.label()), || async {
         let (status, body) = m.side.get(&path, m.token()).await;
@@ -123,7 +129,7 @@ async fn event_on(p: &Pair, m: &Member<'_>, room: &str, id: &str) -> Value {
 }
 
 /// Waits until `m`'s server has `user`'s membership in `room` as `want`.
-async fn membership_on(p: &Pair, m: &Member<'_>, room: &str, user: &str, want: &str) {
+pub(super) async fn membership_on(p: &Pair, m: &Member<'_>, room: &str, user: &str, want: &str) {
     let path = format!(
         "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
         enc(room),
@@ -141,7 +147,7 @@ async fn membership_on(p: &Pair, m: &Member<'_>, room: &str, user: &str, want: &
 
 /// Syncs as `m` (a full sync, then incremental ones, all with left rooms) until `found`
 /// picks something.
-async fn sync_until<T>(
+pub(super) async fn sync_until<T>(
     p: &Pair,
     m: &Member<'_>,
     what: &str,
@@ -170,7 +176,12 @@ async fn sync_until<T>(
 }
 
 /// `from` sends a message, `to` gets it with the same sender and content.
-async fn message_travels(p: &Pair, from: &Member<'_>, to: &Member<'_>, room: &str) -> String {
+pub(super) async fn message_travels(
+    p: &Pair,
+    from: &Member<'_>,
+    to: &Member<'_>,
+    room: &str,
+) -> String {
     let content = json!({"msgtype": "m.text", "body": format!("hello from {}", from.label())});
     let id = send(p, from, room, "m.room.message", content.clone()).await;
     let got = event_on(p, to, room, &id).await;
@@ -185,7 +196,12 @@ async fn message_travels(p: &Pair, from: &Member<'_>, to: &Member<'_>, room: &st
 
 /// `host` creates a room of `version`, `guest` (on the other server) joins it by alias, and
 /// a message goes each way.
-async fn joined_room(p: &Pair, host: &Member<'_>, guest: &Member<'_>, version: &str) -> String {
+pub(super) async fn joined_room(
+    p: &Pair,
+    host: &Member<'_>,
+    guest: &Member<'_>,
+    version: &str,
+) -> String {
     let (room, alias) = create(p, host, version).await;
     let joined = join(p, guest, &alias, host.side.name()).await;
     p.ensure_eq(&joined, &room, format!("the room {alias} names"));
@@ -372,6 +388,9 @@ async fn typing_and_receipts_travel_both_ways() {
     let p = Pair::start().await;
     let (alice, bob) = members(&p).await;
     let room = joined_room(&p, &alice, &bob, "11").await;
+    ephemeral_travel(&p, &alice, &bob, &room).await;
+    ephemeral_travel(&p, &bob, &alice, &room).await;
+    let room = joined_room(&p, &bob, &alice, "12").await;
     ephemeral_travel(&p, &alice, &bob, &room).await;
     ephemeral_travel(&p, &bob, &alice, &room).await;
 }
