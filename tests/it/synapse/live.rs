@@ -173,3 +173,44 @@ async fn hearth_catches_up_after_a_restart() {
         p.ensure_eq(&got["sender"], &json!(bob.user()), format!("{got}"));
     }
 }
+
+#[tokio::test]
+#[ignore = "needs Synapse: a Python in SYNAPSE_PYTHON; .ci/run runs it"]
+async fn synapse_gets_what_hearth_queued_while_it_was_down() {
+    // This test stops its Synapse: one of its own.
+    let p = Pair::start_private().await;
+    let (alice, bob) = members(&p).await;
+    let room = joined_room(&p, &alice, &bob, "11").await;
+    p.syn.server.stop();
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let content = json!({"msgtype": "m.text", "body": format!("while Synapse was down {i}")});
+        sent.push((
+            send(&p, &alice, &room, "m.room.message", content.clone()).await,
+            content,
+        ));
+    }
+    let synapse = p.syn.server.clone();
+    tokio::task::spawn_blocking(move || synapse.start_again())
+        .await
+        .unwrap();
+    // Hearth backs off from Synapse (5 s, then doubling) and ends the backoff when Synapse
+    // sends it something: a message from Bob.
+    let content = json!({"msgtype": "m.text", "body": "Synapse is back"});
+    send(&p, &bob, &room, "m.room.message", content).await;
+    for (id, content) in &sent {
+        let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(id));
+        let got = p
+            .eventually_within(
+                Duration::from_secs(90),
+                &format!("{id} reaching Synapse after its restart"),
+                || async {
+                    let (status, body) = bob.side.get(&path, bob.token()).await;
+                    (status.as_u16() == 200).then_some(body)
+                },
+            )
+            .await;
+        p.ensure_eq(&got["content"], content, format!("{got}"));
+        p.ensure_eq(&got["sender"], &json!(alice.user()), format!("{got}"));
+    }
+}

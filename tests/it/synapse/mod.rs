@@ -21,6 +21,7 @@
 //! Synapse with its client, media and federation resources (federation between the two goes
 //! over TLS only; the plain federation resource lets the test read Synapse's notary answers).
 
+mod e2ee;
 mod live;
 mod queries;
 mod rooms;
@@ -33,7 +34,7 @@ use std::{
     process::{Child, ChildStdin, Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Mutex, OnceLock,
+        Arc, Mutex, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -56,15 +57,22 @@ pub struct Synapse {
     pub dir: PathBuf,
     /// From spawning the process to the client API answering.
     pub started_in: Duration,
-    /// The process and the pipe whose end stops it (see `run.py`); never dropped.
-    _process: Mutex<(Child, ChildStdin)>,
+    client_port: u16,
+    /// The process and the pipe whose end stops it (see `run.py`); `None` while stopped.
+    process: Mutex<Option<(Child, ChildStdin)>>,
+    /// Whether dropping this value stops the process and removes the directory: the shared
+    /// instance lives in a static (never dropped, `run.py` ends it), a test's own instance
+    /// ([`Synapse::private`]) is dropped at the end of its test, passed or failed.
+    owned: bool,
 }
 
-static SYNAPSE: OnceLock<Synapse> = OnceLock::new();
+static SYNAPSE: OnceLock<Arc<Synapse>> = OnceLock::new();
 
 /// The shared Synapse, started on first use.
-pub fn synapse() -> &'static Synapse {
-    SYNAPSE.get_or_init(start_synapse)
+pub fn synapse() -> Arc<Synapse> {
+    SYNAPSE
+        .get_or_init(|| Arc::new(start_synapse(false)))
+        .clone()
 }
 
 fn template(name: &str) -> String {
@@ -74,9 +82,43 @@ fn template(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn start_synapse() -> Synapse {
-    let python = std::env::var("SYNAPSE_PYTHON")
-        .expect("SYNAPSE_PYTHON must name a Python with matrix-synapse (.ci/run sets one up)");
+fn python() -> String {
+    std::env::var("SYNAPSE_PYTHON")
+        .expect("SYNAPSE_PYTHON must name a Python with matrix-synapse (.ci/run sets one up)")
+}
+
+/// Starts Synapse on `dir` (configured already) and waits until its client API on
+/// `client_port` answers: the process and its pipe, or `None` if it exited (a port taken)
+/// or did not answer within a minute (then it is killed).
+fn spawn(dir: &Path, client_port: u16) -> Option<(Child, ChildStdin)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/synapse/run.py");
+    let output = std::fs::File::create(dir.join("stdout.log")).unwrap();
+    let began = Instant::now();
+    let mut child = Command::new(python())
+        .arg(&script)
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .spawn()
+        .expect("SYNAPSE_PYTHON runs");
+    let stdin = child.stdin.take().unwrap();
+    // Bounded: 600 polls, at most a minute.
+    for _ in 0..600 {
+        if began.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if answers(client_port) {
+            return Some((child, stdin));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn start_synapse(owned: bool) -> Synapse {
     let dir = tempfile::Builder::new()
         .prefix("hearth-synapse-")
         .tempdir()
@@ -96,7 +138,6 @@ fn start_synapse() -> Synapse {
         template("log.yaml").replace("@DIR@", &dir_text),
     )
     .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/synapse/run.py");
     // The ports are chosen before Synapse binds them; another test may take one in between,
     // hence a few attempts.
     for _ in 0..5 {
@@ -108,38 +149,18 @@ fn start_synapse() -> Synapse {
             .replace("@CLIENT_PORT@", &client_port.to_string());
         std::fs::write(dir.join("homeserver.yaml"), config).unwrap();
         let _ = std::fs::remove_file(dir.join("homeserver.db"));
-        let output = std::fs::File::create(dir.join("stdout.log")).unwrap();
         let began = Instant::now();
-        let mut child = Command::new(&python)
-            .arg(&script)
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .expect("SYNAPSE_PYTHON runs");
-        let stdin = child.stdin.take().unwrap();
-        // Bounded: 600 polls, at most a minute.
-        for _ in 0..600 {
-            if began.elapsed() > Duration::from_secs(60) {
-                break;
-            }
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if answers(client_port) {
-                return Synapse {
-                    name: format!("127.0.0.1:{fed_port}"),
-                    base: format!("http://127.0.0.1:{client_port}"),
-                    dir,
-                    started_in: began.elapsed(),
-                    _process: Mutex::new((child, stdin)),
-                };
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if let Some(process) = spawn(&dir, client_port) {
+            return Synapse {
+                name: format!("127.0.0.1:{fed_port}"),
+                base: format!("http://127.0.0.1:{client_port}"),
+                dir,
+                started_in: began.elapsed(),
+                client_port,
+                process: Mutex::new(Some(process)),
+                owned,
+            };
         }
-        let _ = child.kill();
-        let _ = child.wait();
         let said = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
         let log = log_excerpt(&dir, None);
         if !said.contains("Address already in use") && !log.contains("Address already in use") {
@@ -147,6 +168,45 @@ fn start_synapse() -> Synapse {
         }
     }
     panic!("no free ports for Synapse");
+}
+
+impl Synapse {
+    /// A Synapse of one test's own, for tests that stop it; stopped and removed when
+    /// dropped. Blocks while it starts.
+    pub fn private() -> Self {
+        start_synapse(true)
+    }
+
+    /// Kills the process (no clean shutdown: as a crash or power loss would).
+    pub fn stop(&self) {
+        if let Some((mut child, _stdin)) = self.process.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same directory, ports and database. Blocks while it starts.
+    pub fn start_again(&self) {
+        let mut process = self.process.lock().unwrap();
+        assert!(process.is_none(), "Synapse is running");
+        *process = Some(spawn(&self.dir, self.client_port).unwrap_or_else(|| {
+            panic!(
+                "Synapse did not start again\n{}",
+                log_excerpt(&self.dir, None)
+            )
+        }));
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        if self.owned {
+            self.stop();
+            if std::env::var_os("SYNAPSE_KEEP_DIR").is_none() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
+    }
 }
 
 /// Whether the client API on `port` answers `GET /_matrix/client/versions` with 200.
@@ -206,7 +266,7 @@ pub fn unique(prefix: &str) -> String {
 /// A client of the shared Synapse, made per test (an HTTP client's connections belong to
 /// the test's runtime).
 pub struct Syn {
-    pub server: &'static Synapse,
+    pub server: Arc<Synapse>,
     pub name: String,
     pub http: reqwest::Client,
 }
@@ -285,8 +345,18 @@ pub struct Pair {
 }
 
 impl Pair {
+    /// A fresh Hearth and the shared Synapse.
     pub async fn start() -> Self {
-        let synapse = tokio::task::spawn_blocking(synapse).await.unwrap();
+        Self::start_with(tokio::task::spawn_blocking(synapse).await.unwrap()).await
+    }
+
+    /// A fresh Hearth and a Synapse of this test's own ([`Synapse::private`]).
+    pub async fn start_private() -> Self {
+        let synapse = tokio::task::spawn_blocking(Synapse::private).await.unwrap();
+        Self::start_with(Arc::new(synapse)).await
+    }
+
+    async fn start_with(synapse: Arc<Synapse>) -> Self {
         println!(
             "Synapse {} at {} (started in {:?})",
             synapse.name, synapse.base, synapse.started_in
@@ -303,8 +373,8 @@ impl Pair {
         Self {
             hearth,
             syn: Syn {
-                server: synapse,
                 name: synapse.name.clone(),
+                server: synapse,
                 // Bounded: a request Synapse never answers fails the test instead of hanging.
                 http: reqwest::Client::builder()
                     .timeout(Duration::from_secs(60))
