@@ -4,18 +4,19 @@
 //! required.
 //!
 //! One Synapse serves every test of the run (it takes seconds to start; each test starts its
-//! own in-process Hearth, with its own server name, so tests do not see each other). It runs
-//! from `tests/interop/synapse/` (configuration templates and `run.py`, which ends Synapse
-//! when the test process closes its standard input, i.e. exits in any way) in a temporary
-//! directory that also holds the test CA and the certificate both servers present.
+//! own in-process Hearth, with its own server name, and its own users, so tests do not see
+//! each other); a test that stops Synapse starts one of its own ([`Pair::start_private`]). It
+//! runs from `tests/interop/synapse/` (configuration templates, and `run.py`, which ends
+//! Synapse when the test process closes its standard input, i.e. exits in any way) in a
+//! temporary directory that also holds the test CA and the certificate both servers present.
+//! A failed check shows Synapse's warnings about the test's Hearth and its errors.
 //!
 //! Server names: both servers are named by IP literal and port, `127.0.0.1:<TLS port>`, as the
 //! Hearth-to-Hearth tests are. A name with an explicit port skips `.well-known` and SRV on both
 //! sides (spec: Server-Server, Resolving server names, steps 1–2), and the certificate has the
-//! IP SAN `127.0.0.1`, which Synapse's federation client checks for IP literals (it verifies
-//! the IP address, not a host name, and sends no SNI) and Hearth's checks likewise. `localhost`
-//! names would work for Synapse too, but then both servers' names would differ only by port
-//! and need a DNS-name SAN; the IP literal is what the existing harness already proves.
+//! IP SAN `127.0.0.1`, which Synapse's federation client verifies for IP literals (it checks
+//! the IP address instead of a host name and sends no SNI), as Hearth's does. So no name needs
+//! DNS or a hosts file, and one certificate serves both servers.
 //!
 //! The clients drive both servers over plain HTTP: Hearth's listener, and a plain listener of
 //! Synapse with its client, media and federation resources (federation between the two goes
