@@ -1,6 +1,8 @@
 //! Joining, inviting, leaving, kicking, banning, knocking and forgetting. The rules live in
 //! `service::rooms::membership`; these handlers add what needs other services (profiles, the
-//! user list) and the request shapes.
+//! user list) and the request shapes. Rooms of other servers go through
+//! `service::federation`: joins (`membership::join`), invites of their users (`invite`), and
+//! leaving or knocking on a room known only through an invite or knock (`remote_membership`).
 
 use std::sync::Arc;
 
@@ -324,7 +326,7 @@ async fn knock(
         servers.push(alias.server_name().to_string());
     }
     let profile = profile_of(&services, &me.user_id)?;
-    if services.rooms.room(&room_id)?.is_none() {
+    if !services.rooms.is_resident(&room_id)? {
         // A room this server is not in: knocked on through a resident server (the servers
         // the client names, the alias's, the room id's).
         servers.extend(body.via.iter().map(ToString::to_string));

@@ -4,8 +4,8 @@
 
 pub mod backfill;
 pub mod directory;
-pub mod events;
 pub mod invite;
+pub mod events;
 pub mod keys;
 pub mod media;
 pub mod membership;
@@ -28,8 +28,8 @@ pub fn register_routes(router: &mut Router) {
     query::routes(router);
     user::routes(router);
     directory::routes(router);
+    invite::routes(router);
     events::routes(router);
     backfill::routes(router);
     space::routes(router);
-    invite::routes(router);
 }

@@ -167,9 +167,11 @@ pub fn prune_stripped_state(
     Ok(out)
 }
 
-/// From room version 12 on (spec 1.16: servers SHOULD), every stripped state entry must be a
-/// full PDU of the room that passes the signature and hash checks: the create event by its id
-/// (the room id is its reference hash), the others by their `room_id`.
+/// From room version 12 on (spec 1.16: servers SHOULD), stripped state entries that are full
+/// PDUs must be of the room and pass the signature and hash checks: the create event by its
+/// id (the room id is its reference hash), the others by their `room_id`. The create event
+/// must be such a PDU (it is what proves the room id); other entries in the old stripped
+/// form are still taken, with a warning, as the spec allows while servers migrate.
 async fn verify_stripped_pdus(
     services: &Services,
     entries: &[RawStrippedState],
@@ -183,10 +185,23 @@ async fn verify_stripped_pdus(
         return Ok(());
     }
     for entry in entries.iter().take(MAX_STRIPPED_STATE) {
-        let RawStrippedState::Pdu(raw) = entry else {
-            return Err(invalid(
-                "Stripped state must be full events in this room version",
-            ));
+        #[allow(deprecated)]
+        let raw = match entry {
+            RawStrippedState::Pdu(raw) => raw,
+            RawStrippedState::Stripped(raw) => {
+                let create = raw.get_field::<String>("type").ok().flatten().as_deref()
+                    == Some("m.room.create");
+                if create {
+                    return Err(invalid(
+                        "The create event of stripped state must be the full event",
+                    ));
+                }
+                log::warn!(
+                    "stripped state of {room_id} (version {version}) is not all full events"
+                );
+                continue;
+            }
+            _ => continue,
         };
         let object = checks::parse(raw).map_err(invalid)?;
         let is_create = string_field(&object, "type") == Some("m.room.create");
@@ -282,6 +297,11 @@ pub async fn receive_invite(
     let event = serde_json::to_string(&object).map_err(|e| Error::unknown(e.to_string()))?;
 
     let rooms = &services.rooms;
+    if rooms.is_resident(&request.room_id)? {
+        // This server is in the room: the invite arrives as a PDU of the room as well and is
+        // stored from there, against the room's state; a record here would only shadow it.
+        return RawJsonValue::from_string(event).map_err(|e| Error::unknown(e.to_string()));
+    }
     let previous = rooms.remote_invite(&invitee, &request.room_id)?;
     let same = previous.as_ref().is_some_and(|p| {
         p.membership == "invite" && p.event_id.as_deref() == Some(event_id.as_str())

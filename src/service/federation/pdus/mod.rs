@@ -237,10 +237,11 @@ impl Pdus {
                 .map_err(|e| (None, e.to_string()))?,
             None => None,
         };
-        if let (Some(room_id), None) = (&room_id, &room) {
+        if let Some(room_id) = &room_id {
             // A member event about a local user's remote invite or knock (a rescinded
             // invite, a refused knock) is all this server takes of a room it is not in.
-            if let Some(outcome) = self.outside_room(origin, &object, room_id).await {
+            let known = room.is_some();
+            if let Some(outcome) = self.outside_room(origin, &object, room_id, known).await {
                 return outcome.map(Ready::Outside);
             }
         }

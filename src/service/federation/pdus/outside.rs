@@ -37,12 +37,15 @@ fn depth(object: &CanonicalJsonObject) -> Option<i64> {
 
 impl Pdus {
     /// `Some` when the PDU is a member event about a local user's remote invite or knock in
-    /// `room_id` (a room not known here): its outcome. `None`: not such an event.
+    /// `room_id`, a room this server is not in (unknown here, or `known` but without a joined
+    /// local user): its outcome. `None`: not such an event (the cheap checks come first, so
+    /// PDUs of rooms this server is in cost a lookup or two).
     pub(super) async fn outside_room(
         &self,
         origin: &ServerName,
         object: &CanonicalJsonObject,
         room_id: &RoomId,
+        known: bool,
     ) -> Option<Outcome> {
         if string(object, "type") != Some("m.room.member") {
             return None;
@@ -52,6 +55,9 @@ impl Pdus {
             return None;
         }
         let record = self.rooms.remote_membership(&target, room_id).ok()??;
+        if known && self.rooms.is_resident(room_id).ok()? {
+            return None;
+        }
         let version = RoomVersionId::try_from(record.room_version.as_str()).ok()?;
         let rules = version.rules()?;
         let event_id = match checks::event_id(object, &rules) {
