@@ -4,8 +4,8 @@
 
 pub mod backfill;
 pub mod directory;
-pub mod invite;
 pub mod events;
+pub mod invite;
 pub mod keys;
 pub mod media;
 pub mod membership;

@@ -318,30 +318,48 @@ async fn relations_travel(p: &Pair, from: &Member<'_>, to: &Member<'_>, room: &s
     );
 }
 
-/// Typing and a read receipt by `from`, as `to` sees them in its sync.
+/// Typing (started, then stopped) and a read receipt by `from`, as `to` sees them in its
+/// sync.
 async fn ephemeral_travel(p: &Pair, from: &Member<'_>, to: &Member<'_>, room: &str) {
-    let (status, body) = from
-        .side
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/typing/{}",
-                enc(room),
-                enc(from.user())
-            ),
-            from.token(),
-            json!({"typing": true, "timeout": 30000}),
-        )
-        .await;
-    p.ensure_eq(status.as_u16(), 200, format!("typing: {body}"));
     let user = from.user().to_owned();
-    sync_until(p, to, &format!("{user} typing"), |sync| {
+    // The typing users `to` sees in the room, when a sync carries them.
+    let typing = |sync: &Value| -> Option<Vec<Value>> {
         let events = sync["rooms"]["join"][room]["ephemeral"]["events"].as_array()?;
-        events
-            .iter()
-            .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([user]))
-            .then_some(())
-    })
-    .await;
+        let event = events.iter().rev().find(|e| e["type"] == "m.typing")?;
+        event["content"]["user_ids"].as_array().cloned()
+    };
+    for on in [true, false] {
+        let (status, body) = from
+            .side
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/typing/{}",
+                    enc(room),
+                    enc(&user)
+                ),
+                from.token(),
+                json!({"typing": on, "timeout": 30000}),
+            )
+            .await;
+        p.ensure_eq(status.as_u16(), 200, format!("typing {on}: {body}"));
+        if on {
+            sync_until(p, to, &format!("{user} typing"), |sync| {
+                typing(sync)?.contains(&json!(user)).then_some(())
+            })
+            .await;
+        } else {
+            // Full syncs: each shows who is typing now (no typing event: nobody).
+            p.eventually(&format!("{user} no longer typing"), || async {
+                let (status, sync) = to
+                    .side
+                    .get("/_matrix/client/v3/sync?timeout=0", to.token())
+                    .await;
+                let users = typing(&sync).unwrap_or_default();
+                (status.as_u16() == 200 && !users.contains(&json!(user))).then_some(())
+            })
+            .await;
+        }
+    }
 
     let read = message_travels(p, to, from, room).await;
     let (status, body) = from
