@@ -182,6 +182,7 @@ async fn invite(
             &me.user_id,
             target,
             recipient.reason.as_deref(),
+            false,
         )
         .await?;
         return Ok(invite_user::v3::Response::new());

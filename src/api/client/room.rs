@@ -173,9 +173,7 @@ async fn create(
     let mut member_profiles = BTreeMap::new();
     for user in body.invite.iter().chain([&me.user_id]) {
         if user.server_name().as_str() != services.config.server_name {
-            return Err(Error::forbidden(
-                "Inviting users of other servers needs federation, which is not available yet",
-            ));
+            continue;
         }
         if !services.users.exists(user)? {
             return Err(Error::not_found(format!("Unknown user {user}")));
@@ -198,6 +196,26 @@ async fn create(
         member_profiles,
     };
     let room_id = services.rooms.create_room(request).await?;
+    // Users of other servers are invited through their servers once the room exists. The room
+    // stands either way: a failed invite is logged and the client can invite again.
+    for user in body
+        .invite
+        .iter()
+        .filter(|u| u.server_name().as_str() != services.config.server_name)
+    {
+        if let Err(e) = crate::service::federation::invite::invite_remote(
+            &services,
+            &room_id,
+            &me.user_id,
+            user,
+            None,
+            body.is_direct,
+        )
+        .await
+        {
+            log::warn!("createRoom {room_id}: inviting {user} failed: {e}");
+        }
+    }
     Ok(create_room::v3::Response::new(room_id))
 }
 

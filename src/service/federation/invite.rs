@@ -454,6 +454,7 @@ pub async fn invite_remote(
     sender: &UserId,
     target: &UserId,
     reason: Option<&str>,
+    is_direct: bool,
 ) -> Result<()> {
     let rooms = &services.rooms;
     rooms.check_invite(room_id, sender, target)?;
@@ -466,6 +467,9 @@ pub async fn invite_remote(
     let mut content = json!({ "membership": MembershipState::Invite.as_str() });
     if let Some(reason) = reason.filter(|r| !r.is_empty()) {
         content["reason"] = json!(reason);
+    }
+    if is_direct {
+        content["is_direct"] = json!(true);
     }
     let state = invite_room_state(services, room_id, sender)?;
     let mut staged = rooms.stage(room_id).await?;

@@ -219,8 +219,13 @@ impl Rooms {
             )?;
         }
 
-        // 8. invites
-        for user in &request.invite {
+        // 8. invites of local users; users of other servers are invited once the room exists,
+        // through their servers (`federation::invite`), by the caller.
+        for user in request
+            .invite
+            .iter()
+            .filter(|u| u.server_name() == self.server_name())
+        {
             let mut content = member_content(user, "invite");
             if request.is_direct {
                 content.insert("is_direct".into(), json!(true));

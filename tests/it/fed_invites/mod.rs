@@ -580,3 +580,44 @@ async fn invites_from_ignored_users_of_other_servers_are_not_shown() {
     );
     assert!(initial["rooms"]["invite"][&room].is_object(), "{initial}");
 }
+
+/// `createRoom` with users of other servers in `invite` (how Element starts a direct chat with
+/// them): the room is created and each is invited through their server, `is_direct` and all.
+#[tokio::test]
+async fn create_room_invites_users_of_other_servers() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (alice, alice_token, _) = a.register("alice", "password1").await;
+    let (bob, bob_token, _) = b.register("bob", "password1").await;
+    let since = sync_token(b, &bob_token).await;
+    let room_id = create_room(
+        a,
+        &alice_token,
+        json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bob]}),
+    )
+    .await;
+
+    let (status, content) = member_content(a, &alice_token, &room_id, &bob).await;
+    assert_eq!(status, StatusCode::OK, "{content}");
+    assert_eq!(content["membership"], "invite");
+    assert_eq!(content["is_direct"], true);
+    let sync = sync_until(b, &bob_token, &since, "the direct invite", |s| {
+        s["rooms"]["invite"][&room_id].is_object()
+    })
+    .await;
+    let events = sync["rooms"]["invite"][&room_id]["invite_state"]["events"]
+        .as_array()
+        .unwrap();
+    let own = events
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == json!(bob))
+        .expect("the invitee's own member event");
+    assert_eq!(own["sender"], json!(alice));
+    assert_eq!(own["content"]["is_direct"], true);
+
+    // A user of a server that does not exist: the room is still created, without that invite.
+    let gone = "@nobody:127.0.0.1:1";
+    let room_id = create_room(a, &alice_token, json!({"invite": [gone]})).await;
+    let (status, _) = member_content(a, &alice_token, &room_id, gone).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
