@@ -9,6 +9,7 @@
 //! - `receive`: inbound transactions and their EDUs.
 //! - `devices`: device lists over federation (announcements, the remote cache).
 //! - `pdus`: checks and storage of received PDUs.
+//! - `spaces`: space hierarchies of rooms on other servers (federation `/hierarchy`).
 //! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
 
 pub mod acl;
@@ -23,3 +24,4 @@ pub mod queries;
 pub mod queue;
 pub mod receive;
 pub mod sender;
+pub mod spaces;
