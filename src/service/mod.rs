@@ -115,6 +115,9 @@ pub struct Services {
     pub fed_queue: Arc<federation::queue::Queue>,
     /// Delivers the queue's transactions; runs once the server starts it.
     pub fed_sender: Arc<federation::sender::Sender>,
+    /// Fetches the full state of rooms joined with partial state; runs once the server
+    /// starts it.
+    pub partial_sync: Arc<federation::membership::partial::PartialSync>,
     /// Device lists over federation: local announcements, the remote cache.
     pub fed_devices: Arc<federation::devices::FederatedDevices>,
     /// Inbound transactions in progress.
@@ -262,6 +265,11 @@ impl Services {
             federation.clone(),
             fed_devices.clone(),
         ));
+        let partial_sync = Arc::new(federation::membership::partial::PartialSync::new(
+            rooms.clone(),
+            federation.clone(),
+            keyring.clone(),
+        ));
         // Events stored before the search index existed are indexed before any request.
         search
             .backfill()
@@ -315,6 +323,7 @@ impl Services {
             login_tokens: Arc::new(expiring_tokens::LoginTokens::new(store.clone())),
             fed_queue,
             fed_sender,
+            partial_sync,
             fed_devices,
             fed_inbound: Default::default(),
             store,

@@ -24,7 +24,8 @@
 //! that refusal passed through (a `M_INVALID_PARAM`/`M_MISSING_PARAM` becomes 502, as the spec
 //! asks for errors that concern the server-server request).
 //!
-//! Not built: partial-state joins (`omit_members` is never asked for here); key validity
+//! With `federation.partial_state_joins` (the default) the join asks for `omit_members`; an
+//! answer that omitted members stores the room with partial state (`partial.rs`). Key validity
 //! windows are not enforced for the events of the answer (any key the signing server has
 //! published is accepted: auth chains of old rooms are signed with long-rotated keys).
 
@@ -221,8 +222,10 @@ async fn try_join(
         .ok_or_else(|| failed(format!("unsupported room version {version}")))?;
     let (event_id, object) = build_join(services, join, &made.event, &rules)?;
     let raw = raw_object(&object).map_err(failed)?;
-    let request =
+    let mut request =
         create_join_event::v2::Request::new(join.room_id.to_owned(), event_id.clone(), raw);
+    // Partial state (`partial.rs`): the member events come later, in the background.
+    request.omit_members = services.config.federation.partial_state_joins;
     let answer = services
         .federation
         .send_with_limits(
@@ -233,8 +236,9 @@ async fn try_join(
         )
         .await
         .map_err(refusal_of)?;
-    let joined = check_answer(
-        services,
+    let partial = super::partial::partial_of(&answer.room_state, server, &event_id);
+    let mut joined = check_answer(
+        &services.keyring,
         join.room_id,
         &version,
         &rules,
@@ -243,6 +247,8 @@ async fn try_join(
     )
     .await
     .map_err(failed)?;
+    joined.partial = partial;
+    let is_partial = joined.partial.is_some();
     let started = std::time::Instant::now();
     // Another local user's join may have got here first: then this one is one more event of
     // the room (checked again under the room lock by `store_joined_room`).
@@ -262,11 +268,14 @@ async fn try_join(
         Err(e) => return Err(Attempt::Refused(e)),
     }
     log::info!(
-        "{} joined {} via {server} (stored in {:?})",
+        "{} joined {} via {server} (stored in {:?}, partial state: {is_partial})",
         join.user_id,
         join.room_id,
         started.elapsed()
     );
+    if is_partial {
+        services.partial_sync.start(join.room_id);
+    }
     Ok(())
 }
 
@@ -395,8 +404,8 @@ fn parse_event(
 }
 
 /// Checks the `send_join` answer (see the module doc) and returns the room to store.
-async fn check_answer(
-    services: &Services,
+pub(super) async fn check_answer(
+    keyring: &super::super::keyring::KeyRing,
     room_id: &RoomId,
     version: &RoomVersionId,
     rules: &RoomVersionRules,
@@ -435,8 +444,7 @@ async fn check_answer(
         merge_wanted(&mut wanted, needed);
     }
     merge_wanted(&mut wanted, join_wanted);
-    let keys = services
-        .keyring
+    let keys = keyring
         .public_key_map_with(
             &wanted,
             MilliSecondsSinceUnixEpoch::now(),
@@ -588,6 +596,7 @@ fn verify_and_authorise(
         auth_chain: take(&order),
         state: take(&state_ids),
         join: (join_pdu, join_object),
+        partial: None,
     })
 }
 

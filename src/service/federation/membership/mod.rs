@@ -23,6 +23,7 @@
 //! As the **joining** server: [`join`].
 
 pub mod join;
+pub mod partial;
 mod state;
 
 pub use state::{join_state, knock_state, JoinState};
