@@ -17,6 +17,10 @@ pub struct Federation {
     /// Join remote rooms with partial state (`omit_members`): the join returns without most
     /// member events, which are fetched in the background. Default true.
     pub partial_state_joins: bool,
+    /// Seconds to wait before fetching the full state of a room joined with partial state
+    /// (default 0): a small server may let its user's first requests in the room go first.
+    /// Rooms still partial at a restart are resynced after the same wait.
+    pub partial_state_resync_delay_secs: u64,
 }
 
 impl Default for Federation {
@@ -24,6 +28,7 @@ impl Default for Federation {
         Self {
             trusted_key_servers: Vec::new(),
             partial_state_joins: true,
+            partial_state_resync_delay_secs: 0,
         }
     }
 }

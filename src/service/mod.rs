@@ -269,6 +269,7 @@ impl Services {
             rooms.clone(),
             federation.clone(),
             keyring.clone(),
+            std::time::Duration::from_secs(config.federation.partial_state_resync_delay_secs),
         ));
         // Events stored before the search index existed are indexed before any request.
         search

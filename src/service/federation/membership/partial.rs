@@ -74,6 +74,8 @@ pub struct PartialSync {
     federation: Arc<FederationClient>,
     keyring: Arc<KeyRing>,
     wake: mpsc::UnboundedSender<OwnedRoomId>,
+    /// `federation.partial_state_resync_delay_secs`: waited before each room's resync.
+    delay: Duration,
     receiver: Mutex<Option<mpsc::UnboundedReceiver<OwnedRoomId>>>,
 }
 
@@ -82,6 +84,7 @@ impl PartialSync {
         rooms: Arc<Rooms>,
         federation: Arc<FederationClient>,
         keyring: Arc<KeyRing>,
+        delay: Duration,
     ) -> Self {
         let (wake, receiver) = mpsc::unbounded_channel();
         Self {
@@ -89,6 +92,7 @@ impl PartialSync {
             federation,
             keyring,
             wake,
+            delay,
             receiver: Mutex::new(Some(receiver)),
         }
     }
@@ -131,6 +135,12 @@ impl PartialSync {
                 }
                 continue;
             };
+            if !self.delay.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.delay) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+            }
             tokio::select! {
                 done = self.resync(&room_id) => {
                     if let Err(e) = done {
