@@ -20,6 +20,23 @@ fn services(s: &FedServer) -> &hearth::service::Services {
     &s.server.as_ref().expect("running").services
 }
 
+/// Waits until `srv` has the full state of `room` (bounded: 30 s); at once for a room not
+/// joined with partial state.
+pub async fn wait_for_full_state(srv: &FedServer, room: &str) {
+    let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while services(srv).rooms.is_partial_state(&room_id) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never got the full state of {room}",
+            srv.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Joins `members` users of `c` to `room` on `a` by PDUs signed as `c` (transactions of
 /// [`PER_TRANSACTION`]).
 async fn add_remote_members(a: &FedServer, c: &FedServer, room: &str, members: usize) {
@@ -97,7 +114,11 @@ async fn send_text(srv: &FedServer, token: &str, room: &str, txn: &str, body: &s
         enc(room)
     );
     let (status, sent) = srv
-        .put(&path, Some(token), json!({"msgtype": "m.text", "body": body}))
+        .put(
+            &path,
+            Some(token),
+            json!({"msgtype": "m.text", "body": body}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{sent}");
 }
@@ -121,7 +142,11 @@ async fn has_message(srv: &FedServer, token: &str, room: &str, body: &str) -> bo
 async fn wait_for_message(srv: &FedServer, token: &str, room: &str, body: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !has_message(srv, token, room, body).await {
-        assert!(Instant::now() < deadline, "{body:?} never reached {}", srv.name);
+        assert!(
+            Instant::now() < deadline,
+            "{body:?} never reached {}",
+            srv.name
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -188,7 +213,10 @@ async fn a_large_room_is_joined_with_partial_state_and_resynced_after_a_restart(
         let room_id: ruma::OwnedRoomId = room.parse().unwrap();
         let partial = services(b).rooms.partial_state(&room_id).unwrap().unwrap();
         assert!(partial.servers.contains(&a.name), "{partial:?}");
-        assert!(partial.servers.contains(&fed.servers[2].name), "{partial:?}");
+        assert!(
+            partial.servers.contains(&fed.servers[2].name),
+            "{partial:?}"
+        );
         let known = members_count(b, &bob, &room).await;
         assert!(known < 10, "B knows {known} members right after the join");
         assert!(joined_count(b, &bob, &room).await < 10);
@@ -198,7 +226,17 @@ async fn a_large_room_is_joined_with_partial_state_and_resynced_after_a_restart(
                 Some(&bob),
             )
             .await;
-        assert_eq!((status, &name["name"]), (StatusCode::OK, &json!("Big room")));
+        assert_eq!(
+            (status, &name["name"]),
+            (StatusCode::OK, &json!("Big room"))
+        );
+
+        // Sync does not claim to know the membership.
+        let (status, sync) = b.get("/_matrix/client/v3/sync?timeout=0", Some(&bob)).await;
+        assert_eq!(status, StatusCode::OK, "{sync}");
+        let summary = &sync["rooms"]["join"][&room]["summary"];
+        assert!(summary.is_object(), "{sync}");
+        assert!(summary.get("m.joined_member_count").is_none(), "{summary}");
 
         // Bob reads and sends at once; A gets it.
         send_text(b, &bob, &room, "b1", "hello from a partial room").await;
@@ -224,22 +262,29 @@ async fn a_large_room_is_joined_with_partial_state_and_resynced_after_a_restart(
         b.start_again().await;
     }
     let (a, b) = (&fed.servers[0], &fed.servers[1]);
-    let room_id: ruma::OwnedRoomId = room.parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while services(b).rooms.is_partial_state(&room_id) {
-        assert!(Instant::now() < deadline, "the resync never finished");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_full_state(b, &room).await;
     assert_eq!(joined_count(b, &bob, &room).await, MEMBERS + 2);
     assert_eq!(members_count(b, &bob, &room).await, MEMBERS + 2);
-    assert_eq!(state_ids(a, &alice, &room).await, state_ids(b, &bob, &room).await);
+    assert_eq!(
+        state_ids(a, &alice, &room).await,
+        state_ids(b, &bob, &room).await
+    );
+    let (_, sync) = b.get("/_matrix/client/v3/sync?timeout=0", Some(&bob)).await;
+    assert_eq!(
+        sync["rooms"]["join"][&room]["summary"]["m.joined_member_count"],
+        json!(MEMBERS + 2),
+        "{sync}"
+    );
     let path = format!(
         "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
         enc(&room),
         enc(&fed.servers[2].user_id("member7"))
     );
     let (status, member) = b.get(&path, Some(&bob)).await;
-    assert_eq!((status, &member["displayname"]), (StatusCode::OK, &json!("Member 7")));
+    assert_eq!(
+        (status, &member["displayname"]),
+        (StatusCode::OK, &json!("Member 7"))
+    );
 
     // The room works as any other afterwards, both ways.
     send_text(b, &bob, &room, "b2", "after the resync").await;

@@ -20,9 +20,7 @@ use ruma::{events::TimelineEventType, CanonicalJsonObject, OwnedServerName, Room
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    CurrentState, Pdu, RoomMembers, Rooms, StateSnapshots, Timeline, UserRoom, UserRooms,
-};
+use super::{CurrentState, Pdu, RoomMembers, Rooms, StateSnapshots, Timeline, UserRoom, UserRooms};
 use crate::{
     error::{Error, Result},
     store::{Batch, Record},
@@ -88,6 +86,22 @@ impl Rooms {
             .unwrap_or_default()
     }
 
+    /// The `servers_in_room` of every partial-state room `user_id` is joined to: servers that
+    /// share a room with the user though none of their members is known here yet (device-list
+    /// updates and other per-user EDUs go to them too).
+    pub fn partial_state_servers_of(
+        &self,
+        user_id: &ruma::UserId,
+    ) -> Result<BTreeSet<OwnedServerName>> {
+        let mut out = BTreeSet::new();
+        for (room_id, membership, _) in self.memberships_of(user_id)? {
+            if membership == "join" {
+                out.extend(self.partial_state_servers(&room_id));
+            }
+        }
+        Ok(out)
+    }
+
     /// Stores the full state before the join of a partial-state room (checked and authorised
     /// by the caller, one event per key) and its auth chain, in one batch: new events as
     /// outliers; every key the stored state lacks added to the state at the join, to every
@@ -136,7 +150,10 @@ impl Rooms {
         let mut full: HashMap<(String, String), (u64, &Pdu)> = HashMap::new();
         for (pdu, _) in state {
             if let Some(key) = &pdu.state_key {
-                full.insert((pdu.kind.to_string(), key.clone()), (sids[&*pdu.event_id], pdu));
+                full.insert(
+                    (pdu.kind.to_string(), key.clone()),
+                    (sids[&*pdu.event_id], pdu),
+                );
             }
         }
 
@@ -164,7 +181,9 @@ impl Rooms {
             let before = snapshot.entries.len();
             for ((kind, key), (event_sid, _)) in &full {
                 if !have.contains(&(kind.clone(), key.clone())) {
-                    snapshot.entries.push((kind.clone(), key.clone(), *event_sid));
+                    snapshot
+                        .entries
+                        .push((kind.clone(), key.clone(), *event_sid));
                 }
             }
             if snapshot.entries.len() != before {

@@ -159,7 +159,11 @@ impl PartialSync {
     /// Fetches, checks and stores the full state of one partial-state room (see the module
     /// doc). Ok when the room is no longer partial.
     async fn resync(&self, room_id: &RoomId) -> Result<(), String> {
-        let Some(partial) = self.rooms.partial_state(room_id).map_err(|e| e.to_string())? else {
+        let Some(partial) = self
+            .rooms
+            .partial_state(room_id)
+            .map_err(|e| e.to_string())?
+        else {
             return Ok(());
         };
         let started = std::time::Instant::now();
@@ -170,8 +174,7 @@ impl PartialSync {
             .ok_or("the room is not stored")?;
         let version = RoomVersionId::try_from(room.version.as_str()).map_err(|e| e.to_string())?;
         let rules = version.rules().ok_or("unsupported room version")?;
-        let join_id =
-            ruma::EventId::parse(&partial.join_event_id).map_err(|e| e.to_string())?;
+        let join_id = ruma::EventId::parse(&partial.join_event_id).map_err(|e| e.to_string())?;
         let join = self
             .rooms
             .event(&join_id)
