@@ -266,9 +266,6 @@ impl Services {
             fed_devices.clone(),
         ));
         let partial_sync = Arc::new(federation::membership::partial::PartialSync::new(
-            rooms.clone(),
-            federation.clone(),
-            keyring.clone(),
             std::time::Duration::from_secs(config.federation.partial_state_resync_delay_secs),
         ));
         // Events stored before the search index existed are indexed before any request.

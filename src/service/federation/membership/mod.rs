@@ -25,6 +25,7 @@
 pub mod join;
 pub mod partial;
 mod state;
+mod verify;
 
 pub use state::{join_state, knock_state, JoinState};
 

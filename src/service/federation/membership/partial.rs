@@ -17,7 +17,7 @@
 //! In the background, [`PartialSync::run`] fetches the state before the join (`/v1/state` at
 //! the join event) from the resident, then from each server of `servers_in_room`; checks it
 //! like a `send_join` answer (formats, ids, signatures, hashes, each event against its auth
-//! events, the join against the state: `join.check_answer`); and stores it in one batch that
+//! events, the join against the state: `verify.check_answer`); and stores it in one batch that
 //! also clears the mark (`Rooms::complete_partial_state`). The mark is durable, so a restart
 //! resumes an unfinished resync: `run` starts with every room still marked.
 
@@ -33,8 +33,7 @@ use ruma::{
 };
 use tokio::sync::{mpsc, watch};
 
-use super::super::{client::FederationClient, keyring::KeyRing};
-use crate::service::rooms::{partial_state::PartialState, Rooms};
+use crate::service::{rooms::partial_state::PartialState, Services};
 
 /// Time limit of one `/state` request (the answer holds the whole state of the room).
 const STATE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -70,9 +69,6 @@ pub(super) fn partial_of(
 /// would look like a hung server to a client, and clients refresh their member lists from
 /// the member events `/sync` delivers as they arrive.
 pub struct PartialSync {
-    rooms: Arc<Rooms>,
-    federation: Arc<FederationClient>,
-    keyring: Arc<KeyRing>,
     wake: mpsc::UnboundedSender<OwnedRoomId>,
     /// `federation.partial_state_resync_delay_secs`: waited before each room's resync.
     delay: Duration,
@@ -80,17 +76,9 @@ pub struct PartialSync {
 }
 
 impl PartialSync {
-    pub fn new(
-        rooms: Arc<Rooms>,
-        federation: Arc<FederationClient>,
-        keyring: Arc<KeyRing>,
-        delay: Duration,
-    ) -> Self {
+    pub fn new(delay: Duration) -> Self {
         let (wake, receiver) = mpsc::unbounded_channel();
         Self {
-            rooms,
-            federation,
-            keyring,
             wake,
             delay,
             receiver: Mutex::new(Some(receiver)),
@@ -105,7 +93,11 @@ impl PartialSync {
 
     /// Resyncs every partial-state room, those marked at start first, until `shutdown`. A
     /// resync cut short leaves its room marked (its store write is one batch).
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        services: Arc<Services>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let Some(mut receiver) = self
             .receiver
             .lock()
@@ -115,7 +107,7 @@ impl PartialSync {
             return;
         };
         let mut queue: VecDeque<OwnedRoomId> = VecDeque::new();
-        match self.rooms.partial_state_rooms() {
+        match services.rooms.partial_state_rooms() {
             Ok(rooms) => queue.extend(rooms.iter().filter_map(|(r, _)| r.parse().ok())),
             Err(e) => log::error!("cannot read the partial-state rooms: {e}"),
         }
@@ -142,7 +134,7 @@ impl PartialSync {
                 }
             }
             tokio::select! {
-                done = self.resync(&room_id) => {
+                done = resync(&services, &room_id) => {
                     if let Err(e) = done {
                         log::warn!("resync of partial-state room {room_id} failed: {e}");
                         failed.insert(room_id);
@@ -155,90 +147,90 @@ impl PartialSync {
             }
         }
     }
+}
 
-    /// Fetches, checks and stores the full state of one partial-state room (see the module
-    /// doc). Ok when the room is no longer partial.
-    async fn resync(&self, room_id: &RoomId) -> Result<(), String> {
-        let Some(partial) = self
-            .rooms
-            .partial_state(room_id)
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(());
-        };
-        let started = std::time::Instant::now();
-        let room = self
-            .rooms
-            .room(room_id)
-            .map_err(|e| e.to_string())?
-            .ok_or("the room is not stored")?;
-        let version = RoomVersionId::try_from(room.version.as_str()).map_err(|e| e.to_string())?;
-        let rules = version.rules().ok_or("unsupported room version")?;
-        let join_id = ruma::EventId::parse(&partial.join_event_id).map_err(|e| e.to_string())?;
-        let join = self
-            .rooms
-            .event(&join_id)
-            .map_err(|e| e.to_string())?
-            .ok_or("the join is not stored")?;
-        let own = self.rooms.server_name().to_owned();
-        let mut servers: Vec<OwnedServerName> = Vec::new();
-        for server in std::iter::once(&partial.resident).chain(&partial.servers) {
-            if let Ok(server) = OwnedServerName::try_from(server.as_str()) {
-                if server != own && !servers.contains(&server) {
-                    servers.push(server);
-                }
+/// Fetches, checks and stores the full state of one partial-state room (see the module
+/// doc). Ok when the room is no longer partial.
+async fn resync(services: &Services, room_id: &RoomId) -> Result<(), String> {
+    let Some(partial) = services
+        .rooms
+        .partial_state(room_id)
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let room = services
+        .rooms
+        .room(room_id)
+        .map_err(|e| e.to_string())?
+        .ok_or("the room is not stored")?;
+    let version = RoomVersionId::try_from(room.version.as_str()).map_err(|e| e.to_string())?;
+    let rules = version.rules().ok_or("unsupported room version")?;
+    let join_id = ruma::EventId::parse(&partial.join_event_id).map_err(|e| e.to_string())?;
+    let join = services
+        .rooms
+        .event(&join_id)
+        .map_err(|e| e.to_string())?
+        .ok_or("the join is not stored")?;
+    let own = services.rooms.server_name().to_owned();
+    let mut servers: Vec<OwnedServerName> = Vec::new();
+    for server in std::iter::once(&partial.resident).chain(&partial.servers) {
+        if let Ok(server) = OwnedServerName::try_from(server.as_str()) {
+            if server != own && !servers.contains(&server) {
+                servers.push(server);
             }
         }
-        let mut failures = Vec::new();
-        for server in &servers {
-            let request = get_room_state::v1::Request::new(join_id.clone(), room_id.to_owned());
-            let answer = match self
-                .federation
-                .send_with_limits(
-                    server,
-                    request,
-                    STATE_TIMEOUT,
-                    super::super::client::MAX_RESPONSE_BYTES,
-                )
-                .await
-            {
-                Ok(answer) => answer,
-                Err(e) => {
-                    failures.push(format!("{server}: {e}"));
-                    continue;
-                }
-            };
-            let mut state = create_join_event::v2::RoomState::new();
-            state.state = answer.pdus;
-            state.auth_chain = answer.auth_chain;
-            let checked = match super::join::check_answer(
-                &self.keyring,
-                room_id,
-                &version,
-                &rules,
-                (join_id.clone(), join.json.clone()),
-                state,
+    }
+    let mut failures = Vec::new();
+    for server in &servers {
+        let request = get_room_state::v1::Request::new(join_id.clone(), room_id.to_owned());
+        let answer = match services
+            .federation
+            .send_with_limits(
+                server,
+                request,
+                STATE_TIMEOUT,
+                super::super::client::MAX_RESPONSE_BYTES,
             )
             .await
-            {
-                Ok(checked) => checked,
-                Err(e) => {
-                    failures.push(format!("{server}: {e}"));
-                    continue;
-                }
-            };
-            let added = self
-                .rooms
-                .complete_partial_state(room_id, &checked.state, &checked.auth_chain)
-                .await
-                .map_err(|e| e.to_string())?;
-            log::info!(
-                "full state of {room_id} from {server}: {} events, {added} new keys, in {:?}",
-                checked.state.len(),
-                started.elapsed()
-            );
-            return Ok(());
-        }
-        Err(failures.join("; "))
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                failures.push(format!("{server}: {e}"));
+                continue;
+            }
+        };
+        let mut state = create_join_event::v2::RoomState::new();
+        state.state = answer.pdus;
+        state.auth_chain = answer.auth_chain;
+        let checked = match super::verify::check_answer(
+            services,
+            room_id,
+            &version,
+            &rules,
+            (join_id.clone(), join.json.clone()),
+            state,
+        )
+        .await
+        {
+            Ok(checked) => checked,
+            Err(e) => {
+                failures.push(format!("{server}: {e}"));
+                continue;
+            }
+        };
+        let added = services
+            .rooms
+            .complete_partial_state(room_id, &checked.state, &checked.auth_chain)
+            .await
+            .map_err(|e| e.to_string())?;
+        log::info!(
+            "full state of {room_id} from {server}: {} events, {added} new keys, in {:?}",
+            checked.state.len(),
+            started.elapsed()
+        );
+        return Ok(());
     }
+    Err(failures.join("; "))
 }

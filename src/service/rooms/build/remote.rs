@@ -161,7 +161,9 @@ impl Staged<'_> {
             let Some(event) = self.rooms.event(prev)? else {
                 continue;
             };
-            if event.meta.room_sid != record.sid {
+            // The state at an outlier is not known here (`rooms/outliers.rs`): it counts as an
+            // unknown prev event.
+            if event.meta.room_sid != record.sid || self.rooms.is_outlier(event.sid)? {
                 continue;
             }
             prev_sids.push(event.sid);
