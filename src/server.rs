@@ -103,6 +103,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     tasks.push(tokio::spawn(
         services.fed_sender.clone().run(shutdown.subscribe()),
     ));
+    tasks.push(tokio::spawn(
+        services
+            .partial_sync
+            .clone()
+            .run(services.clone(), shutdown.subscribe()),
+    ));
     tasks.push(tokio::spawn(crate::service::push::retention::run(
         services.store.clone(),
         shutdown.subscribe(),

@@ -7,13 +7,30 @@ use serde::Deserialize;
 use super::ConfigError;
 
 /// `[federation]`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Federation {
     /// Notary servers asked for a server's signing keys when that server cannot give them
     /// itself (it is down, or no longer publishes the key an old event was signed with).
     /// Empty (the default): keys are only fetched from the servers themselves.
     pub trusted_key_servers: Vec<TrustedKeyServer>,
+    /// Join remote rooms with partial state (`omit_members`): the join returns without most
+    /// member events, which are fetched in the background. Default true.
+    pub partial_state_joins: bool,
+    /// Seconds to wait before fetching the full state of a room joined with partial state
+    /// (default 0): a small server may let its user's first requests in the room go first.
+    /// Rooms still partial at a restart are resynced after the same wait.
+    pub partial_state_resync_delay_secs: u64,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Self {
+            trusted_key_servers: Vec::new(),
+            partial_state_joins: true,
+            partial_state_resync_delay_secs: 0,
+        }
+    }
 }
 
 /// One notary (`{ server_name = "…", verify_keys = { "ed25519:…" = "…" } }`).
@@ -99,6 +116,7 @@ mod tests {
                 notary("matrix.org", &[("ed25519:auto", KEY)]),
                 notary("127.0.0.1:8448", &[]),
             ],
+            ..Federation::default()
         };
         ok.validate().unwrap();
         for bad in [
@@ -108,6 +126,7 @@ mod tests {
         ] {
             let config = Federation {
                 trusted_key_servers: vec![bad],
+                ..Federation::default()
             };
             assert!(config.validate().is_err());
         }
@@ -122,6 +141,7 @@ mod tests {
         assert_eq!(example.trusted_key_servers[0].verify_keys.len(), 1);
         let twice = Federation {
             trusted_key_servers: vec![notary("a.org", &[]), notary("a.org", &[])],
+            ..Federation::default()
         };
         assert!(twice.validate().is_err());
     }

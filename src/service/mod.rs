@@ -115,6 +115,9 @@ pub struct Services {
     pub fed_queue: Arc<federation::queue::Queue>,
     /// Delivers the queue's transactions; runs once the server starts it.
     pub fed_sender: Arc<federation::sender::Sender>,
+    /// Fetches the full state of rooms joined with partial state; runs once the server
+    /// starts it.
+    pub partial_sync: Arc<federation::membership::partial::PartialSync>,
     /// Device lists over federation: local announcements, the remote cache.
     pub fed_devices: Arc<federation::devices::FederatedDevices>,
     /// Inbound transactions in progress.
@@ -262,6 +265,9 @@ impl Services {
             federation.clone(),
             fed_devices.clone(),
         ));
+        let partial_sync = Arc::new(federation::membership::partial::PartialSync::new(
+            std::time::Duration::from_secs(config.federation.partial_state_resync_delay_secs),
+        ));
         // Events stored before the search index existed are indexed before any request.
         search
             .backfill()
@@ -315,6 +321,7 @@ impl Services {
             login_tokens: Arc::new(expiring_tokens::LoginTokens::new(store.clone())),
             fed_queue,
             fed_sender,
+            partial_sync,
             fed_devices,
             fed_inbound: Default::default(),
             store,

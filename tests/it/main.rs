@@ -27,6 +27,7 @@ mod fed_invites;
 mod fed_joins;
 mod fed_keys;
 mod fed_media;
+mod fed_partial;
 mod fed_pdus;
 mod fed_queries;
 mod fed_rooms;

@@ -158,9 +158,11 @@ impl FederatedDevices {
     /// The remote servers sharing a joined room with `user_id`.
     fn servers_sharing(&self, user_id: &UserId) -> Result<BTreeSet<OwnedServerName>> {
         let members = co_members(&self.rooms, user_id)?;
-        Ok(self
+        let mut servers = self
             .queue
-            .remote_servers(members.iter().map(|u| u.as_ref())))
+            .remote_servers(members.iter().map(|u| u.as_ref()));
+        servers.extend(self.rooms.partial_state_servers_of(user_id)?);
+        Ok(servers)
     }
 
     /// Announces every pending local change (see the module documentation). Errors are

@@ -588,7 +588,12 @@ impl<'a> Staged<'a> {
                 users.extend(UserId::parse(state_key.as_str()).ok());
             }
         }
-        let servers = queue.remote_servers(users.iter().map(|u| u.as_ref()));
+        let mut servers = queue.remote_servers(users.iter().map(|u| u.as_ref()));
+        // A partial-state room: the servers in the room before the join, whose members are
+        // not known yet (`rooms/partial_state.rs`).
+        if let Some(room_id) = &self.room_id {
+            servers.extend(self.rooms.partial_state_servers(room_id));
+        }
         Ok((servers, local))
     }
 

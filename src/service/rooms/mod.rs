@@ -18,6 +18,7 @@ pub mod format;
 pub mod hierarchy;
 pub mod membership;
 pub mod outliers;
+pub mod partial_state;
 pub mod redact;
 pub mod relations;
 pub mod remote_invites;

@@ -126,10 +126,16 @@ pub(super) async fn joined_room(
     let members = rooms.members(record.sid)?;
     let joined = members.iter().filter(|(_, m)| m == "join").count();
     let invited = members.iter().filter(|(_, m)| m == "invite").count();
-    room["summary"] = json!({
-        "m.joined_member_count": joined,
-        "m.invited_member_count": invited,
-    });
+    // A partial-state room (`rooms/partial_state.rs`) knows few of its members: no counts
+    // rather than wrong ones (the fields are optional) until the full state is stored.
+    room["summary"] = if rooms.is_partial_state(room_id) {
+        json!({})
+    } else {
+        json!({
+            "m.joined_member_count": joined,
+            "m.invited_member_count": invited,
+        })
+    };
     if needs_heroes(rooms, record.sid)? {
         room["summary"]["m.heroes"] = json!(heroes_of(&members, user_id.as_str()));
     }

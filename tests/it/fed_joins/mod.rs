@@ -104,6 +104,8 @@ async fn wait_for_membership(srv: &FedServer, token: &str, room: &str, user: &st
 
 /// The room's state on `srv` as `(type, state_key) → event_id`, sorted.
 async fn state_ids(srv: &FedServer, token: &str, room: &str) -> Vec<(String, String, String)> {
+    // A room joined with partial state: its state once the full state is fetched.
+    crate::fed_partial::wait_for_full_state(srv, room).await;
     let (status, state) = srv
         .get(
             &format!("/_matrix/client/v3/rooms/{}/state", enc(room)),
@@ -544,7 +546,11 @@ async fn two_users_of_one_server_join_a_remote_room_at_once() {
 async fn figure_join_a_room_with_500_members() {
     const MEMBERS: usize = 500;
     const PER_TRANSACTION: usize = 50;
-    let fed = start_many(3).await;
+    // A full join (with partial state B would know few members right after it).
+    let fed = crate::fed_common::start_many_with(3, |i, config| {
+        config.federation.partial_state_joins = i != 1;
+    })
+    .await;
     let (a, b, c) = (&fed.servers[0], &fed.servers[1], &fed.servers[2]);
     let (_, alice, _) = a.register("alice", "password1").await;
     let (_, bob, _) = b.register("bob", "password1").await;

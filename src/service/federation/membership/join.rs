@@ -29,7 +29,8 @@
 //! `origin_server_ts` (as for any received PDU); the join itself, which this server just
 //! signed, is checked with any key the resident published.
 //!
-//! Not built: partial-state joins (`omit_members` is never asked for here).
+//! With `federation.partial_state_joins` (the default) the join asks for `omit_members`; an
+//! answer that omitted members stores the room with partial state (`partial.rs`).
 
 use std::time::Duration;
 
@@ -216,8 +217,10 @@ async fn try_join(
         .ok_or_else(|| failed(format!("unsupported room version {version}")))?;
     let (event_id, object) = build_join(services, join, &made.event, &rules)?;
     let raw = raw_object(&object).map_err(failed)?;
-    let request =
+    let mut request =
         create_join_event::v2::Request::new(join.room_id.to_owned(), event_id.clone(), raw);
+    // Partial state (`partial.rs`): the member events come later, in the background.
+    request.omit_members = services.config.federation.partial_state_joins;
     let answer = services
         .federation
         .send_with_limits(
@@ -228,7 +231,8 @@ async fn try_join(
         )
         .await
         .map_err(refusal_of)?;
-    let joined = check_answer(
+    let partial = super::partial::partial_of(&answer.room_state, server, &event_id);
+    let mut joined = check_answer(
         services,
         join.room_id,
         &version,
@@ -238,6 +242,8 @@ async fn try_join(
     )
     .await
     .map_err(failed)?;
+    joined.partial = partial;
+    let is_partial = joined.partial.is_some();
     let started = std::time::Instant::now();
     // Another local user's join may have got here first: then this one is one more event of
     // the room (checked again under the room lock by `store_joined_room`).
@@ -257,11 +263,14 @@ async fn try_join(
         Err(e) => return Err(Attempt::Refused(e)),
     }
     log::info!(
-        "{} joined {} via {server} (stored in {:?})",
+        "{} joined {} via {server} (stored in {:?}, partial state: {is_partial})",
         join.user_id,
         join.room_id,
         started.elapsed()
     );
+    if is_partial {
+        services.partial_sync.start(join.room_id);
+    }
     Ok(())
 }
 

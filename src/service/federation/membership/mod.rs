@@ -23,6 +23,7 @@
 //! As the **joining** server: [`join`].
 
 pub mod join;
+pub mod partial;
 mod state;
 mod verify;
 

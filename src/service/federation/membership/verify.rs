@@ -62,8 +62,8 @@ pub(super) async fn check_answer(
     (join_id, own_join): (OwnedEventId, CanonicalJsonObject),
     answer: create_join_event::v2::RoomState,
 ) -> std::result::Result<JoinedRoom, String> {
-    // This server does not ask for a partial state, and cannot use one.
-    if answer.members_omitted {
+    // A partial state is only asked for (and usable) with `partial_state_joins`.
+    if answer.members_omitted && !services.config.federation.partial_state_joins {
         return Err("the resident left members out of the state unasked".into());
     }
     // The join as the resident has it: ours, or ours with the authoriser's signature added.
@@ -304,6 +304,7 @@ fn verify_and_authorise(
         auth_chain: take(&order),
         state: take(&state_ids),
         join: (join_pdu, join_object),
+        partial: None,
     })
 }
 

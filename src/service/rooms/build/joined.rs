@@ -47,6 +47,9 @@ pub struct JoinedRoom {
     pub state: Vec<(Pdu, CanonicalJsonObject)>,
     /// The join event as the resident server accepted it.
     pub join: (Pdu, CanonicalJsonObject),
+    /// Set when the resident omitted member events: the room is stored with this mark
+    /// (`rooms/partial_state.rs`).
+    pub partial: Option<super::super::partial_state::PartialState>,
 }
 
 impl Rooms {
@@ -64,6 +67,7 @@ impl Rooms {
             auth_chain,
             state,
             join: (join_pdu, join_object),
+            partial,
         } = joined;
         let lock = self.lock_room(&room_id).await;
         let old = self.room(&room_id)?;
@@ -234,6 +238,9 @@ impl Rooms {
         // The resident server sent the join to the room's other servers: not queued again,
         // and no push rules apply to one's own join.
         staged.events.remove(&join_id);
+        if let Some(partial) = &partial {
+            Rooms::stage_partial_state(&mut staged.batch, &room_id, partial);
+        }
         staged.commit().await?;
         Ok(join_sid)
     }

@@ -87,7 +87,7 @@ impl MembersCache {
     }
 
     /// Forgets the room (its member events may change without a new state position).
-    fn forget(&self, room_sid: u64) {
+    pub(crate) fn forget(&self, room_sid: u64) {
         self.lock().remove(&room_sid);
     }
 }

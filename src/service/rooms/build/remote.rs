@@ -246,24 +246,42 @@ impl Staged<'_> {
         if let Err(e) = check_state_dependent_auth_rules(rules, pdu, from_auth) {
             return Ok(Verdict::Rejected(format!("auth events: {e}")));
         }
+        // A partial-state room (`rooms/partial_state.rs`) lacks most member events: a key the
+        // stored state does not have is taken from the event's own auth events (checked just
+        // above), so an event is not rejected for state this server has yet to fetch.
+        let partial = self
+            .room_id
+            .as_ref()
+            .is_some_and(|r| rooms.is_partial_state(r));
+        let known = |kind: &StateEventType, key: &str, found: Option<Pdu>| match found {
+            None if partial => from_auth(kind, key),
+            found => found,
+        };
         // Step 5: the state before the event.
         let before = |kind: &StateEventType, key: &str| {
             if state.current {
-                return self.state_pdu(kind, key);
+                return known(kind, key, self.state_pdu(kind, key));
             }
             if let Some(resolved) = &state.resolved {
-                let id = resolved.get(&(kind.to_string(), key.to_owned()))?;
-                return rooms.event(id).ok().flatten().map(|e| e.pdu);
+                let found = resolved
+                    .get(&(kind.to_string(), key.to_owned()))
+                    .and_then(|id| rooms.event(id).ok().flatten().map(|e| e.pdu));
+                return known(kind, key, found);
             }
-            let sid = rooms.state_at(state.head, kind, key).ok().flatten()?;
-            rooms.event_by_sid(sid).ok().flatten().map(|e| e.pdu)
+            let found = rooms
+                .state_at(state.head, kind, key)
+                .ok()
+                .flatten()
+                .and_then(|sid| rooms.event_by_sid(sid).ok().flatten().map(|e| e.pdu));
+            known(kind, key, found)
         };
         if let Err(e) = check_state_dependent_auth_rules(rules, pdu, before) {
             return Ok(Verdict::Rejected(format!("state before the event: {e}")));
         }
         // Step 6: the current state.
         if !state.current {
-            let current = |kind: &StateEventType, key: &str| self.state_pdu(kind, key);
+            let current =
+                |kind: &StateEventType, key: &str| known(kind, key, self.state_pdu(kind, key));
             if let Err(e) = check_state_dependent_auth_rules(rules, pdu, current) {
                 return Ok(Verdict::SoftFailed(format!("current state: {e}")));
             }
