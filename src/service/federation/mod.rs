@@ -9,12 +9,14 @@
 //! - `receive`: inbound transactions and their EDUs.
 //! - `devices`: device lists over federation (announcements, the remote cache).
 //! - `pdus`: checks and storage of received PDUs.
+//! - `fetch`: fetching events this server lacks (missing prev and auth events, state, backfill).
 
 pub mod acl;
 pub mod answers;
 pub mod auth;
 pub mod client;
 pub mod devices;
+pub mod fetch;
 pub mod keyring;
 pub mod pdus;
 pub mod queries;

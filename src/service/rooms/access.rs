@@ -176,8 +176,9 @@ impl<'a> Reader<'a> {
     /// [`Reader::may_see`] from the event's metadata alone, so a scan need not load and parse
     /// the events the user may not see.
     pub fn may_see_meta(&mut self, sid: u64, meta: &EventMeta) -> Result<bool> {
-        // Soft-failed remote events are stored for the room's graph, never for clients.
-        if self.rooms.is_soft_failed(sid)? {
+        // Soft-failed remote events and outliers are stored for the room's graph, never for
+        // clients.
+        if self.rooms.is_hidden(sid)? {
             return Ok(false);
         }
         let own_membership = meta.kind == "m.room.member"

@@ -13,7 +13,9 @@
 //! needs the committed form of one staged before it (a redaction or relation target, the state
 //! at a staged event other than the current state) commits the batch first.
 
+pub mod backfill;
 pub mod checks;
+mod gaps;
 
 use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
 
@@ -29,8 +31,10 @@ use serde_json::value::RawValue as RawJsonValue;
 use crate::{
     error::{Error, Result},
     service::{
+        federation::fetch::RemoteEvents,
         rooms::{
             build::{remote::Verdict, Staged},
+            resolve::StateIds,
             Pdu, Rooms,
         },
         users::now_ms,
@@ -156,17 +160,34 @@ struct Prepared {
     event_id: OwnedEventId,
     pdu: Pdu,
     object: CanonicalJsonObject,
+    /// For an event with prev events unknown here: the state before it as its origin gave it
+    /// (`gaps.rs`), empty otherwise.
+    fetched_state: Vec<StateIds>,
 }
 
 pub struct Pdus {
     store: Store,
     rooms: Arc<Rooms>,
     keys: Arc<dyn SigningKeys>,
+    /// Where missing events are fetched from; without it, nothing is fetched.
+    remote: Option<Arc<dyn RemoteEvents>>,
 }
 
 impl Pdus {
     pub fn new(store: Store, rooms: Arc<Rooms>, keys: Arc<dyn SigningKeys>) -> Self {
-        Self { store, rooms, keys }
+        Self {
+            store,
+            rooms,
+            keys,
+            remote: None,
+        }
+    }
+
+    /// Fetches the prev events, auth events and state that received PDUs lack from `remote`
+    /// (see `gaps.rs`).
+    pub fn with_remote(mut self, remote: Arc<dyn RemoteEvents>) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// Checks and stores the PDUs of a transaction from `origin`. Every PDU whose event id
@@ -193,7 +214,7 @@ impl Pdus {
         }
         let rooms = by_room
             .into_iter()
-            .map(|(room_id, events)| self.receive_in_room(room_id, events));
+            .map(|(room_id, events)| self.receive_in_room(origin, room_id, events));
         for room_results in join_all(rooms).await {
             results.extend(room_results);
         }
@@ -259,6 +280,7 @@ impl Pdus {
                 event_id,
                 pdu,
                 object,
+                fetched_state: Vec::new(),
             },
         ))
     }
@@ -267,7 +289,15 @@ impl Pdus {
     /// messages that follow it in the same transaction), staging as many as possible into one
     /// batch under the room's lock: one durable commit for a run of events that follow each
     /// other, more only where an event needs the committed form of one staged before it.
-    async fn receive_in_room(&self, room_id: OwnedRoomId, events: Vec<Prepared>) -> PduResults {
+    async fn receive_in_room(
+        &self,
+        origin: &ServerName,
+        room_id: OwnedRoomId,
+        events: Vec<Prepared>,
+    ) -> PduResults {
+        let received: std::collections::HashSet<OwnedEventId> =
+            events.iter().map(|e| e.event_id.clone()).collect();
+        let events = self.fetch_missing(origin, &room_id, events).await;
         let events = causal_order(events);
         let mut results = PduResults::new();
         // Outcomes that stand only once the staged batch commits.
@@ -328,6 +358,18 @@ impl Pdus {
                 log::info!("PDU {event_id} in {room_id} not accepted: {reason}");
             }
         }
+        match self.rooms.merge_extremities(&room_id).await {
+            Ok(sent) if !sent.is_empty() => {
+                log::info!(
+                    "{} dummy events merged the extremities of {room_id}",
+                    sent.len()
+                );
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot merge the forward extremities of {room_id}: {e}"),
+        }
+        // The answer names the transaction's PDUs only, not the events fetched for them.
+        results.retain(|id, _| received.contains(id));
         results
     }
 
@@ -393,7 +435,7 @@ impl Pdus {
             self.stage_rejected(staged, room_id, event, &reason)?;
             return Ok(Judged::Staged(Err(format!("rejected: {reason}"))));
         }
-        let Some(placement) = staged.place_remote(&event.pdu)? else {
+        let Some(placement) = staged.place_remote(&event.pdu, &event.fetched_state)? else {
             return Ok(Judged::CommitFirst);
         };
         let verdict = staged.authorise_remote(&event.pdu, &placement.state)?;
