@@ -13,7 +13,7 @@ use ruma::{
         },
     },
     events::room::member::MembershipState,
-    OwnedRoomId, RoomId, RoomOrAliasId, UserId,
+    OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, UserId,
 };
 use serde_json::{Map, Value};
 
@@ -21,7 +21,11 @@ use super::room::profile_fields;
 use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
-    service::{federation::queries::Requester, rooms::membership::MembershipChange, Services},
+    service::{
+        federation::{membership::join as fed_membership, queries::Requester},
+        rooms::membership::MembershipChange,
+        Services,
+    },
 };
 
 pub fn routes(router: &mut Router) {
@@ -74,34 +78,31 @@ pub async fn set_membership(
         .await
 }
 
+/// Joins through this server when it is in the room, else over federation through
+/// `servers` (the request's `via`, an alias' servers).
 async fn join(
     services: &Services,
     room_id: &RoomId,
     user_id: &UserId,
     reason: Option<&str>,
+    servers: Vec<OwnedServerName>,
 ) -> Result<()> {
     let profile = profile_of(services, user_id)?;
-    services
-        .rooms
-        .join_room(room_id, user_id, reason, profile)
-        .await
+    fed_membership::join_room(services, room_id, user_id, reason, profile, servers).await
 }
 
-/// The room to join or knock on; an alias of another server is resolved by asking it. Joining
-/// through other servers is not built yet, so a room resolved that way that this server does
-/// not know gets the answer of any unknown room.
+/// The room to join or knock on, with the servers that may know it: an alias of another
+/// server is resolved by asking it, and its answer names servers in the room.
 async fn resolve(
     services: &Services,
     user_id: &UserId,
     target: &RoomOrAliasId,
-) -> Result<OwnedRoomId> {
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
     match <&RoomId>::try_from(target) {
-        Ok(room_id) => Ok(room_id.to_owned()),
+        Ok(room_id) => Ok((room_id.to_owned(), Vec::new())),
         Err(alias) => {
             let requester = Requester::User(user_id);
-            Ok(super::alias::resolve_alias(services, requester, alias)
-                .await?
-                .0)
+            super::alias::resolve_alias(services, requester, alias).await
         }
     }
 }
@@ -122,6 +123,7 @@ async fn join_by_id(
         &body.room_id,
         &me.user_id,
         body.reason.as_deref(),
+        Vec::new(),
     )
     .await?;
     Ok(join_room_by_id::v3::Response::new(body.room_id))
@@ -138,8 +140,17 @@ async fn join_by_id_or_alias(
             "Third-party invites are not supported by this server",
         ));
     }
-    let room_id = resolve(&services, &me.user_id, &body.room_id_or_alias).await?;
-    join(&services, &room_id, &me.user_id, body.reason.as_deref()).await?;
+    let (room_id, alias_servers) = resolve(&services, &me.user_id, &body.room_id_or_alias).await?;
+    let mut servers = body.via.clone();
+    servers.extend(alias_servers);
+    join(
+        &services,
+        &room_id,
+        &me.user_id,
+        body.reason.as_deref(),
+        servers,
+    )
+    .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -267,7 +278,7 @@ async fn knock(
     body: knock_room::v3::Request,
 ) -> Result<knock_room::v3::Response> {
     let me = ctx.authed()?;
-    let room_id = resolve(&services, &me.user_id, &body.room_id_or_alias).await?;
+    let (room_id, _) = resolve(&services, &me.user_id, &body.room_id_or_alias).await?;
     let profile = profile_of(&services, &me.user_id)?;
     services
         .rooms

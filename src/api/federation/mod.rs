@@ -5,6 +5,7 @@
 pub mod directory;
 pub mod keys;
 pub mod media;
+pub mod membership;
 pub mod openid;
 pub mod query;
 pub mod send;
@@ -16,6 +17,7 @@ use crate::http::Router;
 pub fn register_routes(router: &mut Router) {
     keys::routes(router);
     media::routes(router);
+    membership::routes(router);
     openid::routes(router);
     send::routes(router);
     version::routes(router);

@@ -10,6 +10,7 @@
 //! - `devices`: device lists over federation (announcements, the remote cache).
 //! - `pdus`: checks and storage of received PDUs.
 //! - `fetch`: fetching events this server lacks (missing prev and auth events, state, backfill).
+//! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
 
 pub mod acl;
 pub mod answers;
@@ -18,6 +19,7 @@ pub mod client;
 pub mod devices;
 pub mod fetch;
 pub mod keyring;
+pub mod membership;
 pub mod pdus;
 pub mod queries;
 pub mod queue;

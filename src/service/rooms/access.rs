@@ -176,9 +176,12 @@ impl<'a> Reader<'a> {
     /// [`Reader::may_see`] from the event's metadata alone, so a scan need not load and parse
     /// the events the user may not see.
     pub fn may_see_meta(&mut self, sid: u64, meta: &EventMeta) -> Result<bool> {
-        // Soft-failed remote events and outliers are stored for the room's graph, never for
-        // clients.
-        if self.rooms.is_hidden(sid)? {
+        // Soft-failed remote events are stored for the room's graph, never for clients.
+        if self.rooms.is_soft_failed(sid)? {
+            return Ok(false);
+        }
+        // Outliers are not in the timeline; only those of the room's state are readable.
+        if self.rooms.is_hidden_outlier(sid)? {
             return Ok(false);
         }
         let own_membership = meta.kind == "m.room.member"

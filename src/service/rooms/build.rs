@@ -8,8 +8,10 @@ pub mod extremities;
 pub mod fetched;
 mod fork;
 mod guests;
+pub mod joined;
 mod push;
 pub mod remote;
+mod template;
 
 pub(crate) use push::MembersCache;
 

@@ -92,7 +92,7 @@ impl Rooms {
         profile: Map<String, Value>,
     ) -> Result<()> {
         if self.room(room_id)?.is_none() {
-            // Joining rooms on other servers needs federation, which this server lacks yet.
+            // Rooms on other servers are joined through `federation::membership::join`.
             return Err(Error::not_found(
                 "No room with this id is known to this server",
             ));
@@ -109,6 +109,18 @@ impl Rooms {
             profile,
         })
         .await
+    }
+
+    /// Whether this server is in the room: it knows it and one of its users is joined. A
+    /// room it is not in is joined over federation (`federation::membership::join`).
+    pub fn is_resident(&self, room_id: &RoomId) -> Result<bool> {
+        let Some(room) = self.room(room_id)? else {
+            return Ok(false);
+        };
+        Ok(self.members(room.sid)?.iter().any(|(user, m)| {
+            m == "join"
+                && UserId::parse(user.as_str()).is_ok_and(|u| u.server_name() == self.server_name)
+        }))
     }
 
     /// Checks for an invite beyond the authorisation rules: the inviter is joined, and the
@@ -304,12 +316,31 @@ impl Rooms {
         room_id: &RoomId,
         user_id: &UserId,
     ) -> Result<Option<OwnedUserId>> {
+        match self.restricted_join(room_id, user_id)? {
+            RestrictedJoin::NotNeeded => Ok(None),
+            RestrictedJoin::Authorised(user) => Ok(Some(user)),
+            RestrictedJoin::NotAllowed | RestrictedJoin::NoAllowedRoomKnown => {
+                Err(Error::forbidden(
+                    "This room is restricted to members of other rooms, and you are not joined \
+                     to any of them: ask for an invite",
+                ))
+            }
+            RestrictedJoin::NoAuthoriser => Err(Error::forbidden(
+                "No user of this server in the room may authorise the join: ask for an invite",
+            )),
+        }
+    }
+
+    /// What this server can say about `user_id` (of any server) joining a restricted room:
+    /// see [`RestrictedJoin`]. The allow conditions are read from this server's own view of
+    /// the listed rooms' memberships.
+    pub fn restricted_join(&self, room_id: &RoomId, user_id: &UserId) -> Result<RestrictedJoin> {
         let Some(room) = self.room(room_id)? else {
-            return Ok(None);
+            return Ok(RestrictedJoin::NotNeeded);
         };
         let version = self.room_version(&room)?;
         let Some(rules) = version.rules() else {
-            return Ok(None);
+            return Ok(RestrictedJoin::NotNeeded);
         };
         let join_rules = self
             .state_event(room.sid, &StateEventType::RoomJoinRules, "")?
@@ -321,16 +352,16 @@ impl Rooms {
             _ => false,
         };
         if !restricted {
-            return Ok(None);
+            return Ok(RestrictedJoin::NotNeeded);
         }
         use MembershipState as M;
         match self.membership(room_id, user_id)? {
-            Some(M::Join | M::Invite) => return Ok(None),
+            Some(M::Join | M::Invite) => return Ok(RestrictedJoin::NotNeeded),
             // Banned: the authorisation rules refuse the join, with their own message.
-            Some(M::Ban) => return Ok(None),
+            Some(M::Ban) => return Ok(RestrictedJoin::NotNeeded),
             _ => {}
         }
-        let allowed = join_rules
+        let listed: Vec<_> = join_rules
             .get("allow")
             .and_then(Value::as_array)
             .into_iter()
@@ -338,15 +369,31 @@ impl Rooms {
             .filter(|rule| rule.get("type").and_then(Value::as_str) == Some("m.room_membership"))
             .filter_map(|rule| rule.get("room_id").and_then(Value::as_str))
             .filter_map(|id| RoomId::parse(id).ok())
-            .any(|allowed_room| {
-                self.membership(&allowed_room, user_id)
-                    .is_ok_and(|m| m == Some(M::Join))
+            .collect();
+        let mut known = false;
+        let mut allowed = false;
+        for allowed_room in &listed {
+            // A listed room counts as known when this server is in it.
+            let Some(other) = self.room(allowed_room)? else {
+                continue;
+            };
+            let resident = self.members(other.sid)?.iter().any(|(user, m)| {
+                m == "join"
+                    && UserId::parse(user.as_str())
+                        .is_ok_and(|u| u.server_name() == self.server_name)
             });
+            known |= resident;
+            if self.membership(allowed_room, user_id)? == Some(M::Join) {
+                allowed = true;
+                break;
+            }
+        }
         if !allowed {
-            return Err(Error::forbidden(
-                "This room is restricted to members of other rooms, and you are not joined to \
-                 any of them: ask for an invite",
-            ));
+            return Ok(if known || user_id.server_name() == self.server_name {
+                RestrictedJoin::NotAllowed
+            } else {
+                RestrictedJoin::NoAllowedRoomKnown
+            });
         }
         let power = self.power_levels(&room)?;
         let authoriser = self
@@ -356,11 +403,27 @@ impl Rooms {
             .filter_map(|(user, _)| UserId::parse(user).ok())
             .filter(|user| user.server_name() == self.server_name)
             .find(|user| power.user_can_invite(user));
-        match authoriser {
-            Some(user) => Ok(Some(user)),
-            None => Err(Error::forbidden(
-                "No user of this server in the room may authorise the join: ask for an invite",
-            )),
-        }
+        Ok(match authoriser {
+            Some(user) => RestrictedJoin::Authorised(user),
+            None => RestrictedJoin::NoAuthoriser,
+        })
     }
+}
+
+/// This server's answer to a join of a restricted room (spec: client-server API, "Restricted
+/// rooms"; server-server API, `make_join`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestrictedJoin {
+    /// The join rule is not restricted, or the user is already joined, invited or banned: the
+    /// authorisation rules decide alone.
+    NotNeeded,
+    /// The user meets an allow condition; this local user (joined, with invite power) vouches.
+    Authorised(OwnedUserId),
+    /// The user meets none of the allow conditions this server can check (403).
+    NotAllowed,
+    /// This server is in none of the listed rooms, so it cannot tell
+    /// (`M_UNABLE_TO_AUTHORISE_JOIN`).
+    NoAllowedRoomKnown,
+    /// The user meets a condition, but no local user may invite (`M_UNABLE_TO_GRANT_JOIN`).
+    NoAuthoriser,
 }

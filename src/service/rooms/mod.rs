@@ -18,6 +18,7 @@ pub mod directory;
 pub mod format;
 pub mod hierarchy;
 pub mod membership;
+pub mod outliers;
 pub mod redact;
 pub mod relations;
 pub mod resolve;

@@ -15,7 +15,10 @@
 
 pub mod backfill;
 pub mod checks;
+mod direct;
 mod gaps;
+
+pub use direct::Direct;
 
 use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
 

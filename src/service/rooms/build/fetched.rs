@@ -1,16 +1,12 @@
-//! Outliers: events fetched from another server for their part in the room's state or auth
-//! chains (`state_ids`, `event_auth`), not for the timeline. They are stored like soft-failed
-//! events (`event_ids`, `pdus`, `event_meta`, so they can be cited as auth events and read by
-//! state resolution, and sit in the current state when a resolution picks them) and marked in
-//! `outlier_events`; never in the timeline or the forward extremities, never served to
-//! clients, and no place in the room's graph here (their `state_link` is empty and a later
-//! event citing one as a prev event treats it as unknown).
+//! Outliers fetched from another server for their part in the room's state or auth chains
+//! (`state_ids`, `event_auth`), staged into a batch with the room's other events: stored as
+//! `rooms/outliers.rs` stores outliers, authorised against their own auth events first. A
+//! later event citing one as a prev event treats it as unknown (its place in the room's graph
+//! is not known here); one that a state resolution puts into the current state becomes
+//! readable as state (`build/fork.rs`).
 //!
 //! Backfilled events (`rooms/backfill.rs`) are staged here too: like outliers, but with a
 //! place in the room's `backfill_timeline`.
-//!
-//! This is the minimal interface the history fetching needs; the "joins" work owns outliers
-//! (`rooms/outliers.rs`) and may take these over.
 
 use std::collections::HashMap;
 
@@ -28,25 +24,7 @@ use crate::{
         EventIds, EventMeta, EventMetaTable, Pdu, Pdus, Rooms,
     },
     store::Raw,
-    table,
 };
-
-table!(
-    /// `sid → true` for stored outliers (see `build/fetched.rs`).
-    pub OutlierEvents: "outlier_events", u64 => bool
-);
-
-impl Rooms {
-    /// Whether the stored event at `sid` is an outlier.
-    pub fn is_outlier(&self, sid: u64) -> Result<bool> {
-        Ok(self.store.get::<OutlierEvents>(&sid)?.unwrap_or(false))
-    }
-
-    /// Whether the stored event at `sid` is kept from clients: soft-failed or an outlier.
-    pub fn is_hidden(&self, sid: u64) -> Result<bool> {
-        Ok(self.is_soft_failed(sid)? || self.is_outlier(sid)?)
-    }
-}
 
 impl Staged<'_> {
     /// Whether an event is known here: stored, or staged in this batch.
@@ -107,27 +85,7 @@ impl Staged<'_> {
         let pending = rooms.stream.allocate()?;
         let sid = pending.pos;
         self.pending.push(pending);
-        let meta = EventMeta {
-            room_sid,
-            event_id: pdu.event_id.to_string(),
-            kind: pdu.kind.to_string(),
-            state_key: pdu.state_key.clone(),
-            sender: pdu.sender.to_string(),
-            state_link: None,
-            depth: pdu.depth,
-            origin_server_ts: u64::from(pdu.origin_server_ts.0),
-            txn: None,
-            redacted_by: None,
-            replaces_state: None,
-        };
-        let json = serde_json::to_vec(object).map_err(|e| Error::unknown(e.to_string()))?;
-        let key = pdu.event_id.to_string();
-        self.batch
-            .expect_absent::<EventIds>(&key)
-            .put::<EventIds>(&key, &sid)
-            .put::<Pdus>(&sid, &Raw(json))
-            .put::<EventMetaTable>(&sid, &meta)
-            .put::<OutlierEvents>(&sid, &true);
+        Rooms::stage_outlier(&mut self.batch, sid, room_sid, pdu, object, false)?;
         self.remote
             .outliers
             .insert(pdu.event_id.clone(), pdu.clone());

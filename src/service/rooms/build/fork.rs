@@ -22,6 +22,7 @@ use super::{remote::StateBefore, Staged};
 use crate::{
     error::{Error, Result},
     service::rooms::{
+        outliers::{OutlierEvents, OutlierRecord},
         resolve::{to_state_ids, StateIds},
         CurrentState, Pdu, RoomMembers, StateSnapshot, StateSnapshots, UserRoom, UserRooms,
     },
@@ -165,6 +166,16 @@ impl Staged<'_> {
                     },
                 )
                 .put::<RoomMembers>(&(room_sid, key.clone()), &membership);
+        }
+        // An outlier the resolution puts into the current state is readable as state.
+        if let Some(outlier) = self.rooms.outlier(sid)? {
+            if !outlier.in_state {
+                let record = OutlierRecord {
+                    in_state: true,
+                    ..outlier
+                };
+                self.batch.put::<OutlierEvents>(&sid, &record);
+            }
         }
         self.state.insert((kind, key), (sid, pdu));
         Ok(())
