@@ -23,6 +23,7 @@ mod fed_check;
 mod fed_common;
 mod fed_discovery;
 mod fed_fetch;
+mod fed_joins;
 mod fed_keys;
 mod fed_media;
 mod fed_pdus;

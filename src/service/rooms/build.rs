@@ -476,8 +476,8 @@ impl<'a> Staged<'a> {
         };
         let json = serde_json::to_vec(&object).map_err(|e| Error::unknown(e.to_string()))?;
         let event_key = pdu.event_id.to_string();
+        joined::guard_event_id(&mut self.batch, &mut self.remote, &pdu.event_id);
         self.batch
-            .expect_absent::<EventIds>(&event_key)
             .put::<EventIds>(&event_key, &sid)
             .put::<Pdus>(&sid, &Raw(json))
             .put::<EventMetaTable>(&sid, &meta)

@@ -37,6 +37,7 @@ use crate::{
         federation::fetch::RemoteEvents,
         rooms::{
             build::{remote::Verdict, Staged},
+            outliers::Promotion,
             resolve::StateIds,
             Pdu, Rooms,
         },
@@ -418,8 +419,23 @@ impl Pdus {
         event: &Prepared,
         pending: &[(OwnedEventId, std::result::Result<(), String>)],
     ) -> Result<Judged> {
-        if let Some(outcome) = self.known_outcome(&event.event_id)? {
-            return Ok(Judged::Final(outcome));
+        // An outlier received as a timeline event (`rooms/outliers.rs`): old history is
+        // promoted where it is; new history is judged and stored again like any event.
+        match self
+            .rooms
+            .outlier_fate(&event.event_id, staged.extremities())?
+        {
+            Some(Promotion::InPlace { sid }) => {
+                let room_sid = self.rooms.room(room_id)?.map(|r| r.sid).unwrap_or_default();
+                Rooms::stage_promote_in_place(staged.batch_mut(), room_sid, sid);
+                return Ok(Judged::Staged(Ok(())));
+            }
+            Some(Promotion::Replace { sid }) => staged.replace_outlier(&event.event_id, sid),
+            None => {
+                if let Some(outcome) = self.known_outcome(&event.event_id)? {
+                    return Ok(Judged::Final(outcome));
+                }
+            }
         }
         if staged.needs_commit_before(&event.pdu, &event.object) {
             return Ok(Judged::CommitFirst);

@@ -28,8 +28,8 @@ use crate::{
     service::{
         federation::queue::Queue,
         rooms::{
-            CurrentState, Pdu, RoomMembers, RoomRecord, Rooms, StateSnapshot, StateSnapshots,
-            UserRoom, UserRooms,
+            CurrentState, EventIds, Pdu, RoomMembers, RoomRecord, Rooms, StateSnapshot,
+            StateSnapshots, UserRoom, UserRooms,
         },
         search::index as search_index,
         users::now_ms,
@@ -236,5 +236,33 @@ impl Staged<'_> {
             return None;
         }
         self.events.get(event_id).map(|(sid, _, _)| *sid)
+    }
+
+    /// The room's forward extremities as staged.
+    pub fn extremities(&self) -> &[u64] {
+        self.record
+            .as_ref()
+            .map_or(&[], |r| r.extremities.as_slice())
+    }
+
+    /// Marks the stored outlier `event_id` (at `sid`) as stored again by the next staging of
+    /// that event: its old rows go, and its id is guarded by its old position instead of
+    /// being required absent (`rooms/outliers.rs`, `Promotion::Replace`).
+    pub fn replace_outlier(&mut self, event_id: &EventId, sid: u64) {
+        self.remote.replacing.insert(event_id.to_owned(), sid);
+    }
+}
+
+/// The precondition on a new event's id: absent, or, for an outlier being replaced, still at
+/// its old position (whose rows are dropped in the same batch).
+pub(super) fn guard_event_id(batch: &mut Batch, remote: &mut remote::Overlay, event_id: &EventId) {
+    match remote.replacing.remove(event_id) {
+        Some(old) => {
+            batch.expect_value::<EventIds>(&event_id.to_string(), Some(&old));
+            Rooms::stage_drop_outlier(batch, event_id, old);
+        }
+        None => {
+            batch.expect_absent::<EventIds>(&event_id.to_string());
+        }
     }
 }

@@ -49,6 +49,8 @@ pub(crate) struct Overlay {
     soft: HashMap<OwnedEventId, Pdu>,
     /// Outliers (`build/fetched.rs`).
     pub(super) outliers: HashMap<OwnedEventId, Pdu>,
+    /// Outliers being stored again at a new position (`rooms/outliers.rs`): their old one.
+    pub(crate) replacing: HashMap<OwnedEventId, u64>,
 }
 
 /// What the authorization rules say of a remote event.
@@ -404,8 +406,8 @@ impl Staged<'_> {
         };
         let json = serde_json::to_vec(object).map_err(|e| Error::unknown(e.to_string()))?;
         let event_key = pdu.event_id.to_string();
+        super::joined::guard_event_id(&mut self.batch, &mut self.remote, &pdu.event_id);
         self.batch
-            .expect_absent::<EventIds>(&event_key)
             .put::<EventIds>(&event_key, &sid)
             .put::<Pdus>(&sid, &Raw(json))
             .put::<EventMetaTable>(&sid, &meta)
