@@ -602,3 +602,190 @@ async fn many_forward_extremities_are_merged_by_a_dummy_event() {
         assert!(cited.contains(id.as_str()));
     }
 }
+
+/// Bodies and ids of a `/messages` chunk.
+fn chunk_events(page: &Value) -> Vec<(String, String)> {
+    page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event_id"].as_str().unwrap().to_owned(),
+                e["content"]["body"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn messages_backfills_history_from_before_the_join_not_new_to_sync() {
+    let fed = crate::fed_common::start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (_, bob, _) = b.register("bob", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    for i in 0..5 {
+        let (status, body) = a
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/h{i}",
+                    enc(&room)
+                ),
+                Some(&alice),
+                json!({"msgtype": "m.text", "body": format!("history {i}")}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = b
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(&room),
+                enc(&a.name)
+            ),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, sync) = b.get("/_matrix/client/v3/sync?timeout=0", Some(&bob)).await;
+    assert_eq!(status, StatusCode::OK, "{sync}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // A's copy of the room answers B's backfill (A's serving side is another piece of work).
+    let a_services = &a.server.as_ref().unwrap().services;
+    let b_services = &b.server.as_ref().unwrap().services;
+    let room_id = RoomId::parse(&room).unwrap();
+    let origin = Arc::new(Origin::default());
+    let a_room = a_services.rooms.room(&room_id).unwrap().unwrap();
+    for event in a_services
+        .rooms
+        .timeline(a_room.sid, None, false, 1000)
+        .unwrap()
+    {
+        origin.add(&event.pdu.event_id, &event.json);
+    }
+    let pdus = Pdus::new(
+        b_services.store.clone(),
+        b_services.rooms.clone(),
+        Arc::new(StaticKeys(Remote::server(a).public_keys())),
+    )
+    .with_remote(origin.clone());
+    let stored = pdus.backfill(&room_id, 50).await.unwrap();
+    assert!(stored >= 5, "{stored}");
+    assert_eq!(origin.calls_to("backfill"), 1);
+    assert_eq!(
+        pdus.backfill(&room_id, 50).await.unwrap(),
+        0,
+        "history complete now"
+    );
+
+    // Bob's /messages: the history before his join, oldest last, down to the create event.
+    let bob_ref = bob.as_str();
+    let room_ref = room.as_str();
+    let messages = |query: String| async move {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?{query}",
+            enc(room_ref)
+        );
+        let (status, page) = b.get(&path, Some(bob_ref)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        page
+    };
+    let page = messages("dir=b&limit=100".into()).await;
+    assert!(page.get("end").is_none(), "{page}");
+    let events = chunk_events(&page);
+    let bodies: Vec<&str> = events
+        .iter()
+        .map(|(_, b)| b.as_str())
+        .filter(|b| b.starts_with("history"))
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "history 4",
+            "history 3",
+            "history 2",
+            "history 1",
+            "history 0"
+        ]
+    );
+    let types: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        types.first(),
+        Some(&"m.room.member"),
+        "bob's join is the newest: {types:?}"
+    );
+    assert_eq!(types.last(), Some(&"m.room.create"), "{types:?}");
+
+    // The same, a page of 2 at a time, through the tokens into the backfilled events.
+    let mut paged = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..50 {
+        let query = match &from {
+            Some(t) => format!("dir=b&limit=2&from={t}"),
+            None => "dir=b&limit=2".to_owned(),
+        };
+        let page = messages(query).await;
+        paged.extend(chunk_events(&page));
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, events);
+    // The context of a backfilled event, and paging forwards from its end token runs up
+    // through the backfilled events
+    let (h2_id, _) = events
+        .iter()
+        .find(|(_, b)| b == "history 2")
+        .unwrap()
+        .clone();
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/context/{}?limit=4",
+        enc(&room),
+        enc(&h2_id)
+    );
+    let (status, context) = b.get(&path, Some(&bob)).await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    assert_eq!(
+        context["events_before"][0]["content"]["body"], "history 1",
+        "{context}"
+    );
+    assert_eq!(
+        context["events_after"][0]["content"]["body"], "history 3",
+        "{context}"
+    );
+    let end = context["end"].as_str().unwrap();
+    // (after history 3 and 4): on into the timeline, which starts with bob's join.
+    let page = messages(format!("dir=f&limit=100&from={end}")).await;
+    assert_eq!(page["chunk"][0]["type"], "m.room.member", "{page}");
+    assert_eq!(page["chunk"][0]["state_key"], b.user_id("bob"), "{page}");
+
+    // Not new to /sync.
+    let (status, sync) = b
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sync}");
+    let timeline = &sync["rooms"]["join"][&room]["timeline"]["events"];
+    assert!(
+        !timeline
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("history"))),
+        "{sync}"
+    );
+}

@@ -88,6 +88,14 @@ impl Pdus {
         Ok(false)
     }
 
+    /// Whether the event is a stored outlier with no place in the room's history yet.
+    fn unplaced(&self, id: &ruma::EventId) -> Result<bool> {
+        let Some(sid) = self.rooms.event_sid(id)? else {
+            return Ok(false);
+        };
+        Ok(self.rooms.is_outlier(sid)? && self.rooms.backfill_seq(sid)?.is_none())
+    }
+
     /// Other servers with users joined to the room, the first few by name.
     fn backfill_servers(&self, room_sid: u64) -> Result<Vec<OwnedServerName>> {
         let mut servers: Vec<OwnedServerName> = self
@@ -123,7 +131,24 @@ impl Pdus {
                 .ok()
                 .and_then(|object| checks::event_id(&object, &rules).ok());
             let Some(id) = id else { continue };
-            if !seen.insert(id.clone()) || self.rooms.is_stored(&id)? {
+            // Outliers (the state and auth chain of a join) are history too: they take their
+            // place among the backfilled events.
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if self.unplaced(&id)? {
+                // Verified when it was stored: taken as it is here.
+                if let Some(stored) = self.rooms.event(&id)? {
+                    prepared.push(super::Prepared {
+                        event_id: id,
+                        pdu: stored.pdu,
+                        object: stored.json,
+                        fetched_state: Vec::new(),
+                    });
+                }
+                continue;
+            }
+            if self.rooms.is_stored(&id)? {
                 continue;
             }
             match self.prepare(server, raw).await {
@@ -177,12 +202,18 @@ impl Pdus {
         let link = state_head(oldest);
         let mut stored = 0;
         for (index, event) in ordered.iter().enumerate() {
+            let seq = floor - (count - index as u64);
+            if self.unplaced(&event.event_id)? {
+                let sid = self.rooms.event_sid(&event.event_id)?.unwrap_or_default();
+                staged.place_outlier_in_backfill(sid, seq, link)?;
+                stored += 1;
+                continue;
+            }
             if staged.knows(&event.event_id)? {
                 continue;
             }
             match staged.authorise_outlier(&event.pdu)? {
                 Verdict::Accepted => {
-                    let seq = floor - (count - index as u64);
                     staged.add_backfilled(&event.pdu, &event.object, seq, link)?;
                     stored += 1;
                 }

@@ -21,6 +21,7 @@ use crate::{
     error::{Error, Result},
     service::rooms::{
         backfill::{BackfillFloor, BackfillTimeline, BackfilledEvents, FIRST_SEQ},
+        outliers::OutlierEvents,
         EventIds, EventMeta, EventMetaTable, Pdu, Pdus, Rooms,
     },
     store::Raw,
@@ -157,6 +158,38 @@ impl Staged<'_> {
         self.remote
             .outliers
             .insert(pdu.event_id.clone(), pdu.clone());
+        Ok(())
+    }
+
+    /// Gives a stored outlier (of the room's state or auth chains at a join) its place at
+    /// `seq` among the backfilled events: it becomes history like them, read with the state
+    /// at `state_link` when it had none.
+    pub fn place_outlier_in_backfill(
+        &mut self,
+        sid: u64,
+        seq: u64,
+        state_link: Option<u64>,
+    ) -> Result<()> {
+        let room_sid = self
+            .record
+            .as_ref()
+            .ok_or_else(|| Error::unknown("room record missing"))?
+            .sid;
+        let floor = self.backfill_floor()?.min(seq);
+        let mut meta = self
+            .rooms
+            .store
+            .get::<EventMetaTable>(&sid)?
+            .ok_or_else(|| Error::unknown("outlier without metadata"))?;
+        if meta.state_link.is_none() {
+            meta.state_link = state_link;
+        }
+        self.batch
+            .put::<EventMetaTable>(&sid, &meta)
+            .put::<BackfillTimeline>(&(room_sid, seq), &sid)
+            .put::<BackfilledEvents>(&sid, &seq)
+            .put::<BackfillFloor>(&room_sid, &floor)
+            .delete::<OutlierEvents>(&sid);
         Ok(())
     }
 }
