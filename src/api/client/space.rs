@@ -73,7 +73,8 @@ async fn hierarchy(
     };
     let page = services
         .rooms
-        .hierarchy(&me.user_id, &body.room_id, query)?;
+        .hierarchy(&me.user_id, &body.room_id, query, &*services.federation)
+        .await?;
     let mut rooms = Vec::with_capacity(page.rooms.len());
     for room in page.rooms {
         let children = room

@@ -2,13 +2,16 @@
 //! X-Matrix authentication reach their handler only after the router verified the signature
 //! (`ctx.origin()` is the verified origin server).
 
+pub mod backfill;
 pub mod directory;
+pub mod events;
 pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod openid;
 pub mod query;
 pub mod send;
+pub mod space;
 pub mod user;
 pub mod version;
 
@@ -24,4 +27,7 @@ pub fn register_routes(router: &mut Router) {
     query::routes(router);
     user::routes(router);
     directory::routes(router);
+    events::routes(router);
+    backfill::routes(router);
+    space::routes(router);
 }

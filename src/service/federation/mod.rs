@@ -11,6 +11,7 @@
 //! - `pdus`: checks and storage of received PDUs.
 //! - `fetch`: fetching events this server lacks (missing prev and auth events, state, backfill).
 //! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
+//! - `spaces`: space hierarchies of rooms on other servers (federation `/hierarchy`).
 
 pub mod acl;
 pub mod answers;
@@ -25,3 +26,4 @@ pub mod queries;
 pub mod queue;
 pub mod receive;
 pub mod sender;
+pub mod spaces;

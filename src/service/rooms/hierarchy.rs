@@ -5,9 +5,14 @@
 //!
 //! The hierarchy walk is depth-first (pre-order) from the root, following the
 //! `m.space.child` events (with a non-empty `via`) of space-rooms in the spec's child order.
-//! Only rooms this server knows are walked (there is no federation to ask about others), and
-//! only rooms the user may see or peek are returned; a room the user cannot see is neither
+//! Only rooms the user may see or peek are returned; a room the user cannot see is neither
 //! returned nor walked into. Every room is visited at most once, so loops end.
+//!
+//! A child room this server does not know is asked of the servers in its `via` list with the
+//! federation `/hierarchy` ([`remote`]): at most [`remote::MAX_REMOTE_REQUESTS`] requests per
+//! walk, each with a short time limit; the answer's room and its `children` summaries stand in
+//! for local data (rooms known here always use the local data, as the spec asks), filtered for
+//! the user by the same rule as local rooms, applied to the summary ([`remote`]).
 //!
 //! Pagination is an offset into the walk: each page walks again from the root and skips the
 //! rooms already returned. That costs O(rooms before the page end) per page, so the walk is
@@ -16,11 +21,17 @@
 
 use std::collections::HashSet;
 
+pub mod remote;
+
 use ruma::{
     events::{room::member::MembershipState, StateEventType},
     room::{AllowRule, JoinRule, JoinRuleSummary, RoomSummary, RoomType},
-    EventEncryptionAlgorithm, OwnedMxcUri, OwnedRoomAliasId, OwnedRoomId, RoomId, UInt, UserId,
+    EventEncryptionAlgorithm, OwnedMxcUri, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, RoomId,
+    UInt, UserId,
 };
+
+use self::remote::{RemoteSpace, RemoteSpaces, Remotes};
+
 use serde_json::Value;
 
 use super::{RoomRecord, Rooms, StoredEvent};
@@ -65,11 +76,62 @@ pub struct HierarchyQuery {
     pub limit: usize,
 }
 
-/// A child link of a space: the child room and its (possibly absent) ordering key.
+/// A child link of a space: the child room, its (possibly absent) ordering key and the
+/// servers to ask about it.
 struct Child {
     room_id: OwnedRoomId,
     order: Option<String>,
     ts: u64,
+    via: Vec<OwnedServerName>,
+}
+
+impl Child {
+    /// The child an `m.space.child` event (state key, content, timestamp) links, if it is a
+    /// valid link (`via` a non-empty list of strings) that `suggested_only` keeps.
+    fn from_event(state_key: &str, content: &Value, ts: u64, suggested_only: bool) -> Option<Self> {
+        let via = content.get("via").and_then(Value::as_array)?;
+        if via.is_empty() || !via.iter().all(Value::is_string) {
+            return None;
+        }
+        let room_id = RoomId::parse(state_key).ok()?;
+        if suggested_only && content.get("suggested") != Some(&Value::Bool(true)) {
+            return None;
+        }
+        let order = content
+            .get("order")
+            .and_then(Value::as_str)
+            .filter(|o| {
+                o.chars().count() <= MAX_ORDER_CHARS
+                    && o.chars().all(|c| ('\x20'..='\x7e').contains(&c))
+            })
+            .map(str::to_owned);
+        let via = via
+            .iter()
+            .filter_map(|v| OwnedServerName::try_from(v.as_str()?).ok())
+            .collect();
+        Some(Child {
+            room_id,
+            order,
+            ts,
+            via,
+        })
+    }
+}
+
+/// Sorts children in the spec's order: valid `order` keys first (by code point), then by the
+/// child event's timestamp, then room id.
+fn sort_children(children: &mut [Child]) {
+    children.sort_by(|a, b| {
+        let order = match (&a.order, &b.order) {
+            (Some(x), Some(y)) => x.cmp(y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        };
+        order
+            .then(a.ts.cmp(&b.ts))
+            .then_with(|| a.room_id.cmp(&b.room_id))
+    });
 }
 
 fn content(event: &StoredEvent) -> Value {
@@ -232,73 +294,49 @@ impl Rooms {
         let mut children = Vec::new();
         let mut stripped = Vec::new();
         for event in self.current_state(room_sid, Some(&StateEventType::SpaceChild))? {
-            let content = content(&event);
-            let via_ok = content
-                .get("via")
-                .and_then(Value::as_array)
-                .is_some_and(|v| !v.is_empty() && v.iter().all(Value::is_string));
             let Some(state_key) = event.meta.state_key.as_deref() else {
                 continue;
             };
-            let Ok(room_id) = RoomId::parse(state_key) else {
+            let Some(child) = Child::from_event(
+                state_key,
+                &content(&event),
+                event.meta.origin_server_ts,
+                suggested_only,
+            ) else {
                 continue;
             };
-            if !via_ok {
-                continue;
-            }
-            if suggested_only && content.get("suggested") != Some(&Value::Bool(true)) {
-                continue;
-            }
             let mut value = self.stripped_event(&event);
             value["origin_server_ts"] = event.meta.origin_server_ts.into();
             stripped.push(value);
-            let order = content
-                .get("order")
-                .and_then(Value::as_str)
-                .filter(|o| {
-                    o.chars().count() <= MAX_ORDER_CHARS
-                        && o.chars().all(|c| ('\x20'..='\x7e').contains(&c))
-                })
-                .map(str::to_owned);
-            children.push(Child {
-                room_id,
-                order,
-                ts: event.meta.origin_server_ts,
-            });
+            children.push(child);
         }
-        children.sort_by(|a, b| {
-            let order = match (&a.order, &b.order) {
-                (Some(x), Some(y)) => x.cmp(y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => std::cmp::Ordering::Equal,
-            };
-            order
-                .then(a.ts.cmp(&b.ts))
-                .then_with(|| a.room_id.cmp(&b.room_id))
-        });
+        sort_children(&mut children);
         Ok((children, stripped))
     }
 
-    /// One page of the space hierarchy below `root` as `user_id` may see it. 403 when the
-    /// root is unknown or the user may not see it (the spec does not tell the two apart).
-    pub fn hierarchy(
+    /// One page of the space hierarchy below `root` as `user_id` may see it, asking `remote`
+    /// about child rooms this server does not know. 403 when the root is unknown or the user
+    /// may not see it (the spec does not tell the two apart).
+    pub async fn hierarchy(
         &self,
         user_id: &UserId,
         root: &RoomId,
         query: HierarchyQuery,
+        remote: &dyn RemoteSpaces,
     ) -> Result<HierarchyPage> {
         let root_record = match self.room(root)? {
             Some(record) if self.can_peek(Some(user_id), root, &record)? => record,
             _ => return Err(Error::forbidden("You are not allowed to view this room")),
         };
         let limit = query.limit.max(1);
-        let mut stack = vec![(root.to_owned(), Some(root_record), 0u64)];
+        let mut stack = vec![(root.to_owned(), Vec::new(), 0u64)];
         let mut visited = HashSet::new();
+        let mut remotes = Remotes::new(remote, self.server_name().to_owned(), query.suggested_only);
         let mut position = 0usize;
         let mut rooms = Vec::new();
         let mut next_offset = None;
-        while let Some((room_id, record, depth)) = stack.pop() {
+        let mut root_record = Some(root_record);
+        while let Some((room_id, via, depth)) = stack.pop() {
             if !visited.insert(room_id.clone()) {
                 continue;
             }
@@ -306,31 +344,40 @@ impl Rooms {
                 log::info!("hierarchy of {root} stopped after {MAX_WALK} rooms");
                 break;
             }
-            let record = match record {
-                Some(record) => record,
-                // Unknown here: a remote room, which needs federation to describe.
-                None => match self.room(&room_id)? {
-                    Some(record) => record,
-                    None => continue,
+            let record = match root_record.take() {
+                Some(record) => Some(record),
+                None => self.room(&room_id)?,
+            };
+            let (summary, children, children_state) = match record {
+                Some(record) => {
+                    if depth > 0 && !self.can_peek(Some(user_id), &room_id, &record)? {
+                        continue;
+                    }
+                    let is_space = self.room_type(record.sid)? == Some(RoomType::Space);
+                    let (children, children_state) = if is_space {
+                        self.space_children(record.sid, query.suggested_only)?
+                    } else {
+                        (Vec::new(), Vec::new())
+                    };
+                    (self.summary(&room_id, &record)?, children, children_state)
+                }
+                // Unknown here: a remote room, described by a server of its `via` list.
+                None => match remotes.describe(&room_id, &via).await {
+                    Some(space) if self.can_peek_summary(user_id, &space.summary)? => {
+                        let children = remote_children(&space, query.suggested_only);
+                        (space.summary, children, space.children_state)
+                    }
+                    _ => continue,
                 },
             };
-            if depth > 0 && !self.can_peek(Some(user_id), &room_id, &record)? {
-                continue;
-            }
             if rooms.len() == limit {
                 // One more visible room exists after this page.
                 next_offset = Some(position);
                 break;
             }
-            let is_space = self.room_type(record.sid)? == Some(RoomType::Space);
-            let (children, children_state) = if is_space {
-                self.space_children(record.sid, query.suggested_only)?
-            } else {
-                (Vec::new(), Vec::new())
-            };
             if position >= query.offset {
                 rooms.push(HierarchyRoom {
-                    summary: self.summary(&room_id, &record)?,
+                    summary,
                     children_state,
                 });
             }
@@ -338,11 +385,30 @@ impl Rooms {
             if depth < query.max_depth {
                 for child in children.into_iter().rev() {
                     if !visited.contains(&child.room_id) {
-                        stack.push((child.room_id, None, depth + 1));
+                        stack.push((child.room_id, child.via, depth + 1));
                     }
                 }
             }
         }
         Ok(HierarchyPage { rooms, next_offset })
     }
+}
+
+/// The children a remote space lists in its `children_state`, in the spec's order.
+fn remote_children(space: &RemoteSpace, suggested_only: bool) -> Vec<Child> {
+    let mut children: Vec<Child> = space
+        .children_state
+        .iter()
+        .filter(|event| event.get("type").and_then(Value::as_str) == Some("m.space.child"))
+        .filter_map(|event| {
+            let state_key = event.get("state_key")?.as_str()?;
+            let ts = event
+                .get("origin_server_ts")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            Child::from_event(state_key, event.get("content")?, ts, suggested_only)
+        })
+        .collect();
+    sort_children(&mut children);
+    children
 }

@@ -22,6 +22,7 @@ pub mod outliers;
 pub mod redact;
 pub mod relations;
 pub mod resolve;
+pub mod serve;
 pub mod state;
 pub mod summary;
 pub mod timeline;

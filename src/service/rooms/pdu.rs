@@ -150,6 +150,24 @@ impl ruma::state_res::Event for Pdu {
     }
 }
 
+#[derive(Deserialize)]
+struct AuthRefs {
+    #[serde(default)]
+    auth_events: Vec<EventRef>,
+    #[serde(default)]
+    prev_events: Vec<EventRef>,
+}
+
+/// The `auth_events` and `prev_events` of a PDU's JSON, without parsing the rest of it (walks
+/// of the room's graph read many events and need only these).
+pub fn graph_refs(json: &[u8]) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>), String> {
+    let refs: AuthRefs = serde_json::from_slice(json).map_err(|e| format!("malformed PDU: {e}"))?;
+    Ok((
+        refs.auth_events.into_iter().map(EventRef::id).collect(),
+        refs.prev_events.into_iter().map(EventRef::id).collect(),
+    ))
+}
+
 /// Borrowed event id helper for lookups keyed by `&EventId`.
 pub fn id_str(id: &EventId) -> String {
     id.as_str().to_owned()

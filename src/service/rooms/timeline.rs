@@ -17,6 +17,11 @@ use crate::{error::Result, service::sync::event_passes};
 /// long stretch of history the user may not see costs each request this much, not the room.
 pub const SCAN_BUDGET: usize = 2_000;
 
+/// Events `event_near_time` examines after its binary search before giving up.
+pub const TIME_SCAN_LIMIT: usize = 1000;
+/// Events read per step of that scan.
+const TIME_SCAN_PAGE: usize = 100;
+
 /// What `/messages` asks for (tokens already parsed into positions).
 pub struct MessagesQuery<'a> {
     pub from: u64,
@@ -155,5 +160,88 @@ impl Rooms {
             }
         }
         Ok(members)
+    }
+
+    /// The first event of the room at or after position `pos`.
+    fn next_at(&self, room_sid: u64, pos: u64) -> Result<Option<StoredEvent>> {
+        Ok(self
+            .timeline(room_sid, Some(pos), false, 1)?
+            .into_iter()
+            .next())
+    }
+
+    /// The event closest to `ts` (`timestamp_to_event`, client and federation) that the reader
+    /// may see: forwards, the first with `origin_server_ts >= ts`; backwards, the last with
+    /// `origin_server_ts <= ts`.
+    ///
+    /// This server stamps its events with its clock as it appends them, so `origin_server_ts`
+    /// grows with the position. The search is a binary search over positions: each probe is
+    /// one range scan for the next event at or after a position plus one event read, at most
+    /// 64 probes (usually about log2 of the room's position span), independent of the room's
+    /// size. From the position found, a bounded scan ([`TIME_SCAN_LIMIT`] events) in the
+    /// requested direction skips events the reader may not see and events out of order (from
+    /// a clock that went backwards, or remote timestamps); if the clock never went backwards
+    /// the answer is exact.
+    pub fn event_near_time(
+        &self,
+        reader: &mut Reader<'_>,
+        room_sid: u64,
+        ts: u64,
+        forward: bool,
+    ) -> Result<Option<StoredEvent>> {
+        let (Some(first), Some(last)) = (
+            self.timeline(room_sid, None, false, 1)?.into_iter().next(),
+            self.timeline(room_sid, None, true, 1)?.into_iter().next(),
+        ) else {
+            return Ok(None);
+        };
+        // The smallest position whose next event is at or after `ts` (forwards) or after `ts`
+        // (backwards); `last + 1` if there is none.
+        let bound = if forward { ts } else { ts.saturating_add(1) };
+        let (mut low, mut high) = (first.sid, last.sid + 1);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match self.next_at(room_sid, mid)? {
+                Some(event) if event.meta.origin_server_ts >= bound => high = mid,
+                // Every position up to this event has the same next event.
+                Some(event) => low = event.sid + 1,
+                None => high = mid,
+            }
+        }
+        // Forwards: the first visible event from there with a timestamp at or after `ts`;
+        // backwards: the last visible event before there, whose timestamp is at or before `ts`.
+        let mut cursor = if forward {
+            Some(low)
+        } else {
+            low.checked_sub(1)
+        };
+        let mut budget = TIME_SCAN_LIMIT;
+        while let Some(pos) = cursor {
+            if budget == 0 {
+                break;
+            }
+            let page = self.timeline(room_sid, Some(pos), !forward, TIME_SCAN_PAGE.min(budget))?;
+            if page.is_empty() {
+                break;
+            }
+            for event in &page {
+                budget -= 1;
+                let ts_ok = if forward {
+                    event.meta.origin_server_ts >= ts
+                } else {
+                    event.meta.origin_server_ts <= ts
+                };
+                if ts_ok && reader.may_see(event)? {
+                    return Ok(Some(event.clone()));
+                }
+            }
+            let edge = page.last().map(|e| e.sid);
+            cursor = match edge {
+                Some(sid) if forward => sid.checked_add(1),
+                Some(sid) => sid.checked_sub(1),
+                None => None,
+            };
+        }
+        Ok(None)
     }
 }
