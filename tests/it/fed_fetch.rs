@@ -789,3 +789,166 @@ async fn messages_backfills_history_from_before_the_join_not_new_to_sync() {
         "{sync}"
     );
 }
+
+/// Three real servers: A with alice's public room, B whose bob joined it over federation, D
+/// only a signing key (dave's events are D's, and B fetches D's keys from it). A is handed
+/// dave's join and `n` messages of his as a transaction from D would hand them (A does not
+/// relay other servers' events), so B lacks them; then A sends B dave's last message, and B
+/// fetches what it lacks from A.
+struct ThreeServers {
+    fed: crate::fed_common::Fed,
+    alice: String,
+    bob: String,
+    room: String,
+    dave: String,
+    /// Dave's join and messages, oldest first.
+    events: Vec<(OwnedEventId, CanonicalJsonObject)>,
+}
+
+impl ThreeServers {
+    async fn new(n: usize) -> Self {
+        let fed = crate::fed_common::start_many(3).await;
+        let (a, b, d) = (&fed.servers[0], &fed.servers[1], &fed.servers[2]);
+        let (_, alice, _) = a.register("alice", "password1").await;
+        let (_, bob, _) = b.register("bob", "password1").await;
+        let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+        let (status, body) = b
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?server_name={}",
+                    enc(&room),
+                    enc(&a.name)
+                ),
+                Some(&bob),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        let a_services = &a.server.as_ref().unwrap().services;
+        let view = RoomView {
+            services: a_services,
+            room_id: room.clone(),
+        };
+        let remote = Remote::server(d);
+        let dave = d.user_id("dave");
+        let a_pdus = Pdus::new(
+            a_services.store.clone(),
+            a_services.rooms.clone(),
+            Arc::new(StaticKeys(remote.public_keys())),
+        );
+        let origin = OwnedServerName::try_from(d.name.as_str()).unwrap();
+        let mut events = Vec::new();
+        for i in 0..=n {
+            let spec = if i == 0 {
+                EventSpec::state("m.room.member", &dave, &dave, json!({"membership": "join"}))
+            } else {
+                EventSpec::message(&dave, &format!("dave {i}"))
+            };
+            let (id, object) = view.event(&remote, spec);
+            let results = a_pdus.receive_pdus(&origin, &[raw(&object)]).await;
+            assert_eq!(results.get(&id), Some(&Ok(())), "{results:?}");
+            events.push((id, object));
+        }
+        Self {
+            fed,
+            alice,
+            bob,
+            room,
+            dave,
+            events,
+        }
+    }
+
+    /// A sends B dave's last event; returns B's answer for it.
+    async fn send_last(&self) -> Value {
+        let (b, a) = (&self.fed.servers[0], &self.fed.servers[1]);
+        let (id, last) = self.events.last().unwrap();
+        let body = json!({
+            "origin": b.name,
+            "origin_server_ts": crate::fed_pdus::events::now_ms(),
+            "pdus": [serde_json::from_str::<Value>(raw(last).get()).unwrap()],
+        });
+        let (status, answer) = b
+            .signed(
+                a,
+                &a.name,
+                reqwest::Method::PUT,
+                "/_matrix/federation/v1/send/t1",
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer["pdus"][id.as_str()].clone()
+    }
+
+    /// Event ids of B's timeline (bob's /messages), oldest first.
+    async fn b_timeline(&self) -> Vec<String> {
+        let b = &self.fed.servers[1];
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+            enc(&self.room)
+        );
+        let (status, page) = b.get(&path, Some(&self.bob)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let mut ids: Vec<String> = chunk_events(&page).into_iter().map(|(id, _)| id).collect();
+        ids.reverse();
+        ids
+    }
+
+    /// The room's state on a server as `(type, state_key, event_id)`, sorted.
+    async fn state(&self, index: usize, token: &str) -> Vec<(String, String, String)> {
+        let srv = &self.fed.servers[index];
+        let path = format!("/_matrix/client/v3/rooms/{}/state", enc(&self.room));
+        let (status, state) = srv.get(&path, Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "{state}");
+        let mut out: Vec<_> = state
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let field = |f: &str| e[f].as_str().unwrap().to_owned();
+                (field("type"), field("state_key"), field("event_id"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+#[tokio::test]
+async fn hearth_to_hearth_missing_events_are_fetched_from_the_origin() {
+    let three = ThreeServers::new(3).await;
+    assert_eq!(three.send_last().await, json!({}));
+    let timeline = three.b_timeline().await;
+    let ids: Vec<&OwnedEventId> = three.events.iter().map(|(id, _)| id).collect();
+    assert!(in_order(&timeline, &ids), "{timeline:?}");
+    assert_eq!(
+        three.state(0, &three.alice).await,
+        three.state(1, &three.bob).await
+    );
+}
+
+#[tokio::test]
+async fn hearth_to_hearth_a_long_gap_is_bridged_with_state_ids() {
+    let three = ThreeServers::new(25).await;
+    assert_eq!(three.send_last().await, json!({}));
+    let timeline = three.b_timeline().await;
+    // The 20 events before the last came with get_missing_events; dave's join (beyond them)
+    // came with the state at the earliest of them, as an outlier.
+    let fetched: Vec<&OwnedEventId> = three.events[5..].iter().map(|(id, _)| id).collect();
+    assert!(in_order(&timeline, &fetched), "{timeline:?}");
+    assert!(!timeline.contains(&three.events[0].0.to_string()));
+    let a = &three.fed.servers[0];
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/joined_members",
+        enc(&three.room)
+    );
+    let (status, members) = a.get(&path, Some(&three.alice)).await;
+    assert_eq!(status, StatusCode::OK, "{members}");
+    assert!(members["joined"].get(&three.dave).is_some(), "{members}");
+    assert_eq!(
+        three.state(0, &three.alice).await,
+        three.state(1, &three.bob).await
+    );
+}

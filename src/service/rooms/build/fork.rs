@@ -14,6 +14,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     events::{StateEventType, TimelineEventType},
+    state_res::check_state_dependent_auth_rules,
     OwnedEventId,
 };
 use serde_json::Value;
@@ -85,6 +86,28 @@ impl Staged<'_> {
             resolved: resolved.map(Arc::new),
             fetched: true,
         })
+    }
+
+    /// Whether `pdu` passes the authorization rules against the resolution of the current
+    /// state and the state before it (what the current state becomes once it is stored).
+    pub(super) fn passes_merged_state(&self, pdu: &Pdu, state: &StateBefore) -> Result<bool> {
+        let maps = [self.current_state_ids()?, self.state_ids_before(state)?];
+        let staged: HashMap<OwnedEventId, Pdu> = self
+            .events
+            .iter()
+            .map(|(id, (_, pdu, _))| (id.clone(), pdu.clone()))
+            .collect();
+        let Some(resolved) = self.rooms.resolve_maps(&self.rules, &maps, &staged)? else {
+            return Ok(false);
+        };
+        let lookup = |kind: &StateEventType, key: &str| {
+            let id = resolved.get(&(kind.to_string(), key.to_owned()))?;
+            match staged.get(id) {
+                Some(pdu) => Some(pdu.clone()),
+                None => self.rooms.event(id).ok().flatten().map(|e| e.pdu),
+            }
+        };
+        Ok(check_state_dependent_auth_rules(&self.rules.authorization, pdu, lookup).is_ok())
     }
 
     /// Makes the current state the resolution of `ours` (the current state before the event

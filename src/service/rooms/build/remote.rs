@@ -287,11 +287,15 @@ impl Staged<'_> {
         if let Err(e) = check_state_dependent_auth_rules(rules, pdu, before) {
             return Ok(Verdict::Rejected(format!("state before the event: {e}")));
         }
-        // Step 6: the current state.
+        // Step 6: the current state. On another branch (or across a gap) the current state is
+        // about to become the resolution of both (`build/fork.rs`): an event that fails the
+        // current state as it is but passes that resolution is not soft-failed.
         if !state.current {
             let current = |kind: &StateEventType, key: &str| self.state_pdu(kind, key);
             if let Err(e) = check_state_dependent_auth_rules(rules, pdu, current) {
-                return Ok(Verdict::SoftFailed(format!("current state: {e}")));
+                if !self.passes_merged_state(pdu, state)? {
+                    return Ok(Verdict::SoftFailed(format!("current state: {e}")));
+                }
             }
         }
         Ok(Verdict::Accepted)
