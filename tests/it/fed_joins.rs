@@ -185,7 +185,7 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
         .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     let chunk = page["chunk"].as_array().unwrap();
-    let position = |test: &dyn Fn(&Value) -> bool| chunk.iter().position(|e| test(e));
+    let position = |test: &dyn Fn(&Value) -> bool| chunk.iter().position(test);
     let before = position(&|e| e["content"]["body"] == "before bob").expect("backfilled");
     let join = position(&|e| e["type"] == "m.room.member" && e["state_key"] == bob_id.as_str())
         .expect("bob's join");

@@ -248,7 +248,7 @@ async fn try_join(
         .rooms
         .store_joined_room(joined)
         .await
-        .map_err(|e| Attempt::Refused(e))?;
+        .map_err(Attempt::Refused)?;
     log::info!(
         "{} joined {} via {server} (stored in {:?})",
         join.user_id,
