@@ -28,6 +28,10 @@ const BACKFILL_SERVERS: usize = 3;
 const BACKFILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// `event_auth` requests one backfill may make for events whose auth events are unknown.
 const AUTH_REQUESTS: usize = 2;
+/// A room whose backfill brought nothing is not tried again for this long.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Rooms remembered as such at most (older entries are let go first).
+const MAX_MISSES: usize = 1024;
 
 impl Pdus {
     /// Fetches up to `limit` events older than the oldest one this server has of the room
@@ -47,7 +51,47 @@ impl Pdus {
         if oldest.pdu.kind == TimelineEventType::RoomCreate || !self.lacks_prevs(&oldest)? {
             return Ok(0);
         }
-        for server in self.backfill_servers(room.sid)? {
+        if self.missed_recently(room_id) {
+            return Ok(0);
+        }
+        let stored = self
+            .backfill_from_servers(&*remote, room_id, room.sid, &oldest, limit)
+            .await?;
+        let mut misses = self
+            .backfill_misses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if stored == 0 {
+            if misses.len() >= MAX_MISSES {
+                misses.retain(|_, at| at.elapsed() < RETRY_AFTER);
+            }
+            misses.insert(room_id.to_owned(), std::time::Instant::now());
+        } else {
+            misses.remove(room_id);
+        }
+        Ok(stored)
+    }
+
+    /// Whether a backfill of the room brought nothing less than [`RETRY_AFTER`] ago.
+    fn missed_recently(&self, room_id: &RoomId) -> bool {
+        let misses = self
+            .backfill_misses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        misses
+            .get(room_id)
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER)
+    }
+
+    async fn backfill_from_servers(
+        &self,
+        remote: &dyn RemoteEvents,
+        room_id: &RoomId,
+        room_sid: u64,
+        oldest: &StoredEvent,
+        limit: u32,
+    ) -> Result<usize> {
+        for server in self.backfill_servers(room_sid)? {
             let from = vec![oldest.pdu.event_id.clone()];
             let answer = tokio::time::timeout(
                 BACKFILL_TIMEOUT,
@@ -67,7 +111,7 @@ impl Pdus {
             };
             let raws = raws.iter().take(limit as usize).map(|r| &**r);
             let stored = self
-                .store_backfilled(&*remote, &server, room_id, &oldest, raws)
+                .store_backfilled(remote, &server, room_id, oldest, raws)
                 .await?;
             if stored > 0 {
                 return Ok(stored);

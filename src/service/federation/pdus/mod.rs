@@ -175,6 +175,9 @@ pub struct Pdus {
     keys: Arc<dyn SigningKeys>,
     /// Where missing events are fetched from; without it, nothing is fetched.
     remote: Option<Arc<dyn RemoteEvents>>,
+    /// When a backfill of a room last brought nothing (`backfill.rs`), so that paging at the
+    /// start of a room whose servers do not answer does not wait for them on every page.
+    backfill_misses: std::sync::Mutex<std::collections::HashMap<OwnedRoomId, std::time::Instant>>,
 }
 
 impl Pdus {
@@ -184,6 +187,7 @@ impl Pdus {
             rooms,
             keys,
             remote: None,
+            backfill_misses: Default::default(),
         }
     }
 
