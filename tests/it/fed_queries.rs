@@ -106,8 +106,8 @@ async fn aliases_of_another_server_resolve_through_it() {
         (StatusCode::NOT_FOUND, "M_NOT_FOUND")
     );
 
-    // Joining and knocking resolve the alias the same way; joining a room through another
-    // server is not built yet, so A answers as for any room it does not know.
+    // Joining and knocking resolve the alias the same way, then ask B (the room is neither
+    // public nor open to knocks, so B refuses both; `fed_joins`, `fed_invites`).
     for path in ["join", "knock"] {
         let (status, body) = a
             .post(
@@ -118,7 +118,7 @@ async fn aliases_of_another_server_resolve_through_it() {
             .await;
         assert_eq!(
             (status, errcode(&body)),
-            (StatusCode::NOT_FOUND, "M_NOT_FOUND"),
+            (StatusCode::FORBIDDEN, "M_FORBIDDEN"),
             "{path}: {body}"
         );
         let (status, body) = a

@@ -24,6 +24,7 @@ mod fed_common;
 mod fed_discovery;
 mod fed_fetch;
 mod fed_history;
+mod fed_invites;
 mod fed_joins;
 mod fed_keys;
 mod fed_media;

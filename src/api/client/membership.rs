@@ -1,6 +1,8 @@
 //! Joining, inviting, leaving, kicking, banning, knocking and forgetting. The rules live in
 //! `service::rooms::membership`; these handlers add what needs other services (profiles, the
-//! user list) and the request shapes.
+//! user list) and the request shapes. Rooms of other servers go through
+//! `service::federation`: joins (`membership::join`), invites of their users (`invite`), and
+//! leaving or knocking on a room known only through an invite or knock (`remote_membership`).
 
 use std::sync::Arc;
 
@@ -22,7 +24,10 @@ use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
     service::{
-        federation::{membership::join as fed_membership, queries::Requester},
+        federation::{
+            invite as fed_invite, membership::join as fed_membership, queries::Requester,
+            remote_membership,
+        },
         rooms::membership::MembershipChange,
         Services,
     },
@@ -170,9 +175,16 @@ async fn invite(
     };
     let target = &recipient.user_id;
     if target.server_name().as_str() != services.config.server_name {
-        return Err(Error::forbidden(
-            "Inviting users of other servers needs federation, which is not available yet",
-        ));
+        // The invitee's server co-signs the invite before it is stored.
+        fed_invite::invite_remote(
+            &services,
+            &body.room_id,
+            &me.user_id,
+            target,
+            recipient.reason.as_deref(),
+        )
+        .await?;
+        return Ok(invite_user::v3::Response::new());
     }
     if !services.users.exists(target)? {
         return Err(Error::not_found("Unknown user"));
@@ -198,6 +210,21 @@ async fn leave(
     body: leave_room::v3::Request,
 ) -> Result<leave_room::v3::Response> {
     let me = ctx.authed()?;
+    if services
+        .rooms
+        .remote_membership(&me.user_id, &body.room_id)?
+        .is_some()
+    {
+        // An invite or knock known through another server: rejected or withdrawn there.
+        remote_membership::leave_remote(
+            &services,
+            &body.room_id,
+            &me.user_id,
+            body.reason.as_deref(),
+        )
+        .await?;
+        return Ok(leave_room::v3::Response::new());
+    }
     services
         .rooms
         .leave_room(&body.room_id, &me.user_id, body.reason.as_deref())
@@ -211,6 +238,21 @@ async fn forget(
     body: forget_room::v3::Request,
 ) -> Result<forget_room::v3::Response> {
     let me = ctx.authed()?;
+    let remote = services
+        .rooms
+        .remote_membership(&me.user_id, &body.room_id)?;
+    if let Some(remote) = remote {
+        // A remote invite or knock that ended: forgotten like a left room.
+        if matches!(remote.membership.as_str(), "invite" | "knock") {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "Leave the room before forgetting it",
+            ));
+        }
+        services.rooms.forget(&body.room_id, &me.user_id).await?;
+        return Ok(forget_room::v3::Response::new());
+    }
     services
         .rooms
         .forget_room(&body.room_id, &me.user_id)
@@ -278,8 +320,28 @@ async fn knock(
     body: knock_room::v3::Request,
 ) -> Result<knock_room::v3::Response> {
     let me = ctx.authed()?;
-    let (room_id, _) = resolve(&services, &me.user_id, &body.room_id_or_alias).await?;
+    let (room_id, alias_servers) = resolve(&services, &me.user_id, &body.room_id_or_alias).await?;
+    let mut servers: Vec<String> = alias_servers.iter().map(ToString::to_string).collect();
+    if let Ok(alias) = <&ruma::RoomAliasId>::try_from(&*body.room_id_or_alias) {
+        servers.push(alias.server_name().to_string());
+    }
     let profile = profile_of(&services, &me.user_id)?;
+    if !services.rooms.is_resident(&room_id)? {
+        // A room this server is not in: knocked on through a resident server (the servers
+        // the client names, the alias's, the room id's).
+        servers.extend(body.via.iter().map(ToString::to_string));
+        servers.extend(room_id.server_name().map(ToString::to_string));
+        remote_membership::knock_remote(
+            &services,
+            &room_id,
+            &me.user_id,
+            body.reason.as_deref(),
+            &servers,
+            profile,
+        )
+        .await?;
+        return Ok(knock_room::v3::Response::new(room_id));
+    }
     services
         .rooms
         .knock_room(&room_id, &me.user_id, body.reason.as_deref(), profile)

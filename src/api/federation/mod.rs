@@ -5,6 +5,7 @@
 pub mod backfill;
 pub mod directory;
 pub mod events;
+pub mod invite;
 pub mod keys;
 pub mod media;
 pub mod membership;
@@ -27,6 +28,7 @@ pub fn register_routes(router: &mut Router) {
     query::routes(router);
     user::routes(router);
     directory::routes(router);
+    invite::routes(router);
     events::routes(router);
     backfill::routes(router);
     space::routes(router);

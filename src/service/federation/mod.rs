@@ -10,8 +10,11 @@
 //! - `devices`: device lists over federation (announcements, the remote cache).
 //! - `pdus`: checks and storage of received PDUs.
 //! - `fetch`: fetching events this server lacks (missing prev and auth events, state, backfill).
-//! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
+//! - `invite`: invites across servers, both ways; `remote_membership`: rejecting remote
+//!   invites and knocking through resident servers (`make_leave`/`send_leave`,
+//!   `make_knock`/`send_knock` as the leaving or knocking server).
 //! - `spaces`: space hierarchies of rooms on other servers (federation `/hierarchy`).
+//! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
 
 pub mod acl;
 pub mod answers;
@@ -19,11 +22,13 @@ pub mod auth;
 pub mod client;
 pub mod devices;
 pub mod fetch;
+pub mod invite;
 pub mod keyring;
 pub mod membership;
 pub mod pdus;
 pub mod queries;
 pub mod queue;
 pub mod receive;
+pub mod remote_membership;
 pub mod sender;
 pub mod spaces;

@@ -313,13 +313,16 @@ impl<'a> Reader<'a> {
     /// the events the user may not see.
     pub fn may_see_meta(&mut self, sid: u64, meta: &EventMeta) -> Result<bool> {
         // Soft-failed remote events are stored for the room's graph, never for clients; other
-        // servers are served them (module doc).
-        if matches!(self.who, Who::User(_)) && self.rooms.is_soft_failed(sid)? {
-            return Ok(false);
-        }
-        // Outliers are not in the timeline; only those of the room's state are readable.
-        if self.rooms.is_hidden_outlier(sid)? {
-            return Ok(false);
+        // servers are served them (module doc), and outliers too, as events of the graph
+        // (auth chains).
+        if let Who::User(_) = self.who {
+            if self.rooms.is_soft_failed(sid)? {
+                return Ok(false);
+            }
+            // Outliers are not in the timeline; only those of the room's state are readable.
+            if self.rooms.is_hidden_outlier(sid)? {
+                return Ok(false);
+            }
         }
         let own_membership = meta.kind == "m.room.member"
             && meta.state_key.as_deref().is_some_and(|k| self.who.owns(k));

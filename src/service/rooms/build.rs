@@ -596,6 +596,27 @@ impl<'a> Staged<'a> {
         Ok((servers, local))
     }
 
+    /// Extra destinations of single local events: a member event that makes a remote user
+    /// leave or banned goes to that user's server even when none of its users is joined (a
+    /// rescinded invite, a rejected knock, a pre-emptive ban), so it learns of it. Invites
+    /// reach the invitee's server through `/invite` instead.
+    fn member_targets(&self) -> Vec<(u64, OwnedServerName)> {
+        let own = self.rooms.fed_queue.server_name();
+        self.events
+            .values()
+            .filter(|(_, pdu, _)| pdu.sender.server_name() == own)
+            .filter(|(_, pdu, _)| pdu.kind == TimelineEventType::RoomMember)
+            .filter(|(_, pdu, _)| {
+                pdu.content_as::<Value>()
+                    .is_some_and(|c| matches!(c["membership"].as_str(), Some("leave" | "ban")))
+            })
+            .filter_map(|(sid, pdu, _)| {
+                let target = UserId::parse(pdu.state_key.as_deref()?).ok()?;
+                (target.server_name() != own).then(|| (*sid, target.server_name().to_owned()))
+            })
+            .collect()
+    }
+
     /// The whole current state including staged changes.
     fn full_state_entries(&self) -> Result<Vec<(String, String, u64)>> {
         let mut map: HashMap<(String, String), u64> = HashMap::new();
@@ -637,6 +658,34 @@ impl<'a> Staged<'a> {
         other.stage_record()?;
         self.batch.append(std::mem::take(&mut other.batch));
         self.absorbed.push(other);
+        Ok(())
+    }
+
+    /// The canonical JSON of an event staged here (as signed so far).
+    pub fn staged_json(&self, event_id: &EventId) -> Option<&CanonicalJsonObject> {
+        self.events.get(event_id).map(|(_, _, json)| json)
+    }
+
+    /// Adds another server's signatures to a staged event (an invite the invitee's server
+    /// signed). Signatures are outside the reference hash, so the event and its id stay the
+    /// same; the caller has verified them.
+    pub fn add_signatures(
+        &mut self,
+        event_id: &EventId,
+        server: &str,
+        signatures: CanonicalJsonValue,
+    ) -> Result<()> {
+        let (sid, _, object) = self
+            .events
+            .get_mut(event_id)
+            .ok_or_else(|| Error::unknown("the event is not staged"))?;
+        let Some(CanonicalJsonValue::Object(all)) = object.get_mut("signatures") else {
+            return Err(Error::unknown("a staged event has no signatures"));
+        };
+        all.insert(server.to_owned(), signatures);
+        let json = serde_json::to_vec(&*object).map_err(|e| Error::unknown(e.to_string()))?;
+        // The later write of the same key wins within a batch.
+        self.batch.put::<Pdus>(sid, &Raw(json));
         Ok(())
     }
 
@@ -682,6 +731,11 @@ impl<'a> Staged<'a> {
                 self.rooms.fed_queue.stage_pdu(&mut batch, sid, &servers);
             }
             destinations.extend(servers);
+            for (sid, server) in staged.member_targets() {
+                let server = BTreeSet::from([server]);
+                self.rooms.fed_queue.stage_pdu(&mut batch, sid, &server);
+                destinations.extend(server);
+            }
         }
         let fed_queue = self.rooms.fed_queue.clone();
         for staged in &mut self.absorbed {

@@ -373,16 +373,12 @@ impl Rooms {
         let mut known = false;
         let mut allowed = false;
         for allowed_room in &listed {
-            // A listed room counts as known when this server is in it.
-            let Some(other) = self.room(allowed_room)? else {
+            // Only a listed room this server is in says anything: the memberships of a room
+            // it left are no longer kept up to date.
+            if !self.is_resident(allowed_room)? {
                 continue;
-            };
-            let resident = self.members(other.sid)?.iter().any(|(user, m)| {
-                m == "join"
-                    && UserId::parse(user.as_str())
-                        .is_ok_and(|u| u.server_name() == self.server_name)
-            });
-            known |= resident;
+            }
+            known = true;
             if self.membership(allowed_room, user_id)? == Some(M::Join) {
                 allowed = true;
                 break;

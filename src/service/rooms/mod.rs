@@ -21,6 +21,7 @@ pub mod membership;
 pub mod outliers;
 pub mod redact;
 pub mod relations;
+pub mod remote_invites;
 pub mod resolve;
 pub mod serve;
 pub mod state;

@@ -36,6 +36,7 @@ pub mod format;
 mod lazy;
 mod legacy;
 mod presence;
+mod remote;
 mod room;
 
 pub use filters::event_passes;
@@ -46,6 +47,7 @@ pub use legacy::{
     events_since, initial_sync, peek_access, room_initial_sync, EventsPage, InitialSyncQuery,
 };
 use presence::presence_events;
+pub use remote::stripped;
 use room::{joined_room, room_timeline, STRIPPED_STATE};
 
 use super::{
@@ -228,9 +230,29 @@ pub async fn sync_once(
     let mut joined_rooms: Vec<OwnedRoomId> = Vec::new();
     let mut newly_joined: Vec<OwnedRoomId> = Vec::new();
 
-    let memberships = rooms.memberships_of(request.user_id)?;
-    for (room_id, membership, member_sid) in memberships {
+    let memberships = remote::memberships(rooms, request.user_id)?;
+    for (room_id, membership, member_sid, source) in memberships {
         if !room_wanted(&request.filter, &room_id) {
+            continue;
+        }
+        if let remote::Source::Remote(record) = source {
+            // Known through another server only: shown once settled and changed since the
+            // token; a departure like any left room.
+            let changed = request.since.is_none_or(|since| member_sid > since);
+            let leave_wanted = request.since.is_some() || request.filter.room.include_leave;
+            if member_sid > now || !changed {
+                continue;
+            }
+            let departed = record.membership == "leave" || record.membership == "ban";
+            if departed && (!leave_wanted || rooms.is_forgotten(&room_id, request.user_id)?) {
+                continue;
+            }
+            match remote::section(&record, &ignored) {
+                Some(("invite", body)) => invite.insert(room_id.to_string(), body),
+                Some(("knock", body)) => knock.insert(room_id.to_string(), body),
+                Some((_, body)) => leave.insert(room_id.to_string(), body),
+                None => None,
+            };
             continue;
         }
         let (membership, member_sid) = if member_sid > now {

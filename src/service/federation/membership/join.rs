@@ -3,7 +3,8 @@
 //! turn (at most [`MAX_ATTEMPTS`], each request bounded in time), then every event of the
 //! answer is checked before anything is stored:
 //! - each event of `state` and `auth_chain`: its format for the room version, its id, the
-//!   signatures its room version requires (keys from the keyring), its content hash (a
+//!   signatures its room version requires (keys from the keyring, valid at the event's time
+//!   from room version 5), its content hash (a
 //!   mismatch means its redacted form is used, as for any received PDU);
 //! - the auth chain and the state are authorised in topological order of their auth events,
 //!   each against its own auth events (ruma's authorisation rules); one that fails — or cites an
@@ -24,9 +25,11 @@
 //! that refusal passed through (a `M_INVALID_PARAM`/`M_MISSING_PARAM` becomes 502, as the spec
 //! asks for errors that concern the server-server request).
 //!
-//! Not built: partial-state joins (`omit_members` is never asked for here); key validity
-//! windows are not enforced for the events of the answer (any key the signing server has
-//! published is accepted: auth chains of old rooms are signed with long-rotated keys).
+//! Keys: from room version 5, each event's signatures must be by keys valid at its
+//! `origin_server_ts` (as for any received PDU); the join itself, which this server just
+//! signed, is checked with any key the resident published.
+//!
+//! Not built: partial-state joins (`omit_members` is never asked for here).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -39,7 +42,7 @@ use ruma::{
     canonical_json::to_canonical_value,
     events::StateEventType,
     room_version_rules::{EventIdFormatVersion, RoomVersionRules},
-    signatures::{hash_and_sign_event, reference_hash},
+    signatures::{hash_and_sign_event, reference_hash, PublicKeyMap},
     state_res::{check_state_dependent_auth_rules, check_state_independent_auth_rules},
     CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
     OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
@@ -244,11 +247,23 @@ async fn try_join(
     .await
     .map_err(failed)?;
     let started = std::time::Instant::now();
-    services
+    // Another local user's join may have got here first: then this one is one more event of
+    // the room (checked again under the room lock by `store_joined_room`).
+    if services
         .rooms
-        .store_joined_room(joined)
-        .await
-        .map_err(Attempt::Refused)?;
+        .is_resident(join.room_id)
+        .map_err(Attempt::Refused)?
+    {
+        return add_to_joined_room(services, join.room_id, joined.join).await;
+    }
+    let join_event = joined.join.clone();
+    match services.rooms.store_joined_room(joined).await {
+        Ok(_) => {}
+        Err(e) if e.status == StatusCode::CONFLICT => {
+            return add_to_joined_room(services, join.room_id, join_event).await;
+        }
+        Err(e) => return Err(Attempt::Refused(e)),
+    }
     log::info!(
         "{} joined {} via {server} (stored in {:?})",
         join.user_id,
@@ -256,6 +271,24 @@ async fn try_join(
         started.elapsed()
     );
     Ok(())
+}
+
+/// Stores the join as an event of a room this server is in by now (see [`try_join`]).
+async fn add_to_joined_room(
+    services: &Services,
+    room_id: &RoomId,
+    (pdu, object): (Pdu, CanonicalJsonObject),
+) -> std::result::Result<(), Attempt> {
+    let own = services.rooms.server_name().to_owned();
+    let outcome = services
+        .pdus
+        .receive_direct(room_id, &own, pdu.event_id.clone(), pdu, object)
+        .await
+        .map_err(Attempt::Refused)?;
+    match outcome {
+        super::super::pdus::Direct::Refused(reason) => Err(Attempt::Failed(reason)),
+        _ => Ok(()),
+    }
 }
 
 fn raw_object(object: &CanonicalJsonObject) -> Result<Box<RawJsonValue>> {
@@ -344,6 +377,8 @@ fn build_join(
 struct Received {
     event_id: OwnedEventId,
     object: CanonicalJsonObject,
+    /// From room version 5: the keys valid at the event's `origin_server_ts`.
+    keys: Option<PublicKeyMap>,
 }
 
 fn parse_event(
@@ -361,7 +396,11 @@ fn parse_event(
             && room_id.strip_sigil() == &event_id.as_str()[1..] => {}
         _ => return Err(format!("{event_id} is not an event of {room_id}")),
     }
-    Ok(Received { event_id, object })
+    Ok(Received {
+        event_id,
+        object,
+        keys: None,
+    })
 }
 
 /// Checks the `send_join` answer (see the module doc) and returns the room to store.
@@ -373,6 +412,10 @@ async fn check_answer(
     (join_id, own_join): (OwnedEventId, CanonicalJsonObject),
     answer: create_join_event::v2::RoomState,
 ) -> std::result::Result<JoinedRoom, String> {
+    // This server does not ask for a partial state, and cannot use one.
+    if answer.members_omitted {
+        return Err("the resident left members out of the state unasked".into());
+    }
     // The join as the resident has it: ours, or ours with the authoriser's signature added.
     let join_object = match &answer.event {
         Some(raw) => {
@@ -396,7 +439,9 @@ async fn check_answer(
         chain.push(parse_event(raw, rules, room_id)?);
     }
 
-    // Every key any of them needs, fetched at once.
+    // Every key any of them needs, fetched at once (so that a server's keys are fetched
+    // once); then, from room version 5, each event's signatures must be by keys valid at its
+    // `origin_server_ts` (read from the keyring's cache, filled by the first lookup).
     let mut wanted: BTreeMap<OwnedServerName, Vec<String>> = BTreeMap::new();
     let join_wanted = checks::wanted_keys(&join_object, rules)?;
     for event in state.iter().chain(&chain) {
@@ -414,6 +459,9 @@ async fn check_answer(
         )
         .await
         .map_err(|e| format!("cannot get signing keys: {e}"))?;
+    if rules.enforce_key_validity {
+        valid_keys(services, rules, state.iter_mut().chain(chain.iter_mut())).await?;
+    }
 
     // The CPU-heavy part (signatures, hashes, the rules) off the async workers.
     let room_id = room_id.to_owned();
@@ -435,6 +483,53 @@ async fn check_answer(
     .map_err(|e| format!("verification task failed: {e}"))?
 }
 
+/// Sets each event's keys to those valid at its `origin_server_ts`. A key's validity has an
+/// end and no start, so the keys valid at the latest time of the events that need the same
+/// keys serve them all: one lookup per such group, per event only when a key has expired
+/// within the group's span.
+async fn valid_keys(
+    services: &Services,
+    rules: &RoomVersionRules,
+    events: impl Iterator<Item = &mut Received>,
+) -> std::result::Result<(), String> {
+    type Wanted = BTreeMap<OwnedServerName, Vec<String>>;
+    let mut groups: BTreeMap<Wanted, Vec<(&mut Received, MilliSecondsSinceUnixEpoch)>> =
+        BTreeMap::new();
+    for event in events {
+        let needed = checks::wanted_keys(&event.object, rules)?;
+        let (valid_at, _) = checks::key_validity(&event.object, rules);
+        groups.entry(needed).or_default().push((event, valid_at));
+    }
+    let lookup = |wanted: &Wanted, at: MilliSecondsSinceUnixEpoch| {
+        let keyring = services.keyring.clone();
+        let wanted = wanted.clone();
+        async move {
+            keyring
+                .public_key_map_with(&wanted, at, KeyValidity::Enforced)
+                .await
+                .map_err(|e| format!("cannot get signing keys: {e}"))
+        }
+    };
+    for (wanted, members) in groups {
+        let Some(latest) = members.iter().map(|(_, at)| *at).max() else {
+            continue;
+        };
+        let keys = lookup(&wanted, latest).await?;
+        let complete = wanted.iter().all(|(server, ids)| {
+            keys.get(server.as_str())
+                .is_some_and(|found| ids.iter().all(|id| found.contains_key(id)))
+        });
+        for (event, at) in members {
+            event.keys = Some(if complete {
+                keys.clone()
+            } else {
+                lookup(&wanted, at).await?
+            });
+        }
+    }
+    Ok(())
+}
+
 fn merge_wanted(
     into: &mut BTreeMap<OwnedServerName, Vec<String>>,
     from: BTreeMap<OwnedServerName, Vec<String>>,
@@ -451,7 +546,7 @@ fn merge_wanted(
 
 #[allow(clippy::too_many_arguments)]
 fn verify_and_authorise(
-    keys: ruma::signatures::PublicKeyMap,
+    keys: PublicKeyMap,
     room_id: &RoomId,
     version: &RoomVersionId,
     rules: &RoomVersionRules,
@@ -478,7 +573,8 @@ fn verify_and_authorise(
         if events.contains_key(&event.event_id) {
             continue;
         }
-        let (object, _redacted) = checks::verify(&keys, event.object, rules)
+        let event_keys = event.keys.as_ref().unwrap_or(&keys);
+        let (object, _redacted) = checks::verify(event_keys, event.object, rules)
             .map_err(|e| format!("{}: {e}", event.event_id))?;
         let pdu = Pdu::from_object(event.event_id.clone(), &object)?;
         events.insert(event.event_id, (pdu, object));
@@ -664,6 +760,16 @@ pub async fn join_room(
     let mut content = profile;
     if let Some(reason) = reason.filter(|r| !r.is_empty()) {
         content.insert("reason".into(), Value::from(reason));
+    }
+    // An invite (or knock) from another server names the servers to go through.
+    let mut servers = servers;
+    if let Some(invite) = services.rooms.remote_membership(user_id, room_id)? {
+        servers.extend(
+            invite
+                .servers
+                .iter()
+                .filter_map(|s| ServerName::parse(s).ok()),
+        );
     }
     join_remote(
         services,

@@ -11,7 +11,7 @@ use std::{collections::HashSet, time::Duration};
 use ruma::{events::TimelineEventType, OwnedEventId, OwnedServerName, RoomId, ServerName, UserId};
 use serde_json::value::RawValue as RawJsonValue;
 
-use super::{causal_order, checks, Pdus};
+use super::{causal_order, checks, Pdus, Ready};
 use crate::{
     error::Result,
     service::{
@@ -197,10 +197,10 @@ impl Pdus {
             }
             match self.prepare(server, raw).await {
                 // Only history: nothing newer than what was here.
-                Ok((in_room, event))
+                Ok(Ready::Room(in_room, event))
                     if in_room == room_id && event.pdu.depth <= oldest.meta.depth =>
                 {
-                    prepared.push(event);
+                    prepared.push(*event);
                 }
                 Ok(_) => log::info!("backfilled event {id} from {server} is not older history"),
                 Err((_, e)) => log::info!("backfilled event {id} from {server} dropped: {e}"),

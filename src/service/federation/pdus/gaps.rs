@@ -31,7 +31,7 @@ use ruma::{
 };
 use serde_json::value::RawValue as RawJsonValue;
 
-use super::{causal_order, checks, Pdus, Prepared, RejectedEvents};
+use super::{causal_order, checks, Pdus, Prepared, Ready, RejectedEvents};
 use crate::service::{
     federation::fetch::{Bounds, RemoteEvents, TRANSACTION_BOUNDS},
     rooms::{build::remote::Verdict, resolve::StateIds},
@@ -159,15 +159,18 @@ impl Pdus {
             };
             for raw in raws.iter().take(bounds.gap_limit as usize) {
                 match self.prepare(origin, raw).await {
-                    Ok((in_room, prepared)) if in_room == room_id => {
+                    Ok(Ready::Room(in_room, prepared)) if in_room == room_id => {
                         if batch.insert(prepared.event_id.clone()) {
-                            events.push(prepared);
+                            events.push(*prepared);
                         }
                     }
-                    Ok((other, prepared)) => log::info!(
+                    Ok(Ready::Room(other, prepared)) => log::info!(
                         "missing event {} from {origin} is of {other}, not {room_id}: dropped",
                         prepared.event_id
                     ),
+                    Ok(Ready::Outside(id)) => {
+                        log::info!("missing event {id} from {origin} is not of {room_id}")
+                    }
                     Err((id, e)) => {
                         log::info!("missing event {id:?} from {origin} dropped: {e}");
                     }
@@ -318,7 +321,7 @@ impl Pdus {
                 continue;
             }
             match self.prepare(origin, raw).await {
-                Ok((in_room, event)) if in_room == room_id => prepared.push(event),
+                Ok(Ready::Room(in_room, event)) if in_room == room_id => prepared.push(*event),
                 Ok(_) => log::info!("fetched event {id:?} from {origin} is of another room"),
                 Err((id, e)) => log::info!("fetched event {id:?} from {origin} dropped: {e}"),
             }

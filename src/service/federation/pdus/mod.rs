@@ -17,6 +17,7 @@ pub mod backfill;
 pub mod checks;
 mod direct;
 mod gaps;
+mod outside;
 
 pub use direct::Direct;
 
@@ -159,6 +160,14 @@ enum Judged {
     CommitFirst,
 }
 
+/// What [`Pdus::prepare`] made of a PDU.
+enum Ready {
+    /// Checked, to be judged in its room.
+    Room(OwnedRoomId, Box<Prepared>),
+    /// A member event for a room this server is not in, recorded (`outside`).
+    Outside(OwnedEventId),
+}
+
 /// A PDU that passed the state-independent checks, ready for its room.
 struct Prepared {
     event_id: OwnedEventId,
@@ -210,7 +219,12 @@ impl Pdus {
         let mut by_room: BTreeMap<OwnedRoomId, Vec<Prepared>> = BTreeMap::new();
         for raw in pdus {
             match self.prepare(origin, raw).await {
-                Ok((room_id, prepared)) => by_room.entry(room_id).or_default().push(prepared),
+                Ok(Ready::Room(room_id, prepared)) => {
+                    by_room.entry(room_id).or_default().push(*prepared)
+                }
+                Ok(Ready::Outside(event_id)) => {
+                    results.insert(event_id, Ok(()));
+                }
                 Err((Some(event_id), error)) => {
                     log::info!("PDU {event_id} from {origin} dropped: {error}");
                     results.insert(event_id, Err(error));
@@ -235,7 +249,7 @@ impl Pdus {
         &self,
         origin: &ServerName,
         raw: &RawJsonValue,
-    ) -> std::result::Result<(OwnedRoomId, Prepared), (Option<OwnedEventId>, String)> {
+    ) -> std::result::Result<Ready, (Option<OwnedEventId>, String)> {
         let object = checks::parse(raw).map_err(|e| (None, e))?;
         let room_id = match object.get("room_id") {
             Some(CanonicalJsonValue::String(id)) => RoomId::parse(id).ok(),
@@ -248,6 +262,14 @@ impl Pdus {
                 .map_err(|e| (None, e.to_string()))?,
             None => None,
         };
+        if let Some(room_id) = &room_id {
+            // A member event about a local user's remote invite or knock (a rescinded
+            // invite, a refused knock) is all this server takes of a room it is not in.
+            let known = room.is_some();
+            if let Some(outcome) = self.outside_room(origin, &object, room_id, known).await {
+                return outcome.map(Ready::Outside);
+            }
+        }
         let Some((room_id, room)) = room_id.zip(room) else {
             // The room version is unknown, so the id can only be a best guess: the one the
             // room versions in use today (3 and later) would give.
@@ -282,14 +304,14 @@ impl Pdus {
             log::info!("PDU {event_id} has a wrong content hash: processed redacted");
         }
         let pdu = Pdu::from_object(event_id.clone(), &object).map_err(fail)?;
-        Ok((
+        Ok(Ready::Room(
             room_id,
-            Prepared {
+            Box::new(Prepared {
                 event_id,
                 pdu,
                 object,
                 fetched_state: Vec::new(),
-            },
+            }),
         ))
     }
 

@@ -80,6 +80,16 @@ impl Rooms {
                 return Ok(sid);
             }
         }
+        // Another local user joined meanwhile: its state must not be replaced by this
+        // answer's (which may predate that join). 409: the caller stores the join as one more
+        // event of the room instead.
+        if old.is_some() && self.is_resident(&room_id)? {
+            return Err(Error::new(
+                http::StatusCode::CONFLICT,
+                "M_UNKNOWN",
+                "Another user of this server joined the room at the same time: try again",
+            ));
+        }
         let rules = version
             .rules()
             .ok_or_else(|| Error::unknown("unsupported room version"))?;

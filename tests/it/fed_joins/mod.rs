@@ -3,7 +3,8 @@
 //! after which the room works on both sides — messages both ways through /sync, the same
 //! state, leaves and kicks delivered. Plus the resident side's refusals (unsupported room
 //! version, forged events), `omit_members`, restricted joins, and knocks on A by hand-signed
-//! requests.
+//! requests. The resident side by hand-signed requests is in `resident.rs`, outliers in
+//! `outliers.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,9 @@ use serde_json::{json, Value};
 use crate::common::{create_room, enc, errcode};
 use crate::fed_common::{start_many, FedServer};
 use crate::fed_pdus::events::Remote;
+
+mod outliers;
+mod resident;
 
 fn services(s: &FedServer) -> &hearth::service::Services {
     &s.server.as_ref().expect("running").services
@@ -201,6 +205,29 @@ async fn a_remote_user_joins_by_id_and_both_sides_talk() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_for_membership(a, &alice, &room, &bob_id, "leave").await;
+
+    // While B is out of the room, A's room changes; Bob joins again through A, and B's
+    // stored room takes A's state.
+    let (status, body) = a
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&room)
+            ),
+            Some(&alice),
+            json!({"topic": "while bob was away"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_membership(a, &alice, &room, &bob_id, "join").await;
+    assert_eq!(
+        state_ids(a, &alice, &room).await,
+        state_ids(b, &bob, &room).await
+    );
+    send_text(a, &alice, &room, "a2", "welcome back").await;
+    wait_for_message(b, &bob, &room, "welcome back").await;
 }
 
 #[tokio::test]
@@ -332,91 +359,6 @@ async fn send_join(
 }
 
 #[tokio::test]
-async fn the_resident_refuses_bad_requests_and_forged_joins() {
-    let fed = start_many(2).await;
-    let (a, b) = (&fed.servers[0], &fed.servers[1]);
-    let (_, alice, _) = a.register("alice", "password1").await;
-    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
-    let bob = b.user_id("bob");
-
-    // The room is version 12; B says it supports 10 and 11 only.
-    let (status, body) = make_join(b, a, &room, &bob, &["10", "11"]).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(errcode(&body), "M_INCOMPATIBLE_ROOM_VERSION");
-    assert_eq!(body["room_version"], "12");
-    // Only the user's own server may ask.
-    let (status, body) = make_join(b, a, &room, &a.user_id("mallory"), &["12"]).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    // An unknown room.
-    let (status, body) = make_join(b, a, "!nope:example.org", &bob, &["12"]).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-
-    let (status, made) = make_join(b, a, &room, &bob, &["11", "12"]).await;
-    assert_eq!(status, StatusCode::OK, "{made}");
-    assert_eq!(made["room_version"], "12");
-    assert_eq!(made["event"]["type"], "m.room.member");
-    assert_eq!(made["event"]["content"]["membership"], "join");
-    let remote = Remote::server(b);
-    let (event_id, event) = sign_template(&remote, "12", &made["event"]);
-
-    // Content changed after signing: the hash does not match.
-    let mut tampered = value_of(&event);
-    tampered["content"]["displayname"] = json!("Mallory");
-    let (status, body) = send_join(b, a, &room, event_id.as_str(), tampered, false).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    // Signed by another key under B's key id.
-    let forger = Remote {
-        name: b.name.clone(),
-        key: {
-            let der = ruma::signatures::Ed25519KeyPair::generate();
-            ruma::signatures::Ed25519KeyPair::from_der(&der, remote.key.version().into()).unwrap()
-        },
-    };
-    let (forged_id, forged) = sign_template(&forger, "12", &made["event"]);
-    let (status, body) = send_join(b, a, &room, forged_id.as_str(), value_of(&forged), false).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    // The path names another event.
-    let (status, body) = send_join(b, a, &room, "$other", value_of(&event), false).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    // A join of a user of another server, sent by B.
-    let mut foreign = made["event"].clone();
-    foreign["sender"] = json!(a.user_id("mallory"));
-    foreign["state_key"] = json!(a.user_id("mallory"));
-    let (foreign_id, foreign) = sign_template(&remote, "12", &foreign);
-    let (status, body) =
-        send_join(b, a, &room, foreign_id.as_str(), value_of(&foreign), false).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    // Not a join.
-    let mut leave = made["event"].clone();
-    leave["content"]["membership"] = json!("leave");
-    let (leave_id, leave) = sign_template(&remote, "12", &leave);
-    let (status, body) = send_join(b, a, &room, leave_id.as_str(), value_of(&leave), false).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-
-    // None of them was stored.
-    let rooms = &services(a).rooms;
-    for id in [&forged_id, &foreign_id, &leave_id, &event_id] {
-        assert!(rooms.event_sid(id).unwrap().is_none(), "{id} stored");
-    }
-    let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room));
-    let (_, members) = a.get(&path, Some(&alice)).await;
-    assert!(members["joined"].get(&bob).is_none(), "{members}");
-
-    // The genuine one is accepted, and a resend answered the same.
-    let (status, answer) = send_join(b, a, &room, event_id.as_str(), value_of(&event), false).await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert!(answer["state"].as_array().unwrap().len() >= 5, "{answer}");
-    assert!(
-        !answer["auth_chain"].as_array().unwrap().is_empty(),
-        "{answer}"
-    );
-    let (status, again) = send_join(b, a, &room, event_id.as_str(), value_of(&event), false).await;
-    assert_eq!(status, StatusCode::OK, "{again}");
-    let (_, members) = a.get(&path, Some(&alice)).await;
-    assert!(members["joined"].get(&bob).is_some(), "{members}");
-}
-
-#[tokio::test]
 async fn restricted_rooms_are_joined_through_a_resident_that_vouches() {
     let fed = start_many(2).await;
     let (a, b) = (&fed.servers[0], &fed.servers[1]);
@@ -544,250 +486,129 @@ async fn a_resident_answering_with_a_forged_state_event_fails_the_join() {
 }
 
 #[tokio::test]
-async fn omit_members_leaves_out_members_but_heroes_and_names_the_servers() {
-    let fed = start_many(2).await;
-    let (a, b) = (&fed.servers[0], &fed.servers[1]);
-    let (alice_id, alice, _) = a.register("alice", "password1").await;
-    let (_, carol, _) = a.register("carol", "password1").await;
-    let remote = Remote::server(b);
-    for named in [true, false] {
-        let mut body = json!({"preset": "public_chat"});
-        if named {
-            body["name"] = json!("named");
-        }
-        let room = create_room(a, &alice, body).await;
-        crate::common::join(a, &carol, &room).await;
-        let user = b.user_id(if named { "bob" } else { "dan" });
-        let (status, made) = make_join(b, a, &room, &user, &["12"]).await;
-        assert_eq!(status, StatusCode::OK, "{made}");
-        let (event_id, event) = sign_template(&remote, "12", &made["event"]);
-        let (status, answer) =
-            send_join(b, a, &room, event_id.as_str(), value_of(&event), true).await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-        // Named: every member is left out; unnamed: both members are heroes, so none is.
-        assert_eq!(answer["members_omitted"] == true, named, "{answer}");
-        assert_eq!(answer["servers_in_room"], json!([a.name]), "{answer}");
-        let state = answer["state"].as_array().unwrap();
-        let members: Vec<&str> = state
-            .iter()
-            .filter(|e| e["type"] == "m.room.member")
-            .filter_map(|e| e["state_key"].as_str())
-            .collect();
-        if named {
-            assert!(members.is_empty(), "{members:?}");
-            // Alice's member event is in the auth chain of the power levels.
-            assert!(answer["auth_chain"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["type"] == "m.room.member" && e["state_key"] == alice_id));
-        } else {
-            // No name: the heroes' member events stay.
-            let mut sorted = members.clone();
-            sorted.sort();
-            let mut want = vec![alice_id.as_str(), a.user_id("carol").leak() as &str];
-            want.sort();
-            assert_eq!(sorted, want);
-        }
-        assert!(
-            state.iter().any(|e| e["type"] == "m.room.create"),
-            "{answer}"
-        );
-        // What is in `state` is not repeated in `auth_chain`.
-        let in_state: std::collections::HashSet<String> =
-            state.iter().map(|e| e.to_string()).collect();
-        for event in answer["auth_chain"].as_array().unwrap() {
-            assert!(!in_state.contains(&event.to_string()), "{event}");
-        }
-    }
-    // Without omit_members every member is there and nothing is said to be omitted.
-    let room = create_room(a, &alice, json!({"preset": "public_chat", "name": "n"})).await;
-    let (_, made) = make_join(b, a, &room, &b.user_id("erin"), &["12"]).await;
-    let (event_id, event) = sign_template(&remote, "12", &made["event"]);
-    let (status, answer) = send_join(b, a, &room, event_id.as_str(), value_of(&event), false).await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert!(answer.get("members_omitted").is_none() || answer["members_omitted"] == false);
-    assert!(answer["state"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["type"] == "m.room.member" && e["state_key"] == alice_id));
-}
-
-#[tokio::test]
-async fn remote_users_knock_and_leave_through_the_resident() {
-    let fed = start_many(2).await;
-    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+async fn the_resident_sends_a_join_on_to_the_rooms_other_servers() {
+    let fed = start_many(3).await;
+    let (a, b, c) = (&fed.servers[0], &fed.servers[1], &fed.servers[2]);
     let (_, alice, _) = a.register("alice", "password1").await;
-    let remote = Remote::server(b);
-    let bob = b.user_id("bob");
-    let room = create_room(
-        a,
-        &alice,
-        json!({"initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}),
-    )
-    .await;
-    let path = |what: &str, event: Option<&str>| match event {
-        None => format!(
-            "/_matrix/federation/v1/make_{what}/{}/{}?ver=11&ver=12",
-            enc(&room),
-            enc(&bob)
-        ),
-        Some(id) => format!(
-            "/_matrix/federation/{}/send_{what}/{}/{}",
-            if what == "knock" { "v1" } else { "v2" },
-            enc(&room),
-            enc(id)
-        ),
-    };
-    // Joining is not allowed (knock rule): the template is refused.
-    let (status, body) = make_join(b, a, &room, &bob, &["12"]).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-
-    let (status, made) = b
-        .signed(a, &a.name, Method::GET, &path("knock", None), None)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{made}");
-    assert_eq!(made["event"]["content"]["membership"], "knock");
-    let (knock_id, knock) = sign_template(&remote, "12", &made["event"]);
-    let (status, answer) = b
-        .signed(
-            a,
-            &a.name,
-            Method::PUT,
-            &path("knock", Some(knock_id.as_str())),
-            Some(value_of(&knock)),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    let stripped = answer["knock_room_state"].as_array().unwrap();
-    let types: Vec<&str> = stripped.iter().filter_map(|e| e["type"].as_str()).collect();
-    assert!(types.contains(&"m.room.create"), "{answer}");
-    assert!(types.contains(&"m.room.join_rules"), "{answer}");
-    wait_for_membership(a, &alice, &room, &bob, "knock").await;
-
-    // The knock is withdrawn with make_leave/send_leave.
-    let (status, made) = b
-        .signed(
-            a,
-            &a.name,
-            Method::GET,
-            &format!(
-                "/_matrix/federation/v1/make_leave/{}/{}",
-                enc(&room),
-                enc(&bob)
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{made}");
-    assert_eq!(made["event"]["content"]["membership"], "leave");
-    let (leave_id, leave) = sign_template(&remote, "12", &made["event"]);
-    let (status, answer) = b
-        .signed(
-            a,
-            &a.name,
-            Method::PUT,
-            &path("leave", Some(leave_id.as_str())),
-            Some(value_of(&leave)),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer, json!({}));
-    wait_for_membership(a, &alice, &room, &bob, "leave").await;
-
-    // A version without knocking.
-    let old = create_room(a, &alice, json!({"room_version": "6"})).await;
-    let (status, body) = b
-        .signed(
-            a,
-            &a.name,
-            Method::GET,
-            &format!(
-                "/_matrix/federation/v1/make_knock/{}/{}?ver=6",
-                enc(&old),
-                enc(&bob)
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(errcode(&body), "M_INCOMPATIBLE_ROOM_VERSION");
-}
-
-#[tokio::test]
-async fn an_outlier_received_again_as_history_is_promoted_in_place() {
-    let fed = start_many(2).await;
-    let (a, b) = (&fed.servers[0], &fed.servers[1]);
-    let (_, alice, _) = a.register("alice", "password1").await;
-    let (_, bob, _) = b.register("bob", "password1").await;
-    let room = create_room(
-        a,
-        &alice,
-        json!({"preset": "public_chat", "name": "old name"}),
-    )
-    .await;
+    let (bob_id, bob, _) = b.register("bob", "password1").await;
+    let (_, carol, _) = c.register("carol", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let (status, body) = join_via(c, &carol, &room, &[&a.name]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // B joins through A: C learns of it from A, and B's messages go to C directly.
     let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let room_id: &ruma::RoomId = room.as_str().try_into().unwrap();
+    wait_for_membership(c, &carol, &room, &bob_id, "join").await;
+    send_text(b, &bob, &room, "b1", "bob to everyone").await;
+    wait_for_message(c, &carol, &room, "bob to everyone").await;
+    wait_for_message(a, &alice, &room, "bob to everyone").await;
+    send_text(c, &carol, &room, "c1", "carol to everyone").await;
+    wait_for_message(b, &bob, &room, "carol to everyone").await;
+    let a_state = state_ids(a, &alice, &room).await;
+    assert_eq!(a_state, state_ids(b, &bob, &room).await);
+    assert_eq!(a_state, state_ids(c, &carol, &room).await);
+}
 
-    // On B the name event is an outlier of the state: readable as state, not in the timeline.
-    let a_rooms = &services(a).rooms;
-    let record = a_rooms.room(room_id).unwrap().unwrap();
-    let name = a_rooms
-        .state_event(record.sid, &ruma::events::StateEventType::RoomName, "")
-        .unwrap()
-        .unwrap();
-    let b_rooms = &services(b).rooms;
-    let sid = b_rooms.event_sid(&name.pdu.event_id).unwrap().unwrap();
-    assert!(b_rooms.is_outlier(sid).unwrap());
-    let messages = format!(
-        "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-        enc(&room)
+#[tokio::test]
+async fn two_users_of_one_server_join_a_remote_room_at_once() {
+    let fed = start_many(2).await;
+    let (a, b) = (&fed.servers[0], &fed.servers[1]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (bob_id, bob, _) = b.register("bob", "password1").await;
+    let (dan_id, dan, _) = b.register("dan", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let via = [a.name.as_str()];
+    let (first, second) = tokio::join!(
+        join_via(b, &bob, &room, &via),
+        join_via(b, &dan, &room, &via),
     );
-    let names_in = |page: &Value| {
-        page["chunk"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == "m.room.name")
-            .count()
-    };
-    // (Not read through /messages here: paging past the join would backfill it.)
-    let b_room_sid = b_rooms.room(room_id).unwrap().unwrap().sid;
-    let row = services(b)
-        .store
-        .get::<hearth::service::rooms::Timeline>(&(b_room_sid, sid))
-        .unwrap();
-    assert!(row.is_none(), "not in the timeline");
-
-    // A sends it as a PDU (as backfill or missing events would bring it): promoted where it
-    // is, before the join; the current state and the join stay as they were.
-    let body = json!({
-        "origin": a.name,
-        "origin_server_ts": crate::fed_pdus::events::now_ms(),
-        "pdus": [value_of(&name.json)],
-    });
-    let (status, answer) = a
-        .signed(
-            b,
-            &b.name,
-            Method::PUT,
-            "/_matrix/federation/v1/send/p1",
-            Some(body),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+    assert_eq!(second.0, StatusCode::OK, "{}", second.1);
+    for user in [&bob_id, &dan_id] {
+        wait_for_membership(a, &alice, &room, user, "join").await;
+        wait_for_membership(b, &bob, &room, user, "join").await;
+    }
     assert_eq!(
-        answer["pdus"][name.pdu.event_id.as_str()],
-        json!({}),
-        "{answer}"
+        state_ids(a, &alice, &room).await,
+        state_ids(b, &dan, &room).await
     );
-    assert_eq!(b_rooms.event_sid(&name.pdu.event_id).unwrap(), Some(sid));
-    assert!(!b_rooms.is_outlier(sid).unwrap());
-    let (_, page) = b.get(&messages, Some(&bob)).await;
-    assert_eq!(names_in(&page), 1, "{page}");
-    let b_record = b_rooms.room(room_id).unwrap().unwrap();
-    assert_eq!(b_record.extremities.len(), 1);
-    assert!(b_record.extremities[0] > sid);
+}
+
+/// Figure for the report: a user of B joins a room of A with 500 members (the members are
+/// users of a third server C, joined by PDUs C sends A). Prints the time of B's `/join`. Run
+/// with `cargo test --release --test it fed_joins::figure -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn figure_join_a_room_with_500_members() {
+    const MEMBERS: usize = 500;
+    const PER_TRANSACTION: usize = 50;
+    let fed = start_many(3).await;
+    let (a, b, c) = (&fed.servers[0], &fed.servers[1], &fed.servers[2]);
+    let (_, alice, _) = a.register("alice", "password1").await;
+    let (_, bob, _) = b.register("bob", "password1").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+    let view = crate::fed_pdus::events::RoomView {
+        services: services(a),
+        room_id: room.clone(),
+    };
+    let remote = Remote::server(c);
+    let mut prev = view.latest();
+    let mut n = 0;
+    for t in 0..MEMBERS / PER_TRANSACTION {
+        let mut pdus = Vec::new();
+        let auth = {
+            let probe = remote.user("probe");
+            view.auth_events(
+                "m.room.member",
+                &probe,
+                Some(&probe),
+                &json!({"membership": "join"}),
+            )
+        };
+        for _ in 0..PER_TRANSACTION {
+            let user = remote.user(&format!("member{n}"));
+            let mut spec = crate::fed_pdus::events::EventSpec::state(
+                "m.room.member",
+                &user,
+                &user,
+                json!({"membership": "join", "displayname": format!("Member {n}")}),
+            );
+            spec.prev = Some(prev.clone());
+            spec.auth = Some(auth.clone());
+            spec.extra_depth = (n % PER_TRANSACTION) as u64;
+            let (id, object) = view.event(&remote, spec);
+            prev = vec![id.to_string()];
+            pdus.push(value_of(&object));
+            n += 1;
+        }
+        let body = json!({
+            "origin": c.name,
+            "origin_server_ts": crate::fed_pdus::events::now_ms(),
+            "pdus": pdus,
+        });
+        let (status, answer) = c
+            .signed(
+                a,
+                &a.name,
+                Method::PUT,
+                &format!("/_matrix/federation/v1/send/m{t}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room));
+    let (_, members) = a.get(&path, Some(&alice)).await;
+    assert_eq!(members["joined"].as_object().unwrap().len(), MEMBERS + 1);
+
+    let started = Instant::now();
+    let (status, body) = join_via(b, &bob, &room, &[&a.name]).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, members) = b.get(&path, Some(&bob)).await;
+    assert_eq!(members["joined"].as_object().unwrap().len(), MEMBERS + 2);
+    println!(
+        "FIGURE: B joined a room of A with {} members in {took:?}",
+        MEMBERS + 1
+    );
 }
