@@ -62,7 +62,7 @@ pub async fn start_many_with(n: usize, change: impl Fn(usize, &mut Config)) -> F
     }
 }
 
-async fn start_one(
+pub async fn start_one(
     index: usize,
     ca_pem: &Path,
     cert: &Path,
@@ -94,7 +94,7 @@ async fn start_one(
     panic!("no free port for a federating test server");
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -102,7 +102,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn ca() -> (rcgen::Certificate, rcgen::KeyPair) {
+pub fn ca() -> (rcgen::Certificate, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -114,7 +114,7 @@ fn ca() -> (rcgen::Certificate, rcgen::KeyPair) {
 }
 
 /// One certificate for every server: they all listen on 127.0.0.1 (IP SAN) and `localhost`.
-fn leaf(ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair, cert: &Path, key: &Path) {
+pub fn leaf(ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair, cert: &Path, key: &Path) {
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let params =
         rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])

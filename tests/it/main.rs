@@ -62,6 +62,7 @@ mod search;
 mod spaces;
 mod state_content;
 mod store;
+mod synapse;
 mod sync;
 mod sync_rooms;
 mod thirdparty;

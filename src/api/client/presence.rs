@@ -66,8 +66,9 @@ async fn get_status(
     let me = ctx.authed()?;
     let user_id = &body.user_id;
     if me.user_id != *user_id {
+        // Users of other servers are known by the presence their servers send (m.presence).
         let local = user_id.server_name() == services.rooms.server_name();
-        if !local || !services.users.exists(user_id)? {
+        if local && !services.users.exists(user_id)? {
             return Err(Error::not_found("Unknown user"));
         }
         if !share_a_room(&services.rooms, &me.user_id, user_id)? {

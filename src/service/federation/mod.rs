@@ -13,8 +13,8 @@
 //! - `invite`: invites across servers, both ways; `remote_membership`: rejecting remote
 //!   invites and knocking through resident servers (`make_leave`/`send_leave`,
 //!   `make_knock`/`send_knock` as the leaving or knocking server).
-//! - `spaces`: space hierarchies of rooms on other servers (federation `/hierarchy`).
 //! - `membership`: make/send join, leave and knock, as the resident and as the joining server.
+//! - `spaces`: space hierarchies of rooms on other servers (federation `/hierarchy`).
 
 pub mod acl;
 pub mod answers;

@@ -1,11 +1,11 @@
 //! Joining a room this server is not in, as the joining server (spec: server-server API,
 //! "Joining Rooms"): `make_join` then `send_join` (v2) at a resident server, each candidate in
 //! turn (at most [`MAX_ATTEMPTS`], each request bounded in time), then every event of the
-//! answer is checked before anything is stored:
+//! answer is checked before anything is stored (`verify.rs`):
 //! - each event of `state` and `auth_chain`: its format for the room version, its id, the
 //!   signatures its room version requires (keys from the keyring, valid at the event's time
-//!   from room version 5), its content hash (a
-//!   mismatch means its redacted form is used, as for any received PDU);
+//!   from room version 5), its content hash (a mismatch means its redacted form is used, as for
+//!   any received PDU);
 //! - the auth chain and the state are authorised in topological order of their auth events,
 //!   each against its own auth events (ruma's authorisation rules); one that fails — or cites an
 //!   auth event the answer lacks — fails the join;
@@ -31,32 +31,24 @@
 //!
 //! Not built: partial-state joins (`omit_members` is never asked for here).
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    time::Duration,
-};
+use std::time::Duration;
 
 use http::StatusCode;
 use ruma::{
     api::federation::membership::{create_join_event, prepare_join_event},
     canonical_json::to_canonical_value,
-    events::StateEventType,
     room_version_rules::{EventIdFormatVersion, RoomVersionRules},
-    signatures::{hash_and_sign_event, reference_hash, PublicKeyMap},
-    state_res::{check_state_dependent_auth_rules, check_state_independent_auth_rules},
-    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
+    signatures::{hash_and_sign_event, reference_hash},
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId,
+    RoomVersionId, ServerName, UserId,
 };
 use serde_json::{value::RawValue as RawJsonValue, Map, Value};
 
-use super::super::{client::FedError, keyring::KeyValidity, pdus::checks};
+use super::super::{client::FedError, pdus::checks};
+use super::verify::check_answer;
 use crate::{
     error::{Error, Result},
-    service::{
-        rooms::{build::joined::JoinedRoom, Pdu},
-        users::now_ms,
-        Services,
-    },
+    service::{rooms::Pdu, users::now_ms, Services},
 };
 
 /// The most resident servers tried for one join.
@@ -371,373 +363,6 @@ fn build_join(
         }
     };
     Ok((event_id, object))
-}
-
-/// An event of the answer, parsed (not yet verified).
-struct Received {
-    event_id: OwnedEventId,
-    object: CanonicalJsonObject,
-    /// From room version 5: the keys valid at the event's `origin_server_ts`.
-    keys: Option<PublicKeyMap>,
-}
-
-fn parse_event(
-    raw: &RawJsonValue,
-    rules: &RoomVersionRules,
-    room_id: &RoomId,
-) -> std::result::Result<Received, String> {
-    let object = checks::parse(raw)?;
-    let event_id = checks::event_id(&object, rules)?;
-    checks::check_format(&object, rules).map_err(|e| format!("{event_id}: {e}"))?;
-    match object.get("room_id") {
-        Some(CanonicalJsonValue::String(id)) if id == room_id.as_str() => {}
-        // From v12 the create event has no room id: its id names the room.
-        None if rules.authorization.room_create_event_id_as_room_id
-            && room_id.strip_sigil() == &event_id.as_str()[1..] => {}
-        _ => return Err(format!("{event_id} is not an event of {room_id}")),
-    }
-    Ok(Received {
-        event_id,
-        object,
-        keys: None,
-    })
-}
-
-/// Checks the `send_join` answer (see the module doc) and returns the room to store.
-async fn check_answer(
-    services: &Services,
-    room_id: &RoomId,
-    version: &RoomVersionId,
-    rules: &RoomVersionRules,
-    (join_id, own_join): (OwnedEventId, CanonicalJsonObject),
-    answer: create_join_event::v2::RoomState,
-) -> std::result::Result<JoinedRoom, String> {
-    // This server does not ask for a partial state, and cannot use one.
-    if answer.members_omitted {
-        return Err("the resident left members out of the state unasked".into());
-    }
-    // The join as the resident has it: ours, or ours with the authoriser's signature added.
-    let join_object = match &answer.event {
-        Some(raw) => {
-            let returned = checks::parse(raw)?;
-            let returned_id = checks::event_id(&returned, rules)?;
-            if returned_id != join_id {
-                return Err(format!(
-                    "the resident returned another join event ({returned_id})"
-                ));
-            }
-            returned
-        }
-        None => own_join,
-    };
-    let mut state = Vec::with_capacity(answer.state.len());
-    for raw in &answer.state {
-        state.push(parse_event(raw, rules, room_id)?);
-    }
-    let mut chain = Vec::with_capacity(answer.auth_chain.len());
-    for raw in &answer.auth_chain {
-        chain.push(parse_event(raw, rules, room_id)?);
-    }
-
-    // Every key any of them needs, fetched at once (so that a server's keys are fetched
-    // once); then, from room version 5, each event's signatures must be by keys valid at its
-    // `origin_server_ts` (read from the keyring's cache, filled by the first lookup).
-    let mut wanted: BTreeMap<OwnedServerName, Vec<String>> = BTreeMap::new();
-    let join_wanted = checks::wanted_keys(&join_object, rules)?;
-    for event in state.iter().chain(&chain) {
-        let needed = checks::wanted_keys(&event.object, rules)
-            .map_err(|e| format!("{}: {e}", event.event_id))?;
-        merge_wanted(&mut wanted, needed);
-    }
-    merge_wanted(&mut wanted, join_wanted);
-    let keys = services
-        .keyring
-        .public_key_map_with(
-            &wanted,
-            MilliSecondsSinceUnixEpoch::now(),
-            KeyValidity::Ignored,
-        )
-        .await
-        .map_err(|e| format!("cannot get signing keys: {e}"))?;
-    if rules.enforce_key_validity {
-        valid_keys(services, rules, state.iter_mut().chain(chain.iter_mut())).await?;
-    }
-
-    // The CPU-heavy part (signatures, hashes, the rules) off the async workers.
-    let room_id = room_id.to_owned();
-    let version = version.clone();
-    let rules = rules.clone();
-    tokio::task::spawn_blocking(move || {
-        verify_and_authorise(
-            keys,
-            &room_id,
-            &version,
-            &rules,
-            join_id,
-            join_object,
-            state,
-            chain,
-        )
-    })
-    .await
-    .map_err(|e| format!("verification task failed: {e}"))?
-}
-
-/// Sets each event's keys to those valid at its `origin_server_ts`. A key's validity has an
-/// end and no start, so the keys valid at the latest time of the events that need the same
-/// keys serve them all: one lookup per such group, per event only when a key has expired
-/// within the group's span.
-async fn valid_keys(
-    services: &Services,
-    rules: &RoomVersionRules,
-    events: impl Iterator<Item = &mut Received>,
-) -> std::result::Result<(), String> {
-    type Wanted = BTreeMap<OwnedServerName, Vec<String>>;
-    let mut groups: BTreeMap<Wanted, Vec<(&mut Received, MilliSecondsSinceUnixEpoch)>> =
-        BTreeMap::new();
-    for event in events {
-        let needed = checks::wanted_keys(&event.object, rules)?;
-        let (valid_at, _) = checks::key_validity(&event.object, rules);
-        groups.entry(needed).or_default().push((event, valid_at));
-    }
-    let lookup = |wanted: &Wanted, at: MilliSecondsSinceUnixEpoch| {
-        let keyring = services.keyring.clone();
-        let wanted = wanted.clone();
-        async move {
-            keyring
-                .public_key_map_with(&wanted, at, KeyValidity::Enforced)
-                .await
-                .map_err(|e| format!("cannot get signing keys: {e}"))
-        }
-    };
-    for (wanted, members) in groups {
-        let Some(latest) = members.iter().map(|(_, at)| *at).max() else {
-            continue;
-        };
-        let keys = lookup(&wanted, latest).await?;
-        let complete = wanted.iter().all(|(server, ids)| {
-            keys.get(server.as_str())
-                .is_some_and(|found| ids.iter().all(|id| found.contains_key(id)))
-        });
-        for (event, at) in members {
-            event.keys = Some(if complete {
-                keys.clone()
-            } else {
-                lookup(&wanted, at).await?
-            });
-        }
-    }
-    Ok(())
-}
-
-fn merge_wanted(
-    into: &mut BTreeMap<OwnedServerName, Vec<String>>,
-    from: BTreeMap<OwnedServerName, Vec<String>>,
-) {
-    for (server, ids) in from {
-        let entry = into.entry(server).or_default();
-        for id in ids {
-            if !entry.contains(&id) {
-                entry.push(id);
-            }
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn verify_and_authorise(
-    keys: PublicKeyMap,
-    room_id: &RoomId,
-    version: &RoomVersionId,
-    rules: &RoomVersionRules,
-    join_id: OwnedEventId,
-    join_object: CanonicalJsonObject,
-    state: Vec<Received>,
-    chain: Vec<Received>,
-) -> std::result::Result<JoinedRoom, String> {
-    // Signatures and hashes: a forged event fails the join; a wrong hash means the redacted
-    // form is what counts (as for any received PDU).
-    let mut events: HashMap<OwnedEventId, (Pdu, CanonicalJsonObject)> = HashMap::new();
-    let mut state_ids = Vec::with_capacity(state.len());
-    let mut chain_ids = Vec::with_capacity(chain.len());
-    for (event, is_state) in state
-        .into_iter()
-        .map(|e| (e, true))
-        .chain(chain.into_iter().map(|e| (e, false)))
-    {
-        if is_state {
-            state_ids.push(event.event_id.clone());
-        } else {
-            chain_ids.push(event.event_id.clone());
-        }
-        if events.contains_key(&event.event_id) {
-            continue;
-        }
-        let event_keys = event.keys.as_ref().unwrap_or(&keys);
-        let (object, _redacted) = checks::verify(event_keys, event.object, rules)
-            .map_err(|e| format!("{}: {e}", event.event_id))?;
-        let pdu = Pdu::from_object(event.event_id.clone(), &object)?;
-        events.insert(event.event_id, (pdu, object));
-    }
-    let (join_object, redacted) =
-        checks::verify(&keys, join_object, rules).map_err(|e| format!("the join event: {e}"))?;
-    if redacted {
-        return Err("the join event's content hash does not match".into());
-    }
-    let join_pdu = Pdu::from_object(join_id.clone(), &join_object)?;
-
-    // The auth chain and the state, each event against its own auth events, in an order
-    // where auth events come first.
-    let order = auth_order(&events)?;
-    for id in &order {
-        let (pdu, _) = &events[id];
-        authorise(rules, pdu, |id| events.get(id).map(|(p, _)| p.clone()))
-            .map_err(|e| format!("{id} is not authorised by its auth events: {e}"))?;
-    }
-
-    // The state: one event per key, with the create event.
-    let mut by_key: HashMap<(String, String), &Pdu> = HashMap::new();
-    for id in &state_ids {
-        let (pdu, _) = &events[id];
-        let key = pdu
-            .state_key
-            .clone()
-            .ok_or_else(|| format!("{id} in the state is not a state event"))?;
-        if by_key.insert((pdu.kind.to_string(), key), pdu).is_some() {
-            return Err(format!("the state has two events for the key of {id}"));
-        }
-    }
-    let create = by_key
-        .get(&("m.room.create".to_owned(), String::new()))
-        .ok_or("the state has no create event")?;
-    if rules.authorization.room_create_event_id_as_room_id
-        && &create.event_id.as_str()[1..] != room_id.strip_sigil()
-    {
-        return Err("the create event does not name this room".into());
-    }
-    let create_version = create
-        .content_as::<Value>()
-        .and_then(|c| {
-            c.get("room_version")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "1".to_owned());
-    if create_version != version.as_str() {
-        return Err(format!(
-            "the create event says room version {create_version}, the resident {version}"
-        ));
-    }
-
-    // The join: against its auth events, and against the state.
-    authorise(rules, &join_pdu, |id| {
-        events.get(id).map(|(p, _)| p.clone())
-    })
-    .map_err(|e| format!("the join is not authorised by its auth events: {e}"))?;
-    check_state_dependent_auth_rules(&rules.authorization, &join_pdu, |kind, key| {
-        by_key
-            .get(&(kind.to_string(), key.to_owned()))
-            .map(|p| (*p).clone())
-    })
-    .map_err(|e| format!("the join is not authorised by the state: {e}"))?;
-
-    let take = |ids: &[OwnedEventId]| -> Vec<(Pdu, CanonicalJsonObject)> {
-        let mut seen = HashSet::new();
-        ids.iter()
-            .filter(|id| seen.insert((*id).clone()))
-            .filter_map(|id| events.get(id).cloned())
-            .collect()
-    };
-    Ok(JoinedRoom {
-        room_id: room_id.to_owned(),
-        version: version.clone(),
-        auth_chain: take(&order),
-        state: take(&state_ids),
-        join: (join_pdu, join_object),
-    })
-}
-
-/// Runs the authorisation rules on `pdu` against its own auth events (looked up with
-/// `lookup`): the state-independent rules, then the state-dependent ones with the auth events
-/// as the state.
-fn authorise(
-    rules: &RoomVersionRules,
-    pdu: &Pdu,
-    lookup: impl Fn(&EventId) -> Option<Pdu>,
-) -> std::result::Result<(), String> {
-    let mut auth = Vec::new();
-    for id in &pdu.auth_events {
-        auth.push(lookup(id).ok_or_else(|| format!("auth event {id} is missing"))?);
-    }
-    // From v12 the create event is cited by the room id, not in auth_events.
-    if rules.authorization.room_create_event_id_as_room_id {
-        if let Some(room_id) = &pdu.room_id {
-            if let Ok(id) = EventId::parse(format!("${}", room_id.strip_sigil())) {
-                if !pdu.auth_events.contains(&id) {
-                    if let Some(create) = lookup(&id) {
-                        auth.push(create);
-                    }
-                }
-            }
-        }
-    }
-    let by_id: HashMap<OwnedEventId, Pdu> = auth
-        .iter()
-        .map(|p| (p.event_id.clone(), p.clone()))
-        .collect();
-    check_state_independent_auth_rules(&rules.authorization, pdu, |id| by_id.get(id).cloned())
-        .map_err(|e| e.to_string())?;
-    let by_key: HashMap<(String, String), &Pdu> = auth
-        .iter()
-        .filter_map(|p| Some(((p.kind.to_string(), p.state_key.clone()?), p)))
-        .collect();
-    check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key| {
-        by_key
-            .get(&(kind.to_string(), key.to_owned()))
-            .map(|p| (*p).clone())
-    })
-    .map_err(|e| e.to_string())
-}
-
-/// The events in an order where each comes after its auth events (Kahn's algorithm, ties by
-/// depth). A cycle — only a forged set can have one — fails.
-fn auth_order(
-    events: &HashMap<OwnedEventId, (Pdu, CanonicalJsonObject)>,
-) -> std::result::Result<Vec<OwnedEventId>, String> {
-    let mut waiting: HashMap<&EventId, usize> = HashMap::new();
-    let mut dependents: HashMap<&EventId, Vec<&EventId>> = HashMap::new();
-    for (id, (pdu, _)) in events {
-        let cited: HashSet<&EventId> = pdu
-            .auth_events
-            .iter()
-            .map(|a| &**a)
-            .filter(|a| events.contains_key(*a) && *a != &**id)
-            .collect();
-        waiting.insert(id, cited.len());
-        for a in cited {
-            dependents.entry(a).or_default().push(id);
-        }
-    }
-    let mut ready: std::collections::BTreeSet<(u64, &EventId)> = waiting
-        .iter()
-        .filter(|(_, n)| **n == 0)
-        .map(|(id, _)| (events[*id].0.depth, *id))
-        .collect();
-    let mut order = Vec::with_capacity(events.len());
-    while let Some((_, id)) = ready.pop_first() {
-        order.push(id.to_owned());
-        for d in dependents.get(id).into_iter().flatten() {
-            let n = waiting.get_mut(d).expect("every event has a count");
-            *n -= 1;
-            if *n == 0 {
-                ready.insert((events[*d].0.depth, d));
-            }
-        }
-    }
-    if order.len() != events.len() {
-        return Err("the auth events of the answer form a cycle".into());
-    }
-    Ok(order)
 }
 
 /// A local user's join (`/join`): through this server when it is in the room (a local user

@@ -24,6 +24,7 @@
 
 pub mod join;
 mod state;
+mod verify;
 
 pub use state::{join_state, knock_state, JoinState};
 

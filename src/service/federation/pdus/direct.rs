@@ -48,6 +48,13 @@ impl Pdus {
             fetched_state: Vec::new(),
         };
         let mut staged = self.rooms.stage(room_id).await?;
+        // Known already — even as an outlier, e.g. a join that is part of the state another
+        // join's answer brought — it is not judged again.
+        if let Some(sid) = self.rooms.event_sid(&event_id)? {
+            if !self.rooms.is_soft_failed(sid)? {
+                return Ok(Direct::Known { sid });
+            }
+        }
         match self.judge(&mut staged, room_id, &event, &[])? {
             Judged::Final(Ok(())) => {
                 let sid = self

@@ -171,7 +171,8 @@ impl Staged<'_> {
             let Some(event) = self.rooms.event(prev)? else {
                 continue;
             };
-            // An outlier has no place in the room's graph here: its state is unknown.
+            // The state at an outlier is not known here (`rooms/outliers.rs`): it counts as an
+            // unknown prev event.
             if event.meta.room_sid != record.sid || self.rooms.is_outlier(event.sid)? {
                 continue;
             }
