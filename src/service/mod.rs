@@ -246,11 +246,10 @@ impl Services {
             federation.clone(),
             federation::keyring::Notary::from_config(&config.federation.trusted_key_servers),
         ));
-        let pdus = Arc::new(federation::pdus::Pdus::new(
-            store.clone(),
-            rooms.clone(),
-            keyring.clone(),
-        ));
+        let pdus = Arc::new(
+            federation::pdus::Pdus::new(store.clone(), rooms.clone(), keyring.clone())
+                .with_remote(federation.clone()),
+        );
         let search = search::Search::new(store.clone(), rooms.clone());
         let fed_devices = Arc::new(federation::devices::FederatedDevices::new(
             store.clone(),

@@ -9,7 +9,7 @@ use crate::{
     error::{Error, Result},
     http::{Authed, Ctx, Router},
     service::{
-        rooms::{access::Reader, state::state_head, StoredEvent},
+        rooms::{access::Reader, backfill::Position, state::state_head, StoredEvent},
         Services,
     },
 };
@@ -23,7 +23,8 @@ pub fn routes(router: &mut Router) {
 
 /// Events next to `event` in one direction that pass the filter and that the user may see,
 /// nearest first, at most `limit`. Returns them and the token where the scan stopped (a
-/// `/messages` token continuing in the same direction).
+/// `/messages` token continuing in the same direction). The scan crosses from the timeline
+/// into the backfilled events and back as `/messages` does (`rooms/backfill.rs`).
 pub(super) fn around(
     services: &Services,
     reader: &mut Reader<'_>,
@@ -31,40 +32,35 @@ pub(super) fn around(
     filter: &RoomEventFilter,
     backwards: bool,
     limit: usize,
-) -> Result<(Vec<StoredEvent>, u64)> {
+) -> Result<(Vec<StoredEvent>, Position)> {
     let room_sid = event.meta.room_sid;
     let mut found = Vec::new();
-    // Tokens sit between positions: before the event is `sid`, after it `sid + 1`.
-    let mut token = if backwards { event.sid } else { event.sid + 1 };
+    // Tokens sit between events: one before the event, one after it.
+    let (before, after) = services.rooms.tokens_around(event)?;
+    let mut token = if backwards { before } else { after };
     if limit == 0 {
         return Ok((found, token));
     }
     // Filtered-out events do not count, but the scan is bounded as in `/messages`.
     let mut budget = limit * 20 + 100;
     'pages: while found.len() < limit && budget > 0 {
-        let start = if backwards {
-            token.checked_sub(1)
-        } else {
-            Some(token)
-        };
-        let Some(start) = start else { break };
         let page = services
             .rooms
-            .timeline(room_sid, Some(start), backwards, limit.min(budget))?;
+            .history_page(room_sid, token, backwards, limit.min(budget))?;
         if page.is_empty() {
             break;
         }
-        for next in page {
+        for (next, past) in page {
             budget = budget.saturating_sub(1);
             if !reader.may_see(&next)? {
                 if backwards {
                     // History the user cannot see ends the context, as in `/messages`.
                     break 'pages;
                 }
-                token = next.sid + 1;
+                token = past;
                 continue;
             }
-            token = if backwards { next.sid } else { next.sid + 1 };
+            token = past;
             if passes(filter, &next) {
                 found.push(next);
                 if found.len() == limit {

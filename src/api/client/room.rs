@@ -25,8 +25,10 @@ use crate::{
     error::{Error, Result},
     http::{Authed, Ctx, Router},
     service::{
+        federation::pdus::backfill::BACKFILL_LIMIT,
         rooms::{
             access::Access,
+            backfill::Position,
             create::{CreateRoom, Preset},
             format::Viewer,
             state::state_head,
@@ -571,17 +573,40 @@ pub use crate::service::sync::event_passes as passes;
 /// `GET /rooms/{roomId}/messages` (paging rules in `service::rooms::timeline`). `start` is
 /// the `from` token exactly as given; `end` is present while more events may follow; with
 /// `lazy_load_members`, `state` carries the member events of the chunk's senders.
+///
+/// Paging backwards past the oldest event here (a room joined over federation starts at the
+/// join) fetches older events from another server in the room (`pdus/backfill.rs`) and
+/// answers with them.
 async fn messages(
     services: Arc<Services>,
     ctx: Ctx,
     body: get_message_events::v3::Request,
 ) -> Result<get_message_events::v3::Response> {
     let me = ctx.authed()?.clone();
-    let reading = services.clone();
-    services
+    let (reading, asked, reader) = (services.clone(), body.clone(), me.clone());
+    let page = services
         .rooms
-        .heavy_read(move || messages_page(&reading, &me, &body))
-        .await
+        .heavy_read(move || messages_page(&reading, &reader, &asked))
+        .await?;
+    let short = u64::try_from(page.chunk.len()).unwrap_or(u64::MAX) < u64::from(body.limit);
+    let at_start = body.dir == Direction::Backward && page.end.is_none() && body.to.is_none();
+    if !(at_start && short) {
+        return Ok(page);
+    }
+    match services.pdus.backfill(&body.room_id, BACKFILL_LIMIT).await {
+        Ok(0) => Ok(page),
+        Ok(_) => {
+            let reading = services.clone();
+            services
+                .rooms
+                .heavy_read(move || messages_page(&reading, &me, &body))
+                .await
+        }
+        Err(e) => {
+            log::warn!("cannot backfill {}: {e}", body.room_id);
+            Ok(page)
+        }
+    }
 }
 
 fn messages_page(
@@ -595,32 +620,45 @@ fn messages_page(
     reader.ignore(services.account_data.ignored_users_of(&me.user_id)?);
     let backwards = body.dir == Direction::Backward;
     let from = match body.from.as_deref() {
-        Some(t) => pagination_position(t)?,
-        None if backwards => services.rooms.stream_position() + 1,
-        None => 0,
+        Some(t) => match Position::parse_backfill(t) {
+            Some(position) => position,
+            None => Position::Stream(pagination_position(t)?),
+        },
+        None if backwards => Position::Stream(services.rooms.stream_position() + 1),
+        None => Position::Stream(0),
+    };
+    // A backfill token as `to` bounds nothing in the timeline.
+    let to = match body.to.as_deref() {
+        Some(t) if Position::parse_backfill(t).is_some() => None,
+        Some(t) => Some(pagination_position(t)?),
+        None => None,
     };
     let query = MessagesQuery {
-        from,
-        to: body.to.as_deref().map(pagination_position).transpose()?,
+        from: match from {
+            Position::Stream(n) => n,
+            Position::Backfill(_) => 0,
+        },
+        to,
         backwards,
         limit: usize::try_from(u64::from(body.limit))
             .unwrap_or(MAX_PAGE)
             .clamp(1, MAX_PAGE),
         filter: &body.filter,
     };
-    let page = services.rooms.messages(&mut reader, room.sid, &query)?;
+    let (events, end) = services
+        .rooms
+        .messages_across(&mut reader, room.sid, from, &query)?;
     let mut response = get_message_events::v3::Response::new();
     response.start = body.from.clone().unwrap_or_else(|| from.to_string());
-    response.end = page.end.map(|e| e.to_string());
-    response.chunk = page
-        .events
+    response.end = end.map(|e| e.to_string());
+    response.chunk = events
         .iter()
         .map(|e| raw(services.rooms.client_event_bundled(e, Some(viewer(me)))?))
         .collect::<Result<_>>()?;
     if !body.filter.lazy_load_options.is_disabled() {
         response.state = services
             .rooms
-            .sender_members(&page.events)?
+            .sender_members(&events)?
             .iter()
             .map(|e| raw(services.rooms.client_event(e, Some(viewer(me)))))
             .collect::<Result<_>>()?;

@@ -9,6 +9,7 @@
 //! - `receive`: inbound transactions and their EDUs.
 //! - `devices`: device lists over federation (announcements, the remote cache).
 //! - `pdus`: checks and storage of received PDUs.
+//! - `fetch`: fetching events this server lacks (missing prev and auth events, state, backfill).
 //! - `invite`: invites across servers, both ways; `remote_membership`: rejecting remote
 //!   invites and knocking through resident servers (`make_leave`/`send_leave`,
 //!   `make_knock`/`send_knock` as the leaving or knocking server).
@@ -20,6 +21,7 @@ pub mod answers;
 pub mod auth;
 pub mod client;
 pub mod devices;
+pub mod fetch;
 pub mod invite;
 pub mod keyring;
 pub mod membership;

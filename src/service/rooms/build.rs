@@ -4,6 +4,9 @@
 //! committed, so several events (a whole `createRoom`) can be built on each other and land in
 //! one atomic batch: a crash leaves either the whole room or nothing.
 
+pub mod extremities;
+pub mod fetched;
+mod fork;
 mod guests;
 pub mod joined;
 mod push;
@@ -386,6 +389,7 @@ impl<'a> Staged<'a> {
     /// current state (the head of the state chain). `prev_sids` are its known prev events (no
     /// longer extremities once it is stored); `state_before` is the head of the state before
     /// it, recorded as the `state_link` of a non-state event (local events: the current state).
+    /// Returns the metadata staged for it.
     fn stage_event(
         &mut self,
         pdu: Pdu,
@@ -393,7 +397,7 @@ impl<'a> Staged<'a> {
         txn: Option<super::Txn>,
         prev_sids: &[u64],
         state_before: Option<u64>,
-    ) -> Result<()> {
+    ) -> Result<EventMeta> {
         let rooms = self.rooms;
         let sender = pdu.sender.clone();
         let room_id = self
@@ -533,7 +537,7 @@ impl<'a> Staged<'a> {
             }
         }
         self.events.insert(pdu.event_id.clone(), (sid, pdu, object));
-        Ok(())
+        Ok(meta)
     }
 
     /// Wakes the syncs of everyone the committed events concern: the room's current members

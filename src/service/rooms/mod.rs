@@ -11,6 +11,7 @@
 //! snapshot every `SNAPSHOT_EVERY` links.
 
 pub mod access;
+pub mod backfill;
 pub(crate) mod build;
 pub mod create;
 pub mod directory;

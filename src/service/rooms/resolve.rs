@@ -23,6 +23,9 @@ pub const MAX_AUTH_EVENTS: usize = 20_000;
 /// A resolved state: `(type, state_key) → event id`.
 pub type ResolvedState = HashMap<(String, String), OwnedEventId>;
 
+/// A state as ruma's resolution takes it.
+pub type StateIds = StateMap<OwnedEventId>;
+
 impl Rooms {
     /// Resolves the states whose state-chain heads are `heads` (the states at some stored
     /// events). `None` when the room version resolves state with v1 (not supported) or the
@@ -32,26 +35,46 @@ impl Rooms {
         rules: &RoomVersionRules,
         heads: &[Option<u64>],
     ) -> Result<Option<ResolvedState>> {
+        let maps = heads
+            .iter()
+            .map(|head| self.state_ids_at(*head))
+            .collect::<Result<Vec<_>>>()?;
+        self.resolve_maps(rules, &maps, &HashMap::new())
+    }
+
+    /// The state whose state-chain head is `head`, as event ids.
+    pub fn state_ids_at(&self, head: Option<u64>) -> Result<StateIds> {
+        let mut map = StateMap::new();
+        for (kind, key, sid) in self.full_state_at(head)? {
+            let Some(meta) = self.store.get::<super::EventMetaTable>(&sid)? else {
+                continue;
+            };
+            let Ok(id) = OwnedEventId::try_from(meta.event_id) else {
+                continue;
+            };
+            map.insert((StateEventType::from(kind), key), id);
+        }
+        Ok(map)
+    }
+
+    /// Resolves the given states. Events are read from `staged` (events of a batch not yet
+    /// committed) or the store. `None` when the room version resolves state with v1 (not
+    /// supported), the auth chains exceed the bound, or an event is missing.
+    pub fn resolve_maps(
+        &self,
+        rules: &RoomVersionRules,
+        maps: &[StateIds],
+        staged: &HashMap<OwnedEventId, Pdu>,
+    ) -> Result<Option<ResolvedState>> {
         let StateResolutionVersion::V2(state_res_rules) = &rules.state_res else {
             return Ok(None);
         };
-        let mut maps: Vec<StateMap<OwnedEventId>> = Vec::new();
-        for head in heads {
-            let mut map = StateMap::new();
-            for (kind, key, sid) in self.full_state_at(*head)? {
-                let Some(meta) = self.store.get::<super::EventMetaTable>(&sid)? else {
-                    continue;
-                };
-                let Ok(id) = OwnedEventId::try_from(meta.event_id) else {
-                    continue;
-                };
-                map.insert((StateEventType::from(kind), key), id);
-            }
-            maps.push(map);
-        }
         // Events read during resolution, so each is parsed once.
         let cache: std::cell::RefCell<HashMap<OwnedEventId, Option<Pdu>>> = Default::default();
         let fetch = |id: &ruma::EventId| -> Option<Pdu> {
+            if let Some(pdu) = staged.get(id) {
+                return Some(pdu.clone());
+            }
             if let Some(pdu) = cache.borrow().get(id) {
                 return pdu.clone();
             }
@@ -61,7 +84,7 @@ impl Rooms {
         };
         let mut budget = MAX_AUTH_EVENTS;
         let mut chains = Vec::new();
-        for map in &maps {
+        for map in maps {
             let Some(chain) = auth_chain(map.values().cloned(), &fetch, &mut budget) else {
                 return Ok(None);
             };
@@ -74,7 +97,7 @@ impl Rooms {
         match resolve(
             &rules.authorization,
             state_res_rules,
-            &maps,
+            maps,
             chains,
             |id| fetch(id),
             subgraph,
@@ -91,6 +114,19 @@ impl Rooms {
             }
         }
     }
+}
+
+/// A resolved state as ruma reads it.
+pub fn to_state_ids(state: &ResolvedState) -> StateIds {
+    state
+        .iter()
+        .map(|((kind, key), id)| {
+            (
+                (StateEventType::from(kind.as_str()), key.clone()),
+                id.clone(),
+            )
+        })
+        .collect()
 }
 
 /// The auth chain of `start` (the events themselves not included unless reachable), walking at

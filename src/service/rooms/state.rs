@@ -33,15 +33,17 @@ impl Rooms {
             let Some(meta) = self.store.get::<EventMetaTable>(&sid)? else {
                 return Ok(None);
             };
-            if meta.kind == kind && meta.state_key.as_deref() == Some(state_key) {
-                return Ok(Some(sid));
-            }
+            // A snapshot is the whole state after its event, the event itself included unless
+            // a resolved fork replaced it (`build/fork.rs`): it answers first.
             if let Some(snapshot) = self.store.get::<StateSnapshots>(&sid)? {
                 return Ok(snapshot
                     .entries
                     .iter()
                     .find(|(k, s, _)| *k == kind && s == state_key)
                     .map(|(_, _, sid)| *sid));
+            }
+            if meta.kind == kind && meta.state_key.as_deref() == Some(state_key) {
+                return Ok(Some(sid));
             }
             cursor = meta.state_link;
         }
@@ -58,14 +60,14 @@ impl Rooms {
             let Some(meta) = self.store.get::<EventMetaTable>(&sid)? else {
                 break;
             };
-            if let Some(key) = &meta.state_key {
-                seen.entry((meta.kind.clone(), key.clone())).or_insert(sid);
-            }
             if let Some(snapshot) = self.store.get::<StateSnapshots>(&sid)? {
                 for (kind, key, sid) in snapshot.entries {
                     seen.entry((kind, key)).or_insert(sid);
                 }
                 break;
+            }
+            if let Some(key) = &meta.state_key {
+                seen.entry((meta.kind.clone(), key.clone())).or_insert(sid);
             }
             cursor = meta.state_link;
         }

@@ -45,6 +45,7 @@ impl Pdus {
             event_id: event_id.clone(),
             pdu,
             object,
+            fetched_state: Vec::new(),
         };
         let mut staged = self.rooms.stage(room_id).await?;
         // Known already — even as an outlier, e.g. a join that is part of the state another

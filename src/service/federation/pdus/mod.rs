@@ -13,8 +13,10 @@
 //! needs the committed form of one staged before it (a redaction or relation target, the state
 //! at a staged event other than the current state) commits the batch first.
 
+pub mod backfill;
 pub mod checks;
 mod direct;
+mod gaps;
 mod outside;
 
 pub use direct::Direct;
@@ -33,9 +35,11 @@ use serde_json::value::RawValue as RawJsonValue;
 use crate::{
     error::{Error, Result},
     service::{
+        federation::fetch::RemoteEvents,
         rooms::{
             build::{remote::Verdict, Staged},
             outliers::Promotion,
+            resolve::StateIds,
             Pdu, Rooms,
         },
         users::now_ms,
@@ -169,17 +173,38 @@ struct Prepared {
     event_id: OwnedEventId,
     pdu: Pdu,
     object: CanonicalJsonObject,
+    /// For an event with prev events unknown here: the state before it as its origin gave it
+    /// (`gaps.rs`), empty otherwise.
+    fetched_state: Vec<StateIds>,
 }
 
 pub struct Pdus {
     store: Store,
     rooms: Arc<Rooms>,
     keys: Arc<dyn SigningKeys>,
+    /// Where missing events are fetched from; without it, nothing is fetched.
+    remote: Option<Arc<dyn RemoteEvents>>,
+    /// When a backfill of a room last brought nothing (`backfill.rs`), so that paging at the
+    /// start of a room whose servers do not answer does not wait for them on every page.
+    backfill_misses: std::sync::Mutex<std::collections::HashMap<OwnedRoomId, std::time::Instant>>,
 }
 
 impl Pdus {
     pub fn new(store: Store, rooms: Arc<Rooms>, keys: Arc<dyn SigningKeys>) -> Self {
-        Self { store, rooms, keys }
+        Self {
+            store,
+            rooms,
+            keys,
+            remote: None,
+            backfill_misses: Default::default(),
+        }
+    }
+
+    /// Fetches the prev events, auth events and state that received PDUs lack from `remote`
+    /// (see `gaps.rs`).
+    pub fn with_remote(mut self, remote: Arc<dyn RemoteEvents>) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// Checks and stores the PDUs of a transaction from `origin`. Every PDU whose event id
@@ -211,7 +236,7 @@ impl Pdus {
         }
         let rooms = by_room
             .into_iter()
-            .map(|(room_id, events)| self.receive_in_room(room_id, events));
+            .map(|(room_id, events)| self.receive_in_room(origin, room_id, events));
         for room_results in join_all(rooms).await {
             results.extend(room_results);
         }
@@ -285,6 +310,7 @@ impl Pdus {
                 event_id,
                 pdu,
                 object,
+                fetched_state: Vec::new(),
             }),
         ))
     }
@@ -293,7 +319,15 @@ impl Pdus {
     /// messages that follow it in the same transaction), staging as many as possible into one
     /// batch under the room's lock: one durable commit for a run of events that follow each
     /// other, more only where an event needs the committed form of one staged before it.
-    async fn receive_in_room(&self, room_id: OwnedRoomId, events: Vec<Prepared>) -> PduResults {
+    async fn receive_in_room(
+        &self,
+        origin: &ServerName,
+        room_id: OwnedRoomId,
+        events: Vec<Prepared>,
+    ) -> PduResults {
+        let received: std::collections::HashSet<OwnedEventId> =
+            events.iter().map(|e| e.event_id.clone()).collect();
+        let events = self.fetch_missing(origin, &room_id, events).await;
         let events = causal_order(events);
         let mut results = PduResults::new();
         // Outcomes that stand only once the staged batch commits.
@@ -354,6 +388,18 @@ impl Pdus {
                 log::info!("PDU {event_id} in {room_id} not accepted: {reason}");
             }
         }
+        match self.rooms.merge_extremities(&room_id).await {
+            Ok(sent) if !sent.is_empty() => {
+                log::info!(
+                    "{} dummy events merged the extremities of {room_id}",
+                    sent.len()
+                );
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot merge the forward extremities of {room_id}: {e}"),
+        }
+        // The answer names the transaction's PDUs only, not the events fetched for them.
+        results.retain(|id, _| received.contains(id));
         results
     }
 
@@ -434,7 +480,7 @@ impl Pdus {
             self.stage_rejected(staged, room_id, event, &reason)?;
             return Ok(Judged::Staged(Err(format!("rejected: {reason}"))));
         }
-        let Some(placement) = staged.place_remote(&event.pdu)? else {
+        let Some(placement) = staged.place_remote(&event.pdu, &event.fetched_state)? else {
             return Ok(Judged::CommitFirst);
         };
         let verdict = staged.authorise_remote(&event.pdu, &placement.state)?;

@@ -24,8 +24,10 @@ use super::Staged;
 use crate::{
     error::{Error, Result},
     service::rooms::{
-        resolve::ResolvedState, state::state_head, EventIds, EventMeta, EventMetaTable, NewEvent,
-        Pdu, Pdus, Rooms, StateSnapshot, StateSnapshots, SNAPSHOT_EVERY,
+        resolve::{ResolvedState, StateIds},
+        state::state_head,
+        EventIds, EventMeta, EventMetaTable, NewEvent, Pdu, Pdus, Rooms, StateSnapshot,
+        StateSnapshots, SNAPSHOT_EVERY,
     },
     store::Raw,
     table,
@@ -45,6 +47,8 @@ pub(crate) struct Overlay {
     heads: HashMap<OwnedEventId, (u64, Option<u64>)>,
     /// Soft-failed events.
     soft: HashMap<OwnedEventId, Pdu>,
+    /// Outliers (`build/fetched.rs`).
+    pub(super) outliers: HashMap<OwnedEventId, Pdu>,
     /// Outliers being stored again at a new position (`rooms/outliers.rs`): their old one.
     pub(crate) replacing: HashMap<OwnedEventId, u64>,
 }
@@ -74,6 +78,8 @@ pub struct StateBefore {
     pub current: bool,
     /// The resolution of the prev events' states, when they differ.
     pub resolved: Option<Arc<ResolvedState>>,
+    /// Whether it includes state fetched from another server (a gap in the room's graph).
+    pub fetched: bool,
 }
 
 /// The event's known prev events and the state before it.
@@ -130,8 +136,11 @@ impl Staged<'_> {
     }
 
     /// An event by id: staged in this batch (accepted or soft-failed) or stored.
-    fn remote_event_pdu(&self, id: &EventId) -> Result<Option<Pdu>> {
+    pub(super) fn remote_event_pdu(&self, id: &EventId) -> Result<Option<Pdu>> {
         if let Some(pdu) = self.remote.soft.get(id) {
+            return Ok(Some(pdu.clone()));
+        }
+        if let Some(pdu) = self.remote.outliers.get(id) {
             return Ok(Some(pdu.clone()));
         }
         if let Some((_, pdu, _)) = self.events.get(id) {
@@ -140,10 +149,11 @@ impl Staged<'_> {
         Ok(self.rooms.event(id)?.map(|e| e.pdu))
     }
 
-    /// Where the state before `pdu` comes from: see the module doc. `None` when that needs
-    /// the state at an event staged in this batch other than the current state: commit the
-    /// staged events first.
-    pub fn place_remote(&self, pdu: &Pdu) -> Result<Option<Placement>> {
+    /// Where the state before `pdu` comes from: see the module doc. `fetched` are states
+    /// before it that another server gave for prev events unknown here (`state_ids`), resolved
+    /// with those of its known prev events. `None` when that needs the state at an event
+    /// staged in this batch other than the current state: commit the staged events first.
+    pub fn place_remote(&self, pdu: &Pdu, fetched: &[StateIds]) -> Result<Option<Placement>> {
         let record = self
             .record
             .as_ref()
@@ -171,6 +181,20 @@ impl Staged<'_> {
         }
         heads.sort();
         heads.dedup();
+        if !fetched.is_empty() {
+            // The fetched state is read from the store: what of it is staged must be
+            // committed first.
+            let staged = |id: &OwnedEventId| {
+                self.events.contains_key(id) || self.remote.soft.contains_key(id)
+            };
+            if cites_staged || fetched.iter().any(|map| map.values().any(staged)) {
+                return Ok(None);
+            }
+            return Ok(Some(Placement {
+                state: self.with_fetched_state(&heads, fetched)?,
+                prev_sids,
+            }));
+        }
         let all_current = heads.iter().all(|h| *h == record.last_state);
         if cites_staged && !all_current {
             return Ok(None);
@@ -180,11 +204,13 @@ impl Staged<'_> {
                 head: record.last_state,
                 current: true,
                 resolved: None,
+                fetched: false,
             },
             [head] => StateBefore {
                 head: *head,
                 current: false,
                 resolved: None,
+                fetched: false,
             },
             // Prev events with different states: the state before the event is their
             // resolution. Should that be out of reach (state resolution v1, or auth chains past
@@ -197,6 +223,7 @@ impl Staged<'_> {
                     .rooms
                     .resolve_states(&self.rules, &heads)?
                     .map(Arc::new),
+                fetched: false,
             },
         };
         Ok(Some(Placement { state, prev_sids }))
@@ -278,12 +305,16 @@ impl Staged<'_> {
         if let Err(e) = check_state_dependent_auth_rules(rules, pdu, before) {
             return Ok(Verdict::Rejected(format!("state before the event: {e}")));
         }
-        // Step 6: the current state.
+        // Step 6: the current state. On another branch (or across a gap) the current state is
+        // about to become the resolution of both (`build/fork.rs`): an event that fails the
+        // current state as it is but passes that resolution is not soft-failed.
         if !state.current {
             let current =
                 |kind: &StateEventType, key: &str| known(kind, key, self.state_pdu(kind, key));
             if let Err(e) = check_state_dependent_auth_rules(rules, pdu, current) {
-                return Ok(Verdict::SoftFailed(format!("current state: {e}")));
+                if !self.passes_merged_state(pdu, state)? {
+                    return Ok(Verdict::SoftFailed(format!("current state: {e}")));
+                }
             }
         }
         Ok(Verdict::Accepted)
@@ -308,7 +339,17 @@ impl Staged<'_> {
         let revokes_guest_access = self.revokes_guest_access(&as_new);
         let event_id = pdu.event_id.clone();
         let is_state = pdu.is_state();
-        self.stage_event(
+        // A state event on another branch, or an event whose state came from another server:
+        // the room's current state becomes the resolution of both (`build/fork.rs`).
+        let fork = if !placement.state.current && (is_state || placement.state.fetched) {
+            Some((
+                self.current_state_ids()?,
+                self.state_ids_before(&placement.state)?,
+            ))
+        } else {
+            None
+        };
+        let mut meta = self.stage_event(
             pdu,
             object,
             None,
@@ -320,11 +361,27 @@ impl Staged<'_> {
             .get(&event_id)
             .map(|(sid, _, _)| *sid)
             .ok_or_else(|| Error::unknown("staged event missing"))?;
-        let head = if is_state {
+        let mut head = if is_state {
             Some(sid)
         } else {
             placement.state.head
         };
+        if let Some((ours, mut theirs)) = fork {
+            if let Some(key) = &meta.state_key {
+                theirs.insert(
+                    (StateEventType::from(meta.kind.clone()), key.clone()),
+                    event_id.clone(),
+                );
+            }
+            self.merge_fork(ours, theirs, sid)?;
+            // State fetched across a gap is nowhere in the state chain: the state at the
+            // event is the merged state now heading it (the events after it build on that).
+            if placement.state.fetched && !is_state {
+                head = self.record.as_ref().and_then(|r| r.last_state);
+                meta.state_link = head;
+                self.batch.put::<EventMetaTable>(&sid, &meta);
+            }
+        }
         self.remote.heads.insert(event_id.clone(), (sid, head));
         self.event_ids.push(event_id);
         if revokes_guest_access {

@@ -1,0 +1,195 @@
+//! Outliers fetched from another server for their part in the room's state or auth chains
+//! (`state_ids`, `event_auth`), staged into a batch with the room's other events: stored as
+//! `rooms/outliers.rs` stores outliers, authorised against their own auth events first. A
+//! later event citing one as a prev event treats it as unknown (its place in the room's graph
+//! is not known here); one that a state resolution puts into the current state becomes
+//! readable as state (`build/fork.rs`).
+//!
+//! Backfilled events (`rooms/backfill.rs`) are staged here too: like outliers, but with a
+//! place in the room's `backfill_timeline`.
+
+use std::collections::HashMap;
+
+use ruma::{
+    events::StateEventType,
+    state_res::{check_state_dependent_auth_rules, check_state_independent_auth_rules},
+    CanonicalJsonObject, EventId, OwnedEventId,
+};
+
+use super::{remote::Verdict, Staged};
+use crate::{
+    error::{Error, Result},
+    service::rooms::{
+        backfill::{BackfillFloor, BackfillTimeline, BackfilledEvents, FIRST_SEQ},
+        outliers::OutlierEvents,
+        EventIds, EventMeta, EventMetaTable, Pdu, Pdus, Rooms,
+    },
+    store::Raw,
+};
+
+impl Staged<'_> {
+    /// Whether an event is known here: stored, or staged in this batch.
+    pub fn knows(&self, id: &EventId) -> Result<bool> {
+        Ok(self.remote_event_pdu(id)?.is_some())
+    }
+
+    /// The authorization rules against the event's own auth events (server-server API, step
+    /// 4), all of which must be known: what an outlier must pass.
+    pub fn authorise_outlier(&self, pdu: &Pdu) -> Result<Verdict> {
+        let rules = &self.rules.authorization;
+        let mut auth: HashMap<OwnedEventId, Pdu> = HashMap::new();
+        for id in &pdu.auth_events {
+            match self.remote_event_pdu(id)? {
+                Some(event) => {
+                    auth.insert(id.clone(), event);
+                }
+                None => return Ok(Verdict::MissingAuth(format!("unknown auth event {id}"))),
+            }
+        }
+        if rules.room_create_event_id_as_room_id {
+            if let Some(id) = pdu
+                .room_id
+                .as_ref()
+                .and_then(|room| EventId::parse(format!("${}", room.strip_sigil())).ok())
+            {
+                if let Some(event) = self.remote_event_pdu(&id)? {
+                    auth.entry(id).or_insert(event);
+                }
+            }
+        }
+        if let Err(e) = check_state_independent_auth_rules(rules, pdu, |id| auth.get(id).cloned()) {
+            return Ok(Verdict::Rejected(format!("auth events: {e}")));
+        }
+        let by_key: HashMap<(String, String), &Pdu> = auth
+            .values()
+            .filter_map(|p| Some(((p.kind.to_string(), p.state_key.clone()?), p)))
+            .collect();
+        let from_auth = |kind: &StateEventType, key: &str| {
+            by_key
+                .get(&(kind.to_string(), key.to_owned()))
+                .map(|p| (*p).clone())
+        };
+        if let Err(e) = check_state_dependent_auth_rules(rules, pdu, from_auth) {
+            return Ok(Verdict::Rejected(format!("auth events: {e}")));
+        }
+        Ok(Verdict::Accepted)
+    }
+
+    /// Stages an outlier (already verified and authorised against its auth events).
+    pub fn add_outlier(&mut self, pdu: &Pdu, object: &CanonicalJsonObject) -> Result<()> {
+        let rooms = self.rooms;
+        let room_sid = self
+            .record
+            .as_ref()
+            .ok_or_else(|| Error::unknown("room record missing"))?
+            .sid;
+        let pending = rooms.stream.allocate()?;
+        let sid = pending.pos;
+        self.pending.push(pending);
+        Rooms::stage_outlier(&mut self.batch, sid, room_sid, pdu, object, false)?;
+        self.remote
+            .outliers
+            .insert(pdu.event_id.clone(), pdu.clone());
+        Ok(())
+    }
+
+    /// The sequence number below which the next run of backfilled events goes (see
+    /// `rooms/backfill.rs`).
+    pub fn backfill_floor(&self) -> Result<u64> {
+        let room_sid = self
+            .record
+            .as_ref()
+            .ok_or_else(|| Error::unknown("room record missing"))?
+            .sid;
+        Ok(self
+            .rooms
+            .store
+            .get::<BackfillFloor>(&room_sid)?
+            .unwrap_or(FIRST_SEQ))
+    }
+
+    /// Stages a backfilled event (verified, and authorised against its auth events) at `seq`
+    /// of the room's `backfill_timeline`: its PDU, id, metadata and relation; not the room's
+    /// state, forward extremities, search index, push or federation queue. `state_link` is
+    /// the head of the state it is read with: the state at the oldest event that was here
+    /// before (the room's history visibility as far back as this server knows it).
+    pub fn add_backfilled(
+        &mut self,
+        pdu: &Pdu,
+        object: &CanonicalJsonObject,
+        seq: u64,
+        state_link: Option<u64>,
+    ) -> Result<()> {
+        let rooms = self.rooms;
+        let room_sid = self
+            .record
+            .as_ref()
+            .ok_or_else(|| Error::unknown("room record missing"))?
+            .sid;
+        let floor = self.backfill_floor()?.min(seq);
+        let pending = rooms.stream.allocate()?;
+        let sid = pending.pos;
+        self.pending.push(pending);
+        let meta = EventMeta {
+            room_sid,
+            event_id: pdu.event_id.to_string(),
+            kind: pdu.kind.to_string(),
+            state_key: pdu.state_key.clone(),
+            sender: pdu.sender.to_string(),
+            state_link,
+            depth: pdu.depth,
+            origin_server_ts: u64::from(pdu.origin_server_ts.0),
+            txn: None,
+            redacted_by: None,
+            replaces_state: None,
+        };
+        let json = serde_json::to_vec(object).map_err(|e| Error::unknown(e.to_string()))?;
+        let key = pdu.event_id.to_string();
+        self.batch
+            .expect_absent::<EventIds>(&key)
+            .put::<EventIds>(&key, &sid)
+            .put::<Pdus>(&sid, &Raw(json))
+            .put::<EventMetaTable>(&sid, &meta)
+            .put::<BackfillTimeline>(&(room_sid, seq), &sid)
+            .put::<BackfilledEvents>(&sid, &seq)
+            .put::<BackfillFloor>(&room_sid, &floor);
+        rooms.stage_relation(&mut self.batch, sid, room_sid, pdu, object)?;
+        // Later events of the run may cite it as an auth event.
+        self.remote
+            .outliers
+            .insert(pdu.event_id.clone(), pdu.clone());
+        Ok(())
+    }
+
+    /// Gives a stored outlier (of the room's state or auth chains at a join) its place at
+    /// `seq` among the backfilled events: it becomes history like them, read with the state
+    /// at `state_link` when it had none.
+    pub fn place_outlier_in_backfill(
+        &mut self,
+        sid: u64,
+        seq: u64,
+        state_link: Option<u64>,
+    ) -> Result<()> {
+        let room_sid = self
+            .record
+            .as_ref()
+            .ok_or_else(|| Error::unknown("room record missing"))?
+            .sid;
+        let floor = self.backfill_floor()?.min(seq);
+        let mut meta = self
+            .rooms
+            .store
+            .get::<EventMetaTable>(&sid)?
+            .ok_or_else(|| Error::unknown("outlier without metadata"))?;
+        if meta.state_link.is_none() {
+            meta.state_link = state_link;
+        }
+        self.batch
+            .put::<EventMetaTable>(&sid, &meta)
+            .put::<BackfillTimeline>(&(room_sid, seq), &sid)
+            .put::<BackfilledEvents>(&sid, &seq)
+            .put::<BackfillFloor>(&room_sid, &floor)
+            .delete::<OutlierEvents>(&sid);
+        Ok(())
+    }
+}
