@@ -22,6 +22,7 @@ mod fed_auth;
 mod fed_check;
 mod fed_common;
 mod fed_discovery;
+mod fed_edus;
 mod fed_history;
 mod fed_invites;
 mod fed_joins;
