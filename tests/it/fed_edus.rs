@@ -394,6 +394,13 @@ async fn presence_reaches_servers_sharing_a_room_only() {
             .is_none_or(|p| p.status_msg.as_deref() != Some("by the hearth")),
         "C got Alice's presence without sharing a room"
     );
+    let (status, body) = c
+        .get(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user)),
+            Some(&carol.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 }
 
 #[tokio::test]
@@ -423,11 +430,18 @@ async fn device_lists_and_to_device_follow_a_shared_encrypted_room() {
         let body = crate::e2ee::query(b, &bob.token, json!({ &alice.user: [] })).await;
         let devices = &body["device_keys"][&alice.user];
         if devices.get(&phone.device).is_some() {
-            assert_eq!(devices[&phone.device], phone.device_keys(), "{body}");
+            assert_eq!(devices[&phone.device]["keys"], phone.device_keys()["keys"]);
+            assert_eq!(
+                devices[&phone.device]["signatures"],
+                phone.device_keys()["signatures"]
+            );
             assert!(devices.get(&alice.device).is_some(), "{body}");
             break;
         }
-        assert!(Instant::now() < deadline, "B's query never had the new device: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "B's query never had the new device: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -447,13 +461,19 @@ async fn device_lists_and_to_device_follow_a_shared_encrypted_room() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    sync_until(b, &bob.token, &mut b_since, "Alice in device_lists.left", |s| {
-        s["device_lists"]["left"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|u| u == alice.user.as_str())
-            .then_some(())
-    })
+    sync_until(
+        b,
+        &bob.token,
+        &mut b_since,
+        "Alice in device_lists.left",
+        |s| {
+            s["device_lists"]["left"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|u| u == alice.user.as_str())
+                .then_some(())
+        },
+    )
     .await;
 }
