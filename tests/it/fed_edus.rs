@@ -287,9 +287,9 @@ async fn typing_and_receipts_cross_both_ways_until_an_acl_denies_the_server() {
     })
     .await;
 
-    // An ACL that lets no server but A's name in (ACLs match hosts, so this denies B, whose
-    // host is the same loopback address with another port): B's typing and receipts are
-    // dropped on A. A's own client keeps working.
+    // An ACL allowing only A's name: ACLs match hosts without the port, so it matches no
+    // server and denies B (every test server shares the host 127.0.0.1, so B cannot be denied
+    // alone). B's typing and receipts are then dropped on A; A's own client keeps working.
     let (status, body) = a
         .put(
             &format!(
