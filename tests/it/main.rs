@@ -23,6 +23,7 @@ mod fed_check;
 mod fed_common;
 mod fed_discovery;
 mod fed_fetch;
+mod fed_edus;
 mod fed_history;
 mod fed_invites;
 mod fed_joins;

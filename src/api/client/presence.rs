@@ -1,7 +1,8 @@
 //! Presence: `PUT/GET /presence/{userId}/status` (spec: "Presence").
 //!
 //! Only the user may set their own presence (403). Anyone may read their own; others' only
-//! when they share a joined room (403 otherwise); an unknown user is 404. A user who never set
+//! when they share a joined room (403 otherwise), users of other servers included (their
+//! presence is what their server sent us); an unknown local user is 404. A user who never set
 //! a presence reads as `offline`.
 
 use std::{sync::Arc, time::Duration};
@@ -66,7 +67,8 @@ async fn get_status(
     let me = ctx.authed()?;
     let user_id = &body.user_id;
     if me.user_id != *user_id {
-        // Users of other servers are known by the presence their servers send (m.presence).
+        // A remote user is known through the rooms they share (their server pushes
+        // `m.presence` to ours then), so only a local user can be unknown here.
         let local = user_id.server_name() == services.rooms.server_name();
         if local && !services.users.exists(user_id)? {
             return Err(Error::not_found("Unknown user"));
