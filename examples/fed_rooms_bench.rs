@@ -10,7 +10,9 @@
 //!   `--state` state events. Then a user on B joins it over federation (`/join?server_name=A`):
 //!   wall time, B's peak RSS during the join (VmHWM, reset just before), the CPU each server
 //!   spent, the bytes A wrote (≈ the `send_join` answer), then the time until the user on B
-//!   sees (`/sync`) the first message sent on A after the join.
+//!   sees (`/sync`) the first message sent on A after the join. `--join full,partial`: once
+//!   per mode, each by a new server B (`federation.partial_state_joins`); for a partial-state
+//!   join also the time until B lists every member (the background resync done).
 //! - `inbound`: users on B send `--messages` messages in that room (`--concurrency` at a time);
 //!   B's queue delivers them to A in `/send` transactions. Twice: *live* (A running all along:
 //!   the rate the pair sustains) and *backlog* (A stopped with SIGSTOP while B's users send,
@@ -42,6 +44,7 @@ target/release/examples/fed_rooms_bench [options]
   --members N          members of the big room on A (default 1000)
   --state N            state events of the big room, members included (default 10000)
   --room-version V     version of the rooms created (default: the server's)
+  --join LIST          full,partial: B's joins, each by a new server (default full)
   --messages N         messages B sends A in the inbound phase (default 2000)
   --destinations N     servers in the fan-out room besides A (default 20)
   --rounds N           single messages timed in the fan-out phase (default 20)
@@ -58,6 +61,7 @@ struct Args {
     members: usize,
     state: usize,
     room_version: Option<String>,
+    join: Vec<String>,
     messages: usize,
     destinations: usize,
     rounds: usize,
@@ -79,6 +83,7 @@ fn args() -> Args {
         members: 1000,
         state: 10_000,
         room_version: None,
+        join: vec!["full".into()],
         messages: 2000,
         destinations: 20,
         rounds: 20,
@@ -107,6 +112,7 @@ fn args() -> Args {
             "--members" => args.members = num(v, "--members"),
             "--state" => args.state = num(v, "--state"),
             "--room-version" => args.room_version = Some(v.clone()),
+            "--join" => args.join = v.split(',').map(str::to_owned).collect(),
             "--messages" => args.messages = num(v, "--messages"),
             "--destinations" => args.destinations = num(v, "--destinations"),
             "--rounds" => args.rounds = num(v, "--rounds"),
@@ -201,7 +207,6 @@ impl Server {
     fn pid(&self) -> u32 {
         self.child.id()
     }
-
 }
 
 impl Drop for Server {
@@ -221,6 +226,14 @@ struct Env {
 
 impl Env {
     async fn spawn(&self, label: &str, cache_mb: u64) -> Server {
+        self.try_spawn(label, cache_mb, "")
+            .await
+            .unwrap_or_else(|| panic!("server {label} exited at start (see --logs)"))
+    }
+
+    /// Starts a server with `extra` appended to its configuration; `None` if it exits at
+    /// start (an older binary refuses a setting it does not know).
+    async fn try_spawn(&self, label: &str, cache_mb: u64, extra: &str) -> Option<Server> {
         let (tls, plain) = (free_port(), free_port());
         let name = format!("127.0.0.1:{tls}");
         let dir = self.tmp.path().join(label);
@@ -232,7 +245,7 @@ impl Env {
              [rate_limit]\nenabled = false\n[storage]\ncache_mb = {cache_mb}\n\
              [outbound]\nallow_networks = [\"127.0.0.0/8\"]\nextra_ca_file = \"{}\"\n\
              [tls]\nmode = \"files\"\nlisteners = [\"127.0.0.1:{tls}\"]\n\
-             cert = \"{}\"\nkey = \"{}\"\n",
+             cert = \"{}\"\nkey = \"{}\"\n{extra}",
             dir.display(),
             self.args.log_level,
             ca.display(),
@@ -248,7 +261,7 @@ impl Env {
             }
             None => Stdio::null(),
         };
-        let child = Command::new(&self.args.server)
+        let mut child = Command::new(&self.args.server)
             .env_clear()
             .env("HEARTH_CONFIG", &config_path)
             .stdout(Stdio::null())
@@ -264,10 +277,13 @@ impl Env {
             .await
             .is_err()
         {
+            if child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
             assert!(Instant::now() < deadline, "server {label} did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Server { name, base, child }
+        Some(Server { name, base, child })
     }
 }
 
@@ -333,12 +349,26 @@ impl User {
 
     async fn post(&self, http: &reqwest::Client, path: &str, body: Value) -> Value {
         let url = format!("{}/_matrix/client/v3/{path}", self.base);
-        call(http, reqwest::Method::POST, url, Some(&self.token), Some(body)).await
+        call(
+            http,
+            reqwest::Method::POST,
+            url,
+            Some(&self.token),
+            Some(body),
+        )
+        .await
     }
 
     async fn put(&self, http: &reqwest::Client, path: &str, body: Value) -> Value {
         let url = format!("{}/_matrix/client/v3/{path}", self.base);
-        call(http, reqwest::Method::PUT, url, Some(&self.token), Some(body)).await
+        call(
+            http,
+            reqwest::Method::PUT,
+            url,
+            Some(&self.token),
+            Some(body),
+        )
+        .await
     }
 
     async fn get(&self, http: &reqwest::Client, path: &str) -> Value {
@@ -352,7 +382,10 @@ impl User {
             body["room_version"] = json!(v);
         }
         let created = self.post(http, "createRoom", body).await;
-        created["room_id"].as_str().expect("room created").to_owned()
+        created["room_id"]
+            .as_str()
+            .expect("room created")
+            .to_owned()
     }
 
     async fn join(&self, http: &reqwest::Client, room: &str, via: Option<&str>) {
@@ -371,7 +404,9 @@ impl User {
 
     /// A `/sync` without room state (the timeline's last events only); `None`: initial.
     async fn sync(&self, http: &reqwest::Client, since: Option<&str>, timeout_ms: u64) -> Value {
-        let filter = enc(r#"{"room":{"state":{"types":[]},"timeline":{"limit":50}},"presence":{"types":[]}}"#);
+        let filter = enc(
+            r#"{"room":{"state":{"types":[]},"timeline":{"limit":50}},"presence":{"types":[]}}"#,
+        );
         let mut path = format!("sync?timeout={timeout_ms}&filter={filter}");
         if let Some(since) = since {
             path.push_str(&format!("&since={}", enc(since)));
@@ -393,11 +428,7 @@ impl User {
                 return;
             }
             since = sync["next_batch"].as_str().expect("next_batch").to_owned();
-            assert!(
-                Instant::now() < deadline,
-                "{} never saw {body:?}",
-                self.id
-            );
+            assert!(Instant::now() < deadline, "{} never saw {body:?}", self.id);
         }
     }
 
@@ -456,7 +487,16 @@ impl Perf {
         std::fs::create_dir_all(dir).unwrap();
         let out = dir.join(format!("{name}.data"));
         let child = Command::new("perf")
-            .args(["record", "--call-graph", "dwarf,16384", "-F", "299", "-p", &pid.to_string(), "-o"])
+            .args([
+                "record",
+                "--call-graph",
+                "dwarf,16384",
+                "-F",
+                "299",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
             .arg(&out)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -514,16 +554,16 @@ async fn join_phase(env: &Env, table: &mut Table) -> Shared {
     let http = &env.http;
     let args = &env.args;
     let a = env.spawn("a", 32).await;
-    let b = env.spawn("b", 32).await;
     let alice = User::register(http, &a.base, "alice").await;
     let room = alice.create_room(http, &args.room_version).await;
-    println!("room {room} on A ({}), B is {}", a.name, b.name);
+    println!("room {room} on A ({})", a.name);
 
     let started = Instant::now();
     let members = args.members.saturating_sub(1);
     let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     bounded(members, args.concurrency, |i| {
-        let (http, base, room, joined) = (http.clone(), a.base.clone(), room.clone(), joined.clone());
+        let (http, base, room, joined) =
+            (http.clone(), a.base.clone(), room.clone(), joined.clone());
         async move {
             let user = User::register(&http, &base, &format!("member{i}")).await;
             user.join(&http, &room, None).await;
@@ -552,7 +592,11 @@ async fn join_phase(env: &Env, table: &mut Table) -> Shared {
         async move {
             let path = format!("rooms/{}/state/m.bench.state/key{i}", enc(&room));
             alice
-                .put(&http, &path, json!({"i": i, "text": "a custom state event of the benchmark"}))
+                .put(
+                    &http,
+                    &path,
+                    json!({"i": i, "text": "a custom state event of the benchmark"}),
+                )
                 .await;
             if (i + 1) % 2000 == 0 {
                 println!("  {} state events sent", i + 1);
@@ -579,7 +623,35 @@ async fn join_phase(env: &Env, table: &mut Table) -> Shared {
     );
     table.row("A RSS after filling", mib(status_kb(a.pid(), "VmRSS:")));
 
-    // The join.
+    let mut joined: Option<Server> = None;
+    for mode in &args.join {
+        let b = join_once(env, &a, &alice, &room, mode, table).await;
+        joined.get_or_insert(b);
+    }
+    let b = joined.expect("--join names at least one mode");
+    Shared { a, b, alice, room }
+}
+
+/// A user on a new server B joins the big room (`mode`: `full` or `partial`), then receives
+/// a message sent on A. Returns B.
+async fn join_once(
+    env: &Env,
+    a: &Server,
+    alice: &User,
+    room: &str,
+    mode: &str,
+    table: &mut Table,
+) -> Server {
+    let http = &env.http;
+    let partial = mode == "partial";
+    let label = format!("b-{mode}");
+    let setting = format!("[federation]\npartial_state_joins = {partial}\n");
+    let b = match env.try_spawn(&label, 32, &setting).await {
+        Some(b) => b,
+        // A binary without partial-state joins only does full joins.
+        None if !partial => env.spawn(&label, 32).await,
+        None => panic!("this hearth binary has no partial-state joins"),
+    };
     let bob = User::register(http, &b.base, "bob").await;
     let initial = bob.sync(http, None, 0).await;
     let since = initial["next_batch"].as_str().unwrap().to_owned();
@@ -588,9 +660,9 @@ async fn join_phase(env: &Env, table: &mut Table) -> Shared {
     let _ = std::fs::write(format!("/proc/{}/clear_refs", b.pid()), "5");
     let (a_cpu, b_cpu, a_wrote) = (cpu_s(a.pid()), cpu_s(b.pid()), wchar(a.pid()));
     let sampler = rss_sampler(b.pid());
-    let perf = Perf::start(env, b.pid(), "b-join");
+    let perf = Perf::start(env, b.pid(), &format!("{label}-join"));
     let started = Instant::now();
-    bob.join(http, &room, Some(&a.name)).await;
+    bob.join(http, room, Some(&a.name)).await;
     let join_took = started.elapsed();
     drop(perf);
     let sampled_peak = sampler.stop().await;
@@ -598,7 +670,7 @@ async fn join_phase(env: &Env, table: &mut Table) -> Shared {
     let a_wrote = wchar(a.pid()) - a_wrote;
     let b_peak = status_kb(b.pid(), "VmHWM:").max(sampled_peak);
     table.row(
-        "B: full join of the big room",
+        format!("B: {mode} join of the big room"),
         format!("{:.2} s wall", join_took.as_secs_f64()),
     );
     table.row(
@@ -610,7 +682,7 @@ async fn join_phase(env: &Env, table: &mut Table) -> Shared {
         format!("{:.1} MiB", a_wrote as f64 / 1048576.0),
     );
     table.row(
-        "  B RSS before / peak / after",
+        "  B RSS before / peak during the join / after",
         format!(
             "{} / {} / {}",
             mib(b_before),
@@ -620,22 +692,52 @@ async fn join_phase(env: &Env, table: &mut Table) -> Shared {
     );
 
     // The first message after the join.
+    let body = format!("first after the {mode} join");
     let waiter = {
-        let (http, bob, room) = (http.clone(), bob.clone(), room.clone());
-        let since = since.clone();
-        tokio::spawn(async move { bob.wait_for(&http, &room, &since, "first after join").await })
+        let (http, bob, room) = (http.clone(), bob.clone(), room.to_owned());
+        let (since, body) = (since.clone(), body.clone());
+        tokio::spawn(async move { bob.wait_for(&http, &room, &since, &body).await })
     };
     // The long-poll is in place before the send.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    alice.send(http, &room, "first", "first after join").await;
+    alice
+        .send(http, room, &format!("first-{mode}"), &body)
+        .await;
     waiter.await.unwrap();
     table.row(
-        "B: first message from A after the join (send → B's /sync)",
+        "  first message from A after the join (send → B's /sync)",
         format!("{:.0} ms", started.elapsed().as_secs_f64() * 1000.0),
     );
-    table.row("B RSS after", mib(status_kb(b.pid(), "VmRSS:")));
-    Shared { a, b, alice, room }
+    if partial {
+        // The background resync: done when B knows every member.
+        let (b_cpu, started) = (cpu_s(b.pid()), Instant::now());
+        let deadline = started + Duration::from_secs(600);
+        let path = format!("rooms/{}/joined_members", enc(room));
+        loop {
+            let members = bob.get(http, &path).await;
+            let n = members["joined"].as_object().map_or(0, |m| m.len());
+            if n >= env.args.members + 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the resync did not finish ({n} members)"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        table.row(
+            "  resync done (B lists every member) after the first message",
+            format!(
+                "{:.2} s more, B CPU {:.2} s; B peak RSS since the join {}",
+                started.elapsed().as_secs_f64(),
+                cpu_s(b.pid()) - b_cpu,
+                mib(status_kb(b.pid(), "VmHWM:"))
+            ),
+        );
+    }
+    table.row("  B RSS after", mib(status_kb(b.pid(), "VmRSS:")));
+    b
 }
 
 /// Samples VmRSS of `pid` every 10 ms until stopped; returns the highest.
@@ -860,8 +962,13 @@ async fn fanout_phase(env: &Env, shared: Option<&Shared>, table: &mut Table) {
     let end = "burst end".to_owned();
     let mut waiters = Vec::new();
     for (user, since) in users.iter().zip(&since) {
-        let (http, user, room, since, end) =
-            (http.clone(), user.clone(), room.clone(), since.clone(), end.clone());
+        let (http, user, room, since, end) = (
+            http.clone(),
+            user.clone(),
+            room.clone(),
+            since.clone(),
+            end.clone(),
+        );
         waiters.push(tokio::spawn(async move {
             user.wait_for(&http, &room, &since, &end).await;
         }));
@@ -870,7 +977,11 @@ async fn fanout_phase(env: &Env, shared: Option<&Shared>, table: &mut Table) {
     let started = Instant::now();
     bounded(args.burst, args.concurrency.min(4), |i| {
         let (http, alice, room) = (http.clone(), alice.clone(), room.clone());
-        async move { alice.send(&http, &room, &format!("b{i}"), &format!("burst {i}")).await }
+        async move {
+            alice
+                .send(&http, &room, &format!("b{i}"), &format!("burst {i}"))
+                .await
+        }
     })
     .await;
     alice.send(http, &room, "b-end", &end).await;
@@ -907,7 +1018,10 @@ async fn fanout_phase(env: &Env, shared: Option<&Shared>, table: &mut Table) {
             mib(status_kb(a.pid(), "VmRSS:"))
         ),
     );
-    let mut d_rss: Vec<u64> = servers.iter().map(|s| status_kb(s.pid(), "VmRSS:")).collect();
+    let mut d_rss: Vec<u64> = servers
+        .iter()
+        .map(|s| status_kb(s.pid(), "VmRSS:"))
+        .collect();
     d_rss.sort_unstable();
     table.row(
         "  a destination's RSS (median)",
