@@ -316,13 +316,19 @@ async fn call(
             Ok(response) => {
                 let status = response.status();
                 let value: Value = response.json().await.unwrap_or(Value::Null);
+                // Registration has a rate limit of its own: wait as asked.
+                if status == 429 && attempt < 600 {
+                    let ms = value["retry_after_ms"].as_u64().unwrap_or(500);
+                    tokio::time::sleep(Duration::from_millis(ms.min(100))).await;
+                    continue;
+                }
                 // 401 is the first step of registration (user-interactive auth).
                 if status.is_success() || status == 401 {
                     return value;
                 }
                 panic!("{method} {url}: {status} {value}");
             }
-            Err(e) if attempt < 3 => {
+            Err(e) if attempt < 5 => {
                 eprintln!("{method} {url}: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
