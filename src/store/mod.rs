@@ -35,7 +35,7 @@ use writer::{JobResult, Writer};
 
 /// The schema version this build writes. Bump it with every change of a key layout or value
 /// format, add the migration in `migrate`, and update `schema/`.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -360,6 +360,12 @@ fn migrate_step(_engine: &dyn Engine, from: u32) -> Result<(), StoreError> {
         // makes an older build refuse the data: it would serve soft-failed remote events and
         // forget what is queued for other servers.
         4 => Ok(()),
+        // 5 → 6 adds the tables of rooms shared across servers (outliers, partial-state rooms,
+        // remote invites, backfilled history; schema/federation-events.md, rooms.md). They
+        // start empty, and version-5 state chains read as before (no snapshot row there is
+        // keyed by a non-state event). The bump makes an older build refuse the data: it would
+        // misread the state at forks and show outliers and backfilled events in timelines.
+        5 => Ok(()),
         _ => Err(StoreError::Corrupt {
             table: Meta::NAME,
             detail: format!("schema version {from} is unknown; no migration exists from it"),
