@@ -124,11 +124,39 @@ async fn a_server_that_joined_over_federation_serves_state_and_history() {
         .await;
     assert_eq!(status, StatusCode::OK, "{sent}");
     let message = sent["event_id"].as_str().unwrap().to_owned();
+    // And a message of B's user, which reaches C over federation.
+    let (status, sent) = b
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/b1",
+                enc(&room)
+            ),
+            Some(&bob),
+            json!({"msgtype": "m.text", "body": "hello from B"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let bob_message = sent["event_id"].as_str().unwrap().to_owned();
+    let bob_message_id = ruma::EventId::parse(&bob_message).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .server
+        .as_ref()
+        .expect("running")
+        .services
+        .rooms
+        .event_sid(&bob_message_id)
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "B's message never reached C");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let r = enc(&room);
 
-    // The state before C's message (and before C's join): both users joined in it, so B (whose
+    // The state before C's and B's messages (and before C's join): both users joined in it, so B (whose
     // user is joined there) is served it, like `/event` serves B the events themselves.
-    for (event, carol_in_state) in [(&message, true), (&carol_join, false)] {
+    for (event, carol_in_state) in [(&message, true), (&bob_message, true), (&carol_join, false)] {
         let (status, body) = fed_get(
             b,
             c,
