@@ -26,6 +26,7 @@ mod fed_edus;
 mod fed_fetch;
 mod fed_history;
 mod fed_invites;
+mod fed_joined_serve;
 mod fed_joins;
 mod fed_keys;
 mod fed_media;

@@ -30,7 +30,9 @@ use std::collections::{HashMap, HashSet};
 use ruma::{OwnedServerName, OwnedUserId, RoomId, ServerName, UserId};
 use serde_json::Value;
 
-use super::{EventMeta, EventMetaTable, RoomRecord, Rooms, StoredEvent, SNAPSHOT_EVERY};
+use super::{
+    EventMeta, EventMetaTable, RoomRecord, Rooms, StateSnapshots, StoredEvent, SNAPSHOT_EVERY,
+};
 use crate::error::{Error, Result};
 
 /// Bound on the states one reader caches (a request's scan is bounded too; this caps memory).
@@ -434,7 +436,7 @@ impl<'a> Reader<'a> {
     /// The head that decides the state whose newest state event is `head`: the newest state
     /// event at or below it that changes the history visibility or the reader's membership
     /// (state events that change neither — a name, a topic, another user's membership — leave
-    /// the answer as it was before them). Its history visibility is cached with it, and every
+    /// the answer as it was before them), or that carries a full state snapshot. Its history visibility is cached with it, and every
     /// state passed on the way maps to it, so a scan over a long run of state events costs one
     /// lookup per `SNAPSHOT_EVERY` of them.
     fn run_at(&mut self, head: Option<u64>) -> Result<Option<u64>> {
@@ -455,7 +457,12 @@ impl<'a> Reader<'a> {
             let relevant = meta.kind == "m.room.history_visibility"
                 || (meta.kind == "m.room.member"
                     && meta.state_key.as_deref().is_some_and(|k| self.who.owns(k)));
-            if relevant {
+            // A full snapshot decides too: it is the whole state at its event, and the chain
+            // below it may not be (a room joined over federation starts its chain at an
+            // outlier carrying the snapshot of the state before the join, whose `state_link`
+            // is `None`: walking on would leave the room's state and find no visibility and
+            // no membership; a resolved fork's snapshot differs from the chain below it).
+            if relevant || self.rooms.store.get::<StateSnapshots>(&sid)?.is_some() {
                 break;
             }
             passed.push(cursor);
