@@ -172,3 +172,19 @@ impl FedServer {
         (status, value)
     }
 }
+
+/// CPU time (user + system) of this whole process so far, threads that already exited
+/// included (`/proc/self/stat`, in clock ticks of 10 ms): summing the live threads instead
+/// would go backwards when a blocking-pool thread exits.
+pub fn process_cpu() -> std::time::Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    std::time::Duration::from_millis(ticks * 10)
+}

@@ -606,24 +606,6 @@ async fn many_forward_extremities_are_merged_by_a_dummy_event() {
     }
 }
 
-/// CPU time of this process so far (every thread's, from `/proc/self/task/*/schedstat`).
-fn process_cpu() -> std::time::Duration {
-    let mut total = 0u64;
-    for task in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        total += stat
-            .split_whitespace()
-            .next()
-            .and_then(|ns| ns.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    std::time::Duration::from_nanos(total)
-}
-
 /// Figure: server CPU per fetched PDU — 10 transactions of one PDU, each citing 20 events A
 /// lacks, fetched with get_missing_events (the origin in-process, keys given directly). Run
 /// with `cargo test --release --test it fed_fetch::figure -- --ignored --nocapture`.
@@ -637,9 +619,9 @@ async fn figure_cpu_per_fetched_pdu() {
     for _ in 0..rounds {
         let chain = setup.chain(&setup.bob, &latest_id(&setup), 0, 21, &auth);
         let (last_id, last) = chain.last().unwrap();
-        let before = process_cpu();
+        let before = crate::fed_common::process_cpu();
         let results = setup.send(&[last]).await;
-        total += process_cpu() - before;
+        total += crate::fed_common::process_cpu() - before;
         assert_eq!(results.get(last_id), Some(&Ok(())), "{results:?}");
         assert_eq!(setup.view().latest(), vec![last_id.to_string()]);
     }

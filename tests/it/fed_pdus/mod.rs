@@ -395,24 +395,6 @@ async fn pdus_of_unknown_rooms_and_malformed_pdus_are_refused() {
     assert!(error.contains("sender"), "{error}");
 }
 
-/// CPU time of this process so far (every thread's, from `/proc/self/task/*/schedstat`).
-fn process_cpu() -> Duration {
-    let mut total = 0u64;
-    for task in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        total += stat
-            .split_whitespace()
-            .next()
-            .and_then(|ns| ns.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Duration::from_nanos(total)
-}
-
 /// Figure: server CPU per PDU for inbound transactions of 50 messages (each citing the one
 /// before). Run with `cargo test --test it fed_pdus::figure -- --ignored --nocapture`.
 #[tokio::test]
@@ -445,9 +427,9 @@ async fn figure_cpu_per_pdu_in_transactions_of_50() {
     let mut wall = Duration::ZERO;
     for events in &transactions {
         let refs: Vec<&CanonicalJsonObject> = events.iter().collect();
-        let (cpu0, wall0) = (process_cpu(), Instant::now());
+        let (cpu0, wall0) = (crate::fed_common::process_cpu(), Instant::now());
         let results = setup.send(&refs).await;
-        cpu += process_cpu() - cpu0;
+        cpu += crate::fed_common::process_cpu() - cpu0;
         wall += wall0.elapsed();
         assert_eq!(results.len(), PER_TRANSACTION);
         assert!(results.values().all(Result::is_ok), "{results:?}");
