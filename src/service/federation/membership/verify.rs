@@ -302,7 +302,6 @@ fn verify_and_authorise(
     // Each event moved out once, never copied: the state (one per id), then the rest of the
     // auth chain in authorisation order (an event of both is given once, with the state —
     // the store stages every event of either once).
-    let mut events = events;
     let mut state = Vec::with_capacity(state_ids.len());
     for id in &state_ids {
         if let Some(event) = events.remove(id) {
