@@ -4,7 +4,10 @@
 //! events; the state's shape; the join against its auth events and the state; the resident's
 //! signature on a restricted join it vouched for.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use ruma::{
     api::federation::membership::create_join_event,
@@ -27,8 +30,9 @@ use crate::service::{
 struct Received {
     event_id: OwnedEventId,
     object: CanonicalJsonObject,
-    /// From room version 5: the keys valid at the event's `origin_server_ts`.
-    keys: Option<PublicKeyMap>,
+    /// From room version 5: the keys valid at the event's `origin_server_ts` (shared by the
+    /// events that need the same keys: one map per group, not one per event).
+    keys: Option<Arc<PublicKeyMap>>,
 }
 
 fn parse_event(
@@ -67,9 +71,15 @@ pub(super) async fn check_answer(
         return Err("the resident left members out of the state unasked".into());
     }
     // The join as the resident has it: ours, or ours with the authoriser's signature added.
-    let join_object = match &answer.event {
+    let create_join_event::v2::RoomState {
+        event: answer_event,
+        state: answer_state,
+        auth_chain: answer_chain,
+        ..
+    } = answer;
+    let join_object = match answer_event {
         Some(raw) => {
-            let returned = checks::parse(raw)?;
+            let returned = checks::parse(&raw)?;
             let returned_id = checks::event_id(&returned, rules)?;
             if returned_id != join_id {
                 return Err(format!(
@@ -80,13 +90,14 @@ pub(super) async fn check_answer(
         }
         None => own_join,
     };
-    let mut state = Vec::with_capacity(answer.state.len());
-    for raw in &answer.state {
-        state.push(parse_event(raw, rules, room_id)?);
+    // Each raw event is dropped as soon as it is parsed: the answer is never held twice.
+    let mut state = Vec::with_capacity(answer_state.len());
+    for raw in answer_state {
+        state.push(parse_event(&raw, rules, room_id)?);
     }
-    let mut chain = Vec::with_capacity(answer.auth_chain.len());
-    for raw in &answer.auth_chain {
-        chain.push(parse_event(raw, rules, room_id)?);
+    let mut chain = Vec::with_capacity(answer_chain.len());
+    for raw in answer_chain {
+        chain.push(parse_event(&raw, rules, room_id)?);
     }
 
     // Every key any of them needs, fetched at once (so that a server's keys are fetched
@@ -164,7 +175,7 @@ async fn valid_keys(
         let Some(latest) = members.iter().map(|(_, at)| *at).max() else {
             continue;
         };
-        let keys = lookup(&wanted, latest).await?;
+        let keys = Arc::new(lookup(&wanted, latest).await?);
         let complete = wanted.iter().all(|(server, ids)| {
             keys.get(server.as_str())
                 .is_some_and(|found| ids.iter().all(|id| found.contains_key(id)))
@@ -173,7 +184,7 @@ async fn valid_keys(
             event.keys = Some(if complete {
                 keys.clone()
             } else {
-                lookup(&wanted, at).await?
+                Arc::new(lookup(&wanted, at).await?)
             });
         }
     }
@@ -207,9 +218,10 @@ fn verify_and_authorise(
 ) -> std::result::Result<JoinedRoom, String> {
     // Signatures and hashes: a forged event fails the join; a wrong hash means the redacted
     // form is what counts (as for any received PDU).
-    let mut events: HashMap<OwnedEventId, (Pdu, CanonicalJsonObject)> = HashMap::new();
+    // Each event once (the state and the auth chain share events).
     let mut state_ids = Vec::with_capacity(state.len());
-    let mut chain_ids = Vec::with_capacity(chain.len());
+    let mut seen: HashSet<OwnedEventId> = HashSet::with_capacity(state.len() + chain.len());
+    let mut unique = Vec::with_capacity(state.len() + chain.len());
     for (event, is_state) in state
         .into_iter()
         .map(|e| (e, true))
@@ -217,18 +229,17 @@ fn verify_and_authorise(
     {
         if is_state {
             state_ids.push(event.event_id.clone());
-        } else {
-            chain_ids.push(event.event_id.clone());
         }
-        if events.contains_key(&event.event_id) {
-            continue;
+        if seen.insert(event.event_id.clone()) {
+            unique.push(event);
         }
-        let event_keys = event.keys.as_ref().unwrap_or(&keys);
-        let (object, _redacted) = checks::verify(event_keys, event.object, rules)
-            .map_err(|e| format!("{}: {e}", event.event_id))?;
-        let pdu = Pdu::from_object(event.event_id.clone(), &object)?;
-        events.insert(event.event_id, (pdu, object));
     }
+    drop(seen);
+    let mut events: HashMap<OwnedEventId, (Pdu, CanonicalJsonObject)> =
+        verify_all(&keys, rules, unique)?
+            .into_iter()
+            .map(|(pdu, object)| (pdu.event_id.clone(), (pdu, object)))
+            .collect();
     let (join_object, redacted) =
         checks::verify(&keys, join_object, rules).map_err(|e| format!("the join event: {e}"))?;
     if redacted {
@@ -241,7 +252,7 @@ fn verify_and_authorise(
     let order = auth_order(&events)?;
     for id in &order {
         let (pdu, _) = &events[id];
-        authorise(rules, pdu, |id| events.get(id).map(|(p, _)| p.clone()))
+        authorise(rules, pdu, |id| events.get(id).map(|(p, _)| p))
             .map_err(|e| format!("{id} is not authorised by its auth events: {e}"))?;
     }
 
@@ -280,41 +291,98 @@ fn verify_and_authorise(
     }
 
     // The join: against its auth events, and against the state.
-    authorise(rules, &join_pdu, |id| {
-        events.get(id).map(|(p, _)| p.clone())
-    })
-    .map_err(|e| format!("the join is not authorised by its auth events: {e}"))?;
+    authorise(rules, &join_pdu, |id| events.get(id).map(|(p, _)| p))
+        .map_err(|e| format!("the join is not authorised by its auth events: {e}"))?;
     check_state_dependent_auth_rules(&rules.authorization, &join_pdu, |kind, key| {
-        by_key
-            .get(&(kind.to_string(), key.to_owned()))
-            .map(|p| (*p).clone())
+        by_key.get(&(kind.to_string(), key.to_owned())).copied()
     })
     .map_err(|e| format!("the join is not authorised by the state: {e}"))?;
+    drop(by_key);
 
-    let take = |ids: &[OwnedEventId]| -> Vec<(Pdu, CanonicalJsonObject)> {
-        let mut seen = HashSet::new();
-        ids.iter()
-            .filter(|id| seen.insert((*id).clone()))
-            .filter_map(|id| events.get(id).cloned())
-            .collect()
-    };
+    // Each event moved out once, never copied: the state (one per id), then the rest of the
+    // auth chain in authorisation order (an event of both is given once, with the state —
+    // the store stages every event of either once).
+    let mut state = Vec::with_capacity(state_ids.len());
+    for id in &state_ids {
+        if let Some(event) = events.remove(id) {
+            state.push(event);
+        }
+    }
+    let mut auth_chain = Vec::with_capacity(events.len());
+    for id in &order {
+        if let Some(event) = events.remove(id) {
+            auth_chain.push(event);
+        }
+    }
     Ok(JoinedRoom {
         room_id: room_id.to_owned(),
         version: version.clone(),
-        auth_chain: take(&order),
-        state: take(&state_ids),
+        auth_chain,
+        state,
         join: (join_pdu, join_object),
         partial: None,
+    })
+}
+
+/// Checks the signatures and hashes of `events` (each with its own keys, or `keys`) and
+/// converts them, on up to 4 threads (the ed25519 checks dominate a join's CPU): the events
+/// are split into one contiguous run per thread, so each is still held once, and the first
+/// failure in the events' order is the one reported.
+fn verify_all(
+    keys: &PublicKeyMap,
+    rules: &RoomVersionRules,
+    events: Vec<Received>,
+) -> std::result::Result<Vec<(Pdu, CanonicalJsonObject)>, String> {
+    let verify_one = |event: Received| -> std::result::Result<(Pdu, CanonicalJsonObject), String> {
+        let event_keys = event.keys.as_deref().unwrap_or(keys);
+        let (object, _redacted) = checks::verify(event_keys, event.object, rules)
+            .map_err(|e| format!("{}: {e}", event.event_id))?;
+        let pdu = Pdu::from_object(event.event_id, &object)?;
+        Ok((pdu, object))
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads < 2 || events.len() < 256 {
+        return events.into_iter().map(verify_one).collect();
+    }
+    let run = events.len().div_ceil(threads);
+    let mut runs = Vec::with_capacity(threads);
+    let mut rest = events;
+    while rest.len() > run {
+        let tail = rest.split_off(run);
+        runs.push(rest);
+        rest = tail;
+    }
+    runs.push(rest);
+    let verify_one = &verify_one;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .into_iter()
+            .map(|run| {
+                scope.spawn(move || {
+                    run.into_iter()
+                        .map(verify_one)
+                        .collect::<std::result::Result<Vec<_>, String>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for handle in handles {
+            let verified = handle
+                .join()
+                .map_err(|_| "a verification thread panicked".to_owned())??;
+            all.extend(verified);
+        }
+        Ok(all)
     })
 }
 
 /// Runs the authorisation rules on `pdu` against its own auth events (looked up with
 /// `lookup`): the state-independent rules, then the state-dependent ones with the auth events
 /// as the state.
-fn authorise(
+fn authorise<'a>(
     rules: &RoomVersionRules,
     pdu: &Pdu,
-    lookup: impl Fn(&EventId) -> Option<Pdu>,
+    lookup: impl Fn(&EventId) -> Option<&'a Pdu>,
 ) -> std::result::Result<(), String> {
     let mut auth = Vec::new();
     for id in &pdu.auth_events {
@@ -332,20 +400,15 @@ fn authorise(
             }
         }
     }
-    let by_id: HashMap<OwnedEventId, Pdu> = auth
-        .iter()
-        .map(|p| (p.event_id.clone(), p.clone()))
-        .collect();
-    check_state_independent_auth_rules(&rules.authorization, pdu, |id| by_id.get(id).cloned())
-        .map_err(|e| e.to_string())?;
-    let by_key: HashMap<(String, String), &Pdu> = auth
-        .iter()
-        .filter_map(|p| Some(((p.kind.to_string(), p.state_key.clone()?), p)))
-        .collect();
+    // A handful of auth events: borrowed, looked up by a scan (no maps, no copies).
+    check_state_independent_auth_rules(&rules.authorization, pdu, |id| {
+        auth.iter().copied().find(|p| &*p.event_id == id)
+    })
+    .map_err(|e| e.to_string())?;
     check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key| {
-        by_key
-            .get(&(kind.to_string(), key.to_owned()))
-            .map(|p| (*p).clone())
+        auth.iter()
+            .copied()
+            .find(|p| p.state_key.as_deref() == Some(key) && p.kind.to_string() == kind.to_string())
     })
     .map_err(|e| e.to_string())
 }

@@ -41,7 +41,8 @@ use crate::{
 pub struct JoinedRoom {
     pub room_id: OwnedRoomId,
     pub version: RoomVersionId,
-    /// The auth chain of the join and of the state (checked, authorised), any order.
+    /// The auth chain of the join and of the state (checked, authorised), any order; events
+    /// also in `state` may be left out (they are stored once either way).
     pub auth_chain: Vec<(Pdu, CanonicalJsonObject)>,
     /// The room's state before the join (checked, authorised), one event per key.
     pub state: Vec<(Pdu, CanonicalJsonObject)>,
@@ -121,28 +122,47 @@ impl Rooms {
                 .intern_in("room", room_id.as_str(), &mut staged.batch)?,
         };
 
-        // The outliers, each event once; those stored already keep their position.
-        let state_ids: HashSet<&EventId> = state.iter().map(|(p, _)| &*p.event_id).collect();
+        // The outliers, each event once; those stored already keep their position. The
+        // events are consumed: each JSON object is dropped once its bytes are in the batch,
+        // and only the state's `Pdu`s are kept (moved into the staged state below).
+        let state_ids: HashSet<OwnedEventId> =
+            state.iter().map(|(p, _)| p.event_id.clone()).collect();
         let mut sids: HashMap<OwnedEventId, u64> = HashMap::new();
         let mut newest_new_state = None;
-        for (pdu, object) in auth_chain.iter().chain(&state) {
-            if sids.contains_key(&pdu.event_id) || pdu.event_id == join_pdu.event_id {
-                continue;
+        let mut state_pdus = Vec::with_capacity(state.len());
+        let events = auth_chain
+            .into_iter()
+            .map(|e| (e, false))
+            .chain(state.into_iter().map(|e| (e, true)));
+        for ((pdu, object), is_state) in events {
+            if !sids.contains_key(&pdu.event_id) && pdu.event_id != join_pdu.event_id {
+                if let Some(sid) = self.event_sid(&pdu.event_id)? {
+                    sids.insert(pdu.event_id.clone(), sid);
+                } else {
+                    let position = self.stream.allocate()?;
+                    let sid = position.pos;
+                    staged.pending.push(position);
+                    let in_state = state_ids.contains(&pdu.event_id);
+                    Rooms::stage_outlier(
+                        &mut staged.batch,
+                        sid,
+                        room_sid,
+                        &pdu,
+                        &object,
+                        in_state,
+                    )?;
+                    if in_state {
+                        newest_new_state = Some(sid);
+                    }
+                    sids.insert(pdu.event_id.clone(), sid);
+                }
             }
-            if let Some(sid) = self.event_sid(&pdu.event_id)? {
-                sids.insert(pdu.event_id.clone(), sid);
-                continue;
+            drop(object);
+            if is_state {
+                state_pdus.push(pdu);
             }
-            let position = self.stream.allocate()?;
-            let sid = position.pos;
-            staged.pending.push(position);
-            let in_state = state_ids.contains(&*pdu.event_id);
-            Rooms::stage_outlier(&mut staged.batch, sid, room_sid, pdu, object, in_state)?;
-            if in_state {
-                newest_new_state = Some(sid);
-            }
-            sids.insert(pdu.event_id.clone(), sid);
         }
+        drop(state_ids);
 
         // The current state and the membership rows, replacing those of a room known before.
         if let Some(old) = &old {
@@ -159,8 +179,8 @@ impl Rooms {
                 staged.batch.delete::<RoomMembers>(&key);
             }
         }
-        let mut before = Vec::with_capacity(state.len());
-        for (pdu, _) in &state {
+        let mut before = Vec::with_capacity(state_pdus.len());
+        for pdu in state_pdus {
             let Some(state_key) = pdu.state_key.clone() else {
                 continue;
             };
@@ -185,7 +205,7 @@ impl Rooms {
                     );
             }
             before.push((kind.clone(), state_key.clone(), sid));
-            staged.state.insert((kind, state_key), (sid, pdu.clone()));
+            staged.state.insert((kind, state_key), (sid, pdu));
         }
         before.sort();
 
