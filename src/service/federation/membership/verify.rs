@@ -218,10 +218,9 @@ fn verify_and_authorise(
 ) -> std::result::Result<JoinedRoom, String> {
     // Signatures and hashes: a forged event fails the join; a wrong hash means the redacted
     // form is what counts (as for any received PDU).
-    // Each event once (the state and the auth chain share events).
+    let mut events: HashMap<OwnedEventId, (Pdu, CanonicalJsonObject)> = HashMap::new();
     let mut state_ids = Vec::with_capacity(state.len());
-    let mut seen: HashSet<OwnedEventId> = HashSet::with_capacity(state.len() + chain.len());
-    let mut unique = Vec::with_capacity(state.len() + chain.len());
+    let mut chain_ids = Vec::with_capacity(chain.len());
     for (event, is_state) in state
         .into_iter()
         .map(|e| (e, true))
@@ -229,17 +228,18 @@ fn verify_and_authorise(
     {
         if is_state {
             state_ids.push(event.event_id.clone());
+        } else {
+            chain_ids.push(event.event_id.clone());
         }
-        if seen.insert(event.event_id.clone()) {
-            unique.push(event);
+        if events.contains_key(&event.event_id) {
+            continue;
         }
+        let event_keys = event.keys.as_deref().unwrap_or(&keys);
+        let (object, _redacted) = checks::verify(event_keys, event.object, rules)
+            .map_err(|e| format!("{}: {e}", event.event_id))?;
+        let pdu = Pdu::from_object(event.event_id.clone(), &object)?;
+        events.insert(event.event_id, (pdu, object));
     }
-    drop(seen);
-    let mut events: HashMap<OwnedEventId, (Pdu, CanonicalJsonObject)> =
-        verify_all(&keys, rules, unique)?
-            .into_iter()
-            .map(|(pdu, object)| (pdu.event_id.clone(), (pdu, object)))
-            .collect();
     let (join_object, redacted) =
         checks::verify(&keys, join_object, rules).map_err(|e| format!("the join event: {e}"))?;
     if redacted {
@@ -321,58 +321,6 @@ fn verify_and_authorise(
         state,
         join: (join_pdu, join_object),
         partial: None,
-    })
-}
-
-/// Checks the signatures and hashes of `events` (each with its own keys, or `keys`) and
-/// converts them, on up to 4 threads (the ed25519 checks dominate a join's CPU): the events
-/// are split into one contiguous run per thread, so each is still held once, and the first
-/// failure in the events' order is the one reported.
-fn verify_all(
-    keys: &PublicKeyMap,
-    rules: &RoomVersionRules,
-    events: Vec<Received>,
-) -> std::result::Result<Vec<(Pdu, CanonicalJsonObject)>, String> {
-    let verify_one = |event: Received| -> std::result::Result<(Pdu, CanonicalJsonObject), String> {
-        let event_keys = event.keys.as_deref().unwrap_or(keys);
-        let (object, _redacted) = checks::verify(event_keys, event.object, rules)
-            .map_err(|e| format!("{}: {e}", event.event_id))?;
-        let pdu = Pdu::from_object(event.event_id, &object)?;
-        Ok((pdu, object))
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    if threads < 2 || events.len() < 256 {
-        return events.into_iter().map(verify_one).collect();
-    }
-    let run = events.len().div_ceil(threads);
-    let mut runs = Vec::with_capacity(threads);
-    let mut rest = events;
-    while rest.len() > run {
-        let tail = rest.split_off(run);
-        runs.push(rest);
-        rest = tail;
-    }
-    runs.push(rest);
-    let verify_one = &verify_one;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = runs
-            .into_iter()
-            .map(|run| {
-                scope.spawn(move || {
-                    run.into_iter()
-                        .map(verify_one)
-                        .collect::<std::result::Result<Vec<_>, String>>()
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for handle in handles {
-            let verified = handle
-                .join()
-                .map_err(|_| "a verification thread panicked".to_owned())??;
-            all.extend(verified);
-        }
-        Ok(all)
     })
 }
 
