@@ -158,13 +158,23 @@ async fn password_hashing_is_bounded_and_costs_the_same_for_unknown_users() {
     .await;
     srv.register("zed", "pw").await;
 
-    let started = Instant::now();
-    assert_eq!(srv.login("zed", "wrong").await.0, StatusCode::FORBIDDEN);
-    let known = started.elapsed();
+    // The fastest of two logins each (fewer than `FREE_FAILURES`, so none is delayed): load
+    // on the machine only ever adds time, so the minimum is the cost of the login itself.
+    let fastest = |user: &'static str| {
+        let srv = &srv;
+        async move {
+            let mut best = Duration::MAX;
+            for _ in 0..2 {
+                let started = Instant::now();
+                assert_eq!(srv.login(user, "wrong").await.0, StatusCode::FORBIDDEN);
+                best = best.min(started.elapsed());
+            }
+            best
+        }
+    };
+    let known = fastest("zed").await;
     for unknown in ["nobody", "@nobody:elsewhere.example"] {
-        let started = Instant::now();
-        assert_eq!(srv.login(unknown, "wrong").await.0, StatusCode::FORBIDDEN);
-        let elapsed = started.elapsed();
+        let elapsed = fastest(unknown).await;
         assert!(
             elapsed * 3 > known,
             "{unknown}: {elapsed:?} vs {known:?} for a known user"
