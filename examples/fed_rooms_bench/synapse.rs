@@ -32,7 +32,16 @@ pub async fn spawn(env: &Env, python: &Path) -> Server {
         std::fs::copy(from, dir.join(to)).unwrap();
     }
     let dir_text = dir.display().to_string();
+    // With `--logs`, Synapse's log goes there (the temporary directory goes at the end).
+    let log_file = match &env.args.logs {
+        Some(logs) => {
+            std::fs::create_dir_all(logs).unwrap();
+            logs.join("synapse.log")
+        }
+        None => dir.join("homeserver.log"),
+    };
     let log = template("log.yaml")
+        .replace("@DIR@/homeserver.log", &log_file.display().to_string())
         .replace("@DIR@", &dir_text)
         .replace("level: INFO", "level: WARNING");
     std::fs::write(dir.join("log.yaml"), log).unwrap();
