@@ -23,6 +23,11 @@
 //!   it (`/sync`); then a burst of `--burst` messages: time until all have the last. A's CPU and
 //!   RSS.
 //!
+//! `--resident synapse`: the big room of the `join` phase lives on a real Synapse instead of
+//! A (`--synapse-python`, see `synapse.rs`); its users register and fill the room through
+//! Synapse's client API, and Hearth servers B join it over federation. Only the `join` phase
+//! then (the others need a Hearth A).
+//!
 //! `--perf DIR` records `perf record --call-graph dwarf` of B during the join and of A during the backlog.
 //!
 //! `cargo run --release --example fed_rooms_bench -- --help`
@@ -35,6 +40,7 @@ use serde_json::json;
 
 mod client;
 mod procs;
+mod synapse;
 
 use client::{bounded, enc, User};
 use procs::{certificates, cpu_s, rss_sampler, signal, status_kb, wchar, Env, Perf, Server};
@@ -58,6 +64,10 @@ target/release/examples/fed_rooms_bench [options]
   --logs DIR           keep the servers' logs (stderr) there
   --log-level LEVEL    the servers' log level (default warn)
   --perf DIR           perf record B's join and A's backlog into DIR
+  --resident KIND      hearth or synapse: the server A holding the big room (default hearth;
+                       synapse runs the join phase only)
+  --synapse-python P   a Python with matrix-synapse (default: target/synapse-venv/bin/python,
+                       as .ci/run installs it)
 ";
 
 struct Args {
@@ -75,6 +85,8 @@ struct Args {
     logs: Option<PathBuf>,
     log_level: String,
     perf: Option<PathBuf>,
+    resident: String,
+    synapse_python: PathBuf,
 }
 
 fn args() -> Args {
@@ -97,6 +109,9 @@ fn args() -> Args {
         logs: None,
         log_level: "warn".into(),
         perf: None,
+        resident: "hearth".into(),
+        synapse_python: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target/synapse-venv/bin/python"),
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     if raw.iter().any(|a| a == "--help" || a == "-h") {
@@ -126,6 +141,8 @@ fn args() -> Args {
             "--logs" => args.logs = Some(PathBuf::from(v)),
             "--log-level" => args.log_level = v.clone(),
             "--perf" => args.perf = Some(PathBuf::from(v)),
+            "--resident" => args.resident = v.clone(),
+            "--synapse-python" => args.synapse_python = PathBuf::from(v),
             other => panic!("unknown argument {other} (see --help)"),
         }
     }
@@ -169,10 +186,15 @@ struct Shared {
 async fn join_phase(env: &Env, table: &mut Table) -> Shared {
     let http = &env.http;
     let args = &env.args;
-    let a = env.spawn("a", 32).await;
+    let a = match args.resident.as_str() {
+        "synapse" => synapse::spawn(env, &args.synapse_python).await,
+        "hearth" => env.spawn("a", 32).await,
+        other => panic!("--resident {other}: hearth or synapse"),
+    };
     let alice = User::register(http, &a.base, "alice").await;
     let room = alice.create_room(http, &args.room_version).await;
-    println!("room {room} on A ({})", a.name);
+    println!("room {room} on A ({}, {})", a.name, args.resident);
+    table.row("A (the room's resident server)", args.resident.clone());
 
     let started = Instant::now();
     let members = args.members.saturating_sub(1);
@@ -630,7 +652,9 @@ async fn main() {
         http: reqwest::Client::new(),
     };
     let mut table = Table(Vec::new());
-    let phase = |name: &str| env.args.phases.iter().any(|p| p == name);
+    let on_synapse = env.args.resident == "synapse";
+    let phase =
+        |name: &str| env.args.phases.iter().any(|p| p == name) && (!on_synapse || name == "join");
     let shared = if phase("join") {
         Some(join_phase(&env, &mut table).await)
     } else {
@@ -643,5 +667,11 @@ async fn main() {
         fanout_phase(&env, shared.as_ref(), &mut table).await;
     }
     table.print();
+    if on_synapse {
+        println!(
+            "\nSynapse's last log lines (warnings and errors):\n{}",
+            synapse::said(&env)
+        );
+    }
     drop(shared);
 }

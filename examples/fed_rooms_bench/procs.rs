@@ -54,12 +54,17 @@ pub fn certificates(dir: &Path) -> [PathBuf; 3] {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // A name of its own: with rcgen's default name on both, the leaf's issuer equals its
+    // subject and OpenSSL (Synapse) takes the leaf for self-signed and rejects it.
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fed_rooms_bench test CA");
     let ca = params.self_signed(&ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let leaf = leaf.signed_by(&leaf_key, &ca, &ca_key).unwrap();
     let paths = [
         dir.join("ca.pem"),
         dir.join("cert.pem"),
