@@ -39,7 +39,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     service::{
-        rooms::{remote_invites::RemoteInvite, NewEvent},
+        rooms::{format::STRIPPED_STATE, remote_invites::RemoteInvite, NewEvent},
         sync::stripped,
         Services,
     },
@@ -52,18 +52,8 @@ const MAX_INVITE_RESPONSE: usize = 256 * 1024;
 /// Most stripped state events kept from an invite or knock.
 pub const MAX_STRIPPED_STATE: usize = 64;
 
-/// State types given (and kept) as stripped state (spec: client-server API, "Stripped state"),
-/// and the server ACL, which the invitee's server checks.
-pub const STRIPPED_TYPES: &[&str] = &[
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-    "m.room.server_acl",
-];
+/// The server ACL, given with the stripped state of an invite: the invitee's server checks it.
+const SERVER_ACL: &str = "m.room.server_acl";
 
 fn invalid(message: impl Into<String>) -> Error {
     Error::invalid_param(message)
@@ -221,7 +211,7 @@ async fn verify_stripped_pdus(
 
 /// Whether `server` passes the server ACL of stripped state (allowed when there is none).
 fn stripped_acl_allows(state: &[Value], server: &ServerName) -> bool {
-    match state.iter().find(|e| e["type"] == "m.room.server_acl") {
+    match state.iter().find(|e| e["type"] == SERVER_ACL) {
         Some(acl) => serde_json::from_value::<RoomServerAclEventContent>(acl["content"].clone())
             .is_ok_and(|content| content.is_allowed(server)),
         None => true,
@@ -343,8 +333,9 @@ fn invite_room_state(
         .room(room_id)?
         .ok_or_else(|| Error::not_found("Unknown room"))?;
     let mut out = Vec::new();
-    let keys = STRIPPED_TYPES
+    let keys = STRIPPED_STATE
         .iter()
+        .chain([&SERVER_ACL])
         .map(|kind| (StateEventType::from(*kind), String::new()))
         .chain([(StateEventType::RoomMember, inviter.to_string())]);
     for (kind, state_key) in keys {

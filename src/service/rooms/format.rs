@@ -6,6 +6,18 @@ use serde_json::{json, Map, Value};
 use super::{Rooms, StoredEvent};
 use crate::service::users::now_ms;
 
+/// State types shown to invitees and knockers as stripped state (client-server API,
+/// "Stripped state"): what a client needs to show a room it is not in.
+pub const STRIPPED_STATE: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
 /// Who is reading: their transaction ids are echoed back only to the device that sent them.
 #[derive(Clone, Copy)]
 pub struct Viewer<'a> {

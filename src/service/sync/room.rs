@@ -29,16 +29,7 @@ const DEFAULT_TIMELINE_LIMIT: usize = 10;
 const MAX_TIMELINE_LIMIT: usize = 100;
 /// Heroes shown in a room summary.
 const HEROES: usize = 5;
-/// State types shown to invitees and knockers (spec: stripped state).
-pub(super) const STRIPPED_STATE: &[&str] = &[
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-];
+pub(super) use crate::service::rooms::format::STRIPPED_STATE;
 
 /// A joined room's section, or `None` when nothing changed since the token.
 pub(super) async fn joined_room(

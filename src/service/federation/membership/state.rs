@@ -19,7 +19,7 @@ use serde_json::value::RawValue as RawJsonValue;
 
 use crate::{
     error::{Error, Result},
-    service::rooms::{Rooms, StoredEvent},
+    service::rooms::{format::STRIPPED_STATE, Rooms, StoredEvent},
 };
 
 /// The most events an auth chain walk visits (a bound against forged or huge graphs).
@@ -27,17 +27,6 @@ const MAX_AUTH_CHAIN: usize = 200_000;
 
 /// Heroes of a room summary (client-server API, `/sync`'s `m.heroes`).
 const HEROES: usize = 5;
-
-/// State types in a knock's stripped state (client-server API, "Stripped state").
-const STRIPPED_STATE: &[&str] = &[
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-];
 
 /// The `send_join` answer, in ruma's shape.
 pub type JoinState = create_join_event::v2::RoomState;
