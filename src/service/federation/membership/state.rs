@@ -9,11 +9,11 @@
 //! auth chains of the join and of what `state` keeps, less the events already in `state`, and
 //! `servers_in_room` lists the servers with joined members before the join.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet};
 
 use ruma::{
     api::federation::membership::{create_join_event, RawStrippedState},
-    CanonicalJsonObject, EventId, OwnedEventId, UserId,
+    CanonicalJsonObject, UserId,
 };
 use serde_json::value::RawValue as RawJsonValue;
 
@@ -21,9 +21,6 @@ use crate::{
     error::{Error, Result},
     service::rooms::{format::STRIPPED_STATE, Rooms, StoredEvent},
 };
-
-/// The most events an auth chain walk visits (a bound against forged or huge graphs).
-const MAX_AUTH_CHAIN: usize = 200_000;
 
 /// Heroes of a room summary (client-server API, `/sync`'s `m.heroes`).
 const HEROES: usize = 5;
@@ -38,34 +35,6 @@ fn raw_of(event: &StoredEvent) -> Result<Box<RawJsonValue>> {
 fn raw_object(object: &CanonicalJsonObject) -> Result<Box<RawJsonValue>> {
     let text = serde_json::to_string(object).map_err(|e| Error::unknown(e.to_string()))?;
     RawJsonValue::from_string(text).map_err(|e| Error::unknown(e.to_string()))
-}
-
-/// Every event in the auth chains of `from` (the events themselves excluded, unless one is in
-/// another's chain), each once.
-pub fn auth_chain(rooms: &Rooms, from: &[&StoredEvent]) -> Result<Vec<StoredEvent>> {
-    let mut seen: HashSet<OwnedEventId> = HashSet::new();
-    let mut queue: VecDeque<OwnedEventId> = from
-        .iter()
-        .flat_map(|e| e.pdu.auth_events.iter().cloned())
-        .collect();
-    let mut chain = Vec::new();
-    while let Some(id) = queue.pop_front() {
-        if !seen.insert(id.clone()) {
-            continue;
-        }
-        if seen.len() > MAX_AUTH_CHAIN {
-            return Err(Error::unknown("the auth chain is too large"));
-        }
-        let Some(event) = rooms.event(&id)? else {
-            // An auth event this server never had (the room was joined with partial data);
-            // the answer goes without it.
-            log::warn!("auth event {id} is not stored here");
-            continue;
-        };
-        queue.extend(event.pdu.auth_events.iter().cloned());
-        chain.push(event);
-    }
-    Ok(chain)
 }
 
 /// The `send_join` answer for the join stored at `join_sid` (see the module doc). `event` is
@@ -110,16 +79,24 @@ pub fn join_state(
         }
         state.push(event);
     }
-    let mut roots: Vec<&StoredEvent> = state.iter().collect();
-    roots.push(&join);
-    let mut chain = auth_chain(rooms, &roots)?;
+    let room = join
+        .pdu
+        .room_id
+        .as_deref()
+        .map(|id| rooms.room(id))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| Error::unknown("room record missing"))?;
+    let mut roots: Vec<u64> = state.iter().map(|e| e.sid).collect();
+    roots.push(join.sid);
+    let mut chain = rooms.auth_chain(&room, &roots)?;
     if omit_members {
-        let in_state: HashSet<&EventId> = state.iter().map(|e| &*e.pdu.event_id).collect();
-        chain.retain(|e| !in_state.contains(&*e.pdu.event_id));
+        let in_state: HashSet<u64> = state.iter().map(|e| e.sid).collect();
+        chain.retain(|sid| !in_state.contains(sid));
     }
     let mut answer = JoinState::new();
     answer.state = state.iter().map(raw_of).collect::<Result<_>>()?;
-    answer.auth_chain = chain.iter().map(raw_of).collect::<Result<_>>()?;
+    answer.auth_chain = rooms.pdus_of(&chain)?;
     answer.members_omitted = members_omitted;
     if omit_members {
         answer.servers_in_room = Some(joined_servers.into_iter().collect());

@@ -220,8 +220,8 @@ impl Rooms {
         Ok(ids)
     }
 
-    /// The stored PDUs of events, as stored.
-    fn pdus_of(&self, sids: &[u64]) -> Result<Vec<Box<RawValue>>> {
+    /// The stored PDUs at `sids`, as stored (those not found left out).
+    pub(crate) fn pdus_of(&self, sids: &[u64]) -> Result<Vec<Box<RawValue>>> {
         let mut pdus = Vec::with_capacity(sids.len());
         for sid in sids {
             if let Some(json) = self.raw_pdu(*sid)? {
