@@ -17,19 +17,17 @@ use ruma::{
     api::federation::membership::{
         create_knock_event, create_leave_event, prepare_knock_event, prepare_leave_event,
     },
-    signatures::hash_and_sign_event,
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId,
-    RoomVersionId, ServerName, UserId,
+    CanonicalJsonObject, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
 };
 use serde_json::{value::RawValue as RawJsonValue, Map, Value};
 
 use super::{
-    invite::{incompatible_version, membership_of, prune_stripped_state, remote_error},
-    pdus::checks,
+    invite::{incompatible_version, prune_stripped_state, remote_error},
+    membership::fill::sign_member_template,
 };
 use crate::{
     error::{Error, Result},
-    service::{rooms::remote_invites::RemoteInvite, users::now_ms, Services},
+    service::{rooms::remote_invites::RemoteInvite, Services},
 };
 
 /// How long one resident server may take for one step.
@@ -48,9 +46,9 @@ fn raw(object: &CanonicalJsonObject) -> Result<Box<RawJsonValue>> {
     RawJsonValue::from_string(json).map_err(|e| Error::unknown(e.to_string()))
 }
 
-/// Fills in and signs a member-event template from a resident server: it must be `user_id`'s
-/// own `membership` event in `room_id`; the time, the reason and `extra` content fields (the
-/// profile of a knock) are ours. Returns the event id and the signed event.
+/// Fills in and signs a member-event template from a resident server
+/// ([`sign_member_template`]); the reason and `extra` content fields (the profile of a knock)
+/// are the user's. Returns the event id and the signed event.
 fn sign_template(
     services: &Services,
     template: &RawJsonValue,
@@ -63,55 +61,10 @@ fn sign_template(
     let rules = version
         .rules()
         .ok_or_else(|| incompatible_version(version))?;
-    let mut object = checks::parse(template).map_err(bad_gateway)?;
-    let field = |o: &CanonicalJsonObject, key: &str| match o.get(key) {
-        Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
-        _ => None,
-    };
-    let fits = field(&object, "type").as_deref() == Some("m.room.member")
-        && field(&object, "state_key").as_deref() == Some(user_id.as_str())
-        && field(&object, "sender").as_deref() == Some(user_id.as_str())
-        && field(&object, "room_id").as_deref() == Some(room_id.as_str())
-        && membership_of(&object) == Some(membership);
-    if !fits {
-        return Err(bad_gateway(format!(
-            "The resident server's template is not a {membership} of this user"
-        )));
-    }
-    for key in ["signatures", "hashes", "unsigned", "event_id"] {
-        object.remove(key);
-    }
-    let server = &services.config.server_name;
-    object.insert("origin".into(), CanonicalJsonValue::String(server.clone()));
-    object.insert(
-        "origin_server_ts".into(),
-        CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
-    );
-    if let Some(CanonicalJsonValue::Object(content)) = object.get_mut("content") {
-        for (key, value) in extra {
-            if let Ok(value) = ruma::canonical_json::to_canonical_value(value) {
-                content.insert(key, value);
-            }
-        }
-    }
-    if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 {
-        let server_name = ServerName::parse(server).map_err(|e| Error::unknown(e.to_string()))?;
-        let id = EventId::new_v1(&server_name);
-        object.insert(
-            "event_id".into(),
-            CanonicalJsonValue::String(id.to_string()),
-        );
-    }
-    hash_and_sign_event(
-        server,
-        &services.keys.keypair,
-        &mut object,
-        &rules.redaction,
+    sign_member_template(
+        services, template, &rules, room_id, user_id, membership, &extra,
     )
-    .map_err(|e| Error::unknown(format!("cannot sign the event: {e}")))?;
-    checks::check_format(&object, &rules).map_err(bad_gateway)?;
-    let event_id = checks::event_id(&object, &rules).map_err(Error::unknown)?;
-    Ok((event_id, object))
+    .map_err(bad_gateway)
 }
 
 /// The servers to try, in order, each once, never this one, at most [`MAX_SERVERS`].

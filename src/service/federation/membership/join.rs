@@ -37,19 +37,15 @@ use std::time::Duration;
 use http::StatusCode;
 use ruma::{
     api::federation::membership::{create_join_event, prepare_join_event},
-    canonical_json::to_canonical_value,
-    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
-    signatures::{hash_and_sign_event, reference_hash},
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId,
-    RoomVersionId, ServerName, UserId,
+    CanonicalJsonObject, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
 };
 use serde_json::{value::RawValue as RawJsonValue, Map, Value};
 
-use super::super::{client::FedError, pdus::checks};
+use super::super::client::FedError;
 use super::verify::check_answer;
 use crate::{
     error::{Error, Result},
-    service::{rooms::Pdu, users::now_ms, Services},
+    service::{rooms::Pdu, Services},
 };
 
 /// The most resident servers tried for one join.
@@ -215,7 +211,16 @@ async fn try_join(
         .rules()
         .filter(|_| supported_versions().contains(&version))
         .ok_or_else(|| failed(format!("unsupported room version {version}")))?;
-    let (event_id, object) = build_join(services, join, &made.event, &rules)?;
+    let (event_id, object) = super::fill::sign_member_template(
+        services,
+        &made.event,
+        &rules,
+        join.room_id,
+        join.user_id,
+        "join",
+        &join.content,
+    )
+    .map_err(failed)?;
     let raw = raw_object(&object).map_err(failed)?;
     let mut request =
         create_join_event::v2::Request::new(join.room_id.to_owned(), event_id.clone(), raw);
@@ -295,83 +300,6 @@ async fn add_to_joined_room(
 fn raw_object(object: &CanonicalJsonObject) -> Result<Box<RawJsonValue>> {
     let text = serde_json::to_string(object).map_err(|e| Error::unknown(e.to_string()))?;
     RawJsonValue::from_string(text).map_err(|e| Error::unknown(e.to_string()))
-}
-
-/// The join event from the resident's template: our origin and time, the user's content,
-/// hashed and signed by this server. Returns its id and the signed object.
-fn build_join(
-    services: &Services,
-    join: &RemoteJoin<'_>,
-    template: &RawJsonValue,
-    rules: &RoomVersionRules,
-) -> std::result::Result<(OwnedEventId, CanonicalJsonObject), Attempt> {
-    let mut value: Value =
-        serde_json::from_str(template.get()).map_err(|e| failed(format!("bad template: {e}")))?;
-    let Some(map) = value.as_object_mut() else {
-        return Err(failed("the template is not an object"));
-    };
-    let own = services.rooms.server_name();
-    let field = |map: &Map<String, Value>, key: &str| {
-        map.get(key).and_then(Value::as_str).map(str::to_owned)
-    };
-    if field(map, "type").as_deref() != Some("m.room.member")
-        || field(map, "sender").as_deref() != Some(join.user_id.as_str())
-        || field(map, "state_key").as_deref() != Some(join.user_id.as_str())
-        || field(map, "room_id").as_deref() != Some(join.room_id.as_str())
-        || map
-            .get("content")
-            .and_then(|c| c.get("membership"))
-            .and_then(Value::as_str)
-            != Some("join")
-    {
-        return Err(failed(
-            "the template is not a join of this user to this room",
-        ));
-    }
-    for key in ["signatures", "hashes", "unsigned", "event_id"] {
-        map.remove(key);
-    }
-    map.insert("origin".into(), Value::String(own.to_string()));
-    map.insert("origin_server_ts".into(), Value::from(now_ms()));
-    let content = map
-        .get_mut("content")
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| failed("the template has no content"))?;
-    let authoriser = content.get("join_authorised_via_users_server").cloned();
-    content.clear();
-    content.insert("membership".into(), Value::from("join"));
-    for (key, value) in &join.content {
-        content.insert(key.clone(), value.clone());
-    }
-    if let Some(authoriser) = authoriser {
-        content.insert("join_authorised_via_users_server".into(), authoriser);
-    }
-    if rules.event_id_format == EventIdFormatVersion::V1 {
-        map.insert(
-            "event_id".into(),
-            Value::String(EventId::new_v1(own).to_string()),
-        );
-    }
-    let CanonicalJsonValue::Object(mut object) =
-        to_canonical_value(value).map_err(|e| failed(format!("bad template: {e}")))?
-    else {
-        return Err(failed("the template is not an object"));
-    };
-    hash_and_sign_event(
-        own.as_str(),
-        &services.keys.keypair,
-        &mut object,
-        &rules.redaction,
-    )
-    .map_err(|e| failed(format!("cannot sign the join: {e}")))?;
-    let event_id = match rules.event_id_format {
-        EventIdFormatVersion::V1 => checks::event_id(&object, rules).map_err(failed)?,
-        _ => {
-            let hash = reference_hash(&object, rules).map_err(failed)?;
-            EventId::parse(format!("${hash}")).map_err(failed)?
-        }
-    };
-    Ok((event_id, object))
 }
 
 /// A local user's join (`/join`): through this server when it is in the room (a local user

@@ -22,6 +22,7 @@
 //!
 //! As the **joining** server: [`join`].
 
+pub mod fill;
 pub mod join;
 pub mod partial;
 mod state;
