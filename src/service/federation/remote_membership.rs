@@ -23,7 +23,7 @@ use serde_json::{value::RawValue as RawJsonValue, Map, Value};
 
 use super::{
     invite::{incompatible_version, prune_stripped_state, remote_error},
-    membership::fill::sign_member_template,
+    membership::fill::{raw_object, sign_member_template},
 };
 use crate::{
     error::{Error, Result},
@@ -39,11 +39,6 @@ const MAX_SERVERS: usize = 5;
 
 fn bad_gateway(message: impl Into<String>) -> Error {
     Error::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", message)
-}
-
-fn raw(object: &CanonicalJsonObject) -> Result<Box<RawJsonValue>> {
-    let json = serde_json::to_string(object).map_err(|e| Error::unknown(e.to_string()))?;
-    RawJsonValue::from_string(json).map_err(|e| Error::unknown(e.to_string()))
 }
 
 /// Fills in and signs a member-event template from a resident server
@@ -111,8 +106,11 @@ async fn leave_via(
         "leave",
         extra,
     )?;
-    let request =
-        create_leave_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw(&object)?);
+    let request = create_leave_event::v2::Request::new(
+        room_id.to_owned(),
+        event_id.clone(),
+        raw_object(&object)?,
+    );
     services
         .federation
         .send_with_limits(server, request, STEP_TIMEOUT, MAX_RESPONSE)
@@ -254,8 +252,11 @@ async fn knock_via(
         "knock",
         extra,
     )?;
-    let request =
-        create_knock_event::v1::Request::new(room_id.to_owned(), event_id.clone(), raw(&object)?);
+    let request = create_knock_event::v1::Request::new(
+        room_id.to_owned(),
+        event_id.clone(),
+        raw_object(&object)?,
+    );
     let answer = services
         .federation
         .send_with_limits(server, request, STEP_TIMEOUT, MAX_RESPONSE)

@@ -10,7 +10,10 @@ use ruma::{
 };
 use serde_json::{value::RawValue as RawJsonValue, Map, Value};
 
-use crate::service::{federation::pdus::checks, users::now_ms, Services};
+use crate::{
+    error::{Error, Result},
+    service::{federation::pdus::checks, users::now_ms, Services},
+};
 
 /// Fills in and signs `template`, which must be `user_id`'s own `membership` event in
 /// `room_id`. The content is `membership` and the user's `content` fields; of the resident's
@@ -25,7 +28,7 @@ pub fn sign_member_template(
     user_id: &UserId,
     membership: &str,
     content: &Map<String, Value>,
-) -> Result<(OwnedEventId, CanonicalJsonObject), String> {
+) -> std::result::Result<(OwnedEventId, CanonicalJsonObject), String> {
     let mut value: Value =
         serde_json::from_str(template.get()).map_err(|e| format!("bad template: {e}"))?;
     let Some(map) = value.as_object_mut() else {
@@ -88,4 +91,10 @@ pub fn sign_member_template(
     checks::check_format(&object, rules)?;
     let event_id = checks::event_id(&object, rules)?;
     Ok((event_id, object))
+}
+
+/// An event as the raw JSON a federation request carries.
+pub fn raw_object(object: &CanonicalJsonObject) -> Result<Box<RawJsonValue>> {
+    let text = serde_json::to_string(object).map_err(|e| Error::unknown(e.to_string()))?;
+    RawJsonValue::from_string(text).map_err(|e| Error::unknown(e.to_string()))
 }

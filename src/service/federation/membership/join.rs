@@ -39,9 +39,10 @@ use ruma::{
     api::federation::membership::{create_join_event, prepare_join_event},
     CanonicalJsonObject, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
 };
-use serde_json::{value::RawValue as RawJsonValue, Map, Value};
+use serde_json::{Map, Value};
 
 use super::super::client::FedError;
+use super::fill::raw_object;
 use super::verify::check_answer;
 use crate::{
     error::{Error, Result},
@@ -295,11 +296,6 @@ async fn add_to_joined_room(
         super::super::pdus::Direct::Refused(reason) => Err(Attempt::Failed(reason)),
         _ => Ok(()),
     }
-}
-
-fn raw_object(object: &CanonicalJsonObject) -> Result<Box<RawJsonValue>> {
-    let text = serde_json::to_string(object).map_err(|e| Error::unknown(e.to_string()))?;
-    RawJsonValue::from_string(text).map_err(|e| Error::unknown(e.to_string()))
 }
 
 /// A local user's join (`/join`): through this server when it is in the room (a local user

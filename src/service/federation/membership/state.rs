@@ -17,6 +17,7 @@ use ruma::{
 };
 use serde_json::value::RawValue as RawJsonValue;
 
+use super::fill::raw_object;
 use crate::{
     error::{Error, Result},
     service::rooms::{format::STRIPPED_STATE, Rooms, StoredEvent},
@@ -30,11 +31,6 @@ pub type JoinState = create_join_event::v2::RoomState;
 
 fn raw_of(event: &StoredEvent) -> Result<Box<RawJsonValue>> {
     raw_object(&event.json)
-}
-
-fn raw_object(object: &CanonicalJsonObject) -> Result<Box<RawJsonValue>> {
-    let text = serde_json::to_string(object).map_err(|e| Error::unknown(e.to_string()))?;
-    RawJsonValue::from_string(text).map_err(|e| Error::unknown(e.to_string()))
 }
 
 /// The `send_join` answer for the join stored at `join_sid` (see the module doc). `event` is
