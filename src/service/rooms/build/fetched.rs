@@ -33,9 +33,23 @@ impl Staged<'_> {
         Ok(self.remote_event_pdu(id)?.is_some())
     }
 
-    /// The authorization rules against the event's own auth events (server-server API, step
-    /// 4), all of which must be known: what an outlier must pass.
+    /// The authorization rules against the event's own auth events: what an outlier must
+    /// pass.
     pub fn authorise_outlier(&self, pdu: &Pdu) -> Result<Verdict> {
+        Ok(match self.check_auth_events(pdu)? {
+            Ok(_) => Verdict::Accepted,
+            Err(verdict) => verdict,
+        })
+    }
+
+    /// Step 4 of the checks on receipt (server-server API): the authorization rules against
+    /// the event's own auth events, all of which must be known (rejected events are not in
+    /// `event_ids`, so they read as unknown here; callers tell them apart). Returns the auth
+    /// events when the event passes, else the verdict.
+    pub fn check_auth_events(
+        &self,
+        pdu: &Pdu,
+    ) -> Result<std::result::Result<HashMap<OwnedEventId, Pdu>, Verdict>> {
         let rules = &self.rules.authorization;
         let mut auth: HashMap<OwnedEventId, Pdu> = HashMap::new();
         for id in &pdu.auth_events {
@@ -43,7 +57,11 @@ impl Staged<'_> {
                 Some(event) => {
                     auth.insert(id.clone(), event);
                 }
-                None => return Ok(Verdict::MissingAuth(format!("unknown auth event {id}"))),
+                None => {
+                    return Ok(Err(Verdict::MissingAuth(format!(
+                        "unknown auth event {id}"
+                    ))))
+                }
             }
         }
         if rules.room_create_event_id_as_room_id {
@@ -58,7 +76,7 @@ impl Staged<'_> {
             }
         }
         if let Err(e) = check_state_independent_auth_rules(rules, pdu, |id| auth.get(id).cloned()) {
-            return Ok(Verdict::Rejected(format!("auth events: {e}")));
+            return Ok(Err(Verdict::Rejected(format!("auth events: {e}"))));
         }
         let by_key: HashMap<(String, String), &Pdu> = auth
             .values()
@@ -70,9 +88,9 @@ impl Staged<'_> {
                 .map(|p| (*p).clone())
         };
         if let Err(e) = check_state_dependent_auth_rules(rules, pdu, from_auth) {
-            return Ok(Verdict::Rejected(format!("auth events: {e}")));
+            return Ok(Err(Verdict::Rejected(format!("auth events: {e}"))));
         }
-        Ok(Verdict::Accepted)
+        Ok(Ok(auth))
     }
 
     /// Stages an outlier (already verified and authorised against its auth events).

@@ -14,9 +14,8 @@
 use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
-    events::StateEventType,
-    state_res::{check_state_dependent_auth_rules, check_state_independent_auth_rules},
-    CanonicalJsonObject, EventId, OwnedEventId,
+    events::StateEventType, state_res::check_state_dependent_auth_rules, CanonicalJsonObject,
+    EventId, OwnedEventId,
 };
 use serde_json::Value;
 
@@ -235,32 +234,11 @@ impl Staged<'_> {
     pub fn authorise_remote(&self, pdu: &Pdu, state: &StateBefore) -> Result<Verdict> {
         let rules = &self.rules.authorization;
         let rooms = self.rooms;
-        // Step 4: the auth events, which must all be known and not rejected (rejected events
-        // are not in `event_ids`, so they read as unknown here; the caller tells them apart).
-        let mut auth: HashMap<OwnedEventId, Pdu> = HashMap::new();
-        for id in &pdu.auth_events {
-            match self.remote_event_pdu(id)? {
-                Some(event) => {
-                    auth.insert(id.clone(), event);
-                }
-                None => return Ok(Verdict::MissingAuth(format!("unknown auth event {id}"))),
-            }
-        }
-        let create_id = pdu
-            .room_id
-            .as_ref()
-            .filter(|_| rules.room_create_event_id_as_room_id)
-            .and_then(|room| EventId::parse(format!("${}", room.strip_sigil())).ok());
-        if let Some(id) = &create_id {
-            if !auth.contains_key(id) {
-                if let Some(event) = self.remote_event_pdu(id)? {
-                    auth.insert(id.clone(), event);
-                }
-            }
-        }
-        if let Err(e) = check_state_independent_auth_rules(rules, pdu, |id| auth.get(id).cloned()) {
-            return Ok(Verdict::Rejected(format!("auth events: {e}")));
-        }
+        // Step 4: the auth events (`build/fetched.rs`).
+        let auth = match self.check_auth_events(pdu)? {
+            Ok(auth) => auth,
+            Err(verdict) => return Ok(verdict),
+        };
         let by_key: HashMap<(String, String), &Pdu> = auth
             .values()
             .filter_map(|p| Some(((p.kind.to_string(), p.state_key.clone()?), p)))
@@ -270,9 +248,6 @@ impl Staged<'_> {
                 .get(&(kind.to_string(), key.to_owned()))
                 .map(|p| (*p).clone())
         };
-        if let Err(e) = check_state_dependent_auth_rules(rules, pdu, from_auth) {
-            return Ok(Verdict::Rejected(format!("auth events: {e}")));
-        }
         // A partial-state room (`rooms/partial_state.rs`) lacks most member events: a key the
         // stored state does not have is taken from the event's own auth events (checked just
         // above), so an event is not rejected for state this server has yet to fetch.
