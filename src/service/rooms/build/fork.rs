@@ -1,9 +1,9 @@
 //! Forks in the room's graph: when a remote state event was sent on another branch than the
 //! room's current state (concurrent state changes on several servers), or an event's state
 //! came from another server across a gap, the room's current state becomes the state
-//! resolution (v2, `rooms/resolve.rs`) of the current state and the state after that event.
-//! Every server doing the same on the same events ends with the same state, whichever order
-//! the events arrived in.
+//! resolution (`rooms/resolve/`: v1 in room version 1, v2 after) of the current state and
+//! the state after that event. Every server doing the same on the same events ends with the
+//! same state, whichever order the events arrived in.
 //!
 //! The resolved state is written where the current state lives: the changed `current_state`
 //! and membership rows, and a full `state_snapshots` row at the event, which becomes the head

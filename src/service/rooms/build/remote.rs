@@ -212,8 +212,8 @@ impl Staged<'_> {
                 fetched: false,
             },
             // Prev events with different states: the state before the event is their
-            // resolution. Should that be out of reach (state resolution v1, or auth chains past
-            // the bound), the newest of them stands in; the event still has to pass its auth
+            // resolution. Should that be out of reach (auth chains past the bound, a missing
+            // event), the newest of them stands in; the event still has to pass its auth
             // events and the current state.
             _ => StateBefore {
                 head: heads.iter().max().copied().flatten(),

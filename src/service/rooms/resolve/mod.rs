@@ -1,9 +1,14 @@
-//! State resolution v2 (ruma) over the states at several stored events: the state before a
-//! remote event whose prev events have different states.
+//! State resolution over the states at several stored events: the state before a remote
+//! event whose prev events have different states, and the current state after a fork
+//! (`build/fork.rs`). Room version 1 resolves with the first algorithm ([`v1`]), every later
+//! version with state resolution v2 (ruma).
 //!
-//! Everything is read from the store, and every walk is bounded: a resolution that would need
-//! more than [`MAX_AUTH_EVENTS`] events of auth chain returns `None`, and the caller falls back
-//! (see `build/remote.rs`).
+//! Everything is read from the store, and every walk is bounded: a v2 resolution that would
+//! need more than [`MAX_AUTH_EVENTS`] events of auth chain returns `None`, and the caller falls
+//! back (see `build/remote.rs`). v1 walks no auth chains (it reads the conflicted events and
+//! the entries of the state the authorization rules look at).
+
+mod v1;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -28,8 +33,7 @@ pub type StateIds = StateMap<OwnedEventId>;
 
 impl Rooms {
     /// Resolves the states whose state-chain heads are `heads` (the states at some stored
-    /// events). `None` when the room version resolves state with v1 (not supported) or the
-    /// auth chains exceed the bound.
+    /// events). `None` when the auth chains exceed the bound or an event is missing.
     pub fn resolve_states(
         &self,
         rules: &RoomVersionRules,
@@ -58,17 +62,14 @@ impl Rooms {
     }
 
     /// Resolves the given states. Events are read from `staged` (events of a batch not yet
-    /// committed) or the store. `None` when the room version resolves state with v1 (not
-    /// supported), the auth chains exceed the bound, or an event is missing.
+    /// committed) or the store. `None` when the auth chains exceed the bound or an event is
+    /// missing.
     pub fn resolve_maps(
         &self,
         rules: &RoomVersionRules,
         maps: &[StateIds],
         staged: &HashMap<OwnedEventId, Pdu>,
     ) -> Result<Option<ResolvedState>> {
-        let StateResolutionVersion::V2(state_res_rules) = &rules.state_res else {
-            return Ok(None);
-        };
         // Events read during resolution, so each is parsed once.
         let cache: std::cell::RefCell<HashMap<OwnedEventId, Option<Pdu>>> = Default::default();
         let fetch = |id: &ruma::EventId| -> Option<Pdu> {
@@ -81,6 +82,20 @@ impl Rooms {
             let pdu = self.event(id).ok().flatten().map(|e| e.pdu);
             cache.borrow_mut().insert(id.to_owned(), pdu.clone());
             pdu
+        };
+        let state_res_rules = match &rules.state_res {
+            StateResolutionVersion::V2(state_res_rules) => state_res_rules,
+            StateResolutionVersion::V1 => {
+                return Ok(match v1::resolve(&rules.authorization, maps, &fetch) {
+                    Ok(resolved) => Some(from_state_ids(resolved)),
+                    Err(e) => {
+                        log::warn!("state resolution (v1) failed: {e}");
+                        None
+                    }
+                })
+            }
+            // An algorithm newer than this server: no resolution (the callers fall back).
+            _ => return Ok(None),
         };
         let mut budget = MAX_AUTH_EVENTS;
         let mut chains = Vec::new();
@@ -102,18 +117,21 @@ impl Rooms {
             |id| fetch(id),
             subgraph,
         ) {
-            Ok(resolved) => Ok(Some(
-                resolved
-                    .into_iter()
-                    .map(|((kind, key), id)| ((kind.to_string(), key), id))
-                    .collect(),
-            )),
+            Ok(resolved) => Ok(Some(from_state_ids(resolved))),
             Err(e) => {
                 log::warn!("state resolution failed: {e}");
                 Ok(None)
             }
         }
     }
+}
+
+/// A state as ruma gives it, as a resolved state.
+fn from_state_ids(state: StateIds) -> ResolvedState {
+    state
+        .into_iter()
+        .map(|((kind, key), id)| ((kind.to_string(), key), id))
+        .collect()
 }
 
 /// A resolved state as ruma reads it.
