@@ -24,6 +24,7 @@ mod fed_common;
 mod fed_discovery;
 mod fed_edus;
 mod fed_fetch;
+mod fed_forks;
 mod fed_history;
 mod fed_invites;
 mod fed_joined_serve;

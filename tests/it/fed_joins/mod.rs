@@ -24,7 +24,12 @@ fn services(s: &FedServer) -> &hearth::service::Services {
 }
 
 /// `/join/{room}` with `server_name`/`via` servers.
-async fn join_via(srv: &FedServer, token: &str, room: &str, via: &[&str]) -> (StatusCode, Value) {
+pub(crate) async fn join_via(
+    srv: &FedServer,
+    token: &str,
+    room: &str,
+    via: &[&str],
+) -> (StatusCode, Value) {
     let query: Vec<String> = via
         .iter()
         .map(|s| format!("server_name={}", enc(s)))
@@ -37,7 +42,13 @@ async fn join_via(srv: &FedServer, token: &str, room: &str, via: &[&str]) -> (St
     .await
 }
 
-async fn send_text(srv: &FedServer, token: &str, room: &str, txn: &str, body: &str) -> String {
+pub(crate) async fn send_text(
+    srv: &FedServer,
+    token: &str,
+    room: &str,
+    txn: &str,
+    body: &str,
+) -> String {
     let (status, sent) = srv
         .put(
             &format!(
@@ -53,7 +64,7 @@ async fn send_text(srv: &FedServer, token: &str, room: &str, txn: &str, body: &s
 }
 
 /// Syncs until the room's timeline shows a message with `body` (bounded: 20 s).
-async fn wait_for_message(srv: &FedServer, token: &str, room: &str, body: &str) {
+pub(crate) async fn wait_for_message(srv: &FedServer, token: &str, room: &str, body: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut since: Option<String> = None;
     loop {
@@ -103,7 +114,11 @@ async fn wait_for_membership(srv: &FedServer, token: &str, room: &str, user: &st
 }
 
 /// The room's state on `srv` as `(type, state_key) → event_id`, sorted.
-async fn state_ids(srv: &FedServer, token: &str, room: &str) -> Vec<(String, String, String)> {
+pub(crate) async fn state_ids(
+    srv: &FedServer,
+    token: &str,
+    room: &str,
+) -> Vec<(String, String, String)> {
     // A room joined with partial state: its state once the full state is fetched.
     crate::fed_partial::wait_for_full_state(srv, room).await;
     let (status, state) = srv

@@ -86,13 +86,20 @@ impl Rooms {
         let state_res_rules = match &rules.state_res {
             StateResolutionVersion::V2(state_res_rules) => state_res_rules,
             StateResolutionVersion::V1 => {
-                return Ok(match v1::resolve(&rules.authorization, maps, &fetch) {
-                    Ok(resolved) => Some(from_state_ids(resolved)),
-                    Err(e) => {
-                        log::warn!("state resolution (v1) failed: {e}");
-                        None
-                    }
-                })
+                let partial = maps
+                    .iter()
+                    .flat_map(|map| map.values())
+                    .find_map(|id| fetch(id)?.room_id)
+                    .is_some_and(|room_id| self.is_partial_state(&room_id));
+                return Ok(
+                    match v1::resolve(&rules.authorization, maps, partial, &fetch) {
+                        Ok(resolved) => Some(from_state_ids(resolved)),
+                        Err(e) => {
+                            log::warn!("state resolution (v1) failed: {e}");
+                            None
+                        }
+                    },
+                );
             }
             // An algorithm newer than this server: no resolution (the callers fall back).
             _ => return Ok(None),

@@ -20,6 +20,11 @@
 //! - when no event of another key passes, the last in that order (lowest depth, then highest
 //!   `sha1(event_id)`) stands.
 //!
+//! In a room joined with partial state (`rooms/partial_state.rs`) the states lack most member
+//! events: a key `R` lacks is then taken from the checked event's own auth events, as the
+//! checks on receipt do (`build/remote.rs`), so that an event is not refused for state this
+//! server has yet to fetch.
+//!
 //! Only the state-dependent authorization rules are checked here: the events passed the
 //! others when they were received. Nothing is walked beyond the conflicted events and the
 //! entries of `R` the rules read, so the cost is bounded by the size of the states.
@@ -38,13 +43,20 @@ use crate::service::rooms::Pdu;
 
 type Key = (StateEventType, String);
 
-/// Resolves `states` (see the module doc). `fetch` reads an event by id; a conflicted event it
-/// cannot read makes the resolution fail (`Err` names it), as a state is then not known whole.
+/// Resolves `states` (see the module doc); `partial` when they are states of a room joined
+/// with partial state. `fetch` reads an event by id; a conflicted event it cannot read makes
+/// the resolution fail (`Err` names it), as a state is then not known whole.
 pub fn resolve(
     rules: &AuthorizationRules,
     states: &[StateMap<OwnedEventId>],
+    partial: bool,
     fetch: &impl Fn(&EventId) -> Option<Pdu>,
 ) -> Result<StateMap<OwnedEventId>, String> {
+    let check = Check {
+        rules,
+        partial,
+        fetch,
+    };
     let (mut resolved, conflicted) = separate(states);
     // Sorted by key, so that every server visits the keys in one order (the outcome does not
     // depend on it, but logs and ties read the same everywhere).
@@ -61,9 +73,7 @@ pub fn resolve(
 
     let power = (StateEventType::RoomPowerLevels, String::new());
     if let Some(events) = conflicted.remove(&power) {
-        resolved.extend(
-            resolve_auth_events(rules, &power, events, &resolved, fetch).map(|w| (power, w)),
-        );
+        resolved.extend(resolve_auth_events(&check, &power, events, &resolved).map(|w| (power, w)));
     }
     for kind in [StateEventType::RoomJoinRules, StateEventType::RoomMember] {
         let keys: Vec<Key> = conflicted
@@ -74,7 +84,7 @@ pub fn resolve(
         let mut winners = Vec::with_capacity(keys.len());
         for key in keys {
             let events = conflicted.remove(&key).unwrap_or_default();
-            if let Some(winner) = resolve_auth_events(rules, &key, events, &resolved, fetch) {
+            if let Some(winner) = resolve_auth_events(&check, &key, events, &resolved) {
                 winners.push((key, winner));
             }
         }
@@ -82,9 +92,7 @@ pub fn resolve(
     }
     let winners: Vec<(Key, OwnedEventId)> = conflicted
         .into_iter()
-        .filter_map(|(key, events)| {
-            Some((key, resolve_normal_events(rules, events, &resolved, fetch)?))
-        })
+        .filter_map(|(key, events)| Some((key, resolve_normal_events(&check, events, &resolved)?)))
         .collect();
     resolved.extend(winners);
     Ok(resolved)
@@ -122,41 +130,62 @@ fn sha1_of(id: &EventId) -> [u8; 20] {
     Sha1::digest(id.as_str().as_bytes()).into()
 }
 
-/// Whether `event` passes the state-dependent authorization rules in `state`, with
-/// `replaced` (an event of `key`) standing in for that key.
-fn passes(
-    rules: &AuthorizationRules,
-    event: &Pdu,
-    state: &StateMap<OwnedEventId>,
-    replaced: Option<(&Key, &Pdu)>,
-    fetch: &impl Fn(&EventId) -> Option<Pdu>,
-) -> bool {
-    let lookup = |kind: &StateEventType, state_key: &str| -> Option<Pdu> {
-        if let Some(((k, sk), pdu)) = replaced {
-            if k == kind && sk == state_key {
-                return Some(pdu.clone());
+/// The authorization check of one resolution.
+struct Check<'a, F> {
+    rules: &'a AuthorizationRules,
+    partial: bool,
+    fetch: &'a F,
+}
+
+impl<F: Fn(&EventId) -> Option<Pdu>> Check<'_, F> {
+    /// Whether `event` passes the state-dependent authorization rules in `state`, with
+    /// `replaced` (an event of `key`) standing in for that key.
+    fn passes(
+        &self,
+        event: &Pdu,
+        state: &StateMap<OwnedEventId>,
+        replaced: Option<(&Key, &Pdu)>,
+    ) -> bool {
+        let lookup = |kind: &StateEventType, state_key: &str| -> Option<Pdu> {
+            if let Some(((k, sk), pdu)) = replaced {
+                if k == kind && sk == state_key {
+                    return Some(pdu.clone());
+                }
             }
-        }
-        fetch(state.get(&(kind.clone(), state_key.to_owned()))?)
-    };
-    check_state_dependent_auth_rules(rules, event, lookup).is_ok()
+            match state.get(&(kind.clone(), state_key.to_owned())) {
+                Some(id) => (self.fetch)(id),
+                None if self.partial => self.from_auth_events(event, kind, state_key),
+                None => None,
+            }
+        };
+        check_state_dependent_auth_rules(self.rules, event, lookup).is_ok()
+    }
+
+    /// The auth event of `event` at `(kind, state_key)`, if it has one.
+    fn from_auth_events(&self, event: &Pdu, kind: &StateEventType, state_key: &str) -> Option<Pdu> {
+        let kind = kind.to_string();
+        event
+            .auth_events
+            .iter()
+            .filter_map(|id| (self.fetch)(id))
+            .find(|a| a.kind.to_string() == kind && a.state_key.as_deref() == Some(state_key))
+    }
 }
 
 /// The events of one key (`key`) that rules authorization (power levels, join rules, a
 /// member): from the lowest, each next one stands while it is allowed with the one before it
 /// in the state. `None` only for no events.
-fn resolve_auth_events(
-    rules: &AuthorizationRules,
+fn resolve_auth_events<F: Fn(&EventId) -> Option<Pdu>>(
+    check: &Check<'_, F>,
     key: &Key,
     mut events: Vec<Pdu>,
     state: &StateMap<OwnedEventId>,
-    fetch: &impl Fn(&EventId) -> Option<Pdu>,
 ) -> Option<OwnedEventId> {
     events.sort_by_cached_key(|e| (e.depth, std::cmp::Reverse(sha1_of(&e.event_id))));
     let mut events = events.into_iter();
     let mut standing = events.next()?;
     for event in events {
-        if !passes(rules, &event, state, Some((key, &standing)), fetch) {
+        if !check.passes(&event, state, Some((key, &standing))) {
             break;
         }
         standing = event;
@@ -166,17 +195,13 @@ fn resolve_auth_events(
 
 /// The events of any other key: the highest that is allowed in the state, else the lowest.
 /// `None` only for no events.
-fn resolve_normal_events(
-    rules: &AuthorizationRules,
+fn resolve_normal_events<F: Fn(&EventId) -> Option<Pdu>>(
+    check: &Check<'_, F>,
     mut events: Vec<Pdu>,
     state: &StateMap<OwnedEventId>,
-    fetch: &impl Fn(&EventId) -> Option<Pdu>,
 ) -> Option<OwnedEventId> {
     events.sort_by_cached_key(|e| (std::cmp::Reverse(e.depth), sha1_of(&e.event_id)));
-    match events
-        .iter()
-        .position(|e| passes(rules, e, state, None, fetch))
-    {
+    match events.iter().position(|e| check.passes(e, state, None)) {
         Some(i) => Some(events.swap_remove(i).event_id),
         None => events.pop().map(|e| e.event_id),
     }

@@ -141,7 +141,7 @@ impl Room {
 
     fn resolve(&self, states: &[StateMap<OwnedEventId>]) -> StateMap<OwnedEventId> {
         let fetch = |id: &EventId| self.events.get(id).cloned();
-        resolve(&rules(), states, &fetch).unwrap()
+        resolve(&rules(), states, false, &fetch).unwrap()
     }
 
     /// The event the resolution of `states` holds at `(kind, state_key)`.
@@ -339,5 +339,27 @@ fn a_missing_conflicted_event_fails_the_resolution() {
     let states = [room.branch(&[&t1]), room.branch(&[&t2])];
     room.events.remove(&t2);
     let fetch = |id: &EventId| room.events.get(id).cloned();
-    assert!(resolve(&rules(), &states, &fetch).is_err());
+    assert!(resolve(&rules(), &states, false, &fetch).is_err());
+}
+
+#[test]
+fn with_partial_state_a_member_the_state_lacks_comes_from_the_auth_events() {
+    let mut room = Room::new();
+    let demote = room.power("demote", ALICE, json!({ALICE: 100, BOB: 0}), 10);
+    let alice_join = room.base[&(StateEventType::RoomMember, ALICE.to_owned())].clone();
+    let power = room.base[&(StateEventType::RoomPowerLevels, String::new())].clone();
+    let create = room.base[&(StateEventType::RoomCreate, String::new())].clone();
+    room.events.get_mut(&demote).unwrap().auth_events = vec![create, power, alice_join];
+    // A partial state: alice's member event left out.
+    let mut states = [room.branch(&[&demote]), room.branch(&[])];
+    for state in &mut states {
+        state.remove(&(StateEventType::RoomMember, ALICE.to_owned()));
+    }
+    let fetch = |id: &EventId| room.events.get(id).cloned();
+    let key = (StateEventType::RoomPowerLevels, String::new());
+    let partial = resolve(&rules(), &states, true, &fetch).unwrap();
+    assert_eq!(partial[&key], demote);
+    // With the full state, a sender missing from it is not in the room.
+    let full = resolve(&rules(), &states, false, &fetch).unwrap();
+    assert_eq!(full[&key], room.base[&key]);
 }
