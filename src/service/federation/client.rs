@@ -63,6 +63,30 @@ pub struct FederationClient {
     outbound: Outbound,
 }
 
+impl FedError {
+    /// Whether the other server does not know the endpoint: 404 or 405 without a Matrix error
+    /// of its own or with `M_UNRECOGNIZED` (spec 1.6), or the 400 `M_UNRECOGNIZED` of older
+    /// servers. A 404 with another error code (`M_NOT_FOUND`) is an answer of the endpoint.
+    pub fn is_unknown_endpoint(&self) -> bool {
+        let FedError::Remote {
+            status, errcode, ..
+        } = self
+        else {
+            return false;
+        };
+        match *status {
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                errcode == "M_UNRECOGNIZED" || errcode == NO_ERRCODE
+            }
+            StatusCode::BAD_REQUEST => errcode == "M_UNRECOGNIZED",
+            _ => false,
+        }
+    }
+}
+
+/// The error code of a [`FedError::Remote`] whose answer named none (not a Matrix error).
+const NO_ERRCODE: &str = "M_UNKNOWN";
+
 impl FederationClient {
     pub fn new(server_name: OwnedServerName, keys: Arc<ServerKeys>, outbound: Outbound) -> Self {
         FederationClient {
@@ -166,6 +190,33 @@ impl FederationClient {
         self.exchange(destination, request, timeout, max_body).await
     }
 
+    /// A signed request with a JSON body that ruma's request types cannot carry (the v1
+    /// invite's body is the event itself, fields ruma does not model included). Returns the
+    /// body of a success; an error status is a [`FedError::Remote`].
+    pub async fn send_json(
+        &self,
+        destination: &ServerName,
+        method: http::Method,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Bytes, FedError> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .map_err(|e| FedError::Request(e.to_string()))?;
+        let response = self
+            .send_raw(destination, request, true, timeout, max_body)
+            .await?;
+        if !response.status().is_success() {
+            return Err(remote_error(&response));
+        }
+        Ok(response.into_body())
+    }
+
     fn check_destination(&self, destination: &ServerName) -> Result<(), FedError> {
         if destination == self.server_name {
             return Err(FedError::ToSelf);
@@ -201,25 +252,28 @@ fn base_url(destination: &ServerName) -> String {
 fn decode<R: OutgoingRequest>(
     response: http::Response<Bytes>,
 ) -> Result<R::IncomingResponse, FedError> {
-    let status = response.status();
-    if !status.is_success() {
-        #[derive(serde::Deserialize)]
-        struct MatrixError {
-            errcode: Option<String>,
-            error: Option<String>,
-        }
-        let body: Option<MatrixError> = serde_json::from_slice(response.body()).ok();
-        let (errcode, error) = body.map_or((None, None), |b| (b.errcode, b.error));
-        return Err(FedError::Remote {
-            status,
-            errcode: errcode.unwrap_or_else(|| "M_UNKNOWN".into()),
-            error: error.unwrap_or_else(|| {
-                String::from_utf8_lossy(&response.body()[..response.body().len().min(200)])
-                    .into_owned()
-            }),
-        });
+    if !response.status().is_success() {
+        return Err(remote_error(&response));
     }
     let (parts, body) = response.into_parts();
     R::IncomingResponse::try_from_http_response(http::Response::from_parts(parts, &body[..]))
         .map_err(|e| FedError::Response(e.to_string()))
+}
+
+/// The Matrix error of an error answer (its status, and [`NO_ERRCODE`] when it names none).
+fn remote_error(response: &http::Response<Bytes>) -> FedError {
+    #[derive(serde::Deserialize)]
+    struct MatrixError {
+        errcode: Option<String>,
+        error: Option<String>,
+    }
+    let body: Option<MatrixError> = serde_json::from_slice(response.body()).ok();
+    let (errcode, error) = body.map_or((None, None), |b| (b.errcode, b.error));
+    FedError::Remote {
+        status: response.status(),
+        errcode: errcode.unwrap_or_else(|| NO_ERRCODE.into()),
+        error: error.unwrap_or_else(|| {
+            String::from_utf8_lossy(&response.body()[..response.body().len().min(200)]).into_owned()
+        }),
+    }
 }

@@ -1,7 +1,8 @@
-//! Invites across servers (spec: server-server API, "Inviting to a room", `invite` v2).
+//! Invites across servers (spec: server-server API, "Inviting to a room", `invite` v2, and the
+//! deprecated v1 for servers that lack v2).
 //!
-//! Inbound ([`receive_invite`]): another server asks us to co-sign an invite of one of our
-//! users. The event must be a well-formed invite of an existing local user by a user of the
+//! Inbound ([`receive_invite`], [`receive_invite_v1`]): another server asks us to co-sign an
+//! invite of one of our users. The event must be a well-formed invite of an existing local user by a user of the
 //! asking server, for a room version this server supports, carrying a valid signature of that
 //! server and a matching content hash; the room's server ACL (from the room here, else from the
 //! stripped state) must let the asking server in. We sign it, and record it with its stripped
@@ -13,11 +14,14 @@
 //! with the room's stripped state, and committed only once that server's signature on it is
 //! verified, so a refused or unreachable invitee leaves the room unchanged (the client gets a
 //! Matrix error). The room's lock is held meanwhile, which keeps the invite's `prev_events`
-//! current; the request is bounded by [`INVITE_TIMEOUT`].
+//! current; the request is bounded by [`INVITE_TIMEOUT`]. A server that does not know `invite`
+//! v2 ([`FedError::is_unknown_endpoint`]) is asked v1 in rooms of versions 1 and 2, the only
+//! ones v1 can carry; in later versions the client gets `400 M_UNSUPPORTED_ROOM_VERSION`.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use http::StatusCode;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use ruma::{
     api::federation::membership::{create_invite, RawStrippedState},
     canonical_json::redact,
@@ -25,10 +29,12 @@ use ruma::{
         room::{member::MembershipState, server_acl::RoomServerAclEventContent},
         StateEventType, TimelineEventType,
     },
+    room_version_rules::EventIdFormatVersion,
     signatures::{sign_event, verify_json},
-    CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomId, RoomVersionId, ServerName,
-    UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedServerName, RoomId, RoomVersionId,
+    ServerName, UserId,
 };
+use serde::{de::IgnoredAny, Deserialize};
 use serde_json::{json, value::RawValue as RawJsonValue, Value};
 
 use super::{
@@ -218,18 +224,110 @@ fn stripped_acl_allows(state: &[Value], server: &ServerName) -> bool {
     }
 }
 
-/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` from `origin`: checks the invite,
-/// signs it with this server's key, records it for the invitee, and returns it.
+/// An invite another server asks this one to co-sign, whichever version of `/invite` brought
+/// it.
+pub struct InboundInvite<'a> {
+    pub room_id: &'a RoomId,
+    pub event_id: &'a EventId,
+    pub room_version: &'a RoomVersionId,
+    /// The invite event, as signed by the inviting server.
+    pub event: &'a RawJsonValue,
+    pub invite_room_state: &'a [RawStrippedState],
+}
+
+impl<'a> From<&'a create_invite::v2::Request> for InboundInvite<'a> {
+    fn from(request: &'a create_invite::v2::Request) -> Self {
+        InboundInvite {
+            room_id: &request.room_id,
+            event_id: &request.event_id,
+            room_version: &request.room_version,
+            event: &request.event,
+            invite_room_state: &request.invite_room_state,
+        }
+    }
+}
+
+/// `PUT /_matrix/federation/v1/invite/{roomId}/{eventId}` from `origin` (deprecated, still in
+/// the spec for servers without v2): the body is the invite event itself, its stripped state
+/// in `unsigned.invite_room_state`, and the room version is 1 or 2 (spec: the receiver must
+/// assume so) — 2 when the stripped create event says so, else 1; the two share event format,
+/// signing and redaction rules, so the checks are the same either way. Checks, signs and
+/// records the invite as [`receive_invite`] does, and returns the signed event.
+pub async fn receive_invite_v1(
+    services: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    body: &[u8],
+) -> Result<Box<RawJsonValue>> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|_| Error::not_json("The body is not JSON"))?;
+    let Value::Object(mut event) = value else {
+        return Err(Error::bad_json("The body is not an event"));
+    };
+    // The stripped state rides along unsigned; the event proper is the rest.
+    let mut state = Vec::new();
+    if let Some(Value::Object(unsigned)) = event.get_mut("unsigned") {
+        if let Some(entries) = unsigned.remove("invite_room_state") {
+            state = serde_json::from_str::<Vec<RawStrippedState>>(&entries.to_string())
+                .map_err(|e| Error::bad_json(format!("invite_room_state is not a list: {e}")))?;
+        }
+        if unsigned.is_empty() {
+            event.remove("unsigned");
+        }
+    }
+    let event = serde_json::value::to_raw_value(&event)
+        .map_err(|e| Error::unknown(format!("cannot re-encode the event: {e}")))?;
+    let version = match create_room_version(&state).as_deref() {
+        Some("2") => RoomVersionId::V2,
+        _ => RoomVersionId::V1,
+    };
+    let invite = InboundInvite {
+        room_id,
+        event_id,
+        room_version: &version,
+        event: &event,
+        invite_room_state: &state,
+    };
+    receive_invite(services, origin, invite).await
+}
+
+/// The `room_version` of the create event among stripped state entries (`"1"` when the create
+/// event names none, as in room version 1).
+fn create_room_version(entries: &[RawStrippedState]) -> Option<String> {
+    entries.iter().find_map(|entry| {
+        #[allow(deprecated)]
+        let raw = match entry {
+            RawStrippedState::Stripped(raw) => raw.json(),
+            RawStrippedState::Pdu(raw) => raw,
+            _ => return None,
+        };
+        let value: Value = serde_json::from_str(raw.get()).ok()?;
+        if value["type"] != "m.room.create" {
+            return None;
+        }
+        Some(
+            value["content"]["room_version"]
+                .as_str()
+                .unwrap_or("1")
+                .to_owned(),
+        )
+    })
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` from `origin` (or v1, through
+/// [`receive_invite_v1`]): checks the invite, signs it with this server's key, records it for
+/// the invitee, and returns it.
 pub async fn receive_invite(
     services: &Services,
     origin: &ServerName,
-    request: &create_invite::v2::Request,
+    request: InboundInvite<'_>,
 ) -> Result<Box<RawJsonValue>> {
-    let version = &request.room_version;
+    let version = request.room_version;
     let rules = version
         .rules()
         .ok_or_else(|| incompatible_version(version))?;
-    let object = checks::parse(&request.event).map_err(invalid)?;
+    let object = checks::parse(request.event).map_err(invalid)?;
 
     // What the event must be before anything is fetched for it.
     if string_field(&object, "type") != Some("m.room.member") {
@@ -257,8 +355,8 @@ pub async fn receive_invite(
         return Err(Error::not_found("The invited user does not exist"));
     }
 
-    let state = prune_stripped_state(&request.invite_room_state, &request.room_id, version)?;
-    if !acl::allows(&services.rooms, &request.room_id, origin)?
+    let state = prune_stripped_state(request.invite_room_state, request.room_id, version)?;
+    if !acl::allows(&services.rooms, request.room_id, origin)?
         || !stripped_acl_allows(&state, origin)
     {
         return Err(Error::forbidden(format!(
@@ -268,8 +366,8 @@ pub async fn receive_invite(
 
     verify_stripped_pdus(
         services,
-        &request.invite_room_state,
-        &request.room_id,
+        request.invite_room_state,
+        request.room_id,
         version,
     )
     .await?;
@@ -287,12 +385,12 @@ pub async fn receive_invite(
     let event = serde_json::to_string(&object).map_err(|e| Error::unknown(e.to_string()))?;
 
     let rooms = &services.rooms;
-    if rooms.is_resident(&request.room_id)? {
+    if rooms.is_resident(request.room_id)? {
         // This server is in the room: the invite arrives as a PDU of the room as well and is
         // stored from there, against the room's state; a record here would only shadow it.
         return RawJsonValue::from_string(event).map_err(|e| Error::unknown(e.to_string()));
     }
-    let previous = rooms.remote_invite(&invitee, &request.room_id)?;
+    let previous = rooms.remote_invite(&invitee, request.room_id)?;
     let same = previous.as_ref().is_some_and(|p| {
         p.membership == "invite" && p.event_id.as_deref() == Some(event_id.as_str())
     });
@@ -315,7 +413,7 @@ pub async fn receive_invite(
             updated_ms: 0,
         };
         rooms
-            .record_remote_invite(&invitee, &request.room_id, record, previous.as_ref())
+            .record_remote_invite(&invitee, request.room_id, record, previous.as_ref())
             .await?;
     }
     RawJsonValue::from_string(event).map_err(|e| Error::unknown(e.to_string()))
@@ -437,6 +535,46 @@ pub async fn verify_server_signature(
     Ok(CanonicalJsonValue::Object(theirs))
 }
 
+/// `PUT /_matrix/federation/v1/invite/{roomId}/{eventId}` to `server`: the body is the event
+/// with the stripped state in its `unsigned.invite_room_state`, the answer `[200, {"event":
+/// …}]`. Returns the event of the answer.
+async fn send_invite_v1(
+    services: &Services,
+    server: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    event: &CanonicalJsonObject,
+    state: &[RawStrippedState],
+) -> std::result::Result<Box<RawJsonValue>, FedError> {
+    let mut body = serde_json::to_value(event).map_err(|e| FedError::Request(e.to_string()))?;
+    let state = serde_json::to_value(state).map_err(|e| FedError::Request(e.to_string()))?;
+    body["unsigned"] = json!({ "invite_room_state": state });
+    let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+    let path = format!(
+        "/_matrix/federation/v1/invite/{}/{}",
+        enc(room_id.as_str()),
+        enc(event_id.as_str())
+    );
+    let answer = services
+        .federation
+        .send_json(
+            server,
+            http::Method::PUT,
+            &path,
+            body.to_string().into_bytes(),
+            INVITE_TIMEOUT,
+            MAX_INVITE_RESPONSE,
+        )
+        .await?;
+    #[derive(Deserialize)]
+    struct Container {
+        event: Box<RawJsonValue>,
+    }
+    let (_, container): (IgnoredAny, Container) = serde_json::from_slice(&answer)
+        .map_err(|e| FedError::Response(format!("not a v1 invite answer: {e}")))?;
+    Ok(container.event)
+}
+
 /// A local user invites a user of another server (see the module doc). The caller checked
 /// that `sender` is joined.
 pub async fn invite_remote(
@@ -482,14 +620,34 @@ pub async fn invite_remote(
         event_id.clone(),
         version.clone(),
         event,
-        state,
+        state.clone(),
     );
-    let response = services
+    let answer = services
         .federation
         .send_with_limits(&server, request, INVITE_TIMEOUT, MAX_INVITE_RESPONSE)
-        .await
-        .map_err(|e| remote_error(&server, e, "invite"))?;
-    let returned = checks::parse(&response.event).map_err(|e| {
+        .await;
+    let returned = match answer {
+        Ok(response) => response.event,
+        // A server without `invite` v2: v1 carries rooms of versions 1 and 2 (theirs is the
+        // event format v1 has), no later ones.
+        Err(e) if e.is_unknown_endpoint() => {
+            let rules = version
+                .rules()
+                .ok_or_else(|| incompatible_version(&version))?;
+            if rules.event_id_format != EventIdFormatVersion::V1 {
+                return Err(Error::new(
+                    StatusCode::BAD_REQUEST,
+                    "M_UNSUPPORTED_ROOM_VERSION",
+                    format!("{server} does not support room version {version}"),
+                ));
+            }
+            send_invite_v1(services, &server, room_id, &event_id, &ours, &state)
+                .await
+                .map_err(|e| remote_error(&server, e, "invite"))?
+        }
+        Err(e) => return Err(remote_error(&server, e, "invite")),
+    };
+    let returned = checks::parse(&returned).map_err(|e| {
         Error::new(
             StatusCode::BAD_GATEWAY,
             "M_UNKNOWN",

@@ -2,10 +2,11 @@
 //! (`fed_common`), driven over HTTP: A's user invites B's user, B's server co-signs the
 //! invite and shows it in `/sync` with the room's stripped state although B is not in the
 //! room; what ends the invite (a kick, a ban) travels to B and moves the room to `leave`.
-//! `inbound`: hand-signed `/invite` requests and transactions B refuses. `moderation`: knocks,
-//! bans and upgrades across servers.
+//! `inbound`: hand-signed `/invite` requests and transactions B refuses. `legacy`: `invite` v1,
+//! served and used. `moderation`: knocks, bans and upgrades across servers.
 
 mod inbound;
+mod legacy;
 mod moderation;
 
 use std::time::{Duration, Instant};
