@@ -21,7 +21,7 @@ use crate::common::{create_room, enc, join, TestServer};
 /// A push gateway: records every `/notify` body, answers from a script (then 200 `{"rejected":
 /// []}`).
 #[derive(Clone)]
-struct Gateway {
+pub(crate) struct Gateway {
     addr: SocketAddr,
     /// When each request came, its body, and the status it was answered with.
     received: Arc<Mutex<Vec<(Instant, Value, u16)>>>,
@@ -29,7 +29,7 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gateway = Gateway {
             addr: listener.local_addr().unwrap(),
@@ -78,7 +78,7 @@ impl Gateway {
             .unwrap()
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!(
             "http://127.0.0.1:{}/_matrix/push/v1/notify",
             self.addr.port()
@@ -90,7 +90,7 @@ impl Gateway {
     }
 
     /// The notification bodies received so far.
-    fn notifications(&self) -> Vec<Value> {
+    pub(crate) fn notifications(&self) -> Vec<Value> {
         self.received
             .lock()
             .unwrap()
@@ -100,7 +100,7 @@ impl Gateway {
     }
 
     /// Waits (at most 10 s) until `count` requests arrived; returns all received.
-    async fn wait_for(&self, count: usize) -> Vec<Value> {
+    pub(crate) async fn wait_for(&self, count: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let got = self.notifications();
@@ -113,7 +113,7 @@ impl Gateway {
     }
 
     /// Waits for the notification about `event_id`.
-    async fn wait_for_event(&self, event_id: &str) -> Value {
+    pub(crate) async fn wait_for_event(&self, event_id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(n) = self
@@ -133,7 +133,7 @@ impl Gateway {
     }
 }
 
-async fn set_pusher(srv: &TestServer, token: &str, pushkey: &str, data: Value) {
+pub(crate) async fn set_pusher(srv: &TestServer, token: &str, pushkey: &str, data: Value) {
     let (status, body) = srv
         .post(
             "/_matrix/client/v3/pushers/set",

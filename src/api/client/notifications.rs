@@ -17,7 +17,7 @@ use ruma::{
 use crate::{
     error::{Error, Result},
     http::{Ctx, Router},
-    service::{rooms::format::Viewer, Services},
+    service::{push::notified::notified, rooms::format::Viewer, Services},
 };
 
 const DEFAULT_LIMIT: usize = 20;
@@ -59,13 +59,15 @@ async fn list(services: Arc<Services>, ctx: Ctx, body: Request) -> Result<Respon
     };
     let mut out = Vec::with_capacity(rows.len());
     for (sid, row, read) in rows {
-        let Some(event) = services.rooms.event_by_sid(sid)? else {
+        let Some(event) = notified(&services.rooms, &me.user_id, &row.room_id, sid)? else {
             continue;
         };
         let Ok(room_id) = RoomId::parse(&row.room_id) else {
             continue;
         };
-        let mut json = services.rooms.client_event(&event, Some(viewer));
+        let Some(mut json) = event.client_event(&services.rooms, Some(viewer)) else {
+            continue;
+        };
         if let Some(map) = json.as_object_mut() {
             map.remove("room_id");
         }

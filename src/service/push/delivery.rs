@@ -32,6 +32,7 @@ use tokio::sync::{mpsc::UnboundedReceiver, watch};
 
 use super::{
     notifications::{Notification, Notifications},
+    notified::notified,
     pushers::{Pusher, Pushers},
 };
 use crate::{
@@ -339,47 +340,33 @@ impl Delivery {
         let mut out = Map::new();
         out.insert("event_id".into(), json!(row.event_id));
         out.insert("room_id".into(), json!(row.room_id));
-        let event = self
-            .rooms
-            .event_by_sid(sid)?
+        let event = notified(&self.rooms, user_id, &row.room_id, sid)?
             .ok_or_else(|| Error::unknown("notified event is missing"))?;
+        let kind = event.kind();
         let sound = actions.iter().any(|a| a["set_tweak"] == "sound");
-        let urgent = row.highlight
-            || sound
-            || matches!(
-                event.meta.kind.as_str(),
-                "m.call.invite" | "m.room.encrypted"
-            );
+        let urgent =
+            row.highlight || sound || matches!(kind.as_str(), "m.call.invite" | "m.room.encrypted");
         out.insert("prio".into(), json!(if urgent { "high" } else { "low" }));
         out.insert("tweaks".into(), Value::Object(tweaks(&actions)));
         if pusher.event_id_only() {
             return Ok(out);
         }
-        out.insert("type".into(), json!(event.meta.kind));
-        out.insert("sender".into(), json!(event.meta.sender));
-        if let Some(content) = event.json.get("content") {
-            out.insert(
-                "content".into(),
-                serde_json::to_value(content).unwrap_or(Value::Null),
-            );
+        let sender = event.sender();
+        out.insert("type".into(), json!(kind));
+        out.insert("sender".into(), json!(sender));
+        if let Some(content) = event.content() {
+            out.insert("content".into(), content);
         }
-        if event.meta.kind == "m.room.member" {
+        if kind == "m.room.member" {
             out.insert(
                 "user_is_target".into(),
-                json!(event.meta.state_key.as_deref() == Some(user_id.as_str())),
+                json!(event.state_key().as_deref() == Some(user_id.as_str())),
             );
         }
-        let room_sid = event.meta.room_sid;
-        let state = |kind: StateEventType, key: &str, field: &str| -> Option<String> {
-            let event = self.rooms.state_event(room_sid, &kind, key).ok()??;
-            let content = event.pdu.content_as::<Value>()?;
-            content.get(field)?.as_str().map(str::to_owned)
+        let state = |kind: StateEventType, key: &str, field: &str| {
+            event.state_field(&self.rooms, kind, key, field)
         };
-        if let Some(name) = state(
-            StateEventType::RoomMember,
-            &event.meta.sender,
-            "displayname",
-        ) {
+        if let Some(name) = state(StateEventType::RoomMember, &sender, "displayname") {
             out.insert("sender_display_name".into(), json!(name));
         }
         if let Some(name) = state(StateEventType::RoomName, "", "name") {

@@ -9,7 +9,7 @@ pub mod fetched;
 mod fork;
 mod guests;
 pub mod joined;
-mod push;
+pub(crate) mod push;
 pub mod remote;
 mod template;
 

@@ -9,17 +9,30 @@
 //! `leave` sections). When the same room is known here too (`user_rooms`), the newer of the
 //! two records (by stream position) is the user's membership.
 //!
+//! An invite recorded here notifies the invitee as a local invite does: its event goes
+//! through the same push evaluation (`push/notifications.rs`, `.m.rule.invite_for_me`), in
+//! the record's batch and at its position, so it is counted, listed and pushed like any
+//! notification; whatever replaces the invite (a rejection, a rescind, a ban, a knock) reads
+//! it.
+//!
 //! Invariants: a record's `sid` is a stream position allocated for its write, so every write
 //! is seen once by an incremental sync; writes are conditional on the record read before
-//! (`expect_value`), so two concurrent changes (a rejection and a rescind) cannot both win.
+//! (`expect_value`), so two concurrent changes (a rejection and a rescind) cannot both win;
+//! they are made under the room's lock, as every write of notification rows and counts is.
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{
+    push::PushConditionRoomCtx, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 
-use super::Rooms;
+use super::{build::push::display_name, Pdu, Rooms};
 use crate::{
     error::{Error, Result},
-    service::users::now_ms,
+    service::{
+        push::notifications::{NewEvent, ReadUpTo, Recipient},
+        users::now_ms,
+    },
     store::{Batch, CommitError, Record},
     table,
 };
@@ -63,6 +76,36 @@ impl RemoteInvite {
             .as_deref()
             .and_then(|e| serde_json::from_str(e).ok())
     }
+
+    /// The event in the client format of the timeline, if there is one.
+    pub fn client_event(&self) -> Option<Value> {
+        let pdu = self.event_json()?;
+        let mut out = Map::new();
+        for key in [
+            "content",
+            "sender",
+            "type",
+            "state_key",
+            "origin_server_ts",
+            "room_id",
+        ] {
+            if let Some(value) = pdu.get(key) {
+                out.insert(key.to_owned(), value.clone());
+            }
+        }
+        out.insert("event_id".into(), json!(self.event_id));
+        out.insert("unsigned".into(), json!({}));
+        Some(Value::Object(out))
+    }
+
+    /// The content of the stripped state event at `(kind, state_key)`, if the record has it.
+    pub fn stripped_content(&self, kind: &str, state_key: &str) -> Option<Value> {
+        self.stripped_state
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+            .find(|e| e["type"] == kind && e["state_key"] == state_key)
+            .map(|mut e| e["content"].take())
+    }
 }
 
 impl Rooms {
@@ -74,6 +117,19 @@ impl Rooms {
         Ok(self
             .store
             .get::<RemoteInvites>(&(user_id.to_string(), room_id.to_string()))?)
+    }
+
+    /// The user's record in the room, if its last write was at stream position `sid` (what a
+    /// notification at `sid` is about).
+    pub fn remote_invite_at(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        sid: u64,
+    ) -> Result<Option<RemoteInvite>> {
+        Ok(self
+            .remote_invite(user_id, room_id)?
+            .filter(|record| record.sid == sid))
     }
 
     /// Every remote invite, knock or departure of a user.
@@ -108,7 +164,8 @@ impl Rooms {
 
     /// Writes `record` for `(user, room)` at a new stream position, if the stored record is
     /// still `previous` (409-like `M_UNKNOWN` otherwise: something else changed it), clears a
-    /// `/forget` of the room, and wakes the user's syncs once the write settled.
+    /// `/forget` of the room, stages the record's push (see the module doc), and wakes the
+    /// user's syncs and push delivery once the write settled.
     pub async fn record_remote_invite(
         &self,
         user_id: &UserId,
@@ -116,6 +173,7 @@ impl Rooms {
         mut record: RemoteInvite,
         previous: Option<&RemoteInvite>,
     ) -> Result<u64> {
+        let _lock = self.lock_room(room_id).await;
         let pending = self.stream.allocate()?;
         let sid = pending.pos;
         record.sid = sid;
@@ -126,12 +184,17 @@ impl Rooms {
             .expect_value::<RemoteInvites>(&key, previous)
             .put::<RemoteInvites>(&key, &record)
             .delete::<super::Forgotten>(&key);
+        let pushed = self
+            .stage_remote_push(&mut batch, user_id, room_id, &record)
+            .await?;
         let notifier = self.notifier.clone();
+        let notifications = self.notifications.clone();
         let user = user_id.to_owned();
         let result = self
             .stream
             .commit(&self.store, batch, vec![pending], (), move || {
                 notifier.notify(std::iter::once(&*user));
+                notifications.changed(pushed);
             })
             .await;
         match result {
@@ -141,5 +204,64 @@ impl Rooms {
             )),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+impl Rooms {
+    /// Stages the push of a record at its position: an invite is evaluated for the invitee
+    /// like a local invite; any other record reads what notified the user in the room before
+    /// (the invite it replaces). Returns the users whose counts change.
+    async fn stage_remote_push(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        room_id: &RoomId,
+        record: &RemoteInvite,
+    ) -> Result<Vec<OwnedUserId>> {
+        let invite = match (&record.event, &record.event_id) {
+            (Some(json), Some(id)) if record.membership == "invite" => {
+                let id = OwnedEventId::try_from(id.as_str())
+                    .map_err(|_| Error::unknown("recorded event id is invalid"))?;
+                Pdu::from_json(id, json).ok()
+            }
+            _ => None,
+        };
+        let Some(pdu) = invite else {
+            let read = [ReadUpTo::All(record.sid)];
+            let changed = self
+                .notifications
+                .stage_read(batch, room_id, user_id, &read)?;
+            return Ok(changed.map(|_| user_id.to_owned()).into_iter().collect());
+        };
+        let json =
+            serde_json::value::RawValue::from_string(record.event.clone().unwrap_or_default())
+                .map_err(|e| Error::unknown(format!("recorded event is not JSON: {e}")))?;
+        let kind = pdu.kind.to_string();
+        let event = NewEvent {
+            sid: record.sid,
+            event_id: pdu.event_id.as_str(),
+            sender: &pdu.sender,
+            kind: &kind,
+            state_key: Some(user_id.as_str()),
+            json: &json,
+            thread: "main".into(),
+            membership: Some("invite"),
+        };
+        // The room's members are not known here: rules on the member count do not match.
+        let base = PushConditionRoomCtx::new(
+            room_id.to_owned(),
+            UInt::MIN,
+            user_id.to_owned(),
+            String::new(),
+        );
+        let invitee = Recipient {
+            user_id: user_id.to_owned(),
+            display_name: display_name(Some(&pdu), user_id),
+        };
+        self.notifications
+            .stage_events(batch, room_id, &base, &[event], &[], |_| {
+                Some(invitee.clone())
+            })
+            .await
     }
 }

@@ -87,11 +87,7 @@ pub(super) fn section(
             }
         }
         _ => {
-            let events: Vec<Value> = event
-                .as_ref()
-                .map(|e| client_event(e, record.event_id.as_deref()))
-                .into_iter()
-                .collect();
+            let events: Vec<Value> = record.client_event().into_iter().collect();
             // No history here to page into: the token is the record's own position.
             let timeline =
                 json!({"events": events, "limited": false, "prev_batch": record.sid.to_string()});
@@ -111,25 +107,5 @@ pub fn stripped(event: &Value) -> Value {
             out.insert(key.to_owned(), value.clone());
         }
     }
-    Value::Object(out)
-}
-
-/// A PDU in the client format of the timeline.
-fn client_event(pdu: &Value, event_id: Option<&str>) -> Value {
-    let mut out = Map::new();
-    for key in [
-        "content",
-        "sender",
-        "type",
-        "state_key",
-        "origin_server_ts",
-        "room_id",
-    ] {
-        if let Some(value) = pdu.get(key) {
-            out.insert(key.to_owned(), value.clone());
-        }
-    }
-    out.insert("event_id".into(), json!(event_id));
-    out.insert("unsigned".into(), json!({}));
     Value::Object(out)
 }

@@ -3,11 +3,13 @@
 //! invite and shows it in `/sync` with the room's stripped state although B is not in the
 //! room; what ends the invite (a kick, a ban) travels to B and moves the room to `leave`.
 //! `inbound`: hand-signed `/invite` requests and transactions B refuses. `legacy`: `invite` v1,
-//! served and used. `moderation`: knocks, bans and upgrades across servers.
+//! served and used. `moderation`: knocks, bans and upgrades across servers. `push`: remote
+//! invites notify.
 
 mod inbound;
 mod legacy;
 mod moderation;
+mod push;
 
 use std::time::{Duration, Instant};
 

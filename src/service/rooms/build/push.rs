@@ -141,7 +141,7 @@ struct RoomInput {
 }
 
 /// The `displayname` of a member event, else the user's localpart.
-fn display_name(pdu: Option<&Pdu>, user_id: &UserId) -> String {
+pub(crate) fn display_name(pdu: Option<&Pdu>, user_id: &UserId) -> String {
     pdu.and_then(|p| p.content_as::<Value>())
         .and_then(|c| c.get("displayname")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| user_id.localpart().to_owned())
