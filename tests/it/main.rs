@@ -61,6 +61,7 @@ mod requests;
 mod restricted;
 mod room_summary;
 mod rooms;
+mod sdk_client;
 mod search;
 mod spaces;
 mod state_content;
