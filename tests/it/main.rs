@@ -62,6 +62,7 @@ mod restricted;
 mod room_summary;
 mod rooms;
 mod search;
+mod sliding_sync;
 mod spaces;
 mod state_content;
 mod store;
