@@ -63,6 +63,7 @@ mod room_summary;
 mod rooms;
 mod sdk_client;
 mod search;
+mod sliding_sync;
 mod spaces;
 mod state_content;
 mod store;
