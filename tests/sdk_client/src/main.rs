@@ -33,6 +33,7 @@ async fn main() -> ExitCode {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
+            .with_ansi(false)
             .init();
     }
     match tokio::time::timeout(RUN, scenarios::run(base)).await {
