@@ -161,6 +161,18 @@ impl Http {
         Ok(())
     }
 
+    /// Marks `who` as typing in a room (for `timeout_ms`).
+    pub async fn typing(&self, who: &Account, room_id: &str, timeout_ms: u64) -> Result<()> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/typing/{}",
+            encode(room_id),
+            encode(&who.user_id)
+        );
+        let body = json!({"typing": true, "timeout": timeout_ms});
+        self.ok(Method::PUT, &path, &who.token, Some(body)).await?;
+        Ok(())
+    }
+
     /// Whether `user_id`'s device `device_id` has published device keys (asked as `who`).
     pub async fn has_device_keys(
         &self,

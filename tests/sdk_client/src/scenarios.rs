@@ -5,6 +5,7 @@ use matrix_sdk::{
     RoomState,
     ruma::{
         OwnedRoomId, RoomId,
+        api::client::receipt::create_receipt::v3::ReceiptType,
         api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset},
         events::{
             InitialStateEvent, room::encryption::RoomEncryptionEventContent,
@@ -71,8 +72,11 @@ pub async fn run(base: &str) -> Result<()> {
 
     room_list(&alice, &garden, &kitchen).await?;
     let timeline = open_timeline(&alice, &garden).await?;
-    live_message(&http, &bob_http, &timeline).await?;
+    live_message(&http, &bob_http, &alice, &timeline).await?;
     paginate_back(&timeline).await?;
+    typing(&http, &bob_http, &alice, &garden).await?;
+    read_receipt(&alice, &timeline).await?;
+    resume(&http, &bob_http, &alice, &timeline).await?;
     invite_and_join(&http, &bob_http, &alice).await?;
 
     let bob = SdkUser::login(base, &bob_name, PASSWORD).await?;
@@ -96,6 +100,7 @@ async fn room_list(alice: &SdkUser, garden: &RoomId, kitchen: &RoomId) -> Result
                 is(room, RoomState::Joined)
                     && display_name(room).as_deref() == Some("Garden")
                     && latest_body(room).as_deref() == Some(last.as_str())
+                    && room.unread_notification_counts().notification_count == HISTORY as u64
             },
         )
         .await?;
@@ -107,6 +112,7 @@ async fn room_list(alice: &SdkUser, garden: &RoomId, kitchen: &RoomId) -> Result
                 is(room, RoomState::Joined)
                     && display_name(room).as_deref() == Some("Kitchen")
                     && latest_body(room).as_deref() == Some("kitchen latest")
+                    && room.unread_notification_counts().notification_count == 0
             },
         )
         .await?;
@@ -117,7 +123,7 @@ async fn room_list(alice: &SdkUser, garden: &RoomId, kitchen: &RoomId) -> Result
         "the room with the newest message should come first\n{}",
         alice.describe_list()
     );
-    step("room list shows the rooms with names and latest events, by recency");
+    step("room list shows the rooms with names, latest events and unread counts, by recency");
     Ok(())
 }
 
@@ -147,11 +153,18 @@ async fn open_timeline(alice: &SdkUser, garden: &RoomId) -> Result<Timeline> {
     Ok(timeline)
 }
 
-/// A message bob sends now reaches the open timeline through the sync.
-async fn live_message(http: &Http, bob: &Account, timeline: &Timeline) -> Result<()> {
-    let room = timeline.room().room_id().to_string();
-    http.send_text(bob, &room, "live from bob").await?;
+/// A message bob sends now reaches the open timeline through the sync, and moves its room to
+/// the top of the room list with the message as its latest event.
+async fn live_message(
+    http: &Http,
+    bob: &Account,
+    alice: &SdkUser,
+    timeline: &Timeline,
+) -> Result<()> {
+    let room = timeline.room().room_id().to_owned();
+    http.send_text(bob, room.as_str(), "live from bob").await?;
     until("bob's live message in the timeline", async || {
+        alice.healthy()?;
         let shown = messages(timeline).await;
         Ok(shown
             .iter()
@@ -162,6 +175,90 @@ async fn live_message(http: &Http, bob: &Account, timeline: &Timeline) -> Result
     })
     .await?;
     step("receive a message sent by another user");
+    alice
+        .until_listed(
+            "Garden's latest event updated in the room list",
+            &room,
+            |listed| {
+                latest_body(listed).as_deref() == Some("live from bob")
+                    && listed.unread_notification_counts().notification_count == HISTORY as u64 + 1
+            },
+        )
+        .await?;
+    ensure!(
+        alice.order().first() == Some(&room),
+        "the room with the new message should move to the top\n{}",
+        alice.describe_list()
+    );
+    step("the room list moves the room to the top with its new latest event and count");
+    Ok(())
+}
+
+/// Bob types in Garden; alice sees it (typing extension).
+async fn typing(http: &Http, bob: &Account, alice: &SdkUser, garden: &RoomId) -> Result<()> {
+    let room = alice.listed(garden).context("Garden left the room list")?;
+    let (_guard, mut typing) = room.subscribe_to_typing_notifications();
+    http.typing(bob, garden.as_str(), 10_000).await?;
+    within("bob typing in Garden", async {
+        loop {
+            let users = typing.recv().await.context("typing notifications ended")?;
+            if users.iter().any(|user| user.as_str() == bob.user_id) {
+                return Ok(());
+            }
+        }
+    })
+    .await?;
+    step("see another user typing");
+    Ok(())
+}
+
+/// Alice reads Garden: her read receipt clears the room's unread count (receipts, counts).
+async fn read_receipt(alice: &SdkUser, timeline: &Timeline) -> Result<()> {
+    let sent = within("marking Garden as read", async {
+        timeline
+            .mark_as_read(ReceiptType::Read)
+            .await
+            .context("Timeline::mark_as_read")
+    })
+    .await?;
+    ensure!(sent, "mark_as_read sent no receipt");
+    let garden = timeline.room().room_id().to_owned();
+    alice
+        .until_listed(
+            "Garden's unread count cleared by the read receipt",
+            &garden,
+            |room| room.unread_notification_counts().notification_count == 0,
+        )
+        .await?;
+    step("a read receipt clears the unread count");
+    Ok(())
+}
+
+/// Alice's sync stops (the app goes to the background), bob writes, the sync starts again from
+/// its position: the message arrives in the still-open timeline.
+async fn resume(http: &Http, bob: &Account, alice: &SdkUser, timeline: &Timeline) -> Result<()> {
+    within("stopping alice's sync", async {
+        alice.sync.stop().await;
+        Ok(())
+    })
+    .await?;
+    let room = timeline.room().room_id().to_string();
+    http.send_text(bob, &room, "while you were away").await?;
+    within("restarting alice's sync", async {
+        alice.sync.start().await;
+        Ok(())
+    })
+    .await?;
+    until("the message sent while the sync was stopped", async || {
+        alice.healthy()?;
+        let shown = messages(timeline).await;
+        Ok(shown
+            .iter()
+            .any(|(_, body, _)| body.as_deref() == Some("while you were away"))
+            .then_some(()))
+    })
+    .await?;
+    step("sync stopped and started again: resumes and catches up");
     Ok(())
 }
 
@@ -323,6 +420,14 @@ async fn encrypted_exchange(
     )
     .await?;
     step("bob's encrypted message decrypted by alice");
+    alice
+        .until_listed(
+            "Secrets previewing the decrypted message",
+            &secrets,
+            |room| latest_body(room).as_deref() == Some("secret from bob"),
+        )
+        .await?;
+    step("the room list previews the decrypted latest message");
     Ok(())
 }
 
