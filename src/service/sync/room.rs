@@ -158,8 +158,8 @@ pub(super) fn member_counts(members: &[(String, String)]) -> (usize, usize) {
 }
 
 /// The stripped state an invitee or knocker sees of a room this server takes part in (spec:
-/// "Stripped state"), ending with their own member event; `None` when that event comes from
-/// an ignored user (such an invite is not shown).
+/// "Stripped state"), with an inviter's member event, ending with their own member event;
+/// `None` when that event comes from an ignored user (such an invite is not shown).
 pub(super) fn stripped_room_state(
     rooms: &Rooms,
     record: &RoomRecord,
@@ -180,6 +180,19 @@ pub(super) fn stripped_room_state(
         return Ok(None);
     }
     if let Some(own) = own {
+        // The inviter's own member event too (MSC4319, as Synapse sends it): a room without
+        // a name (a direct chat) is then shown under the inviter's name and avatar.
+        let inviter = own.meta.sender.as_str();
+        let invited = own
+            .pdu
+            .content_as::<Value>()
+            .is_some_and(|c| c["membership"] == "invite");
+        if invited && inviter != user_id.as_str() {
+            let kind = StateEventType::RoomMember;
+            if let Some(e) = rooms.state_event(record.sid, &kind, inviter)? {
+                events.push(rooms.stripped_event(&e));
+            }
+        }
         let mut stripped = rooms.stripped_event(&own);
         stripped["origin_server_ts"] = json!(own.meta.origin_server_ts);
         stripped["event_id"] = json!(own.pdu.event_id);
