@@ -18,7 +18,10 @@ async fn matrix_sdk_client_syncs_with_sliding_sync() {
     let base = srv.base.clone();
     // The client drives the server over HTTP; run it off the async runtime the server uses.
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(binary).arg(base).output().expect("the SDK client runs")
+        Command::new(binary)
+            .arg(base)
+            .output()
+            .expect("the SDK client runs")
     })
     .await
     .unwrap();

@@ -161,6 +161,22 @@ impl Http {
         Ok(())
     }
 
+    /// Sets `who`'s display name.
+    pub async fn set_displayname(&self, who: &Account, name: &str) -> Result<()> {
+        let path = format!(
+            "/_matrix/client/v3/profile/{}/displayname",
+            encode(&who.user_id)
+        );
+        self.ok(
+            Method::PUT,
+            &path,
+            &who.token,
+            Some(json!({"displayname": name})),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Marks `who` as typing in a room (for `timeout_ms`).
     pub async fn typing(&self, who: &Account, room_id: &str, timeout_ms: u64) -> Result<()> {
         let path = format!(

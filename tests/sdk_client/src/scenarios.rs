@@ -25,6 +25,8 @@ use crate::{
 const PASSWORD: &str = "sdk-client-password";
 /// Messages bob leaves in the shared room before alice's first sync: more than one page.
 const HISTORY: usize = 30;
+/// Bob's display name: the name of his direct chat with alice.
+const BOB: &str = "Bob Builder";
 
 fn step(what: &str) {
     println!("ok: {what}");
@@ -46,6 +48,7 @@ pub async fn run(base: &str) -> Result<()> {
     let (alice_name, bob_name) = (format!("alice-{tag}"), format!("bob-{tag}"));
     let alice_http = http.register(&alice_name, PASSWORD).await?;
     let bob_http = http.register(&bob_name, PASSWORD).await?;
+    http.set_displayname(&bob_http, BOB).await?;
 
     // What alice's account holds before her first sync: a room bob talks in, a room of her own.
     let garden = http
@@ -78,6 +81,7 @@ pub async fn run(base: &str) -> Result<()> {
     read_receipt(&alice, &timeline).await?;
     resume(&http, &bob_http, &alice, &timeline).await?;
     invite_and_join(&http, &bob_http, &alice).await?;
+    direct_chat(&http, &bob_http, &alice).await?;
 
     let bob = SdkUser::login(base, &bob_name, PASSWORD).await?;
     step("second SDK user logged in");
@@ -324,6 +328,44 @@ async fn invite_and_join(http: &Http, bob: &Account, alice: &SdkUser) -> Result<
         })
         .await?;
     step("join the invite");
+    Ok(())
+}
+
+/// Bob opens a direct chat with alice (no room name): the invite and then the joined room are
+/// named after bob and marked direct (the invite's `is_direct`; after the join the SDK writes
+/// `m.direct`, which comes back through the account data extension).
+async fn direct_chat(http: &Http, bob: &Account, alice: &SdkUser) -> Result<()> {
+    let alice_id = alice.user_id()?;
+    let body =
+        json!({"is_direct": true, "preset": "trusted_private_chat", "invite": [alice_id.as_str()]});
+    let dm = room_id(&http.create_room(bob, body).await?)?;
+    let room = alice
+        .until_listed("bob's direct chat invite, named after bob", &dm, |room| {
+            is(room, RoomState::Invited) && display_name(room).as_deref() == Some(BOB)
+        })
+        .await?;
+    ensure!(
+        room.is_direct().await?,
+        "the invite to bob's direct chat is not direct"
+    );
+    within("joining the direct chat", async {
+        room.join().await.context("Room::join")
+    })
+    .await?;
+    let joined = alice
+        .until_listed("the joined direct chat, named after bob", &dm, |room| {
+            is(room, RoomState::Joined) && display_name(room).as_deref() == Some(BOB)
+        })
+        .await?;
+    until(
+        "the joined direct chat marked direct (m.direct)",
+        async || {
+            alice.healthy()?;
+            Ok(joined.is_direct().await?.then_some(()))
+        },
+    )
+    .await?;
+    step("a direct chat invite and room, named after the other user, marked direct");
     Ok(())
 }
 
