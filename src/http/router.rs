@@ -477,6 +477,22 @@ fn has_trailing_garbage(body: &[u8]) -> bool {
     serde::de::IgnoredAny::deserialize(&mut de).is_ok() && de.end().is_err()
 }
 
+/// Parses a raw route's request as the ruma endpoint `R`, with the errors of ruma routes
+/// (for endpoints ruma knows on paths the router does not register for it, e.g. unstable ones).
+pub fn parse_raw<R: IncomingRequest>(request: http::Request<Vec<u8>>) -> Result<R, Error> {
+    let (parts, body) = request.into_parts();
+    if body.is_empty() {
+        return parse_without_body::<R>(parts, &[]);
+    }
+    if has_trailing_garbage(&body) {
+        return Err(Error::not_json(
+            "Request body has content after its JSON value",
+        ));
+    }
+    R::try_from_http_request(http::Request::from_parts(parts, &body[..]), &[] as &[&str])
+        .map_err(request_error)
+}
+
 /// Maps ruma's request parsing failures onto the spec's error codes: a body that is not JSON
 /// at all is `M_NOT_JSON`; JSON of the wrong shape is `M_BAD_JSON`; a bad identifier, query or
 /// header is `M_INVALID_PARAM`.

@@ -99,6 +99,8 @@ pub struct Services {
     pub e2ee: Arc<e2ee::E2ee>,
     /// Member events sent to each device under lazy loading (memory only).
     pub lazy_members: sync::LazyMembers,
+    /// Sliding sync connections (in memory; see `sync::sliding`).
+    pub sliding: sync::sliding::Connections,
     /// The HTTP client for requests this server makes (push gateways, federation).
     pub outbound: crate::outbound::Outbound,
     /// Signed requests to other homeservers.
@@ -282,6 +284,7 @@ impl Services {
             account_data,
             typing: typing::Typing::new(notifier.clone()),
             lazy_members: sync::LazyMembers::default(),
+            sliding: sync::sliding::Connections::default(),
             receipts: receipts::Receipts::new(
                 store.clone(),
                 stream.clone(),

@@ -214,7 +214,7 @@ async fn limited_timeline_has_a_working_prev_batch() {
 #[tokio::test]
 async fn invite_leave_and_ban_sections() {
     let srv = TestServer::start().await;
-    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
     let (bob_id, bob, _) = srv.register("bob", "pw").await;
     let room = create_room(&srv, &alice, json!({"name": "Secret"})).await;
     let since = sync(&srv, &bob, "").await["next_batch"]
@@ -236,6 +236,13 @@ async fn invite_leave_and_ban_sections() {
     assert!(events.iter().any(|e| e["type"] == "m.room.member"
         && e["state_key"] == bob_id.as_str()
         && e["content"]["membership"] == "invite"));
+    // The inviter's member event (MSC4319): an unnamed room shows under the inviter's name.
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == alice_id.as_str()
+            && e["content"]["membership"] == "join"),
+        "{invite}"
+    );
     let since = body["next_batch"].as_str().unwrap().to_owned();
 
     srv.post(

@@ -34,7 +34,9 @@ async fn versions(
 ) -> Result<get_supported_versions::Response> {
     let mut response =
         get_supported_versions::Response::new(VERSIONS.iter().map(|v| v.to_string()).collect());
-    response.unstable_features = BTreeMap::new();
+    // Simplified sliding sync (MSC4186), what Element X needs to log in.
+    response.unstable_features =
+        BTreeMap::from([("org.matrix.simplified_msc3575".to_owned(), true)]);
     Ok(response)
 }
 

@@ -30,6 +30,7 @@ pub mod room;
 pub mod room_summary;
 pub mod search;
 pub mod session;
+pub mod sliding_sync;
 pub mod space;
 pub mod sync;
 pub mod tag;
@@ -53,6 +54,7 @@ pub fn register_routes(router: &mut Router) {
     device::routes(router);
     room::routes(router);
     sync::routes(router);
+    sliding_sync::routes(router);
     typing::routes(router);
     receipt::routes(router);
     presence::routes(router);

@@ -245,3 +245,42 @@ impl Rooms {
         Ok(None)
     }
 }
+
+impl Rooms {
+    /// The position of the newest event at or below `upto` whose type is one of `kinds`,
+    /// looking at no more than `budget` events (newest first; only their metadata is read).
+    /// `None` when none is found within the budget.
+    pub fn latest_of_kinds(
+        &self,
+        room_sid: u64,
+        upto: u64,
+        kinds: &[&str],
+        budget: usize,
+    ) -> Result<Option<u64>> {
+        const PAGE: usize = 16;
+        let mut cursor = Some(upto);
+        let mut left = budget;
+        while let Some(from) = cursor.filter(|_| left > 0) {
+            let rows = self.store.range_in_prefix::<Timeline, _>(
+                &(room_sid,),
+                Some(&(room_sid, from)),
+                true,
+                PAGE.min(left),
+            )?;
+            if rows.is_empty() {
+                break;
+            }
+            for ((_, sid), _) in rows {
+                left -= 1;
+                cursor = sid.checked_sub(1);
+                let Some(meta) = self.store.get::<EventMetaTable>(&sid)? else {
+                    continue;
+                };
+                if kinds.contains(&meta.kind.as_str()) {
+                    return Ok(Some(sid));
+                }
+            }
+        }
+        Ok(None)
+    }
+}

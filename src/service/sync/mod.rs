@@ -25,10 +25,7 @@ use std::{
     time::Instant,
 };
 
-use ruma::{
-    api::client::filter::FilterDefinition, events::StateEventType, push::Ruleset, OwnedRoomId,
-    UserId,
-};
+use ruma::{api::client::filter::FilterDefinition, push::Ruleset, OwnedRoomId, UserId};
 use serde_json::{json, Map, Value};
 
 mod filters;
@@ -38,6 +35,7 @@ mod legacy;
 mod presence;
 mod remote;
 mod room;
+pub mod sliding;
 
 pub use filters::event_passes;
 use filters::{filter_passes, limit_of, room_wanted};
@@ -48,7 +46,7 @@ pub use legacy::{
 };
 use presence::presence_events;
 pub use remote::stripped;
-use room::{joined_room, room_timeline, STRIPPED_STATE};
+use room::{joined_room, room_timeline, stripped_room_state};
 
 use super::{
     account_data::AccountData, e2ee::E2ee, presence::Presence, push::notifications::Notifications,
@@ -255,18 +253,10 @@ pub async fn sync_once(
             };
             continue;
         }
-        let (membership, member_sid) = if member_sid > now {
-            // The membership changed after this pass's horizon (its write is still settling):
-            // sync the room as the membership stood at `now`, so nothing before it is skipped.
-            let Some(record) = rooms.room(&room_id)? else {
-                continue;
-            };
-            match rooms.membership_as_of(record.sid, request.user_id, now)? {
-                Some(earlier) => earlier,
-                None => continue,
-            }
-        } else {
-            (membership, member_sid)
+        let Some((membership, member_sid)) =
+            settled_membership(rooms, &room_id, user_id, (membership, member_sid), now)?
+        else {
+            continue;
         };
         let changed_membership = request.since.is_none_or(|since| member_sid > since);
         match membership.as_str() {
@@ -304,32 +294,10 @@ pub async fn sync_once(
                 let Some(record) = rooms.room(&room_id)? else {
                     continue;
                 };
-                let mut events = Vec::new();
-                for kind in STRIPPED_STATE {
-                    if let Some(e) =
-                        rooms.state_event(record.sid, &StateEventType::from(*kind), "")?
-                    {
-                        events.push(rooms.stripped_event(&e));
-                    }
-                }
-                let own = rooms.state_event(
-                    record.sid,
-                    &StateEventType::RoomMember,
-                    request.user_id.as_str(),
-                )?;
-                if own
-                    .as_ref()
-                    .is_some_and(|own| ignored.contains(own.meta.sender.as_str()))
-                {
-                    // An invite (or knock answer) from an ignored user is not shown.
+                // An invite (or knock answer) from an ignored user is not shown.
+                let Some(events) = stripped_room_state(rooms, &record, user_id, &ignored)? else {
                     continue;
-                }
-                if let Some(own) = own {
-                    let mut stripped = rooms.stripped_event(&own);
-                    stripped["origin_server_ts"] = json!(own.meta.origin_server_ts);
-                    stripped["event_id"] = json!(own.pdu.event_id);
-                    events.push(stripped);
-                }
+                };
                 if membership == "invite" {
                     invite.insert(
                         room_id.to_string(),
@@ -474,6 +442,25 @@ pub async fn sync_once(
         has_updates,
         wake_at,
     })
+}
+
+/// A local membership `(membership, position)` as it stood at `now`: one that changed after
+/// the pass's horizon (its write is still settling) is taken as it was before, so nothing
+/// before it is skipped; `None` when the user had no membership then.
+fn settled_membership(
+    rooms: &Rooms,
+    room_id: &ruma::RoomId,
+    user_id: &UserId,
+    (membership, member_sid): (String, u64),
+    now: u64,
+) -> Result<Option<(String, u64)>> {
+    if member_sid <= now {
+        return Ok(Some((membership, member_sid)));
+    }
+    let Some(record) = rooms.room(room_id)? else {
+        return Ok(None);
+    };
+    rooms.membership_as_of(record.sid, user_id, now)
 }
 
 #[cfg(test)]

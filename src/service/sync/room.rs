@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use ruma::{
     api::client::filter::LazyLoadOptions,
     events::{room::member::MembershipState, StateEventType},
-    RoomId,
+    RoomId, UserId,
 };
 use serde_json::{json, Map, Value};
 
@@ -20,16 +20,16 @@ use crate::{
         access::{Access, Reader},
         format::Viewer,
         state::state_head,
-        Rooms, StoredEvent,
+        RoomRecord, Rooms, StoredEvent,
     },
 };
 
 /// Timeline events per room when the filter gives no limit (the spec suggests 10 or so).
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
-const MAX_TIMELINE_LIMIT: usize = 100;
+pub(super) const MAX_TIMELINE_LIMIT: usize = 100;
 /// Heroes shown in a room summary.
 const HEROES: usize = 5;
-pub(super) use crate::service::rooms::format::STRIPPED_STATE;
+use crate::service::rooms::format::STRIPPED_STATE;
 
 /// A joined room's section, or `None` when nothing changed since the token.
 pub(super) async fn joined_room(
@@ -115,8 +115,7 @@ pub(super) async fn joined_room(
     // The summary changes rarely; it is sent whenever membership changed in this batch or
     // on a fresh start.
     let members = rooms.members(record.sid)?;
-    let joined = members.iter().filter(|(_, m)| m == "join").count();
-    let invited = members.iter().filter(|(_, m)| m == "invite").count();
+    let (joined, invited) = member_counts(&members);
     // A partial-state room (`rooms/partial_state.rs`) knows few of its members: no counts
     // rather than wrong ones (the fields are optional) until the full state is stored.
     room["summary"] = if rooms.is_partial_state(room_id) {
@@ -151,10 +150,61 @@ pub(super) async fn joined_room(
     Ok(Some(room))
 }
 
+/// The joined and invited members among a room's `(user, membership)` rows.
+pub(super) fn member_counts(members: &[(String, String)]) -> (usize, usize) {
+    let joined = members.iter().filter(|(_, m)| m == "join").count();
+    let invited = members.iter().filter(|(_, m)| m == "invite").count();
+    (joined, invited)
+}
+
+/// The stripped state an invitee or knocker sees of a room this server takes part in (spec:
+/// "Stripped state"), with an inviter's member event, ending with their own member event;
+/// `None` when that event comes from an ignored user (such an invite is not shown).
+pub(super) fn stripped_room_state(
+    rooms: &Rooms,
+    record: &RoomRecord,
+    user_id: &UserId,
+    ignored: &HashSet<String>,
+) -> Result<Option<Vec<Value>>> {
+    let mut events = Vec::new();
+    for kind in STRIPPED_STATE {
+        if let Some(e) = rooms.state_event(record.sid, &StateEventType::from(*kind), "")? {
+            events.push(rooms.stripped_event(&e));
+        }
+    }
+    let own = rooms.state_event(record.sid, &StateEventType::RoomMember, user_id.as_str())?;
+    if own
+        .as_ref()
+        .is_some_and(|own| ignored.contains(own.meta.sender.as_str()))
+    {
+        return Ok(None);
+    }
+    if let Some(own) = own {
+        // The inviter's own member event too (MSC4319, as Synapse sends it): a room without
+        // a name (a direct chat) is then shown under the inviter's name and avatar.
+        let inviter = own.meta.sender.as_str();
+        let invited = own
+            .pdu
+            .content_as::<Value>()
+            .is_some_and(|c| c["membership"] == "invite");
+        if invited && inviter != user_id.as_str() {
+            let kind = StateEventType::RoomMember;
+            if let Some(e) = rooms.state_event(record.sid, &kind, inviter)? {
+                events.push(rooms.stripped_event(&e));
+            }
+        }
+        let mut stripped = rooms.stripped_event(&own);
+        stripped["origin_server_ts"] = json!(own.meta.origin_server_ts);
+        stripped["event_id"] = json!(own.pdu.event_id);
+        events.push(stripped);
+    }
+    Ok(Some(events))
+}
+
 /// Whether the summary names heroes: the spec requires them when the room has no name and no
 /// canonical alias (the client then names the room after them), and a lazy-loading client
 /// must then get their member events too, so they are left out otherwise.
-fn needs_heroes(rooms: &Rooms, room_sid: u64) -> Result<bool> {
+pub(super) fn needs_heroes(rooms: &Rooms, room_sid: u64) -> Result<bool> {
     for (kind, field) in [
         (StateEventType::RoomName, "name"),
         (StateEventType::RoomCanonicalAlias, "alias"),
@@ -176,7 +226,7 @@ fn needs_heroes(rooms: &Rooms, room_sid: u64) -> Result<bool> {
 
 /// The summary's heroes among the room's `(user, membership)` rows: joined or invited users
 /// other than the syncing user.
-fn heroes_of<'m>(members: &'m [(String, String)], user_id: &str) -> Vec<&'m str> {
+pub(super) fn heroes_of<'m>(members: &'m [(String, String)], user_id: &str) -> Vec<&'m str> {
     members
         .iter()
         .filter(|(u, m)| u != user_id && (m == "join" || m == "invite"))
@@ -216,52 +266,21 @@ pub(super) fn room_timeline(
         device_id: Some(request.device_id),
     };
 
-    let mut reader = Reader::new(rooms, request.user_id, access);
-
-    // Newest first, down to the token; one more than the limit tells whether it is limited.
-    let mut picked: Vec<StoredEvent> = Vec::new();
-    // The state at `upto` starts from the newest event at or below it.
-    let mut newest_head: Option<Option<u64>> = None;
-    let mut limited = false;
-    let mut cursor = Some(upto);
-    let mut budget = limit * 20 + 100;
-    'scan: while let Some(from) = cursor {
-        let page = rooms.timeline(record.sid, Some(from), true, limit + 1)?;
-        if page.is_empty() {
-            break;
-        }
-        for event in page {
-            cursor = event.sid.checked_sub(1);
-            budget = budget.saturating_sub(1);
-            newest_head.get_or_insert_with(|| state_head(&event));
-            if since.is_some_and(|s| event.sid <= s) {
-                break 'scan;
-            }
-            // The room-level access first (a rejected invitee reads only their own
-            // membership events, a departed user nothing past their departure), then the
-            // event's history visibility: the rules of every other read path.
-            let own_membership = event.meta.kind == "m.room.member"
-                && event.meta.state_key.as_deref() == Some(request.user_id.as_str());
-            if !own_membership && !reader.may_see(&event)? {
-                // History the user may not read ends the timeline here.
-                limited = true;
-                break 'scan;
-            }
-            if !event_passes(filter, &event) {
-                continue;
-            }
-            if event.meta.state_key.is_none() && pass.ignored.contains(event.meta.sender.as_str()) {
-                // Ignored users' events are left out; their state events are not (spec).
-                continue;
-            }
-            if picked.len() == limit || budget == 0 {
-                limited = true;
-                break 'scan;
-            }
-            picked.push(event);
-        }
-    }
-    picked.reverse();
+    let window = timeline_window(
+        rooms,
+        &record,
+        request.user_id,
+        access,
+        pass.ignored,
+        Span { since, upto, limit },
+        |event| event_passes(filter, event),
+    )?;
+    let Window {
+        events: picked,
+        limited,
+        end_head: newest_head,
+        prev_batch,
+    } = window;
     if joined && picked.is_empty() && since.is_some() && !request.full_state {
         return Ok(None);
     }
@@ -269,7 +288,7 @@ pub(super) fn room_timeline(
     // State: everything the client lacks before the first timeline event.
     let start_head = match picked.first() {
         Some(first) => first.meta.state_link,
-        None => newest_head.unwrap_or(record.last_state),
+        None => newest_head,
     };
     let full = since.is_none() || request.full_state;
     let lazy = matches!(
@@ -345,12 +364,6 @@ pub(super) fn room_timeline(
         }
     }
 
-    // A pagination token below the first timeline event; with no events, below everything
-    // this sync covered (`upto` included), so paging back from it never skips an event.
-    let prev_batch = picked
-        .first()
-        .map_or(upto.saturating_add(1), |e| e.sid)
-        .to_string();
     // Timeline events carry their bundled aggregations (threads, edits, references), as on
     // every other read path (in the client format the filter may ask for).
     let events: Vec<Value> = picked
@@ -361,4 +374,92 @@ pub(super) fn room_timeline(
     Ok(Some(
         json!({"timeline": timeline, "state": {"events": state}}),
     ))
+}
+
+/// Which part of a room's timeline a sync reads: the events after `since` (exclusive; `None`:
+/// from the newest back) up to `upto` (inclusive), at most `limit` of them.
+pub(super) struct Span {
+    pub since: Option<u64>,
+    pub upto: u64,
+    pub limit: usize,
+}
+
+/// A room's timeline as a sync serves it (/sync v2 and sliding sync alike).
+pub(super) struct Window {
+    /// Oldest first.
+    pub events: Vec<StoredEvent>,
+    /// Whether events between `since` and the first of `events` were left out (too many, or
+    /// history the user may not read).
+    pub limited: bool,
+    /// The room's state head as of `upto` (the state after the newest event at or below it).
+    pub end_head: Option<u64>,
+    /// A pagination token below the first event; with no events, below everything the span
+    /// covered (`upto` included), so paging back from it never skips an event.
+    pub prev_batch: String,
+}
+
+/// The newest events of a span that the user may see: the room-level `access` first (a
+/// rejected invitee reads only their own membership events, a departed user nothing past
+/// their departure), then each event's history visibility, the rules of every other read
+/// path; history the user may not read ends the window. Non-state events of `ignored` users
+/// are left out (spec: their state events are not), as are events `wanted` refuses.
+pub(super) fn timeline_window(
+    rooms: &Rooms,
+    record: &RoomRecord,
+    user_id: &UserId,
+    access: Access,
+    ignored: &HashSet<String>,
+    span: Span,
+    wanted: impl Fn(&StoredEvent) -> bool,
+) -> Result<Window> {
+    let Span { since, upto, limit } = span;
+    let mut reader = Reader::new(rooms, user_id, access);
+    // Newest first, down to the token; one more than the limit tells whether it is limited.
+    let mut picked: Vec<StoredEvent> = Vec::new();
+    let mut newest_head: Option<Option<u64>> = None;
+    let mut limited = false;
+    let mut cursor = Some(upto);
+    let mut budget = limit * 20 + 100;
+    'scan: while let Some(from) = cursor {
+        let page = rooms.timeline(record.sid, Some(from), true, limit + 1)?;
+        if page.is_empty() {
+            break;
+        }
+        for event in page {
+            cursor = event.sid.checked_sub(1);
+            budget = budget.saturating_sub(1);
+            newest_head.get_or_insert_with(|| state_head(&event));
+            if since.is_some_and(|s| event.sid <= s) {
+                break 'scan;
+            }
+            let own_membership = event.meta.kind == "m.room.member"
+                && event.meta.state_key.as_deref() == Some(user_id.as_str());
+            if !own_membership && !reader.may_see(&event)? {
+                limited = true;
+                break 'scan;
+            }
+            if !wanted(&event) {
+                continue;
+            }
+            if event.meta.state_key.is_none() && ignored.contains(event.meta.sender.as_str()) {
+                continue;
+            }
+            if picked.len() == limit || budget == 0 {
+                limited = true;
+                break 'scan;
+            }
+            picked.push(event);
+        }
+    }
+    picked.reverse();
+    let prev_batch = picked
+        .first()
+        .map_or(upto.saturating_add(1), |e| e.sid)
+        .to_string();
+    Ok(Window {
+        events: picked,
+        limited,
+        end_head: newest_head.unwrap_or(record.last_state),
+        prev_batch,
+    })
 }
