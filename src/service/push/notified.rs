@@ -12,7 +12,7 @@ use crate::{
 };
 
 pub enum Notified {
-    Stored(StoredEvent),
+    Stored(Box<StoredEvent>),
     RemoteInvite(Box<RemoteInvite>),
 }
 
@@ -25,7 +25,7 @@ pub fn notified(
     sid: u64,
 ) -> Result<Option<Notified>> {
     if let Some(event) = rooms.event_by_sid(sid)? {
-        return Ok(Some(Notified::Stored(event)));
+        return Ok(Some(Notified::Stored(Box::new(event))));
     }
     let Ok(room_id) = RoomId::parse(room_id) else {
         return Ok(None);

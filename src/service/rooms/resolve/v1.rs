@@ -154,7 +154,7 @@ impl<F: Fn(&EventId) -> Option<Pdu>> Check<'_, F> {
             }
             match state.get(&(kind.clone(), state_key.to_owned())) {
                 Some(id) => (self.fetch)(id),
-                None if self.partial => self.from_auth_events(event, kind, state_key),
+                None if self.partial => self.auth_event_at(event, kind, state_key),
                 None => None,
             }
         };
@@ -162,7 +162,7 @@ impl<F: Fn(&EventId) -> Option<Pdu>> Check<'_, F> {
     }
 
     /// The auth event of `event` at `(kind, state_key)`, if it has one.
-    fn from_auth_events(&self, event: &Pdu, kind: &StateEventType, state_key: &str) -> Option<Pdu> {
+    fn auth_event_at(&self, event: &Pdu, kind: &StateEventType, state_key: &str) -> Option<Pdu> {
         let kind = kind.to_string();
         event
             .auth_events
