@@ -120,13 +120,11 @@ async fn room_list(alice: &SdkUser, garden: &RoomId, kitchen: &RoomId) -> Result
             },
         )
         .await?;
-    let order = alice.order();
-    let position = |id: &RoomId| order.iter().position(|listed| listed == id);
-    ensure!(
-        position(kitchen) < position(garden),
-        "the room with the newest message should come first\n{}",
-        alice.describe_list()
-    );
+    alice
+        .until_order("the room with the newest message first", |order| {
+            order.first().map(|id| &**id) == Some(kitchen) && order.len() == 2
+        })
+        .await?;
     step("room list shows the rooms with names, latest events and unread counts, by recency");
     Ok(())
 }
@@ -189,11 +187,11 @@ async fn live_message(
             },
         )
         .await?;
-    ensure!(
-        alice.order().first() == Some(&room),
-        "the room with the new message should move to the top\n{}",
-        alice.describe_list()
-    );
+    alice
+        .until_order("the room with the new message moved to the top", |order| {
+            order.first() == Some(&room)
+        })
+        .await?;
     step("the room list moves the room to the top with its new latest event and count");
     Ok(())
 }
