@@ -601,3 +601,39 @@ async fn leaving_a_room_is_sent_once() {
     assert_eq!(after["lists"]["all"]["count"], 0, "{after}");
     assert!(rooms_of(&after).is_empty());
 }
+
+#[tokio::test]
+async fn a_rejected_invite_shows_only_the_user_s_membership() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(&srv, &bob, json!({"name": "Secret", "invite": [alice_id]})).await;
+    let request = json!({"lists": {"all": list(json!([[0, 5]]), 5, json!([["*", "*"]]))}});
+    let first = ss(&srv, &alice, None, request.clone()).await;
+    assert!(first["rooms"][&room]["invite_state"].is_array(), "{first}");
+    let (status, _) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let rejected = ss(&srv, &alice, Some(&pos(&first)), request).await;
+    let section = &rejected["rooms"][&room];
+    let state = section["required_state"].as_array().unwrap();
+    assert_eq!(state.len(), 1, "{section}");
+    assert_eq!(state[0]["state_key"], alice_id.as_str());
+    assert_eq!(state[0]["content"]["membership"], "leave");
+    assert!(
+        section.get("name").is_none() && section.get("joined_count").is_none(),
+        "{section}"
+    );
+    for event in section["timeline"].as_array().unwrap() {
+        assert_eq!(
+            event["state_key"],
+            alice_id.as_str(),
+            "only own membership: {event}"
+        );
+    }
+}

@@ -189,6 +189,15 @@ impl Http {
         Ok(())
     }
 
+    /// Opens a fresh simplified sliding sync connection `conn_id` for `who` (one request, no
+    /// position, nothing asked for).
+    pub async fn open_sliding_sync(&self, who: &Account, conn_id: &str) -> Result<()> {
+        let path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=0";
+        let body = json!({"conn_id": conn_id, "lists": {}});
+        self.ok(Method::POST, path, &who.token, Some(body)).await?;
+        Ok(())
+    }
+
     /// Whether `user_id`'s device `device_id` has published device keys (asked as `who`).
     pub async fn has_device_keys(
         &self,

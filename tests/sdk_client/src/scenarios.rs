@@ -13,7 +13,10 @@ use matrix_sdk::{
         },
     },
 };
-use matrix_sdk_ui::timeline::{RoomExt, Timeline};
+use matrix_sdk_ui::{
+    sync_service,
+    timeline::{RoomExt, Timeline},
+};
 use serde_json::json;
 
 use crate::{
@@ -25,6 +28,9 @@ use crate::{
 const PASSWORD: &str = "sdk-client-password";
 /// Messages bob leaves in the shared room before alice's first sync: more than one page.
 const HISTORY: usize = 30;
+/// Connections alice opens from another device to crowd out her SDK's (more than the server
+/// keeps for one user).
+const CROWD: usize = 24;
 /// Bob's display name: the name of his direct chat with alice.
 const BOB: &str = "Bob Builder";
 
@@ -80,6 +86,7 @@ pub async fn run(base: &str) -> Result<()> {
     typing(&http, &bob_http, &alice, &garden).await?;
     read_receipt(&alice, &timeline).await?;
     resume(&http, &bob_http, &alice, &timeline).await?;
+    unknown_position(&http, &alice_http, &bob_http, &alice, &timeline).await?;
     invite_and_join(&http, &bob_http, &alice).await?;
     direct_chat(&http, &bob_http, &alice).await?;
 
@@ -120,13 +127,11 @@ async fn room_list(alice: &SdkUser, garden: &RoomId, kitchen: &RoomId) -> Result
             },
         )
         .await?;
-    let order = alice.order();
-    let position = |id: &RoomId| order.iter().position(|listed| listed == id);
-    ensure!(
-        position(kitchen) < position(garden),
-        "the room with the newest message should come first\n{}",
-        alice.describe_list()
-    );
+    alice
+        .until_order("the room with the newest message first", |order| {
+            order.first().map(|id| &**id) == Some(kitchen) && order.len() == 2
+        })
+        .await?;
     step("room list shows the rooms with names, latest events and unread counts, by recency");
     Ok(())
 }
@@ -189,11 +194,11 @@ async fn live_message(
             },
         )
         .await?;
-    ensure!(
-        alice.order().first() == Some(&room),
-        "the room with the new message should move to the top\n{}",
-        alice.describe_list()
-    );
+    alice
+        .until_order("the room with the new message moved to the top", |order| {
+            order.first() == Some(&room)
+        })
+        .await?;
     step("the room list moves the room to the top with its new latest event and count");
     Ok(())
 }
@@ -263,6 +268,82 @@ async fn resume(http: &Http, bob: &Account, alice: &SdkUser, timeline: &Timeline
     })
     .await?;
     step("sync stopped and started again: resumes and catches up");
+    Ok(())
+}
+
+/// The server forgets alice's connections while her sync is stopped (she opens more
+/// connections from another device than it keeps for one user: Hearth keeps 16). Started
+/// again, the SDK's position is unknown: the server answers `M_UNKNOWN_POS`, the SyncService
+/// reports the error, and started once more (as Element X does on an error) it opens new
+/// connections and catches up.
+async fn unknown_position(
+    http: &Http,
+    alice_http: &Account,
+    bob: &Account,
+    alice: &SdkUser,
+    timeline: &Timeline,
+) -> Result<()> {
+    within("stopping alice's sync", async {
+        alice.sync.stop().await;
+        Ok(())
+    })
+    .await?;
+    for i in 0..CROWD {
+        http.open_sliding_sync(alice_http, &format!("crowd-{i}"))
+            .await?;
+    }
+    let room = timeline.room().room_id().to_string();
+    http.send_text(bob, &room, "after a new connection").await?;
+    let mut states = alice.sync.state();
+    within("restarting alice's sync", async {
+        alice.sync.start().await;
+        Ok(())
+    })
+    .await?;
+    within("the SyncService to report the unknown position", async {
+        loop {
+            let state = states.next().await.context("the sync state stream ended")?;
+            match state {
+                sync_service::State::Error(error) => {
+                    let text = format!("{error} {error:?}");
+                    ensure!(
+                        text.contains("UNKNOWN_POS") || text.contains("UnknownPos"),
+                        "the sync failed otherwise than on an unknown position: {text}"
+                    );
+                    return Ok(());
+                }
+                sync_service::State::Running | sync_service::State::Idle => {}
+                other => bail!("unexpected sync state {other:?}"),
+            }
+        }
+    })
+    .await?;
+    within("starting alice's sync after the error", async {
+        alice.sync.start().await;
+        Ok(())
+    })
+    .await?;
+    until(
+        "the message sent before the connection was restarted",
+        async || {
+            alice.healthy()?;
+            let shown = messages(timeline).await;
+            Ok(shown
+                .iter()
+                .any(|(_, body, _)| body.as_deref() == Some("after a new connection"))
+                .then_some(()))
+        },
+    )
+    .await?;
+    let garden = timeline.room().room_id().to_owned();
+    alice
+        .until_listed(
+            "Garden still listed with its latest message",
+            &garden,
+            |room| latest_body(room).as_deref() == Some("after a new connection"),
+        )
+        .await?;
+    step("an unknown position (M_UNKNOWN_POS): the SDK starts a new connection and catches up");
     Ok(())
 }
 

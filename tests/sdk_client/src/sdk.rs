@@ -9,7 +9,7 @@ use futures_util::{StreamExt, pin_mut};
 use matrix_sdk::{
     Client, Room, RoomState,
     latest_events::LatestEventValue,
-    ruma::{OwnedDeviceId, OwnedUserId, RoomId},
+    ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId},
     sliding_sync::VersionBuilder,
 };
 use matrix_sdk_ui::{
@@ -137,9 +137,24 @@ impl SdkUser {
     }
 
     /// The room ids in the order the room list shows them.
-    pub fn order(&self) -> Vec<matrix_sdk::ruma::OwnedRoomId> {
+    pub fn order(&self) -> Vec<OwnedRoomId> {
         let shown = self.rooms.lock().unwrap();
         shown.iter().map(|item| item.room_id().to_owned()).collect()
+    }
+
+    /// Waits until the room list's order satisfies `check` (the list re-sorts a moment after
+    /// a room's data changes).
+    pub async fn until_order(
+        &self,
+        what: &str,
+        check: impl Fn(&[OwnedRoomId]) -> bool,
+    ) -> Result<()> {
+        until(what, async || {
+            self.healthy()?;
+            Ok(check(&self.order()).then_some(()))
+        })
+        .await
+        .map_err(|error| anyhow!("{error:#}\n{}", self.describe_list()))
     }
 
     /// Waits until the room list shows `room_id` and `check` accepts it.

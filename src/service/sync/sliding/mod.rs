@@ -145,14 +145,19 @@ pub async fn sliding_sync_once(
     }
     let ignored = sources.account_data.ignored_users_of(user_id)?;
     let typing_now = sources.typing.current_serial();
-    let candidates = lists::candidates(
-        rooms,
-        sources.account_data,
-        user_id,
-        previous,
-        &ignored,
-        now,
-    )?;
+    // A connection without lists or subscriptions (an encryption-only one) needs no rooms.
+    let candidates = if body.lists.is_empty() && body.room_subscriptions.is_empty() {
+        Vec::new()
+    } else {
+        lists::candidates(
+            rooms,
+            sources.account_data,
+            user_id,
+            previous,
+            &ignored,
+            now,
+        )?
+    };
 
     // Each list's count and rooms; each room's configuration over all that include it.
     let mut configs: HashMap<usize, RoomConfig> = HashMap::new();

@@ -230,15 +230,22 @@ fn joined_or_left(
         },
         |_| true,
     )?;
-    let view = if joined {
-        StateView::Current(record.sid)
-    } else {
-        let rows = rooms.full_state_at(window.end_head)?;
-        StateView::At(
-            rows.into_iter()
-                .map(|(k, key, sid)| ((k, key), sid))
-                .collect(),
-        )
+    // The state the user may read: the current state, the state at their departure, or (an
+    // invite rejected, a knock withdrawn) only their own membership.
+    let view = match access {
+        Access::Joined | Access::WorldReadable => StateView::Current(record.sid),
+        Access::Departed { .. } => {
+            let rows = rooms.full_state_at(window.end_head)?;
+            StateView::At(
+                rows.into_iter()
+                    .map(|(k, key, sid)| ((k, key), sid))
+                    .collect(),
+            )
+        }
+        Access::Invited | Access::Knocked | Access::None => StateView::At(HashMap::from([(
+            ("m.room.member".to_owned(), ctx.user_id.to_string()),
+            room.member_sid,
+        )])),
     };
 
     // Required state: all of it for a room new to the connection, else what changed since
@@ -363,7 +370,11 @@ fn joined_or_left(
         // What Synapse sends when a raised limit restarts the timeline (clients rely on it).
         body.insert("unstable_expanded_timeline".into(), json!(true));
     }
-    room_fields(ctx, room, record, &view, &mut body)?;
+    let reads_state = matches!(
+        access,
+        Access::Joined | Access::WorldReadable | Access::Departed { .. }
+    );
+    room_fields(ctx, room, record, &view, reads_state, &mut body)?;
     let mut required_state = Vec::with_capacity(state_sids.len());
     for sid in state_sids {
         if let Some(event) = rooms.event_by_sid(sid)? {
@@ -389,12 +400,14 @@ fn joined_or_left(
     Ok((Some(Value::Object(body)), sent))
 }
 
-/// Name, avatar, heroes, member counts, bump stamp and DM flag of a room with state here.
+/// Name, avatar, heroes, member counts, bump stamp and DM flag of a room with state here
+/// (members and heroes only when the user may read the room's state: `reads_state`).
 fn room_fields(
     ctx: &RoomCtx<'_>,
     room: &Candidate,
     record: &RoomRecord,
     view: &StateView,
+    reads_state: bool,
     body: &mut Map<String, Value>,
 ) -> Result<()> {
     let rooms = ctx.rooms;
@@ -412,13 +425,17 @@ fn room_fields(
             content.get("url").cloned().unwrap_or(Value::Null),
         );
     }
-    let members = rooms.members(record.sid)?;
-    if !rooms.is_partial_state(&room.room_id) {
+    let members = if reads_state {
+        rooms.members(record.sid)?
+    } else {
+        Vec::new()
+    };
+    if reads_state && !rooms.is_partial_state(&room.room_id) {
         let (joined, invited) = member_counts(&members);
         body.insert("joined_count".into(), json!(joined));
         body.insert("invited_count".into(), json!(invited));
     }
-    if needs_heroes(rooms, record.sid)? {
+    if reads_state && needs_heroes(rooms, record.sid)? {
         let mut heroes = Vec::new();
         for hero in heroes_of(&members, ctx.user_id.as_str()) {
             let mut entry = json!({"user_id": hero});
