@@ -367,6 +367,33 @@ impl Rooms {
         }
     }
 
+    /// The position of the current state event for `(kind, state_key)`, without loading it.
+    pub fn state_sid(&self, room_sid: u64, kind: &str, state_key: &str) -> Result<Option<u64>> {
+        let key = (room_sid, kind.to_owned(), state_key.to_owned());
+        Ok(self.store.get::<CurrentState>(&key)?)
+    }
+
+    /// `(type, state key, position)` of every current state event of the room (optionally of
+    /// one type), in key order, without loading the events.
+    pub fn current_state_sids(
+        &self,
+        room_sid: u64,
+        kind: Option<&str>,
+    ) -> Result<Vec<(String, String, u64)>> {
+        let rows = match kind {
+            Some(kind) => self
+                .store
+                .scan_prefix::<CurrentState, _>(&(room_sid, kind.to_owned()), usize::MAX)?,
+            None => self
+                .store
+                .scan_prefix::<CurrentState, _>(&(room_sid,), usize::MAX)?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|((_, kind, key), sid)| (kind, key, sid))
+            .collect())
+    }
+
     /// Every current state event of the room (optionally of one type), in key order.
     pub fn current_state(
         &self,

@@ -235,3 +235,48 @@ async fn receipts_and_typing_of_rooms_in_scope() {
         "{stopped}"
     );
 }
+
+#[tokio::test]
+async fn room_account_data_changed_out_of_view_comes_with_the_room() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let older = create_room(&srv, &alice, json!({})).await;
+    let newer = create_room(&srv, &alice, json!({})).await;
+    let window = |end: u64| {
+        json!({
+            "lists": {"all": {"ranges": [[0, end]], "timeline_limit": 1}},
+            "extensions": {"account_data": {"enabled": true}},
+        })
+    };
+    let both = ss(&srv, &alice, None, window(1)).await;
+    let narrow = ss(&srv, &alice, Some(&pos(&both)), window(0)).await;
+    let (status, _) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/tags/u.later",
+                enc(&alice_id),
+                enc(&older)
+            ),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let still_narrow = ss(&srv, &alice, Some(&pos(&narrow)), window(0)).await;
+    assert!(
+        still_narrow["extensions"]["account_data"]["rooms"]
+            .get(&older)
+            .is_none(),
+        "out of view: {still_narrow}"
+    );
+    let wide = ss(&srv, &alice, Some(&pos(&still_narrow)), window(1)).await;
+    let tags = wide["extensions"]["account_data"]["rooms"][&older]
+        .as_array()
+        .unwrap_or_else(|| panic!("the room's account data: {wide}"));
+    assert!(
+        tags.iter()
+            .any(|e| e["content"]["tags"].get("u.later").is_some()),
+        "{wide}"
+    );
+    let _ = newer;
+}

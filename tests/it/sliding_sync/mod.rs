@@ -637,3 +637,42 @@ async fn a_rejected_invite_shows_only_the_user_s_membership() {
         );
     }
 }
+
+#[tokio::test]
+async fn knocks_show_their_stripped_state() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let room = create_room(
+        &srv,
+        &alice,
+        json!({"name": "Club", "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]}),
+    )
+    .await;
+    let (status, body) = srv
+        .post(
+            &format!("/_matrix/client/v3/knock/{}", enc(&room)),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = ss(
+        &srv,
+        &bob,
+        None,
+        json!({"lists": {"all": list(json!([[0, 5]]), 1, json!([]))}}),
+    )
+    .await;
+    let section = &body["rooms"][&room];
+    assert_eq!(section["name"], "Club", "{section}");
+    for field in ["invite_state", "knock_state"] {
+        let events = section[field]
+            .as_array()
+            .unwrap_or_else(|| panic!("{field}: {section}"));
+        assert!(events
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "knock"));
+    }
+    assert!(section.get("timeline").is_none());
+}

@@ -21,11 +21,20 @@ pub struct Scope<'a> {
     pub subscriptions: &'a [OwnedRoomId],
     /// Every room of the response's lists and subscriptions.
     pub all: &'a HashSet<OwnedRoomId>,
-    /// Rooms sent for the first time on this connection (their extension data comes in full).
-    pub initial: &'a HashSet<OwnedRoomId>,
+    /// For each room of the response the connection knew, the position up to which it was
+    /// sent. A room missing here is new to the connection: its extension data comes in full.
+    /// A room whose position is older than the previous response's was out of view since, so
+    /// its receipts come from that position on, its account data and typing list in full.
+    pub room_upto: &'a HashMap<OwnedRoomId, u64>,
 }
 
 impl Scope<'_> {
+    /// Whether the room was in view in the previous response (its extension data since
+    /// then is what is new).
+    fn live(&self, room: &OwnedRoomId, previous: Option<&Snapshot>) -> bool {
+        previous.is_some_and(|p| self.room_upto.get(room) == Some(&p.stream))
+    }
+
     /// The rooms an extension with these `lists` and `rooms` settings covers.
     fn rooms(
         &self,
@@ -143,7 +152,7 @@ pub async fn extensions(
             request.account_data.lists.as_ref(),
             request.account_data.rooms.as_ref(),
         );
-        let body = account_data(sources, user_id, &rooms, scope, since, now)?;
+        let body = account_data(sources, user_id, &rooms, scope, previous, now)?;
         news |= body.get("global").is_some() || body.get("rooms").is_some();
         out.insert("account_data".into(), Value::Object(body));
     }
@@ -157,7 +166,7 @@ pub async fn extensions(
             if !joined(sources, user_id, &room)? {
                 continue;
             }
-            let since = since.filter(|_| !scope.initial.contains(&room));
+            let since = scope.room_upto.get(&room).copied();
             if let Some(content) = sources.receipts.room_since(&room, since, now, user_id)? {
                 by_room.insert(
                     room.to_string(),
@@ -179,11 +188,13 @@ pub async fn extensions(
                 continue;
             }
             typing_rooms.push(room.clone());
-            // A room new to the connection: who types now, if anyone. Otherwise the list when
-            // it changed (or, the serial being from another run, in any case).
-            let (since, send_empty) = match (scope.initial.contains(&room), previous) {
-                (true, _) | (_, None) => (None, false),
-                (false, Some(_)) => (known_serial, true),
+            // A room new to the connection: who types now, if anyone. A room back in view:
+            // the list as it is. Otherwise the list when it changed (or, the serial being from
+            // another run, in any case).
+            let (since, send_empty) = if scope.live(&room, previous) {
+                (known_serial, true)
+            } else {
+                (None, scope.room_upto.contains_key(&room))
             };
             let Some(users) = sources.typing.room_since(&room, since) else {
                 continue;
@@ -214,15 +225,16 @@ fn joined(sources: &Sources<'_>, user_id: &ruma::UserId, room: &OwnedRoomId) -> 
 }
 
 /// Global account data (with `m.push_rules`) and that of the rooms in scope: all of it for a
-/// new connection or a room new to it, else what changed since the snapshot.
+/// new connection or a room new to it or back in view, else what changed since the snapshot.
 fn account_data(
     sources: &Sources<'_>,
     user_id: &ruma::UserId,
     rooms: &[OwnedRoomId],
     scope: &Scope<'_>,
-    since: Option<u64>,
+    previous: Option<&Snapshot>,
     now: u64,
 ) -> Result<Map<String, Value>> {
+    let since = previous.map(|p| p.stream);
     let event = |kind: String, content: Vec<u8>| {
         let content: Value = serde_json::from_slice(&content).ok()?;
         Some(json!({"type": kind, "content": content}))
@@ -257,7 +269,7 @@ fn account_data(
     }
     let mut by_room = Map::new();
     for room in rooms {
-        let entries = if since.is_none() || scope.initial.contains(room) {
+        let entries = if !scope.live(room, previous) {
             sources.account_data.room(user_id, room)?
         } else {
             changed_rooms.remove(room.as_str()).unwrap_or_default()

@@ -234,7 +234,7 @@ pub async fn sliding_sync_once(
         lists: list_counts,
     };
     let mut rooms_body = Map::new();
-    let mut initial = HashSet::new();
+    let mut room_upto = HashMap::new();
     let mut all = HashSet::new();
     for i in order {
         let room = &candidates[i];
@@ -253,8 +253,8 @@ pub async fn sliding_sync_once(
         let before = previous
             .and_then(|p| p.rooms.get(&room.room_id))
             .filter(|p| p.joined || room.membership != "join");
-        if before.is_none() {
-            initial.insert(room.room_id.clone());
+        if let Some(before) = before {
+            room_upto.insert(room.room_id.clone(), before.upto);
         }
         all.insert(room.room_id.clone());
         let (section, sent) = room::room_data(&ctx, room, &config, before)?;
@@ -272,7 +272,7 @@ pub async fn sliding_sync_once(
         lists: &list_rooms,
         subscriptions: &subscribed,
         all: &all,
-        initial: &initial,
+        room_upto: &room_upto,
     };
     let (extensions_body, extension_news) = extensions::extensions(
         sources,

@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use ruma::{events::StateEventType, UserId};
+use ruma::UserId;
 use serde_json::{json, Map, Value};
 
 use super::{
@@ -128,9 +128,7 @@ enum StateView {
 impl StateView {
     fn get(&self, rooms: &Rooms, kind: &str, key: &str) -> Result<Option<u64>> {
         match self {
-            Self::Current(room_sid) => Ok(rooms
-                .state_event(*room_sid, &StateEventType::from(kind), key)?
-                .map(|e| e.sid)),
+            Self::Current(room_sid) => rooms.state_sid(*room_sid, kind, key),
             Self::At(map) => Ok(map.get(&(kind.to_owned(), key.to_owned())).copied()),
         }
     }
@@ -138,17 +136,7 @@ impl StateView {
     /// Every `(type, state key, sid)` matching `kind` (`None`: every type).
     fn all(&self, rooms: &Rooms, kind: Option<&str>) -> Result<Vec<(String, String, u64)>> {
         match self {
-            Self::Current(room_sid) => {
-                let kind = kind.map(StateEventType::from);
-                Ok(rooms
-                    .current_state(*room_sid, kind.as_ref())?
-                    .into_iter()
-                    .map(|e| {
-                        let key = e.meta.state_key.clone().unwrap_or_default();
-                        (e.meta.kind.clone(), key, e.sid)
-                    })
-                    .collect())
-            }
+            Self::Current(room_sid) => rooms.current_state_sids(*room_sid, kind),
             Self::At(map) => Ok(map
                 .iter()
                 .filter(|((k, _), _)| kind.is_none_or(|kind| kind == k))
