@@ -12,6 +12,7 @@ pub mod joined;
 mod push;
 pub mod remote;
 mod template;
+pub mod unaccept;
 
 pub(crate) use push::MembersCache;
 

@@ -18,6 +18,7 @@ pub mod checks;
 mod direct;
 mod gaps;
 mod outside;
+mod recheck;
 
 pub use direct::Direct;
 
