@@ -12,6 +12,7 @@ pub mod joined;
 pub(crate) mod push;
 pub mod remote;
 mod template;
+pub mod unaccept;
 
 pub(crate) use push::MembersCache;
 

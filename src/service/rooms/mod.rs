@@ -294,7 +294,10 @@ impl Rooms {
         &self.server_name
     }
 
-    pub(crate) async fn lock_room(&self, room_id: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
+    /// The room's append lock: every writer of the room (events, a join being stored, the
+    /// partial-state resync) takes it, so holding it pauses them all. Tests hold it to catch a
+    /// join between its answer and its storing.
+    pub async fn lock_room(&self, room_id: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             if locks.len() > 1024 {

@@ -6,8 +6,10 @@
 //! in.
 //!
 //! Invariants:
-//! - a room has a [`PartialStateRooms`] row from the batch that stored its join until the batch
-//!   that stored its full state, and no longer: a restart finds the rooms still to resync there;
+//! - a room has a [`PartialStateRooms`] row from the batch that stored its join until the
+//!   events accepted since the join were checked again against the full state
+//!   (`federation/pdus/recheck.rs`), and no longer: a restart finds the rooms still to resync
+//!   (or re-check) there;
 //! - while the row exists, the room's stored state (current state, snapshots) lacks member
 //!   events, never has wrong ones: what the full state adds is only keys the partial state did
 //!   not have, so the completion adds each missing key to the state at the join and to every
@@ -105,8 +107,10 @@ impl Rooms {
     /// Stores the full state before the join of a partial-state room (checked and authorised
     /// by the caller, one event per key) and its auth chain, in one batch: new events as
     /// outliers; every key the stored state lacks added to the state at the join, to every
-    /// later snapshot and to the current state (with the membership rows); the partial mark
-    /// removed. Returns how many keys were added. A room no longer partial changes nothing.
+    /// later snapshot and to the current state (with the membership rows). Returns how many
+    /// keys were added. The partial mark stays until the events accepted meanwhile are checked
+    /// again ([`Rooms::finish_partial_state`]); a second run (after a crash in between) adds
+    /// nothing. A room no longer partial changes nothing.
     pub async fn complete_partial_state(
         &self,
         room_id: &RoomId,
@@ -221,7 +225,6 @@ impl Rooms {
                     );
             }
         }
-        batch.delete::<PartialStateRooms>(&room_id.to_string());
         self.stream
             .commit(&self.store, batch, pending, (), || {})
             .await
@@ -229,5 +232,14 @@ impl Rooms {
         // The member cache is keyed by the state position, which did not move.
         self.push_members.forget(room.sid);
         Ok(added_keys)
+    }
+
+    /// Stages the removal of the partial mark `partial` of the room (guarded by its value), in
+    /// the batch that ends the re-check of the events accepted while it was partial.
+    pub fn finish_partial_state(batch: &mut Batch, room_id: &RoomId, partial: &PartialState) {
+        let key = room_id.to_string();
+        batch
+            .expect_value::<PartialStateRooms>(&key, Some(partial))
+            .delete::<PartialStateRooms>(&key);
     }
 }

@@ -31,6 +31,10 @@
 //!
 //! With `federation.partial_state_joins` (the default) the join asks for `omit_members`; an
 //! answer that omitted members stores the room with partial state (`partial.rs`).
+//!
+//! From just before `send_join` until the room is stored, the room's PDUs that arrive are held
+//! and received once it is (`pdus/held.rs`): the resident sends the room's events as soon as
+//! it has accepted the join.
 
 use std::time::Duration;
 
@@ -223,6 +227,8 @@ async fn try_join(
     )
     .map_err(failed)?;
     let raw = raw_object(&object).map_err(failed)?;
+    // From here on the resident may send the room's events: held until the join is stored.
+    let hold = services.pdus.hold_room(join.room_id, &rules);
     let mut request =
         create_join_event::v2::Request::new(join.room_id.to_owned(), event_id.clone(), raw);
     // Partial state (`partial.rs`): the member events come later, in the background.
@@ -258,13 +264,17 @@ async fn try_join(
         .is_resident(join.room_id)
         .map_err(Attempt::Refused)?
     {
-        return add_to_joined_room(services, join.room_id, joined.join).await;
+        add_to_joined_room(services, join.room_id, joined.join).await?;
+        hold.release().await;
+        return Ok(());
     }
     let join_event = joined.join.clone();
     match services.rooms.store_joined_room(joined).await {
         Ok(_) => {}
         Err(e) if e.status == StatusCode::CONFLICT => {
-            return add_to_joined_room(services, join.room_id, join_event).await;
+            add_to_joined_room(services, join.room_id, join_event).await?;
+            hold.release().await;
+            return Ok(());
         }
         Err(e) => return Err(Attempt::Refused(e)),
     }
@@ -277,6 +287,8 @@ async fn try_join(
     if is_partial {
         services.partial_sync.start(join.room_id);
     }
+    // What the resident sent meanwhile, now that the room is here.
+    hold.release().await;
     Ok(())
 }
 

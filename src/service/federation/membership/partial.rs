@@ -17,9 +17,11 @@
 //! In the background, [`PartialSync::run`] fetches the state before the join (`/v1/state` at
 //! the join event) from the resident, then from each server of `servers_in_room`; checks it
 //! like a `send_join` answer (formats, ids, signatures, hashes, each event against its auth
-//! events, the join against the state: `verify.check_answer`); and stores it in one batch that
-//! also clears the mark (`Rooms::complete_partial_state`). The mark is durable, so a restart
-//! resumes an unfinished resync: `run` starts with every room still marked.
+//! events, the join against the state: `verify.check_answer`); and stores it in one batch
+//! (`Rooms::complete_partial_state`). Then every event accepted since the join is judged again
+//! against the full state, those that fail are rejected after all, and the mark is cleared
+//! (`pdus/recheck.rs`). The mark is durable, so a restart resumes an unfinished resync: `run`
+//! starts with every room still marked.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -225,9 +227,16 @@ async fn resync(services: &Services, room_id: &RoomId) -> Result<(), String> {
             .complete_partial_state(room_id, &checked.state, &checked.auth_chain)
             .await
             .map_err(|e| e.to_string())?;
+        let rejected = services
+            .pdus
+            .recheck_partial_state(room_id, &partial)
+            .await
+            .map_err(|e| e.to_string())?;
         log::info!(
-            "full state of {room_id} from {server}: {} events, {added} new keys, in {:?}",
+            "full state of {room_id} from {server}: {} events, {added} new keys, {} events \
+             accepted meanwhile rejected, in {:?}",
             checked.state.len(),
+            rejected.len(),
             started.elapsed()
         );
         return Ok(());

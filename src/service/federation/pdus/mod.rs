@@ -17,9 +17,12 @@ pub mod backfill;
 pub mod checks;
 mod direct;
 mod gaps;
+mod held;
 mod outside;
+mod recheck;
 
 pub use direct::Direct;
+pub use held::JoinHold;
 
 use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
 
@@ -187,6 +190,8 @@ pub struct Pdus {
     /// When a backfill of a room last brought nothing (`backfill.rs`), so that paging at the
     /// start of a room whose servers do not answer does not wait for them on every page.
     backfill_misses: std::sync::Mutex<std::collections::HashMap<OwnedRoomId, std::time::Instant>>,
+    /// Rooms being joined and the PDUs held for them (`held.rs`).
+    joins: held::Joins,
 }
 
 impl Pdus {
@@ -197,6 +202,7 @@ impl Pdus {
             keys,
             remote: None,
             backfill_misses: Default::default(),
+            joins: Default::default(),
         }
     }
 
@@ -218,6 +224,18 @@ impl Pdus {
         let mut results = PduResults::new();
         let mut by_room: BTreeMap<OwnedRoomId, Vec<Prepared>> = BTreeMap::new();
         for raw in pdus {
+            // A room being joined: held until the join is stored (`held.rs`).
+            match self.hold(origin, raw) {
+                Some(Ok(event_id)) => {
+                    results.insert(event_id, Ok(()));
+                    continue;
+                }
+                Some(Err(error)) => {
+                    log::info!("PDU without an event id from {origin} dropped: {error}");
+                    continue;
+                }
+                None => {}
+            }
             match self.prepare(origin, raw).await {
                 Ok(Ready::Room(room_id, prepared)) => {
                     by_room.entry(room_id).or_default().push(*prepared)

@@ -50,6 +50,10 @@ pub(crate) struct Overlay {
     pub(super) outliers: HashMap<OwnedEventId, Pdu>,
     /// Outliers being stored again at a new position (`rooms/outliers.rs`): their old one.
     pub(crate) replacing: HashMap<OwnedEventId, u64>,
+    /// Events the re-check after a partial-state resync rejected (`build/unaccept.rs`): the
+    /// head of the state after them, which is the state before them. Gone from `event_ids`,
+    /// they still place the events that cite them as prev events.
+    pub(super) unaccepted: HashMap<OwnedEventId, Option<u64>>,
 }
 
 /// What the authorization rules say of a remote event.
@@ -161,6 +165,10 @@ impl Staged<'_> {
         let mut heads = Vec::new();
         let mut cites_staged = false;
         for prev in &pdu.prev_events {
+            if let Some(head) = self.remote.unaccepted.get(prev) {
+                heads.push(*head);
+                continue;
+            }
             if let Some((sid, head)) = self.remote.heads.get(prev) {
                 cites_staged = true;
                 prev_sids.push(*sid);
@@ -232,6 +240,35 @@ impl Staged<'_> {
     /// mismatch, redacted): against its auth events, the state before it, and the current
     /// state.
     pub fn authorise_remote(&self, pdu: &Pdu, state: &StateBefore) -> Result<Verdict> {
+        // A partial-state room (`rooms/partial_state.rs`) lacks most member events: a key the
+        // stored state does not have is taken from the event's own auth events, so an event
+        // is not rejected for state this server has yet to fetch.
+        let partial = self
+            .room_id
+            .as_ref()
+            .is_some_and(|r| self.rooms.is_partial_state(r));
+        self.authorise(pdu, state, partial, true)
+    }
+
+    /// The authorization rules on a stored event again, against its auth events and the
+    /// state before it as stored now, with no key taken from its auth events: the re-check,
+    /// once a partial-state room has its full state, of the events accepted while it had not
+    /// (`federation/pdus/recheck.rs`). `Accepted` or `Rejected` (or `MissingAuth`): step 6
+    /// is not run again, as the current state the event was received in is not kept, and
+    /// today's would judge old history by later changes (a member who left since).
+    pub fn authorise_again(&self, pdu: &Pdu, state: &StateBefore) -> Result<Verdict> {
+        self.authorise(pdu, state, false, false)
+    }
+
+    /// Steps 4 and 5, and with `soft_fail` step 6 (see [`Staged::authorise_remote`]); with
+    /// `partial`, a key the stored state lacks is taken from the event's auth events.
+    fn authorise(
+        &self,
+        pdu: &Pdu,
+        state: &StateBefore,
+        partial: bool,
+        soft_fail: bool,
+    ) -> Result<Verdict> {
         let rules = &self.rules.authorization;
         let rooms = self.rooms;
         // Step 4: the auth events (`build/fetched.rs`).
@@ -248,13 +285,6 @@ impl Staged<'_> {
                 .get(&(kind.to_string(), key.to_owned()))
                 .map(|p| (*p).clone())
         };
-        // A partial-state room (`rooms/partial_state.rs`) lacks most member events: a key the
-        // stored state does not have is taken from the event's own auth events (checked just
-        // above), so an event is not rejected for state this server has yet to fetch.
-        let partial = self
-            .room_id
-            .as_ref()
-            .is_some_and(|r| rooms.is_partial_state(r));
         let known = |kind: &StateEventType, key: &str, found: Option<Pdu>| match found {
             None if partial => from_auth(kind, key),
             found => found,
@@ -279,6 +309,9 @@ impl Staged<'_> {
         };
         if let Err(e) = check_state_dependent_auth_rules(rules, pdu, before) {
             return Ok(Verdict::Rejected(format!("state before the event: {e}")));
+        }
+        if !soft_fail {
+            return Ok(Verdict::Accepted);
         }
         // Step 6: the current state. On another branch (or across a gap) the current state is
         // about to become the resolution of both (`build/fork.rs`): an event that fails the

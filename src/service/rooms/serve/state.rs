@@ -9,6 +9,9 @@
 //! - `/event_auth` returns the auth chain of one event: its auth events, recursively (not the
 //!   event itself).
 //!
+//! Not while the room's state here is partial (joined with `omit_members`, until the resync
+//! and its re-check end): 404, as for a state this server does not know.
+//!
 //! Who may ask: a server the room's ACL allows (else 403) that has, or had, a user in the room
 //! (the spec's 403 for "the requesting host is not in the room"). For the state endpoints it
 //! must also be allowed to see the event itself (the history visibility at it, through the
@@ -114,6 +117,15 @@ impl Rooms {
     ) -> Result<StateAt> {
         let mut view = self.open_for_server(room_id, origin)?;
         let (sid, meta) = self.server_event(&mut view, event_id)?;
+        // A partial-state room (`rooms/partial_state.rs`): the state here lacks member events
+        // and holds events not yet checked against the full state; served, it would spread
+        // into the other server's resolution as if whole. The spec's 404 for "the server
+        // doesn't know about the state at that event to return anything useful".
+        if self.is_partial_state(room_id) {
+            return Err(Error::not_found(
+                "This server has only a partial state of the room for now",
+            ));
+        }
         if view.reader.serve_to_server(sid, &meta)? != Served::Full {
             return Err(Error::forbidden(
                 "This server may not see the state at the requested event",

@@ -5,6 +5,9 @@
 //! state fetched in the background (resumed after a restart of B) makes B's members and state
 //! those of A.
 
+mod held;
+mod recheck;
+
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
