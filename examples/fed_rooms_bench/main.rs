@@ -5,9 +5,9 @@
 //! certificate of one test CA made here, which every server trusts; loopback allowed.
 //!
 //! Phases (`--phases`, default all three):
-//! - `join`: on A, `--members` local users (registered and joined through the client API,
-//!   `--concurrency` at a time) and custom state events (`m.bench.state`) until the room holds
-//!   `--state` state events. Then a user on B joins it over federation (`/join?server_name=A`):
+//! - `join`: on A, custom state events (`m.bench.state`), then `--members` local users
+//!   (registered and joined through the client API, `--concurrency` at a time), so that the
+//!   room holds `--state` state events. Then a user on B joins it over federation (`/join?server_name=A`):
 //!   wall time, B's peak RSS during the join (VmHWM, reset just before), the CPU each server
 //!   spent, the bytes A wrote (≈ the `send_join` answer), then the time until the user on B
 //!   sees (`/sync`) the first message sent on A after the join. `--join full,partial`: once
@@ -26,7 +26,9 @@
 //! `--resident synapse`: the big room of the `join` phase lives on a real Synapse instead of
 //! A (`--synapse-python`, see `synapse.rs`); its users register and fill the room through
 //! Synapse's client API, and Hearth servers B join it over federation. Only the `join` phase
-//! then (the others need a Hearth A).
+//! then (the others need a Hearth A). The room is filled with its custom state events first,
+//! then its members (see `fill_room`); `--synapse-keep DIR` keeps Synapse's data directory
+//! and the filled room for later runs (`synapse.rs`).
 //!
 //! `--perf DIR` records `perf record --call-graph dwarf` of B during the join and of A during the backlog.
 //!
@@ -68,6 +70,8 @@ target/release/examples/fed_rooms_bench [options]
                        synapse runs the join phase only)
   --synapse-python P   a Python with matrix-synapse (default: target/synapse-venv/bin/python,
                        as .ci/run installs it)
+  --synapse-keep DIR   Synapse's data directory, kept: the first run fills the room there, a
+                       later one with the same --members/--state/--room-version reuses it
 ";
 
 struct Args {
@@ -87,6 +91,7 @@ struct Args {
     perf: Option<PathBuf>,
     resident: String,
     synapse_python: PathBuf,
+    synapse_keep: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -112,6 +117,7 @@ fn args() -> Args {
         resident: "hearth".into(),
         synapse_python: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("target/synapse-venv/bin/python"),
+        synapse_keep: None,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     if raw.iter().any(|a| a == "--help" || a == "-h") {
@@ -143,6 +149,7 @@ fn args() -> Args {
             "--perf" => args.perf = Some(PathBuf::from(v)),
             "--resident" => args.resident = v.clone(),
             "--synapse-python" => args.synapse_python = PathBuf::from(v),
+            "--synapse-keep" => args.synapse_keep = Some(PathBuf::from(v)),
             other => panic!("unknown argument {other} (see --help)"),
         }
     }
@@ -182,7 +189,7 @@ struct Shared {
     room: String,
 }
 
-/// Fills the big room on A, then B's user joins it.
+/// Fills the big room on A (or finds it filled in `--synapse-keep`), then B's user joins it.
 async fn join_phase(env: &Env, table: &mut Table) -> Shared {
     let http = &env.http;
     let args = &env.args;
@@ -191,38 +198,81 @@ async fn join_phase(env: &Env, table: &mut Table) -> Shared {
         "hearth" => env.spawn("a", 32).await,
         other => panic!("--resident {other}: hearth or synapse"),
     };
+    table.row("A (the room's resident server)", args.resident.clone());
+    let (alice, room) = match kept_room(env, &a) {
+        Some(kept) => {
+            table.row(
+                "A: the filled room",
+                format!(
+                    "reused from {}",
+                    args.synapse_keep.as_ref().unwrap().display()
+                ),
+            );
+            kept
+        }
+        None => fill_room(env, &a, table).await,
+    };
+    println!("room {room} on A ({}, {})", a.name, args.resident);
+    // What the room holds, as A says (not what was asked for).
+    let state_now = alice
+        .get(http, &format!("rooms/{}/state", enc(&room)))
+        .await;
+    let state = state_now.as_array().map(Vec::as_slice).unwrap_or_default();
+    let joined_now = state
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+        .count();
+    table.row(
+        "big room",
+        format!("{} state events, {joined_now} joined members", state.len()),
+    );
+    table.row("A RSS after filling", mib(status_kb(a.pid(), "VmRSS:")));
+
+    let mut joined: Option<Server> = None;
+    for mode in &args.join {
+        let b = join_once(env, &a, &alice, &room, mode, table).await;
+        joined.get_or_insert(b);
+    }
+    let b = joined.expect("--join names at least one mode");
+    Shared { a, b, alice, room }
+}
+
+/// The room a kept Synapse directory holds, filled by an earlier run with the same sizes.
+fn kept_room(env: &Env, a: &Server) -> Option<(User, String)> {
+    let dir = env.args.synapse_keep.as_ref()?;
+    let room = synapse::read_record(dir)["room"].take();
+    if room.is_null() {
+        return None;
+    }
+    let fits = room["members"] == json!(env.args.members)
+        && room["state"] == json!(env.args.state)
+        && room["room_version"] == json!(env.args.room_version);
+    assert!(
+        fits,
+        "{} holds a room of other sizes ({room}): use another directory",
+        dir.display()
+    );
+    let alice = User {
+        id: room["alice"].as_str()?.to_owned(),
+        token: room["token"].as_str()?.to_owned(),
+        base: a.base.clone(),
+    };
+    Some((alice, room["id"].as_str()?.to_owned()))
+}
+
+/// Creates the big room on A and fills it: the custom state events first, then the members.
+/// That order matters on Synapse: it evaluates push rules for every local member on every
+/// event, so a state event sent into a room of 1,000 members costs ~0.4 s, and one sent
+/// before they joined a few ms (each join pays for the members before it: half as much on
+/// average). The room's state is the same either way.
+async fn fill_room(env: &Env, a: &Server, table: &mut Table) -> (User, String) {
+    let http = &env.http;
+    let args = &env.args;
     let alice = User::register(http, &a.base, "alice").await;
     let room = alice.create_room(http, &args.room_version).await;
-    println!("room {room} on A ({}, {})", a.name, args.resident);
-    table.row("A (the room's resident server)", args.resident.clone());
-
-    let started = Instant::now();
     let members = args.members.saturating_sub(1);
-    let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    bounded(members, args.concurrency, |i| {
-        let (http, base, room, joined) =
-            (http.clone(), a.base.clone(), room.clone(), joined.clone());
-        async move {
-            let user = User::register(&http, &base, &format!("member{i}")).await;
-            user.join(&http, &room, None).await;
-            let n = joined.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if n % 200 == 0 {
-                println!("  {n} members joined");
-            }
-        }
-    })
-    .await;
-    let members_took = started.elapsed();
-    table.row(
-        "A: register + join members (client API)",
-        format!(
-            "{members} in {:.1} s ({:.1} ms each)",
-            members_took.as_secs_f64(),
-            members_took.as_secs_f64() * 1000.0 / members.max(1) as f64
-        ),
-    );
     // The preset's state: create, the creator's join, power levels, join rules, history
-    // visibility, name (and guest access for some presets): counted as 6.
+    // visibility, name: 6 (the `big room` row counts what the room holds).
     let custom = args.state.saturating_sub(members + 6);
     let started = Instant::now();
     bounded(custom, args.concurrency, |i| {
@@ -244,30 +294,50 @@ async fn join_phase(env: &Env, table: &mut Table) -> Shared {
     .await;
     let state_took = started.elapsed();
     table.row(
-        "A: custom state events (client API)",
+        "A: custom state events (client API, before the members)",
         format!(
             "{custom} in {:.1} s ({:.2} ms each)",
             state_took.as_secs_f64(),
             state_took.as_secs_f64() * 1000.0 / custom.max(1) as f64
         ),
     );
-    let state_now = alice
-        .get(http, &format!("rooms/{}/state", enc(&room)))
-        .await;
-    let state_count = state_now.as_array().map(Vec::len).unwrap_or(0);
-    table.row(
-        "big room",
-        format!("{} state events, {} members", state_count, args.members),
-    );
-    table.row("A RSS after filling", mib(status_kb(a.pid(), "VmRSS:")));
 
-    let mut joined: Option<Server> = None;
-    for mode in &args.join {
-        let b = join_once(env, &a, &alice, &room, mode, table).await;
-        joined.get_or_insert(b);
+    let started = Instant::now();
+    let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    bounded(members, args.concurrency, |i| {
+        let (http, base, room, joined) =
+            (http.clone(), a.base.clone(), room.clone(), joined.clone());
+        async move {
+            let user = User::register(&http, &base, &format!("member{i}")).await;
+            user.join(&http, &room, None).await;
+            let n = joined.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n % 200 == 0 {
+                println!(
+                    "  {n} members joined ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    })
+    .await;
+    let members_took = started.elapsed();
+    table.row(
+        "A: register + join members (client API)",
+        format!(
+            "{members} in {:.1} s ({:.1} ms each)",
+            members_took.as_secs_f64(),
+            members_took.as_secs_f64() * 1000.0 / members.max(1) as f64
+        ),
+    );
+    if let Some(dir) = &args.synapse_keep {
+        let mut record = synapse::read_record(dir);
+        record["room"] = json!({
+            "id": room, "alice": alice.id, "token": alice.token, "members": args.members,
+            "state": args.state, "room_version": args.room_version,
+        });
+        synapse::write_record(dir, &record);
     }
-    let b = joined.expect("--join names at least one mode");
-    Shared { a, b, alice, room }
+    (alice, room)
 }
 
 /// A user on a new server B joins the big room (`mode`: `full` or `partial`), then receives
@@ -375,6 +445,20 @@ async fn join_once(
         );
     }
     table.row("  B RSS after", mib(status_kb(b.pid(), "VmRSS:")));
+    if env.args.synapse_keep.is_some() {
+        // The kept room keeps its 1,000 joined members: B's user leaves (its server is gone
+        // after this run). Best effort: the figures are taken already.
+        let url = format!("{}/_matrix/client/v3/rooms/{}/leave", b.base, enc(room));
+        let left = http
+            .post(url)
+            .bearer_auth(&bob.token)
+            .json(&json!({}))
+            .send()
+            .await;
+        if !left.as_ref().is_ok_and(|r| r.status().is_success()) {
+            eprintln!("{} could not leave the kept room: {left:?}", bob.id);
+        }
+    }
     b
 }
 

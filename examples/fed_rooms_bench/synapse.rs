@@ -3,10 +3,18 @@
 //! `target/synapse-venv`). Configured from the interop test's templates in
 //! `tests/interop/synapse/` (not a copy of them), started through its `run.py`, with the
 //! benchmark's test CA and certificate, so Hearth and Synapse trust each other.
+//!
+//! `--synapse-keep DIR`: Synapse's data directory is DIR instead of a temporary one, and it
+//! stays. Its ports are kept in `DIR/fed_rooms_bench.json` (the federation port is part of
+//! Synapse's server name, hence of every user and event id in its database), with the filled
+//! room (`main.rs`): a later run with the same `--members`, `--state` and `--room-version`
+//! starts this Synapse again and joins that room without filling it again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
 
 use super::procs::{free_port, Env, Server};
 
@@ -22,11 +30,37 @@ fn template(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The record a kept directory holds (`--synapse-keep`): `fed_port`, `client_port`, and once
+/// filled `room` (see `main.rs`).
+pub fn record_path(dir: &Path) -> PathBuf {
+    dir.join("fed_rooms_bench.json")
+}
+
+pub fn read_record(dir: &Path) -> Value {
+    std::fs::read(record_path(dir))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_else(|| json!({}))
+}
+
+pub fn write_record(dir: &Path, record: &Value) {
+    std::fs::write(record_path(dir), serde_json::to_vec_pretty(record).unwrap()).unwrap();
+}
+
+/// Synapse's data directory: `--synapse-keep` or a temporary one.
+pub fn data_dir(env: &Env) -> PathBuf {
+    match &env.args.synapse_keep {
+        Some(dir) => dir.clone(),
+        None => env.tmp.path().join("synapse"),
+    }
+}
+
 /// Starts Synapse; its `Server` is the Python process (RSS and CPU are Synapse's), `base` its
 /// plain client listener, `name` its federation name (`127.0.0.1:<TLS port>`).
 pub async fn spawn(env: &Env, python: &Path) -> Server {
-    let dir = env.tmp.path().join("synapse");
+    let dir = data_dir(env);
     std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
     let [ca, cert, key] = &env.certs;
     for (from, to) in [(ca, "ca.pem"), (cert, "cert.pem"), (key, "key.pem")] {
         std::fs::copy(from, dir.join(to)).unwrap();
@@ -45,7 +79,18 @@ pub async fn spawn(env: &Env, python: &Path) -> Server {
         .replace("@DIR@", &dir_text)
         .replace("level: INFO", "level: WARNING");
     std::fs::write(dir.join("log.yaml"), log).unwrap();
-    let (fed, client) = (free_port(), free_port());
+    // A kept directory's Synapse keeps its name, so its ports.
+    let mut record = read_record(&dir);
+    let port = |key: &str| record[key].as_u64().and_then(|p| u16::try_from(p).ok());
+    let (fed, client) = match (port("fed_port"), port("client_port")) {
+        (Some(fed), Some(client)) => (fed, client),
+        _ => (free_port(), free_port()),
+    };
+    if env.args.synapse_keep.is_some() {
+        record["fed_port"] = json!(fed);
+        record["client_port"] = json!(client);
+        write_record(&dir, &record);
+    }
     let config = template("homeserver.yaml")
         .replace("@DIR@", &dir_text)
         .replace("@FED_PORT@", &fed.to_string())
@@ -93,8 +138,11 @@ pub async fn spawn(env: &Env, python: &Path) -> Server {
 
 /// Synapse's warnings and errors (the last 40 lines), shown when the benchmark ends.
 pub fn said(env: &Env) -> String {
-    let log =
-        std::fs::read_to_string(env.tmp.path().join("synapse/homeserver.log")).unwrap_or_default();
+    let log_file = match &env.args.logs {
+        Some(logs) => logs.join("synapse.log"),
+        None => data_dir(env).join("homeserver.log"),
+    };
+    let log = std::fs::read_to_string(log_file).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }

@@ -24,6 +24,7 @@
 
 mod e2ee;
 mod live;
+mod partial;
 mod queries;
 mod rooms;
 
@@ -357,7 +358,20 @@ impl Pair {
         Self::start_with(Arc::new(synapse)).await
     }
 
+    /// A fresh Hearth with its configuration changed by `change`, and the shared Synapse.
+    pub async fn start_configured(change: impl Fn(&mut hearth::config::Config)) -> Self {
+        let synapse = tokio::task::spawn_blocking(synapse).await.unwrap();
+        Self::start_with_config(synapse, &|_, config| change(config)).await
+    }
+
     async fn start_with(synapse: Arc<Synapse>) -> Self {
+        Self::start_with_config(synapse, &|_, _| {}).await
+    }
+
+    async fn start_with_config(
+        synapse: Arc<Synapse>,
+        change: &impl Fn(usize, &mut hearth::config::Config),
+    ) -> Self {
         println!(
             "Synapse {} at {} (started in {:?})",
             synapse.name, synapse.base, synapse.started_in
@@ -368,7 +382,7 @@ impl Pair {
             &dir.join("ca.pem"),
             &dir.join("cert.pem"),
             &dir.join("key.pem"),
-            &|_, _| {},
+            change,
         )
         .await;
         Self {
