@@ -35,7 +35,7 @@ use writer::{JobResult, Writer};
 
 /// The schema version this build writes. Bump it with every change of a key layout or value
 /// format, add the migration in `migrate`, and update `schema/`.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -366,6 +366,11 @@ fn migrate_step(_engine: &dyn Engine, from: u32) -> Result<(), StoreError> {
         // keyed by a non-state event). The bump makes an older build refuse the data: it would
         // misread the state at forks and show outliers and backfilled events in timelines.
         5 => Ok(()),
+        // 6 → 7 adds the tables of holes in room timelines (`timeline_holes`, `hole_timeline`,
+        // `hole_events`; schema/rooms.md). They start empty: holes of events stored before are
+        // not known, and stay unfilled. The bump makes an older build refuse the data: it
+        // would serve the events of holes as if they had no place in the room's history.
+        6 => Ok(()),
         _ => Err(StoreError::Corrupt {
             table: Meta::NAME,
             detail: format!("schema version {from} is unknown; no migration exists from it"),

@@ -575,8 +575,8 @@ pub use crate::service::sync::event_passes as passes;
 /// `lazy_load_members`, `state` carries the member events of the chunk's senders.
 ///
 /// Paging backwards past the oldest event here (a room joined over federation starts at the
-/// join) fetches older events from another server in the room (`pdus/backfill.rs`) and
-/// answers with them.
+/// join), or to the older edge of a hole in the timeline (`rooms/holes.rs`), fetches older
+/// events from another server in the room (`pdus/backfill.rs`) and answers with them.
 async fn messages(
     services: Arc<Services>,
     ctx: Ctx,
@@ -584,10 +584,24 @@ async fn messages(
 ) -> Result<get_message_events::v3::Response> {
     let me = ctx.authed()?.clone();
     let (reading, asked, reader) = (services.clone(), body.clone(), me.clone());
-    let page = services
+    let (page, open_hole) = services
         .rooms
         .heavy_read(move || messages_page(&reading, &reader, &asked))
         .await?;
+    if let Some(anchor) = open_hole {
+        match services.pdus.fill_hole(&body.room_id, anchor).await {
+            Ok(0) => {}
+            Ok(_) => {
+                let reading = services.clone();
+                return services
+                    .rooms
+                    .heavy_read(move || messages_page(&reading, &me, &body))
+                    .await
+                    .map(|(page, _)| page);
+            }
+            Err(e) => log::warn!("cannot fill the hole in {}: {e}", body.room_id),
+        }
+    }
     let short = u64::try_from(page.chunk.len()).unwrap_or(u64::MAX) < u64::from(body.limit);
     let at_start = body.dir == Direction::Backward && page.end.is_none() && body.to.is_none();
     if !(at_start && short) {
@@ -601,6 +615,7 @@ async fn messages(
                 .rooms
                 .heavy_read(move || messages_page(&reading, &me, &body))
                 .await
+                .map(|(page, _)| page)
         }
         Err(e) => {
             log::warn!("cannot backfill {}: {e}", body.room_id);
@@ -609,34 +624,35 @@ async fn messages(
     }
 }
 
+/// A `/messages` page, and the anchor of an open hole it reached (paging backwards).
 fn messages_page(
     services: &Services,
     me: &Authed,
     body: &get_message_events::v3::Request,
-) -> Result<get_message_events::v3::Response> {
+) -> Result<(get_message_events::v3::Response, Option<u64>)> {
     let room = known_room(services, &body.room_id)?;
     let mut reader = services.rooms.reader(&body.room_id, &me.user_id)?;
     reader.access.require_history()?;
     reader.ignore(services.account_data.ignored_users_of(&me.user_id)?);
     let backwards = body.dir == Direction::Backward;
     let from = match body.from.as_deref() {
-        Some(t) => match Position::parse_backfill(t) {
+        Some(t) => match Position::parse_history(t) {
             Some(position) => position,
             None => Position::Stream(pagination_position(t)?),
         },
         None if backwards => Position::Stream(services.rooms.stream_position() + 1),
         None => Position::Stream(0),
     };
-    // A backfill token as `to` bounds nothing in the timeline.
+    // A backfill or hole token as `to` bounds nothing: only stream positions do.
     let to = match body.to.as_deref() {
-        Some(t) if Position::parse_backfill(t).is_some() => None,
+        Some(t) if Position::parse_history(t).is_some() => None,
         Some(t) => Some(pagination_position(t)?),
         None => None,
     };
     let query = MessagesQuery {
         from: match from {
             Position::Stream(n) => n,
-            Position::Backfill(_) => 0,
+            Position::Hole { .. } | Position::Backfill(_) => 0,
         },
         to,
         backwards,
@@ -645,9 +661,10 @@ fn messages_page(
             .clamp(1, MAX_PAGE),
         filter: &body.filter,
     };
-    let (events, end) = services
+    let page = services
         .rooms
         .messages_across(&mut reader, room.sid, from, &query)?;
+    let (events, end) = (page.events, page.end);
     let mut response = get_message_events::v3::Response::new();
     response.start = body.from.clone().unwrap_or_else(|| from.to_string());
     response.end = end.map(|e| e.to_string());
@@ -663,5 +680,5 @@ fn messages_page(
             .map(|e| raw(services.rooms.client_event(e, Some(viewer(me)))))
             .collect::<Result<_>>()?;
     }
-    Ok(response)
+    Ok((response, page.open_hole))
 }

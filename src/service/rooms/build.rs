@@ -167,6 +167,11 @@ impl Rooms {
 }
 
 impl<'a> Staged<'a> {
+    /// The room's short id (once the room exists).
+    pub fn room_sid(&self) -> Option<u64> {
+        self.record.as_ref().map(|r| r.sid)
+    }
+
     pub fn room_id(&self) -> Option<&RoomId> {
         self.room_id.as_deref()
     }

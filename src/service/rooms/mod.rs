@@ -17,6 +17,8 @@ pub mod create;
 pub mod directory;
 pub mod format;
 pub mod hierarchy;
+pub mod history;
+pub mod holes;
 pub mod membership;
 pub mod outliers;
 pub mod partial_state;

@@ -345,12 +345,17 @@ async fn hearth_to_hearth_missing_events_are_fetched_from_the_origin() {
 async fn hearth_to_hearth_a_long_gap_is_bridged_with_state_ids() {
     let three = ThreeServers::new(25).await;
     assert_eq!(three.send_last().await, json!({}));
-    let timeline = three.b_timeline().await;
     // The 20 events before the last came with get_missing_events; dave's join (beyond them)
-    // came with the state at the earliest of them, as an outlier.
-    let fetched: Vec<&OwnedEventId> = three.events[5..].iter().map(|(id, _)| id).collect();
-    assert!(in_order(&timeline, &fetched), "{timeline:?}");
-    assert!(!timeline.contains(&three.events[0].0.to_string()));
+    // came with the state at the earliest of them, as an outlier; his first 4 messages not
+    // at all.
+    let b_rooms = &three.fed.servers[1].server.as_ref().unwrap().services.rooms;
+    let join_sid = b_rooms.event_sid(&three.events[0].0).unwrap().unwrap();
+    assert!(b_rooms.is_outlier(join_sid).unwrap());
+    assert!(b_rooms.event(&three.events[4].0).unwrap().is_none());
+    // Paging reaches the hole they leave and fills it (`a_hole_in_the_middle_…` below).
+    let timeline = three.b_timeline().await;
+    let all: Vec<&OwnedEventId> = three.events.iter().map(|(id, _)| id).collect();
+    assert!(in_order(&timeline, &all), "{timeline:?}");
     let a = &three.fed.servers[0];
     let path = format!(
         "/_matrix/client/v3/rooms/{}/joined_members",
@@ -362,5 +367,120 @@ async fn hearth_to_hearth_a_long_gap_is_bridged_with_state_ids() {
     assert_eq!(
         three.state(0, &three.alice).await,
         three.state(1, &three.bob).await
+    );
+}
+
+/// Every event of the room as `srv`'s user pages through `/messages` from `from` in
+/// direction `dir` (pages of `limit`, at most 100 pages), in the order returned.
+async fn page_all(
+    srv: &crate::fed_common::FedServer,
+    token: &str,
+    room: &str,
+    dir: &str,
+    from: Option<&str>,
+    limit: usize,
+) -> Vec<(String, String)> {
+    let mut events = Vec::new();
+    let mut from = from.map(str::to_owned);
+    for _ in 0..100 {
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir={dir}&limit={limit}",
+            enc(room)
+        );
+        if let Some(t) = &from {
+            path.push_str(&format!("&from={}", enc(t)));
+        }
+        let (status, page) = srv.get(&path, Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        events.extend(chunk_events(&page));
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => return events,
+        }
+    }
+    panic!("more than 100 pages of {limit}");
+}
+
+#[tokio::test]
+async fn a_hole_in_the_middle_of_the_timeline_is_backfilled_when_paging_reaches_it() {
+    // 80 messages of dave that B never got: get_missing_events brings the last 20, the state
+    // bridges the rest, and 60 events (his join and 59 messages) are a hole in B's timeline.
+    let three = ThreeServers::new(80).await;
+    let (a, b) = (&three.fed.servers[0], &three.fed.servers[1]);
+    let (status, sync) = b
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&three.bob))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sync}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(three.send_last().await, json!({}));
+    let b_rooms = &b.server.as_ref().unwrap().services.rooms;
+    assert!(
+        b_rooms.event(&three.events[40].0).unwrap().is_none(),
+        "dave 40 is in the hole"
+    );
+    assert!(b_rooms.event(&three.events[60].0).unwrap().is_some());
+
+    // Bob pages back through everything, 10 at a time: B fills the hole (two backfills of
+    // at most 50) and, past bob's join, the history before it.
+    let backwards = page_all(b, &three.bob, &three.room, "b", None, 10).await;
+    let ids: Vec<&str> = backwards.iter().map(|(id, _)| id.as_str()).collect();
+    let unique: std::collections::HashSet<&&str> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no event twice: {ids:?}");
+    // The same events in the same order as alice reads them on A.
+    let on_a = page_all(a, &three.alice, &three.room, "b", None, 50).await;
+    assert_eq!(backwards, on_a);
+    let bodies: Vec<&str> = backwards
+        .iter()
+        .map(|(_, body)| body.as_str())
+        .filter(|b| b.starts_with("dave"))
+        .collect();
+    let expected: Vec<String> = (1..=80).rev().map(|i| format!("dave {i}")).collect();
+    assert_eq!(bodies, expected);
+
+    // Forwards from the very start, the same events the other way round.
+    let mut forwards = page_all(b, &three.bob, &three.room, "f", Some("b0"), 7).await;
+    forwards.reverse();
+    assert_eq!(forwards, backwards);
+
+    // The context of an event of the hole pages on both sides of it.
+    let (d30, _) = backwards
+        .iter()
+        .find(|(_, b)| b == "dave 30")
+        .unwrap()
+        .clone();
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/context/{}?limit=4",
+        enc(&three.room),
+        enc(&d30)
+    );
+    let (status, context) = b.get(&path, Some(&three.bob)).await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    assert_eq!(context["events_before"][0]["content"]["body"], "dave 29");
+    assert_eq!(context["events_after"][1]["content"]["body"], "dave 32");
+    let after = page_all(b, &three.bob, &three.room, "f", context["end"].as_str(), 25).await;
+    let after: Vec<&str> = after.iter().map(|(_, b)| b.as_str()).collect();
+    let expected: Vec<String> = (33..=80).map(|i| format!("dave {i}")).collect();
+    assert_eq!(after, expected);
+
+    // Nothing of the hole is new to /sync.
+    let (status, sync) = b
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+            Some(&three.bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sync}");
+    let timeline = sync["rooms"]["join"][&three.room]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let synced: Vec<&str> = timeline
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert!(
+        synced.iter().all(|b| !b.starts_with("dave ")
+            || b.trim_start_matches("dave ").parse::<u32>().unwrap() >= 60),
+        "{synced:?}"
     );
 }

@@ -132,6 +132,16 @@ async fn events_accepted_against_the_partial_state_are_rejected_against_the_full
             "the ban is left out of the partial state"
         );
 
+        // B is no resident to join through yet (Synapse answers the same).
+        let carol = c.user_id("carol");
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=12&ver=11",
+            enc(&room),
+            enc(&carol)
+        );
+        let (status, body) = c.signed(b, &b.name, Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
         // Mallory's server claims her join still holds.
         let view = RoomView {
             services: services(b),

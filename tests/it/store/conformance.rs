@@ -675,9 +675,10 @@ async fn schema_version_written_and_newer_refused(kind: EngineKind) {
         Ok(_) => panic!("expected SchemaTooNew, the store opened"),
     }
 
-    // A database of version 1 (before the deactivation marker and pre-hashed passwords) or 2
-    // (before the pushers tables) is migrated to the current version on open.
-    for old in [1u32, 2, 3] {
+    // A database of version 1 (before the deactivation marker and pre-hashed passwords), 2
+    // (before the pushers tables), 3, or 6 (before the timeline holes) is migrated to the
+    // current version on open.
+    for old in [1u32, 2, 3, 6] {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), kind);
         let mut b = Batch::new();

@@ -5,11 +5,12 @@
 //! `make_join`/`send_join`, `make_leave`/`send_leave`, `make_knock`/`send_knock`, told apart by
 //! [`Kind`]:
 //! - [`make_template`]: the requesting server must be the user's; this server must be in the
-//!   room; the room's server ACL must allow the requester; for joins and knocks the room
-//!   version must be one the requester lists (`M_INCOMPATIBLE_ROOM_VERSION`); for joins of a
-//!   restricted room a local user who may invite is named in `join_authorised_via_users_server`
-//!   (`M_UNABLE_TO_AUTHORISE_JOIN` / `M_UNABLE_TO_GRANT_JOIN` / 403 when that cannot be);
-//!   the template must already pass the authorisation rules against the current state (403).
+//!   room, with its full state (not a partial-state join still resyncing: 404); the room's
+//!   server ACL must allow the requester; for joins and knocks the room version must be one
+//!   the requester lists (`M_INCOMPATIBLE_ROOM_VERSION`); for joins of a restricted room a
+//!   local user who may invite is named in `join_authorised_via_users_server`
+//!   (`M_UNABLE_TO_AUTHORISE_JOIN` / `M_UNABLE_TO_GRANT_JOIN` / 403 when that cannot be); the
+//!   template must already pass the authorisation rules against the current state (403).
 //! - [`accept`]: the sent event must be the event the path names (its id), a member event
 //!   of the kind's membership for a user of the requesting server about themself, with a
 //!   content hash that matches (400 `M_INVALID_PARAM` otherwise); a restricted join naming a
@@ -80,13 +81,21 @@ pub struct Accepted {
     pub cosigned: bool,
 }
 
-/// The room, when this server is in it (has a joined user), else 404.
+/// The room, when this server is in it (has a joined user), else 404. Also 404 while the
+/// room's state here is partial (`rooms/partial_state.rs`): the template's auth events, the
+/// checks of the sent event and the `send_join` answer all need the full state (Synapse
+/// answers the same), and the other server tries another resident.
 fn resident_room(rooms: &Rooms, room_id: &RoomId) -> Result<RoomRecord> {
     let room = rooms
         .room(room_id)?
         .ok_or_else(|| Error::not_found("This server does not know the room"))?;
     if !rooms.is_resident(room_id)? {
         return Err(Error::not_found("This server is not in the room"));
+    }
+    if rooms.is_partial_state(room_id) {
+        return Err(Error::not_found(
+            "This server is not fully joined to the room yet",
+        ));
     }
     Ok(room)
 }

@@ -187,9 +187,11 @@ pub struct Pdus {
     keys: Arc<dyn SigningKeys>,
     /// Where missing events are fetched from; without it, nothing is fetched.
     remote: Option<Arc<dyn RemoteEvents>>,
-    /// When a backfill of a room last brought nothing (`backfill.rs`), so that paging at the
-    /// start of a room whose servers do not answer does not wait for them on every page.
-    backfill_misses: std::sync::Mutex<std::collections::HashMap<OwnedRoomId, std::time::Instant>>,
+    /// When a backfill of a room (its start, or a hole) last brought nothing (`backfill.rs`),
+    /// so that paging there in a room whose servers do not answer does not wait for them on
+    /// every page.
+    backfill_misses:
+        std::sync::Mutex<std::collections::HashMap<backfill::MissKey, std::time::Instant>>,
     /// Rooms being joined and the PDUs held for them (`held.rs`).
     joins: held::Joins,
 }
@@ -505,6 +507,7 @@ impl Pdus {
         Ok(match verdict {
             Verdict::Accepted => {
                 staged.add_remote(event.pdu.clone(), event.object.clone(), &placement)?;
+                self.note_hole(staged, event, pending)?;
                 Judged::Staged(Ok(()))
             }
             Verdict::SoftFailed(reason) => {
@@ -519,6 +522,37 @@ impl Pdus {
             // Nothing to store: with the auth event fetched, the same PDU may yet pass.
             Verdict::MissingAuth(reason) => Judged::Final(Err(reason)),
         })
+    }
+
+    /// An event just accepted into the timeline whose prev events are not all in the room's
+    /// history here (nor rejected) opens a hole before it (`rooms/holes.rs`), filled when
+    /// `/messages` gets there.
+    fn note_hole(
+        &self,
+        staged: &mut Staged<'_>,
+        event: &Prepared,
+        pending: &[(OwnedEventId, std::result::Result<(), String>)],
+    ) -> Result<()> {
+        let mut missing = Vec::new();
+        for prev in &event.pdu.prev_events {
+            let rejected = pending.iter().any(|(id, o)| id == prev && o.is_err())
+                || self
+                    .store
+                    .get::<RejectedEvents>(&prev.to_string())?
+                    .is_some();
+            if !rejected && !staged.in_history(prev)? {
+                missing.push(prev.clone());
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (Some(room_sid), Some(sid)) = (staged.room_sid(), staged.staged_sid(&event.event_id))
+        else {
+            return Ok(());
+        };
+        Rooms::stage_hole(staged.batch_mut(), room_sid, sid, &missing);
+        Ok(())
     }
 
     /// The first of the event's auth events that was itself rejected here, if any.

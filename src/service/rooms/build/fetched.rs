@@ -6,7 +6,8 @@
 //! readable as state (`build/fork.rs`).
 //!
 //! Backfilled events (`rooms/backfill.rs`) are staged here too: like outliers, but with a
-//! place in the room's `backfill_timeline`.
+//! place in the room's history: in `backfill_timeline` before the timeline, or in a hole of
+//! the timeline (`rooms/holes.rs`).
 
 use std::collections::HashMap;
 
@@ -21,6 +22,7 @@ use crate::{
     error::{Error, Result},
     service::rooms::{
         backfill::{BackfillFloor, BackfillTimeline, BackfilledEvents, FIRST_SEQ},
+        holes::{HoleEvents, HolePlace, HoleTimeline},
         outliers::OutlierEvents,
         EventIds, EventMeta, EventMetaTable, Pdu, Pdus, Rooms,
     },
@@ -114,6 +116,9 @@ impl Staged<'_> {
     /// The sequence number below which the next run of backfilled events goes (see
     /// `rooms/backfill.rs`).
     pub fn backfill_floor(&self) -> Result<u64> {
+        if let Some(floor) = self.remote.backfill_floor {
+            return Ok(floor);
+        }
         let room_sid = self
             .record
             .as_ref()
@@ -126,16 +131,17 @@ impl Staged<'_> {
             .unwrap_or(FIRST_SEQ))
     }
 
-    /// Stages a backfilled event (verified, and authorised against its auth events) at `seq`
-    /// of the room's `backfill_timeline`: its PDU, id, metadata and relation; not the room's
-    /// state, forward extremities, search index, push or federation queue. `state_link` is
-    /// the head of the state it is read with: the state at the oldest event that was here
-    /// before (the room's history visibility as far back as this server knows it).
+    /// Stages a backfilled event (verified, and authorised against its auth events) at `place`
+    /// in the room's history: its PDU, id, metadata and relation; not the room's state,
+    /// forward extremities, search index, push or federation queue. `state_link` is the head
+    /// of the state it is read with (for the history visibility): at the start of the
+    /// history, the state at the oldest event that was here before; in a hole, the state
+    /// before its anchor.
     pub fn add_backfilled(
         &mut self,
         pdu: &Pdu,
         object: &CanonicalJsonObject,
-        seq: u64,
+        place: HistoryPlace,
         state_link: Option<u64>,
     ) -> Result<()> {
         let rooms = self.rooms;
@@ -144,7 +150,6 @@ impl Staged<'_> {
             .as_ref()
             .ok_or_else(|| Error::unknown("room record missing"))?
             .sid;
-        let floor = self.backfill_floor()?.min(seq);
         let pending = rooms.stream.allocate()?;
         let sid = pending.pos;
         self.pending.push(pending);
@@ -167,10 +172,8 @@ impl Staged<'_> {
             .expect_absent::<EventIds>(&key)
             .put::<EventIds>(&key, &sid)
             .put::<Pdus>(&sid, &Raw(json))
-            .put::<EventMetaTable>(&sid, &meta)
-            .put::<BackfillTimeline>(&(room_sid, seq), &sid)
-            .put::<BackfilledEvents>(&sid, &seq)
-            .put::<BackfillFloor>(&room_sid, &floor);
+            .put::<EventMetaTable>(&sid, &meta);
+        self.stage_history_place(room_sid, sid, place)?;
         rooms.stage_relation(&mut self.batch, sid, room_sid, pdu, object)?;
         // Later events of the run may cite it as an auth event.
         self.remote
@@ -179,13 +182,13 @@ impl Staged<'_> {
         Ok(())
     }
 
-    /// Gives a stored outlier (of the room's state or auth chains at a join) its place at
-    /// `seq` among the backfilled events: it becomes history like them, read with the state
-    /// at `state_link` when it had none.
+    /// Gives a stored outlier (of the room's state or auth chains at a join, or fetched for a
+    /// received event) its place in the room's history, as a backfilled event: it becomes
+    /// history like them, read with the state at `state_link` when it had none.
     pub fn place_outlier_in_backfill(
         &mut self,
         sid: u64,
-        seq: u64,
+        place: HistoryPlace,
         state_link: Option<u64>,
     ) -> Result<()> {
         let room_sid = self
@@ -193,7 +196,6 @@ impl Staged<'_> {
             .as_ref()
             .ok_or_else(|| Error::unknown("room record missing"))?
             .sid;
-        let floor = self.backfill_floor()?.min(seq);
         let mut meta = self
             .rooms
             .store
@@ -204,10 +206,37 @@ impl Staged<'_> {
         }
         self.batch
             .put::<EventMetaTable>(&sid, &meta)
-            .put::<BackfillTimeline>(&(room_sid, seq), &sid)
-            .put::<BackfilledEvents>(&sid, &seq)
-            .put::<BackfillFloor>(&room_sid, &floor)
             .delete::<OutlierEvents>(&sid);
+        self.stage_history_place(room_sid, sid, place)
+    }
+
+    /// The rows that give the event at `sid` its place in the history.
+    fn stage_history_place(&mut self, room_sid: u64, sid: u64, place: HistoryPlace) -> Result<()> {
+        match place {
+            HistoryPlace::Start { seq } => {
+                // The lowest of the batch: a later write of the key would win.
+                let floor = self.backfill_floor()?.min(seq);
+                self.remote.backfill_floor = Some(floor);
+                self.batch
+                    .put::<BackfillTimeline>(&(room_sid, seq), &sid)
+                    .put::<BackfilledEvents>(&sid, &seq)
+                    .put::<BackfillFloor>(&room_sid, &floor);
+            }
+            HistoryPlace::Hole { anchor, seq } => {
+                self.batch
+                    .put::<HoleTimeline>(&(room_sid, anchor, seq), &sid)
+                    .put::<HoleEvents>(&sid, &HolePlace { anchor, seq });
+            }
+        }
         Ok(())
     }
+}
+
+/// Where a backfilled event goes in the room's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryPlace {
+    /// At `seq` of `backfill_timeline`, before the timeline (`rooms/backfill.rs`).
+    Start { seq: u64 },
+    /// At `seq` of the hole before the timeline event `anchor` (`rooms/holes.rs`).
+    Hole { anchor: u64, seq: u64 },
 }

@@ -54,6 +54,8 @@ pub(crate) struct Overlay {
     /// head of the state after them, which is the state before them. Gone from `event_ids`,
     /// they still place the events that cite them as prev events.
     pub(super) unaccepted: HashMap<OwnedEventId, Option<u64>>,
+    /// The lowest `backfill_timeline` sequence number staged (`build/fetched.rs`).
+    pub(super) backfill_floor: Option<u64>,
 }
 
 /// What the authorization rules say of a remote event.
@@ -123,6 +125,21 @@ impl Rooms {
 }
 
 impl Staged<'_> {
+    /// Whether the event is part of the room's history here: accepted or soft-failed (staged
+    /// or stored), backfilled or in a hole; not an outlier, whose place is unknown.
+    pub fn in_history(&self, id: &EventId) -> Result<bool> {
+        if self.remote.heads.contains_key(id) || self.remote.soft.contains_key(id) {
+            return Ok(true);
+        }
+        if self.remote.outliers.contains_key(id) {
+            return Ok(false);
+        }
+        match self.rooms.event_sid(id)? {
+            Some(sid) => Ok(!self.rooms.is_outlier(sid)?),
+            None => Ok(false),
+        }
+    }
+
     /// Whether `pdu` refers to a remote event staged in this batch in a way only committed
     /// events can answer (a redaction or relation target, a soft-failed prev event): then the
     /// staged events must be committed before it is judged.

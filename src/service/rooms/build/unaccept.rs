@@ -6,7 +6,8 @@
 //! of the client API reaches it and events citing it as an auth event are rejected in turn.
 //!
 //! What it changed goes back with it, in the same batch:
-//! - its `timeline` and `pdus` rows, its relation rows and search index rows;
+//! - its `timeline` and `pdus` rows, its relation rows and search index rows, and the open
+//!   hole before it (`rooms/holes.rs`);
 //! - as a forward extremity it gives way to its prev events of the timeline;
 //! - a state event: the key it set takes the value it had before it (at its `state_link`) in
 //!   the current state (with the membership rows), in every later snapshot of the room's
@@ -30,8 +31,8 @@ use crate::{
     error::{Error, Result},
     service::{
         rooms::{
-            state::state_head, CurrentState, EventIds, EventMetaTable, Pdus, RoomMembers,
-            StateSnapshot, StateSnapshots, StoredEvent, Timeline, UserRoom, UserRooms,
+            holes::TimelineHoles, state::state_head, CurrentState, EventIds, EventMetaTable, Pdus,
+            RoomMembers, StateSnapshot, StateSnapshots, StoredEvent, Timeline, UserRoom, UserRooms,
         },
         search::index as search_index,
     },
@@ -106,7 +107,8 @@ impl Staged<'_> {
             .expect_value::<EventIds>(&key, Some(&sid))
             .delete::<EventIds>(&key)
             .delete::<Pdus>(&sid)
-            .delete::<Timeline>(&(room_sid, sid));
+            .delete::<Timeline>(&(room_sid, sid))
+            .delete::<TimelineHoles>(&(room_sid, sid));
         if let Some(content) = event.pdu.content_as::<Value>() {
             search_index::stage_remove(
                 &rooms.store,
