@@ -62,6 +62,7 @@ mod requests;
 mod restricted;
 mod room_summary;
 mod rooms;
+mod rooms_concurrent;
 mod sdk_client;
 mod search;
 mod sliding_sync;

@@ -72,6 +72,9 @@ pub struct Staged<'a> {
     absorbed: Vec<Staged<'a>>,
     /// What remote events staged here look like to the ones staged after them.
     remote: remote::Overlay,
+    /// The `origin_server_ts` of the events staged here, when the caller fixed it (see
+    /// [`Staged::set_origin_server_ts`]); otherwise the clock at each event.
+    origin_ts: Option<u64>,
 }
 
 impl Rooms {
@@ -101,6 +104,7 @@ impl Rooms {
             search: search_index::Overlay::default(),
             absorbed: Vec::new(),
             remote: remote::Overlay::default(),
+            origin_ts: None,
         })
     }
 
@@ -144,6 +148,7 @@ impl Rooms {
             search: search_index::Overlay::default(),
             absorbed: Vec::new(),
             remote: remote::Overlay::default(),
+            origin_ts: None,
         })
     }
 
@@ -182,6 +187,13 @@ impl<'a> Staged<'a> {
 
     pub fn version(&self) -> &RoomVersionId {
         &self.version
+    }
+
+    /// Fixes the `origin_server_ts` of the events staged from now on. A v12 room id is the hash
+    /// of its create event, so two creations by one user with the same content in the same
+    /// millisecond would otherwise build the same room (`createRoom` claims distinct times).
+    pub fn set_origin_server_ts(&mut self, ts: u64) {
+        self.origin_ts = Some(ts);
     }
 
     fn state_sid(&self, kind: &str, state_key: &str) -> Result<Option<u64>> {
@@ -305,7 +317,8 @@ impl<'a> Staged<'a> {
         let mut object = Map::new();
         object.insert("type".into(), json!(new.kind.to_string()));
         object.insert("sender".into(), json!(sender));
-        object.insert("origin_server_ts".into(), json!(now_ms()));
+        let origin_server_ts = self.origin_ts.unwrap_or_else(now_ms);
+        object.insert("origin_server_ts".into(), json!(origin_server_ts));
         object.insert("depth".into(), json!(depth));
         object.insert("prev_events".into(), Value::Array(self.references(&prev)?));
         object.insert(
@@ -714,13 +727,19 @@ impl<'a> Staged<'a> {
     }
 
     /// `commit`, with `on_conflict` describing a failed precondition of extra writes.
-    pub async fn commit_with(mut self, on_conflict: impl FnOnce() -> Error) -> Result<OwnedRoomId> {
+    pub async fn commit_with(self, on_conflict: impl FnOnce() -> Error) -> Result<OwnedRoomId> {
+        self.try_commit().await?.ok_or_else(on_conflict)
+    }
+
+    /// Commits everything staged in one durable batch; `None` if a precondition failed (nothing
+    /// was written), for callers that tell contention from a real clash and retry.
+    pub async fn try_commit(mut self) -> Result<Option<OwnedRoomId>> {
         let room_id = self
             .room_id
             .clone()
             .ok_or_else(|| Error::unknown("nothing staged"))?;
         if self.record.is_none() {
-            return Ok(room_id);
+            return Ok(Some(room_id));
         }
         let counts_changed = self.stage_push().await?;
         self.stage_record()?;
@@ -765,8 +784,8 @@ impl<'a> Staged<'a> {
             })
             .await;
         match result {
-            Ok(()) => Ok(room_id),
-            Err(CommitError::Conflict) => Err(on_conflict()),
+            Ok(()) => Ok(Some(room_id)),
+            Err(CommitError::Conflict) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }

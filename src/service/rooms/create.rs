@@ -4,8 +4,13 @@
 use ruma::{events::TimelineEventType, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomVersionId};
 use serde_json::{json, Map, Value};
 
-use super::{directory::PublicRooms, NewEvent, Rooms};
-use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{build::Staged, directory::PublicRooms, NewEvent, Rooms};
+use crate::{
+    error::{Error, Result},
+    service::users::now_ms,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
@@ -37,19 +42,63 @@ pub struct CreateRoom {
 /// server builds them itself.
 const RESERVED_INITIAL_STATE: &[&str] = &["m.room.create", "m.room.member", "m.room.power_levels"];
 
+/// How often a creation whose commit met contention (not a taken alias) is rebuilt.
+const CREATE_ATTEMPTS: usize = 4;
+
+/// The last `origin_server_ts` claimed by a creation in this process (see [`claim_ts`]).
+static LAST_CREATE_TS: AtomicU64 = AtomicU64::new(0);
+
+/// A creation time no other creation of this process has: the clock, or one past the last
+/// claim. A v12 room id is the hash of its create event, which holds only the creator, the
+/// content and this time; distinct times keep same-content creations by one user apart.
+fn claim_ts() -> u64 {
+    let now = now_ms();
+    let last = LAST_CREATE_TS
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(last.saturating_add(1).max(now))
+        })
+        .unwrap_or_else(|last| last);
+    last.saturating_add(1).max(now)
+}
+
+fn alias_taken() -> Error {
+    Error::new(
+        http::StatusCode::BAD_REQUEST,
+        "M_ROOM_IN_USE",
+        "Room alias already taken",
+    )
+}
+
 impl Rooms {
+    /// Creates the room. Its batch's preconditions are that the room (id, record, create
+    /// event) is new and, with an alias, that the alias is free. A conflict on a taken alias
+    /// answers `M_ROOM_IN_USE`; any other conflict is contention with another creation and the
+    /// room is rebuilt (new time, new id), a bounded number of times.
     pub async fn create_room(&self, request: CreateRoom) -> Result<OwnedRoomId> {
-        if let Some(alias) = &request.alias {
-            if self.alias_room(alias)?.is_some() {
-                return Err(Error::new(
-                    http::StatusCode::BAD_REQUEST,
-                    "M_ROOM_IN_USE",
-                    "Room alias already taken",
-                ));
+        for _ in 0..CREATE_ATTEMPTS {
+            if let Some(alias) = &request.alias {
+                if self.alias_room(alias)?.is_some() {
+                    return Err(alias_taken());
+                }
+            }
+            let staged = self.stage_creation(&request).await?;
+            if let Some(room_id) = staged.try_commit().await? {
+                return Ok(room_id);
             }
         }
+        match &request.alias {
+            Some(alias) if self.alias_room(alias)?.is_some() => Err(alias_taken()),
+            _ => Err(Error::unknown(
+                "room creation kept conflicting with concurrent writes",
+            )),
+        }
+    }
+
+    /// Builds the creation events and extra writes of `request`, uncommitted.
+    async fn stage_creation(&self, request: &CreateRoom) -> Result<Staged<'_>> {
         let creator = &request.creator;
         let mut staged = self.stage_new_room(request.version.clone()).await?;
+        staged.set_origin_server_ts(claim_ts());
         let rules = staged.rules().clone();
         let v12 = rules.authorization.explicitly_privilege_room_creators;
 
@@ -252,14 +301,21 @@ impl Rooms {
                 .batch_mut()
                 .put::<PublicRooms>(&room_id.to_string(), &true);
         }
-        staged
-            .commit_with(|| {
-                Error::new(
-                    http::StatusCode::BAD_REQUEST,
-                    "M_ROOM_IN_USE",
-                    "Room alias already taken",
-                )
-            })
-            .await
+        Ok(staged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim_ts;
+
+    #[test]
+    fn claimed_times_are_distinct_and_increasing() {
+        let mut last = 0;
+        for _ in 0..1000 {
+            let ts = claim_ts();
+            assert!(ts > last, "{ts} after {last}");
+            last = ts;
+        }
     }
 }

@@ -114,6 +114,7 @@ impl Rooms {
             search: search_index::Overlay::default(),
             absorbed: Vec::new(),
             remote: remote::Overlay::default(),
+            origin_ts: None,
         };
         let room_sid = match &old {
             Some(record) => record.sid,
