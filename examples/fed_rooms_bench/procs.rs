@@ -34,11 +34,11 @@ pub fn cpu_s(pid: u32) -> f64 {
     (ticks(14).unwrap_or(0) + ticks(15).unwrap_or(0)) as f64 / 100.0
 }
 
-/// Bytes `pid` wrote through write-like calls (sockets included).
-pub fn wchar(pid: u32) -> u64 {
+/// Bytes `pid` read through read-like calls (`read`, `pread`: sockets and files).
+pub fn rchar(pid: u32) -> u64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
     io.lines()
-        .find_map(|l| l.strip_prefix("wchar: "))
+        .find_map(|l| l.strip_prefix("rchar: "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -99,6 +99,8 @@ impl Drop for Server {
 
 pub struct Env {
     pub tmp: tempfile::TempDir,
+    /// Synapse's data directory when `--synapse-keep` names none (see `synapse::data_dir`).
+    pub synapse_tmp: Option<tempfile::TempDir>,
     pub certs: [PathBuf; 3],
     pub args: Args,
     pub http: reqwest::Client,

@@ -47,11 +47,16 @@ pub fn write_record(dir: &Path, record: &Value) {
     std::fs::write(record_path(dir), serde_json::to_vec_pretty(record).unwrap()).unwrap();
 }
 
-/// Synapse's data directory: `--synapse-keep` or a temporary one.
+/// Synapse's data directory: `--synapse-keep`, else a temporary one, in memory (`/dev/shm`)
+/// where there is one. Synapse's SQLite syncs every commit to disk (WAL, `synchronous`
+/// FULL); on a disk busy with other work that made a state event take 150-250 ms instead of
+/// ~50 ms, and the benchmark measures the joining Hearth, not Synapse's disk. For a kept
+/// directory, pick one under `/dev/shm` for the same reason.
 pub fn data_dir(env: &Env) -> PathBuf {
-    match &env.args.synapse_keep {
-        Some(dir) => dir.clone(),
-        None => env.tmp.path().join("synapse"),
+    match (&env.args.synapse_keep, &env.synapse_tmp) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(shm)) => shm.path().join("synapse"),
+        (None, None) => env.tmp.path().join("synapse"),
     }
 }
 

@@ -126,6 +126,16 @@ impl Batch {
         });
         self
     }
+    /// [`Batch::put`] of raw bytes, moved into the batch rather than copied (large values:
+    /// the events of a joined room).
+    pub fn put_raw<T: Table<Value = Raw>>(&mut self, key: &T::Key, value: Vec<u8>) -> &mut Self {
+        self.ops.push(Op::Put {
+            table: T::NAME,
+            key: key.encode(),
+            value,
+        });
+        self
+    }
     pub fn delete<T: Table>(&mut self, key: &T::Key) -> &mut Self {
         self.ops.push(Op::Delete {
             table: T::NAME,

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::{EventIds, EventMeta, EventMetaTable, Pdu, Pdus, Rooms, Timeline};
 use crate::{
     error::{Error, Result},
-    store::{Batch, Raw, Record},
+    store::{Batch, Record},
     table,
 };
 
@@ -74,14 +74,15 @@ impl Rooms {
     }
 
     /// Stages an outlier of the room `room_sid` at the stream position `sid` (allocated by the
-    /// caller and committed with `batch`): its id, PDU and metadata, and the outlier mark.
+    /// caller and committed with `batch`): its id, PDU (`json`, its canonical JSON, moved into
+    /// the batch) and metadata, and the outlier mark.
     /// `expect_absent` on the id, so two stagings of one event cannot both commit.
     pub fn stage_outlier(
         batch: &mut Batch,
         sid: u64,
         room_sid: u64,
         pdu: &Pdu,
-        object: &CanonicalJsonObject,
+        json: Vec<u8>,
         in_state: bool,
     ) -> Result<()> {
         let meta = EventMeta {
@@ -97,12 +98,11 @@ impl Rooms {
             redacted_by: None,
             replaces_state: None,
         };
-        let json = serde_json::to_vec(object).map_err(|e| Error::unknown(e.to_string()))?;
         let key = pdu.event_id.to_string();
         batch
             .expect_absent::<EventIds>(&key)
             .put::<EventIds>(&key, &sid)
-            .put::<Pdus>(&sid, &Raw(json))
+            .put_raw::<Pdus>(&sid, json)
             .put::<EventMetaTable>(&sid, &meta)
             .put::<OutlierEvents>(
                 &sid,
@@ -143,7 +143,14 @@ impl Rooms {
             let position = self.stream.allocate()?;
             let sid = position.pos;
             pending.push(position);
-            Self::stage_outlier(&mut batch, sid, room.sid, pdu, object, false)?;
+            Self::stage_outlier(
+                &mut batch,
+                sid,
+                room.sid,
+                pdu,
+                canonical_bytes(object)?,
+                false,
+            )?;
             staged.insert(&pdu.event_id, sid);
             sids.push(sid);
         }
@@ -209,4 +216,9 @@ impl Rooms {
             .delete::<EventMetaTable>(&sid)
             .delete::<OutlierEvents>(&sid);
     }
+}
+
+/// An event's canonical JSON, as stored in `pdus`.
+pub fn canonical_bytes(object: &CanonicalJsonObject) -> Result<Vec<u8>> {
+    serde_json::to_vec(object).map_err(|e| Error::unknown(e.to_string()))
 }

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use ruma::{events::TimelineEventType, CanonicalJsonObject, OwnedServerName, RoomId};
+use ruma::{events::TimelineEventType, OwnedServerName, RoomId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -114,8 +114,8 @@ impl Rooms {
     pub async fn complete_partial_state(
         &self,
         room_id: &RoomId,
-        state: &[(Pdu, CanonicalJsonObject)],
-        auth_chain: &[(Pdu, CanonicalJsonObject)],
+        state: Vec<(Pdu, Vec<u8>)>,
+        auth_chain: Vec<(Pdu, Vec<u8>)>,
     ) -> Result<usize> {
         let _lock = self.lock_room(room_id).await;
         let Some(partial) = self.partial_state(room_id)? else {
@@ -133,31 +133,39 @@ impl Rooms {
         batch.expect_value::<PartialStateRooms>(&room_id.to_string(), Some(&partial));
         let mut pending = Vec::new();
 
-        // The events, each once; those stored already keep their position.
-        let state_ids: HashSet<&ruma::EventId> = state.iter().map(|(p, _)| &*p.event_id).collect();
-        let mut sids: HashMap<&ruma::EventId, u64> = HashMap::new();
-        for (pdu, object) in auth_chain.iter().chain(state) {
-            if sids.contains_key(&*pdu.event_id) {
-                continue;
+        // The events, each once; those stored already keep their position. Each one's JSON
+        // moves into the batch; only the state's `Pdu`s are kept.
+        let state_ids: HashSet<ruma::OwnedEventId> =
+            state.iter().map(|(p, _)| p.event_id.clone()).collect();
+        let mut sids: HashMap<ruma::OwnedEventId, u64> = HashMap::new();
+        let mut state_pdus = Vec::with_capacity(state.len());
+        let events = auth_chain
+            .into_iter()
+            .map(|e| (e, false))
+            .chain(state.into_iter().map(|e| (e, true)));
+        for ((pdu, json), is_state) in events {
+            if !sids.contains_key(&pdu.event_id) {
+                if let Some(sid) = self.event_sid(&pdu.event_id)? {
+                    sids.insert(pdu.event_id.clone(), sid);
+                } else {
+                    let position = self.stream.allocate()?;
+                    let sid = position.pos;
+                    pending.push(position);
+                    let in_state = state_ids.contains(&pdu.event_id);
+                    Rooms::stage_outlier(&mut batch, sid, room.sid, &pdu, json, in_state)?;
+                    sids.insert(pdu.event_id.clone(), sid);
+                }
             }
-            if let Some(sid) = self.event_sid(&pdu.event_id)? {
-                sids.insert(&pdu.event_id, sid);
-                continue;
+            if is_state {
+                state_pdus.push(pdu);
             }
-            let position = self.stream.allocate()?;
-            let sid = position.pos;
-            pending.push(position);
-            let in_state = state_ids.contains(&*pdu.event_id);
-            Rooms::stage_outlier(&mut batch, sid, room.sid, pdu, object, in_state)?;
-            sids.insert(&pdu.event_id, sid);
         }
-        let mut full: HashMap<(String, String), (u64, &Pdu)> = HashMap::new();
-        for (pdu, _) in state {
-            if let Some(key) = &pdu.state_key {
-                full.insert(
-                    (pdu.kind.to_string(), key.clone()),
-                    (sids[&*pdu.event_id], pdu),
-                );
+        drop(state_ids);
+        let mut full: HashMap<(String, String), (u64, Pdu)> = HashMap::new();
+        for pdu in state_pdus {
+            if let Some(key) = pdu.state_key.clone() {
+                let sid = sids[&pdu.event_id];
+                full.insert((pdu.kind.to_string(), key), (sid, pdu));
             }
         }
 

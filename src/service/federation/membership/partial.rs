@@ -222,9 +222,10 @@ async fn resync(services: &Services, room_id: &RoomId) -> Result<(), String> {
                 continue;
             }
         };
+        let events = checked.state.len();
         let added = services
             .rooms
-            .complete_partial_state(room_id, &checked.state, &checked.auth_chain)
+            .complete_partial_state(room_id, checked.state, checked.auth_chain)
             .await
             .map_err(|e| e.to_string())?;
         let rejected = services
@@ -233,9 +234,8 @@ async fn resync(services: &Services, room_id: &RoomId) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         log::info!(
-            "full state of {room_id} from {server}: {} events, {added} new keys, {} events \
+            "full state of {room_id} from {server}: {events} events, {added} new keys, {} events \
              accepted meanwhile rejected, in {:?}",
-            checked.state.len(),
             rejected.len(),
             started.elapsed()
         );

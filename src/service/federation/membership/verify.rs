@@ -26,21 +26,30 @@ use crate::service::{
     Services,
 };
 
-/// An event of the answer, parsed (not yet verified).
+/// The servers and key ids an event's signatures need (`checks::wanted_keys`).
+type Wanted = BTreeMap<OwnedServerName, Vec<String>>;
+
+/// An event of the answer, read once (id, format, room, the keys it needs) and kept as the
+/// JSON text the resident sent until its signatures are checked. A parsed canonical JSON
+/// object is several times the size of its text (a map node and a string per field), so the
+/// answer is never held parsed: each event is parsed again when it is verified and kept
+/// after that as its canonical JSON and its `Pdu`.
 struct Received {
     event_id: OwnedEventId,
-    object: CanonicalJsonObject,
+    raw: Box<RawJsonValue>,
     /// From room version 5: the keys valid at the event's `origin_server_ts` (shared by the
     /// events that need the same keys: one map per group, not one per event).
     keys: Option<Arc<PublicKeyMap>>,
 }
 
-fn parse_event(
-    raw: &RawJsonValue,
+/// The first reading of an event: its checks that need no keys, the keys its signatures
+/// need and the time they must be valid at.
+fn read_event(
+    raw: Box<RawJsonValue>,
     rules: &RoomVersionRules,
     room_id: &RoomId,
-) -> std::result::Result<Received, String> {
-    let object = checks::parse(raw)?;
+) -> std::result::Result<(Received, Wanted, MilliSecondsSinceUnixEpoch), String> {
+    let object = checks::parse(&raw)?;
     let event_id = checks::event_id(&object, rules)?;
     checks::check_format(&object, rules).map_err(|e| format!("{event_id}: {e}"))?;
     match object.get("room_id") {
@@ -50,11 +59,14 @@ fn parse_event(
             && room_id.strip_sigil() == &event_id.as_str()[1..] => {}
         _ => return Err(format!("{event_id} is not an event of {room_id}")),
     }
-    Ok(Received {
+    let wanted = checks::wanted_keys(&object, rules).map_err(|e| format!("{event_id}: {e}"))?;
+    let (valid_at, _) = checks::key_validity(&object, rules);
+    let event = Received {
         event_id,
-        object,
+        raw,
         keys: None,
-    })
+    };
+    Ok((event, wanted, valid_at))
 }
 
 /// Checks the `send_join` answer (see the module doc) and returns the room to store.
@@ -90,27 +102,27 @@ pub(super) async fn check_answer(
         }
         None => own_join,
     };
-    // Each raw event is dropped as soon as it is parsed: the answer is never held twice.
-    let mut state = Vec::with_capacity(answer_state.len());
-    for raw in answer_state {
-        state.push(parse_event(&raw, rules, room_id)?);
-    }
-    let mut chain = Vec::with_capacity(answer_chain.len());
-    for raw in answer_chain {
-        chain.push(parse_event(&raw, rules, room_id)?);
+    // Every event read once, the state first. The events that need the same keys form a
+    // group (keys valid at the latest time of the group serve them all, `valid_keys`).
+    let state_len = answer_state.len();
+    let mut events = Vec::with_capacity(state_len + answer_chain.len());
+    let mut groups: BTreeMap<Wanted, Vec<(usize, MilliSecondsSinceUnixEpoch)>> = BTreeMap::new();
+    for raw in answer_state.into_iter().chain(answer_chain) {
+        let (event, wanted, valid_at) = read_event(raw, rules, room_id)?;
+        groups
+            .entry(wanted)
+            .or_default()
+            .push((events.len(), valid_at));
+        events.push(event);
     }
 
     // Every key any of them needs, fetched at once (so that a server's keys are fetched
     // once); then, from room version 5, each event's signatures must be by keys valid at its
     // `origin_server_ts` (read from the keyring's cache, filled by the first lookup).
-    let mut wanted: BTreeMap<OwnedServerName, Vec<String>> = BTreeMap::new();
-    let join_wanted = checks::wanted_keys(&join_object, rules)?;
-    for event in state.iter().chain(&chain) {
-        let needed = checks::wanted_keys(&event.object, rules)
-            .map_err(|e| format!("{}: {e}", event.event_id))?;
-        merge_wanted(&mut wanted, needed);
+    let mut wanted = checks::wanted_keys(&join_object, rules)?;
+    for group in groups.keys() {
+        merge_wanted(&mut wanted, group.clone());
     }
-    merge_wanted(&mut wanted, join_wanted);
     let keys = services
         .keyring
         .public_key_map_with(
@@ -121,7 +133,7 @@ pub(super) async fn check_answer(
         .await
         .map_err(|e| format!("cannot get signing keys: {e}"))?;
     if rules.enforce_key_validity {
-        valid_keys(services, rules, state.iter_mut().chain(chain.iter_mut())).await?;
+        valid_keys(services, &mut events, groups).await?;
     }
 
     // The CPU-heavy part (signatures, hashes, the rules) off the async workers.
@@ -134,10 +146,9 @@ pub(super) async fn check_answer(
             &room_id,
             &version,
             &rules,
-            join_id,
-            join_object,
-            state,
-            chain,
+            (join_id, join_object),
+            events,
+            state_len,
         )
     })
     .await
@@ -150,17 +161,9 @@ pub(super) async fn check_answer(
 /// within the group's span.
 async fn valid_keys(
     services: &Services,
-    rules: &RoomVersionRules,
-    events: impl Iterator<Item = &mut Received>,
+    events: &mut [Received],
+    groups: BTreeMap<Wanted, Vec<(usize, MilliSecondsSinceUnixEpoch)>>,
 ) -> std::result::Result<(), String> {
-    type Wanted = BTreeMap<OwnedServerName, Vec<String>>;
-    let mut groups: BTreeMap<Wanted, Vec<(&mut Received, MilliSecondsSinceUnixEpoch)>> =
-        BTreeMap::new();
-    for event in events {
-        let needed = checks::wanted_keys(&event.object, rules)?;
-        let (valid_at, _) = checks::key_validity(&event.object, rules);
-        groups.entry(needed).or_default().push((event, valid_at));
-    }
     let lookup = |wanted: &Wanted, at: MilliSecondsSinceUnixEpoch| {
         let keyring = services.keyring.clone();
         let wanted = wanted.clone();
@@ -180,8 +183,8 @@ async fn valid_keys(
             keys.get(server.as_str())
                 .is_some_and(|found| ids.iter().all(|id| found.contains_key(id)))
         });
-        for (event, at) in members {
-            event.keys = Some(if complete {
+        for (index, at) in members {
+            events[index].keys = Some(if complete {
                 keys.clone()
             } else {
                 Arc::new(lookup(&wanted, at).await?)
@@ -189,6 +192,29 @@ async fn valid_keys(
         }
     }
     Ok(())
+}
+
+/// Steps 2 and 3 for one event: parsed again from its text, its signatures and hash checked
+/// (a wrong hash means its redacted form counts), and kept as its canonical JSON and `Pdu`.
+/// The parsed object lives only within this call.
+fn verify_one(
+    keys: &PublicKeyMap,
+    event: Received,
+    rules: &RoomVersionRules,
+) -> std::result::Result<(Pdu, Vec<u8>), String> {
+    let Received {
+        event_id,
+        raw,
+        keys: own_keys,
+    } = event;
+    let object = checks::parse(&raw)?;
+    drop(raw);
+    let (object, _redacted) = checks::verify(own_keys.as_deref().unwrap_or(keys), object, rules)
+        .map_err(|e| format!("{event_id}: {e}"))?;
+    let json = serde_json::to_string(&object).map_err(|e| format!("{event_id}: {e}"))?;
+    drop(object);
+    let pdu = Pdu::from_json(event_id, &json)?;
+    Ok((pdu, json.into_bytes()))
 }
 
 fn merge_wanted(
@@ -205,40 +231,30 @@ fn merge_wanted(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Checks and authorises the events (the state's first: `state_len` of them), consuming
+/// them: each is held parsed only while it is verified.
 fn verify_and_authorise(
     keys: PublicKeyMap,
     room_id: &RoomId,
     version: &RoomVersionId,
     rules: &RoomVersionRules,
-    join_id: OwnedEventId,
-    join_object: CanonicalJsonObject,
-    state: Vec<Received>,
-    chain: Vec<Received>,
+    (join_id, join_object): (OwnedEventId, CanonicalJsonObject),
+    received: Vec<Received>,
+    state_len: usize,
 ) -> std::result::Result<JoinedRoom, String> {
     // Signatures and hashes: a forged event fails the join; a wrong hash means the redacted
     // form is what counts (as for any received PDU).
-    let mut events: HashMap<OwnedEventId, (Pdu, CanonicalJsonObject)> = HashMap::new();
-    let mut state_ids = Vec::with_capacity(state.len());
-    let mut chain_ids = Vec::with_capacity(chain.len());
-    for (event, is_state) in state
-        .into_iter()
-        .map(|e| (e, true))
-        .chain(chain.into_iter().map(|e| (e, false)))
-    {
-        if is_state {
+    let mut events: HashMap<OwnedEventId, (Pdu, Vec<u8>)> = HashMap::new();
+    let mut state_ids = Vec::with_capacity(state_len);
+    for (index, event) in received.into_iter().enumerate() {
+        if index < state_len {
             state_ids.push(event.event_id.clone());
-        } else {
-            chain_ids.push(event.event_id.clone());
         }
         if events.contains_key(&event.event_id) {
             continue;
         }
-        let event_keys = event.keys.as_deref().unwrap_or(&keys);
-        let (object, _redacted) = checks::verify(event_keys, event.object, rules)
-            .map_err(|e| format!("{}: {e}", event.event_id))?;
-        let pdu = Pdu::from_object(event.event_id.clone(), &object)?;
-        events.insert(event.event_id, (pdu, object));
+        let (pdu, json) = verify_one(&keys, event, rules)?;
+        events.insert(pdu.event_id.clone(), (pdu, json));
     }
     let (join_object, redacted) =
         checks::verify(&keys, join_object, rules).map_err(|e| format!("the join event: {e}"))?;
@@ -364,7 +380,7 @@ fn authorise<'a>(
 /// The events in an order where each comes after its auth events (Kahn's algorithm, ties by
 /// depth). A cycle — only a forged set can have one — fails.
 fn auth_order(
-    events: &HashMap<OwnedEventId, (Pdu, CanonicalJsonObject)>,
+    events: &HashMap<OwnedEventId, (Pdu, Vec<u8>)>,
 ) -> std::result::Result<Vec<OwnedEventId>, String> {
     let mut waiting: HashMap<&EventId, usize> = HashMap::new();
     let mut dependents: HashMap<&EventId, Vec<&EventId>> = HashMap::new();

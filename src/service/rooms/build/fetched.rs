@@ -106,7 +106,8 @@ impl Staged<'_> {
         let pending = rooms.stream.allocate()?;
         let sid = pending.pos;
         self.pending.push(pending);
-        Rooms::stage_outlier(&mut self.batch, sid, room_sid, pdu, object, false)?;
+        let json = super::super::outliers::canonical_bytes(object)?;
+        Rooms::stage_outlier(&mut self.batch, sid, room_sid, pdu, json, false)?;
         self.remote
             .outliers
             .insert(pdu.event_id.clone(), pdu.clone());

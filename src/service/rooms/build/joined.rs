@@ -41,11 +41,13 @@ use crate::{
 pub struct JoinedRoom {
     pub room_id: OwnedRoomId,
     pub version: RoomVersionId,
-    /// The auth chain of the join and of the state (checked, authorised), any order; events
-    /// also in `state` may be left out (they are stored once either way).
-    pub auth_chain: Vec<(Pdu, CanonicalJsonObject)>,
-    /// The room's state before the join (checked, authorised), one event per key.
-    pub state: Vec<(Pdu, CanonicalJsonObject)>,
+    /// The auth chain of the join and of the state (checked, authorised), any order, each
+    /// event with its canonical JSON; events also in `state` may be left out (they are stored
+    /// once either way).
+    pub auth_chain: Vec<(Pdu, Vec<u8>)>,
+    /// The room's state before the join (checked, authorised), one event per key, each with
+    /// its canonical JSON.
+    pub state: Vec<(Pdu, Vec<u8>)>,
     /// The join event as the resident server accepted it.
     pub join: (Pdu, CanonicalJsonObject),
     /// Set when the resident omitted member events: the room is stored with this mark
@@ -124,8 +126,8 @@ impl Rooms {
         };
 
         // The outliers, each event once; those stored already keep their position. The
-        // events are consumed: each JSON object is dropped once its bytes are in the batch,
-        // and only the state's `Pdu`s are kept (moved into the staged state below).
+        // events are consumed: each one's JSON moves into the batch, and only the state's
+        // `Pdu`s are kept (moved into the staged state below).
         let state_ids: HashSet<OwnedEventId> =
             state.iter().map(|(p, _)| p.event_id.clone()).collect();
         let mut sids: HashMap<OwnedEventId, u64> = HashMap::new();
@@ -135,7 +137,7 @@ impl Rooms {
             .into_iter()
             .map(|e| (e, false))
             .chain(state.into_iter().map(|e| (e, true)));
-        for ((pdu, object), is_state) in events {
+        for ((pdu, json), is_state) in events {
             if !sids.contains_key(&pdu.event_id) && pdu.event_id != join_pdu.event_id {
                 if let Some(sid) = self.event_sid(&pdu.event_id)? {
                     sids.insert(pdu.event_id.clone(), sid);
@@ -144,21 +146,13 @@ impl Rooms {
                     let sid = position.pos;
                     staged.pending.push(position);
                     let in_state = state_ids.contains(&pdu.event_id);
-                    Rooms::stage_outlier(
-                        &mut staged.batch,
-                        sid,
-                        room_sid,
-                        &pdu,
-                        &object,
-                        in_state,
-                    )?;
+                    Rooms::stage_outlier(&mut staged.batch, sid, room_sid, &pdu, json, in_state)?;
                     if in_state {
                         newest_new_state = Some(sid);
                     }
                     sids.insert(pdu.event_id.clone(), sid);
                 }
             }
-            drop(object);
             if is_state {
                 state_pdus.push(pdu);
             }
