@@ -71,6 +71,7 @@ mod state_content;
 mod store;
 mod synapse;
 mod sync;
+mod sync_fanout;
 mod sync_rooms;
 mod thirdparty;
 mod timestamp;

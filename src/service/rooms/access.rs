@@ -451,6 +451,10 @@ impl<'a> Reader<'a> {
                 cursor = *key;
                 break;
             }
+            // A head whose whole state is in memory decides at no cost (`state_cache.rs`).
+            if self.rooms.cached_state_at(sid).is_some() {
+                break;
+            }
             let Some(meta) = self.rooms.store.get::<EventMetaTable>(&sid)? else {
                 break;
             };

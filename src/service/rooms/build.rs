@@ -501,6 +501,7 @@ impl<'a> Staged<'a> {
             .put::<Pdus>(&sid, &Raw(json))
             .put::<EventMetaTable>(&sid, &meta)
             .put::<Timeline>(&(room_sid, sid), &true);
+        rooms.mark_timeline_row(&room_id, sid)?;
         if let Some(txn) = txn {
             self.batch.put::<TxnIds>(
                 &(sender.to_string(), txn.device_id, txn.scope, txn.txn_id),

@@ -19,6 +19,7 @@ pub mod format;
 pub mod hierarchy;
 pub mod history;
 pub mod holes;
+mod latest;
 pub mod membership;
 pub mod outliers;
 pub mod partial_state;
@@ -28,6 +29,7 @@ pub mod remote_invites;
 pub mod resolve;
 pub mod serve;
 pub mod state;
+pub mod state_cache;
 pub mod summary;
 pub mod timeline;
 pub mod upgrade;
@@ -233,6 +235,10 @@ pub struct Rooms {
     push_members: build::MembersCache,
     /// Which local users are guests (guest joins and removals, `build/guests.rs`).
     users: Arc<super::users::Users>,
+    /// The newest timeline position of each room (`latest.rs`).
+    latest: latest::LatestPositions,
+    /// The state at recently read heads (`state_cache.rs`).
+    state_cache: state_cache::StateCache,
     /// Local events are queued for the other servers in their room in their own batch.
     fed_queue: Arc<super::federation::queue::Queue>,
 }
@@ -267,6 +273,8 @@ impl Rooms {
             heavy_reads: Arc::new(tokio::sync::Semaphore::new(heavy_read_slots())),
             push_members: build::MembersCache::default(),
             users,
+            latest: latest::LatestPositions::default(),
+            state_cache: state_cache::StateCache::default(),
         }
     }
 
@@ -477,6 +485,21 @@ impl Rooms {
         backwards: bool,
         limit: usize,
     ) -> Result<Vec<StoredEvent>> {
+        self.timeline_sids(room_sid, from, backwards, limit)?
+            .into_iter()
+            .filter_map(|sid| self.event_by_sid(sid).transpose())
+            .collect()
+    }
+
+    /// The positions of a page of a room's timeline, as [`Rooms::timeline`] pages, without
+    /// reading the events: a reader that stops at a token decodes only the events past it.
+    pub fn timeline_sids(
+        &self,
+        room_sid: u64,
+        from: Option<u64>,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
         let from_key = from.map(|pos| (room_sid, pos));
         let rows = self.store.range_in_prefix::<Timeline, _>(
             &(room_sid,),
@@ -484,9 +507,7 @@ impl Rooms {
             backwards,
             limit,
         )?;
-        rows.into_iter()
-            .filter_map(|((_, sid), _)| self.event_by_sid(sid).transpose())
-            .collect()
+        Ok(rows.into_iter().map(|((_, sid), _)| sid).collect())
     }
 
     /// The event previously sent with this transaction id by this device, if any.

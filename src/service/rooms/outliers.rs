@@ -199,10 +199,17 @@ impl Rooms {
 
     /// Stages the promotion of an outlier in place: a timeline row at its own position and
     /// no outlier mark; state and extremities unchanged.
-    pub fn stage_promote_in_place(batch: &mut Batch, room_sid: u64, sid: u64) {
+    pub fn stage_promote_in_place(
+        &self,
+        batch: &mut Batch,
+        room: (&ruma::RoomId, u64),
+        sid: u64,
+    ) -> Result<()> {
+        let (room_id, room_sid) = room;
         batch
             .put::<Timeline>(&(room_sid, sid), &true)
             .delete::<OutlierEvents>(&sid);
+        self.mark_timeline_row(room_id, sid)
     }
 
     /// Stages the removal of an outlier's rows, so that the same event can be staged again

@@ -237,8 +237,10 @@ impl Rooms {
             .commit(&self.store, batch, pending, (), || {})
             .await
             .map_err(Error::from)?;
-        // The member cache is keyed by the state position, which did not move.
+        // The member cache is keyed by the state position, which did not move; the states at
+        // rewritten snapshots changed under their heads.
         self.push_members.forget(room.sid);
+        self.forget_cached_states();
         Ok(added_keys)
     }
 

@@ -25,6 +25,9 @@ impl Rooms {
         state_key: &str,
     ) -> Result<Option<u64>> {
         let kind = kind.to_string();
+        if let Some(state) = head.and_then(|head| self.cached_state_at(head)) {
+            return Ok(state.get(&(kind, state_key.to_owned())).copied());
+        }
         let mut cursor = head;
         // One link more than the snapshot interval: the walk always meets a snapshot or the
         // start of the chain before this bound.
@@ -51,26 +54,13 @@ impl Rooms {
         Ok(None)
     }
 
-    /// The whole state whose newest state event is `head`, as `(type, state_key, sid)`.
+    /// The whole state whose newest state event is `head`, as `(type, state_key, sid)` in
+    /// key order.
     pub fn full_state_at(&self, head: Option<u64>) -> Result<Vec<(String, String, u64)>> {
-        let mut seen = std::collections::BTreeMap::new();
-        let mut cursor = head;
-        for _ in 0..=SNAPSHOT_EVERY + 1 {
-            let Some(sid) = cursor else { break };
-            let Some(meta) = self.store.get::<EventMetaTable>(&sid)? else {
-                break;
-            };
-            if let Some(snapshot) = self.store.get::<StateSnapshots>(&sid)? {
-                for (kind, key, sid) in snapshot.entries {
-                    seen.entry((kind, key)).or_insert(sid);
-                }
-                break;
-            }
-            if let Some(key) = &meta.state_key {
-                seen.entry((meta.kind.clone(), key.clone())).or_insert(sid);
-            }
-            cursor = meta.state_link;
-        }
-        Ok(seen.into_iter().map(|((k, s), sid)| (k, s, sid)).collect())
+        Ok(self
+            .state_map_at(head)?
+            .iter()
+            .map(|((kind, key), sid)| (kind.clone(), key.clone(), *sid))
+            .collect())
     }
 }

@@ -42,10 +42,17 @@ pub(super) async fn joined_room(
     let now = pass.now;
     let user_id = request.user_id;
     let rooms = sources.rooms;
-    let Some(record) = rooms.room(room_id)? else {
-        return Ok(None);
+    // A room with nothing past the token (`rooms::latest`) has no timeline section: no event
+    // of it is read.
+    let unchanged = match since {
+        Some(since) if !request.full_state => rooms.latest_position(room_id)? <= since,
+        _ => false,
     };
-    let timeline = room_timeline(pass, room_id, Access::Joined, since, now, true, true)?;
+    let timeline = if unchanged {
+        None
+    } else {
+        room_timeline(pass, room_id, Access::Joined, since, now, true, true)?
+    };
 
     // Ephemeral events: typing and receipts.
     let ephemeral_filter = &request.filter.room.ephemeral;
@@ -110,6 +117,9 @@ pub(super) async fn joined_room(
             })
         }
         None => return Ok(None),
+    };
+    let Some(record) = rooms.room(room_id)? else {
+        return Ok(None);
     };
 
     // The summary changes rarely; it is sent whenever membership changed in this batch or
@@ -312,13 +322,14 @@ pub(super) fn room_timeline(
     needed_members.extend(heroes_of(&room_members, request.user_id.as_str()));
     let timeline_sids: HashSet<u64> = picked.iter().map(|e| e.sid).collect();
     let mut state = Vec::new();
+    // The state at the head is shared by every sync of the room (`rooms::state_cache`).
     let state_rows = if with_state {
-        rooms.full_state_at(start_head)?
+        rooms.state_map_at(start_head)?
     } else {
-        Vec::new()
+        Default::default()
     };
     let (user, device) = (request.user_id.as_str(), request.device_id);
-    for (kind, key, sid) in state_rows {
+    for ((kind, key), &sid) in state_rows.iter() {
         if timeline_sids.contains(&sid) {
             continue;
         }
@@ -421,15 +432,25 @@ pub(super) fn timeline_window(
     let mut cursor = Some(upto);
     let mut budget = limit * 20 + 100;
     'scan: while let Some(from) = cursor {
-        let page = rooms.timeline(record.sid, Some(from), true, limit + 1)?;
+        // Positions first: only the newest event (for the state head) and those past the
+        // token are read and decoded, so a room with one new event costs two reads, not a
+        // page of them.
+        let page = rooms.timeline_sids(record.sid, Some(from), true, limit + 1)?;
         if page.is_empty() {
             break;
         }
-        for event in page {
-            cursor = event.sid.checked_sub(1);
+        for sid in page {
+            cursor = sid.checked_sub(1);
             budget = budget.saturating_sub(1);
+            let past_token = since.is_some_and(|s| sid <= s);
+            if past_token && newest_head.is_some() {
+                break 'scan;
+            }
+            let Some(event) = rooms.event_by_sid(sid)? else {
+                continue;
+            };
             newest_head.get_or_insert_with(|| state_head(&event));
-            if since.is_some_and(|s| event.sid <= s) {
+            if past_token {
                 break 'scan;
             }
             let own_membership = event.meta.kind == "m.room.member"

@@ -50,6 +50,9 @@ fn crash_child() {
         .expect("runtime");
     rt.block_on(async move {
         let store = Store::open(Path::new(&dir), kind, CACHE).expect("open");
+        // The parent's kill window starts now, not at spawn: opening the store takes longer
+        // on a loaded machine, and a kill before any write tests nothing.
+        println!("READY");
         let start = store
             .range::<Primary>(None, true, 1)
             .expect("last record")
@@ -80,13 +83,16 @@ fn crash_child() {
     });
 }
 
-/// Reads the child's acknowledgements; a line cut off by the kill is not one.
-fn read_acks(out: impl Read) -> Vec<u64> {
+/// Reads the child's acknowledgements; a line cut off by the kill is not one. `ready` hears
+/// when the child has opened its store.
+fn read_acks(out: impl Read, ready: std::sync::mpsc::Sender<()>) -> Vec<u64> {
     let mut reader = BufReader::new(out);
     let mut acks = Vec::new();
     let mut line = String::new();
     while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-        if let Some(seq) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ACK ")) {
+        if line == "READY\n" {
+            let _ = ready.send(());
+        } else if let Some(seq) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ACK ")) {
             acks.push(seq.parse().expect("ACK line"));
         }
         line.clear();
@@ -156,13 +162,17 @@ fn crash_cycles(kind: EngineKind) {
             .expect("spawn child");
         let stdout = child.stdout.take().expect("child stdout");
         let mut stderr = child.stderr.take().expect("child stderr");
-        let reader = std::thread::spawn(move || read_acks(stdout));
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || read_acks(stdout, ready_tx));
         let errors = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = stderr.read_to_string(&mut s);
             s
         });
 
+        // Bounded: a child that never opens its store is killed all the same (and then
+        // fails the count below).
+        let _ = ready.recv_timeout(Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(rand::random_range(5..=150)));
         // SIGKILL: no destructor, no flush, no unwinding.
         let _ = child.kill();

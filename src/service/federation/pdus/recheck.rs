@@ -90,6 +90,8 @@ impl Pdus {
                 .expect_absent::<RejectedEvents>(&key)
                 .put::<RejectedEvents>(&key, &record);
             staged.commit().await?;
+            // Snapshots were rewritten in place: states read from them before are stale.
+            self.rooms.forget_cached_states();
             unaccepted.insert(event.pdu.event_id.clone(), head);
             rejected.push(event.pdu.event_id);
         }
