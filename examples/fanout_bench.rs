@@ -135,7 +135,13 @@ impl Server {
             .unwrap_or(0)
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Value) -> Value {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> Value {
         for attempt in 0..5 {
             let mut request = self
                 .http
@@ -166,7 +172,9 @@ impl Server {
 
     async fn register(&self, name: &str) -> String {
         let path = "/_matrix/client/v3/register";
-        let challenge = self.call(reqwest::Method::POST, path, None, json!({})).await;
+        let challenge = self
+            .call(reqwest::Method::POST, path, None, json!({}))
+            .await;
         let body = json!({"username": name, "password": "fanout-bench-pw",
             "auth": {"type": "m.login.dummy", "session": challenge["session"]}});
         let done = self.call(reqwest::Method::POST, path, None, body).await;
@@ -175,8 +183,13 @@ impl Server {
 
     async fn create_room(&self, token: &str) -> String {
         let body = json!({"preset": "public_chat"});
-        self.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(token), body)
-            .await["room_id"]
+        self.call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(token),
+            body,
+        )
+        .await["room_id"]
             .as_str()
             .expect("room id")
             .to_owned()
@@ -190,16 +203,21 @@ impl Server {
 
     async fn send(&self, token: &str, room: &str, txn: &str, body: Value) -> Value {
         let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
-        self.call(reqwest::Method::PUT, &path, Some(token), body).await
+        self.call(reqwest::Method::PUT, &path, Some(token), body)
+            .await
     }
 
     async fn sync(&self, token: &str, since: Option<&str>, timeout_ms: u64) -> Value {
         let filter = r#"{"room":{"timeline":{"limit":100}}}"#;
-        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}&filter={}", urlencode(filter));
+        let mut path = format!(
+            "/_matrix/client/v3/sync?timeout={timeout_ms}&filter={}",
+            urlencode(filter)
+        );
         if let Some(since) = since {
             path.push_str(&format!("&since={since}"));
         }
-        self.call(reqwest::Method::GET, &path, Some(token), json!({})).await
+        self.call(reqwest::Method::GET, &path, Some(token), json!({}))
+            .await
     }
 }
 
@@ -239,7 +257,10 @@ fn print_table(rows: &[Row]) {
         "| {:<34} | {:>15} | {:>12} | {:>8} | {:>8} | {:>8} | {:>22} |",
         "phase", "count", "rate", "p50 ms", "p99 ms", "max ms", "server CPU"
     );
-    println!("|{:-<36}|{:->17}|{:->14}|{:->10}|{:->10}|{:->10}|{:->24}|", "", "", "", "", "", "", "");
+    println!(
+        "|{:-<36}|{:->17}|{:->14}|{:->10}|{:->10}|{:->10}|{:->24}|",
+        "", "", "", "", "", "", ""
+    );
     for row in rows {
         println!(
             "| {:<34} | {:>15} | {:>12} | {:>8.2} | {:>8.2} | {:>8.2} | {:>22} |",
@@ -352,7 +373,9 @@ async fn idle_sync(server: &Arc<Server>, room_count: usize) -> Row {
         let room = server.create_room(&token).await;
         for n in 0..20 {
             let body = json!({"msgtype": "m.text", "body": format!("message {n}")});
-            server.send(&token, &room, &format!("idle-{r}-{n}"), body).await;
+            server
+                .send(&token, &room, &format!("idle-{r}-{n}"), body)
+                .await;
         }
     }
     let initial = server.sync(&token, None, 0).await;
@@ -382,7 +405,13 @@ async fn idle_sync(server: &Arc<Server>, room_count: usize) -> Row {
 }
 
 /// `senders` closed-loop senders over `room_count` rooms send `events` messages in total.
-async fn send_throughput(server: &Arc<Server>, tag: &str, senders: usize, room_count: usize, events: usize) -> Row {
+async fn send_throughput(
+    server: &Arc<Server>,
+    tag: &str,
+    senders: usize,
+    room_count: usize,
+    events: usize,
+) -> Row {
     let mut tokens = Vec::new();
     for i in 0..senders {
         tokens.push(server.register(&format!("{tag}-s{i}")).await);
@@ -400,7 +429,11 @@ async fn send_throughput(server: &Arc<Server>, tag: &str, senders: usize, room_c
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, token) in tokens.into_iter().enumerate() {
-        let (server, room, tag) = (server.clone(), rooms[i % room_count].clone(), tag.to_owned());
+        let (server, room, tag) = (
+            server.clone(),
+            rooms[i % room_count].clone(),
+            tag.to_owned(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_sender);
             for n in 0..per_sender {
@@ -427,7 +460,10 @@ async fn send_throughput(server: &Arc<Server>, tag: &str, senders: usize, room_c
         p50: percentile(&all, 0.50),
         p99: percentile(&all, 0.99),
         max: percentile(&all, 1.0),
-        cpu_per: format!("{:.3} ms/event", cpu.as_secs_f64() * 1000.0 / all.len().max(1) as f64),
+        cpu_per: format!(
+            "{:.3} ms/event",
+            cpu.as_secs_f64() * 1000.0 / all.len().max(1) as f64
+        ),
     }
 }
 
@@ -480,13 +516,26 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = server.status_kib("VmRSS:");
-    println!("server pid {}, idle RSS {:.1} MiB", server.pid, idle as f64 / 1024.0);
+    println!(
+        "server pid {}, idle RSS {:.1} MiB",
+        server.pid,
+        idle as f64 / 1024.0
+    );
 
     let wanted = |phase: &str| args.only.iter().any(|p| p == phase);
     let mut rows = Vec::new();
     if wanted("fanout") {
         let label = format!("fanout {} recv x 1 room", args.receivers);
-        let row = fanout(&server, &label, "one", args.receivers, 1, args.rate, args.seconds).await;
+        let row = fanout(
+            &server,
+            &label,
+            "one",
+            args.receivers,
+            1,
+            args.rate,
+            args.seconds,
+        )
+        .await;
         rows.push(row);
     }
     if wanted("spread") {
@@ -510,7 +559,9 @@ async fn main() {
         rows.push(idle_sync(&server, args.idle_rooms).await);
     }
     if wanted("send") {
-        rows.push(send_throughput(&server, "many", args.senders, args.send_rooms, args.events).await);
+        rows.push(
+            send_throughput(&server, "many", args.senders, args.send_rooms, args.events).await,
+        );
         rows.push(send_throughput(&server, "one", args.senders, 1, args.events / 2).await);
     }
     print_table(&rows);

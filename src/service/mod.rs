@@ -8,6 +8,7 @@ pub mod federation;
 pub mod filters;
 pub mod guests;
 pub mod keys;
+pub mod latest;
 pub mod mailer;
 pub mod media;
 pub mod moderation;

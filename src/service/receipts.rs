@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use super::{
     account_data::AccountData,
     federation::queue::{Edu, Queue},
+    latest::LatestMarks,
     notifier::Notifier,
     push::notifications::{Notifications, ReadUpTo as ReadMark},
     rooms::{Rooms, StoredEvent},
@@ -156,6 +157,9 @@ pub struct Receipts {
     notifications: Arc<Notifications>,
     /// Local users' public receipts go to the other servers in the room.
     fed_queue: Arc<Queue>,
+    /// The newest `receipt_log` position of each room (`service::latest`): a sync skips the
+    /// receipts of a room with none past its token without a scan.
+    latest: LatestMarks,
 }
 
 impl Receipts {
@@ -172,7 +176,17 @@ impl Receipts {
             notifier,
             notifications,
             fed_queue,
+            latest: LatestMarks::default(),
         }
+    }
+
+    /// The newest stored `receipt_log` position of a room (0 without receipts).
+    fn stored_latest(&self, room_id: &RoomId) -> Result<u64> {
+        Ok(self
+            .store
+            .range_in_prefix::<ReceiptLog, _>(&(room_id.as_str(),), None, true, 1)?
+            .first()
+            .map_or(0, |((_, pos), _)| *pos))
     }
 
     /// The user's read-up-to points in a room, from `m.read` and `m.read.private` alike.
@@ -204,6 +218,11 @@ impl Receipts {
         upto: u64,
         viewer: &UserId,
     ) -> Result<Option<Value>> {
+        if let Some(since) = since {
+            if self.latest.get(room_id, || self.stored_latest(room_id))? <= since {
+                return Ok(None);
+            }
+        }
         let from = since.map(|s| (room_id.to_string(), s + 1));
         let rows = self.store.range_in_prefix::<ReceiptLog, _>(
             &(room_id.as_str(),),
@@ -371,6 +390,8 @@ impl Receipts {
                             thread: mark.thread.clone(),
                         },
                     );
+                self.latest
+                    .raise(room_id, pending.pos, || self.stored_latest(room_id))?;
                 public |= mark.receipt_type == READ;
                 pendings.push(pending);
                 reads.push(match mark.thread.as_str() {

@@ -56,7 +56,11 @@ fn messages(body: &Value) -> Vec<(String, String)> {
                 section["timeline"]["limited"], true,
                 "no burst here exceeds the limit: {section}"
             );
-            for event in section["timeline"]["events"].as_array().into_iter().flatten() {
+            for event in section["timeline"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 if event["type"] == "m.room.message" {
                     let id = event["event_id"].as_str().unwrap().to_owned();
                     out.push((room.clone(), id));
@@ -127,31 +131,33 @@ async fn concurrent_sends_reach_every_receiver_in_every_room() {
                 mine
             }
         });
-        for (room, id) in futures_util::future::join_all(tasks).await.into_iter().flatten() {
+        for (room, id) in futures_util::future::join_all(tasks)
+            .await
+            .into_iter()
+            .flatten()
+        {
             sent.entry(room).or_default().push(id);
         }
         sent
     };
-    let receiving = futures_util::future::join_all(receivers.iter().map(
-        |(token, mine, since)| {
-            let srv = &srv;
-            async move {
-                let expected = mine.len() * SENDERS * PER_SENDER_ROOM;
-                let mut got: Vec<(String, String)> = Vec::new();
-                let mut since = since.clone();
-                let deadline = Instant::now() + Duration::from_secs(60);
-                for _ in 0..1_000 {
-                    if got.len() >= expected || Instant::now() > deadline {
-                        break;
-                    }
-                    let body = sync(srv, token, Some(&since), 5_000).await;
-                    got.extend(messages(&body));
-                    since = body["next_batch"].as_str().unwrap().to_owned();
+    let receiving = futures_util::future::join_all(receivers.iter().map(|(token, mine, since)| {
+        let srv = &srv;
+        async move {
+            let expected = mine.len() * SENDERS * PER_SENDER_ROOM;
+            let mut got: Vec<(String, String)> = Vec::new();
+            let mut since = since.clone();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for _ in 0..1_000 {
+                if got.len() >= expected || Instant::now() > deadline {
+                    break;
                 }
-                (got, since)
+                let body = sync(srv, token, Some(&since), 5_000).await;
+                got.extend(messages(&body));
+                since = body["next_batch"].as_str().unwrap().to_owned();
             }
-        },
-    ));
+            (got, since)
+        }
+    }));
     let (sent, received) = tokio::join!(sending, receiving);
 
     for ((token, mine, _), (got, since)) in receivers.iter().zip(received) {
@@ -159,7 +165,10 @@ async fn concurrent_sends_reach_every_receiver_in_every_room() {
         let unique: HashSet<&String> = ids.iter().copied().collect();
         assert_eq!(unique.len(), ids.len(), "an event came twice");
         let expected: HashSet<&String> = mine.iter().flat_map(|room| &sent[room]).collect();
-        assert_eq!(unique, expected, "every message of the receiver's rooms, no other");
+        assert_eq!(
+            unique, expected,
+            "every message of the receiver's rooms, no other"
+        );
         // Each room's messages in the order the room has them.
         for room in mine {
             let order: Vec<&String> = got

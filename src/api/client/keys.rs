@@ -203,7 +203,9 @@ async fn changes(
     let from = parse(&body.from, "from")?;
     let to = parse(&body.to, "to")?.min(services.stream.current());
     let (changed, left) = if to > from {
-        services.e2ee.device_list_changes(&me.user_id, from, to)?
+        services
+            .e2ee
+            .device_list_changes(&services.rooms, &me.user_id, from, to)?
     } else {
         (Vec::new(), Vec::new())
     };

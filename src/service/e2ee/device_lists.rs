@@ -21,13 +21,13 @@
 
 use std::collections::BTreeSet;
 
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedUserId, RoomId, UserId};
 
 use super::E2ee;
 use crate::{
     error::Result,
     service::federation::devices::DeviceListDirty,
-    service::rooms::{CurrentState, RoomMembers, RoomsTable, UserRooms},
+    service::rooms::{CurrentState, RoomMembers, Rooms, RoomsTable, UserRooms},
     store::{Batch, Store},
     table,
 };
@@ -65,26 +65,56 @@ struct ViewerRoom {
     encrypted_at: Option<u64>,
 }
 
-fn viewer_rooms(store: &Store, user_id: &UserId) -> Result<Vec<ViewerRoom>> {
+/// The rooms the viewer has a membership in, as the device lists see them: those with a
+/// timeline position past `since` in full (`active`), the others (`quiet`: nothing of theirs
+/// changed in the range, `rooms::latest`) by id only, read only when a key change needs the
+/// users they share.
+struct ViewerRooms {
+    active: Vec<ViewerRoom>,
+    quiet: Vec<String>,
+}
+
+fn viewer_rooms(store: &Store, rooms: &Rooms, user_id: &UserId, since: u64) -> Result<ViewerRooms> {
     let rows = store.scan_prefix::<UserRooms, _>(&(user_id.as_str(),), usize::MAX)?;
-    let mut out = Vec::new();
+    let mut out = ViewerRooms {
+        active: Vec::new(),
+        quiet: Vec::new(),
+    };
     for ((_, room_id), row) in rows {
-        let Some(room) = store.get::<RoomsTable>(&room_id)? else {
-            continue;
+        let quiet = match RoomId::parse(&room_id) {
+            Ok(id) => rooms.latest_position(&id)? <= since,
+            Err(_) => false,
         };
-        let encrypted_at = store.get::<CurrentState>(&(
-            room.sid,
-            "m.room.encryption".to_owned(),
-            String::new(),
-        ))?;
-        out.push(ViewerRoom {
-            room_sid: room.sid,
-            membership: row.membership,
-            member_sid: row.sid,
-            encrypted_at,
-        });
+        if quiet {
+            if row.membership == "join" {
+                out.quiet.push(room_id);
+            }
+            continue;
+        }
+        if let Some(room) = viewer_room(store, &room_id, row.membership, row.sid)? {
+            out.active.push(room);
+        }
     }
     Ok(out)
+}
+
+fn viewer_room(
+    store: &Store,
+    room_id: &str,
+    membership: String,
+    member_sid: u64,
+) -> Result<Option<ViewerRoom>> {
+    let Some(room) = store.get::<RoomsTable>(&room_id.to_owned())? else {
+        return Ok(None);
+    };
+    let encrypted_at =
+        store.get::<CurrentState>(&(room.sid, "m.room.encryption".to_owned(), String::new()))?;
+    Ok(Some(ViewerRoom {
+        room_sid: room.sid,
+        membership,
+        member_sid,
+        encrypted_at,
+    }))
 }
 
 fn room_members(store: &Store, room_sid: u64) -> Result<Vec<(String, String)>> {
@@ -131,7 +161,13 @@ impl E2ee {
     /// everyone joined to a room the user shares.
     pub(crate) fn device_change_targets(&self, user_id: &UserId) -> Result<Vec<OwnedUserId>> {
         let mut users = BTreeSet::from([user_id.to_owned()]);
-        for room in viewer_rooms(&self.store, user_id)? {
+        let rows = self
+            .store
+            .scan_prefix::<UserRooms, _>(&(user_id.as_str(),), usize::MAX)?;
+        for ((_, room_id), row) in rows {
+            let Some(room) = viewer_room(&self.store, &room_id, row.membership, row.sid)? else {
+                continue;
+            };
             if !shares(&room.membership) {
                 continue;
             }
@@ -151,6 +187,7 @@ impl E2ee {
     /// overlapping. See the module documentation for the rules.
     pub fn device_list_changes(
         &self,
+        rooms: &Rooms,
         user_id: &UserId,
         since: u64,
         upto: u64,
@@ -162,7 +199,8 @@ impl E2ee {
         let mut share_any = BTreeSet::<String>::from([user_id.to_string()]);
         let mut share_encrypted = BTreeSet::<String>::new();
 
-        for room in viewer_rooms(&self.store, user_id)? {
+        let viewer = viewer_rooms(&self.store, rooms, user_id, since)?;
+        for room in viewer.active {
             let members = room_members(&self.store, room.room_sid)?;
             let encrypted = room.encrypted_at.is_some();
             if room.membership != "join" {
@@ -226,13 +264,30 @@ impl E2ee {
         }
 
         // Key changes of users sharing a room with the viewer.
-        let rows = self
+        let rows: Vec<String> = self
             .store
-            .range::<DeviceListChanges>(Some(&(since + 1)), false, MAX_ROWS)?;
-        for (pos, user) in rows {
-            if pos > upto {
-                break;
+            .range::<DeviceListChanges>(Some(&(since + 1)), false, MAX_ROWS)?
+            .into_iter()
+            .take_while(|(pos, _)| *pos <= upto)
+            .map(|(_, user)| user)
+            .collect();
+        // Who the viewer shares its quiet rooms with matters only now.
+        if !rows.is_empty() || !left_candidates.is_empty() {
+            for room_id in &viewer.quiet {
+                let Some(room) = viewer_room(&self.store, room_id, "join".into(), 0)? else {
+                    continue;
+                };
+                for (member, membership) in room_members(&self.store, room.room_sid)? {
+                    if shares(&membership) {
+                        if room.encrypted_at.is_some() {
+                            share_encrypted.insert(member.clone());
+                        }
+                        share_any.insert(member);
+                    }
+                }
             }
+        }
+        for user in rows {
             if share_any.contains(&user) {
                 changed.insert(user);
             }

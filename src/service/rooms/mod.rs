@@ -236,7 +236,7 @@ pub struct Rooms {
     /// Which local users are guests (guest joins and removals, `build/guests.rs`).
     users: Arc<super::users::Users>,
     /// The newest timeline position of each room (`latest.rs`).
-    latest: latest::LatestPositions,
+    latest: super::latest::LatestMarks,
     /// The state at recently read heads (`state_cache.rs`).
     state_cache: state_cache::StateCache,
     /// Local events are queued for the other servers in their room in their own batch.
@@ -273,7 +273,7 @@ impl Rooms {
             heavy_reads: Arc::new(tokio::sync::Semaphore::new(heavy_read_slots())),
             push_members: build::MembersCache::default(),
             users,
-            latest: latest::LatestPositions::default(),
+            latest: Default::default(),
             state_cache: state_cache::StateCache::default(),
         }
     }

@@ -233,6 +233,11 @@ impl Rooms {
                     );
             }
         }
+        // The fetched member events take new positions outside the timeline: a sync (device
+        // lists) must not skip the room for them (`latest.rs`).
+        if let Some(top) = pending.iter().map(|p| p.pos).max() {
+            self.mark_timeline_row(room_id, top)?;
+        }
         self.stream
             .commit(&self.store, batch, pending, (), || {})
             .await

@@ -416,7 +416,7 @@ pub async fn sync_once(
     has_updates |= held_back || !to_device.is_empty();
     body.insert("to_device".into(), json!({ "events": to_device }));
     if let Some(since) = request.since {
-        let (changed, left) = e2ee.device_list_changes(request.user_id, since, now)?;
+        let (changed, left) = e2ee.device_list_changes(rooms, request.user_id, since, now)?;
         if !changed.is_empty() || !left.is_empty() {
             has_updates = true;
             body.insert(

@@ -473,11 +473,8 @@ impl Pdus {
         {
             Some(Promotion::InPlace { sid }) => {
                 let room_sid = self.rooms.room(room_id)?.map(|r| r.sid).unwrap_or_default();
-                self.rooms.stage_promote_in_place(
-                    staged.batch_mut(),
-                    (room_id, room_sid),
-                    sid,
-                )?;
+                self.rooms
+                    .stage_promote_in_place(staged.batch_mut(), (room_id, room_sid), sid)?;
                 return Ok(Judged::Staged(Ok(())));
             }
             Some(Promotion::Replace { sid }) => staged.replace_outlier(&event.event_id, sid),

@@ -138,7 +138,7 @@ pub async fn extensions(
             "device_unused_fallback_key_types": e2ee.unused_fallback_key_types(user_id, device)?,
         });
         if let Some(since) = since {
-            let (changed, left) = e2ee.device_list_changes(user_id, since, now)?;
+            let (changed, left) = e2ee.device_list_changes(sources.rooms, user_id, since, now)?;
             if !changed.is_empty() || !left.is_empty() {
                 news = true;
                 body["device_lists"] = json!({"changed": changed, "left": left});
