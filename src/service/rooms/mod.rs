@@ -20,6 +20,7 @@ pub mod hierarchy;
 pub mod history;
 pub mod holes;
 mod latest;
+pub mod member_summary;
 pub mod membership;
 pub mod outliers;
 pub mod partial_state;
@@ -239,6 +240,8 @@ pub struct Rooms {
     latest: super::latest::LatestMarks,
     /// The state at recently read heads (`state_cache.rs`).
     state_cache: state_cache::StateCache,
+    /// Member counts and heroes at each room's state (`member_summary.rs`).
+    member_summaries: member_summary::SummaryCache,
     /// Local events are queued for the other servers in their room in their own batch.
     fed_queue: Arc<super::federation::queue::Queue>,
 }
@@ -275,6 +278,7 @@ impl Rooms {
             users,
             latest: Default::default(),
             state_cache: state_cache::StateCache::default(),
+            member_summaries: Default::default(),
         }
     }
 

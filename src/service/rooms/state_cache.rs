@@ -101,10 +101,12 @@ impl Rooms {
         Ok(state)
     }
 
-    /// Forgets every cached state: for writers that rewrite stored snapshots, after their
-    /// batch commits (see the module doc).
+    /// Forgets every cached state and member summary (`member_summary.rs`): for writers that
+    /// rewrite stored snapshots or members in place, after their batch commits (see the
+    /// module doc).
     pub fn forget_cached_states(&self) {
         self.state_cache.clear();
+        self.forget_member_summary();
     }
 
     /// The state at `head` when it is cached, without reading the store.

@@ -28,7 +28,7 @@ use crate::{
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 pub(super) const MAX_TIMELINE_LIMIT: usize = 100;
 /// Heroes shown in a room summary.
-const HEROES: usize = 5;
+pub(super) const HEROES: usize = 5;
 use crate::service::rooms::format::STRIPPED_STATE;
 
 /// A joined room's section, or `None` when nothing changed since the token.
@@ -124,8 +124,9 @@ pub(super) async fn joined_room(
 
     // The summary changes rarely; it is sent whenever membership changed in this batch or
     // on a fresh start.
-    let members = rooms.members(record.sid)?;
-    let (joined, invited) = member_counts(&members);
+    // Shared by every sync of the room at this state (`rooms::member_summary`).
+    let members = rooms.member_summary(&record)?;
+    let (joined, invited) = (members.joined, members.invited);
     // A partial-state room (`rooms/partial_state.rs`) knows few of its members: no counts
     // rather than wrong ones (the fields are optional) until the full state is stored.
     room["summary"] = if rooms.is_partial_state(room_id) {
@@ -137,7 +138,7 @@ pub(super) async fn joined_room(
         })
     };
     if needs_heroes(rooms, record.sid)? {
-        room["summary"]["m.heroes"] = json!(heroes_of(&members, user_id.as_str()));
+        room["summary"]["m.heroes"] = json!(members.heroes(user_id.as_str(), HEROES));
     }
     room["ephemeral"] = json!({ "events": ephemeral });
     room["account_data"] = json!({ "events": account_data });
@@ -158,13 +159,6 @@ pub(super) async fn joined_room(
         room["unread_notifications"] = counts.total().json();
     }
     Ok(Some(room))
-}
-
-/// The joined and invited members among a room's `(user, membership)` rows.
-pub(super) fn member_counts(members: &[(String, String)]) -> (usize, usize) {
-    let joined = members.iter().filter(|(_, m)| m == "join").count();
-    let invited = members.iter().filter(|(_, m)| m == "invite").count();
-    (joined, invited)
 }
 
 /// The stripped state an invitee or knocker sees of a room this server takes part in (spec:
@@ -232,17 +226,6 @@ pub(super) fn needs_heroes(rooms: &Rooms, room_sid: u64) -> Result<bool> {
         }
     }
     Ok(true)
-}
-
-/// The summary's heroes among the room's `(user, membership)` rows: joined or invited users
-/// other than the syncing user.
-pub(super) fn heroes_of<'m>(members: &'m [(String, String)], user_id: &str) -> Vec<&'m str> {
-    members
-        .iter()
-        .filter(|(u, m)| u != user_id && (m == "join" || m == "invite"))
-        .map(|(u, _)| u.as_str())
-        .take(HEROES)
-        .collect()
 }
 
 /// The timeline and state of a room between `since` (exclusive) and `upto` (inclusive), as
@@ -313,13 +296,15 @@ pub(super) fn room_timeline(
     );
     // The members a lazy-loading client needs: the timeline's senders and, for a room with a
     // summary, its heroes (their member events "MUST be included ... unless redundant").
-    let room_members = if lazy && joined && needs_heroes(rooms, record.sid)? {
-        rooms.members(record.sid)?
+    let summary = if lazy && joined && needs_heroes(rooms, record.sid)? {
+        Some(rooms.member_summary(&record)?)
     } else {
-        Vec::new()
+        None
     };
     let mut needed_members: HashSet<&str> = picked.iter().map(|e| e.meta.sender.as_str()).collect();
-    needed_members.extend(heroes_of(&room_members, request.user_id.as_str()));
+    if let Some(summary) = &summary {
+        needed_members.extend(summary.heroes(request.user_id.as_str(), HEROES));
+    }
     let timeline_sids: HashSet<u64> = picked.iter().map(|e| e.sid).collect();
     let mut state = Vec::new();
     // The state at the head is shared by every sync of the room (`rooms::state_cache`).

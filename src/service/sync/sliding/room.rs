@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::{
     super::{
         format::EventFormat,
-        room::{heroes_of, member_counts, needs_heroes, timeline_window, Span},
+        room::{needs_heroes, timeline_window, Span, HEROES},
         LazyMembers,
     },
     connections::{RoomConfig, RoomSent},
@@ -413,19 +413,20 @@ fn room_fields(
             content.get("url").cloned().unwrap_or(Value::Null),
         );
     }
-    let members = if reads_state {
-        rooms.members(record.sid)?
-    } else {
-        Vec::new()
+    let members = match reads_state {
+        true => Some(rooms.member_summary(&record)?),
+        false => None,
     };
-    if reads_state && !rooms.is_partial_state(&room.room_id) {
-        let (joined, invited) = member_counts(&members);
-        body.insert("joined_count".into(), json!(joined));
-        body.insert("invited_count".into(), json!(invited));
+    if let Some(members) = members.as_ref() {
+        if !rooms.is_partial_state(&room.room_id) {
+            body.insert("joined_count".into(), json!(members.joined));
+            body.insert("invited_count".into(), json!(members.invited));
+        }
     }
-    if reads_state && needs_heroes(rooms, record.sid)? {
+    let heroes_wanted = members.is_some() && needs_heroes(rooms, record.sid)?;
+    if let Some(members) = members.as_ref().filter(|_| heroes_wanted) {
         let mut heroes = Vec::new();
-        for hero in heroes_of(&members, ctx.user_id.as_str()) {
+        for hero in members.heroes(ctx.user_id.as_str(), HEROES) {
             let mut entry = json!({"user_id": hero});
             if let Some(sid) = view.get(rooms, "m.room.member", hero)? {
                 if let Some(content) = rooms
