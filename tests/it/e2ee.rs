@@ -663,6 +663,29 @@ async fn key_changes_follow_uploads_memberships_and_deletions() {
     let (changed, _) = changes(&srv, &alice.token, &t6).await;
     assert!(changed.contains(&carol.user), "{changed:?}");
 
+    // Key changes of a user sharing only an unencrypted room count too, whether the room was
+    // written to in the range or not (rooms with nothing new are read only for this).
+    let dave = Dev::register(&srv, "dave").await;
+    let open = create_room(&srv, &alice.token, false, &[&dave.user]).await;
+    join(&srv, &dave.token, &open).await;
+    let t7 = token_now(&srv);
+    dave.upload_device_keys(&srv).await;
+    let (changed, _) = changes(&srv, &alice.token, &t7).await;
+    assert_eq!(changed, vec![dave.user.clone()], "a quiet room");
+    let t8 = token_now(&srv);
+    let (status, body) = srv
+        .put(
+            &format!("/_matrix/client/v3/rooms/{open}/send/m.room.message/t8"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "hi"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let dave2 = Dev::login(&srv, "dave").await;
+    dave2.upload_device_keys(&srv).await;
+    let (changed, _) = changes(&srv, &alice.token, &t8).await;
+    assert_eq!(changed, vec![dave.user.clone()], "a room written to");
+
     // Bad tokens.
     let (status, body) = srv
         .get(

@@ -57,6 +57,7 @@ fn shares(membership: &str) -> bool {
 
 /// One room the viewer has a membership in, as the device lists see it.
 struct ViewerRoom {
+    room_id: String,
     room_sid: u64,
     membership: String,
     /// Position of the viewer's membership event.
@@ -66,11 +67,13 @@ struct ViewerRoom {
 }
 
 /// The rooms the viewer has a membership in, as the device lists see them: those with a
-/// timeline position past `since` in full (`active`), the others (`quiet`: nothing of theirs
-/// changed in the range, `rooms::latest`) by id only, read only when a key change needs the
-/// users they share.
+/// timeline position past `since` in full (`active`); of the others (nothing of theirs changed
+/// in the range, `rooms::latest`) the joined ones by id (`quiet`), whose members are read only
+/// when a key change needs the users the viewer shares a room with. Unencrypted active rooms
+/// join `quiet` later: only sharing matters of them.
 struct ViewerRooms {
     active: Vec<ViewerRoom>,
+    /// Room ids.
     quiet: Vec<String>,
 }
 
@@ -110,6 +113,7 @@ fn viewer_room(
     let encrypted_at =
         store.get::<CurrentState>(&(room.sid, "m.room.encryption".to_owned(), String::new()))?;
     Ok(Some(ViewerRoom {
+        room_id: room_id.to_owned(),
         room_sid: room.sid,
         membership,
         member_sid,
@@ -199,10 +203,18 @@ impl E2ee {
         let mut share_any = BTreeSet::<String>::from([user_id.to_string()]);
         let mut share_encrypted = BTreeSet::<String>::new();
 
-        let viewer = viewer_rooms(&self.store, rooms, user_id, since)?;
+        let mut viewer = viewer_rooms(&self.store, rooms, user_id, since)?;
         for room in viewer.active {
-            let members = room_members(&self.store, room.room_sid)?;
             let encrypted = room.encrypted_at.is_some();
+            if !encrypted {
+                // Its members matter only as users the viewer shares a room with, which only
+                // a key change needs: read lazily, as for quiet rooms.
+                if room.membership == "join" {
+                    viewer.quiet.push(room.room_id);
+                }
+                continue;
+            }
+            let members = room_members(&self.store, room.room_sid)?;
             if room.membership != "join" {
                 // A room the viewer left in the range: its members may no longer share an
                 // encrypted room with the viewer.
