@@ -330,7 +330,7 @@ pub(super) fn room_timeline(
             let delivered = since.filter(|_| !full).is_some_and(|since| {
                 sources
                     .lazy_members
-                    .delivered(user, device, record.sid, &key, sid, since)
+                    .delivered(user, device, record.sid, key, sid, since)
             });
             if delivered && !include_redundant {
                 continue;
@@ -344,7 +344,7 @@ pub(super) fn room_timeline(
                 if lazy_member {
                     sources
                         .lazy_members
-                        .record(user, device, record.sid, &key, sid, pass.now);
+                        .record(user, device, record.sid, key, sid, pass.now);
                 }
             }
         }

@@ -414,7 +414,7 @@ fn room_fields(
         );
     }
     let members = match reads_state {
-        true => Some(rooms.member_summary(&record)?),
+        true => Some(rooms.member_summary(record)?),
         false => None,
     };
     if let Some(members) = members.as_ref() {
