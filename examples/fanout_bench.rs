@@ -17,7 +17,9 @@
 //! 4. `send, S senders x Q rooms`: closed-loop senders (default 64 over 16 rooms, then 64 in
 //!    one room): durable events/s and server CPU per event.
 //!
-//! Idle RSS after start and peak RSS (`VmHWM`) at the end close the report.
+//! Idle RSS after start and peak RSS (`VmHWM`) at the end close the report. The server allows
+//! 4,096 connections (`limits.max_connections`; the default 512 is below 500 long-polls plus
+//! the senders and the connections earlier phases left open).
 //!
 //! `cargo build --release --bin hearth --example fanout_bench &&
 //!  target/release/examples/fanout_bench [--receivers R] [--rate M] [--seconds D]
@@ -483,7 +485,7 @@ async fn main() {
     let config = format!(
         "server_name = \"localhost\"\ndata_dir = \"{}\"\nbcrypt_cost = 4\nlog_level = \"warn\"\n\
          [[listeners]]\nbind = \"127.0.0.1:{port}\"\n[registration]\nmode = \"open\"\n\
-         [rate_limit]\nenabled = false\n",
+         [rate_limit]\nenabled = false\n[limits]\nmax_connections = 4096\n",
         tmp.path().join("data").display()
     );
     let config_path = tmp.path().join("hearth.toml");
