@@ -28,7 +28,6 @@
 use std::collections::{HashMap, HashSet};
 
 use ruma::{OwnedServerName, OwnedUserId, RoomId, ServerName, UserId};
-use serde_json::Value;
 
 use super::{
     EventMeta, EventMetaTable, RoomRecord, Rooms, StateSnapshots, StoredEvent, SNAPSHOT_EVERY,
@@ -221,14 +220,6 @@ impl Rooms {
             Access::None
         })
     }
-}
-
-pub(super) fn membership_of(event: &StoredEvent) -> Option<String> {
-    event.pdu.content_as::<Value>().and_then(|c| {
-        c.get("membership")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    })
 }
 
 /// Who reads through a [`Reader`].

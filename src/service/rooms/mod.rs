@@ -242,6 +242,8 @@ pub struct Rooms {
     state_cache: state_cache::StateCache,
     /// Member counts and heroes at each room's state (`member_summary.rs`).
     member_summaries: member_summary::SummaryCache,
+    /// Content fields that redaction keeps, by event (`visibility.rs`).
+    kept_fields: visibility::KeptFields,
     /// Local events are queued for the other servers in their room in their own batch.
     fed_queue: Arc<super::federation::queue::Queue>,
 }
@@ -279,6 +281,7 @@ impl Rooms {
             latest: Default::default(),
             state_cache: state_cache::StateCache::default(),
             member_summaries: Default::default(),
+            kept_fields: Default::default(),
         }
     }
 

@@ -2,11 +2,50 @@
 //! the per-event rule. Read paths go through [`super::access::Reader`], which applies the
 //! room-level access first and then [`decide`] with these, cached per state run.
 
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+};
+
 use ruma::{events::StateEventType, UserId};
 use serde_json::Value;
 
-use super::Rooms;
+use super::{EventMetaTable, Rooms};
 use crate::error::Result;
+
+/// Fields kept in memory by [`KeptFields`].
+const MAX_KEPT_FIELDS: usize = 100_000;
+
+/// The content fields history visibility reads, by event: `membership` of member events and
+/// `history_visibility` of visibility events. Redaction keeps both (every room version's
+/// redaction algorithm), and a position is never reused, so a value read once holds for good:
+/// one decode serves every later reader of the event, e.g. the fifty syncs one send wakes.
+/// Bounded by [`MAX_KEPT_FIELDS`]; the map starts over when full. The lock guards only the map.
+#[derive(Default)]
+pub struct KeptFields {
+    values: Mutex<HashMap<(u64, Kept), Option<String>>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Kept {
+    Membership,
+    HistoryVisibility,
+}
+
+impl Kept {
+    fn name(self) -> &'static str {
+        match self {
+            Kept::Membership => "membership",
+            Kept::HistoryVisibility => "history_visibility",
+        }
+    }
+}
+
+impl KeptFields {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(u64, Kept), Option<String>>> {
+        self.values.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// How far back a user's chain of member events is followed to find a past join. A user who
 /// changed membership more often than this without joining is treated as never joined, which
@@ -14,22 +53,33 @@ use crate::error::Result;
 const MEMBERSHIP_HISTORY_LIMIT: usize = 100;
 
 impl Rooms {
-    fn content_field(&self, sid: Option<u64>, field: &str) -> Result<Option<String>> {
+    fn content_field(&self, sid: Option<u64>, field: Kept) -> Result<Option<String>> {
         let Some(sid) = sid else { return Ok(None) };
+        if let Some(value) = self.kept_fields.lock().get(&(sid, field)) {
+            return Ok(value.clone());
+        }
         let Some(event) = self.event_by_sid(sid)? else {
+            // Not kept: an event not stored (yet) may be later.
             return Ok(None);
         };
-        Ok(event
-            .pdu
-            .content_as::<Value>()
-            .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned)))
+        let value = event.pdu.content_as::<Value>().and_then(|c| {
+            c.get(field.name())
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        let mut kept = self.kept_fields.lock();
+        if kept.len() >= MAX_KEPT_FIELDS {
+            kept.clear();
+        }
+        kept.insert((sid, field), value.clone());
+        Ok(value)
     }
 
     /// The `history_visibility` in the state whose newest state event is `head`.
     pub fn visibility_at_head(&self, head: Option<u64>) -> Result<String> {
         let sid = self.state_at(head, &StateEventType::RoomHistoryVisibility, "")?;
         Ok(self
-            .content_field(sid, "history_visibility")?
+            .content_field(sid, Kept::HistoryVisibility)?
             .unwrap_or_else(|| "shared".into()))
     }
 
@@ -40,7 +90,7 @@ impl Rooms {
         user_id: &UserId,
     ) -> Result<Option<String>> {
         let sid = self.state_at(head, &StateEventType::RoomMember, user_id.as_str())?;
-        self.content_field(sid, "membership")
+        self.content_field(sid, Kept::Membership)
     }
 
     /// The user's newest join event in the room and the member event that followed it (the
@@ -52,14 +102,15 @@ impl Rooms {
         let mut newer = None;
         for _ in 0..MEMBERSHIP_HISTORY_LIMIT {
             let Some(sid) = cursor else { return Ok(None) };
-            let Some(event) = self.event_by_sid(sid)? else {
+            // The metadata and the kept membership: no event is parsed for this walk.
+            let Some(meta) = self.store.get::<EventMetaTable>(&sid)? else {
                 return Ok(None);
             };
-            if super::access::membership_of(&event).as_deref() == Some("join") {
+            if self.content_field(Some(sid), Kept::Membership)?.as_deref() == Some("join") {
                 return Ok(Some((sid, newer)));
             }
             newer = Some(sid);
-            cursor = event.meta.replaces_state;
+            cursor = meta.replaces_state;
         }
         Ok(None)
     }

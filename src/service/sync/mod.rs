@@ -25,7 +25,7 @@ use std::{
     time::Instant,
 };
 
-use ruma::{api::client::filter::FilterDefinition, push::Ruleset, OwnedRoomId, UserId};
+use ruma::{api::client::filter::FilterDefinition, OwnedRoomId, UserId};
 use serde_json::{json, Map, Value};
 
 mod filters;
@@ -128,7 +128,6 @@ struct Pass<'a> {
     typing: TypingSince,
     /// Room account data changed since the token, by room id (incremental syncs only).
     room_account_data: HashMap<String, Vec<(String, Vec<u8>)>>,
-    ruleset: Ruleset,
     /// Users the syncing user ignores.
     ignored: &'a HashSet<String>,
     /// How the filter wants events served.
@@ -221,7 +220,6 @@ pub async fn sync_once(
         now,
         typing,
         room_account_data,
-        ruleset: sources.push_rules.ruleset(user_id)?,
         ignored: &ignored,
         format: EventFormat::of(&request.filter),
     };
@@ -392,7 +390,9 @@ pub async fn sync_once(
             .changed_since(request.user_id, since, now)?,
     };
     if rules_changed && filter_passes(account_filter, "m.push_rules", None) {
-        events.push(json!({"type": "m.push_rules", "content": {"global": pass.ruleset}}));
+        // Read (and parsed) only when sent: most syncs do not carry the rules.
+        let ruleset = sources.push_rules.ruleset(user_id)?;
+        events.push(json!({"type": "m.push_rules", "content": {"global": ruleset}}));
     }
     events.truncate(limit_of(account_filter.limit));
     if !events.is_empty() {

@@ -90,7 +90,8 @@ fn read_acks(out: impl Read, ready: std::sync::mpsc::Sender<()>) -> Vec<u64> {
     let mut acks = Vec::new();
     let mut line = String::new();
     while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-        if line == "READY\n" {
+        // The test harness may print the test's name on the same line first.
+        if line.ends_with("READY\n") {
             let _ = ready.send(());
         } else if let Some(seq) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ACK ")) {
             acks.push(seq.parse().expect("ACK line"));
