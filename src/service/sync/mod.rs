@@ -342,7 +342,7 @@ pub async fn sync_once(
                     )
                 };
                 if let Some(room) =
-                    room_timeline(&pass, &room_id, access, since, upto, false, with_state)?
+                    room_timeline(&pass, &record, access, since, upto, false, with_state)?
                 {
                     leave.insert(room_id.to_string(), room);
                 }

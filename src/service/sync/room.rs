@@ -48,10 +48,17 @@ pub(super) async fn joined_room(
         Some(since) if !request.full_state => rooms.latest_position(room_id)? <= since,
         _ => false,
     };
+    // The record is read once, and not at all for a room with nothing to show.
+    let mut record = None;
     let timeline = if unchanged {
         None
     } else {
-        room_timeline(pass, room_id, Access::Joined, since, now, true, true)?
+        let Some(read) = rooms.room(room_id)? else {
+            return Ok(None);
+        };
+        let timeline = room_timeline(pass, &read, Access::Joined, since, now, true, true)?;
+        record = Some(read);
+        timeline
     };
 
     // Ephemeral events: typing and receipts.
@@ -118,8 +125,12 @@ pub(super) async fn joined_room(
         }
         None => return Ok(None),
     };
-    let Some(record) = rooms.room(room_id)? else {
-        return Ok(None);
+    let record = match record {
+        Some(record) => record,
+        None => match rooms.room(room_id)? {
+            Some(record) => record,
+            None => return Ok(None),
+        },
     };
 
     // The summary changes rarely; it is sent whenever membership changed in this batch or
@@ -236,7 +247,7 @@ pub(super) fn needs_heroes(rooms: &Rooms, room_sid: u64) -> Result<bool> {
 /// heroes (spec: `m.heroes`).
 pub(super) fn room_timeline(
     pass: &Pass<'_>,
-    room_id: &RoomId,
+    record: &RoomRecord,
     access: Access,
     since: Option<u64>,
     upto: u64,
@@ -245,9 +256,6 @@ pub(super) fn room_timeline(
 ) -> Result<Option<Value>> {
     let (sources, request) = (pass.sources, pass.request);
     let rooms = sources.rooms;
-    let Some(record) = rooms.room(room_id)? else {
-        return Ok(None);
-    };
     let filter = &request.filter.room.timeline;
     let limit = filter
         .limit
@@ -261,7 +269,7 @@ pub(super) fn room_timeline(
 
     let window = timeline_window(
         rooms,
-        &record,
+        record,
         request.user_id,
         access,
         pass.ignored,
@@ -297,7 +305,7 @@ pub(super) fn room_timeline(
     // The members a lazy-loading client needs: the timeline's senders and, for a room with a
     // summary, its heroes (their member events "MUST be included ... unless redundant").
     let summary = if lazy && joined && needs_heroes(rooms, record.sid)? {
-        Some(rooms.member_summary(&record)?)
+        Some(rooms.member_summary(record)?)
     } else {
         None
     };
