@@ -261,16 +261,22 @@ impl Presence {
         if state == "offline" {
             return Ok(());
         }
-        // The common case (already online and recently refreshed) costs one read.
-        let now = now_ms();
-        let current = self.get(user_id)?;
-        if let Some(c) = &current {
-            let fresh = now.saturating_sub(c.last_active_ms) < REFRESH_EVERY_MS;
-            if c.state == state && (state != "online" || fresh) {
-                return Ok(());
-            }
+        // Nothing to write if the user is in that state and (online) was refreshed lately.
+        let unchanged = |current: Option<&PresenceRecord>, now: u64| {
+            current.is_some_and(|c| {
+                let fresh = now.saturating_sub(c.last_active_ms) < REFRESH_EVERY_MS;
+                c.state == state && (state != "online" || fresh)
+            })
+        };
+        // The common case costs one read. Checked again inside the write, so that concurrent
+        // requests of one user (a burst of sends) stop once one of them has refreshed it.
+        if unchanged(self.get(user_id)?.as_ref(), now_ms()) {
+            return Ok(());
         }
         self.write(rooms, user_id, |current, now| {
+            if unchanged(current, now) {
+                return None;
+            }
             let status_msg = current.and_then(|c| c.status_msg.clone());
             if state == "online" {
                 Some((state.to_owned(), status_msg, now))

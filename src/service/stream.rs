@@ -150,12 +150,34 @@ impl Stream {
         H: Send + 'static,
         W: FnOnce() + Send + 'static,
     {
+        self.commit_then(store, batch, positions, hold, |_| {}, wake)
+            .await
+    }
+
+    /// [`Stream::commit`], with `done` told the commit's result in the commit task, once its
+    /// positions are released and before `hold` is: it runs even if the caller is dropped meanwhile, so others waiting
+    /// on this write (a batch of queued sends) always learn its outcome.
+    pub async fn commit_then<H, D, W>(
+        self: &Arc<Self>,
+        store: &Store,
+        batch: Batch,
+        positions: Vec<Pending>,
+        hold: H,
+        done: D,
+        wake: W,
+    ) -> Result<(), CommitError>
+    where
+        H: Send + 'static,
+        D: FnOnce(&Result<(), CommitError>) + Send + 'static,
+        W: FnOnce() + Send + 'static,
+    {
         let top = positions.iter().map(|p| p.pos).max();
         let store = store.clone();
         let stream = self.clone();
         let task = tokio::spawn(async move {
             let result = store.commit(batch).await;
             drop(positions);
+            done(&result);
             drop(hold);
             if result.is_ok() {
                 match top {

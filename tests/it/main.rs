@@ -65,6 +65,7 @@ mod rooms;
 mod rooms_concurrent;
 mod sdk_client;
 mod search;
+mod send_batches;
 mod sliding_sync;
 mod spaces;
 mod state_content;

@@ -10,11 +10,13 @@ mod fork;
 mod guests;
 pub mod joined;
 pub(crate) mod push;
+mod queue;
 pub mod remote;
 mod template;
 pub mod unaccept;
 
 pub(crate) use push::MembersCache;
+pub(crate) use queue::SendQueues;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -81,6 +83,15 @@ impl Rooms {
     /// Starts appending to an existing room (takes its lock).
     pub async fn stage(&self, room_id: &RoomId) -> Result<Staged<'_>> {
         let lock = self.lock_room(room_id).await;
+        self.stage_locked(room_id, lock)
+    }
+
+    /// [`Rooms::stage`] with the room's lock already held.
+    fn stage_locked(
+        &self,
+        room_id: &RoomId,
+        lock: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<Staged<'_>> {
         let record = self
             .room(room_id)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
@@ -150,24 +161,6 @@ impl Rooms {
             remote: remote::Overlay::default(),
             origin_ts: None,
         })
-    }
-
-    /// Builds, authorises and stores one event from a local user.
-    pub async fn send(
-        &self,
-        room_id: &RoomId,
-        sender: &UserId,
-        event: NewEvent,
-    ) -> Result<OwnedEventId> {
-        let mut staged = self.stage(room_id).await?;
-        if let Some(txn) = &event.txn {
-            if let Some(id) = self.txn_event(sender, txn)? {
-                return Ok(id);
-            }
-        }
-        let event_id = staged.add(sender, event)?;
-        staged.commit().await?;
-        Ok(event_id)
     }
 }
 
@@ -734,7 +727,16 @@ impl<'a> Staged<'a> {
 
     /// Commits everything staged in one durable batch; `None` if a precondition failed (nothing
     /// was written), for callers that tell contention from a real clash and retry.
-    pub async fn try_commit(mut self) -> Result<Option<OwnedRoomId>> {
+    pub async fn try_commit(self) -> Result<Option<OwnedRoomId>> {
+        self.try_commit_then(|_| {}).await
+    }
+
+    /// [`Staged::try_commit`], with `done` told the outcome in the commit task (see
+    /// [`crate::service::stream::Stream::commit_then`]); not called if nothing was written.
+    pub async fn try_commit_then(
+        mut self,
+        done: impl FnOnce(&Result<(), CommitError>) + Send + 'static,
+    ) -> Result<Option<OwnedRoomId>> {
         let room_id = self
             .room_id
             .clone()
@@ -778,11 +780,18 @@ impl<'a> Staged<'a> {
         let result = self
             .rooms
             .stream
-            .commit(&self.rooms.store, batch, positions, locks, move || {
-                notifier.notify(wake.iter().map(|u| u.as_ref()));
-                notifications.changed(counts_changed);
-                fed_queue.wake(destinations);
-            })
+            .commit_then(
+                &self.rooms.store,
+                batch,
+                positions,
+                locks,
+                done,
+                move || {
+                    notifier.notify(wake.iter().map(|u| u.as_ref()));
+                    notifications.changed(counts_changed);
+                    fed_queue.wake(destinations);
+                },
+            )
             .await;
         match result {
             Ok(()) => Ok(Some(room_id)),

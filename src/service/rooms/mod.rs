@@ -229,6 +229,8 @@ pub struct Rooms {
     /// One async lock per room that has an append in progress. The map lock guards only the
     /// map; entries are weak so idle rooms cost nothing.
     locks: Mutex<HashMap<OwnedRoomId, Weak<tokio::sync::Mutex<()>>>>,
+    /// Local sends waiting to share a room's next commit (`build/queue.rs`).
+    send_queues: build::SendQueues,
     /// Bounds the heavy reads (timeline scans, thread lists, relations, context) running at
     /// once on the blocking pool; see [`Rooms::heavy_read`].
     heavy_reads: Arc<tokio::sync::Semaphore>,
@@ -275,6 +277,7 @@ impl Rooms {
             notifier,
             notifications,
             locks: Mutex::new(HashMap::new()),
+            send_queues: Default::default(),
             heavy_reads: Arc::new(tokio::sync::Semaphore::new(heavy_read_slots())),
             push_members: build::MembersCache::default(),
             users,
