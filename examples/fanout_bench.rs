@@ -24,7 +24,7 @@
 //! `cargo build --release --bin hearth --example fanout_bench &&
 //!  target/release/examples/fanout_bench [--receivers R] [--rate M] [--seconds D]
 //!  [--spread-receivers R'] [--spread-rooms N] [--spread-rate M'] [--idle-rooms K]
-//!  [--senders S] [--send-rooms Q] [--events E] [--only PHASES] [--server PATH]`
+//!  [--senders S] [--send-rooms Q] [--events E] [--cache-mb C] [--only PHASES] [--server PATH]`
 //!
 //! `--only` takes a comma-separated subset of `fanout,spread,idle,send`. To profile a phase,
 //! run `perf record -g -p <pid>` on the printed server pid while it runs.
@@ -49,6 +49,8 @@ struct Args {
     senders: usize,
     send_rooms: usize,
     events: usize,
+    /// `[storage] cache_mb` of the server; `None`: its default.
+    cache_mb: Option<u64>,
     only: Vec<String>,
     server: PathBuf,
 }
@@ -69,6 +71,7 @@ fn args() -> Args {
         senders: 64,
         send_rooms: 16,
         events: 10_000,
+        cache_mb: None,
         only: ["fanout", "spread", "idle", "send"]
             .map(String::from)
             .to_vec(),
@@ -89,6 +92,7 @@ fn args() -> Args {
             "--senders" => args.senders = number() as usize,
             "--send-rooms" => args.send_rooms = number() as usize,
             "--events" => args.events = number() as usize,
+            "--cache-mb" => args.cache_mb = Some(number() as u64),
             "--only" => args.only = value.split(',').map(String::from).collect(),
             "--server" => args.server = PathBuf::from(value),
             other => panic!("unknown argument {other} (see the doc comment for usage)"),
@@ -485,8 +489,11 @@ async fn main() {
     let config = format!(
         "server_name = \"localhost\"\ndata_dir = \"{}\"\nbcrypt_cost = 4\nlog_level = \"warn\"\n\
          [[listeners]]\nbind = \"127.0.0.1:{port}\"\n[registration]\nmode = \"open\"\n\
-         [rate_limit]\nenabled = false\n[limits]\nmax_connections = 4096\n",
-        tmp.path().join("data").display()
+         [rate_limit]\nenabled = false\n[limits]\nmax_connections = 4096\n{}",
+        tmp.path().join("data").display(),
+        args.cache_mb
+            .map(|mb| format!("[storage]\ncache_mb = {mb}\n"))
+            .unwrap_or_default()
     );
     let config_path = tmp.path().join("hearth.toml");
     std::fs::write(&config_path, config).unwrap();

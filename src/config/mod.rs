@@ -417,7 +417,7 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             engine: EngineKind::Redb,
-            cache_mb: 32,
+            cache_mb: 8,
         }
     }
 }

@@ -26,7 +26,7 @@ fn defaults() {
     assert_eq!(c.storage.engine, EngineKind::Redb);
     assert_eq!(
         (c.bcrypt_cost, c.storage.cache_mb, c.log_level.as_str()),
-        (12, 32, "info")
+        (12, 8, "info")
     );
     assert_eq!(c.limits.max_request_bytes, 1_048_576);
     assert_eq!(c.public_base_url(), "http://localhost:8008");

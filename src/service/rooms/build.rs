@@ -210,17 +210,16 @@ impl<'a> Staged<'a> {
         }
         let record = self.record.as_ref()?;
         self.rooms
-            .state_event(record.sid, kind, state_key)
+            .state_pdu(record.sid, kind, state_key)
             .ok()
             .flatten()
-            .map(|e| e.pdu)
     }
 
     fn event_pdu(&self, event_id: &EventId) -> Option<Pdu> {
         if let Some((_, pdu, _)) = self.events.get(event_id) {
             return Some(pdu.clone());
         }
-        self.rooms.event(event_id).ok().flatten().map(|e| e.pdu)
+        self.rooms.pdu(event_id).ok().flatten()
     }
 
     fn event_json(&self, sid: u64) -> Result<CanonicalJsonObject> {

@@ -356,17 +356,58 @@ impl Rooms {
         ) else {
             return Ok(None);
         };
-        let json: CanonicalJsonObject = serde_json::from_slice(&raw.0)
+        let text = std::str::from_utf8(&raw.0)
+            .map_err(|e| Error::unknown(format!("stored PDU is corrupt: {e}")))?;
+        let json: CanonicalJsonObject = serde_json::from_str(text)
             .map_err(|e| Error::unknown(format!("stored PDU is corrupt: {e}")))?;
         let event_id = EventId::parse(&meta.event_id)
             .map_err(|_| Error::unknown("stored event id is invalid"))?;
-        let pdu = Pdu::from_object(event_id, &json).map_err(Error::unknown)?;
+        let pdu = Pdu::from_json(event_id, text).map_err(Error::unknown)?;
         Ok(Some(StoredEvent {
             sid,
             pdu,
             meta,
             json,
         }))
+    }
+
+    /// The event at `sid` as a PDU only: what authorisation reads, without the JSON object
+    /// and metadata of [`Rooms::event_by_sid`].
+    pub fn pdu_by_sid(&self, sid: u64, event_id: OwnedEventId) -> Result<Option<Pdu>> {
+        let Some(raw) = self.store.get::<Pdus>(&sid)? else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(&raw.0)
+            .map_err(|e| Error::unknown(format!("stored PDU is corrupt: {e}")))?;
+        Ok(Some(
+            Pdu::from_json(event_id, text).map_err(Error::unknown)?,
+        ))
+    }
+
+    /// The PDU of the event `event_id` (see [`Rooms::pdu_by_sid`]).
+    pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        match self.event_sid(event_id)? {
+            Some(sid) => self.pdu_by_sid(sid, event_id.to_owned()),
+            None => Ok(None),
+        }
+    }
+
+    /// The PDU of the current state event for `(kind, state_key)`.
+    pub fn state_pdu(
+        &self,
+        room_sid: u64,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Pdu>> {
+        let Some(sid) = self.state_sid(room_sid, &kind.to_string(), state_key)? else {
+            return Ok(None);
+        };
+        let Some(meta) = self.store.get::<EventMetaTable>(&sid)? else {
+            return Ok(None);
+        };
+        let event_id = EventId::parse(&meta.event_id)
+            .map_err(|_| Error::unknown("stored event id is invalid"))?;
+        self.pdu_by_sid(sid, event_id)
     }
 
     pub fn event(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
