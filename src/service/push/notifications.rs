@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use ruma::{
-    push::{Action, FlattenedJson, PushConditionRoomCtx, Ruleset},
+    push::{Action, FlattenedJson, PushConditionRoomCtx},
     serde::Raw,
     OwnedServerName, OwnedUserId, RoomId, UserId,
 };
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::super::{account_data::AccountData, push_rules::PushRules};
+use super::rules_eval::EventRules;
 use crate::{
     error::Result,
     store::{Batch, Record, Store},
@@ -290,6 +291,7 @@ impl Notifications {
                 }
             }
             let flat = FlattenedJson::from_raw(&Raw::<Value>::from_json(event.json.to_owned()));
+            let mut rules = EventRules::new(&flat);
             let extra = invitee(event);
             for recipient in recipients.iter().chain(extra.as_ref()) {
                 if recipient.user_id == event.sender {
@@ -298,7 +300,7 @@ impl Notifications {
                 let ruleset = self.push_rules.cached_ruleset(&recipient.user_id)?;
                 ctx.user_id = recipient.user_id.clone();
                 ctx.user_display_name.clone_from(&recipient.display_name);
-                let actions = evaluate(&ruleset, &flat, &ctx).await;
+                let actions = rules.actions(&ruleset, &ctx).await;
                 if !actions.iter().any(Action::should_notify) {
                     continue;
                 }
@@ -423,21 +425,6 @@ impl Notifications {
             (unread + counts.total().notifications, calls + counts.calls)
         }))
     }
-}
-
-/// The first matching rule's actions. The event is flattened once by the caller and shared by
-/// all recipients (ruma's `Ruleset::get_actions` flattens it again for every call).
-async fn evaluate(
-    ruleset: &Ruleset,
-    event: &FlattenedJson,
-    ctx: &PushConditionRoomCtx,
-) -> Vec<Action> {
-    for rule in ruleset {
-        if rule.applies(event, ctx).await {
-            return rule.actions().to_vec();
-        }
-    }
-    Vec::new()
 }
 
 /// The counts rows of one room touched by one batch, read once and written at the end, and the

@@ -424,11 +424,15 @@ pub(super) fn timeline_window(
     let mut limited = false;
     let mut cursor = Some(upto);
     let mut budget = limit * 20 + 100;
+    // Pages grow from a few rows: a long-poll woken by one new event reads two positions,
+    // not `limit + 1` of them.
+    let mut page_len = 4;
     'scan: while let Some(from) = cursor {
         // Positions first: only the newest event (for the state head) and those past the
         // token are read and decoded, so a room with one new event costs two reads, not a
         // page of them.
-        let page = rooms.timeline_sids(record.sid, Some(from), true, limit + 1)?;
+        let page = rooms.timeline_sids(record.sid, Some(from), true, page_len.min(limit + 1))?;
+        page_len = page_len.saturating_mul(4);
         if page.is_empty() {
             break;
         }
