@@ -77,6 +77,9 @@ pub struct Staged<'a> {
     /// The `origin_server_ts` of the events staged here, when the caller fixed it (see
     /// [`Staged::set_origin_server_ts`]); otherwise the clock at each event.
     origin_ts: Option<u64>,
+    /// Stored PDUs read while staging (auth events, mostly), by position. Valid for the
+    /// whole append: the room lock keeps the room's stored events as they are.
+    read_pdus: std::sync::Mutex<HashMap<u64, Pdu>>,
 }
 
 impl Rooms {
@@ -116,6 +119,7 @@ impl Rooms {
             absorbed: Vec::new(),
             remote: remote::Overlay::default(),
             origin_ts: None,
+            read_pdus: Default::default(),
         })
     }
 
@@ -160,6 +164,7 @@ impl Rooms {
             absorbed: Vec::new(),
             remote: remote::Overlay::default(),
             origin_ts: None,
+            read_pdus: Default::default(),
         })
     }
 }
@@ -209,17 +214,43 @@ impl<'a> Staged<'a> {
             return Some(pdu.clone());
         }
         let record = self.record.as_ref()?;
-        self.rooms
-            .state_pdu(record.sid, kind, state_key)
+        let sid = self
+            .rooms
+            .state_sid(record.sid, &kind.to_string(), state_key)
             .ok()
-            .flatten()
+            .flatten()?;
+        self.stored_pdu(sid, None)
     }
 
     fn event_pdu(&self, event_id: &EventId) -> Option<Pdu> {
         if let Some((_, pdu, _)) = self.events.get(event_id) {
             return Some(pdu.clone());
         }
-        self.rooms.pdu(event_id).ok().flatten()
+        let sid = self.rooms.event_sid(event_id).ok().flatten()?;
+        self.stored_pdu(sid, Some(event_id))
+    }
+
+    /// The stored PDU at `sid`, read once per append.
+    fn stored_pdu(&self, sid: u64, event_id: Option<&EventId>) -> Option<Pdu> {
+        let mut read = self.read_pdus.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pdu) = read.get(&sid) {
+            return Some(pdu.clone());
+        }
+        let event_id = match event_id {
+            Some(id) => id.to_owned(),
+            None => {
+                let meta = self
+                    .rooms
+                    .store
+                    .get::<EventMetaTable>(&sid)
+                    .ok()
+                    .flatten()?;
+                EventId::parse(meta.event_id).ok()?
+            }
+        };
+        let pdu = self.rooms.pdu_by_sid(sid, event_id).ok().flatten()?;
+        read.insert(sid, pdu.clone());
+        Some(pdu)
     }
 
     fn event_json(&self, sid: u64) -> Result<CanonicalJsonObject> {

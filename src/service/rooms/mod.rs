@@ -384,32 +384,6 @@ impl Rooms {
         ))
     }
 
-    /// The PDU of the event `event_id` (see [`Rooms::pdu_by_sid`]).
-    pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
-        match self.event_sid(event_id)? {
-            Some(sid) => self.pdu_by_sid(sid, event_id.to_owned()),
-            None => Ok(None),
-        }
-    }
-
-    /// The PDU of the current state event for `(kind, state_key)`.
-    pub fn state_pdu(
-        &self,
-        room_sid: u64,
-        kind: &StateEventType,
-        state_key: &str,
-    ) -> Result<Option<Pdu>> {
-        let Some(sid) = self.state_sid(room_sid, &kind.to_string(), state_key)? else {
-            return Ok(None);
-        };
-        let Some(meta) = self.store.get::<EventMetaTable>(&sid)? else {
-            return Ok(None);
-        };
-        let event_id = EventId::parse(&meta.event_id)
-            .map_err(|_| Error::unknown("stored event id is invalid"))?;
-        self.pdu_by_sid(sid, event_id)
-    }
-
     pub fn event(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
         match self.event_sid(event_id)? {
             Some(sid) => self.event_by_sid(sid),

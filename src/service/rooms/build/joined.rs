@@ -117,6 +117,7 @@ impl Rooms {
             absorbed: Vec::new(),
             remote: remote::Overlay::default(),
             origin_ts: None,
+            read_pdus: Default::default(),
         };
         let room_sid = match &old {
             Some(record) => record.sid,
