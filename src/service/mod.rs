@@ -148,6 +148,8 @@ pub enum OpenError {
     Mailer(#[from] mailer::MailerError),
     #[error("cannot build the search index: {0}")]
     Search(String),
+    #[error("cannot convert stored data to this version: {0}")]
+    Convert(String),
 }
 
 impl Services {
@@ -270,6 +272,9 @@ impl Services {
         let partial_sync = Arc::new(federation::membership::partial::PartialSync::new(
             std::time::Duration::from_secs(config.federation.partial_state_resync_delay_secs),
         ));
+        // Unread rows of schema version 7 become read marks before any request reads counts.
+        push::notifications::convert_unread_rows(&store)
+            .map_err(|e| OpenError::Convert(e.to_string()))?;
         // Events stored before the search index existed are indexed before any request.
         search
             .backfill()

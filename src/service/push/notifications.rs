@@ -3,21 +3,22 @@
 //! every local user it concerns, and the result is stored, so `/sync` reads unread counts
 //! instead of working them out.
 //!
-//! Three tables, all written only under the room's lock (event persistence and receipts both
+//! Two tables, both written only under the room's lock (event persistence and receipts both
 //! take it), so their read-modify-writes never race:
 //! - [`NotificationsTable`] `(user, event position) → Notification`: every event that notified
 //!   the user, for `GET /notifications`.
-//! - [`UnreadTable`] `(user, room, event position) → Unread`: the notifications not yet read.
-//!   A receipt, or the user's own event, deletes the rows it covers.
-//! - [`CountsTable`] `(user, room) → RoomCounts`: the aggregate of the room's [`UnreadTable`]
-//!   rows (per thread), what `/sync` sends. Invariant: always equal to counting those rows.
+//! - [`CountsTable`] `(user, room) → RoomCounts`: the counts of the user's unread
+//!   notifications in the room (per thread), what `/sync` sends, and the read marks that say
+//!   which of the room's notifications are read. Absent: all of them are.
 //!
 //! What counts as read follows the receipts: an unthreaded receipt reads everything up to its
 //! event, a threaded one (`main` or a thread root) that thread up to its event. The user's own
 //! event reads what came before it in its thread (all threads for an event in the main
-//! timeline), and leaving a room drops its counts.
+//! timeline), and leaving a room reads all of it. A read moves a mark; it touches no
+//! per-notification row, so an event costs one row per notified user plus one counts row per
+//! user and commit (the counts of several events of one commit are merged).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
@@ -33,6 +34,7 @@ use super::super::{account_data::AccountData, push_rules::PushRules};
 use super::rules_eval::EventRules;
 use crate::{
     error::Result,
+    service::rooms::EventMetaTable,
     store::{Batch, Record, Store},
     table,
 };
@@ -44,14 +46,15 @@ table!(
     pub NotificationsTable: "notifications", (String, u64) => Notification
 );
 table!(
-    /// `(user_id, room_id, event position) → Unread`: the user's unread notifications in the
-    /// room. Every row has a row in [`NotificationsTable`] at the same position.
-    pub UnreadTable: "unread", (String, String, u64) => Unread
+    /// `(user_id, room_id) → RoomCounts`: the user's unread notifications in the room,
+    /// counted, and the marks that tell them from the read ones. Absent: none is unread.
+    pub CountsTable: "unread_counts", (String, String) => RoomCounts
 );
 table!(
-    /// `(user_id, room_id) → RoomCounts`: the counts of the room's [`UnreadTable`] rows.
-    /// Absent means zero.
-    pub CountsTable: "unread_counts", (String, String) => RoomCounts
+    /// Schema version 7 only: `(user_id, room_id, event position) → Unread`, one row per
+    /// unread notification. Replaced by [`ReadMarks`]; emptied by
+    /// [`convert_unread_rows`] at the first start on version 8.
+    LegacyUnreadTable: "unread", (String, String, u64) => Unread
 );
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,6 +71,7 @@ pub struct Notification {
 }
 impl Record for Notification {}
 
+/// What counting needs of one notification.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Unread {
     pub thread: String,
@@ -98,15 +102,67 @@ impl Counts {
     }
 }
 
-/// A room's unread counts: the main timeline's and each thread's (by root id).
+/// A room's unread counts: the main timeline's and each thread's (by root id), and the read
+/// marks they follow from.
+///
+/// Invariant: the counts are those of the user's notifications in the room that are not
+/// [`ReadMarks::covers`]ed; a row exists only while one of them is unread.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomCounts {
     pub main: Counts,
     pub threads: BTreeMap<String, Counts>,
     /// Unread call invites, main timeline and threads together.
     pub calls: u64,
+    pub marks: ReadMarks,
 }
 impl Record for RoomCounts {}
+
+/// Which of a user's notifications in a room are read.
+///
+/// Every notification before `first` is read; from `first` on, one is read when `all` or its
+/// thread's entry in `threads` is at or after its position. `first` and `last` are the oldest
+/// and newest unread one. A mark never covers a later notification: notifications take new
+/// stream positions, and marks are positions of events already stored.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMarks {
+    pub first: u64,
+    pub last: u64,
+    pub all: u64,
+    pub threads: BTreeMap<String, u64>,
+}
+
+impl ReadMarks {
+    /// Whether the notification at `sid` in `thread` is read.
+    pub fn covers(&self, sid: u64, thread: &str) -> bool {
+        sid < self.first
+            || sid <= self.all
+            || self.threads.get(thread).is_some_and(|upto| sid <= *upto)
+    }
+
+    /// Moves the marks to include `read`; whether they moved past something unread.
+    fn advance(&mut self, read: &ReadUpTo) -> bool {
+        let (mark, upto) = match read {
+            ReadUpTo::All(upto) => (&mut self.all, *upto),
+            ReadUpTo::Thread(thread, upto) => {
+                if *upto < self.first {
+                    return false;
+                }
+                (self.threads.entry(thread.clone()).or_insert(0), *upto)
+            }
+        };
+        if upto < self.first || upto <= *mark {
+            return false;
+        }
+        *mark = upto;
+        true
+    }
+}
+
+/// Whether `user`'s notification at `sid` in `thread` is read, given their counts row in its
+/// room (`None`: no unread notification there).
+pub fn is_read(counts: Option<&RoomCounts>, sid: u64, thread: &str) -> bool {
+    counts.is_none_or(|c| c.marks.covers(sid, thread))
+}
 
 impl RoomCounts {
     /// Main timeline and threads together.
@@ -117,7 +173,20 @@ impl RoomCounts {
         })
     }
 
-    fn add(&mut self, row: &Unread) {
+    fn same_counts(&self, other: &RoomCounts) -> bool {
+        (self.main, &self.threads, self.calls) == (other.main, &other.threads, other.calls)
+    }
+
+    fn add(&mut self, sid: u64, row: &Unread) {
+        if self.total().is_zero() {
+            self.marks = ReadMarks {
+                first: sid,
+                last: sid,
+                ..ReadMarks::default()
+            };
+        }
+        self.marks.first = self.marks.first.min(sid);
+        self.marks.last = self.marks.last.max(sid);
         if row.thread == "main" {
             self.main.add(row.highlight);
         } else {
@@ -137,15 +206,6 @@ pub enum ReadUpTo {
     All(u64),
     /// One thread (`"main"` or a root id) up to and including this position.
     Thread(String, u64),
-}
-
-impl ReadUpTo {
-    fn covers(&self, sid: u64, thread: &str) -> bool {
-        match self {
-            ReadUpTo::All(upto) => sid <= *upto,
-            ReadUpTo::Thread(t, upto) => sid <= *upto && t == thread,
-        }
-    }
 }
 
 /// One event about to be committed, as push evaluation needs it.
@@ -238,13 +298,11 @@ impl Notifications {
             false,
             limit,
         )?;
+        let mut marks = MarksByRoom::new(&self.store, &user);
         rows.into_iter()
             .map(|((_, sid), row)| {
-                let unread = self
-                    .store
-                    .get::<UnreadTable>(&(user.clone(), row.room_id.clone(), sid))?
-                    .is_some();
-                Ok((sid, row, !unread))
+                let read = marks.is_read(&row.room_id, sid, &row.thread)?;
+                Ok((sid, row, read))
             })
             .collect()
     }
@@ -283,11 +341,11 @@ impl Notifications {
                 } else {
                     ReadUpTo::Thread(event.thread.clone(), event.sid)
                 };
-                counts.read(batch, event.sender, &read)?;
+                counts.read(event.sender, &read)?;
             }
             if let (Some(target), Some("leave" | "ban")) = (event.state_key, event.membership) {
                 if let Ok(target) = UserId::parse(target) {
-                    counts.read(batch, &target, &ReadUpTo::All(event.sid))?;
+                    counts.read(&target, &ReadUpTo::All(event.sid))?;
                 }
             }
             let flat = FlattenedJson::from_raw(&Raw::<Value>::from_json(event.json.to_owned()));
@@ -354,7 +412,7 @@ impl Notifications {
         let mut counts = CountsOverlay::new(&self.store, room_id);
         let mut changed = false;
         for read in reads {
-            changed |= counts.read(batch, user_id, read)?;
+            changed |= counts.read(user_id, read)?;
         }
         let new = counts.get(user_id)?.clone();
         counts.stage(batch);
@@ -382,6 +440,7 @@ impl Notifications {
             None => None,
         };
         let mut walked = 0;
+        let mut marks = MarksByRoom::new(&self.store, &user);
         loop {
             let key = cursor.map(|c| (user.clone(), c));
             let rows = self.store.range_in_prefix::<NotificationsTable, _>(
@@ -397,11 +456,8 @@ impl Notifications {
                 if highlights_only && !row.highlight {
                     continue;
                 }
-                let unread = self
-                    .store
-                    .get::<UnreadTable>(&(user.clone(), row.room_id.clone(), sid))?
-                    .is_some();
-                out.push((sid, row, !unread));
+                let read = marks.is_read(&row.room_id, sid, &row.thread)?;
+                out.push((sid, row, read));
                 if out.len() == limit {
                     return Ok((out, Some(sid)));
                 }
@@ -427,17 +483,105 @@ impl Notifications {
     }
 }
 
+/// Turns schema version 7's unread rows into read marks, one (user, room) per commit: its
+/// unread rows go and its counts row is rewritten with marks, so a crash part-way leaves
+/// every room either converted or as it was. Runs before the server takes requests.
+/// Returns the rooms converted.
+pub fn convert_unread_rows(store: &Store) -> Result<u64> {
+    let mut converted = 0;
+    // Bounded: every round deletes the unread rows of one (user, room).
+    loop {
+        let Some(((user, room, _), _)) = store
+            .range::<LegacyUnreadTable>(None, false, 1)?
+            .into_iter()
+            .next()
+        else {
+            if converted > 0 {
+                log::info!("unread counts: converted {converted} rooms to read marks");
+            }
+            return Ok(converted);
+        };
+        let rows = store.scan_prefix::<LegacyUnreadTable, _>(
+            &(user.as_str(), room.as_str()),
+            MAX_UNREAD_ROWS,
+        )?;
+        let mut batch = Batch::new();
+        let mut counts = RoomCounts::default();
+        let mut unread = std::collections::HashSet::new();
+        for ((_, _, sid), row) in &rows {
+            batch.delete::<LegacyUnreadTable>(&(user.clone(), room.clone(), *sid));
+            counts.add(*sid, row);
+            unread.insert(*sid);
+        }
+        // A read notification between the oldest and newest unread one was read by a
+        // read of its thread: its thread's mark is the newest such position.
+        let (first, last) = (counts.marks.first, counts.marks.last);
+        let notifications = store.range_in_prefix::<NotificationsTable, _>(
+            &(user.as_str(),),
+            Some(&(user.clone(), first)),
+            false,
+            MAX_UNREAD_ROWS,
+        )?;
+        for ((_, sid), n) in notifications {
+            if sid > last {
+                break;
+            }
+            if n.room_id == room && !unread.contains(&sid) {
+                let mark = counts.marks.threads.entry(n.thread).or_insert(0);
+                *mark = (*mark).max(sid);
+            }
+        }
+        let key = (user.clone(), room.clone());
+        if counts.total().is_zero() {
+            batch.delete::<CountsTable>(&key);
+        } else {
+            batch.put::<CountsTable>(&key, &counts);
+        }
+        store.commit_blocking(batch)?;
+        converted += 1;
+    }
+}
+
+/// The counts rows of a user's rooms, read once each: whether a notification is read.
+pub(super) struct MarksByRoom<'a> {
+    store: &'a Store,
+    user: String,
+    rooms: HashMap<String, Option<RoomCounts>>,
+}
+
+impl<'a> MarksByRoom<'a> {
+    pub(super) fn new(store: &'a Store, user: &str) -> Self {
+        Self {
+            store,
+            user: user.to_owned(),
+            rooms: HashMap::new(),
+        }
+    }
+
+    pub(super) fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub(super) fn is_read(&mut self, room_id: &str, sid: u64, thread: &str) -> Result<bool> {
+        if !self.rooms.contains_key(room_id) {
+            let counts = self
+                .store
+                .get::<CountsTable>(&(self.user.clone(), room_id.to_owned()))?;
+            self.rooms.insert(room_id.to_owned(), counts);
+        }
+        Ok(is_read(self.rooms[room_id].as_ref(), sid, thread))
+    }
+}
+
 /// The counts rows of one room touched by one batch, read once and written at the end, and the
-/// unread rows this batch adds (kept here until then, so a later event of the same batch can
-/// mark them read).
+/// notifications this batch adds (kept here until then, so that a read later in the batch
+/// can count them).
 struct CountsOverlay<'a> {
     store: &'a Store,
     room_id: String,
-    /// `user → (stored counts, new counts)`.
+    /// `user → (stored counts, new counts)`; zero counts stand for no row.
     counts: HashMap<OwnedUserId, (RoomCounts, RoomCounts)>,
     added: Vec<(OwnedUserId, u64, Unread)>,
-    /// Stored unread rows this batch deletes.
-    deleted: HashSet<(OwnedUserId, u64)>,
 }
 
 impl<'a> CountsOverlay<'a> {
@@ -447,7 +591,6 @@ impl<'a> CountsOverlay<'a> {
             room_id: room_id.to_string(),
             counts: HashMap::new(),
             added: Vec::new(),
-            deleted: HashSet::new(),
         }
     }
 
@@ -464,70 +607,210 @@ impl<'a> CountsOverlay<'a> {
     }
 
     fn add(&mut self, user_id: &UserId, sid: u64, row: Unread) -> Result<()> {
-        self.get(user_id)?.add(&row);
+        self.get(user_id)?.add(sid, &row);
         self.added.push((user_id.to_owned(), sid, row));
         Ok(())
     }
 
-    /// Deletes the user's unread rows that `read` covers (stored ones and those added in this
-    /// batch) and recounts the rest. Returns whether anything was read.
-    fn read(&mut self, batch: &mut Batch, user_id: &UserId, read: &ReadUpTo) -> Result<bool> {
-        if self.get(user_id)?.total().is_zero() {
-            // No unread rows: the counts are their aggregate.
+    /// Moves the user's marks to include `read` and counts again what is left unread.
+    /// Returns whether anything was read.
+    fn read(&mut self, user_id: &UserId, read: &ReadUpTo) -> Result<bool> {
+        let counts = self.get(user_id)?;
+        if counts.total().is_zero() {
+            // Nothing unread: no marks to keep.
             return Ok(false);
         }
-        let user = user_id.to_string();
-        let stored = self.store.scan_prefix::<UnreadTable, _>(
-            &(user.as_str(), self.room_id.as_str()),
-            MAX_UNREAD_ROWS,
-        )?;
-        let mut recount = RoomCounts::default();
-        let mut changed = false;
-        for ((_, _, sid), row) in stored {
-            if self.deleted.contains(&(user_id.to_owned(), sid)) {
-                continue;
-            }
-            if read.covers(sid, &row.thread) {
-                batch.delete::<UnreadTable>(&(user.clone(), self.room_id.clone(), sid));
-                self.deleted.insert((user_id.to_owned(), sid));
-                changed = true;
-            } else {
-                recount.add(&row);
+        if let ReadUpTo::All(upto) = read {
+            if *upto >= counts.marks.last {
+                // The common case (a receipt at the newest event, an own message): all read.
+                *counts = RoomCounts::default();
+                return Ok(true);
             }
         }
-        self.added.retain(|(u, sid, row)| {
-            if u != user_id {
-                return true;
-            }
-            if read.covers(*sid, &row.thread) {
-                changed = true;
-                return false;
-            }
-            recount.add(row);
-            true
-        });
+        let mut marks = counts.marks.clone();
+        if !marks.advance(read) {
+            return Ok(false);
+        }
+        let before = counts.total();
+        let recount = self.recount(user_id, marks)?;
+        let changed = recount.total() != before;
         *self.get(user_id)? = recount;
         Ok(changed)
     }
 
-    /// Stages the added unread rows and every counts row that changed; returns whose changed.
+    /// The counts of the user's notifications in the room (stored from `marks.first` to
+    /// `marks.last`, and those added by this batch) that `marks` leaves unread.
+    fn recount(&self, user_id: &UserId, marks: ReadMarks) -> Result<RoomCounts> {
+        let user = user_id.to_string();
+        let stored = self.store.range_in_prefix::<NotificationsTable, _>(
+            &(user.as_str(),),
+            Some(&(user.clone(), marks.first)),
+            false,
+            MAX_UNREAD_ROWS,
+        )?;
+        let stored = stored
+            .into_iter()
+            .take_while(|((_, sid), _)| *sid <= marks.last)
+            .filter(|(_, n)| n.room_id == self.room_id)
+            .filter(|((_, sid), n)| !marks.covers(*sid, &n.thread))
+            .map(|((_, sid), n)| {
+                // Whether it was a call invite is the event's type (a remote invite has none).
+                let call = self
+                    .store
+                    .get::<EventMetaTable>(&sid)?
+                    .is_some_and(|meta| meta.kind == "m.call.invite");
+                let unread = Unread {
+                    thread: n.thread,
+                    highlight: n.highlight,
+                    call,
+                };
+                Ok((sid, unread))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let added = self
+            .added
+            .iter()
+            .filter(|(u, _, _)| u == user_id)
+            .map(|(_, sid, row)| (*sid, row.clone()));
+        let mut counts = RoomCounts::default();
+        for (sid, row) in stored.into_iter().chain(added) {
+            if !marks.covers(sid, &row.thread) {
+                counts.add(sid, &row);
+            }
+        }
+        if !counts.total().is_zero() {
+            // Marks before the oldest unread notification say nothing `first` does not.
+            let first = counts.marks.first;
+            counts.marks.all = if marks.all >= first { marks.all } else { 0 };
+            counts.marks.threads = marks
+                .threads
+                .into_iter()
+                .filter(|(_, upto)| *upto >= first)
+                .collect();
+        }
+        Ok(counts)
+    }
+
+    /// Stages every counts row that changed; returns the users whose counts changed.
     fn stage(self, batch: &mut Batch) -> Vec<OwnedUserId> {
         let mut changed = Vec::new();
-        for (user, sid, row) in self.added {
-            batch.put::<UnreadTable>(&(user.to_string(), self.room_id.clone(), sid), &row);
-        }
         for (user, (old, new)) in self.counts {
             if old == new {
                 continue;
             }
             let key = (user.to_string(), self.room_id.clone());
-            changed.push(user);
             if new.total().is_zero() {
                 batch.delete::<CountsTable>(&key);
             } else {
                 batch.put::<CountsTable>(&key, &new);
             }
+            if !old.same_counts(&new) {
+                changed.push(user);
+            }
         }
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EngineKind;
+
+    fn notification(room: &str, thread: &str, highlight: bool) -> Notification {
+        Notification {
+            room_id: room.into(),
+            event_id: "$e".into(),
+            thread: thread.into(),
+            highlight,
+            actions: "[]".into(),
+            ts: 0,
+        }
+    }
+
+    fn unread(thread: &str, highlight: bool) -> Unread {
+        Unread {
+            thread: thread.into(),
+            highlight,
+            call: false,
+        }
+    }
+
+    /// Version-7 rows become marks that read exactly what the unread rows said was read.
+    #[test]
+    fn unread_rows_convert_to_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), EngineKind::Redb, 1 << 20).unwrap();
+        let (u, r, other) = ("@u:x".to_owned(), "!r:x".to_owned(), "!o:x".to_owned());
+        let mut b = Batch::new();
+        // In !r: 9 read, 10 unread (highlight), 11 read by a receipt in thread $t, 12 unread,
+        // 13 in !o unread.
+        for (sid, room, thread, hl) in [
+            (9, &r, "main", false),
+            (10, &r, "main", true),
+            (11, &r, "$t", false),
+            (12, &r, "main", false),
+            (13, &other, "main", false),
+        ] {
+            b.put::<NotificationsTable>(&(u.clone(), sid), &notification(room, thread, hl));
+        }
+        b.put::<LegacyUnreadTable>(&(u.clone(), r.clone(), 10), &unread("main", true));
+        b.put::<LegacyUnreadTable>(&(u.clone(), r.clone(), 12), &unread("main", false));
+        b.put::<LegacyUnreadTable>(&(u.clone(), other.clone(), 13), &unread("main", false));
+        store.commit_blocking(b).unwrap();
+
+        assert_eq!(convert_unread_rows(&store).unwrap(), 2);
+        let counts = store
+            .get::<CountsTable>(&(u.clone(), r.clone()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            counts.main,
+            Counts {
+                notifications: 2,
+                highlights: 1
+            }
+        );
+        for (sid, thread, read) in [
+            (9, "main", true),
+            (10, "main", false),
+            (11, "$t", true),
+            (12, "main", false),
+        ] {
+            assert_eq!(is_read(Some(&counts), sid, thread), read, "{sid}");
+        }
+        let counts = store
+            .get::<CountsTable>(&(u.clone(), other))
+            .unwrap()
+            .unwrap();
+        assert_eq!(counts.total().notifications, 1);
+        assert!(store
+            .range::<LegacyUnreadTable>(None, false, 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            convert_unread_rows(&store).unwrap(),
+            0,
+            "nothing left to do"
+        );
+    }
+
+    /// Marks move forward only, and only past what is unread.
+    #[test]
+    fn marks_advance_past_unread_only() {
+        let mut marks = ReadMarks {
+            first: 10,
+            last: 20,
+            ..ReadMarks::default()
+        };
+        assert!(
+            !marks.advance(&ReadUpTo::All(9)),
+            "before the oldest unread"
+        );
+        assert!(marks.advance(&ReadUpTo::Thread("$t".into(), 15)));
+        assert!(!marks.advance(&ReadUpTo::Thread("$t".into(), 14)), "behind");
+        assert!(marks.covers(15, "$t") && !marks.covers(15, "main") && !marks.covers(16, "$t"));
+        assert!(marks.advance(&ReadUpTo::All(12)));
+        assert!(marks.covers(12, "main") && !marks.covers(13, "main"));
     }
 }

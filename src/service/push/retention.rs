@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::notifications::{NotificationsTable, UnreadTable};
+use super::notifications::{MarksByRoom, NotificationsTable};
 use crate::{
     error::Result,
     service::users::now_ms,
@@ -26,6 +26,7 @@ const PAGE: usize = 1000;
 pub async fn sweep(store: &Store, cutoff: u64) -> Result<usize> {
     let mut deleted = 0;
     let mut from: Option<(String, u64)> = None;
+    let mut marks: Option<MarksByRoom<'_>> = None;
     loop {
         let rows = store.range::<NotificationsTable>(from.as_ref(), false, PAGE)?;
         let done = rows.len() < PAGE;
@@ -34,10 +35,11 @@ pub async fn sweep(store: &Store, cutoff: u64) -> Result<usize> {
             if row.ts >= cutoff {
                 continue;
             }
-            let unread = store
-                .get::<UnreadTable>(&(user.clone(), row.room_id.clone(), *sid))?
-                .is_some();
-            if !unread {
+            let marks = match &mut marks {
+                Some(m) if m.user() == user => m,
+                _ => marks.insert(MarksByRoom::new(store, user)),
+            };
+            if marks.is_read(&row.room_id, *sid, &row.thread)? {
                 batch.delete::<NotificationsTable>(&(user.clone(), *sid));
                 deleted += 1;
             }
