@@ -12,9 +12,8 @@
 //! `PushCondition::applies` for everything but `event_match`), reproduced here only in the
 //! order and short-cuts they take; a rule kind this module does not know goes to ruma as is.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use ruma::push::{
     Action, AnyPushRuleRef, ConditionalPushRule, EventMatchConditionData, FlattenedJson,
@@ -35,7 +34,40 @@ pub(super) struct EventRules<'e> {
     /// `content.body`, lower-cased as ruma lower-cases it for word matches.
     body_lower: Option<String>,
     /// `event_match` answers by `(key, pattern)`, bucketed by their hash.
-    matches: HashMap<u64, Vec<(String, String, bool)>>,
+    matches: HashMap<u64, Vec<(String, String, bool)>, BuildHasherDefault<KeyHash>>,
+}
+
+/// The hash of an `event_match` memo key: FNV-1a over the key, a separator and the pattern.
+/// Asked once per rule per recipient, so it must cost less than the match it saves; the
+/// memo's map then uses the value as it is ([`KeyHash`]).
+fn memo_hash(key: &str, pattern: &str) -> u64 {
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes().chain([0xff]).chain(pattern.bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+    }
+    hash
+}
+
+/// A hasher for keys that are hashes already ([`memo_hash`]): takes the `u64` as it is.
+#[derive(Default)]
+struct KeyHash(u64);
+
+impl Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; fold anything else in all the same.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl<'e> EventRules<'e> {
@@ -45,7 +77,7 @@ impl<'e> EventRules<'e> {
             sender: event.get_str("sender"),
             mentions: event.contains_mentions(),
             body_lower: event.get_str(BODY).map(str::to_lowercase),
-            matches: HashMap::new(),
+            matches: HashMap::default(),
         }
     }
 
@@ -138,9 +170,7 @@ impl<'e> EventRules<'e> {
                 return false;
             }
         }
-        let mut hasher = DefaultHasher::new();
-        (key, pattern).hash(&mut hasher);
-        let hash = hasher.finish();
+        let hash = memo_hash(key, pattern);
         if let Some(bucket) = self.matches.get(&hash) {
             if let Some((_, _, found)) = bucket.iter().find(|(k, p, _)| k == key && p == pattern) {
                 return *found;
