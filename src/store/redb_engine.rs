@@ -1,7 +1,8 @@
 //! The redb engine: one file, `db.redb`, in the store directory.
 //!
 //! Every table is an untyped `&[u8] → &[u8]` redb table; the typed layer lives in `store/`.
-//! Reads take a fresh MVCC read transaction, so they never wait for the writer. Each `apply` is
+//! Reads use an MVCC read transaction of the last commit, begun once per commit and shared by
+//! all reads until the next one, so they never wait for the writer. Each `apply` is
 //! one write transaction committed with `Durability::Immediate`: redb writes the new pages and
 //! the commit slot, then fsyncs before `commit` returns.
 //!
@@ -17,6 +18,7 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{
@@ -33,6 +35,13 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 type Def<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
 
 pub(crate) struct RedbEngine {
+    /// The read snapshot of the last commit, shared by every read until the next commit.
+    /// Invariant: replaced by `apply` after its commit and before it returns, so a read that
+    /// starts after a commit was acknowledged sees it (the writer answers only after `apply`).
+    /// `None` when beginning it failed: reads then begin their own transaction. Declared
+    /// before `db` so that it is dropped first: redb records a clean shutdown only when no
+    /// read transaction is left.
+    snapshot: std::sync::RwLock<Option<Arc<Snapshot>>>,
     db: Database,
     /// Always `Immediate` except on a database opened by [`RedbEngine::with_backend`] for a
     /// test that shows the power-cut test notices a commit without fsync.
@@ -49,6 +58,40 @@ fn def(table: &str) -> Result<Def<'_>, StoreError> {
         return Err(StoreError::Io("redb: empty table name".into()));
     }
     Ok(TableDefinition::new(table))
+}
+
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// One read transaction and the tables opened in it so far. Beginning a read transaction
+/// and opening a table cost more than a point read: a snapshot lets every read between two
+/// commits share them (a transaction kept open holds only the pages of the last commit).
+struct Snapshot {
+    txn: redb::ReadTransaction,
+    /// By name; `None`: the table does not exist in this snapshot.
+    tables: std::sync::Mutex<HashMap<String, Option<Arc<ReadTable>>>>,
+}
+
+impl Snapshot {
+    fn begin(db: &Database) -> Result<Self, StoreError> {
+        Ok(Snapshot {
+            txn: db.begin_read().map_err(io)?,
+            tables: Default::default(),
+        })
+    }
+
+    fn table(&self, table: &str) -> Result<Option<Arc<ReadTable>>, StoreError> {
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tables.get(table) {
+            return Ok(t.clone());
+        }
+        let opened = match self.txn.open_table(def(table)?) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(io(e)),
+        };
+        tables.insert(table.to_owned(), opened.clone());
+        Ok(opened)
+    }
 }
 
 type OpenTables<'txn> = HashMap<&'static str, redb::Table<'txn, &'static [u8], &'static [u8]>>;
@@ -100,7 +143,7 @@ impl RedbEngine {
         let db = Self::builder(cache_bytes)
             .create_with_backend(backend)
             .map_err(io)?;
-        Ok(RedbEngine { db, durability })
+        Self::new(db, durability)
     }
 
     pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
@@ -127,10 +170,29 @@ impl RedbEngine {
                 Err(e) => return Err(io(e)),
             }
         };
+        Self::new(db, Durability::Immediate)
+    }
+
+    fn new(db: Database, durability: Durability) -> Result<Self, StoreError> {
+        let snapshot = std::sync::RwLock::new(Some(Arc::new(Snapshot::begin(&db)?)));
         Ok(RedbEngine {
+            snapshot,
             db,
-            durability: Durability::Immediate,
+            durability,
         })
+    }
+
+    /// The shared snapshot, or a snapshot of this read alone when there is none.
+    fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
+        let shared = self
+            .snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match shared {
+            Some(snapshot) => Ok(snapshot),
+            None => Ok(Arc::new(Snapshot::begin(&self.db)?)),
+        }
     }
 }
 
@@ -234,7 +296,11 @@ impl Engine for RedbEngine {
     }
 
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        get_from(&self.db, table, key)
+        let Some(t) = self.snapshot()?.table(table)? else {
+            return Ok(None);
+        };
+        let value = t.get(key).map_err(io)?;
+        Ok(value.map(|v| v.value().to_vec()))
     }
 
     fn scan(
@@ -248,12 +314,8 @@ impl Engine for RedbEngine {
         if limit == 0 || empty_range(lower, upper) {
             return Ok(Vec::new());
         }
-        let def = def(table)?;
-        let txn = self.db.begin_read().map_err(io)?;
-        let t = match txn.open_table(def) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(io(e)),
+        let Some(t) = self.snapshot()?.table(table)? else {
+            return Ok(Vec::new());
         };
         let range = t.range::<&[u8]>((lower, upper)).map_err(io)?;
         let mut rows = Vec::new();
@@ -330,6 +392,15 @@ impl Engine for RedbEngine {
         }
         // An early return above drops `txn`, which aborts it: nothing of the group is written.
         txn.commit().map_err(io)?;
+        // The commit has landed: failing to begin the next snapshot must not report it failed.
+        let snapshot = match Snapshot::begin(&self.db) {
+            Ok(snapshot) => Some(Arc::new(snapshot)),
+            Err(e) => {
+                log::warn!("cannot begin a read snapshot after a commit: {e}");
+                None
+            }
+        };
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
         Ok(results)
     }
 }
