@@ -38,7 +38,8 @@ pub(crate) struct RedbEngine {
     /// The read snapshot of the last commit, shared by every read until the next commit.
     /// Invariant: replaced by `apply` after its commit and before it returns, so a read that
     /// starts after a commit was acknowledged sees it (the writer answers only after `apply`).
-    /// `None` when beginning it failed: reads then begin their own transaction. Declared
+    /// `None` during a commit, or when beginning it failed: reads then begin their own
+    /// transaction. Declared
     /// before `db` so that it is dropped first: redb records a clean shutdown only when no
     /// read transaction is left.
     snapshot: std::sync::RwLock<Option<Arc<Snapshot>>>,
@@ -390,6 +391,16 @@ impl Engine for RedbEngine {
                 results.push(Ok(()));
             }
         }
+        // The shared snapshot goes before the commit: redb frees the pages a commit replaces
+        // only when no read transaction older than it is alive, and a snapshot kept through the
+        // commit would defer that to the next one (more system-table writes per commit). Reads
+        // meanwhile begin their own transaction, which sees the same state.
+        drop(
+            self.snapshot
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         // An early return above drops `txn`, which aborts it: nothing of the group is written.
         txn.commit().map_err(io)?;
         // The commit has landed: failing to begin the next snapshot must not report it failed.
