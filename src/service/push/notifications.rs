@@ -513,24 +513,16 @@ pub fn convert_unread_rows(store: &Store) -> Result<u64> {
             counts.add(*sid, row);
             unread.insert(*sid);
         }
-        // A read notification between the oldest and newest unread one was read by a
-        // read of its thread: its thread's mark is the newest such position.
-        let (first, last) = (counts.marks.first, counts.marks.last);
-        let notifications = store.range_in_prefix::<NotificationsTable, _>(
-            &(user.as_str(),),
-            Some(&(user.clone(), first)),
-            false,
-            MAX_UNREAD_ROWS,
-        )?;
-        for ((_, sid), n) in notifications {
-            if sid > last {
-                break;
-            }
+        // A read notification after the oldest unread one was read by a read of its thread
+        // (in version 7 a thread's read notifications come before its unread ones): its
+        // thread's mark is the newest such position, past the newest unread one too.
+        walk_notifications(store, &user, counts.marks.first, |sid, n| {
             if n.room_id == room && !unread.contains(&sid) {
                 let mark = counts.marks.threads.entry(n.thread).or_insert(0);
                 *mark = (*mark).max(sid);
             }
-        }
+            Ok(true)
+        })?;
         let key = (user.clone(), room.clone());
         if counts.total().is_zero() {
             batch.delete::<CountsTable>(&key);
@@ -540,6 +532,39 @@ pub fn convert_unread_rows(store: &Store) -> Result<u64> {
         store.commit_blocking(batch)?;
         converted += 1;
     }
+}
+
+/// Calls `f` on the user's notifications from position `from` on, oldest first, a page at a
+/// time, until it answers `false` (or after [`MAX_UNREAD_ROWS`]).
+fn walk_notifications(
+    store: &Store,
+    user: &str,
+    from: u64,
+    mut f: impl FnMut(u64, Notification) -> Result<bool>,
+) -> Result<()> {
+    const PAGE: usize = 256;
+    let mut from = from;
+    let mut walked = 0;
+    while walked < MAX_UNREAD_ROWS {
+        let rows = store.range_in_prefix::<NotificationsTable, _>(
+            &(user,),
+            Some(&(user.to_owned(), from)),
+            false,
+            PAGE,
+        )?;
+        let done = rows.len() < PAGE;
+        for ((_, sid), n) in rows {
+            walked += 1;
+            from = sid + 1;
+            if !f(sid, n)? {
+                return Ok(());
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The counts rows of a user's rooms, read once each: whether a notification is read.
@@ -641,19 +666,12 @@ impl<'a> CountsOverlay<'a> {
     /// The counts of the user's notifications in the room (stored from `marks.first` to
     /// `marks.last`, and those added by this batch) that `marks` leaves unread.
     fn recount(&self, user_id: &UserId, marks: ReadMarks) -> Result<RoomCounts> {
-        let user = user_id.to_string();
-        let stored = self.store.range_in_prefix::<NotificationsTable, _>(
-            &(user.as_str(),),
-            Some(&(user.clone(), marks.first)),
-            false,
-            MAX_UNREAD_ROWS,
-        )?;
-        let stored = stored
-            .into_iter()
-            .take_while(|((_, sid), _)| *sid <= marks.last)
-            .filter(|(_, n)| n.room_id == self.room_id)
-            .filter(|((_, sid), n)| !marks.covers(*sid, &n.thread))
-            .map(|((_, sid), n)| {
+        let mut stored = Vec::new();
+        walk_notifications(self.store, user_id.as_str(), marks.first, |sid, n| {
+            if sid > marks.last {
+                return Ok(false);
+            }
+            if n.room_id == self.room_id && !marks.covers(sid, &n.thread) {
                 // Whether it was a call invite is the event's type (a remote invite has none).
                 let call = self
                     .store
@@ -664,9 +682,10 @@ impl<'a> CountsOverlay<'a> {
                     highlight: n.highlight,
                     call,
                 };
-                Ok((sid, unread))
-            })
-            .collect::<Result<Vec<_>>>()?;
+                stored.push((sid, unread));
+            }
+            Ok(true)
+        })?;
         let added = self
             .added
             .iter()
@@ -744,13 +763,14 @@ mod tests {
         let (u, r, other) = ("@u:x".to_owned(), "!r:x".to_owned(), "!o:x".to_owned());
         let mut b = Batch::new();
         // In !r: 9 read, 10 unread (highlight), 11 read by a receipt in thread $t, 12 unread,
-        // 13 in !o unread.
+        // 13 in !o unread, 14 read by a receipt in thread $u.
         for (sid, room, thread, hl) in [
             (9, &r, "main", false),
             (10, &r, "main", true),
             (11, &r, "$t", false),
             (12, &r, "main", false),
             (13, &other, "main", false),
+            (14, &r, "$u", false),
         ] {
             b.put::<NotificationsTable>(&(u.clone(), sid), &notification(room, thread, hl));
         }
@@ -776,6 +796,8 @@ mod tests {
             (10, "main", false),
             (11, "$t", true),
             (12, "main", false),
+            // Read by a read of its thread, past the newest unread notification.
+            (14, "$u", true),
         ] {
             assert_eq!(is_read(Some(&counts), sid, thread), read, "{sid}");
         }

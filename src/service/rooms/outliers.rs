@@ -123,7 +123,8 @@ impl Rooms {
         room_id: &ruma::RoomId,
         events: &[(Pdu, CanonicalJsonObject)],
     ) -> Result<Vec<u64>> {
-        let _lock = self.lock_room(room_id).await;
+        // Held until the write lands, even if this future is dropped meanwhile.
+        let lock = self.lock_room(room_id).await;
         let room = self
             .room(room_id)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
@@ -158,7 +159,7 @@ impl Rooms {
             return Ok(sids);
         }
         self.stream
-            .commit(&self.store, batch, pending, (), || {})
+            .commit(&self.store, batch, pending, lock, || {})
             .await
             .map_err(Error::from)?;
         Ok(sids)

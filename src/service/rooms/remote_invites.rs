@@ -173,7 +173,8 @@ impl Rooms {
         mut record: RemoteInvite,
         previous: Option<&RemoteInvite>,
     ) -> Result<u64> {
-        let _lock = self.lock_room(room_id).await;
+        // Held until the write lands, even if this future is dropped meanwhile.
+        let lock = self.lock_room(room_id).await;
         let pending = self.stream.allocate()?;
         let sid = pending.pos;
         record.sid = sid;
@@ -192,7 +193,7 @@ impl Rooms {
         let user = user_id.to_owned();
         let result = self
             .stream
-            .commit(&self.store, batch, vec![pending], (), move || {
+            .commit(&self.store, batch, vec![pending], lock, move || {
                 notifier.notify(std::iter::once(&*user));
                 notifications.changed(pushed);
             })
