@@ -155,10 +155,14 @@ where
     };
     let user = match (route.auth, &token) {
         (Auth::None | Auth::Server, _) | (_, None) => None,
-        (_, Some(token)) => match services
-            .sessions
-            .authenticate(token, ip, user_agent(&raw.headers))
-            .await
+        // The steps before the handler are boxed: inline, their futures would stay allocated
+        // in every open request for as long as it lasts (a long-poll: minutes).
+        (_, Some(token)) => match Box::pin(services.sessions.authenticate(
+            token,
+            ip,
+            user_agent(&raw.headers),
+        ))
+        .await
         {
             Ok(user) => Some(user),
             Err(e) => {
@@ -196,7 +200,7 @@ where
             limit = limit.max(FEDERATION_MAX_REQUEST_BYTES);
         }
         (
-            collect_body(timed_body(body, read_timeout), limit).await?,
+            Box::pin(collect_body(timed_body(body, read_timeout), limit)).await?,
             None,
         )
     };
@@ -212,11 +216,11 @@ where
         .map_err(|_| Error::invalid_param("Malformed request URI"))?;
     *request.headers_mut() = raw.headers;
     let origin = if route.auth == Auth::Server {
-        match crate::service::federation::auth::authenticate(
+        match Box::pin(crate::service::federation::auth::authenticate(
             &services.keyring,
             services.federation.server_name(),
             &request,
-        )
+        ))
         .await
         {
             Ok(origin) => Some(origin),

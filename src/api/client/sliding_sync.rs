@@ -71,7 +71,8 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         tokio::pin!(notified);
         notified.as_mut().enable();
         let now = services.stream.current();
-        let result = sliding_sync_once(&sources, &request, &resume, now).await?;
+        // Boxed: held inline, a pass's large future would stay allocated for the long-poll.
+        let result = Box::pin(sliding_sync_once(&sources, &request, &resume, now)).await?;
         if result.has_updates
             || resume.previous.is_none()
             || Instant::now() >= deadline

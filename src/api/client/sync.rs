@@ -76,6 +76,8 @@ fn parse_query(query: &str) -> Result<Query> {
 async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
     let me = incoming.ctx.authed()?.clone();
     let query = parse_query(incoming.request.uri().query().unwrap_or(""))?;
+    // Not needed past here, and a long-poll would hold it for minutes.
+    drop(incoming);
     let filter = match query.filter.as_deref() {
         None => FilterDefinition::default(),
         Some(inline) if inline.trim_start().starts_with('{') => {
@@ -87,10 +89,12 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
             .ok_or_else(|| Error::invalid_param("Unknown filter id"))?,
     };
     // Syncing marks the user online unless the client asks otherwise (spec: `set_presence`).
-    services
-        .presence
-        .touch(&services.rooms, &me.user_id, &query.set_presence)
-        .await?;
+    Box::pin(
+        services
+            .presence
+            .touch(&services.rooms, &me.user_id, &query.set_presence),
+    )
+    .await?;
     let since_pos = query.since.map(|t| t.pos);
     let mut request = SyncRequest {
         user_id: &me.user_id,
@@ -121,7 +125,9 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         let now = services.stream.current();
         // A token from the future (e.g. after restoring an older backup) means "now".
         request.since = since_pos.map(|s| s.min(now));
-        let result = sync_once(&sources, &request, now).await?;
+        // Boxed: a pass's future is large, and held inline it would stay allocated (in
+        // every waiting connection's task) for the whole long-poll.
+        let result = Box::pin(sync_once(&sources, &request, now)).await?;
         if result.has_updates
             || request.since.is_none()
             || request.full_state
