@@ -22,7 +22,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use super::{notifier::Notifier, stream::Stream};
+use super::{notifier::Notifier, push::rules_eval::CompiledRules, stream::Stream};
 use crate::{
     error::{Error, Result},
     store::{Batch, CommitError, Raw, Store},
@@ -64,7 +64,7 @@ pub struct PushRules {
 #[derive(Default)]
 struct RulesetCache {
     generation: u64,
-    rulesets: HashMap<OwnedUserId, Arc<Ruleset>>,
+    rulesets: HashMap<OwnedUserId, Arc<CompiledRules>>,
 }
 
 /// Most rulesets kept parsed; the cache starts over when full.
@@ -127,8 +127,9 @@ impl PushRules {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The user's global ruleset, shared: from memory when it was read before.
-    pub fn cached_ruleset(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
+    /// The user's global ruleset compiled for evaluation, shared: from memory when it was
+    /// read before.
+    pub(crate) fn cached_rules(&self, user_id: &UserId) -> Result<Arc<CompiledRules>> {
         let generation = {
             let cache = self.cache();
             if let Some(ruleset) = cache.rulesets.get(user_id) {
@@ -136,7 +137,7 @@ impl PushRules {
             }
             cache.generation
         };
-        let ruleset = Arc::new(self.ruleset(user_id)?);
+        let ruleset = Arc::new(CompiledRules::new(self.ruleset(user_id)?));
         let mut cache = self.cache();
         if cache.generation == generation {
             if cache.rulesets.len() >= CACHE_ENTRIES {

@@ -8,4 +8,4 @@ pub mod notifications;
 pub mod notified;
 pub mod pushers;
 pub mod retention;
-mod rules_eval;
+pub(crate) mod rules_eval;

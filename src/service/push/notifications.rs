@@ -355,10 +355,10 @@ impl Notifications {
                 if recipient.user_id == event.sender {
                     continue;
                 }
-                let ruleset = self.push_rules.cached_ruleset(&recipient.user_id)?;
+                let compiled = self.push_rules.cached_rules(&recipient.user_id)?;
                 ctx.user_id = recipient.user_id.clone();
                 ctx.user_display_name.clone_from(&recipient.display_name);
-                let actions = rules.actions(&ruleset, &ctx).await;
+                let actions = rules.actions(&compiled, &ctx).await;
                 if !actions.iter().any(Action::should_notify) {
                     continue;
                 }
