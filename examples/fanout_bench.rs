@@ -17,7 +17,8 @@
 //! 4. `send, S senders x Q rooms`: closed-loop senders (default 64 over 16 rooms, then 64 in
 //!    one room): durable events/s and server CPU per event.
 //!
-//! Idle RSS after start and peak RSS (`VmHWM`) at the end close the report. The server allows
+//! Idle RSS after start, peak RSS (`VmHWM`) at the end and RSS 12 s after the benchmark's
+//! connections closed (the server gives freed memory back every 10 s) close the report. The server allows
 //! 4,096 connections (`limits.max_connections`; the default 512 is below 500 long-polls plus
 //! the senders and the connections earlier phases left open).
 //!
@@ -131,14 +132,7 @@ impl Server {
     }
 
     fn status_kib(&self, field: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        status_kib(self.pid, field)
     }
 
     async fn call(
@@ -225,6 +219,17 @@ impl Server {
         self.call(reqwest::Method::GET, &path, Some(token), json!({}))
             .await
     }
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn urlencode(s: &str) -> String {
@@ -579,6 +584,15 @@ async fn main() {
         idle as f64 / 1024.0,
         server.status_kib("VmRSS:") as f64 / 1024.0,
         server.status_kib("VmHWM:") as f64 / 1024.0
+    );
+    // After the load: the benchmark's connections close, and the server has a while to
+    // give back what it freed (it releases freed memory every 10 s).
+    let pid = server.pid;
+    drop(server);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    println!(
+        "server RSS 12 s after the load: {:.1} MiB",
+        status_kib(pid, "VmRSS:") as f64 / 1024.0
     );
     let _ = child.kill();
     let _ = child.wait();

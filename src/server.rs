@@ -118,6 +118,9 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         services.login_tokens.clone(),
         shutdown.subscribe(),
     )));
+    tasks.push(tokio::spawn(crate::memory::release_freed_memory(
+        shutdown.subscribe(),
+    )));
     tasks.push(crate::admin::start(
         &config,
         services.store.clone(),

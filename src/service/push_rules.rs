@@ -137,7 +137,7 @@ impl PushRules {
             }
             cache.generation
         };
-        let ruleset = Arc::new(CompiledRules::new(self.ruleset(user_id)?));
+        let ruleset = Arc::new(CompiledRules::new(self.ruleset(user_id)?, user_id));
         let mut cache = self.cache();
         if cache.generation == generation {
             if cache.rulesets.len() >= CACHE_ENTRIES {

@@ -24,6 +24,7 @@ use ruma::push::{
     Action, AnyPushRuleRef, ConditionalPushRule, EventMatchConditionData, FlattenedJson,
     PushCondition, PushConditionRoomCtx, Ruleset,
 };
+use ruma::UserId;
 
 /// The legacy mention rules, disabled for events that carry `m.mentions` (spec: "Push Rules",
 /// `.m.rule.contains_display_name`, `.m.rule.roomnotif`, `.m.rule.contains_user_name`).
@@ -48,14 +49,29 @@ enum Check {
     /// has the same `key` (its kind, the short-cuts its id takes and its conditions), so it
     /// is worked out once per event. `hash` is the key's [`memo_hash`].
     Shared { key: Box<str>, hash: u64 },
-    /// Depends on the recipient (their display name) or is a kind this module does not
-    /// know: evaluated for each recipient.
+    /// Depends on the recipient (their display name), is about the ruleset's owner, or is a
+    /// kind this module does not know: evaluated for each recipient.
     Personal,
 }
 
 impl CompiledRules {
-    pub(crate) fn new(ruleset: Ruleset) -> Self {
-        let checks = ruleset.iter().map(Check::of).collect();
+    /// Compiles `owner`'s ruleset.
+    pub(crate) fn new(ruleset: Ruleset, owner: &UserId) -> Self {
+        let checks = ruleset
+            .iter()
+            .map(|rule| match Check::of(rule) {
+                // A rule about its owner (the invite and mention defaults name the user, the
+                // user-name default is their localpart) is asked by no one else: remembering
+                // its answer would only cost a copy of its key per recipient.
+                Check::Shared { key, .. }
+                    if key.contains(owner.as_str())
+                        || matches!(rule, AnyPushRuleRef::Content(r) if r.pattern == owner.localpart()) =>
+                {
+                    Check::Personal
+                }
+                check => check,
+            })
+            .collect();
         Self { ruleset, checks }
     }
 }
@@ -159,7 +175,8 @@ impl<'e> EventRules<'e> {
             mentions: event.contains_mentions(),
             body_lower: event.get_str(BODY).map(str::to_lowercase),
             matches: HashMap::default(),
-            rules: HashMap::default(),
+            // Room for the server-default rules without growing.
+            rules: HashMap::with_capacity_and_hasher(32, Default::default()),
         }
     }
 
@@ -479,7 +496,10 @@ mod tests {
             ("@dave:example.org", "Alice", quiet),
             ("@alice:example.org", "", Ruleset::server_default(&alice)),
         ]
-        .map(|(user, name, ruleset)| (user, name, CompiledRules::new(ruleset)));
+        .map(|(user, name, ruleset)| {
+            let owner = UserId::parse(user).unwrap();
+            (user, name, CompiledRules::new(ruleset, &owner))
+        });
         for members in [2, 5] {
             for event in &events {
                 let raw = Raw::<Value>::from_json(serde_json::value::to_raw_value(event).unwrap());
