@@ -483,15 +483,16 @@ impl Notifications {
     }
 }
 
-/// Turns schema version 7's unread rows into read marks, one (user, room) per commit: its
-/// unread rows go and its counts row is rewritten with marks, so a crash part-way leaves
-/// every room either converted or as it was. Runs before the server takes requests.
-/// Returns the rooms converted.
+/// Turns schema version 7's unread rows into read marks, one user per commit: their unread
+/// rows go and the counts row of each of their rooms is rewritten with marks, so a crash
+/// part-way leaves every user either converted or as they were. One walk over the user's
+/// notifications serves all their rooms. Runs before the server takes requests. Returns the
+/// rooms converted.
 pub fn convert_unread_rows(store: &Store) -> Result<u64> {
     let mut converted = 0;
-    // Bounded: every round deletes the unread rows of one (user, room).
+    // Bounded: every round deletes the unread rows of one user (up to MAX_UNREAD_ROWS).
     loop {
-        let Some(((user, room, _), _)) = store
+        let Some(((user, _, _), _)) = store
             .range::<LegacyUnreadTable>(None, false, 1)?
             .into_iter()
             .next()
@@ -501,36 +502,44 @@ pub fn convert_unread_rows(store: &Store) -> Result<u64> {
             }
             return Ok(converted);
         };
-        let rows = store.scan_prefix::<LegacyUnreadTable, _>(
-            &(user.as_str(), room.as_str()),
-            MAX_UNREAD_ROWS,
-        )?;
+        let rows = store.scan_prefix::<LegacyUnreadTable, _>(&(user.as_str(),), MAX_UNREAD_ROWS)?;
         let mut batch = Batch::new();
-        let mut counts = RoomCounts::default();
-        let mut unread = std::collections::HashSet::new();
-        for ((_, _, sid), row) in &rows {
+        // By room: the counts and the positions of its unread notifications.
+        let mut rooms: HashMap<String, (RoomCounts, std::collections::HashSet<u64>)> =
+            HashMap::new();
+        for ((_, room, sid), row) in &rows {
             batch.delete::<LegacyUnreadTable>(&(user.clone(), room.clone(), *sid));
+            let (counts, unread) = rooms.entry(room.clone()).or_default();
             counts.add(*sid, row);
             unread.insert(*sid);
         }
-        // A read notification after the oldest unread one was read by a read of its thread
-        // (in version 7 a thread's read notifications come before its unread ones): its
-        // thread's mark is the newest such position, past the newest unread one too.
-        walk_notifications(store, &user, counts.marks.first, |sid, n| {
-            if n.room_id == room && !unread.contains(&sid) {
-                let mark = counts.marks.threads.entry(n.thread).or_insert(0);
-                *mark = (*mark).max(sid);
+        // A read notification after a room's oldest unread one was read by a read of its
+        // thread (in version 7 a thread's read notifications come before its unread ones):
+        // its thread's mark is the newest such position, past the newest unread one too.
+        let from = rooms
+            .values()
+            .map(|(c, _)| c.marks.first)
+            .min()
+            .unwrap_or(0);
+        walk_notifications(store, &user, from, |sid, n| {
+            if let Some((counts, unread)) = rooms.get_mut(&n.room_id) {
+                if sid > counts.marks.first && !unread.contains(&sid) {
+                    let mark = counts.marks.threads.entry(n.thread).or_insert(0);
+                    *mark = (*mark).max(sid);
+                }
             }
             Ok(true)
         })?;
-        let key = (user.clone(), room.clone());
-        if counts.total().is_zero() {
-            batch.delete::<CountsTable>(&key);
-        } else {
-            batch.put::<CountsTable>(&key, &counts);
+        for (room, (counts, _)) in rooms {
+            let key = (user.clone(), room);
+            if counts.total().is_zero() {
+                batch.delete::<CountsTable>(&key);
+            } else {
+                batch.put::<CountsTable>(&key, &counts);
+            }
+            converted += 1;
         }
         store.commit_blocking(batch)?;
-        converted += 1;
     }
 }
 
@@ -777,9 +786,20 @@ mod tests {
         b.put::<LegacyUnreadTable>(&(u.clone(), r.clone(), 10), &unread("main", true));
         b.put::<LegacyUnreadTable>(&(u.clone(), r.clone(), 12), &unread("main", false));
         b.put::<LegacyUnreadTable>(&(u.clone(), other.clone(), 13), &unread("main", false));
+        // Another user in !r: 15 unread, 16 read in thread $t.
+        let v = "@v:x".to_owned();
+        b.put::<NotificationsTable>(&(v.clone(), 15), &notification(&r, "main", false));
+        b.put::<NotificationsTable>(&(v.clone(), 16), &notification(&r, "$t", false));
+        b.put::<LegacyUnreadTable>(&(v.clone(), r.clone(), 15), &unread("main", false));
         store.commit_blocking(b).unwrap();
 
-        assert_eq!(convert_unread_rows(&store).unwrap(), 2);
+        assert_eq!(convert_unread_rows(&store).unwrap(), 3);
+        let theirs = store
+            .get::<CountsTable>(&(v.clone(), r.clone()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(theirs.total().notifications, 1);
+        assert!(is_read(Some(&theirs), 16, "$t") && !is_read(Some(&theirs), 15, "main"));
         let counts = store
             .get::<CountsTable>(&(u.clone(), r.clone()))
             .unwrap()
