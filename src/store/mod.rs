@@ -637,6 +637,14 @@ impl Store {
             .collect())
     }
 
+    /// How many transactions the writer has applied. A read that begins after this returned
+    /// `n` sees every commit up to the `n`th (and perhaps later ones); every write, and so
+    /// every acknowledged one, comes with a new value. Caches of what reads return are valid
+    /// for as long as it does not change.
+    pub fn commit_epoch(&self) -> u64 {
+        self.inner.writer.epoch()
+    }
+
     /// Writer counters (group commit effectiveness; tests).
     pub fn commit_stats(&self) -> CommitStats {
         self.inner.writer.stats()

@@ -109,6 +109,11 @@ impl Writer {
         Ok(rx)
     }
 
+    /// Engine transactions applied so far (see `Store::commit_epoch`).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.stats.transactions.load(Ordering::Acquire)
+    }
+
     pub(crate) fn stats(&self) -> CommitStats {
         CommitStats {
             transactions: self.stats.transactions.load(Ordering::Relaxed),
@@ -171,7 +176,9 @@ fn run(
                 "the storage engine panicked during a commit".into(),
             )),
         };
-        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        // Counted before anyone is answered, and released: a reader that sees the count
+        // sees what the commit wrote (`Store::commit_epoch`).
+        stats.transactions.fetch_add(1, Ordering::Release);
         stats.batches.fetch_add(all.len() as u64, Ordering::Relaxed);
 
         match outcome {

@@ -314,3 +314,70 @@ async fn incremental_sync_after_restart_sees_new_events_only() {
     let empty = sync(&srv, &alice, Some(next), 0).await;
     assert!(empty["rooms"]["join"].is_null(), "{empty}");
 }
+
+/// Syncs share the events they read until the next commit (`rooms/recent_events.rs`): a
+/// message every receiver has read, then redacted, reaches the next syncs redacted, with
+/// the redaction, for every receiver, and a later initial sync serves it redacted too.
+#[tokio::test]
+async fn a_shared_event_read_before_its_redaction_is_served_redacted_after() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw-alice-123").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    let mut receivers = Vec::new();
+    for i in 0..4 {
+        let (_, token, _) = srv.register(&format!("r{i}"), "pw-receiver-1").await;
+        join(&srv, &token, &room).await;
+        let since = sync(&srv, &token, None, 0).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        receivers.push((token, since));
+    }
+    let secret = send(&srv, &alice, &room, "secret").await;
+    // Every receiver reads it (the first decodes it, the others share it).
+    for (token, since) in &mut receivers {
+        let body = sync(&srv, token, Some(since), 0).await;
+        let events = &body["rooms"]["join"][&room]["timeline"]["events"];
+        let got = events
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["event_id"] == secret.as_str()))
+            .unwrap_or_else(|| panic!("the message reaches every receiver: {body}"));
+        assert_eq!(got["content"]["body"], "secret");
+        *since = body["next_batch"].as_str().unwrap().to_owned();
+    }
+    let (status, body) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+                enc(&room),
+                enc(&secret)
+            ),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (token, since) in &receivers {
+        let body = sync(&srv, token, Some(since), 0).await;
+        let events = body["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            events
+                .iter()
+                .any(|e| e["type"] == "m.room.redaction" && e["redacts"] == secret.as_str()),
+            "{body}"
+        );
+        let body = sync(&srv, token, None, 0).await;
+        let events = &body["rooms"]["join"][&room]["timeline"]["events"];
+        let got = events
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["event_id"] == secret.as_str()))
+            .unwrap_or_else(|| panic!("the redacted message stays in the timeline: {body}"));
+        assert!(
+            got["content"].as_object().is_some_and(|c| c.is_empty()),
+            "served redacted: {got}"
+        );
+    }
+}

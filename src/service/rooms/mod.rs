@@ -24,6 +24,7 @@ pub mod member_summary;
 pub mod membership;
 pub mod outliers;
 pub mod partial_state;
+pub mod recent_events;
 pub mod redact;
 pub mod relations;
 pub mod remote_invites;
@@ -246,6 +247,8 @@ pub struct Rooms {
     member_summaries: member_summary::SummaryCache,
     /// Content fields that redaction keeps, by event (`visibility.rs`).
     kept_fields: visibility::KeptFields,
+    /// Events read since the last commit (`recent_events.rs`).
+    recent_events: recent_events::RecentEvents,
     /// Local events are queued for the other servers in their room in their own batch.
     fed_queue: Arc<super::federation::queue::Queue>,
 }
@@ -285,6 +288,7 @@ impl Rooms {
             state_cache: state_cache::StateCache::default(),
             member_summaries: Default::default(),
             kept_fields: Default::default(),
+            recent_events: Default::default(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The room sections of a sync: a joined room's timeline, state, ephemeral events, account
 //! data and counts, and the timeline and state of a left room.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use ruma::{
     api::client::filter::LazyLoadOptions,
@@ -346,7 +346,7 @@ pub(super) fn room_timeline(
         } else if !full && since.is_some_and(|s| sid <= s) {
             continue;
         }
-        if let Some(event) = rooms.event_by_sid(sid)? {
+        if let Some(event) = rooms.shared_event_by_sid(sid)? {
             if event_passes(&request.filter.room.state, &event) {
                 state.push(pass.format.event(rooms, &event, Some(viewer), false)?);
                 if lazy_member {
@@ -391,7 +391,7 @@ pub(super) struct Span {
 /// A room's timeline as a sync serves it (/sync v2 and sliding sync alike).
 pub(super) struct Window {
     /// Oldest first.
-    pub events: Vec<StoredEvent>,
+    pub events: Vec<Arc<StoredEvent>>,
     /// Whether events between `since` and the first of `events` were left out (too many, or
     /// history the user may not read).
     pub limited: bool,
@@ -419,7 +419,7 @@ pub(super) fn timeline_window(
     let Span { since, upto, limit } = span;
     let mut reader = Reader::new(rooms, user_id, access);
     // Newest first, down to the token; one more than the limit tells whether it is limited.
-    let mut picked: Vec<StoredEvent> = Vec::new();
+    let mut picked: Vec<Arc<StoredEvent>> = Vec::new();
     let mut newest_head: Option<Option<u64>> = None;
     let mut limited = false;
     let mut cursor = Some(upto);
@@ -443,7 +443,8 @@ pub(super) fn timeline_window(
             if past_token && newest_head.is_some() {
                 break 'scan;
             }
-            let Some(event) = rooms.event_by_sid(sid)? else {
+            // Shared: the syncs one new event wakes all read it (and the one before it).
+            let Some(event) = rooms.shared_event_by_sid(sid)? else {
                 continue;
             };
             newest_head.get_or_insert_with(|| state_head(&event));

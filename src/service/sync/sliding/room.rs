@@ -372,7 +372,7 @@ fn joined_or_left(
     if !required_state.is_empty() {
         body.insert("required_state".into(), json!(required_state));
     }
-    let live = |e: &&StoredEvent| previous.is_some_and(|p| e.sid > p.upto);
+    let live = |e: &&Arc<StoredEvent>| previous.is_some_and(|p| e.sid > p.upto);
     let num_live = window.events.iter().filter(live).count();
     let timeline: Vec<Value> = window
         .events

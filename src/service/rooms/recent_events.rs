@@ -1,0 +1,85 @@
+//! Events read since the store's last commit, decoded once and shared by every reader: when
+//! one new event wakes fifty syncs of a room, each reads it (and the event before it, for the
+//! state head), and without this each would parse the stored JSON twice over.
+//!
+//! Entries are valid for one commit epoch ([`crate::store::Store::commit_epoch`]): a reader notes the
+//! epoch before it reads the store, serves entries only of that epoch and keeps what it read
+//! only under it; the first reader of a newer epoch drops them all. Since every write,
+//! redactions (which rewrite an event) included, starts a new epoch before it is
+//! acknowledged, an entry is what a read of the store would give every reader of its epoch.
+//! Memory is bounded by [`CACHED_EVENTS`].
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use super::{Rooms, StoredEvent};
+use crate::error::Result;
+
+/// Most events kept (a few KiB each); the map starts over when full.
+const CACHED_EVENTS: usize = 512;
+
+#[derive(Default)]
+pub struct RecentEvents {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The commit epoch the entries were read in.
+    epoch: u64,
+    events: HashMap<u64, Arc<StoredEvent>>,
+}
+
+impl RecentEvents {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Entries are whole values, inserted in one step: a panicking holder leaves them valid.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The event at `sid` read in `epoch`, if any; drops older epochs' entries.
+    fn get(&self, epoch: u64, sid: u64) -> Option<Arc<StoredEvent>> {
+        let mut inner = self.lock();
+        if inner.epoch != epoch {
+            if inner.epoch < epoch {
+                inner.epoch = epoch;
+                inner.events.clear();
+            }
+            return None;
+        }
+        inner.events.get(&sid).cloned()
+    }
+
+    /// Keeps `event`, read in `epoch`, unless a newer epoch began meanwhile.
+    fn keep(&self, epoch: u64, event: &Arc<StoredEvent>) {
+        let mut inner = self.lock();
+        if inner.epoch < epoch {
+            inner.epoch = epoch;
+            inner.events.clear();
+        }
+        if inner.epoch == epoch {
+            if inner.events.len() >= CACHED_EVENTS {
+                inner.events.clear();
+            }
+            inner.events.insert(event.sid, event.clone());
+        }
+    }
+}
+
+impl Rooms {
+    /// [`Rooms::event_by_sid`], shared: decoded once per commit epoch for all readers (the
+    /// syncs one event wakes).
+    pub fn shared_event_by_sid(&self, sid: u64) -> Result<Option<Arc<StoredEvent>>> {
+        let epoch = self.store.commit_epoch();
+        if let Some(event) = self.recent_events.get(epoch, sid) {
+            return Ok(Some(event));
+        }
+        let Some(event) = self.event_by_sid(sid)? else {
+            return Ok(None);
+        };
+        let event = Arc::new(event);
+        self.recent_events.keep(epoch, &event);
+        Ok(Some(event))
+    }
+}
