@@ -17,8 +17,9 @@ use std::{
 use super::{Rooms, StoredEvent};
 use crate::error::Result;
 
-/// Most events kept (a few KiB each); the map starts over when full.
-const CACHED_EVENTS: usize = 512;
+/// Most events kept (a few KiB each; a wake-up of 50 rooms reads about 100); the map starts
+/// over when full.
+const CACHED_EVENTS: usize = 128;
 
 #[derive(Default)]
 pub struct RecentEvents {
