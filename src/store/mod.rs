@@ -383,8 +383,8 @@ fn migrate_step(_engine: &dyn Engine, from: u32) -> Result<(), StoreError> {
         6 => Ok(()),
         // 7 → 8 replaces the `unread` rows (one per unread notification) by read marks in the
         // `unread_counts` rows (schema/push.md). Decoding those is service logic, so the
-        // notifications service converts them at its first start, one room per commit,
-        // before requests are served (`Notifications::convert_unread_rows`). The bump makes
+        // services convert them at their first start, one user per commit, before requests
+        // are served (`push::notifications::convert_unread_rows`). The bump makes
         // an older build refuse the data: it cannot decode the new counts rows.
         7 => Ok(()),
         _ => Err(StoreError::Corrupt {

@@ -429,46 +429,38 @@ impl Notifications {
         limit: usize,
         highlights_only: bool,
     ) -> Result<Page> {
-        const PAGE: usize = 100;
         // Highlights-only pages skip rows; the walk is bounded all the same.
         const MAX_WALK: usize = 10_000;
         let user = user_id.to_string();
         let mut out = Vec::new();
-        let mut cursor = match from {
+        let start = match from {
             Some(0) => return Ok((out, None)),
             Some(from) => Some(from - 1),
             None => None,
         };
-        let mut walked = 0;
         let mut marks = MarksByRoom::new(&self.store, &user);
-        loop {
-            let key = cursor.map(|c| (user.clone(), c));
-            let rows = self.store.range_in_prefix::<NotificationsTable, _>(
-                &(user.as_str(),),
-                key.as_ref(),
-                true,
-                PAGE,
-            )?;
-            let done = rows.len() < PAGE;
-            for ((_, sid), row) in rows {
-                walked += 1;
-                cursor = sid.checked_sub(1);
+        let mut last_walked = None;
+        let mut full = false;
+        let ended = walk_notifications(
+            &self.store,
+            &user,
+            Walk::Down(start),
+            MAX_WALK,
+            |sid, row| {
+                last_walked = Some(sid);
                 if highlights_only && !row.highlight {
-                    continue;
+                    return Ok(true);
                 }
                 let read = marks.is_read(&row.room_id, sid, &row.thread)?;
                 out.push((sid, row, read));
-                if out.len() == limit {
-                    return Ok((out, Some(sid)));
-                }
-            }
-            if done || cursor.is_none() {
-                return Ok((out, None));
-            }
-            if walked >= MAX_WALK {
-                return Ok((out, cursor.map(|c| c + 1)));
-            }
-        }
+                full = out.len() == limit;
+                Ok(!full)
+            },
+        )?;
+        // A full page continues below its last notification; a walk cut short by its bound,
+        // below the last one it looked at.
+        let next = if full || !ended { last_walked } else { None };
+        Ok((out, next))
     }
 
     /// The user's unread notifications and unread call invites over all rooms (a push
@@ -521,7 +513,7 @@ pub fn convert_unread_rows(store: &Store) -> Result<u64> {
             .map(|(c, _)| c.marks.first)
             .min()
             .unwrap_or(0);
-        walk_notifications(store, &user, from, |sid, n| {
+        walk_notifications(store, &user, Walk::Up(from), MAX_UNREAD_ROWS, |sid, n| {
             if let Some((counts, unread)) = rooms.get_mut(&n.room_id) {
                 if sid > counts.marks.first && !unread.contains(&sid) {
                     let mark = counts.marks.threads.entry(n.thread).or_insert(0);
@@ -543,37 +535,59 @@ pub fn convert_unread_rows(store: &Store) -> Result<u64> {
     }
 }
 
-/// Calls `f` on the user's notifications from position `from` on, oldest first, a page at a
-/// time, until it answers `false` (or after [`MAX_UNREAD_ROWS`]).
+/// Which way [`walk_notifications`] goes, and where it starts (inclusive).
+enum Walk {
+    /// Oldest first, from this position on.
+    Up(u64),
+    /// Newest first, from this position down (`None`: from the newest).
+    Down(Option<u64>),
+}
+
+/// Calls `f` on the user's notifications in the order and from the position `walk` says, a
+/// page at a time, until it answers `false` or `max` of them were walked. Returns whether
+/// it walked to the end of them.
 fn walk_notifications(
     store: &Store,
     user: &str,
-    from: u64,
+    walk: Walk,
+    max: usize,
     mut f: impl FnMut(u64, Notification) -> Result<bool>,
-) -> Result<()> {
+) -> Result<bool> {
     const PAGE: usize = 256;
-    let mut from = from;
+    let (mut next, reverse) = match walk {
+        Walk::Up(from) => (Some(from), false),
+        Walk::Down(from) => (from, true),
+    };
     let mut walked = 0;
-    while walked < MAX_UNREAD_ROWS {
+    while walked < max {
+        let key = next.map(|sid| (user.to_owned(), sid));
+        let want = PAGE.min(max - walked);
         let rows = store.range_in_prefix::<NotificationsTable, _>(
             &(user,),
-            Some(&(user.to_owned(), from)),
-            false,
-            PAGE,
+            key.as_ref(),
+            reverse,
+            want,
         )?;
-        let done = rows.len() < PAGE;
+        let short = rows.len() < want;
         for ((_, sid), n) in rows {
             walked += 1;
-            from = sid + 1;
+            next = if reverse {
+                sid.checked_sub(1)
+            } else {
+                sid.checked_add(1)
+            };
             if !f(sid, n)? {
-                return Ok(());
+                return Ok(false);
+            }
+            if next.is_none() {
+                return Ok(true);
             }
         }
-        if done {
-            break;
+        if short {
+            return Ok(true);
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The counts rows of a user's rooms, read once each: whether a notification is read.
@@ -675,36 +689,41 @@ impl<'a> CountsOverlay<'a> {
     /// The counts of the user's notifications in the room (stored from `marks.first` to
     /// `marks.last`, and those added by this batch) that `marks` leaves unread.
     fn recount(&self, user_id: &UserId, marks: ReadMarks) -> Result<RoomCounts> {
-        let mut stored = Vec::new();
-        walk_notifications(self.store, user_id.as_str(), marks.first, |sid, n| {
-            if sid > marks.last {
-                return Ok(false);
-            }
-            if n.room_id == self.room_id && !marks.covers(sid, &n.thread) {
-                // Whether it was a call invite is the event's type (a remote invite has none).
-                let call = self
-                    .store
-                    .get::<EventMetaTable>(&sid)?
-                    .is_some_and(|meta| meta.kind == "m.call.invite");
-                let unread = Unread {
-                    thread: n.thread,
-                    highlight: n.highlight,
-                    call,
-                };
-                stored.push((sid, unread));
-            }
-            Ok(true)
-        })?;
+        let mut unread = Vec::new();
+        let user = user_id.as_str();
+        walk_notifications(
+            self.store,
+            user,
+            Walk::Up(marks.first),
+            MAX_UNREAD_ROWS,
+            |sid, n| {
+                if sid > marks.last {
+                    return Ok(false);
+                }
+                if n.room_id == self.room_id && !marks.covers(sid, &n.thread) {
+                    // Whether it was a call invite is the event's type (a remote invite has none).
+                    let call = self
+                        .store
+                        .get::<EventMetaTable>(&sid)?
+                        .is_some_and(|meta| meta.kind == "m.call.invite");
+                    let row = Unread {
+                        thread: n.thread,
+                        highlight: n.highlight,
+                        call,
+                    };
+                    unread.push((sid, row));
+                }
+                Ok(true)
+            },
+        )?;
         let added = self
             .added
             .iter()
-            .filter(|(u, _, _)| u == user_id)
+            .filter(|(u, sid, row)| u == user_id && !marks.covers(*sid, &row.thread))
             .map(|(_, sid, row)| (*sid, row.clone()));
         let mut counts = RoomCounts::default();
-        for (sid, row) in stored.into_iter().chain(added) {
-            if !marks.covers(sid, &row.thread) {
-                counts.add(sid, &row);
-            }
+        for (sid, row) in unread.into_iter().chain(added) {
+            counts.add(sid, &row);
         }
         if !counts.total().is_zero() {
             // Marks before the oldest unread notification say nothing `first` does not.

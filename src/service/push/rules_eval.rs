@@ -93,12 +93,12 @@ impl Check {
                             | PushCondition::EventPropertyContains(_)
                     )
                 });
-                let Ok(conditions) = serde_json::to_string(&rule.conditions) else {
-                    return Check::Personal;
-                };
                 if !shared {
                     return Check::Personal;
                 }
+                let Ok(conditions) = serde_json::to_string(&rule.conditions) else {
+                    return Check::Personal;
+                };
                 let legacy = LEGACY_MENTION_RULES.contains(&rule.rule_id.as_str());
                 format!("c{}{conditions}", u8::from(legacy))
             }
@@ -225,7 +225,8 @@ impl<'e> EventRules<'e> {
         self.sender == Some(ctx.user_id.as_str())
     }
 
-    /// Whether `rule` applies to the event, for a recipient who did not send it.
+    /// Whether the enabled `rule` applies to the event, for a recipient who did not send it
+    /// (disabled rules are [`Check::Off`] and never asked).
     async fn applies(&mut self, rule: AnyPushRuleRef<'_>, ctx: &PushConditionRoomCtx) -> bool {
         match rule {
             AnyPushRuleRef::Override(rule) | AnyPushRuleRef::Underride(rule) => {
@@ -235,16 +236,14 @@ impl<'e> EventRules<'e> {
                 if rule.rule_id == LEGACY_USER_NAME_RULE && self.mentions {
                     return false;
                 }
-                rule.enabled && self.event_match(BODY, &rule.pattern, ctx).await
+                self.event_match(BODY, &rule.pattern, ctx).await
             }
             AnyPushRuleRef::Room(rule) => {
-                rule.enabled
-                    && self
-                        .event_match("room_id", rule.rule_id.as_str(), ctx)
-                        .await
+                self.event_match("room_id", rule.rule_id.as_str(), ctx)
+                    .await
             }
             AnyPushRuleRef::Sender(rule) => {
-                rule.enabled && self.event_match("sender", rule.rule_id.as_str(), ctx).await
+                self.event_match("sender", rule.rule_id.as_str(), ctx).await
             }
             #[allow(unreachable_patterns)]
             other => other.applies(self.event, ctx).await,
@@ -256,9 +255,6 @@ impl<'e> EventRules<'e> {
         rule: &ConditionalPushRule,
         ctx: &PushConditionRoomCtx,
     ) -> bool {
-        if !rule.enabled {
-            return false;
-        }
         if LEGACY_MENTION_RULES.contains(&rule.rule_id.as_str()) && self.mentions {
             return false;
         }

@@ -39,32 +39,33 @@ impl RecentEvents {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The event at `sid` read in `epoch`, if any; drops older epochs' entries.
+    /// The event at `sid` read in `epoch`, if any.
     fn get(&self, epoch: u64, sid: u64) -> Option<Arc<StoredEvent>> {
         let mut inner = self.lock();
-        if inner.epoch != epoch {
-            if inner.epoch < epoch {
-                inner.epoch = epoch;
-                inner.events.clear();
-            }
-            return None;
-        }
-        inner.events.get(&sid).cloned()
+        inner.at(epoch).then(|| inner.events.get(&sid).cloned())?
     }
 
     /// Keeps `event`, read in `epoch`, unless a newer epoch began meanwhile.
     fn keep(&self, epoch: u64, event: &Arc<StoredEvent>) {
         let mut inner = self.lock();
-        if inner.epoch < epoch {
-            inner.epoch = epoch;
-            inner.events.clear();
-        }
-        if inner.epoch == epoch {
+        if inner.at(epoch) {
             if inner.events.len() >= CACHED_EVENTS {
                 inner.events.clear();
             }
             inner.events.insert(event.sid, event.clone());
         }
+    }
+}
+
+impl Inner {
+    /// Moves to `epoch` when it is newer, dropping the older entries; whether the entries
+    /// are of `epoch` (a reader of an older one neither serves nor keeps any).
+    fn at(&mut self, epoch: u64) -> bool {
+        if self.epoch < epoch {
+            self.epoch = epoch;
+            self.events.clear();
+        }
+        self.epoch == epoch
     }
 }
 
