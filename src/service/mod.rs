@@ -272,8 +272,12 @@ impl Services {
         let partial_sync = Arc::new(federation::membership::partial::PartialSync::new(
             std::time::Duration::from_secs(config.federation.partial_state_resync_delay_secs),
         ));
-        // Unread rows of schema version 7 become read marks before any request reads counts.
-        push::notifications::convert_unread_rows(&store)
+        // Unread rows of schema version 7 become read marks, then notification rows of
+        // version 8 one row per event, before any request reads them (in this order: the
+        // first conversion reads version-8 rows).
+        push::conversions::convert_unread_rows(&store)
+            .map_err(|e| OpenError::Convert(e.to_string()))?;
+        push::conversions::convert_notification_rows(&store)
             .map_err(|e| OpenError::Convert(e.to_string()))?;
         // Events stored before the search index existed are indexed before any request.
         search

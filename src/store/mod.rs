@@ -35,7 +35,7 @@ use writer::{JobResult, Writer};
 
 /// The schema version this build writes. Bump it with every change of a key layout or value
 /// format, add the migration in `migrate`, and update `schema/`.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -387,6 +387,13 @@ fn migrate_step(_engine: &dyn Engine, from: u32) -> Result<(), StoreError> {
         // are served (`push::notifications::convert_unread_rows`). The bump makes
         // an older build refuse the data: it cannot decode the new counts rows.
         7 => Ok(()),
+        // 8 → 9 replaces the `notifications` rows (one per user an event notified) by
+        // `notified_events` rows (one per event, listing its users; schema/push.md), which a
+        // commit writes to one B-tree page instead of one page per member. The services
+        // convert them at their first start, before requests are served
+        // (`push::conversions::convert_notification_rows`). The bump makes an older build
+        // refuse the data: it would list no notifications and deliver no pushes.
+        8 => Ok(()),
         _ => Err(StoreError::Corrupt {
             table: Meta::NAME,
             detail: format!("schema version {from} is unknown; no migration exists from it"),

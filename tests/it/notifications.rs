@@ -295,9 +295,11 @@ async fn the_retention_sweep_drops_old_read_notifications_only() {
     let srv = TestServer::start().await;
     let (_, alice, _) = srv.register("alice", "pw").await;
     let (_, bob, _) = srv.register("bob", "pw").await;
+    let (_, carol, _) = srv.register("carol", "pw").await;
     let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
     join(&srv, &bob, &room).await;
-    text(&srv, &bob, &room, "1", "one").await;
+    join(&srv, &carol, &room).await;
+    let first = text(&srv, &bob, &room, "1", "one").await;
     let second = text(&srv, &bob, &room, "2", "two").await;
     let third = text(&srv, &bob, &room, "3", "three").await;
     receipt(&srv, &alice, &room, &second, json!({})).await;
@@ -318,6 +320,15 @@ async fn the_retention_sweep_drops_old_read_notifications_only() {
         [(third.clone(), false, false)]
     );
     assert_eq!(counts(&srv, &alice, &room).await, (1, 0));
+    // Carol read none of the events alice's read notifications were about: hers all stay.
+    assert_eq!(
+        listed(&notifications(&srv, &carol, "").await),
+        [
+            (third.clone(), false, false),
+            (second.clone(), false, false),
+            (first.clone(), false, false)
+        ]
+    );
     // A cutoff in the past removes nothing more.
     let removed = hearth::service::push::retention::sweep(store, 0)
         .await
@@ -465,4 +476,169 @@ async fn an_invite_from_an_ignored_user_does_not_notify() {
     assert_eq!(status, StatusCode::OK, "{body}");
     create_room(&srv, &bob, json!({"invite": [alice_id]})).await;
     assert_eq!(listed(&notifications(&srv, &alice, "").await), []);
+}
+
+/// `GET /notifications` lists a user's notifications from every room they are in (or left)
+/// newest first, pages through them without skipping or repeating one whatever the page size,
+/// and filters highlights across rooms.
+#[tokio::test]
+async fn the_list_merges_rooms_newest_first_across_pages() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let mut rooms = Vec::new();
+    for _ in 0..3 {
+        let room = create_room(&srv, &bob, json!({"preset": "public_chat"})).await;
+        join(&srv, &alice, &room).await;
+        rooms.push(room);
+    }
+    // Sent round-robin over the rooms, every third one mentioning alice (a highlight).
+    let mut sent = Vec::new();
+    for i in 0..11 {
+        let room = &rooms[i % 3];
+        let mut content = json!({"msgtype": "m.text", "body": "hello"});
+        if i % 3 == 1 {
+            content["m.mentions"] = json!({"user_ids": [alice_id]});
+        }
+        let id = send(&srv, &bob, room, &format!("t{i}"), content).await;
+        sent.push((id, i % 3 == 1));
+    }
+    // Alice leaves the last room: what it notified her of stays listed.
+    let (status, body) = srv
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&rooms[2])),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let newest_first: Vec<(String, bool)> = sent.iter().rev().cloned().collect();
+    for limit in [1, 2, 4, 11, 50] {
+        for only in ["", "&only=highlight"] {
+            let mut got = Vec::new();
+            let mut from: Option<String> = None;
+            for _ in 0..20 {
+                let query = match &from {
+                    Some(token) => format!("limit={limit}{only}&from={token}"),
+                    None => format!("limit={limit}{only}"),
+                };
+                let body = notifications(&srv, &alice, &query).await;
+                let page = listed(&body);
+                assert!(page.len() <= limit, "{body}");
+                got.extend(page.into_iter().map(|(id, _, highlight)| (id, highlight)));
+                match body["next_token"].as_str() {
+                    Some(token) => from = Some(token.to_owned()),
+                    None => break,
+                }
+            }
+            let expected: Vec<(String, bool)> = newest_first
+                .iter()
+                .filter(|(_, highlight)| only.is_empty() || *highlight)
+                .cloned()
+                .collect();
+            assert_eq!(got, expected, "limit {limit}{only}");
+        }
+    }
+    // Bob, the sender, was notified of none of his own messages.
+    assert!(listed(&notifications(&srv, &bob, "").await).is_empty());
+}
+
+hearth::table!(MetaRaw: "meta", String => hearth::store::Raw);
+hearth::table!(
+    /// The version-8 layout: `(user_id, event position) → Notification`.
+    Version8Rows: "notifications", (String, u64) => hearth::service::push::notifications::Notification
+);
+
+/// Notifications stored by version 8 (one row per user and event) are listed, read and
+/// counted as before once a version-9 server has converted them at its first start.
+#[tokio::test]
+async fn notifications_of_version_8_are_listed_the_same_after_the_upgrade() {
+    use hearth::service::push::notifications::NotifiedTable;
+    let mut srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let (_, carol, _) = srv.register("carol", "pw").await;
+    let room = create_room(&srv, &bob, json!({"preset": "public_chat"})).await;
+    let other = create_room(&srv, &bob, json!({"preset": "public_chat"})).await;
+    for r in [&room, &other] {
+        join(&srv, &alice, r).await;
+        join(&srv, &carol, r).await;
+    }
+    let mut sent = Vec::new();
+    for i in 0..6 {
+        let r = if i % 2 == 0 { &room } else { &other };
+        let mut content = json!({"msgtype": "m.text", "body": format!("m{i}")});
+        if i == 3 {
+            content["m.mentions"] = json!({"user_ids": [alice_id]});
+        }
+        sent.push(send(&srv, &bob, r, &format!("t{i}"), content).await);
+    }
+    receipt(&srv, &alice, &room, &sent[2], json!({})).await;
+    let before = [
+        listed(&notifications(&srv, &alice, "").await),
+        listed(&notifications(&srv, &carol, "").await),
+    ];
+    assert_eq!(before[0].len(), 6);
+    assert!(before[0]
+        .iter()
+        .any(|(_, read, highlight)| *read && !highlight));
+    assert!(before[0].iter().any(|(_, _, highlight)| *highlight));
+    let counts_before = counts(&srv, &alice, &other).await;
+
+    // Back to the version-8 layout, as that version left it.
+    srv.server.take().unwrap().stop().await;
+    {
+        let store = hearth::store::Store::open(
+            &srv.config.data_dir.join("db"),
+            srv.config.storage.engine,
+            1 << 20,
+        )
+        .unwrap();
+        let rows = store.range::<NotifiedTable>(None, false, 1000).unwrap();
+        assert_eq!(rows.len(), 6);
+        let mut b = hearth::store::Batch::new();
+        for ((room_id, sid), event) in rows {
+            for user in &event.users {
+                let row = hearth::service::push::notifications::Notification {
+                    room_id: room_id.clone(),
+                    event_id: event.event_id.clone(),
+                    thread: event.thread.clone(),
+                    highlight: user.highlight,
+                    actions: event.actions[user.actions as usize].clone(),
+                    ts: event.ts,
+                };
+                b.put::<Version8Rows>(&(user.user_id.clone(), sid), &row);
+            }
+            b.delete::<NotifiedTable>(&(room_id, sid));
+        }
+        b.put::<MetaRaw>(
+            &"schema_version".into(),
+            &hearth::store::Raw(8u32.to_be_bytes().to_vec()),
+        );
+        store.commit(b).await.unwrap();
+    }
+    let server = hearth::server::start(srv.config.clone()).await.unwrap();
+    srv.base = server.base_url();
+    srv.server = Some(server);
+    let after = [
+        listed(&notifications(&srv, &alice, "").await),
+        listed(&notifications(&srv, &carol, "").await),
+    ];
+    assert_eq!(after, before);
+    assert_eq!(counts(&srv, &alice, &other).await, counts_before);
+    // A receipt reads the converted rows like any other.
+    receipt(&srv, &alice, &other, &sent[3], json!({})).await;
+    assert_eq!(counts(&srv, &alice, &other).await, (1, 0));
+    let store = &srv.server.as_ref().unwrap().services.store;
+    assert!(store
+        .range::<Version8Rows>(None, false, 1)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .range::<NotifiedTable>(None, false, 1000)
+            .unwrap()
+            .len(),
+        6
+    );
 }

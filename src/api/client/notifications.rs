@@ -50,9 +50,11 @@ async fn list(services: Arc<Services>, ctx: Ctx, body: Request) -> Result<Respon
             )))
         }
     };
-    let (rows, next) = services
-        .notifications
-        .list(&me.user_id, from, limit, highlights_only)?;
+    let rooms = services.rooms.notification_rooms(&me.user_id)?;
+    let (rows, next) =
+        services
+            .notifications
+            .list(&me.user_id, &rooms, from, limit, highlights_only)?;
     let viewer = Viewer {
         user_id: &me.user_id,
         device_id: Some(me.device_id.as_str()),

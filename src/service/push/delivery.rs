@@ -1,7 +1,7 @@
 //! Delivery of notifications to push gateways (Push Gateway API: `POST
 //! /_matrix/push/v1/notify`).
 //!
-//! The queue is durable without a queue table: the user's [`NotificationsTable`] rows are the
+//! The queue is durable without a queue table: the [`NotifiedTable`] rows listing the user are the
 //! work, and each pusher keeps how far it got ([`PusherProgress`]). A pusher task takes the
 //! next unread notification after its progress, sends it, and moves its progress on only when
 //! the gateway answered 2xx, so a crash or restart sends again what was not acknowledged (the
@@ -14,7 +14,7 @@
 //! than [`MAX_AGE_MS`] are given up. A gateway that lists the pushkey as `rejected` removes the
 //! pusher. Logs name the app id and the gateway host, never the pushkey or the URL's path.
 //!
-//! [`NotificationsTable`]: super::notifications::NotificationsTable
+//! [`NotifiedTable`]: super::notifications::NotifiedTable
 
 use std::{
     collections::{HashMap, HashSet},
@@ -259,9 +259,13 @@ impl Delivery {
         // Only settled positions: a commit at a lower position may still be in flight, and
         // progress must never pass it (it would never be sent). Its wake comes once settled.
         let settled = self.rooms.stream_position();
-        let mut rows = self
+        let rooms = self
+            .rooms
+            .notification_rooms(user_id)
+            .map_err(|e| format!("cannot list the user's rooms: {e:?}"))?;
+        let (mut rows, walked_to) = self
             .notifications
-            .after(user_id, progress.notified_upto, SCAN)
+            .after(user_id, &rooms, progress.notified_upto, SCAN)
             .map_err(|e| format!("cannot read notifications: {e:?}"))?;
         let listed = rows.len();
         rows.retain(|(sid, _, _)| *sid <= settled);
@@ -272,9 +276,17 @@ impl Delivery {
         });
         let upto = match next {
             Some((sid, _, _)) => *sid,
-            None => rows
-                .last()
-                .map_or(progress.notified_upto, |(sid, _, _)| *sid),
+            None => {
+                let last = rows
+                    .last()
+                    .map_or(progress.notified_upto, |(sid, _, _)| *sid);
+                // Every notification up to `walked_to` was listed: what lies between the
+                // last one and it is none of the user's, so passed too (up to what settled).
+                match walked_to {
+                    Some(walked) if !unsettled => last.max(walked.min(settled)),
+                    _ => last,
+                }
+            }
         };
         let skipped = upto > progress.notified_upto && next.is_none();
         let payload = match next {

@@ -5,8 +5,10 @@
 //!
 //! Two tables, both written only under the room's lock (event persistence and receipts both
 //! take it), so their read-modify-writes never race:
-//! - [`NotificationsTable`] `(user, event position) → Notification`: every event that notified
-//!   the user, for `GET /notifications`.
+//! - [`NotifiedTable`] `(room, event position) → NotifiedEvent`: the users each event
+//!   notified and how, one row per event, for `GET /notifications`, push delivery and
+//!   recounts. One row per event rather than per user: a commit then writes one B-tree page
+//!   of it, not one page per member (each user's rows would sit in their own part of the tree).
 //! - [`CountsTable`] `(user, room) → RoomCounts`: the counts of the user's unread
 //!   notifications in the room (per thread), what `/sync` sends, and the read marks that say
 //!   which of the room's notifications are read. Absent: all of them are.
@@ -15,8 +17,8 @@
 //! event, a threaded one (`main` or a thread root) that thread up to its event. The user's own
 //! event reads what came before it in its thread (all threads for an event in the main
 //! timeline), and leaving a room reads all of it. A read moves a mark; it touches no
-//! per-notification row, so an event costs one row per notified user plus one counts row per
-//! user and commit (the counts of several events of one commit are merged).
+//! per-notification row, so an event costs one notifications row plus one counts row per
+//! notified user and commit (the counts of several events of one commit are merged).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -41,21 +43,78 @@ use crate::{
 use std::sync::Arc;
 
 table!(
-    /// `(user_id, event position) → Notification`: the events that notified the user, newest
-    /// last. Rows stay after they are read (`GET /notifications` shows them as read).
-    pub NotificationsTable: "notifications", (String, u64) => Notification
+    /// `(room_id, event position) → NotifiedEvent`: the local users the event notified.
+    /// Rows stay after they are read (`GET /notifications` shows them as read) until the
+    /// retention sweep.
+    pub NotifiedTable: "notified_events", (String, u64) => NotifiedEvent
 );
 table!(
     /// `(user_id, room_id) → RoomCounts`: the user's unread notifications in the room,
     /// counted, and the marks that tell them from the read ones. Absent: none is unread.
     pub CountsTable: "unread_counts", (String, String) => RoomCounts
 );
-table!(
-    /// Schema version 7 only: `(user_id, room_id, event position) → Unread`, one row per
-    /// unread notification. Replaced by [`ReadMarks`]; emptied by
-    /// [`convert_unread_rows`] at the first start on version 8.
-    LegacyUnreadTable: "unread", (String, String, u64) => Unread
-);
+
+/// The users one event notified. Invariant: each user is listed once, and every `actions`
+/// index is within `actions`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NotifiedEvent {
+    pub event_id: String,
+    /// `"main"` or the thread root's event id.
+    pub thread: String,
+    /// When the event was persisted, ms since the Unix epoch.
+    pub ts: u64,
+    /// The distinct push actions of its users, each as JSON (the spec's `actions` array):
+    /// most users share the same few.
+    pub actions: Vec<String>,
+    pub users: Vec<NotifiedUser>,
+}
+impl Record for NotifiedEvent {}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NotifiedUser {
+    pub user_id: String,
+    pub highlight: bool,
+    /// Index of the user's actions in [`NotifiedEvent::actions`].
+    pub actions: u32,
+}
+
+impl NotifiedEvent {
+    pub(super) fn add(&mut self, user_id: &str, highlight: bool, actions: String) {
+        let index = match self.actions.iter().position(|a| *a == actions) {
+            Some(i) => i,
+            None => {
+                self.actions.push(actions);
+                self.actions.len() - 1
+            }
+        };
+        self.users.push(NotifiedUser {
+            user_id: user_id.to_owned(),
+            highlight,
+            actions: u32::try_from(index).unwrap_or(u32::MAX),
+        });
+    }
+
+    pub fn of(&self, user: &str) -> Option<&NotifiedUser> {
+        self.users.iter().find(|u| u.user_id == user)
+    }
+
+    /// The notification of `user` (one of its users) as listed.
+    fn notification(&self, room_id: &str, user: &NotifiedUser) -> Notification {
+        let actions = usize::try_from(user.actions)
+            .ok()
+            .and_then(|i| self.actions.get(i))
+            .cloned()
+            .unwrap_or_else(|| "[]".to_owned());
+        Notification {
+            room_id: room_id.to_owned(),
+            event_id: self.event_id.clone(),
+            thread: self.thread.clone(),
+            highlight: user.highlight,
+            actions,
+            ts: self.ts,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Notification {
@@ -97,7 +156,7 @@ impl Counts {
         self.highlights += u64::from(highlight);
     }
 
-    fn is_zero(&self) -> bool {
+    pub(super) fn is_zero(&self) -> bool {
         self.notifications == 0 && self.highlights == 0
     }
 }
@@ -177,7 +236,7 @@ impl RoomCounts {
         (self.main, &self.threads, self.calls) == (other.main, &other.threads, other.calls)
     }
 
-    fn add(&mut self, sid: u64, row: &Unread) {
+    pub(super) fn add(&mut self, sid: u64, row: &Unread) {
         if self.total().is_zero() {
             self.marks = ReadMarks {
                 first: sid,
@@ -231,12 +290,17 @@ pub struct Recipient {
     pub display_name: String,
 }
 
-/// A page of `GET /notifications`: `(event position, notification, read)` newest first, and
-/// the position to continue from when more may follow.
-pub type Page = (Vec<(u64, Notification, bool)>, Option<u64>);
+/// A notification listed for a user: `(event position, notification, read)`.
+pub type Listed = (u64, Notification, bool);
+
+/// A page of `GET /notifications`, newest first, and the position to continue from when more
+/// may follow.
+pub type Page = (Vec<Listed>, Option<u64>);
 
 /// Bounds one scan of a user's unread rows in a room.
 const MAX_UNREAD_ROWS: usize = 1_000_000;
+/// Rows of one room a listing walks at most per request (`across_rooms`).
+const MAX_WALK: usize = 10_000;
 
 pub struct Notifications {
     store: Store,
@@ -282,29 +346,28 @@ impl Notifications {
         }
     }
 
-    /// The user's notifications after position `after`, oldest first, at most `limit`, each
-    /// with whether it was read.
+    /// The user's notifications in `rooms` after position `after`, oldest first, at most
+    /// `limit`, each with whether it was read; and, when the walk of a room stopped short,
+    /// the position up to which every notification of the user was looked at.
     pub fn after(
         &self,
         user_id: &UserId,
+        rooms: &[String],
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Notification, bool)>> {
-        let user = user_id.to_string();
-        let from = (user.clone(), after.saturating_add(1));
-        let rows = self.store.range_in_prefix::<NotificationsTable, _>(
-            &(user.as_str(),),
-            Some(&from),
-            false,
+    ) -> Result<(Vec<Listed>, Option<u64>)> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok((Vec::new(), None));
+        };
+        across_rooms(
+            &self.store,
+            user_id.as_str(),
+            rooms,
+            Walk::Up(from),
             limit,
-        )?;
-        let mut marks = MarksByRoom::new(&self.store, &user);
-        rows.into_iter()
-            .map(|((_, sid), row)| {
-                let read = marks.is_read(&row.room_id, sid, &row.thread)?;
-                Ok((sid, row, read))
-            })
-            .collect()
+            MAX_WALK,
+            |_| true,
+        )
     }
 
     /// The user's unread counts in a room.
@@ -350,6 +413,12 @@ impl Notifications {
             }
             let flat = FlattenedJson::from_raw(&Raw::<Value>::from_json(event.json.to_owned()));
             let mut rules = EventRules::new(&flat);
+            let mut notified = NotifiedEvent {
+                event_id: event.event_id.to_owned(),
+                thread: event.thread.clone(),
+                ts: now,
+                ..NotifiedEvent::default()
+            };
             let extra = invitee(event);
             for recipient in recipients.iter().chain(extra.as_ref()) {
                 if recipient.user_id == event.sender {
@@ -373,18 +442,8 @@ impl Notifications {
                     }
                 }
                 let highlight = actions.iter().any(Action::is_highlight);
-                let user = recipient.user_id.to_string();
-                batch.put::<NotificationsTable>(
-                    &(user, event.sid),
-                    &Notification {
-                        room_id: room_id.to_string(),
-                        event_id: event.event_id.to_owned(),
-                        thread: event.thread.clone(),
-                        highlight,
-                        actions: serde_json::to_string(&actions).unwrap_or_else(|_| "[]".into()),
-                        ts: now,
-                    },
-                );
+                let actions = serde_json::to_string(&actions).unwrap_or_else(|_| "[]".into());
+                notified.add(recipient.user_id.as_str(), highlight, actions);
                 counts.add(
                     &recipient.user_id,
                     event.sid,
@@ -394,6 +453,9 @@ impl Notifications {
                         call: event.kind == "m.call.invite",
                     },
                 )?;
+            }
+            if !notified.users.is_empty() {
+                batch.put::<NotifiedTable>(&(room_id.to_string(), event.sid), &notified);
             }
         }
         Ok(counts.stage(batch))
@@ -419,48 +481,34 @@ impl Notifications {
         Ok(changed.then_some(new))
     }
 
-    /// The user's notifications, newest first, before position `from` (all when `None`), at
-    /// most `limit`, only highlights when `highlights_only`. Each comes with whether it was
-    /// read, and the position to continue from when more may follow.
+    /// The user's notifications in `rooms`, newest first, before position `from` (all when
+    /// `None`), at most `limit`, only highlights when `highlights_only`. Each comes with
+    /// whether it was read, and the position to continue from when more may follow.
     pub fn list(
         &self,
         user_id: &UserId,
+        rooms: &[String],
         from: Option<u64>,
         limit: usize,
         highlights_only: bool,
     ) -> Result<Page> {
-        // Highlights-only pages skip rows; the walk is bounded all the same.
-        const MAX_WALK: usize = 10_000;
-        let user = user_id.to_string();
-        let mut out = Vec::new();
         let start = match from {
-            Some(0) => return Ok((out, None)),
+            Some(0) => return Ok((Vec::new(), None)),
             Some(from) => Some(from - 1),
             None => None,
         };
-        let mut marks = MarksByRoom::new(&self.store, &user);
-        let mut last_walked = None;
-        let mut full = false;
-        let ended = walk_notifications(
+        let (out, walked_to) = across_rooms(
             &self.store,
-            &user,
+            user_id.as_str(),
+            rooms,
             Walk::Down(start),
+            limit,
             MAX_WALK,
-            |sid, row| {
-                last_walked = Some(sid);
-                if highlights_only && !row.highlight {
-                    return Ok(true);
-                }
-                let read = marks.is_read(&row.room_id, sid, &row.thread)?;
-                out.push((sid, row, read));
-                full = out.len() == limit;
-                Ok(!full)
-            },
+            |u| !highlights_only || u.highlight,
         )?;
-        // A full page continues below its last notification; a walk cut short by its bound,
-        // below the last one it looked at.
-        let next = if full || !ended { last_walked } else { None };
-        Ok((out, next))
+        // A full page continues below its last notification; a walk cut short, below where
+        // it stopped: everything from there up was listed.
+        Ok((out, walked_to))
     }
 
     /// The user's unread notifications and unread call invites over all rooms (a push
@@ -475,67 +523,68 @@ impl Notifications {
     }
 }
 
-/// Turns schema version 7's unread rows into read marks, one user per commit: their unread
-/// rows go and the counts row of each of their rooms is rewritten with marks, so a crash
-/// part-way leaves every user either converted or as they were. One walk over the user's
-/// notifications serves all their rooms. Runs before the server takes requests. Returns the
-/// rooms converted.
-pub fn convert_unread_rows(store: &Store) -> Result<u64> {
-    let mut converted = 0;
-    // Bounded: every round deletes the unread rows of one user (up to MAX_UNREAD_ROWS).
-    loop {
-        let Some(((user, _, _), _)) = store
-            .range::<LegacyUnreadTable>(None, false, 1)?
-            .into_iter()
-            .next()
-        else {
-            if converted > 0 {
-                log::info!("unread counts: converted {converted} rooms to read marks");
+/// The user's notifications in `rooms` that `keep` keeps, in `walk`'s order from its start,
+/// at most `want`, with whether each was read. Each room is walked for at most `max_walk`
+/// rows (rows of events that did not notify the user, or that `keep` drops, count too). When
+/// a room's walk stops short, the result is cut to the positions it was walked past; and
+/// when more than `want` were found, to the first `want`. The position the result is
+/// complete up to (in `walk`'s direction) is returned too, when it was cut.
+fn across_rooms(
+    store: &Store,
+    user: &str,
+    rooms: &[String],
+    walk: Walk,
+    want: usize,
+    max_walk: usize,
+    keep: impl Fn(&NotifiedUser) -> bool,
+) -> Result<(Vec<Listed>, Option<u64>)> {
+    let down = matches!(walk, Walk::Down(_));
+    let mut found = Vec::new();
+    let mut walked_to: Option<u64> = None;
+    for room in rooms {
+        let mut kept = 0;
+        let mut last = None;
+        let ended = walk_room(store, room, walk.clone(), max_walk, |sid, event| {
+            last = Some(sid);
+            if let Some(u) = event.of(user).filter(|u| keep(u)) {
+                found.push((sid, room.as_str(), event.notification(room, u)));
+                kept += 1;
             }
-            return Ok(converted);
-        };
-        let rows = store.scan_prefix::<LegacyUnreadTable, _>(&(user.as_str(),), MAX_UNREAD_ROWS)?;
-        let mut batch = Batch::new();
-        // By room: the counts and the positions of its unread notifications.
-        let mut rooms: HashMap<String, (RoomCounts, std::collections::HashSet<u64>)> =
-            HashMap::new();
-        for ((_, room, sid), row) in &rows {
-            batch.delete::<LegacyUnreadTable>(&(user.clone(), room.clone(), *sid));
-            let (counts, unread) = rooms.entry(room.clone()).or_default();
-            counts.add(*sid, row);
-            unread.insert(*sid);
-        }
-        // A read notification after a room's oldest unread one was read by a read of its
-        // thread (in version 7 a thread's read notifications come before its unread ones):
-        // its thread's mark is the newest such position, past the newest unread one too.
-        let from = rooms
-            .values()
-            .map(|(c, _)| c.marks.first)
-            .min()
-            .unwrap_or(0);
-        walk_notifications(store, &user, Walk::Up(from), MAX_UNREAD_ROWS, |sid, n| {
-            if let Some((counts, unread)) = rooms.get_mut(&n.room_id) {
-                if sid > counts.marks.first && !unread.contains(&sid) {
-                    let mark = counts.marks.threads.entry(n.thread).or_insert(0);
-                    *mark = (*mark).max(sid);
-                }
-            }
-            Ok(true)
+            Ok(kept < want)
         })?;
-        for (room, (counts, _)) in rooms {
-            let key = (user.clone(), room);
-            if counts.total().is_zero() {
-                batch.delete::<CountsTable>(&key);
-            } else {
-                batch.put::<CountsTable>(&key, &counts);
-            }
-            converted += 1;
+        if let (false, Some(last)) = (ended, last) {
+            // The room's notifications past `last` are not known: nothing past it counts.
+            walked_to = Some(match walked_to {
+                Some(w) if down => w.max(last),
+                Some(w) => w.min(last),
+                None => last,
+            });
         }
-        store.commit_blocking(batch)?;
     }
+    if let Some(w) = walked_to {
+        found.retain(|(sid, _, _)| if down { *sid >= w } else { *sid <= w });
+    }
+    if down {
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    } else {
+        found.sort_by_key(|f| f.0);
+    }
+    if found.len() >= want {
+        found.truncate(want);
+        // Complete up to the last one kept, not further: some past it were dropped.
+        walked_to = found.last().map(|(sid, _, _)| *sid);
+    }
+    let mut marks = MarksByRoom::new(store, user);
+    let listed = found
+        .into_iter()
+        .map(|(sid, room, n)| Ok((sid, marks.is_read(room, sid, &n.thread)?, n)))
+        .map(|r: Result<_>| r.map(|(sid, read, n)| (sid, n, read)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((listed, walked_to))
 }
 
-/// Which way [`walk_notifications`] goes, and where it starts (inclusive).
+/// Which way [`walk_room`] goes, and where it starts (inclusive).
+#[derive(Clone)]
 enum Walk {
     /// Oldest first, from this position on.
     Up(u64),
@@ -543,40 +592,36 @@ enum Walk {
     Down(Option<u64>),
 }
 
-/// Calls `f` on the user's notifications in the order and from the position `walk` says, a
-/// page at a time, until it answers `false` or `max` of them were walked. Returns whether
+/// Calls `f` on the room's notified events in the order and from the position `walk` says,
+/// a page at a time, until it answers `false` or `max` of them were walked. Returns whether
 /// it walked to the end of them.
-fn walk_notifications(
+fn walk_room(
     store: &Store,
-    user: &str,
+    room: &str,
     walk: Walk,
     max: usize,
-    mut f: impl FnMut(u64, Notification) -> Result<bool>,
+    mut f: impl FnMut(u64, NotifiedEvent) -> Result<bool>,
 ) -> Result<bool> {
-    const PAGE: usize = 256;
+    const PAGE: usize = 64;
     let (mut next, reverse) = match walk {
         Walk::Up(from) => (Some(from), false),
         Walk::Down(from) => (from, true),
     };
     let mut walked = 0;
     while walked < max {
-        let key = next.map(|sid| (user.to_owned(), sid));
+        let key = next.map(|sid| (room.to_owned(), sid));
         let want = PAGE.min(max - walked);
-        let rows = store.range_in_prefix::<NotificationsTable, _>(
-            &(user,),
-            key.as_ref(),
-            reverse,
-            want,
-        )?;
+        let rows =
+            store.range_in_prefix::<NotifiedTable, _>(&(room,), key.as_ref(), reverse, want)?;
         let short = rows.len() < want;
-        for ((_, sid), n) in rows {
+        for ((_, sid), event) in rows {
             walked += 1;
             next = if reverse {
                 sid.checked_sub(1)
             } else {
                 sid.checked_add(1)
             };
-            if !f(sid, n)? {
+            if !f(sid, event)? {
                 return Ok(false);
             }
             if next.is_none() {
@@ -604,10 +649,6 @@ impl<'a> MarksByRoom<'a> {
             user: user.to_owned(),
             rooms: HashMap::new(),
         }
-    }
-
-    pub(super) fn user(&self) -> &str {
-        &self.user
     }
 
     pub(super) fn is_read(&mut self, room_id: &str, sid: u64, thread: &str) -> Result<bool> {
@@ -691,24 +732,27 @@ impl<'a> CountsOverlay<'a> {
     fn recount(&self, user_id: &UserId, marks: ReadMarks) -> Result<RoomCounts> {
         let mut unread = Vec::new();
         let user = user_id.as_str();
-        walk_notifications(
+        walk_room(
             self.store,
-            user,
+            &self.room_id,
             Walk::Up(marks.first),
             MAX_UNREAD_ROWS,
-            |sid, n| {
+            |sid, event| {
                 if sid > marks.last {
                     return Ok(false);
                 }
-                if n.room_id == self.room_id && !marks.covers(sid, &n.thread) {
+                let Some(u) = event.of(user) else {
+                    return Ok(true);
+                };
+                if !marks.covers(sid, &event.thread) {
                     // Whether it was a call invite is the event's type (a remote invite has none).
                     let call = self
                         .store
                         .get::<EventMetaTable>(&sid)?
                         .is_some_and(|meta| meta.kind == "m.call.invite");
                     let row = Unread {
-                        thread: n.thread,
-                        highlight: n.highlight,
+                        thread: event.thread.clone(),
+                        highlight: u.highlight,
                         call,
                     };
                     unread.push((sid, row));
@@ -764,96 +808,94 @@ mod tests {
     use super::*;
     use crate::store::EngineKind;
 
-    fn notification(room: &str, thread: &str, highlight: bool) -> Notification {
-        Notification {
-            room_id: room.into(),
-            event_id: "$e".into(),
-            thread: thread.into(),
-            highlight,
-            actions: "[]".into(),
-            ts: 0,
-        }
-    }
-
-    fn unread(thread: &str, highlight: bool) -> Unread {
-        Unread {
-            thread: thread.into(),
-            highlight,
-            call: false,
-        }
-    }
-
-    /// Version-7 rows become marks that read exactly what the unread rows said was read.
+    /// Listing across rooms, walking each for only a few rows at a time, pages through every
+    /// notification of the user once, in order, both ways: a busy room where the user is
+    /// rarely notified cuts a page short instead of letting other rooms' older
+    /// notifications jump ahead of its unwalked ones.
     #[test]
-    fn unread_rows_convert_to_marks() {
+    fn listing_across_rooms_in_short_walks_misses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), EngineKind::Redb, 1 << 20).unwrap();
-        let (u, r, other) = ("@u:x".to_owned(), "!r:x".to_owned(), "!o:x".to_owned());
         let mut b = Batch::new();
-        // In !r: 9 read, 10 unread (highlight), 11 read by a receipt in thread $t, 12 unread,
-        // 13 in !o unread, 14 read by a receipt in thread $u.
-        for (sid, room, thread, hl) in [
-            (9, &r, "main", false),
-            (10, &r, "main", true),
-            (11, &r, "$t", false),
-            (12, &r, "main", false),
-            (13, &other, "main", false),
-            (14, &r, "$u", false),
-        ] {
-            b.put::<NotificationsTable>(&(u.clone(), sid), &notification(room, thread, hl));
-        }
-        b.put::<LegacyUnreadTable>(&(u.clone(), r.clone(), 10), &unread("main", true));
-        b.put::<LegacyUnreadTable>(&(u.clone(), r.clone(), 12), &unread("main", false));
-        b.put::<LegacyUnreadTable>(&(u.clone(), other.clone(), 13), &unread("main", false));
-        // Another user in !r: 15 unread, 16 read in thread $t.
-        let v = "@v:x".to_owned();
-        b.put::<NotificationsTable>(&(v.clone(), 15), &notification(&r, "main", false));
-        b.put::<NotificationsTable>(&(v.clone(), 16), &notification(&r, "$t", false));
-        b.put::<LegacyUnreadTable>(&(v.clone(), r.clone(), 15), &unread("main", false));
-        store.commit_blocking(b).unwrap();
-
-        assert_eq!(convert_unread_rows(&store).unwrap(), 3);
-        let theirs = store
-            .get::<CountsTable>(&(v.clone(), r.clone()))
-            .unwrap()
-            .unwrap();
-        assert_eq!(theirs.total().notifications, 1);
-        assert!(is_read(Some(&theirs), 16, "$t") && !is_read(Some(&theirs), 15, "main"));
-        let counts = store
-            .get::<CountsTable>(&(u.clone(), r.clone()))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            counts.main,
-            Counts {
-                notifications: 2,
-                highlights: 1
+        let mut put = |room: &str, sid: u64, users: &[&str]| {
+            let mut event = NotifiedEvent {
+                event_id: format!("${sid}"),
+                thread: "main".into(),
+                ..NotifiedEvent::default()
+            };
+            for user in users {
+                event.add(user, false, "[\"notify\"]".into());
             }
-        );
-        for (sid, thread, read) in [
-            (9, "main", true),
-            (10, "main", false),
-            (11, "$t", true),
-            (12, "main", false),
-            // Read by a read of its thread, past the newest unread notification.
-            (14, "$u", true),
-        ] {
-            assert_eq!(is_read(Some(&counts), sid, thread), read, "{sid}");
+            b.put::<NotifiedTable>(&(room.to_owned(), sid), &event);
+        };
+        let mut mine = Vec::new();
+        for sid in [1, 5, 9, 13] {
+            put("!a", sid, &["@alice:x", "@bob:x"]);
+            mine.push(sid);
         }
-        let counts = store
-            .get::<CountsTable>(&(u.clone(), other))
-            .unwrap()
-            .unwrap();
-        assert_eq!(counts.total().notifications, 1);
-        assert!(store
-            .range::<LegacyUnreadTable>(None, false, 10)
-            .unwrap()
-            .is_empty());
-        assert_eq!(
-            convert_unread_rows(&store).unwrap(),
-            0,
-            "nothing left to do"
-        );
+        for sid in 2..=40 {
+            if sid % 4 == 2 || sid % 4 == 0 {
+                put(
+                    "!m",
+                    sid,
+                    if sid == 10 || sid == 30 {
+                        &["@bob:x", "@alice:x"]
+                    } else {
+                        &["@bob:x"]
+                    },
+                );
+            }
+        }
+        mine.extend([10, 30]);
+        for sid in [3, 23, 35] {
+            put("!b", sid, &["@alice:x"]);
+            mine.push(sid);
+        }
+        store.commit_blocking(b).unwrap();
+        mine.sort_unstable();
+        let rooms: Vec<String> = ["!a", "!b", "!m"].map(String::from).to_vec();
+        for want in [1, 2, 3, 20] {
+            let mut down = Vec::new();
+            let mut start = None;
+            for _ in 0..100 {
+                let (page, walked_to) = across_rooms(
+                    &store,
+                    "@alice:x",
+                    &rooms,
+                    Walk::Down(start),
+                    want,
+                    4,
+                    |_| true,
+                )
+                .unwrap();
+                assert!(page.len() <= want);
+                down.extend(page.iter().map(|(sid, _, _)| *sid));
+                match walked_to {
+                    Some(w) if w > 1 => start = Some(w - 1),
+                    _ => break,
+                }
+            }
+            assert_eq!(
+                down,
+                mine.iter().rev().copied().collect::<Vec<_>>(),
+                "down {want}"
+            );
+            let mut up = Vec::new();
+            let mut from = 1;
+            for _ in 0..100 {
+                let (page, walked_to) =
+                    across_rooms(&store, "@alice:x", &rooms, Walk::Up(from), want, 4, |_| {
+                        true
+                    })
+                    .unwrap();
+                up.extend(page.iter().map(|(sid, _, _)| *sid));
+                match walked_to {
+                    Some(w) => from = w + 1,
+                    None => break,
+                }
+            }
+            assert_eq!(up, mine, "up {want}");
+        }
     }
 
     /// Marks move forward only, and only past what is unread.

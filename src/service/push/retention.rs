@@ -1,12 +1,13 @@
 //! Retention of the notifications list: read notifications older than [`KEEP_READ_MS`] are
-//! deleted, so `notifications` does not grow for ever. Unread ones stay (they still count and
-//! may still be delivered); their rows go once read and old enough.
+//! deleted, so `notified_events` does not grow for ever. Unread ones stay (they still count
+//! and may still be delivered); they go once read and old enough. An event's row loses the
+//! users who read it, and goes when none is left.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use tokio::sync::watch;
 
-use super::notifications::{MarksByRoom, NotificationsTable};
+use super::notifications::{MarksByRoom, NotifiedTable};
 use crate::{
     error::Result,
     service::users::now_ms,
@@ -21,34 +22,48 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(6 * 3600);
 const PAGE: usize = 1000;
 
 /// Deletes read notifications persisted before `cutoff` (ms since the epoch). Returns how
-/// many. Walks the whole table a page at a time; each page is its own batch, so a crash
-/// mid-way leaves only some deletions done, never a half-written row.
+/// many (one per user and event). Walks the whole table a page at a time; each page is its
+/// own batch, so a crash mid-way leaves only some deletions done, never a half-written row.
 pub async fn sweep(store: &Store, cutoff: u64) -> Result<usize> {
     let mut deleted = 0;
     let mut from: Option<(String, u64)> = None;
-    let mut marks: Option<MarksByRoom<'_>> = None;
+    let mut marks: HashMap<String, MarksByRoom<'_>> = HashMap::new();
     loop {
-        let rows = store.range::<NotificationsTable>(from.as_ref(), false, PAGE)?;
+        let rows = store.range::<NotifiedTable>(from.as_ref(), false, PAGE)?;
         let done = rows.len() < PAGE;
         let mut batch = Batch::new();
-        for ((user, sid), row) in &rows {
+        for ((room, sid), row) in &rows {
             if row.ts >= cutoff {
                 continue;
             }
-            let marks = match &mut marks {
-                Some(m) if m.user() == user => m,
-                _ => marks.insert(MarksByRoom::new(store, user)),
-            };
-            if marks.is_read(&row.room_id, *sid, &row.thread)? {
-                batch.delete::<NotificationsTable>(&(user.clone(), *sid));
-                deleted += 1;
+            let mut kept = row.clone();
+            kept.users.clear();
+            for user in &row.users {
+                let marks = marks
+                    .entry(user.user_id.clone())
+                    .or_insert_with(|| MarksByRoom::new(store, &user.user_id));
+                if marks.is_read(room, *sid, &row.thread)? {
+                    deleted += 1;
+                } else {
+                    kept.users.push(user.clone());
+                }
+            }
+            let key = (room.clone(), *sid);
+            if kept.users.is_empty() {
+                batch.delete::<NotifiedTable>(&key);
+            } else if kept.users.len() < row.users.len() {
+                // Rows are written once, with their event, and only this sweep rewrites
+                // them: nothing changed this one since it was read.
+                batch.put::<NotifiedTable>(&key, &kept);
             }
         }
+        // The read marks change with receipts: read again for each page.
+        marks.clear();
         if !batch.is_empty() {
             store.commit(batch).await?;
         }
         match rows.last() {
-            Some(((user, sid), _)) if !done => from = Some((user.clone(), sid + 1)),
+            Some(((room, sid), _)) if !done => from = Some((room.clone(), sid + 1)),
             _ => return Ok(deleted),
         }
     }

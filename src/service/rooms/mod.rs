@@ -494,6 +494,24 @@ impl Rooms {
             .collect())
     }
 
+    /// Every room the user may have notifications in (`push::notifications`): each room
+    /// they have a membership in, and each room a remote invite record of theirs names.
+    pub fn notification_rooms(&self, user_id: &UserId) -> Result<Vec<String>> {
+        let mut rooms: Vec<String> = self
+            .memberships_of(user_id)?
+            .into_iter()
+            .map(|(room, _, _)| room.to_string())
+            .chain(
+                self.remote_invites_of(user_id)?
+                    .into_iter()
+                    .map(|(room, _)| room.to_string()),
+            )
+            .collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        Ok(rooms)
+    }
+
     /// Members of a room with their current membership.
     pub fn members(&self, room_sid: u64) -> Result<Vec<(String, String)>> {
         let rows = self
