@@ -14,8 +14,14 @@
 //!    room each, messages offered at M' per second (default 100) round-robin over the rooms.
 //! 3. `idle sync, K rooms`: a user in K rooms (default 50, 20 messages each) syncs with nothing
 //!    new (`timeout=0`), over and over: server CPU per sync.
+//! 3b. `initial sync, K rooms`: the same user syncs from scratch (20 times, before the idle
+//!    syncs): latency and server CPU per sync.
 //! 4. `send, S senders x Q rooms`: closed-loop senders (default 64 over 16 rooms, then 64 in
 //!    one room): durable events/s and server CPU per event.
+//! 5. `paginate`: a member of that one room pages back through all of it with `/messages`
+//!    (100 events a page; runs with `send`).
+//!
+//! Each row ends with the server's peak RSS so far.
 //!
 //! Idle RSS after start, peak RSS (`VmHWM`) at the end and RSS 12 s after the benchmark's
 //! connections closed (the server gives freed memory back every 10 s) close the report. The server allows
@@ -27,7 +33,7 @@
 //!  [--spread-receivers R'] [--spread-rooms N] [--spread-rate M'] [--idle-rooms K]
 //!  [--senders S] [--send-rooms Q] [--events E] [--cache-mb C] [--only PHASES] [--server PATH]`
 //!
-//! `--only` takes a comma-separated subset of `fanout,spread,idle,send`. To profile a phase,
+//! `--only` takes a comma-separated subset of `fanout,spread,idle,send,paginate`. To profile a phase,
 //! run `perf record -g -p <pid>` on the printed server pid while it runs.
 
 use std::{
@@ -73,7 +79,7 @@ fn args() -> Args {
         send_rooms: 16,
         events: 10_000,
         cache_mb: None,
-        only: ["fanout", "spread", "idle", "send"]
+        only: ["fanout", "spread", "idle", "send", "paginate"]
             .map(String::from)
             .to_vec(),
         server,
@@ -133,6 +139,10 @@ impl Server {
 
     fn status_kib(&self, field: &str) -> u64 {
         status_kib(self.pid, field)
+    }
+
+    fn peak_mib(&self) -> f64 {
+        self.status_kib("VmHWM:") as f64 / 1024.0
     }
 
     async fn call(
@@ -260,22 +270,24 @@ struct Row {
     p99: f64,
     max: f64,
     cpu_per: String,
+    /// The server's peak RSS (`VmHWM`) at the end of the phase, MiB.
+    peak_mib: f64,
 }
 
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| {:<34} | {:>15} | {:>12} | {:>8} | {:>8} | {:>8} | {:>22} |",
-        "phase", "count", "rate", "p50 ms", "p99 ms", "max ms", "server CPU"
+        "| {:<34} | {:>15} | {:>12} | {:>8} | {:>8} | {:>8} | {:>22} | {:>8} |",
+        "phase", "count", "rate", "p50 ms", "p99 ms", "max ms", "server CPU", "peak MiB"
     );
     println!(
-        "|{:-<36}|{:->17}|{:->14}|{:->10}|{:->10}|{:->10}|{:->24}|",
-        "", "", "", "", "", "", ""
+        "|{:-<36}|{:->17}|{:->14}|{:->10}|{:->10}|{:->10}|{:->24}|{:->10}|",
+        "", "", "", "", "", "", "", ""
     );
     for row in rows {
         println!(
-            "| {:<34} | {:>15} | {:>12} | {:>8.2} | {:>8.2} | {:>8.2} | {:>22} |",
-            row.phase, row.count, row.rate, row.p50, row.p99, row.max, row.cpu_per
+            "| {:<34} | {:>15} | {:>12} | {:>8.2} | {:>8.2} | {:>8.2} | {:>22} | {:>8.1} |",
+            row.phase, row.count, row.rate, row.p50, row.p99, row.max, row.cpu_per, row.peak_mib
         );
     }
 }
@@ -370,6 +382,7 @@ async fn fanout(
         p50: percentile(&all, 0.50),
         p99: percentile(&all, 0.99),
         max: percentile(&all, 1.0),
+        peak_mib: server.peak_mib(),
         cpu_per: format!(
             "{:.3} ms/delivery",
             cpu.as_secs_f64() * 1000.0 / all.len().max(1) as f64
@@ -377,8 +390,9 @@ async fn fanout(
     }
 }
 
-/// A user in `room_count` rooms (20 messages each) syncs with nothing new, repeatedly.
-async fn idle_sync(server: &Arc<Server>, room_count: usize) -> Row {
+/// A user in `room_count` rooms (20 messages each) syncs from scratch a few times, then with
+/// nothing new, repeatedly: a row for each.
+async fn idle_sync(server: &Arc<Server>, room_count: usize) -> [Row; 2] {
     let token = server.register("idle-syncer").await;
     for r in 0..room_count {
         let room = server.create_room(&token).await;
@@ -389,8 +403,42 @@ async fn idle_sync(server: &Arc<Server>, room_count: usize) -> Row {
                 .await;
         }
     }
-    let initial = server.sync(&token, None, 0).await;
-    let since = initial["next_batch"].as_str().expect("token").to_owned();
+    // Initial syncs first (a new device, or a client that lost its token).
+    let initial_syncs = 20;
+    let mut latencies = Vec::with_capacity(initial_syncs);
+    let cpu_before = server.cpu();
+    let started = Instant::now();
+    let mut since = String::new();
+    for _ in 0..initial_syncs {
+        let sent = Instant::now();
+        let body = server.sync(&token, None, 0).await;
+        latencies.push(sent.elapsed());
+        assert_eq!(
+            body["rooms"]["join"].as_object().map(|j| j.len()),
+            Some(room_count),
+            "every room in an initial sync"
+        );
+        since = body["next_batch"].as_str().expect("token").to_owned();
+    }
+    let elapsed = started.elapsed();
+    let cpu = server.cpu().saturating_sub(cpu_before);
+    latencies.sort();
+    let initial = Row {
+        phase: format!("initial sync, {room_count} rooms"),
+        count: format!("{initial_syncs} syncs"),
+        rate: format!(
+            "{:.1} syncs/s",
+            initial_syncs as f64 / elapsed.as_secs_f64()
+        ),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        max: percentile(&latencies, 1.0),
+        peak_mib: server.peak_mib(),
+        cpu_per: format!(
+            "{:.2} ms/sync",
+            cpu.as_secs_f64() * 1000.0 / initial_syncs as f64
+        ),
+    };
     let syncs = 1000;
     let mut latencies = Vec::with_capacity(syncs);
     let cpu_before = server.cpu();
@@ -404,15 +452,17 @@ async fn idle_sync(server: &Arc<Server>, room_count: usize) -> Row {
     let elapsed = started.elapsed();
     let cpu = server.cpu().saturating_sub(cpu_before);
     latencies.sort();
-    Row {
+    let idle = Row {
         phase: format!("idle sync, {room_count} rooms"),
         count: format!("{syncs} syncs"),
         rate: format!("{:.0} syncs/s", syncs as f64 / elapsed.as_secs_f64()),
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         max: percentile(&latencies, 1.0),
+        peak_mib: server.peak_mib(),
         cpu_per: format!("{:.3} ms/sync", cpu.as_secs_f64() * 1000.0 / syncs as f64),
-    }
+    };
+    [initial, idle]
 }
 
 /// `senders` closed-loop senders over `room_count` rooms send `events` messages in total.
@@ -422,7 +472,7 @@ async fn send_throughput(
     senders: usize,
     room_count: usize,
     events: usize,
-) -> Row {
+) -> (Row, String, String) {
     let mut tokens = Vec::new();
     for i in 0..senders {
         tokens.push(server.register(&format!("{tag}-s{i}")).await);
@@ -436,6 +486,7 @@ async fn send_throughput(
         server.join(token, &rooms[i % room_count]).await;
     }
     let per_sender = events / senders;
+    let (first_room, first_token) = (rooms[0].clone(), tokens[0].clone());
     let cpu_before = server.cpu();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -464,17 +515,60 @@ async fn send_throughput(
     let elapsed = started.elapsed();
     let cpu = server.cpu().saturating_sub(cpu_before);
     all.sort();
-    Row {
+    let row = Row {
         phase: format!("send, {senders} senders x {room_count} rooms"),
         count: format!("{} events", all.len()),
         rate: format!("{:.0} ev/s", all.len() as f64 / elapsed.as_secs_f64()),
         p50: percentile(&all, 0.50),
         p99: percentile(&all, 0.99),
         max: percentile(&all, 1.0),
+        peak_mib: server.peak_mib(),
         cpu_per: format!(
             "{:.3} ms/event",
             cpu.as_secs_f64() * 1000.0 / all.len().max(1) as f64
         ),
+    };
+    (row, first_room, first_token)
+}
+
+/// A member pages backwards through a whole room's history (`/messages`, 100 events a
+/// page, from the newest).
+async fn paginate(server: &Arc<Server>, token: &str, room: &str) -> Row {
+    let mut latencies = Vec::new();
+    let mut events = 0;
+    let mut from: Option<String> = None;
+    let cpu_before = server.cpu();
+    let started = Instant::now();
+    for _ in 0..1000 {
+        let mut path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100");
+        if let Some(from) = &from {
+            path.push_str(&format!("&from={}", urlencode(from)));
+        }
+        let sent = Instant::now();
+        let page = server
+            .call(reqwest::Method::GET, &path, Some(token), json!({}))
+            .await;
+        latencies.push(sent.elapsed());
+        let chunk = page["chunk"].as_array().map_or(0, Vec::len);
+        events += chunk;
+        match page["end"].as_str() {
+            Some(end) if chunk > 0 => from = Some(end.to_owned()),
+            _ => break,
+        }
+    }
+    let elapsed = started.elapsed();
+    let cpu = server.cpu().saturating_sub(cpu_before);
+    let pages = latencies.len();
+    latencies.sort();
+    Row {
+        phase: "paginate 1 room, 100 per page".to_owned(),
+        count: format!("{events} events"),
+        rate: format!("{:.0} ev/s", events as f64 / elapsed.as_secs_f64()),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        max: percentile(&latencies, 1.0),
+        peak_mib: server.peak_mib(),
+        cpu_per: format!("{:.2} ms/page", cpu.as_secs_f64() * 1000.0 / pages as f64),
     }
 }
 
@@ -570,13 +664,18 @@ async fn main() {
         rows.push(row);
     }
     if wanted("idle") {
-        rows.push(idle_sync(&server, args.idle_rooms).await);
+        rows.extend(idle_sync(&server, args.idle_rooms).await);
     }
     if wanted("send") {
-        rows.push(
-            send_throughput(&server, "many", args.senders, args.send_rooms, args.events).await,
-        );
-        rows.push(send_throughput(&server, "one", args.senders, 1, args.events / 2).await);
+        let (row, _, _) =
+            send_throughput(&server, "many", args.senders, args.send_rooms, args.events).await;
+        rows.push(row);
+        let (row, room, token) =
+            send_throughput(&server, "one", args.senders, 1, args.events / 2).await;
+        rows.push(row);
+        if wanted("paginate") {
+            rows.push(paginate(&server, &token, &room).await);
+        }
     }
     print_table(&rows);
     println!(
