@@ -14,8 +14,8 @@
 //!    room each, messages offered at M' per second (default 100) round-robin over the rooms.
 //! 3. `idle sync, K rooms`: a user in K rooms (default 50, 20 messages each) syncs with nothing
 //!    new (`timeout=0`), over and over: server CPU per sync.
-//! 3b. `initial sync, K rooms`: the same user syncs from scratch (20 times, before the idle
-//!    syncs): latency and server CPU per sync.
+//!    Before those, the same user syncs from scratch 20 times (`initial sync, K rooms`):
+//!    latency and server CPU per sync.
 //! 4. `send, S senders x Q rooms`: closed-loop senders (default 64 over 16 rooms, then 64 in
 //!    one room): durable events/s and server CPU per event.
 //! 5. `paginate`: a member of that one room pages back through all of it with `/messages`
