@@ -10,6 +10,8 @@
 //! it parses as a `FilterDefinition`, so downloading it returns exactly what was uploaded,
 //! including keys this server does not know; [`Filters::get`] parses it for use.
 
+use std::{collections::HashMap, sync::Mutex};
+
 use ruma::{api::client::filter::FilterDefinition, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -33,7 +35,14 @@ const ALLOCATION_ATTEMPTS: usize = 16;
 
 pub struct Filters {
     store: Store,
+    /// Filters parsed lately, by their JSON text: a client sends the same filter (inline or
+    /// by id) with every sync, and parsing and checking it cost more than the clone. At most
+    /// [`PARSED_KEPT`] entries (emptied when full). The lock guards only the map.
+    parsed: Mutex<HashMap<Box<[u8]>, FilterDefinition>>,
 }
+
+/// Parsed filters kept at most.
+const PARSED_KEPT: usize = 256;
 
 /// The numeric id of a filter id string, `None` for anything `create` never hands out
 /// (including non-canonical forms such as `01` or `+1`).
@@ -165,7 +174,36 @@ fn check_object(
 
 impl Filters {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            parsed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `text` parsed by `parse`, or its earlier parse when it was seen lately (a parse
+    /// depends on the text alone). Errors are not kept.
+    fn cached(
+        &self,
+        text: &[u8],
+        parse: impl FnOnce(&[u8]) -> Result<FilterDefinition>,
+    ) -> Result<FilterDefinition> {
+        let lock = || self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(filter) = lock().get(text) {
+            return Ok(filter.clone());
+        }
+        let filter = parse(text)?;
+        let mut parsed = lock();
+        if parsed.len() >= PARSED_KEPT {
+            parsed.clear();
+        }
+        parsed.insert(text.into(), filter.clone());
+        Ok(filter)
+    }
+
+    /// An inline filter (`/sync`'s `filter` parameter) parsed and checked as
+    /// [`parse_filter`] does.
+    pub fn inline(&self, text: &str) -> Result<FilterDefinition> {
+        self.cached(text.as_bytes(), |text| Ok(parse_filter(text)?.1))
     }
 
     /// Checks the uploaded JSON `content` (see [`normalize_filter`]), stores it under the next
@@ -211,9 +249,11 @@ impl Filters {
         let Some(bytes) = self.get_json(user_id, filter_id)? else {
             return Ok(None);
         };
-        let filter = serde_json::from_slice(&bytes).map_err(|e| {
-            log::error!("corrupt filter {filter_id} of {user_id}: {e}");
-            Error::unknown("Internal storage error")
+        let filter = self.cached(&bytes, |bytes| {
+            serde_json::from_slice(bytes).map_err(|e| {
+                log::error!("corrupt filter {filter_id} of {user_id}: {e}");
+                Error::unknown("Internal storage error")
+            })
         })?;
         Ok(Some(filter))
     }
@@ -221,7 +261,45 @@ impl Filters {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_id;
+    use super::{parse_id, Filters, PARSED_KEPT};
+    use crate::store::{EngineKind, Store};
+
+    /// The parsed-filter cache answers each text with its own parse, keeps no error, and
+    /// stays bounded.
+    #[test]
+    fn inline_filters_are_cached_by_their_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), EngineKind::Redb, 1 << 20).unwrap();
+        let filters = Filters::new(store);
+        let limit = |text: &str| {
+            filters
+                .inline(text)
+                .unwrap()
+                .room
+                .timeline
+                .limit
+                .map(u64::from)
+        };
+        for _ in 0..2 {
+            assert_eq!(limit(r#"{"room":{"timeline":{"limit":5}}}"#), Some(5));
+            assert_eq!(limit(r#"{"room":{"timeline":{"limit":7}}}"#), Some(7));
+            assert_eq!(limit("{}"), None);
+            // Refused every time, not remembered as something else.
+            assert!(filters
+                .inline(r#"{"room":{"timeline":{"limit":"x"}}}"#)
+                .is_err());
+        }
+        for n in 0..(PARSED_KEPT * 2) {
+            assert_eq!(
+                limit(&format!(
+                    r#"{{"room":{{"timeline":{{"limit":{}}}}}}}"#,
+                    n + 1
+                )),
+                Some(n as u64 + 1)
+            );
+        }
+        assert!(filters.parsed.lock().unwrap().len() <= PARSED_KEPT);
+    }
 
     #[test]
     fn only_canonical_ids_parse() {

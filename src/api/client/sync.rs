@@ -80,9 +80,7 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
     drop(incoming);
     let filter = match query.filter.as_deref() {
         None => FilterDefinition::default(),
-        Some(inline) if inline.trim_start().starts_with('{') => {
-            crate::service::filters::parse_filter(inline.as_bytes())?.1
-        }
+        Some(inline) if inline.trim_start().starts_with('{') => services.filters.inline(inline)?,
         Some(id) => services
             .filters
             .get(&me.user_id, id)?
