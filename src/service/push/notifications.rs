@@ -37,7 +37,7 @@ use super::rules_eval::EventRules;
 use crate::{
     error::Result,
     service::rooms::EventMetaTable,
-    store::{Batch, Record, Store},
+    store::{Batch, Raw as StoredBytes, Record, Store, StoreError, Table},
     table,
 };
 use std::sync::Arc;
@@ -97,20 +97,52 @@ impl NotifiedEvent {
     pub fn of(&self, user: &str) -> Option<&NotifiedUser> {
         self.users.iter().find(|u| u.user_id == user)
     }
+}
+
+table!(
+    /// [`NotifiedTable`]'s rows as stored, for walks that decode them borrowed
+    /// ([`NotifiedEventRef`]).
+    NotifiedRows: "notified_events", (String, u64) => StoredBytes
+);
+
+/// A [`NotifiedEvent`] decoded borrowed from its stored bytes (the same postcard layout,
+/// field for field): a walk over a big room's rows then allocates no user id it passes over.
+#[derive(Debug, Deserialize)]
+struct NotifiedEventRef<'a> {
+    event_id: &'a str,
+    thread: &'a str,
+    ts: u64,
+    #[serde(borrow)]
+    actions: Vec<&'a str>,
+    #[serde(borrow)]
+    users: Vec<NotifiedUserRef<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NotifiedUserRef<'a> {
+    user_id: &'a str,
+    highlight: bool,
+    actions: u32,
+}
+
+impl<'a> NotifiedEventRef<'a> {
+    fn of(&self, user: &str) -> Option<&NotifiedUserRef<'a>> {
+        self.users.iter().find(|u| u.user_id == user)
+    }
 
     /// The notification of `user` (one of its users) as listed.
-    fn notification(&self, room_id: &str, user: &NotifiedUser) -> Notification {
+    fn notification(&self, room_id: &str, user: &NotifiedUserRef<'_>) -> Notification {
         let actions = usize::try_from(user.actions)
             .ok()
             .and_then(|i| self.actions.get(i))
-            .cloned()
-            .unwrap_or_else(|| "[]".to_owned());
+            .copied()
+            .unwrap_or("[]");
         Notification {
             room_id: room_id.to_owned(),
-            event_id: self.event_id.clone(),
-            thread: self.thread.clone(),
+            event_id: self.event_id.to_owned(),
+            thread: self.thread.to_owned(),
             highlight: user.highlight,
-            actions,
+            actions: actions.to_owned(),
             ts: self.ts,
         }
     }
@@ -536,7 +568,7 @@ fn across_rooms(
     walk: Walk,
     want: usize,
     max_walk: usize,
-    keep: impl Fn(&NotifiedUser) -> bool,
+    keep: impl Fn(&NotifiedUserRef<'_>) -> bool,
 ) -> Result<(Vec<Listed>, Option<u64>)> {
     let down = matches!(walk, Walk::Down(_));
     let mut found = Vec::new();
@@ -600,7 +632,7 @@ fn walk_room(
     room: &str,
     walk: Walk,
     max: usize,
-    mut f: impl FnMut(u64, NotifiedEvent) -> Result<bool>,
+    mut f: impl FnMut(u64, &NotifiedEventRef<'_>) -> Result<bool>,
 ) -> Result<bool> {
     const PAGE: usize = 64;
     let (mut next, reverse) = match walk {
@@ -612,16 +644,21 @@ fn walk_room(
         let key = next.map(|sid| (room.to_owned(), sid));
         let want = PAGE.min(max - walked);
         let rows =
-            store.range_in_prefix::<NotifiedTable, _>(&(room,), key.as_ref(), reverse, want)?;
+            store.range_in_prefix::<NotifiedRows, _>(&(room,), key.as_ref(), reverse, want)?;
         let short = rows.len() < want;
-        for ((_, sid), event) in rows {
+        for ((_, sid), StoredBytes(bytes)) in rows {
+            let event: NotifiedEventRef<'_> =
+                postcard::from_bytes(&bytes).map_err(|e| StoreError::Corrupt {
+                    table: NotifiedRows::NAME,
+                    detail: e.to_string(),
+                })?;
             walked += 1;
             next = if reverse {
                 sid.checked_sub(1)
             } else {
                 sid.checked_add(1)
             };
-            if !f(sid, event)? {
+            if !f(sid, &event)? {
                 return Ok(false);
             }
             if next.is_none() {
@@ -744,14 +781,14 @@ impl<'a> CountsOverlay<'a> {
                 let Some(u) = event.of(user) else {
                     return Ok(true);
                 };
-                if !marks.covers(sid, &event.thread) {
+                if !marks.covers(sid, event.thread) {
                     // Whether it was a call invite is the event's type (a remote invite has none).
                     let call = self
                         .store
                         .get::<EventMetaTable>(&sid)?
                         .is_some_and(|meta| meta.kind == "m.call.invite");
                     let row = Unread {
-                        thread: event.thread.clone(),
+                        thread: event.thread.to_owned(),
                         highlight: u.highlight,
                         call,
                     };
@@ -807,6 +844,53 @@ impl<'a> CountsOverlay<'a> {
 mod tests {
     use super::*;
     use crate::store::EngineKind;
+
+    /// The borrowed view decodes what the owned row encodes, field for field.
+    #[test]
+    fn the_borrowed_row_reads_the_stored_layout() {
+        let mut event = NotifiedEvent {
+            event_id: "$e".into(),
+            thread: "$root".into(),
+            ts: 1_700_000_000_000,
+            ..NotifiedEvent::default()
+        };
+        event.add(
+            "@a:x",
+            true,
+            "[\"notify\",{\"set_tweak\":\"highlight\"}]".into(),
+        );
+        event.add("@b:x", false, "[\"notify\"]".into());
+        event.add(
+            "@c:x",
+            true,
+            "[\"notify\",{\"set_tweak\":\"highlight\"}]".into(),
+        );
+        let bytes = postcard::to_stdvec(&event).unwrap();
+        let view: NotifiedEventRef<'_> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            (view.event_id, view.thread, view.ts),
+            ("$e", "$root", event.ts)
+        );
+        assert_eq!(view.actions, event.actions);
+        let users: Vec<(&str, bool, u32)> = view
+            .users
+            .iter()
+            .map(|u| (u.user_id, u.highlight, u.actions))
+            .collect();
+        assert_eq!(
+            users,
+            [("@a:x", true, 0), ("@b:x", false, 1), ("@c:x", true, 0)]
+        );
+        let listed = view.notification("!r:x", view.of("@b:x").unwrap());
+        assert_eq!(
+            (
+                listed.event_id.as_str(),
+                listed.highlight,
+                listed.actions.as_str()
+            ),
+            ("$e", false, "[\"notify\"]")
+        );
+    }
 
     /// Listing across rooms, walking each for only a few rows at a time, pages through every
     /// notification of the user once, in order, both ways: a busy room where the user is
