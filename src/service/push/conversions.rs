@@ -3,7 +3,7 @@
 //! Decoding the rows is service logic, so the services convert them rather than the store's
 //! migration steps.
 
-use std::collections::{btree_map::Entry, BTreeMap, HashMap, HashSet};
+use std::collections::{btree_map::Entry, BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::notifications::{
     CountsTable, Notification, NotifiedEvent, NotifiedTable, RoomCounts, Unread,
@@ -126,11 +126,12 @@ fn walk_legacy(
 }
 
 /// Turns schema version 8's notification rows (one per user an event notified) into one row
-/// per event. Each round reads the oldest rows of every user, converts every row up to the
-/// newest position all of them were read to, and commits: the old rows of those positions go
-/// in the batch that writes their events' rows, so a crash part-way leaves each position
-/// either converted or as it was. Runs before the server takes requests. Returns the events
-/// converted.
+/// per event. Each round reads on for the users whose read rows are all converted, converts
+/// every row up to the newest position all users were read to, and commits: the old rows of
+/// those positions go in the batch that writes their events' rows, so a crash part-way
+/// leaves each position either converted or as it was. Every row is read once; a round
+/// holds about `round_rows` rows (16 per user at least). Runs before the server takes
+/// requests. Returns the events converted.
 pub fn convert_notification_rows(store: &Store) -> Result<u64> {
     /// Rows one round reads at most (over all users), bounding its memory.
     const ROUND_ROWS: usize = 20_000;
@@ -138,55 +139,92 @@ pub fn convert_notification_rows(store: &Store) -> Result<u64> {
 }
 
 fn convert_in_rounds(store: &Store, round_rows: usize) -> Result<u64> {
+    /// One user's version-8 rows: those read and not yet converted (oldest first), and
+    /// where reading goes on (`None`: every row was read).
+    struct Cursor {
+        user: String,
+        rows: VecDeque<(u64, Notification)>,
+        next: Option<u64>,
+    }
+    let mut cursors: Vec<Cursor> = legacy_users(store)?
+        .into_iter()
+        .map(|user| Cursor {
+            user,
+            rows: VecDeque::new(),
+            next: Some(0),
+        })
+        .collect();
     let mut converted = 0;
     loop {
-        let users = legacy_users(store)?;
-        if users.is_empty() {
+        cursors.retain(|c| !c.rows.is_empty() || c.next.is_some());
+        if cursors.is_empty() {
             if converted > 0 {
                 log::info!("notifications: converted those of {converted} events to one row each");
             }
             return Ok(converted);
         }
-        let per_user = (round_rows / users.len()).max(16);
-        let mut rows = Vec::new();
-        // Every user's rows up to `bound` are among `rows`.
-        let mut bound = u64::MAX;
-        for user in &users {
-            let theirs =
-                store.scan_prefix::<LegacyNotificationsTable, _>(&(user.as_str(),), per_user)?;
-            if let Some(((_, last), _)) = theirs.last().filter(|_| theirs.len() == per_user) {
-                bound = bound.min(*last);
-            }
-            rows.extend(theirs);
+        // Users with rows left to read share the round; one with many rows (the others
+        // done) gets bigger reads.
+        let reading = cursors.iter().filter(|c| c.next.is_some()).count();
+        let per_user = (round_rows / reading.max(1)).max(16);
+        for cursor in cursors.iter_mut().filter(|c| c.rows.is_empty()) {
+            let Some(from) = cursor.next else { continue };
+            let key = (cursor.user.clone(), from);
+            let rows = store.range_in_prefix::<LegacyNotificationsTable, _>(
+                &(cursor.user.as_str(),),
+                Some(&key),
+                false,
+                per_user,
+            )?;
+            cursor.next = match rows.last() {
+                Some(((_, last), _)) if rows.len() == per_user => last.checked_add(1),
+                _ => None,
+            };
+            cursor
+                .rows
+                .extend(rows.into_iter().map(|((_, sid), n)| (sid, n)));
         }
+        // Every user's rows up to `bound` have been read (a user with rows left to read has
+        // some buffered: a read that found none ended their reading).
+        let bound = cursors
+            .iter()
+            .filter(|c| c.next.is_some())
+            .filter_map(|c| c.rows.back().map(|(sid, _)| *sid))
+            .min()
+            .unwrap_or(u64::MAX);
         let mut batch = Batch::new();
         let mut events: BTreeMap<(String, u64), NotifiedEvent> = BTreeMap::new();
-        for ((user, sid), n) in rows {
-            if sid > bound {
-                continue;
-            }
-            batch.delete::<LegacyNotificationsTable>(&(user.clone(), sid));
-            let event = match events.entry((n.room_id.clone(), sid)) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    let stored = store.get::<NotifiedTable>(e.key())?;
-                    e.insert(stored.unwrap_or_else(|| NotifiedEvent {
-                        event_id: n.event_id.clone(),
-                        thread: n.thread.clone(),
-                        ts: n.ts,
-                        ..NotifiedEvent::default()
-                    }))
+        for cursor in &mut cursors {
+            while cursor.rows.front().is_some_and(|(sid, _)| *sid <= bound) {
+                let Some((sid, n)) = cursor.rows.pop_front() else {
+                    break;
+                };
+                let user = &cursor.user;
+                batch.delete::<LegacyNotificationsTable>(&(user.clone(), sid));
+                let event = match events.entry((n.room_id.clone(), sid)) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
+                        let stored = store.get::<NotifiedTable>(e.key())?;
+                        e.insert(stored.unwrap_or_else(|| NotifiedEvent {
+                            event_id: n.event_id.clone(),
+                            thread: n.thread.clone(),
+                            ts: n.ts,
+                            ..NotifiedEvent::default()
+                        }))
+                    }
+                };
+                if event.of(user).is_none() {
+                    event.add(user, n.highlight, n.actions);
                 }
-            };
-            if event.of(&user).is_none() {
-                event.add(&user, n.highlight, n.actions);
             }
         }
         converted += events.len() as u64;
         for (key, event) in &events {
             batch.put::<NotifiedTable>(key, event);
         }
-        store.commit_blocking(batch)?;
+        if !batch.is_empty() {
+            store.commit_blocking(batch)?;
+        }
     }
 }
 

@@ -329,7 +329,7 @@ pub type Listed = (u64, Notification, bool);
 /// may follow.
 pub type Page = (Vec<Listed>, Option<u64>);
 
-/// Bounds one scan of a user's unread rows in a room.
+/// Bounds one scan of a user's counts rows (one per room with unread notifications).
 const MAX_UNREAD_ROWS: usize = 1_000_000;
 /// Rows of one room a listing walks at most per request (`across_rooms`).
 const MAX_WALK: usize = 10_000;
@@ -769,11 +769,13 @@ impl<'a> CountsOverlay<'a> {
     fn recount(&self, user_id: &UserId, marks: ReadMarks) -> Result<RoomCounts> {
         let mut unread = Vec::new();
         let user = user_id.as_str();
+        // Not bounded by a row count: stopping before `marks.last` would drop unread ones
+        // from the counts. The walk ends at `marks.last`, which exists.
         walk_room(
             self.store,
             &self.room_id,
             Walk::Up(marks.first),
-            MAX_UNREAD_ROWS,
+            usize::MAX,
             |sid, event| {
                 if sid > marks.last {
                     return Ok(false);

@@ -63,7 +63,11 @@ pub async fn sweep(store: &Store, cutoff: u64) -> Result<usize> {
             store.commit(batch).await?;
         }
         match rows.last() {
-            Some(((room, sid), _)) if !done => from = Some((room.clone(), sid + 1)),
+            Some(((room, sid), _)) if !done => match sid.checked_add(1) {
+                Some(next) => from = Some((room.clone(), next)),
+                // The last position a room can have: the next room's rows follow.
+                None => from = Some((format!("{room}\0"), 0)),
+            },
             _ => return Ok(deleted),
         }
     }
