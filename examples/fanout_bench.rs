@@ -274,6 +274,55 @@ struct Row {
     peak_mib: f64,
 }
 
+/// A phase's clock: wall time and the server's CPU time from its start.
+struct Clock {
+    cpu: Duration,
+    started: Instant,
+}
+
+impl Clock {
+    fn start(server: &Server) -> Self {
+        Self {
+            cpu: server.cpu(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The phase's row: `done` operations (`rate_unit` per second, for example `ev`) with
+    /// their `latencies`, and the server's CPU over `per` of them (`cpu_unit`).
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        self,
+        server: &Server,
+        phase: String,
+        count: String,
+        done: usize,
+        rate_unit: &str,
+        per: usize,
+        cpu_unit: &str,
+        mut latencies: Vec<Duration>,
+    ) -> Row {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let cpu = server.cpu().saturating_sub(self.cpu).as_secs_f64();
+        latencies.sort();
+        let rate = done as f64 / elapsed;
+        Row {
+            phase,
+            count,
+            rate: if rate < 100.0 {
+                format!("{rate:.1} {rate_unit}/s")
+            } else {
+                format!("{rate:.0} {rate_unit}/s")
+            },
+            p50: percentile(&latencies, 0.50),
+            p99: percentile(&latencies, 0.99),
+            max: percentile(&latencies, 1.0),
+            cpu_per: format!("{:.3} ms/{cpu_unit}", cpu * 1000.0 / per.max(1) as f64),
+            peak_mib: server.peak_mib(),
+        }
+    }
+}
+
 fn print_table(rows: &[Row]) {
     println!();
     println!(
@@ -348,8 +397,7 @@ async fn fanout(
     ready.wait().await;
     // Let every receiver's first long-poll arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu_before = server.cpu();
-    let started = Instant::now();
+    let clock = Clock::start(server);
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut sends = Vec::with_capacity(messages);
@@ -371,23 +419,18 @@ async fn fanout(
     for task in tasks {
         all.extend(task.await.expect("receiver"));
     }
-    let elapsed = started.elapsed();
-    let cpu = server.cpu().saturating_sub(cpu_before);
-    all.sort();
     let expected: usize = (0..receivers).map(|i| per_room[i % room_count]).sum();
-    Row {
-        phase: label.to_owned(),
-        count: format!("{}/{} dlv", all.len(), expected),
-        rate: format!("{:.0} msg/s", messages as f64 / elapsed.as_secs_f64()),
-        p50: percentile(&all, 0.50),
-        p99: percentile(&all, 0.99),
-        max: percentile(&all, 1.0),
-        peak_mib: server.peak_mib(),
-        cpu_per: format!(
-            "{:.3} ms/delivery",
-            cpu.as_secs_f64() * 1000.0 / all.len().max(1) as f64
-        ),
-    }
+    let count = format!("{}/{} dlv", all.len(), expected);
+    clock.row(
+        server,
+        label.to_owned(),
+        count,
+        messages,
+        "msg",
+        all.len(),
+        "delivery",
+        all,
+    )
 }
 
 /// A user in `room_count` rooms (20 messages each) syncs from scratch a few times, then with
@@ -406,8 +449,7 @@ async fn idle_sync(server: &Arc<Server>, room_count: usize) -> [Row; 2] {
     // Initial syncs first (a new device, or a client that lost its token).
     let initial_syncs = 20;
     let mut latencies = Vec::with_capacity(initial_syncs);
-    let cpu_before = server.cpu();
-    let started = Instant::now();
+    let clock = Clock::start(server);
     let mut since = String::new();
     for _ in 0..initial_syncs {
         let sent = Instant::now();
@@ -420,48 +462,35 @@ async fn idle_sync(server: &Arc<Server>, room_count: usize) -> [Row; 2] {
         );
         since = body["next_batch"].as_str().expect("token").to_owned();
     }
-    let elapsed = started.elapsed();
-    let cpu = server.cpu().saturating_sub(cpu_before);
-    latencies.sort();
-    let initial = Row {
-        phase: format!("initial sync, {room_count} rooms"),
-        count: format!("{initial_syncs} syncs"),
-        rate: format!(
-            "{:.1} syncs/s",
-            initial_syncs as f64 / elapsed.as_secs_f64()
-        ),
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        max: percentile(&latencies, 1.0),
-        peak_mib: server.peak_mib(),
-        cpu_per: format!(
-            "{:.2} ms/sync",
-            cpu.as_secs_f64() * 1000.0 / initial_syncs as f64
-        ),
-    };
+    let initial = clock.row(
+        server,
+        format!("initial sync, {room_count} rooms"),
+        format!("{initial_syncs} syncs"),
+        initial_syncs,
+        "syncs",
+        initial_syncs,
+        "sync",
+        latencies,
+    );
     let syncs = 1000;
     let mut latencies = Vec::with_capacity(syncs);
-    let cpu_before = server.cpu();
-    let started = Instant::now();
+    let clock = Clock::start(server);
     for _ in 0..syncs {
         let sent = Instant::now();
         let body = server.sync(&token, Some(&since), 0).await;
         latencies.push(sent.elapsed());
         assert!(body["rooms"]["join"].is_null(), "nothing new: {body}");
     }
-    let elapsed = started.elapsed();
-    let cpu = server.cpu().saturating_sub(cpu_before);
-    latencies.sort();
-    let idle = Row {
-        phase: format!("idle sync, {room_count} rooms"),
-        count: format!("{syncs} syncs"),
-        rate: format!("{:.0} syncs/s", syncs as f64 / elapsed.as_secs_f64()),
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        max: percentile(&latencies, 1.0),
-        peak_mib: server.peak_mib(),
-        cpu_per: format!("{:.3} ms/sync", cpu.as_secs_f64() * 1000.0 / syncs as f64),
-    };
+    let idle = clock.row(
+        server,
+        format!("idle sync, {room_count} rooms"),
+        format!("{syncs} syncs"),
+        syncs,
+        "syncs",
+        syncs,
+        "sync",
+        latencies,
+    );
     [initial, idle]
 }
 
@@ -487,8 +516,7 @@ async fn send_throughput(
     }
     let per_sender = events / senders;
     let (first_room, first_token) = (rooms[0].clone(), tokens[0].clone());
-    let cpu_before = server.cpu();
-    let started = Instant::now();
+    let clock = Clock::start(server);
     let mut tasks = Vec::new();
     for (i, token) in tokens.into_iter().enumerate() {
         let (server, room, tag) = (
@@ -512,22 +540,16 @@ async fn send_throughput(
     for task in tasks {
         all.extend(task.await.expect("sender"));
     }
-    let elapsed = started.elapsed();
-    let cpu = server.cpu().saturating_sub(cpu_before);
-    all.sort();
-    let row = Row {
-        phase: format!("send, {senders} senders x {room_count} rooms"),
-        count: format!("{} events", all.len()),
-        rate: format!("{:.0} ev/s", all.len() as f64 / elapsed.as_secs_f64()),
-        p50: percentile(&all, 0.50),
-        p99: percentile(&all, 0.99),
-        max: percentile(&all, 1.0),
-        peak_mib: server.peak_mib(),
-        cpu_per: format!(
-            "{:.3} ms/event",
-            cpu.as_secs_f64() * 1000.0 / all.len().max(1) as f64
-        ),
-    };
+    let row = clock.row(
+        server,
+        format!("send, {senders} senders x {room_count} rooms"),
+        format!("{} events", all.len()),
+        all.len(),
+        "ev",
+        all.len(),
+        "event",
+        all,
+    );
     (row, first_room, first_token)
 }
 
@@ -537,8 +559,7 @@ async fn paginate(server: &Arc<Server>, token: &str, room: &str) -> Row {
     let mut latencies = Vec::new();
     let mut events = 0;
     let mut from: Option<String> = None;
-    let cpu_before = server.cpu();
-    let started = Instant::now();
+    let clock = Clock::start(server);
     for _ in 0..1000 {
         let mut path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100");
         if let Some(from) = &from {
@@ -556,20 +577,17 @@ async fn paginate(server: &Arc<Server>, token: &str, room: &str) -> Row {
             _ => break,
         }
     }
-    let elapsed = started.elapsed();
-    let cpu = server.cpu().saturating_sub(cpu_before);
     let pages = latencies.len();
-    latencies.sort();
-    Row {
-        phase: "paginate 1 room, 100 per page".to_owned(),
-        count: format!("{events} events"),
-        rate: format!("{:.0} ev/s", events as f64 / elapsed.as_secs_f64()),
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        max: percentile(&latencies, 1.0),
-        peak_mib: server.peak_mib(),
-        cpu_per: format!("{:.2} ms/page", cpu.as_secs_f64() * 1000.0 / pages as f64),
-    }
+    clock.row(
+        server,
+        "paginate 1 room, 100 per page".to_owned(),
+        format!("{events} events"),
+        events,
+        "ev",
+        pages,
+        "page",
+        latencies,
+    )
 }
 
 fn free_port() -> u16 {
