@@ -477,3 +477,49 @@ async fn the_outbound_policy_keeps_pushes_off_refused_addresses() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(gateway.notifications().is_empty());
 }
+
+/// Delivery across rooms: each notification is pushed once, in order, whichever of the
+/// user's rooms it is in, also after everything in one room was read and that room has
+/// nothing unread left.
+#[tokio::test]
+async fn notifications_of_several_rooms_are_pushed_once_each_in_order() {
+    let srv = TestServer::start().await;
+    let gateway = Gateway::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw").await;
+    let (_, bob, _) = srv.register("bob", "pw").await;
+    let first = dm(&srv, &bob, &alice, &alice_id).await;
+    let second = dm(&srv, &bob, &alice, &alice_id).await;
+    set_pusher(&srv, &alice, "phone", json!({"url": gateway.url()})).await;
+    let mut sent = Vec::new();
+    for (i, room) in [&first, &second, &first, &second].into_iter().enumerate() {
+        let id = text(&srv, &bob, room, &format!("m{i}")).await;
+        gateway.wait_for_event(&id).await;
+        sent.push(id);
+    }
+    // Alice reads the first room: it has nothing unread any more.
+    let (status, body) = srv
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&first),
+                enc(&sent[2])
+            ),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for room in [&second, &first] {
+        let id = text(&srv, &bob, room, "later").await;
+        gateway.wait_for_event(&id).await;
+        sent.push(id);
+    }
+    // Every event pushed once, in the order sent (badge-only pushes have no event id).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pushed: Vec<String> = gateway
+        .notifications()
+        .iter()
+        .filter_map(|n| n["event_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(pushed, sent);
+}

@@ -250,19 +250,19 @@ impl Delivery {
             .get::<PusherProgress>(&progress_key)
             .map_err(|e| format!("cannot read progress: {e}"))?
             .unwrap_or_default();
-        // Counts first: every notification they include is then among the rows read below
-        // (settled or not), so a badge-only push never runs ahead of its notification.
-        let (unread, missed_calls) = self
+        // Only settled positions: a commit at a lower position may still be in flight, and
+        // progress must never pass it (it would never be sent). Its wake comes once settled.
+        // Read before the counts: every notification up to it has then landed with its
+        // counts row, so the rooms with unread notifications below hold every unread one.
+        let settled = self.rooms.stream_position();
+        // Counts before the rows: every notification they include is then among the rows
+        // read below (settled or not), so a badge-only push never runs ahead of its
+        // notification. Only rooms with unread notifications are walked: the others have
+        // nothing to send, and passing over their rows is what progress may do anyway.
+        let (unread, missed_calls, rooms) = self
             .notifications
             .unread_totals(user_id)
             .map_err(|e| format!("cannot count unread notifications: {e:?}"))?;
-        // Only settled positions: a commit at a lower position may still be in flight, and
-        // progress must never pass it (it would never be sent). Its wake comes once settled.
-        let settled = self.rooms.stream_position();
-        let rooms = self
-            .rooms
-            .notification_rooms(user_id)
-            .map_err(|e| format!("cannot list the user's rooms: {e:?}"))?;
         let (mut rows, walked_to) = self
             .notifications
             .after(user_id, &rooms, progress.notified_upto, SCAN)

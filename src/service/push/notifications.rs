@@ -544,14 +544,16 @@ impl Notifications {
     }
 
     /// The user's unread notifications and unread call invites over all rooms (a push
-    /// badge and `missed_calls`).
-    pub fn unread_totals(&self, user_id: &UserId) -> Result<(u64, u64)> {
+    /// badge and `missed_calls`), and the rooms they are in.
+    pub fn unread_totals(&self, user_id: &UserId) -> Result<(u64, u64, Vec<String>)> {
         let rows = self
             .store
             .scan_prefix::<CountsTable, _>(&(user_id.as_str(),), MAX_UNREAD_ROWS)?;
-        Ok(rows.iter().fold((0, 0), |(unread, calls), (_, counts)| {
+        let (unread, calls) = rows.iter().fold((0, 0), |(unread, calls), (_, counts)| {
             (unread + counts.total().notifications, calls + counts.calls)
-        }))
+        });
+        let rooms = rows.into_iter().map(|((_, room), _)| room).collect();
+        Ok((unread, calls, rooms))
     }
 }
 
