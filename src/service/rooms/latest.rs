@@ -2,12 +2,35 @@
 //! skips a room with nothing past its token without reading its timeline or record. New
 //! events are marked when staged (`build.rs`), promoted outliers when promoted in place
 //! (`outliers.rs`), and the state fetched when a partial-state join completes
-//! (`partial_state.rs`), whose member events take new positions outside the timeline.
+//! (`partial_state.rs`), whose member events take new positions outside the timeline. The
+//! same marks keep answers that depend only on a room's timeline rows (`newest_of_kinds`).
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+};
 
 use ruma::RoomId;
 
 use super::{Rooms, Timeline};
 use crate::error::Result;
+
+/// Answers of [`Rooms::newest_of_kinds`]: `(room sid, kind set) → (the room's mark when
+/// worked out, the answer)`. At most [`NEWEST_KEPT`] entries (emptied when full); the lock
+/// guards only the map.
+#[derive(Default)]
+pub struct NewestOfKinds(Mutex<NewestMap>);
+
+/// `(room sid, address of the kind list) → (mark, newest position of those kinds)`.
+type NewestMap = HashMap<(u64, usize), (u64, Option<u64>)>;
+
+const NEWEST_KEPT: usize = 16_384;
+
+impl NewestOfKinds {
+    fn lock(&self) -> MutexGuard<'_, NewestMap> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 impl Rooms {
     /// The newest timeline (or completed-state) position of a room; 0 for an unknown room.
@@ -20,6 +43,40 @@ impl Rooms {
     pub(super) fn mark_timeline_row(&self, room_id: &RoomId, pos: u64) -> Result<()> {
         self.latest
             .raise(room_id, pos, || self.stored_latest(room_id))
+    }
+
+    /// [`Rooms::latest_of_kinds`] at a horizon `now` at or past the room's newest position,
+    /// worked out once per position of the room's mark: no timeline row is added without
+    /// raising the mark first, and every position up to `now` has settled, so the rows up to
+    /// the mark, and the answer, stay the same until it moves. (A row removed later leaves
+    /// the answer naming it until the next event.) `kinds` is a constant list: its address
+    /// tells the lists apart.
+    pub fn newest_of_kinds(
+        &self,
+        room_id: &RoomId,
+        room_sid: u64,
+        now: u64,
+        kinds: &'static [&'static str],
+        budget: usize,
+    ) -> Result<Option<u64>> {
+        let mark = self.latest_position(room_id)?;
+        if mark > now {
+            // A row past this request's horizon: the answer differs by horizon.
+            return self.latest_of_kinds(room_sid, now, kinds, budget);
+        }
+        let key = (room_sid, kinds.as_ptr() as usize);
+        if let Some((at, answer)) = self.newest_of_kinds.lock().get(&key) {
+            if *at == mark {
+                return Ok(*answer);
+            }
+        }
+        let answer = self.latest_of_kinds(room_sid, now, kinds, budget)?;
+        let mut kept = self.newest_of_kinds.lock();
+        if kept.len() >= NEWEST_KEPT {
+            kept.clear();
+        }
+        kept.insert(key, (mark, answer));
+        Ok(answer)
     }
 
     fn stored_latest(&self, room_id: &RoomId) -> Result<u64> {

@@ -241,6 +241,9 @@ pub struct Rooms {
     users: Arc<super::users::Users>,
     /// The newest timeline position of each room (`latest.rs`).
     latest: super::latest::LatestMarks,
+    /// The newest event of given kinds per room, valid while the room's newest-position
+    /// mark stays where it was (`latest.rs`).
+    newest_of_kinds: latest::NewestOfKinds,
     /// The state at recently read heads (`state_cache.rs`).
     state_cache: state_cache::StateCache,
     /// Member counts and heroes at each room's state (`member_summary.rs`).
@@ -285,6 +288,7 @@ impl Rooms {
             push_members: build::MembersCache::default(),
             users,
             latest: Default::default(),
+            newest_of_kinds: Default::default(),
             state_cache: state_cache::StateCache::default(),
             member_summaries: Default::default(),
             kept_fields: Default::default(),

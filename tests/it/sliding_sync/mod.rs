@@ -233,6 +233,36 @@ async fn incremental_responses_carry_only_changes() {
     let _ = calm;
 }
 
+/// A room's place in the list follows its newest message on every request of a connection,
+/// not only the first: one that was below the window comes into it with its new bump stamp.
+#[tokio::test]
+async fn a_new_message_brings_its_room_into_the_window() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw").await;
+    let older = create_room(&srv, &alice, json!({"name": "Older"})).await;
+    let newer = create_room(&srv, &alice, json!({"name": "Newer"})).await;
+    let request = json!({
+        "conn_id": "top",
+        "lists": {"top": list(json!([[0, 0]]), 1, json!([]))},
+    });
+    let first = ss(&srv, &alice, None, request.clone()).await;
+    assert_eq!(rooms_of(&first), vec![newer.clone()], "{first}");
+    let before = first["rooms"][&newer]["bump_stamp"].as_u64().unwrap();
+    // Asked again with nothing new: the same room stays on top.
+    let quiet = ss(&srv, &alice, Some(&pos(&first)), request.clone()).await;
+    assert!(rooms_of(&quiet).is_empty(), "{quiet}");
+    send(&srv, &alice, &older, "o1", "back again").await;
+    let moved = ss(&srv, &alice, Some(&pos(&quiet)), request.clone()).await;
+    assert_eq!(rooms_of(&moved), vec![older.clone()], "{moved}");
+    let after = moved["rooms"][&older]["bump_stamp"].as_u64().unwrap();
+    assert!(after > before, "{before} {after}");
+    // And back: a message in the other room puts it on top again.
+    send(&srv, &alice, &newer, "n1", "me too").await;
+    let back = ss(&srv, &alice, Some(&pos(&moved)), request).await;
+    assert_eq!(rooms_of(&back), vec![newer.clone()], "{back}");
+    assert!(back["rooms"][&newer]["bump_stamp"].as_u64().unwrap() > after);
+}
+
 #[tokio::test]
 async fn newly_required_state_is_sent() {
     let srv = TestServer::start().await;

@@ -21,7 +21,7 @@ use crate::{
 
 /// The events that move a room up the list (MSC4186 leaves the choice to the server; these
 /// are what a person would call activity). The user's own membership changes count too.
-pub const BUMP_TYPES: &[&str] = &[
+pub static BUMP_TYPES: &[&str] = &[
     "m.room.create",
     "m.room.message",
     "m.room.encrypted",
@@ -148,7 +148,7 @@ pub fn candidates(
         }
         let bump = if membership == "join" {
             rooms
-                .latest_of_kinds(record.sid, now, BUMP_TYPES, BUMP_SCAN)?
+                .newest_of_kinds(&room_id, record.sid, now, BUMP_TYPES, BUMP_SCAN)?
                 .map_or(member_sid, |sid| sid.max(member_sid))
         } else {
             member_sid
