@@ -45,6 +45,10 @@ use std::{
 
 use serde_json::{json, Value};
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+use proc_status::status_kib;
+
 struct Args {
     receivers: usize,
     rate: f64,
@@ -229,17 +233,6 @@ impl Server {
         self.call(reqwest::Method::GET, &path, Some(token), json!({}))
             .await
     }
-}
-
-/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn urlencode(s: &str) -> String {

@@ -25,6 +25,10 @@ use hearth::config::{Config, Listener, Outbound, RateLimit, Registration, Regist
 use hearth::config::{Tls, TlsMode};
 use serde_json::{json, Value};
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+use proc_status::status_kib;
+
 struct Args {
     remotes: usize,
     server: PathBuf,
@@ -56,16 +60,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The test CA (certificate PEM path) and one leaf certificate for 127.0.0.1.
@@ -194,7 +188,7 @@ async fn main() {
     }
     let (alice, alice_token) = register(&http, &a_base, "alice").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = rss_kb(child.id());
+    let idle = status_kib(child.id(), "VmRSS:");
     println!("A idle: {idle} KiB RSS");
 
     // The remotes, in this process.
@@ -229,7 +223,7 @@ async fn main() {
     }
     let keys_elapsed = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let with_keys = rss_kb(child.id());
+    let with_keys = status_kib(child.id(), "VmRSS:");
     println!(
         "A knowing {} servers' keys: {with_keys} KiB RSS (+{} KiB, {:.1} KiB per server; \
          {:.1} ms per first request incl. key fetch)",
@@ -278,7 +272,7 @@ async fn main() {
     }
     let delivered = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let with_destinations = rss_kb(child.id());
+    let with_destinations = status_kib(child.id(), "VmRSS:");
     println!(
         "A with {} idle destinations: {with_destinations} KiB RSS (+{} KiB over keys only, \
          {:.1} KiB per destination); all delivered in {:.0} ms",

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use hearth::config::{Config, Listener, RateLimit, Registration, RegistrationMode};
 use serde_json::{json, Value};
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+use proc_status::status_kib;
+
 const ROOMS: usize = 20;
 const SENDERS: usize = 32;
 
@@ -124,16 +128,6 @@ async fn fill(data: &Path, events: usize) {
         events as f64 / secs
     );
     server.stop().await;
-}
-
-fn rss_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -260,7 +254,7 @@ async fn measure(bin: &Path, data: &Path, cache_mb: u64) {
     }
     let startup = started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle = rss_kb(child.id(), "VmRSS:");
+    let idle = status_kib(child.id(), "VmRSS:");
     // Read everything: log in, page every joined room's whole history backwards.
     let login = post(
         &http,
@@ -308,8 +302,8 @@ async fn measure(bin: &Path, data: &Path, cache_mb: u64) {
             }
         }
     }
-    let after = rss_kb(child.id(), "VmRSS:");
-    let peak = rss_kb(child.id(), "VmHWM:");
+    let after = status_kib(child.id(), "VmRSS:");
+    let peak = status_kib(child.id(), "VmHWM:");
     println!(
         "cache_mb = {cache_mb:>3}: start-up {:>6.0} ms, idle RSS {:>5.1} MB, after reading {read} events RSS {:>5.1} MB (peak {:>5.1} MB)",
         startup.as_secs_f64() * 1000.0,

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+
 const SS: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
 
 struct Args {
@@ -128,13 +131,7 @@ impl Server {
     }
 
     fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
+        proc_status::status_kib(self.child.id(), "VmRSS:")
     }
 
     /// One request: the JSON body, its size, the wall time and the server CPU it took.

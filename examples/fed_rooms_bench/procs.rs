@@ -6,22 +6,16 @@ use std::time::{Duration, Instant};
 
 use super::Args;
 
+#[path = "../support/proc_status.rs"]
+mod proc_status;
+pub use proc_status::status_kib as status_kb;
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
-}
-
-pub fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// CPU time (user + system, all threads) of `pid`, in seconds.

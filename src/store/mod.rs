@@ -384,7 +384,7 @@ fn migrate_step(_engine: &dyn Engine, from: u32) -> Result<(), StoreError> {
         // 7 → 8 replaces the `unread` rows (one per unread notification) by read marks in the
         // `unread_counts` rows (schema/push.md). Decoding those is service logic, so the
         // services convert them at their first start, one user per commit, before requests
-        // are served (`push::notifications::convert_unread_rows`). The bump makes
+        // are served (`push::conversions::convert_unread_rows`). The bump makes
         // an older build refuse the data: it cannot decode the new counts rows.
         7 => Ok(()),
         // 8 → 9 replaces the `notifications` rows (one per user an event notified) by

@@ -100,12 +100,20 @@ impl TestServer {
 
     /// Stops the server and starts a new one on the same data directory.
     pub async fn restart(&mut self) {
-        self.server.take().expect("running").stop().await;
-        let server = server::start(self.config.clone())
-            .await
-            .expect("server restarts");
-        self.base = server.base_url();
-        self.server = Some(server);
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    /// The stopped server's store, opened directly: a test writes data there as an older
+    /// version left it, then calls [`TestServer::start_again`].
+    pub fn open_store(&self) -> hearth::store::Store {
+        assert!(self.server.is_none(), "stop the server first");
+        hearth::store::Store::open(
+            &self.config.data_dir.join("db"),
+            self.config.storage.engine,
+            1 << 20,
+        )
+        .expect("the stopped server's store opens")
     }
 
     pub async fn raw(
@@ -263,4 +271,14 @@ pub async fn spawn_binary(data_dir: &std::path::Path) -> (std::process::Child, S
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (child, base)
+}
+
+hearth::table!(MetaRaw: "meta", String => hearth::store::Raw);
+
+/// Stages `version` as the store's schema version (what an older build wrote).
+pub fn put_schema_version(batch: &mut hearth::store::Batch, version: u32) {
+    batch.put::<MetaRaw>(
+        &"schema_version".into(),
+        &hearth::store::Raw(version.to_be_bytes().to_vec()),
+    );
 }

@@ -4,7 +4,7 @@
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{create_room, enc, errcode, join, TestServer};
+use crate::common::{create_room, enc, errcode, join, put_schema_version, TestServer};
 
 async fn send(srv: &TestServer, token: &str, room: &str, txn: &str, content: Value) -> String {
     let (status, body) = srv
@@ -543,7 +543,6 @@ async fn the_list_merges_rooms_newest_first_across_pages() {
     assert!(listed(&notifications(&srv, &bob, "").await).is_empty());
 }
 
-hearth::table!(MetaRaw: "meta", String => hearth::store::Raw);
 hearth::table!(
     /// The version-8 layout: `(user_id, event position) → Notification`.
     Version8Rows: "notifications", (String, u64) => hearth::service::push::notifications::Notification
@@ -586,14 +585,9 @@ async fn notifications_of_version_8_are_listed_the_same_after_the_upgrade() {
     let counts_before = counts(&srv, &alice, &other).await;
 
     // Back to the version-8 layout, as that version left it.
-    srv.server.take().unwrap().stop().await;
+    srv.stop().await;
     {
-        let store = hearth::store::Store::open(
-            &srv.config.data_dir.join("db"),
-            srv.config.storage.engine,
-            1 << 20,
-        )
-        .unwrap();
+        let store = srv.open_store();
         let rows = store.range::<NotifiedTable>(None, false, 1000).unwrap();
         assert_eq!(rows.len(), 6);
         let mut b = hearth::store::Batch::new();
@@ -611,15 +605,10 @@ async fn notifications_of_version_8_are_listed_the_same_after_the_upgrade() {
             }
             b.delete::<NotifiedTable>(&(room_id, sid));
         }
-        b.put::<MetaRaw>(
-            &"schema_version".into(),
-            &hearth::store::Raw(8u32.to_be_bytes().to_vec()),
-        );
+        put_schema_version(&mut b, 8);
         store.commit(b).await.unwrap();
     }
-    let server = hearth::server::start(srv.config.clone()).await.unwrap();
-    srv.base = server.base_url();
-    srv.server = Some(server);
+    srv.start_again().await;
     let after = [
         listed(&notifications(&srv, &alice, "").await),
         listed(&notifications(&srv, &carol, "").await),

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{create_room, enc, errcode, join, TestServer};
+use crate::common::{create_room, enc, errcode, join, put_schema_version, TestServer};
 
 async fn say(srv: &TestServer, token: &str, room: &str, body: &str) -> String {
     let txn = format!("t{}", rand_txn());
@@ -575,8 +575,6 @@ async fn bad_requests_get_matrix_errors() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
-hearth::table!(MetaRaw: "meta", String => hearth::store::Raw);
-
 /// Removes every row of table `T` (the store's own API; the server is stopped).
 async fn clear<T: hearth::store::Table>(store: &hearth::store::Store) {
     let rows = store.range::<T>(None, false, usize::MAX).expect("scan");
@@ -609,30 +607,20 @@ async fn events_stored_before_the_index_are_indexed_at_start() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    srv.server.take().unwrap().stop().await;
+    srv.stop().await;
     {
-        let store = hearth::store::Store::open(
-            &srv.config.data_dir.join("db"),
-            srv.config.storage.engine,
-            1 << 20,
-        )
-        .unwrap();
+        let store = srv.open_store();
         clear::<Postings>(&store).await;
         clear::<Docs>(&store).await;
         clear::<TermCounts>(&store).await;
         clear::<RoomStatsTable>(&store).await;
         clear::<Progress>(&store).await;
         let mut b = hearth::store::Batch::new();
-        b.put::<MetaRaw>(
-            &"schema_version".into(),
-            &hearth::store::Raw(3u32.to_be_bytes().to_vec()),
-        );
+        put_schema_version(&mut b, 3);
         store.commit(b).await.unwrap();
         assert!(store.get::<Docs>(&1).unwrap().is_none());
     }
-    let server = hearth::server::start(srv.config.clone()).await.unwrap();
-    srv.base = server.base_url();
-    srv.server = Some(server);
+    srv.start_again().await;
     let r = search(&srv, &alice, json!({"search_term": "otter"})).await;
     let found = ids(&r);
     assert_eq!(found.len(), 2, "{r}");

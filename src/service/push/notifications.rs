@@ -529,7 +529,9 @@ impl Notifications {
             Some(from) => Some(from - 1),
             None => None,
         };
-        let (out, walked_to) = across_rooms(
+        // The next page continues below where this one is complete: its last notification
+        // when full, else where a room's walk stopped short.
+        across_rooms(
             &self.store,
             user_id.as_str(),
             rooms,
@@ -537,10 +539,7 @@ impl Notifications {
             limit,
             MAX_WALK,
             |u| !highlights_only || u.highlight,
-        )?;
-        // A full page continues below its last notification; a walk cut short, below where
-        // it stopped: everything from there up was listed.
-        Ok((out, walked_to))
+        )
     }
 
     /// The user's unread notifications and unread call invites over all rooms (a push

@@ -30,31 +30,40 @@ pub async fn sweep(store: &Store, cutoff: u64) -> Result<usize> {
     let mut marks: HashMap<String, MarksByRoom<'_>> = HashMap::new();
     loop {
         let rows = store.range::<NotifiedTable>(from.as_ref(), false, PAGE)?;
-        let done = rows.len() < PAGE;
+        // Where the next page starts, unless this one was the last.
+        let next = match rows.last() {
+            Some(((room, sid), _)) if rows.len() == PAGE => Some(match sid.checked_add(1) {
+                Some(next) => (room.clone(), next),
+                // The last position a room can have: the next room's rows follow.
+                None => (format!("{room}\0"), 0),
+            }),
+            _ => None,
+        };
         let mut batch = Batch::new();
-        for ((room, sid), row) in &rows {
+        for ((room, sid), mut row) in rows {
             if row.ts >= cutoff {
                 continue;
             }
-            let mut kept = row.clone();
-            kept.users.clear();
-            for user in &row.users {
+            let listed = row.users.len();
+            let mut unread = Vec::with_capacity(listed);
+            for user in std::mem::take(&mut row.users) {
                 let marks = marks
                     .entry(user.user_id.clone())
                     .or_insert_with(|| MarksByRoom::new(store, &user.user_id));
-                if marks.is_read(room, *sid, &row.thread)? {
+                if marks.is_read(&room, sid, &row.thread)? {
                     deleted += 1;
                 } else {
-                    kept.users.push(user.clone());
+                    unread.push(user);
                 }
             }
-            let key = (room.clone(), *sid);
-            if kept.users.is_empty() {
+            row.users = unread;
+            let key = (room, sid);
+            if row.users.is_empty() {
                 batch.delete::<NotifiedTable>(&key);
-            } else if kept.users.len() < row.users.len() {
+            } else if row.users.len() < listed {
                 // Rows are written once, with their event, and only this sweep rewrites
                 // them: nothing changed this one since it was read.
-                batch.put::<NotifiedTable>(&key, &kept);
+                batch.put::<NotifiedTable>(&key, &row);
             }
         }
         // The read marks change with receipts: read again for each page.
@@ -62,13 +71,9 @@ pub async fn sweep(store: &Store, cutoff: u64) -> Result<usize> {
         if !batch.is_empty() {
             store.commit(batch).await?;
         }
-        match rows.last() {
-            Some(((room, sid), _)) if !done => match sid.checked_add(1) {
-                Some(next) => from = Some((room.clone(), next)),
-                // The last position a room can have: the next room's rows follow.
-                None => from = Some((format!("{room}\0"), 0)),
-            },
-            _ => return Ok(deleted),
+        match next {
+            Some(next) => from = Some(next),
+            None => return Ok(deleted),
         }
     }
 }
