@@ -8,7 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
-mod memory;
+pub mod memory;
 pub mod outbound;
 pub mod server;
 pub mod service;

@@ -192,6 +192,7 @@ fn serve_on(runtime: &tokio::runtime::Runtime, config: Config) -> Result<(), Str
         let server = hearth::server::start(config)
             .await
             .map_err(|e| e.to_string())?;
+        hearth::memory::drop_startup_pages();
         shutdown_signal().await;
         log::info!(
             "shutting down: waking long-polls, finishing requests (at most {}s)",

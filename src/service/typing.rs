@@ -144,6 +144,16 @@ impl Typing {
         })
     }
 
+    /// The earliest moment any typing entry lapses, in any room.
+    pub fn next_lapse(&self) -> Option<Instant> {
+        let inner = self.lock();
+        inner
+            .rooms
+            .values()
+            .flat_map(|room| room.users.values().copied())
+            .min()
+    }
+
     /// The earliest moment a typing entry in one of these rooms lapses.
     pub fn earliest_deadline<'a>(
         &self,

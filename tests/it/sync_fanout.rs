@@ -278,6 +278,96 @@ async fn long_polls_wake_for_sends_in_any_room() {
     }
 }
 
+/// A long-poll whose token is up to date waits without reading (`sync::nothing_new`); each
+/// kind of news still wakes it: a to-device message, the user's own account data, a receipt,
+/// a message. With none, it answers at its timeout with a whole body and the same position.
+#[tokio::test]
+async fn an_up_to_date_long_poll_wakes_for_every_kind_of_news() {
+    let srv = TestServer::start().await;
+    let (alice_id, alice, _) = srv.register("alice", "pw-alice-123").await;
+    let (bob_id, bob, bob_device) = srv.register("bob", "pw-bob-123").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &bob, &room).await;
+    let first = send(&srv, &alice, &room, "first").await;
+    let mut since = sync(&srv, &bob, None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Nothing new: the answer comes at the timeout, complete, at the same position.
+    let started = Instant::now();
+    let body = sync(&srv, &bob, Some(&since), 400).await;
+    assert!(started.elapsed() >= Duration::from_millis(400), "{body}");
+    assert_eq!(body["next_batch"], since.as_str(), "{body}");
+    assert!(body["device_one_time_keys_count"].is_object(), "{body}");
+    assert!(body.get("rooms").is_none(), "{body}");
+
+    let kinds: [(&str, &str); 4] = [
+        ("to-device", "to_device"),
+        ("account data", "account_data"),
+        ("receipt", "rooms"),
+        ("message", "rooms"),
+    ];
+    for (kind, section) in kinds {
+        let poll = async {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                sync(&srv, &bob, Some(&since), 120_000),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("woken by the {kind}"))
+        };
+        let writing = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (path, token, body) = match kind {
+                "to-device" => (
+                    "/_matrix/client/v3/sendToDevice/m.test/wake".to_owned(),
+                    &alice,
+                    json!({"messages": {&bob_id: {&bob_device: {"n": 1}}}}),
+                ),
+                "account data" => (
+                    format!("/_matrix/client/v3/user/{bob_id}/account_data/org.example.wake"),
+                    &bob,
+                    json!({"n": 1}),
+                ),
+                "receipt" => (
+                    format!(
+                        "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                        enc(&room),
+                        enc(&first)
+                    ),
+                    &alice,
+                    json!({}),
+                ),
+                _ => {
+                    send(&srv, &alice, &room, "wake").await;
+                    return;
+                }
+            };
+            let (status, body) = if kind == "receipt" {
+                srv.post(&path, Some(token), body).await
+            } else {
+                srv.put(&path, Some(token), body).await
+            };
+            assert_eq!(status, StatusCode::OK, "{kind}: {body}");
+        };
+        let (body, ()) = tokio::join!(poll, writing);
+        let news = &body[section];
+        let found = match kind {
+            "to-device" => news["events"][0]["content"]["n"] == 1,
+            "account data" => news["events"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["type"] == "org.example.wake")),
+            "receipt" => news["join"][&room]["ephemeral"]["events"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["type"] == "m.receipt")),
+            _ => messages(&body).len() == 1,
+        };
+        assert!(found, "{kind} ({alice_id}): {body}");
+        since = body["next_batch"].as_str().unwrap().to_owned();
+    }
+}
+
 /// The per-room newest position starts from the store after a restart: a token from before
 /// it still gets the rooms written since (one written before the restart, one after), and a
 /// room with nothing new gets no events.

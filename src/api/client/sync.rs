@@ -12,7 +12,7 @@ use crate::{
     error::{Error, Result},
     http::{Auth, Incoming, Response, Router},
     service::{
-        sync::{sync_once, Sources, SyncRequest, SyncToken},
+        sync::{nothing_new, sync_once, Sources, SyncRequest, SyncToken},
         Services,
     },
 };
@@ -123,19 +123,27 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         let now = services.stream.current();
         // A token from the future (e.g. after restoring an older backup) means "now".
         request.since = since_pos.map(|s| s.min(now));
-        // Boxed: a pass's future is large, and held inline it would stay allocated (in
-        // every waiting connection's task) for the whole long-poll.
-        let result = Box::pin(sync_once(&sources, &request, now)).await?;
-        if result.has_updates
-            || request.since.is_none()
-            || request.full_state
-            || Instant::now() >= deadline
-            || services.notifier.is_closing()
-        {
-            break result.body;
-        }
+        let waiting = Instant::now() < deadline && !services.notifier.is_closing();
         // A typing notification lapsing is a change too; look again when one does.
-        let wake = result.wake_at.map_or(deadline, |at| at.min(deadline));
+        let wake_at = if waiting && nothing_new(&sources, &request, now) {
+            // The client is up to date (typically it asked again right after an answer):
+            // wait without a pass, until a change or until any room's typing entry lapses.
+            services.typing.next_lapse()
+        } else {
+            // Boxed: a pass's future is large, and held inline it would stay allocated (in
+            // every waiting connection's task) for the whole long-poll.
+            let result = Box::pin(sync_once(&sources, &request, now)).await?;
+            if result.has_updates
+                || request.since.is_none()
+                || request.full_state
+                || Instant::now() >= deadline
+                || services.notifier.is_closing()
+            {
+                break result.body;
+            }
+            result.wake_at
+        };
+        let wake = wake_at.map_or(deadline, |at| at.min(deadline));
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(wake.into()) => {}

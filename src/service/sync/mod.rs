@@ -143,6 +143,20 @@ pub struct SyncResult {
     pub wake_at: Option<Instant>,
 }
 
+/// Whether a pass for `request` at horizon `now` would carry nothing, known without reading
+/// anything. Every section of a pass is bounded by stream positions in `(since, now]` (events,
+/// memberships, receipts, account data, presence, to-device messages, device lists, push rules)
+/// or by typing serials after the token's. So a token at the settled position whose typing
+/// serial is the current one has nothing new, and a long-poll can wait without a pass. (The
+/// to-device messages up to the token, which a pass acknowledges, are then acknowledged by the
+/// pass that answers.)
+pub fn nothing_new(sources: &Sources<'_>, request: &SyncRequest<'_>, now: u64) -> bool {
+    !request.full_state
+        && request.since == Some(now)
+        // This run's serials are at least its first one, so equality also means "this run".
+        && request.typing_since == Some(sources.typing.current_serial())
+}
+
 pub async fn sync_once(
     sources: &Sources<'_>,
     request: &SyncRequest<'_>,
