@@ -368,6 +368,132 @@ async fn an_up_to_date_long_poll_wakes_for_every_kind_of_news() {
     }
 }
 
+/// Timeline events are serialised once and shared by every receiver's sync
+/// (`Rooms::shared_client_json`): each still gets what the single-event endpoint gives it
+/// (apart from `age`), the transaction id only on the sending device, `prev_content` of
+/// replaced state, `redacted_because`, and bundled aggregations where an event has them.
+#[tokio::test]
+async fn shared_timeline_json_is_each_viewers_own() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw-alice-123").await;
+    let (status, login) = srv.login("alice", "pw-alice-123").await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    let alice_other = login["access_token"].as_str().unwrap().to_owned();
+    let (_, bob, _) = srv.register("bob", "pw-bob-123").await;
+    let room = create_room(&srv, &alice, json!({"preset": "public_chat"})).await;
+    join(&srv, &bob, &room).await;
+    let viewers = [&alice, &alice_other, &bob];
+    let mut since = Vec::new();
+    for token in viewers {
+        let body = sync(&srv, token, None, 0).await;
+        since.push(body["next_batch"].as_str().unwrap().to_owned());
+    }
+
+    let topic = |n: u32| {
+        let srv = &srv;
+        let (alice, room) = (&alice, &room);
+        async move {
+            let (status, body) = srv
+                .put(
+                    &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(room)),
+                    Some(alice),
+                    json!({"topic": format!("topic {n}")}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let sent = send(&srv, &alice, &room, "txn-shared").await;
+    topic(1).await;
+    let second_topic = topic(2).await;
+    let redacted = send(&srv, &alice, &room, "txn-redacted").await;
+    let (status, body) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+                enc(&room),
+                enc(&redacted)
+            ),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // An edit of the first message: that one now bundles an `m.replace` aggregation.
+    let (status, body) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/edit1",
+                enc(&room)
+            ),
+            Some(&alice_other),
+            json!({"msgtype": "m.text", "body": "* x", "m.new_content": {"msgtype": "m.text", "body": "x"},
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": sent}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The three viewers sync the same events at once (one epoch: one shared serialisation).
+    let bodies = futures_util::future::join_all(
+        viewers
+            .iter()
+            .zip(&since)
+            .map(|(token, since)| sync(&srv, token, Some(since), 0)),
+    )
+    .await;
+    for (i, body) in bodies.iter().enumerate() {
+        let events = body["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("viewer {i}: {body}"));
+        assert!(events.len() >= 5, "viewer {i}: {body}");
+        for event in events {
+            let id = event["event_id"].as_str().unwrap();
+            let (status, single) = srv
+                .get(
+                    &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(id)),
+                    Some(viewers[i]),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{single}");
+            let mut ours = event.clone();
+            let mut theirs = single.clone();
+            for value in [&mut ours, &mut theirs] {
+                assert!(value["unsigned"]["age"].is_u64(), "viewer {i}: {value}");
+                without_ages(value);
+            }
+            assert_eq!(ours, theirs, "viewer {i}, event {id}");
+            let txn = &event["unsigned"]["transaction_id"];
+            if id == sent {
+                assert_eq!(*txn == "txn-shared", i == 0, "viewer {i}: {event}");
+                assert!(
+                    event["unsigned"]["m.relations"]["m.replace"].is_object(),
+                    "viewer {i}: {event}"
+                );
+            } else if id == redacted {
+                assert!(event["unsigned"]["redacted_because"].is_object(), "{event}");
+                assert_eq!(*txn == "txn-redacted", i == 0, "viewer {i}: {event}");
+            } else if id == second_topic {
+                assert_eq!(event["unsigned"]["prev_content"]["topic"], "topic 1");
+            }
+        }
+    }
+}
+
+/// `value` without `unsigned.age` anywhere in it (bundled events have their own).
+fn without_ages(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Object(unsigned)) = map.get_mut("unsigned") {
+                unsigned.remove("age");
+            }
+            map.values_mut().for_each(without_ages);
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_ages),
+        _ => {}
+    }
+}
+
 /// The per-room newest position starts from the store after a restart: a token from before
 /// it still gets the rooms written since (one written before the restart, one after), and a
 /// room with nothing new gets no events.

@@ -149,6 +149,6 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
     };
-    let body = serde_json::to_vec(&body).map_err(|e| Error::unknown(e.to_string()))?;
+    let body = body.to_vec();
     Ok(crate::http::json_response(http::StatusCode::OK, body))
 }

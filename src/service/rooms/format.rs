@@ -3,7 +3,9 @@
 use ruma::{CanonicalJsonValue, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
+use super::relations::Relations;
 use super::{Rooms, StoredEvent};
+use crate::error::Result;
 use crate::service::users::now_ms;
 
 /// State types shown to invitees and knockers as stripped state (client-server API,
@@ -30,43 +32,34 @@ impl Rooms {
     /// (age, the viewer's own transaction id, `prev_content` for replaced state,
     /// `redacted_because`).
     pub fn client_event(&self, event: &StoredEvent, viewer: Option<Viewer<'_>>) -> Value {
-        let mut out = Map::new();
-        for key in [
-            "content",
-            "origin_server_ts",
-            "sender",
-            "type",
-            "state_key",
-            "redacts",
-        ] {
-            if let Some(value) = event.json.get(key) {
-                out.insert(key.to_owned(), canonical_to_json(value));
-            }
+        let mut out = client_fields(event);
+        let mut unsigned = self.shared_unsigned(event);
+        unsigned.insert("age".into(), json!(age(event)));
+        if let Some(txn) = own_transaction_id(event, viewer) {
+            unsigned.insert("transaction_id".into(), json!(txn));
         }
-        out.insert("event_id".into(), json!(event.pdu.event_id));
-        let room_id = match &event.pdu.room_id {
-            Some(room_id) => room_id.to_string(),
-            // v12 create events carry no room id; it is their own hash.
-            None => format!("!{}", &event.pdu.event_id.as_str()[1..]),
-        };
-        out.insert("room_id".into(), json!(room_id));
-        if let (Some(redacts), false) = (&event.pdu.redacts, out.contains_key("redacts")) {
-            // v11+ moved `redacts` into the content; clients still read the top-level key.
-            out.insert("redacts".into(), json!(redacts));
-        }
+        out.insert("unsigned".into(), Value::Object(unsigned));
+        Value::Object(out)
+    }
 
+    /// What every viewer's [`Rooms::client_event`] of `event` has in common, serialised.
+    pub fn client_json_parts(&self, event: &StoredEvent) -> Result<ClientJsonParts> {
+        let has_relations = event.meta.state_key.is_none()
+            && !self
+                .store
+                .scan_prefix::<Relations, _>(&(event.sid,), 1)?
+                .is_empty();
+        Ok(ClientJsonParts {
+            unsigned_rest: members_json(&self.shared_unsigned(event)),
+            fields: members_json(&client_fields(event)),
+            has_relations,
+        })
+    }
+
+    /// The members of `unsigned` that are the same for every viewer: `prev_content` and
+    /// `replaces_state` for replaced state, `redacted_because`.
+    fn shared_unsigned(&self, event: &StoredEvent) -> Map<String, Value> {
         let mut unsigned = Map::new();
-        unsigned.insert(
-            "age".into(),
-            json!(now_ms().saturating_sub(event.meta.origin_server_ts)),
-        );
-        if let (Some((device, txn)), Some(viewer)) = (&event.meta.txn, viewer) {
-            if viewer.user_id.as_str() == event.meta.sender
-                && viewer.device_id == Some(device.as_str())
-            {
-                unsigned.insert("transaction_id".into(), json!(txn));
-            }
-        }
         if let Some(replaced) = event
             .meta
             .replaces_state
@@ -90,8 +83,7 @@ impl Rooms {
                 );
             }
         }
-        out.insert("unsigned".into(), Value::Object(unsigned));
-        Value::Object(out)
+        unsigned
     }
 
     /// The federation form of a stored event (a filter's `event_format: "federation"`): the
@@ -129,6 +121,124 @@ impl Rooms {
     }
 }
 
+/// The client-visible fields of an event (all but `unsigned`).
+fn client_fields(event: &StoredEvent) -> Map<String, Value> {
+    let mut out = Map::new();
+    for key in [
+        "content",
+        "origin_server_ts",
+        "sender",
+        "type",
+        "state_key",
+        "redacts",
+    ] {
+        if let Some(value) = event.json.get(key) {
+            out.insert(key.to_owned(), canonical_to_json(value));
+        }
+    }
+    out.insert(
+        "event_id".into(),
+        Value::String(event.pdu.event_id.to_string()),
+    );
+    let room_id = match &event.pdu.room_id {
+        Some(room_id) => room_id.to_string(),
+        // v12 create events carry no room id; it is their own hash.
+        None => format!("!{}", &event.pdu.event_id.as_str()[1..]),
+    };
+    out.insert("room_id".into(), Value::String(room_id));
+    if let (Some(redacts), false) = (&event.pdu.redacts, out.contains_key("redacts")) {
+        // v11+ moved `redacts` into the content; clients still read the top-level key.
+        out.insert("redacts".into(), json!(redacts));
+    }
+    out
+}
+
+/// `unsigned.age`: milliseconds since the event was sent, as of now.
+fn age(event: &StoredEvent) -> u64 {
+    now_ms().saturating_sub(event.meta.origin_server_ts)
+}
+
+/// The transaction id of `event` if `viewer` is the device that sent it.
+fn own_transaction_id<'e>(event: &'e StoredEvent, viewer: Option<Viewer<'_>>) -> Option<&'e str> {
+    let ((device, txn), viewer) = (event.meta.txn.as_ref()?, viewer?);
+    (viewer.user_id.as_str() == event.meta.sender && viewer.device_id == Some(device.as_str()))
+        .then_some(txn.as_str())
+}
+
+/// `,"key":value` for each member of `map`, serialised.
+fn members_json(map: &Map<String, Value>) -> String {
+    let mut out = Vec::new();
+    for (key, value) in map {
+        out.push(b',');
+        // Writing into a Vec cannot fail, and a Value always serialises.
+        let _ = serde_json::to_writer(&mut out, key);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut out, value);
+    }
+    // serde_json writes UTF-8 only.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// An event's client form as far as it is the same for every viewer, serialised once and
+/// shared by the syncs one event wakes ([`Rooms::shared_client_json`]). Each viewer's copy is
+/// [`ClientJsonParts::for_viewer`]: `unsigned` with its own `age` and transaction id, and
+/// these parts copied in.
+pub struct ClientJsonParts {
+    /// `,"key":value` for each viewer-independent member of `unsigned`.
+    unsigned_rest: String,
+    /// `,"key":value` for each field besides `unsigned`.
+    fields: String,
+    /// Whether other events relate to this one (a non-state event), so that timelines bundle
+    /// aggregations, which differ by viewer, with it.
+    pub has_relations: bool,
+}
+
+impl ClientJsonParts {
+    /// The JSON text of [`Rooms::client_event`] of `event` (the one these parts were made of)
+    /// for `viewer`.
+    pub fn for_viewer(&self, event: &StoredEvent, viewer: Option<Viewer<'_>>) -> String {
+        let txn = own_transaction_id(event, viewer);
+        let mut out = String::with_capacity(self.unsigned_rest.len() + self.fields.len() + 40);
+        out.push_str("{\"unsigned\":{\"age\":");
+        out.push_str(&age(event).to_string());
+        if let Some(txn) = txn {
+            out.push_str(",\"transaction_id\":");
+            out.push_str(&Value::String(txn.to_owned()).to_string());
+        }
+        out.push_str(&self.unsigned_rest);
+        out.push('}');
+        out.push_str(&self.fields);
+        out.push('}');
+        out
+    }
+}
+
+/// A stored event's field as a JSON value, converted directly (every canonical JSON value
+/// is a JSON value; going through a serializer cost as much as the copy).
 pub fn canonical_to_json(value: &CanonicalJsonValue) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
+    match value {
+        CanonicalJsonValue::Null => Value::Null,
+        CanonicalJsonValue::Bool(b) => Value::Bool(*b),
+        CanonicalJsonValue::Integer(i) => Value::Number(i64::from(*i).into()),
+        CanonicalJsonValue::String(s) => Value::String(s.clone()),
+        CanonicalJsonValue::Array(items) => {
+            Value::Array(items.iter().map(canonical_to_json).collect())
+        }
+        CanonicalJsonValue::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| (key.clone(), canonical_to_json(value)))
+                .collect(),
+        ),
+    }
+}
+
+/// A JSON object of these fields, moved in. (`json!` serialises each value it is given into a
+/// new one: for a built list of events, a deep copy.)
+pub fn object<'a>(fields: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect(),
+    )
 }

@@ -8,13 +8,17 @@
 //! redactions (which rewrite an event) included, starts a new epoch before it is
 //! acknowledged, an entry is what a read of the store would give every reader of its epoch.
 //! Memory is bounded by [`CACHED_EVENTS`].
+//!
+//! Beside each event kept, the serialised parts of its client form that every viewer shares
+//! ([`ClientJsonParts`]), made by the first reader that serves it: the receivers one event
+//! wakes copy its JSON text instead of each building and serialising it.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use super::{Rooms, StoredEvent};
+use super::{format::ClientJsonParts, Rooms, StoredEvent};
 use crate::error::Result;
 
 /// Most events kept (a few KiB each; a wake-up of 50 rooms reads about 100); the map starts
@@ -31,6 +35,8 @@ struct Inner {
     /// The commit epoch the entries were read in.
     epoch: u64,
     events: HashMap<u64, Arc<StoredEvent>>,
+    /// The client JSON parts of entries of `events`, by the same sid.
+    client: HashMap<u64, Arc<ClientJsonParts>>,
 }
 
 impl RecentEvents {
@@ -51,19 +57,50 @@ impl RecentEvents {
         if inner.at(epoch) {
             if inner.events.len() >= CACHED_EVENTS {
                 inner.events.clear();
+                inner.client.clear();
             }
             inner.events.insert(event.sid, event.clone());
         }
     }
 }
 
+impl RecentEvents {
+    /// The client JSON parts kept for `event` if it is the entry of `epoch`.
+    fn client_of(&self, epoch: u64, event: &Arc<StoredEvent>) -> Option<Arc<ClientJsonParts>> {
+        let mut inner = self.lock();
+        if !inner.holds(epoch, event) {
+            return None;
+        }
+        inner.client.get(&event.sid).cloned()
+    }
+
+    /// Keeps `parts` beside `event` if it is still the entry of `epoch`.
+    fn keep_client(&self, epoch: u64, event: &Arc<StoredEvent>, parts: &Arc<ClientJsonParts>) {
+        let mut inner = self.lock();
+        if inner.holds(epoch, event) {
+            inner.client.insert(event.sid, parts.clone());
+        }
+    }
+}
+
 impl Inner {
+    /// Whether `event` itself is the entry of `epoch` (so it was read in that epoch, not
+    /// before a write that may have changed it).
+    fn holds(&mut self, epoch: u64, event: &Arc<StoredEvent>) -> bool {
+        self.at(epoch)
+            && self
+                .events
+                .get(&event.sid)
+                .is_some_and(|kept| Arc::ptr_eq(kept, event))
+    }
+
     /// Moves to `epoch` when it is newer, dropping the older entries; whether the entries
     /// are of `epoch` (a reader of an older one neither serves nor keeps any).
     fn at(&mut self, epoch: u64) -> bool {
         if self.epoch < epoch {
             self.epoch = epoch;
             self.events.clear();
+            self.client.clear();
         }
         self.epoch == epoch
     }
@@ -83,5 +120,18 @@ impl Rooms {
         let event = Arc::new(event);
         self.recent_events.keep(epoch, &event);
         Ok(Some(event))
+    }
+
+    /// The client JSON parts of an event from [`Rooms::shared_event_by_sid`], made once per
+    /// commit epoch for all readers. An event read in an older epoch (a write may have changed
+    /// it since) gets parts of its own, not kept.
+    pub fn shared_client_json(&self, event: &Arc<StoredEvent>) -> Result<Arc<ClientJsonParts>> {
+        let epoch = self.store.commit_epoch();
+        if let Some(parts) = self.recent_events.client_of(epoch, event) {
+            return Ok(parts);
+        }
+        let parts = Arc::new(self.client_json_parts(event)?);
+        self.recent_events.keep_client(epoch, event, &parts);
+        Ok(parts)
     }
 }

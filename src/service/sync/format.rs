@@ -2,6 +2,8 @@
 //! the client form or the federation form (the signed PDU), optionally cut down to the
 //! listed fields.
 
+use std::sync::Arc;
+
 use ruma::api::client::filter::{EventFormat as Format, FilterDefinition};
 use serde_json::{Map, Value};
 
@@ -55,6 +57,78 @@ impl EventFormat {
             copy_path(&value, &mut out, path);
         }
         out
+    }
+}
+
+impl EventFormat {
+    /// A timeline event as the filter wants it. In the plain client form, and without
+    /// aggregations to bundle (which differ by viewer), it is the event's shared JSON text
+    /// ([`Rooms::shared_client_json`]) with this viewer's `unsigned` members.
+    pub fn timeline_event(
+        &self,
+        rooms: &Rooms,
+        event: &Arc<StoredEvent>,
+        viewer: Option<Viewer<'_>>,
+    ) -> Result<Json> {
+        if !self.federation && self.fields.is_none() {
+            let parts = rooms.shared_client_json(event)?;
+            if !parts.has_relations {
+                return Ok(Json::Text(parts.for_viewer(event, viewer)));
+            }
+        }
+        Ok(Json::Value(self.event(rooms, event, viewer, true)?))
+    }
+}
+
+/// A response body under construction: JSON values, and JSON text made elsewhere (an event's
+/// shared client form) that is copied in as it is.
+pub enum Json {
+    Value(Value),
+    /// Valid JSON text, serialised by this server.
+    Text(String),
+    /// Members in order; each key once.
+    Object(Vec<(String, Json)>),
+    Array(Vec<Json>),
+}
+
+impl Json {
+    /// The JSON text of the whole tree.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024);
+        self.write(&mut out);
+        out
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            // Writing into a Vec cannot fail, and a Value always serialises.
+            Json::Value(value) => {
+                let _ = serde_json::to_writer(&mut *out, value);
+            }
+            Json::Text(text) => out.extend_from_slice(text.as_bytes()),
+            Json::Object(members) => {
+                out.push(b'{');
+                for (i, (key, value)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    let _ = serde_json::to_writer(&mut *out, key);
+                    out.push(b':');
+                    value.write(out);
+                }
+                out.push(b'}');
+            }
+            Json::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write(out);
+                }
+                out.push(b']');
+            }
+        }
     }
 }
 
@@ -117,6 +191,26 @@ mod tests {
         );
         assert_eq!(split_path(r"content.m\\foo"), ["content", r"m\foo"]);
         assert_eq!(split_path(r"a\xb"), [r"a\xb"]);
+    }
+
+    #[test]
+    fn trees_with_text_serialise_as_json() {
+        let tree = Json::Object(vec![
+            ("a".into(), Json::Value(json!({"x": [1, "y\"z"]}))),
+            (
+                "b\"".into(),
+                Json::Array(vec![
+                    Json::Text(r#"{"unsigned":{"age":3},"k":true}"#.into()),
+                    Json::Array(vec![]),
+                    Json::Object(vec![]),
+                ]),
+            ),
+        ]);
+        let parsed: Value = serde_json::from_slice(&tree.to_vec()).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"a": {"x": [1, "y\"z"]}, "b\"": [{"unsigned": {"age": 3}, "k": true}, [], {}]})
+        );
     }
 
     #[test]

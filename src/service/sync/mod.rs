@@ -39,7 +39,7 @@ pub mod sliding;
 
 pub use filters::event_passes;
 use filters::{filter_passes, limit_of, room_wanted};
-use format::EventFormat;
+use format::{EventFormat, Json};
 pub use lazy::LazyMembers;
 pub use legacy::{
     events_since, initial_sync, peek_access, room_initial_sync, EventsPage, InitialSyncQuery,
@@ -52,7 +52,7 @@ use super::{
     account_data::AccountData, e2ee::E2ee, presence::Presence, push::notifications::Notifications,
     push_rules::PushRules, receipts::Receipts, rooms::Rooms, typing::Typing,
 };
-use crate::error::Result;
+use crate::{error::Result, service::rooms::format::object};
 
 /// A parsed `since` token: a stream position and, optionally, a typing serial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +138,7 @@ struct Pass<'a> {
 /// a typing notification in one of the user's rooms lapses (a waiting sync should look again
 /// then).
 pub struct SyncResult {
-    pub body: Value,
+    pub body: Json,
     pub has_updates: bool,
     pub wake_at: Option<Instant>,
 }
@@ -194,10 +194,12 @@ pub async fn sync_once(
             .reset(request.user_id.as_str(), request.device_id);
     }
 
-    let mut join = Map::new();
+    // Rooms with their sections; invites and knocks are plain values, the others carry
+    // timelines (shared event JSON text).
+    let mut join: Vec<(String, Json)> = Vec::new();
     let mut invite = Map::new();
     let mut knock = Map::new();
-    let mut leave = Map::new();
+    let mut leave: Vec<(String, Json)> = Vec::new();
     let rooms = sources.rooms;
     let user_id = request.user_id;
 
@@ -258,11 +260,15 @@ pub async fn sync_once(
                 continue;
             }
             match remote::section(&record, &ignored) {
-                Some(("invite", body)) => invite.insert(room_id.to_string(), body),
-                Some(("knock", body)) => knock.insert(room_id.to_string(), body),
-                Some((_, body)) => leave.insert(room_id.to_string(), body),
-                None => None,
-            };
+                Some(("invite", body)) => {
+                    invite.insert(room_id.to_string(), body);
+                }
+                Some(("knock", body)) => {
+                    knock.insert(room_id.to_string(), body);
+                }
+                Some((_, body)) => leave.push((room_id.to_string(), Json::Value(body))),
+                None => {}
+            }
             continue;
         }
         let Some((membership, member_sid)) =
@@ -299,7 +305,7 @@ pub async fn sync_once(
                     request.since
                 };
                 if let Some(room) = joined_room(&mut pass, &room_id, since).await? {
-                    join.insert(room_id.to_string(), room);
+                    join.push((room_id.to_string(), room));
                 }
             }
             "invite" | "knock" if changed_membership => {
@@ -313,12 +319,12 @@ pub async fn sync_once(
                 if membership == "invite" {
                     invite.insert(
                         room_id.to_string(),
-                        json!({"invite_state": {"events": events}}),
+                        object([("invite_state", object([("events", Value::Array(events))]))]),
                     );
                 } else {
                     knock.insert(
                         room_id.to_string(),
-                        json!({"knock_state": {"events": events}}),
+                        object([("knock_state", object([("events", Value::Array(events))]))]),
                     );
                 }
             }
@@ -358,7 +364,7 @@ pub async fn sync_once(
                 if let Some(room) =
                     room_timeline(&pass, &record, access, since, upto, false, with_state)?
                 {
-                    leave.insert(room_id.to_string(), room);
+                    leave.push((room_id.to_string(), room));
                 }
             }
             _ => {}
@@ -373,19 +379,21 @@ pub async fn sync_once(
         typing: Some(typing_now),
     };
     body.insert("next_batch".into(), json!(next_batch.to_string()));
-    let mut rooms_body = Map::new();
+    let mut rooms_body = Vec::new();
     for (key, section) in [
-        ("join", join),
-        ("invite", invite),
-        ("knock", knock),
-        ("leave", leave),
+        ("join", Json::Object(join)),
+        ("invite", Json::Value(Value::Object(invite))),
+        ("knock", Json::Value(Value::Object(knock))),
+        ("leave", Json::Object(leave)),
     ] {
-        if !section.is_empty() {
-            rooms_body.insert(key.into(), Value::Object(section));
+        let empty = match &section {
+            Json::Object(rooms) => rooms.is_empty(),
+            Json::Value(Value::Object(rooms)) => rooms.is_empty(),
+            _ => false,
+        };
+        if !empty {
+            rooms_body.push((key.to_owned(), section));
         }
-    }
-    if !rooms_body.is_empty() {
-        body.insert("rooms".into(), Value::Object(rooms_body));
     }
 
     let account_filter = &request.filter.account_data;
@@ -394,7 +402,10 @@ pub async fn sync_once(
         .filter(|(kind, _)| filter_passes(account_filter, kind, None))
         .filter_map(|(kind, content)| {
             let content: Value = serde_json::from_slice(&content).ok()?;
-            Some(json!({"type": kind, "content": content}))
+            Some(object([
+                ("type", Value::String(kind)),
+                ("content", content),
+            ]))
         })
         .collect();
     let rules_changed = match request.since {
@@ -411,13 +422,19 @@ pub async fn sync_once(
     events.truncate(limit_of(account_filter.limit));
     if !events.is_empty() {
         has_updates = true;
-        body.insert("account_data".into(), json!({ "events": events }));
+        body.insert(
+            "account_data".into(),
+            object([("events", Value::Array(events))]),
+        );
     }
 
     let presence = presence_events(sources, request, now, &newly_joined)?;
     if !presence.is_empty() {
         has_updates = true;
-        body.insert("presence".into(), json!({ "events": presence }));
+        body.insert(
+            "presence".into(),
+            object([("events", Value::Array(presence))]),
+        );
     }
 
     // End-to-end encryption: to-device messages (those up to the client's token are
@@ -428,7 +445,10 @@ pub async fn sync_once(
             .await?;
     }
     has_updates |= held_back || !to_device.is_empty();
-    body.insert("to_device".into(), json!({ "events": to_device }));
+    body.insert(
+        "to_device".into(),
+        object([("events", Value::Array(to_device))]),
+    );
     if let Some(since) = request.since {
         let (changed, left) = e2ee.device_list_changes(rooms, request.user_id, since, now)?;
         if !changed.is_empty() || !left.is_empty() {
@@ -452,7 +472,12 @@ pub async fn sync_once(
         .typing
         .earliest_deadline(joined_rooms.iter().map(|r| r.as_ref()));
     Ok(SyncResult {
-        body: Value::Object(body),
+        body: Json::Object(
+            body.into_iter()
+                .map(|(key, value)| (key, Json::Value(value)))
+                .chain((!rooms_body.is_empty()).then(|| ("rooms".into(), Json::Object(rooms_body))))
+                .collect(),
+        ),
         has_updates,
         wake_at,
     })

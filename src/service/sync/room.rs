@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     filters::{event_passes, limit_of, room_event_passes},
+    format::Json,
     Pass, TypingSince,
 };
 use crate::{
@@ -29,14 +30,14 @@ const DEFAULT_TIMELINE_LIMIT: usize = 10;
 pub(super) const MAX_TIMELINE_LIMIT: usize = 100;
 /// Heroes shown in a room summary.
 pub(super) const HEROES: usize = 5;
-use crate::service::rooms::format::STRIPPED_STATE;
+use crate::service::rooms::format::{object, STRIPPED_STATE};
 
 /// A joined room's section, or `None` when nothing changed since the token.
 pub(super) async fn joined_room(
     pass: &mut Pass<'_>,
     room_id: &RoomId,
     since: Option<u64>,
-) -> Result<Option<Value>> {
+) -> Result<Option<Json>> {
     let sources = pass.sources;
     let request = pass.request;
     let now = pass.now;
@@ -89,7 +90,7 @@ pub(super) async fn joined_room(
     }
     if room_event_passes(ephemeral_filter, room_id, "m.receipt") {
         if let Some(content) = sources.receipts.room_since(room_id, since, now, user_id)? {
-            ephemeral.push(json!({"type": "m.receipt", "content": content}));
+            ephemeral.push(object([("type", json!("m.receipt")), ("content", content)]));
         }
     }
     ephemeral.truncate(limit_of(ephemeral_filter.limit));
@@ -108,23 +109,25 @@ pub(super) async fn joined_room(
         .filter(|(kind, _)| room_event_passes(account_filter, room_id, kind))
         .filter_map(|(kind, content)| {
             let content: Value = serde_json::from_slice(&content).ok()?;
-            Some(json!({"type": kind, "content": content}))
+            Some(object([
+                ("type", Value::String(kind)),
+                ("content", content),
+            ]))
         })
         .collect();
     account_data.truncate(limit_of(account_filter.limit));
 
-    let mut room = match timeline {
-        Some(room) => room,
+    let timeline = match timeline {
+        Some(timeline) => timeline,
         None if !ephemeral.is_empty() || !account_data.is_empty() => {
             // Nothing new in the timeline: its (empty) start is this sync's horizon.
             let prev_batch = now.saturating_add(1).to_string();
-            json!({
-                "timeline": {"events": [], "limited": false, "prev_batch": prev_batch},
-                "state": {"events": []},
-            })
+            timeline_json(Vec::new(), false, prev_batch, Vec::new())
         }
         None => return Ok(None),
     };
+    // The room's other members, added to the timeline's.
+    let mut room = Value::Object(Map::new());
     let record = match record {
         Some(record) => record,
         None => match rooms.room(room_id)? {
@@ -151,8 +154,8 @@ pub(super) async fn joined_room(
     if needs_heroes(rooms, record.sid)? {
         room["summary"]["m.heroes"] = json!(members.heroes(user_id.as_str(), HEROES));
     }
-    room["ephemeral"] = json!({ "events": ephemeral });
-    room["account_data"] = json!({ "events": account_data });
+    room["ephemeral"] = object([("events", Value::Array(ephemeral))]);
+    room["account_data"] = object([("events", Value::Array(account_data))]);
 
     let counts = sources.notifications.room_counts(user_id, room_id)?;
     if request.filter.room.timeline.unread_thread_notifications {
@@ -169,7 +172,34 @@ pub(super) async fn joined_room(
     } else {
         room["unread_notifications"] = counts.total().json();
     }
-    Ok(Some(room))
+    let Json::Object(mut members) = timeline else {
+        unreachable!("timeline_json makes an object")
+    };
+    if let Value::Object(room) = room {
+        members.extend(
+            room.into_iter()
+                .map(|(key, value)| (key, Json::Value(value))),
+        );
+    }
+    Ok(Some(Json::Object(members)))
+}
+
+/// A room's `timeline` and `state` members.
+fn timeline_json(events: Vec<Json>, limited: bool, prev_batch: String, state: Vec<Value>) -> Json {
+    Json::Object(vec![
+        (
+            "timeline".into(),
+            Json::Object(vec![
+                ("events".into(), Json::Array(events)),
+                ("limited".into(), Json::Value(Value::Bool(limited))),
+                ("prev_batch".into(), Json::Value(Value::String(prev_batch))),
+            ]),
+        ),
+        (
+            "state".into(),
+            Json::Value(object([("events", Value::Array(state))])),
+        ),
+    ])
 }
 
 /// The stripped state an invitee or knocker sees of a room this server takes part in (spec:
@@ -253,7 +283,7 @@ pub(super) fn room_timeline(
     upto: u64,
     joined: bool,
     with_state: bool,
-) -> Result<Option<Value>> {
+) -> Result<Option<Json>> {
     let (sources, request) = (pass.sources, pass.request);
     let rooms = sources.rooms;
     let filter = &request.filter.room.timeline;
@@ -370,14 +400,11 @@ pub(super) fn room_timeline(
 
     // Timeline events carry their bundled aggregations (threads, edits, references), as on
     // every other read path (in the client format the filter may ask for).
-    let events: Vec<Value> = picked
+    let events: Vec<Json> = picked
         .iter()
-        .map(|e| pass.format.event(rooms, e, Some(viewer), true))
+        .map(|e| pass.format.timeline_event(rooms, e, Some(viewer)))
         .collect::<Result<_>>()?;
-    let timeline = json!({"events": events, "limited": limited, "prev_batch": prev_batch});
-    Ok(Some(
-        json!({"timeline": timeline, "state": {"events": state}}),
-    ))
+    Ok(Some(timeline_json(events, limited, prev_batch, state)))
 }
 
 /// Which part of a room's timeline a sync reads: the events after `since` (exclusive; `None`:

@@ -279,7 +279,7 @@ fn account_data(
             .filter_map(|(k, c)| event(k, c))
             .collect();
         if !events.is_empty() {
-            by_room.insert(room.to_string(), json!(events));
+            by_room.insert(room.to_string(), Value::Array(events));
         }
     }
     let mut body = Map::new();

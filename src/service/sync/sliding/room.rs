@@ -370,7 +370,7 @@ fn joined_or_left(
         }
     }
     if !required_state.is_empty() {
-        body.insert("required_state".into(), json!(required_state));
+        body.insert("required_state".into(), Value::Array(required_state));
     }
     let live = |e: &&Arc<StoredEvent>| previous.is_some_and(|p| e.sid > p.upto);
     let num_live = window.events.iter().filter(live).count();
@@ -379,7 +379,7 @@ fn joined_or_left(
         .iter()
         .map(|e| ctx.format.event(rooms, e, viewer, true))
         .collect::<Result<_>>()?;
-    body.insert("timeline".into(), json!(timeline));
+    body.insert("timeline".into(), Value::Array(timeline));
     body.insert("prev_batch".into(), json!(window.prev_batch));
     body.insert("limited".into(), json!(window.limited));
     body.insert("num_live".into(), json!(num_live));
