@@ -47,9 +47,9 @@ fn trim() {}
 /// code once (configuration, opening and upgrading the store, building the routes), and the
 /// kernel maps up to 64 KiB of the file around each page touched: a fresh server kept about
 /// 9 MiB of its 19 MiB of code resident, most of it never run again. These are clean pages of
-/// the binary's file, so paging them out loses nothing; what serves requests is read back on
-/// first use. Called once, after start-up, by the binary (not by tests, which share their
-/// process). Linux 5.4 and later; elsewhere, or when refused, nothing happens.
+/// the binary's file, so paging them out loses nothing; the first requests read the code they
+/// need back from it. Called once, after start-up, by the binary (not by tests, which share
+/// their process). Linux 5.4 and later; elsewhere, or when refused, nothing happens.
 #[cfg(target_os = "linux")]
 pub fn drop_startup_pages() {
     use std::os::raw::{c_int, c_void};
@@ -84,11 +84,12 @@ pub fn drop_startup_pages() {
         ) else {
             continue;
         };
-        // SAFETY: the range is one whole mapping of this process, read-only and backed by
-        // the executable's file, as /proc/self/maps lists it. MADV_PAGEOUT only unmaps clean
-        // pages, which the next access faults back in from the file with the same contents
-        // (the kernel refuses writes to a running executable), so no memory changes under any
-        // thread. An error (an older kernel) leaves the pages where they are.
+        // SAFETY: the range is one whole mapping of this process, read-only, as
+        // /proc/self/maps lists it. MADV_PAGEOUT reclaims pages without changing what they
+        // hold: clean pages of the file are dropped and read back from it on the next access;
+        // private copies (the relocated read-only data) go to swap if there is any and stay
+        // otherwise. No thread sees memory change. An error (an older kernel) leaves the
+        // pages where they are.
         unsafe {
             madvise(
                 start as *mut c_void,

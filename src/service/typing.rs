@@ -144,7 +144,7 @@ impl Typing {
         })
     }
 
-    /// The earliest moment any typing entry lapses, in any room.
+    /// The earliest moment any typing entry lapses, in any room (`None`: nobody is typing).
     pub fn next_lapse(&self) -> Option<Instant> {
         let inner = self.lock();
         inner

@@ -12,7 +12,7 @@ use crate::{
     error::{Error, Result},
     http::{Auth, Incoming, Response, Router},
     service::{
-        sync::{nothing_new, sync_once, Sources, SyncRequest, SyncToken},
+        sync::{next_typing_lapse, nothing_new, sync_once, Sources, SyncRequest, SyncToken},
         Services,
     },
 };
@@ -127,8 +127,8 @@ async fn sync(services: Arc<Services>, incoming: Incoming) -> Result<Response> {
         // A typing notification lapsing is a change too; look again when one does.
         let wake_at = if waiting && nothing_new(&sources, &request, now) {
             // The client is up to date (typically it asked again right after an answer):
-            // wait without a pass, until a change or until any room's typing entry lapses.
-            services.typing.next_lapse()
+            // wait without a pass, until a change or a typing lapse in one of its rooms.
+            next_typing_lapse(&sources, request.user_id)?
         } else {
             // Boxed: a pass's future is large, and held inline it would stay allocated (in
             // every waiting connection's task) for the whole long-poll.

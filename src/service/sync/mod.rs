@@ -25,7 +25,10 @@ use std::{
     time::Instant,
 };
 
-use ruma::{api::client::filter::FilterDefinition, OwnedRoomId, UserId};
+use ruma::{
+    api::client::filter::FilterDefinition, events::room::member::MembershipState, OwnedRoomId,
+    UserId,
+};
 use serde_json::{json, Map, Value};
 
 mod filters;
@@ -147,14 +150,28 @@ pub struct SyncResult {
 /// anything. Every section of a pass is bounded by stream positions in `(since, now]` (events,
 /// memberships, receipts, account data, presence, to-device messages, device lists, push rules)
 /// or by typing serials after the token's. So a token at the settled position whose typing
-/// serial is the current one has nothing new, and a long-poll can wait without a pass. (The
-/// to-device messages up to the token, which a pass acknowledges, are then acknowledged by the
-/// pass that answers.)
+/// serial is the current one has nothing new, and a long-poll can wait without a pass (until a
+/// wake-up, or [`next_typing_lapse`]). The to-device messages up to the token, which a pass
+/// acknowledges, are then acknowledged by the pass that answers; until then they stay in the
+/// device's inbox, already delivered.
 pub fn nothing_new(sources: &Sources<'_>, request: &SyncRequest<'_>, now: u64) -> bool {
     !request.full_state
         && request.since == Some(now)
         // This run's serials are at least its first one, so equality also means "this run".
         && request.typing_since == Some(sources.typing.current_serial())
+}
+
+/// When a typing entry in one of the user's joined rooms next lapses: a lapse changes the
+/// typing list without waking anyone, so a long-poll that waits without a pass looks again
+/// then. Nothing is read while nobody types anywhere.
+pub fn next_typing_lapse(sources: &Sources<'_>, user_id: &UserId) -> Result<Option<Instant>> {
+    if sources.typing.next_lapse().is_none() {
+        return Ok(None);
+    }
+    let joined = sources.rooms.rooms_of(user_id, &MembershipState::Join)?;
+    Ok(sources
+        .typing
+        .earliest_deadline(joined.iter().map(|room| room.as_ref())))
 }
 
 pub async fn sync_once(
