@@ -1,26 +1,43 @@
 //! The one query-string parser (`application/x-www-form-urlencoded`), and the checks every
 //! query gets before routing.
 
+use std::borrow::Cow;
+
 use crate::error::Error;
 
 /// The decoded `key=value` pairs of a query string, in order. `+` is a space; invalid UTF-8
 /// is replaced (a value that must be an identifier then fails to parse as one).
 pub fn pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(key), decode(value))
-    })
+    raw_pairs(query).map(|(key, value)| (decode(key).into_owned(), decode(value).into_owned()))
 }
 
-/// The first value of `name`, decoded.
+/// The `key=value` pairs of a query string as they are, in order.
+fn raw_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// The first value of `name`, decoded (only that value is).
 pub fn value(query: &str, name: &str) -> Option<String> {
-    pairs(query).find(|(key, _)| key == name).map(|(_, v)| v)
+    raw_pairs(query)
+        .find(|(key, _)| decode(key) == name)
+        .map(|(_, value)| decode(value).into_owned())
 }
 
-fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(&s.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned()
+/// Decodes one key or value; borrowed when it has nothing to decode.
+fn decode(s: &str) -> Cow<'_, str> {
+    if s.contains('+') {
+        let spaced = s.replace('+', " ");
+        Cow::Owned(
+            percent_encoding::percent_decode_str(&spaced)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    } else {
+        percent_encoding::percent_decode_str(s).decode_utf8_lossy()
+    }
 }
 
 const BOOL: &[&str] = &["true", "false"];
@@ -48,9 +65,11 @@ const ENUMS: &[(&str, &[&str])] = &[
 
 /// Refuses a parameter of [`ENUMS`] outside its values with `M_INVALID_PARAM`.
 pub fn check_enums(query: &str) -> Result<(), Error> {
-    for (key, value) in pairs(query) {
+    for (key, value) in raw_pairs(query) {
+        let key = decode(key);
         if let Some((name, allowed)) = ENUMS.iter().find(|(name, _)| *name == key) {
-            if !allowed.contains(&value.as_str()) {
+            let value = decode(value);
+            if !allowed.contains(&value.as_ref()) {
                 return Err(Error::invalid_param(format!(
                     "Query parameter {name} must be one of {}, not {value:?}",
                     allowed.join(", ")
@@ -75,5 +94,10 @@ mod tests {
         }
         assert_eq!(value("x=1&y=2&x=3", "x").as_deref(), Some("1"));
         assert_eq!(value("x=1", "y"), None);
+        // Keys are compared decoded; only the value found is decoded.
+        assert_eq!(value("a%62=x+%2By&ab=2", "ab").as_deref(), Some("x +y"));
+        assert_eq!(value("k+=1&k%20=2", "k ").as_deref(), Some("1"));
+        assert!(check_enums("dir=b&full%5Fstate=true&other=%FF").is_ok());
+        assert!(check_enums("full%5Fstate=yes").is_err());
     }
 }

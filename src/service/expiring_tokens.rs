@@ -98,11 +98,17 @@ pub struct ExpiringTokens<K: TokenKind> {
 /// Rows deleted per sweep batch.
 const SWEEP_PAGE: usize = 500;
 
-fn token_hash(token: &str) -> String {
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// How a token is stored (here and for access and refresh tokens, `sessions.rs`): the
+/// lowercase hex SHA-256 of its text, so the store never holds a usable token.
+pub(crate) fn token_hash(token: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    let mut out = String::with_capacity(2 * digest.len());
+    for byte in digest {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    out
 }
 
 impl<K: TokenKind> ExpiringTokens<K> {
@@ -232,5 +238,16 @@ pub async fn run_sweeps(
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_hashes_are_lowercase_hex_sha256() {
+        assert_eq!(
+            super::token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

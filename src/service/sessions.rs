@@ -14,9 +14,8 @@ use base64::Engine as _;
 use rand::RngExt;
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
-use super::{e2ee::E2ee, push::pushers::Pushers, users::now_ms};
+use super::{e2ee::E2ee, expiring_tokens::token_hash, push::pushers::Pushers, users::now_ms};
 use crate::{
     error::{Error, Result},
     store::{Batch, CommitError, Record, Store},
@@ -137,11 +136,6 @@ pub fn random_device_id() -> OwnedDeviceId {
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
     id.into()
-}
-
-fn token_hash(token: &str) -> String {
-    let digest = sha2::Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn device_key(user_id: &UserId, device_id: &DeviceId) -> (String, String) {
