@@ -31,7 +31,8 @@
 //! `cargo build --release --bin hearth --example fanout_bench &&
 //!  target/release/examples/fanout_bench [--receivers R] [--rate M] [--seconds D]
 //!  [--spread-receivers R'] [--spread-rooms N] [--spread-rate M'] [--idle-rooms K]
-//!  [--senders S] [--send-rooms Q] [--events E] [--cache-mb C] [--only PHASES] [--server PATH]`
+//!  [--senders S] [--send-rooms Q] [--events E] [--cache-mb C] [--only PHASES] [--server PATH]
+//!  [--encrypted true]`
 //!
 //! `--only` takes a comma-separated subset of `fanout,spread,idle,send,paginate`. To profile a phase,
 //! run `perf record -g -p <pid>` on the printed server pid while it runs.
@@ -62,6 +63,8 @@ struct Args {
     events: usize,
     /// `[storage] cache_mb` of the server; `None`: its default.
     cache_mb: Option<u64>,
+    /// Rooms are created with end-to-end encryption on (as Element creates private rooms).
+    encrypted: bool,
     only: Vec<String>,
     server: PathBuf,
 }
@@ -83,6 +86,7 @@ fn args() -> Args {
         send_rooms: 16,
         events: 10_000,
         cache_mb: None,
+        encrypted: false,
         only: ["fanout", "spread", "idle", "send", "paginate"]
             .map(String::from)
             .to_vec(),
@@ -105,6 +109,7 @@ fn args() -> Args {
             "--events" => args.events = number() as usize,
             "--cache-mb" => args.cache_mb = Some(number() as u64),
             "--only" => args.only = value.split(',').map(String::from).collect(),
+            "--encrypted" => args.encrypted = value == "true",
             "--server" => args.server = PathBuf::from(value),
             other => panic!("unknown argument {other} (see the doc comment for usage)"),
         }
@@ -124,6 +129,8 @@ struct Server {
     pid: u32,
     base: String,
     http: reqwest::Client,
+    /// Rooms are created encrypted (`--encrypted true`).
+    encrypted: bool,
 }
 
 impl Server {
@@ -196,7 +203,11 @@ impl Server {
     }
 
     async fn create_room(&self, token: &str) -> String {
-        let body = json!({"preset": "public_chat"});
+        let mut body = json!({"preset": "public_chat"});
+        if self.encrypted {
+            body["initial_state"] = json!([{"type": "m.room.encryption", "state_key": "",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]);
+        }
         self.call(
             reqwest::Method::POST,
             "/_matrix/client/v3/createRoom",
@@ -621,6 +632,7 @@ async fn main() {
             .pool_max_idle_per_host(2048)
             .build()
             .unwrap(),
+        encrypted: args.encrypted,
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     while server

@@ -214,6 +214,21 @@ impl E2ee {
                 }
                 continue;
             }
+            if room.membership == "join" {
+                let newly_shared =
+                    in_range(room.member_sid) || room.encrypted_at.is_some_and(&in_range);
+                let quiet_members = match RoomId::parse(&room.room_id) {
+                    Ok(id) => rooms.latest_member_change(&id)? <= since,
+                    Err(_) => false,
+                };
+                if !newly_shared && quiet_members {
+                    // No member event of the room in the range (`rooms::latest`): its members
+                    // matter only as users the viewer shares a room with, read lazily as for
+                    // quiet rooms. Reading them here cost O(members) per sync.
+                    viewer.quiet.push(room.room_id);
+                    continue;
+                }
+            }
             let members = room_members(&self.store, room.room_sid)?;
             if room.membership != "join" {
                 // A room the viewer left in the range: its members may no longer share an

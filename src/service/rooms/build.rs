@@ -552,6 +552,7 @@ impl<'a> Staged<'a> {
             self.batch
                 .put::<CurrentState>(&(room_sid, kind.clone(), state_key.clone()), &sid);
             if pdu.kind == TimelineEventType::RoomMember {
+                rooms.mark_member_change(&room_id, sid)?;
                 let membership = pdu
                     .content_as::<Value>()
                     .and_then(|c| {

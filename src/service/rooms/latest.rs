@@ -4,6 +4,10 @@
 //! (`outliers.rs`), and the state fetched when a partial-state join completes
 //! (`partial_state.rs`), whose member events take new positions outside the timeline. The
 //! same marks keep answers that depend only on a room's timeline rows (`newest_of_kinds`).
+//!
+//! A second set of marks follows each room's current member events: every place that puts a
+//! member event into the current state (an event staged, a federation join's state, a
+//! completed partial state, a state fork, an event taken back) raises it.
 
 use std::{
     collections::HashMap,
@@ -12,7 +16,7 @@ use std::{
 
 use ruma::RoomId;
 
-use super::{Rooms, Timeline};
+use super::{CurrentState, Rooms, Timeline};
 use crate::error::Result;
 
 /// Answers of [`Rooms::newest_of_kinds`]: `(room sid, kind set) → (the room's mark when
@@ -43,6 +47,34 @@ impl Rooms {
     pub(super) fn mark_timeline_row(&self, room_id: &RoomId, pos: u64) -> Result<()> {
         self.latest
             .raise(room_id, pos, || self.stored_latest(room_id))
+    }
+
+    /// The newest position among the room's current member events: when it is at or below a
+    /// token, no membership of the room changed after it (device lists read this). 0 for an
+    /// unknown room.
+    pub fn latest_member_change(&self, room_id: &RoomId) -> Result<u64> {
+        self.member_changes
+            .get(room_id, || self.stored_member_change(room_id))
+    }
+
+    /// Marks a current member event at `pos` as staged. Call it wherever a member event goes
+    /// into a room's current state, when the row goes into a batch.
+    pub(super) fn mark_member_change(&self, room_id: &RoomId, pos: u64) -> Result<()> {
+        self.member_changes
+            .raise(room_id, pos, || self.stored_member_change(room_id))
+    }
+
+    fn stored_member_change(&self, room_id: &RoomId) -> Result<u64> {
+        let Some(record) = self.room(room_id)? else {
+            return Ok(0);
+        };
+        Ok(self
+            .store
+            .scan_prefix::<CurrentState, _>(&(record.sid, "m.room.member"), usize::MAX)?
+            .into_iter()
+            .map(|(_, sid)| sid)
+            .max()
+            .unwrap_or(0))
     }
 
     /// [`Rooms::latest_of_kinds`] at a horizon `now` at or past the room's newest position,

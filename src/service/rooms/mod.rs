@@ -241,6 +241,8 @@ pub struct Rooms {
     users: Arc<super::users::Users>,
     /// The newest timeline position of each room (`latest.rs`).
     latest: super::latest::LatestMarks,
+    /// The newest position among each room's current member events (`latest.rs`).
+    member_changes: super::latest::LatestMarks,
     /// The newest event of given kinds per room, valid while the room's newest-position
     /// mark stays where it was (`latest.rs`).
     newest_of_kinds: latest::NewestOfKinds,
@@ -288,6 +290,7 @@ impl Rooms {
             push_members: build::MembersCache::default(),
             users,
             latest: Default::default(),
+            member_changes: Default::default(),
             newest_of_kinds: Default::default(),
             state_cache: state_cache::StateCache::default(),
             member_summaries: Default::default(),

@@ -218,6 +218,7 @@ impl Rooms {
             added_keys += 1;
             batch.put::<CurrentState>(&(room.sid, kind.clone(), key.clone()), event_sid);
             if pdu.kind == TimelineEventType::RoomMember {
+                self.mark_member_change(room_id, *event_sid)?;
                 let membership = pdu
                     .content_as::<Value>()
                     .and_then(|c| c.get("membership")?.as_str().map(str::to_owned))

@@ -176,6 +176,7 @@ impl Staged<'_> {
         self.batch
             .put::<CurrentState>(&(room_sid, kind.clone(), key.clone()), &sid);
         if pdu.kind == TimelineEventType::RoomMember {
+            self.rooms.mark_member_change(&room_id, sid)?;
             let membership = pdu
                 .content_as::<Value>()
                 .and_then(|c| c.get("membership")?.as_str().map(str::to_owned))

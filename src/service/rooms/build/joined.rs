@@ -188,6 +188,7 @@ impl Rooms {
                 .batch
                 .put::<CurrentState>(&(room_sid, kind.clone(), state_key.clone()), &sid);
             if pdu.kind == TimelineEventType::RoomMember {
+                self.mark_member_change(&room_id, sid)?;
                 let membership = pdu
                     .content_as::<Value>()
                     .and_then(|c| c.get("membership")?.as_str().map(str::to_owned))

@@ -245,6 +245,7 @@ impl Staged<'_> {
                 .flatten();
             match previous {
                 Some(previous) => {
+                    rooms.mark_member_change(&room_id, previous.sid)?;
                     let membership = previous
                         .pdu
                         .content_as::<Value>()
