@@ -7,7 +7,10 @@
 //!
 //! A second set of marks follows each room's current member events: every place that puts a
 //! member event into the current state (an event staged, a federation join's state, a
-//! completed partial state, a state fork, an event taken back) raises it.
+//! completed partial state, a state fork, an event taken back) raises it. Some of those put
+//! an event that already has a settled position (a fork's winner, a known event); a sync
+//! whose horizon is past that position and that reads the mark just before such a commit
+//! does not see the change, as it would not have seen it reading the rows just before.
 
 use std::{
     collections::HashMap,

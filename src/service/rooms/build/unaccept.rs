@@ -243,9 +243,11 @@ impl Staged<'_> {
                 .map(|previous| rooms.event_by_sid(previous))
                 .transpose()?
                 .flatten();
+            if let Some(before) = before {
+                rooms.mark_member_change(&room_id, before)?;
+            }
             match previous {
                 Some(previous) => {
-                    rooms.mark_member_change(&room_id, previous.sid)?;
                     let membership = previous
                         .pdu
                         .content_as::<Value>()
