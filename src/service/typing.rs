@@ -144,14 +144,12 @@ impl Typing {
         })
     }
 
-    /// The earliest moment any typing entry lapses, in any room (`None`: nobody is typing).
-    pub fn next_lapse(&self) -> Option<Instant> {
-        let inner = self.lock();
-        inner
+    /// Whether anyone is typing in any room (entries not yet found lapsed included).
+    pub fn anyone_typing(&self) -> bool {
+        self.lock()
             .rooms
             .values()
-            .flat_map(|room| room.users.values().copied())
-            .min()
+            .any(|room| !room.users.is_empty())
     }
 
     /// The earliest moment a typing entry in one of these rooms lapses.

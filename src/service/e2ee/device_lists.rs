@@ -205,8 +205,7 @@ impl E2ee {
 
         let mut viewer = viewer_rooms(&self.store, rooms, user_id, since)?;
         for room in viewer.active {
-            let encrypted = room.encrypted_at.is_some();
-            if !encrypted {
+            if room.encrypted_at.is_none() {
                 // Its members matter only as users the viewer shares a room with, which only
                 // a key change needs: read lazily, as for quiet rooms.
                 if room.membership == "join" {
@@ -214,9 +213,9 @@ impl E2ee {
                 }
                 continue;
             }
+            let newly_shared =
+                in_range(room.member_sid) || room.encrypted_at.is_some_and(&in_range);
             if room.membership == "join" {
-                let newly_shared =
-                    in_range(room.member_sid) || room.encrypted_at.is_some_and(&in_range);
                 let quiet_members = match RoomId::parse(&room.room_id) {
                     Ok(id) => rooms.latest_member_change(&id)? <= since,
                     Err(_) => false,
@@ -234,7 +233,7 @@ impl E2ee {
                 // A room the viewer left in the range: its members may no longer share an
                 // encrypted room with the viewer.
                 let gone = room.membership == "leave" || room.membership == "ban";
-                if gone && encrypted && in_range(room.member_sid) {
+                if gone && in_range(room.member_sid) {
                     left_candidates.extend(
                         members
                             .into_iter()
@@ -247,16 +246,9 @@ impl E2ee {
             for (member, membership) in &members {
                 if shares(membership) {
                     share_any.insert(member.clone());
-                    if encrypted {
-                        share_encrypted.insert(member.clone());
-                    }
+                    share_encrypted.insert(member.clone());
                 }
             }
-            if !encrypted {
-                continue;
-            }
-            let newly_shared =
-                in_range(room.member_sid) || room.encrypted_at.is_some_and(&in_range);
             if newly_shared {
                 changed.extend(
                     members

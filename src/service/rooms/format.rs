@@ -3,7 +3,6 @@
 use ruma::{CanonicalJsonValue, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
-use super::relations::Relations;
 use super::{Rooms, StoredEvent};
 use crate::error::Result;
 use crate::service::users::now_ms;
@@ -44,15 +43,10 @@ impl Rooms {
 
     /// What every viewer's [`Rooms::client_event`] of `event` has in common, serialised.
     pub fn client_json_parts(&self, event: &StoredEvent) -> Result<ClientJsonParts> {
-        let has_relations = event.meta.state_key.is_none()
-            && !self
-                .store
-                .scan_prefix::<Relations, _>(&(event.sid,), 1)?
-                .is_empty();
         Ok(ClientJsonParts {
             unsigned_rest: members_json(&self.shared_unsigned(event)),
             fields: members_json(&client_fields(event)),
-            has_relations,
+            has_relations: self.bundles_aggregations(event)?,
         })
     }
 
@@ -188,8 +182,8 @@ pub struct ClientJsonParts {
     unsigned_rest: String,
     /// `,"key":value` for each field besides `unsigned`.
     fields: String,
-    /// Whether other events relate to this one (a non-state event), so that timelines bundle
-    /// aggregations, which differ by viewer, with it.
+    /// [`Rooms::bundles_aggregations`]: timelines then bundle aggregations, which differ by
+    /// viewer, with the event.
     pub has_relations: bool,
 }
 
@@ -203,7 +197,7 @@ impl ClientJsonParts {
         out.push_str(&age(event).to_string());
         if let Some(txn) = txn {
             out.push_str(",\"transaction_id\":");
-            out.push_str(&Value::String(txn.to_owned()).to_string());
+            out.push_str(&serde_json::to_string(txn).unwrap_or_default());
         }
         out.push_str(&self.unsigned_rest);
         out.push('}');

@@ -34,9 +34,13 @@ pub struct RecentEvents {
 struct Inner {
     /// The commit epoch the entries were read in.
     epoch: u64,
-    events: HashMap<u64, Arc<StoredEvent>>,
-    /// The client JSON parts of entries of `events`, by the same sid.
-    client: HashMap<u64, Arc<ClientJsonParts>>,
+    entries: HashMap<u64, Entry>,
+}
+
+/// An event kept, with its client JSON parts once a reader made them.
+struct Entry {
+    event: Arc<StoredEvent>,
+    client: Option<Arc<ClientJsonParts>>,
 }
 
 impl RecentEvents {
@@ -48,50 +52,49 @@ impl RecentEvents {
     /// The event at `sid` read in `epoch`, if any.
     fn get(&self, epoch: u64, sid: u64) -> Option<Arc<StoredEvent>> {
         let mut inner = self.lock();
-        inner.at(epoch).then(|| inner.events.get(&sid).cloned())?
+        inner
+            .at(epoch)
+            .then(|| inner.entries.get(&sid).map(|e| e.event.clone()))?
     }
 
     /// Keeps `event`, read in `epoch`, unless a newer epoch began meanwhile.
     fn keep(&self, epoch: u64, event: &Arc<StoredEvent>) {
         let mut inner = self.lock();
         if inner.at(epoch) {
-            if inner.events.len() >= CACHED_EVENTS {
-                inner.events.clear();
-                inner.client.clear();
+            if inner.entries.len() >= CACHED_EVENTS {
+                inner.entries.clear();
             }
-            inner.events.insert(event.sid, event.clone());
+            let entry = Entry {
+                event: event.clone(),
+                client: None,
+            };
+            inner.entries.insert(event.sid, entry);
         }
     }
-}
 
-impl RecentEvents {
     /// The client JSON parts kept for `event` if it is the entry of `epoch`.
     fn client_of(&self, epoch: u64, event: &Arc<StoredEvent>) -> Option<Arc<ClientJsonParts>> {
-        let mut inner = self.lock();
-        if !inner.holds(epoch, event) {
-            return None;
-        }
-        inner.client.get(&event.sid).cloned()
+        self.lock().entry_of(epoch, event)?.client.clone()
     }
 
     /// Keeps `parts` beside `event` if it is still the entry of `epoch`.
     fn keep_client(&self, epoch: u64, event: &Arc<StoredEvent>, parts: &Arc<ClientJsonParts>) {
-        let mut inner = self.lock();
-        if inner.holds(epoch, event) {
-            inner.client.insert(event.sid, parts.clone());
+        if let Some(entry) = self.lock().entry_of(epoch, event) {
+            entry.client = Some(parts.clone());
         }
     }
 }
 
 impl Inner {
-    /// Whether `event` itself is the entry of `epoch` (so it was read in that epoch, not
-    /// before a write that may have changed it).
-    fn holds(&mut self, epoch: u64, event: &Arc<StoredEvent>) -> bool {
-        self.at(epoch)
-            && self
-                .events
-                .get(&event.sid)
-                .is_some_and(|kept| Arc::ptr_eq(kept, event))
+    /// The entry of `event` if it is `event` itself, of `epoch` (so the event was read in that
+    /// epoch, not before a write that may have changed it).
+    fn entry_of(&mut self, epoch: u64, event: &Arc<StoredEvent>) -> Option<&mut Entry> {
+        if !self.at(epoch) {
+            return None;
+        }
+        self.entries
+            .get_mut(&event.sid)
+            .filter(|entry| Arc::ptr_eq(&entry.event, event))
     }
 
     /// Moves to `epoch` when it is newer, dropping the older entries; whether the entries
@@ -99,8 +102,7 @@ impl Inner {
     fn at(&mut self, epoch: u64) -> bool {
         if self.epoch < epoch {
             self.epoch = epoch;
-            self.events.clear();
-            self.client.clear();
+            self.entries.clear();
         }
         self.epoch == epoch
     }

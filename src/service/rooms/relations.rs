@@ -286,6 +286,16 @@ impl Rooms {
         }
     }
 
+    /// Whether a served `event` carries aggregations: other events relate to it, and it is not
+    /// a state event (which gets none, as in the spec).
+    pub fn bundles_aggregations(&self, event: &StoredEvent) -> Result<bool> {
+        Ok(event.meta.state_key.is_none()
+            && !self
+                .store
+                .scan_prefix::<Relations, _>(&(event.sid,), 1)?
+                .is_empty())
+    }
+
     /// The ClientEvent JSON of an event with its bundled aggregations, for `viewer`.
     pub fn client_event_bundled(
         &self,
@@ -316,14 +326,7 @@ impl Rooms {
         viewer: Option<Viewer<'_>>,
         with_thread: bool,
     ) -> Result<Value> {
-        if event.meta.state_key.is_some() {
-            return Ok(value);
-        }
-        if self
-            .store
-            .scan_prefix::<Relations, _>(&(event.sid,), 1)?
-            .is_empty()
-        {
+        if !self.bundles_aggregations(event)? {
             return Ok(value);
         }
         // Children are read with the same room-level access and history visibility as every

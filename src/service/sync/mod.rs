@@ -165,7 +165,7 @@ pub fn nothing_new(sources: &Sources<'_>, request: &SyncRequest<'_>, now: u64) -
 /// typing list without waking anyone, so a long-poll that waits without a pass looks again
 /// then. Nothing is read while nobody types anywhere.
 pub fn next_typing_lapse(sources: &Sources<'_>, user_id: &UserId) -> Result<Option<Instant>> {
-    if sources.typing.next_lapse().is_none() {
+    if !sources.typing.anyone_typing() {
         return Ok(None);
     }
     let joined = sources.rooms.rooms_of(user_id, &MembershipState::Join)?;
@@ -381,7 +381,7 @@ pub async fn sync_once(
                 if let Some(room) =
                     room_timeline(&pass, &record, access, since, upto, false, with_state)?
                 {
-                    leave.push((room_id.to_string(), room));
+                    leave.push((room_id.to_string(), Json::Object(room)));
                 }
             }
             _ => {}
@@ -397,17 +397,16 @@ pub async fn sync_once(
     };
     body.insert("next_batch".into(), json!(next_batch.to_string()));
     let mut rooms_body = Vec::new();
-    for (key, section) in [
-        ("join", Json::Object(join)),
-        ("invite", Json::Value(Value::Object(invite))),
-        ("knock", Json::Value(Value::Object(knock))),
-        ("leave", Json::Object(leave)),
+    for (key, empty, section) in [
+        ("join", join.is_empty(), Json::Object(join)),
+        (
+            "invite",
+            invite.is_empty(),
+            Json::Value(Value::Object(invite)),
+        ),
+        ("knock", knock.is_empty(), Json::Value(Value::Object(knock))),
+        ("leave", leave.is_empty(), Json::Object(leave)),
     ] {
-        let empty = match &section {
-            Json::Object(rooms) => rooms.is_empty(),
-            Json::Value(Value::Object(rooms)) => rooms.is_empty(),
-            _ => false,
-        };
         if !empty {
             rooms_body.push((key.to_owned(), section));
         }

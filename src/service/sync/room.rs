@@ -117,8 +117,8 @@ pub(super) async fn joined_room(
         .collect();
     account_data.truncate(limit_of(account_filter.limit));
 
-    let timeline = match timeline {
-        Some(timeline) => timeline,
+    let mut sections = match timeline {
+        Some(sections) => sections,
         None if !ephemeral.is_empty() || !account_data.is_empty() => {
             // Nothing new in the timeline: its (empty) start is this sync's horizon.
             let prev_batch = now.saturating_add(1).to_string();
@@ -172,21 +172,23 @@ pub(super) async fn joined_room(
     } else {
         room["unread_notifications"] = counts.total().json();
     }
-    let Json::Object(mut members) = timeline else {
-        unreachable!("timeline_json makes an object")
-    };
     if let Value::Object(room) = room {
-        members.extend(
+        sections.extend(
             room.into_iter()
                 .map(|(key, value)| (key, Json::Value(value))),
         );
     }
-    Ok(Some(Json::Object(members)))
+    Ok(Some(Json::Object(sections)))
 }
 
 /// A room's `timeline` and `state` members.
-fn timeline_json(events: Vec<Json>, limited: bool, prev_batch: String, state: Vec<Value>) -> Json {
-    Json::Object(vec![
+fn timeline_json(
+    events: Vec<Json>,
+    limited: bool,
+    prev_batch: String,
+    state: Vec<Value>,
+) -> Vec<(String, Json)> {
+    vec![
         (
             "timeline".into(),
             Json::Object(vec![
@@ -199,7 +201,7 @@ fn timeline_json(events: Vec<Json>, limited: bool, prev_batch: String, state: Ve
             "state".into(),
             Json::Value(object([("events", Value::Array(state))])),
         ),
-    ])
+    ]
 }
 
 /// The stripped state an invitee or knocker sees of a room this server takes part in (spec:
@@ -283,7 +285,7 @@ pub(super) fn room_timeline(
     upto: u64,
     joined: bool,
     with_state: bool,
-) -> Result<Option<Json>> {
+) -> Result<Option<Vec<(String, Json)>>> {
     let (sources, request) = (pass.sources, pass.request);
     let rooms = sources.rooms;
     let filter = &request.filter.room.timeline;
