@@ -109,6 +109,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             .clone()
             .run(services.clone(), shutdown.subscribe()),
     ));
+    tasks.push(tokio::spawn({
+        let (services, shutdown) = (services.clone(), shutdown.subscribe());
+        async move { services.search.run_indexer(shutdown).await }
+    }));
     tasks.push(tokio::spawn(crate::service::push::retention::run(
         services.store.clone(),
         shutdown.subscribe(),

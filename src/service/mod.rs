@@ -283,6 +283,11 @@ impl Services {
         search
             .backfill()
             .map_err(|e| OpenError::Search(e.to_string()))?;
+        // Events the previous run stored but did not index yet.
+        rooms
+            .search_pending
+            .load(&store)
+            .map_err(|e| OpenError::Search(e.to_string()))?;
         Ok(Arc::new(Self {
             threepids: threepids::Threepids::new(store.clone()),
             mailer,

@@ -35,7 +35,7 @@ use writer::{JobResult, Writer};
 
 /// The schema version this build writes. Bump it with every change of a key layout or value
 /// format, add the migration in `migrate`, and update `schema/`.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -394,6 +394,11 @@ fn migrate_step(_engine: &dyn Engine, from: u32) -> Result<(), StoreError> {
         // (`push::conversions::convert_notification_rows`). The bump makes an older build
         // refuse the data: it would list no notifications and deliver no pushes.
         8 => Ok(()),
+        // 9 → 10 adds `search_pending` (starts empty: every event stored so far is indexed):
+        // new events wait there for the search indexer instead of being indexed in their own
+        // commit (schema/search.md). The bump makes an older build refuse the data: it would
+        // never index the pending events.
+        9 => Ok(()),
         _ => Err(StoreError::Corrupt {
             table: Meta::NAME,
             detail: format!("schema version {from} is unknown; no migration exists from it"),

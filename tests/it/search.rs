@@ -590,6 +590,7 @@ async fn clear<T: hearth::store::Table>(store: &hearth::store::Store) {
 #[tokio::test]
 async fn events_stored_before_the_index_are_indexed_at_start() {
     use hearth::service::search::index::{Docs, Postings, Progress, RoomStatsTable, TermCounts};
+    use hearth::service::search::pending::Pending;
     let mut srv = TestServer::start().await;
     let (_, alice, _) = srv.register("alice", "pw-alice-123").await;
     let room = create_room(&srv, &alice, json!({"topic": "old topic otter"})).await;
@@ -615,6 +616,7 @@ async fn events_stored_before_the_index_are_indexed_at_start() {
         clear::<TermCounts>(&store).await;
         clear::<RoomStatsTable>(&store).await;
         clear::<Progress>(&store).await;
+        clear::<Pending>(&store).await;
         let mut b = hearth::store::Batch::new();
         put_schema_version(&mut b, 3);
         store.commit(b).await.unwrap();
@@ -627,4 +629,94 @@ async fn events_stored_before_the_index_are_indexed_at_start() {
     assert!(found.contains(&old));
     assert!(!found.contains(&redacted));
     assert_eq!(r["count"], 2);
+}
+
+/// Events wait for the indexer in `search_pending` rows: a query right after a send finds it,
+/// a redaction before the indexer ran keeps it out of the index, and rows the previous run
+/// left pending are indexed after a restart (the pending rooms are read back at start).
+#[tokio::test]
+async fn pending_events_are_searchable_at_once_and_after_a_restart() {
+    use hearth::service::rooms::EventIds;
+    use hearth::service::search::index::{Docs, Postings, RoomStatsTable, TermCounts};
+    use hearth::service::search::pending::Pending;
+    let mut srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw-alice-123").await;
+    let room = create_room(&srv, &alice, json!({})).await;
+    let first = say(&srv, &alice, &room, "a quokka at once").await;
+    assert_eq!(
+        ids(&search(&srv, &alice, json!({"search_term": "quokka"})).await),
+        [first.as_str()]
+    );
+    let secret = say(&srv, &alice, &room, "the quokka secret").await;
+    let (status, _) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+                enc(&room),
+                enc(&secret)
+            ),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let r = search(&srv, &alice, json!({"search_term": "quokka"})).await;
+    assert_eq!(ids(&r), [first.as_str()]);
+    assert!(ids(&search(&srv, &alice, json!({"search_term": "secret"})).await).is_empty());
+
+    let later = say(&srv, &alice, &room, "a quokka later").await;
+    srv.stop().await;
+    {
+        // As if the server had stopped before its indexer ran: the index holds nothing, and
+        // both readable events are pending.
+        let store = srv.open_store();
+        clear::<Postings>(&store).await;
+        clear::<Docs>(&store).await;
+        clear::<TermCounts>(&store).await;
+        clear::<RoomStatsTable>(&store).await;
+        clear::<Pending>(&store).await;
+        let room_sid = store.short_id("room", &room).unwrap().expect("room sid");
+        let mut b = hearth::store::Batch::new();
+        for event in [&first, &later] {
+            let sid = store.get::<EventIds>(event).unwrap().expect("event sid");
+            b.put::<Pending>(&(room_sid, sid), &true);
+        }
+        store.commit(b).await.unwrap();
+    }
+    srv.start_again().await;
+    let r = search(&srv, &alice, json!({"search_term": "quokka"})).await;
+    let found = ids(&r);
+    assert_eq!(found.len(), 2, "{r}");
+    assert!(found.contains(&first) && found.contains(&later));
+    assert_eq!(r["count"], 2);
+}
+
+/// Concurrent sends over several rooms, searched while the indexer may be running: every
+/// message is found exactly once.
+#[tokio::test]
+async fn concurrent_sends_in_many_rooms_are_all_found() {
+    let srv = TestServer::start().await;
+    let (_, alice, _) = srv.register("alice", "pw-alice-123").await;
+    let mut rooms = Vec::new();
+    for _ in 0..4 {
+        rooms.push(create_room(&srv, &alice, json!({})).await);
+    }
+    let sends = rooms.iter().flat_map(|room| {
+        (0..10).map(|n| {
+            let (srv, alice, room) = (&srv, &alice, room.clone());
+            async move { say(srv, alice, &room, &format!("kiwi number {n}")).await }
+        })
+    });
+    let mut sent: Vec<String> = futures_util::future::join_all(sends).await;
+    let r = search(
+        &srv,
+        &alice,
+        json!({"search_term": "kiwi", "order_by": "recent", "filter": {"limit": 50}}),
+    )
+    .await;
+    assert_eq!(r["count"], 40, "{r}");
+    let mut found = ids(&r);
+    found.sort();
+    sent.sort();
+    assert_eq!(found, sent);
 }

@@ -152,6 +152,8 @@ async fn search(services: Arc<Services>, ctx: Ctx, body: Request) -> Result<Resp
         .search_categories
         .room_events
         .ok_or_else(|| Error::invalid_param("search_categories names no category"))?;
+    // Events sent a moment ago may still wait for the indexer.
+    services.search.catch_up().await?;
     let reading = services.clone();
     let next_batch = body.next_batch;
     let room_events = services

@@ -40,7 +40,11 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    service::{search::index as search_index, stream::Pending, users::now_ms},
+    service::{
+        search::{index as search_index, pending as search_pending},
+        stream::Pending,
+        users::now_ms,
+    },
     store::{Batch, CommitError, Raw},
 };
 
@@ -69,6 +73,8 @@ pub struct Staged<'a> {
     pub event_ids: Vec<OwnedEventId>,
     /// Search index counters staged in `batch` and not yet committed.
     search: search_index::Overlay,
+    /// Whether `batch` holds pending rows for the search indexer (told once it commits).
+    search_pending: bool,
     /// Other rooms' staged events that commit in this batch (see [`Staged::absorb`]); kept
     /// here so their locks are held until the commit.
     absorbed: Vec<Staged<'a>>,
@@ -116,6 +122,7 @@ impl Rooms {
             pending: Vec::new(),
             event_ids: Vec::new(),
             search: search_index::Overlay::default(),
+            search_pending: false,
             absorbed: Vec::new(),
             remote: remote::Overlay::default(),
             origin_ts: None,
@@ -161,6 +168,7 @@ impl Rooms {
             pending: Vec::new(),
             event_ids: Vec::new(),
             search: search_index::Overlay::default(),
+            search_pending: false,
             absorbed: Vec::new(),
             remote: remote::Overlay::default(),
             origin_ts: None,
@@ -485,16 +493,14 @@ impl<'a> Staged<'a> {
             )?;
         }
         rooms.stage_relation(&mut self.batch, sid, room_sid, &pdu, &object)?;
-        // Search index rows (and the room's term counters) land with the event.
-        if let Some(content) = pdu.content_as::<Value>() {
-            search_index::stage_add(
-                &rooms.store,
-                &mut self.batch,
-                &mut self.search,
-                room_sid,
-                sid,
-                &content,
-            )?;
+        // An event with text to search lands with its pending row; the indexer replaces it
+        // with the index rows (search/pending.rs).
+        if pdu
+            .content_as::<Value>()
+            .is_some_and(|content| search_index::indexable(&content))
+        {
+            search_pending::stage(&mut self.batch, room_sid, sid);
+            self.search_pending = true;
         }
         let record = self.record.as_mut().expect("set above");
         let meta = EventMeta {
@@ -785,9 +791,13 @@ impl<'a> Staged<'a> {
         let mut wake = Vec::new();
         let mut batch = batch;
         let mut destinations = BTreeSet::new();
+        let mut search_rooms = Vec::new();
         for staged in std::iter::once(&self).chain(&self.absorbed) {
             if let Some(record) = &staged.record {
                 wake.extend(staged.wake_targets(record.sid)?);
+                if let (true, Some(room_id)) = (staged.search_pending, &staged.room_id) {
+                    search_rooms.push((record.sid, room_id.clone()));
+                }
             }
             // Queued in the event's own batch: an event is queued exactly when it commits.
             let (servers, sids) = staged.federation_targets()?;
@@ -808,6 +818,7 @@ impl<'a> Staged<'a> {
         }
         let notifier = self.rooms.notifier.clone();
         let notifications = self.rooms.notifications.clone();
+        let search_pending = self.rooms.search_pending.clone();
         let result = self
             .rooms
             .stream
@@ -821,6 +832,10 @@ impl<'a> Staged<'a> {
                     notifier.notify(wake.iter().map(|u| u.as_ref()));
                     notifications.changed(counts_changed);
                     fed_queue.wake(destinations);
+                    // Told once committed: the indexer must find the rows when it looks.
+                    for (room_sid, room_id) in search_rooms {
+                        search_pending.mark(room_sid, &room_id);
+                    }
                 },
             )
             .await;

@@ -256,6 +256,8 @@ pub struct Rooms {
     recent_events: recent_events::RecentEvents,
     /// Local events are queued for the other servers in their room in their own batch.
     fed_queue: Arc<super::federation::queue::Queue>,
+    /// Rooms with events waiting for the search indexer (`search/pending.rs`).
+    pub(crate) search_pending: Arc<super::search::pending::PendingRooms>,
 }
 
 /// Heavy reads running at once: one per core, at least two (a slow scan must not block all).
@@ -296,6 +298,7 @@ impl Rooms {
             member_summaries: Default::default(),
             kept_fields: Default::default(),
             recent_events: Default::default(),
+            search_pending: Default::default(),
         }
     }
 

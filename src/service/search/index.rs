@@ -1,8 +1,8 @@
 //! The search index rows and how an event adds them or takes them away (layouts in
 //! `schema/search.md`).
 //!
-//! Rows are staged into the batch that stores (or redacts) the event, so the index is exactly
-//! as durable and as crash-consistent as the events themselves. The per-room counters are
+//! Rows are staged by the indexer, which replaces a room's pending events (`pending.rs`) with
+//! their rows, and removed in the batch that redacts an indexed event. The per-room counters are
 //! read-modify-write: they are only changed under the room's append lock (every write to a
 //! room's events holds it until its commit), and [`Overlay`] carries the values staged but not
 //! yet committed when one batch holds several events of a room.
@@ -102,9 +102,33 @@ fn postings_of(content: &Value) -> (HashMap<String, (u64, u64)>, u64) {
 pub struct Overlay {
     terms: HashMap<(u64, String), u64>,
     rooms: HashMap<u64, RoomStats>,
+    /// Counters are put into the batch by [`Overlay::write`], once each, rather than with
+    /// every change (many events of a room in one batch share most of their words).
+    deferred: bool,
 }
 
 impl Overlay {
+    /// An overlay whose counters are put into the batch by [`Overlay::write`].
+    pub fn deferred() -> Self {
+        Self {
+            deferred: true,
+            ..Self::default()
+        }
+    }
+
+    /// Puts the counters of a deferred overlay into `batch`.
+    pub fn write(&self, batch: &mut Batch) {
+        if !self.deferred {
+            return;
+        }
+        for (key, count) in &self.terms {
+            put_term(batch, key, *count);
+        }
+        for (room_sid, stats) in &self.rooms {
+            batch.put::<RoomStatsTable>(room_sid, stats);
+        }
+    }
+
     fn term_count(&self, store: &Store, key: &(u64, String)) -> Result<u64, StoreError> {
         match self.terms.get(key) {
             Some(n) => Ok(*n),
@@ -120,18 +144,31 @@ impl Overlay {
     }
 
     fn set_term(&mut self, batch: &mut Batch, key: (u64, String), count: u64) {
-        if count == 0 {
-            batch.delete::<TermCounts>(&key);
-        } else {
-            batch.put::<TermCounts>(&key, &count);
+        if !self.deferred {
+            put_term(batch, &key, count);
         }
         self.terms.insert(key, count);
     }
 
     fn set_room(&mut self, batch: &mut Batch, room_sid: u64, stats: RoomStats) {
-        batch.put::<RoomStatsTable>(&room_sid, &stats);
+        if !self.deferred {
+            batch.put::<RoomStatsTable>(&room_sid, &stats);
+        }
         self.rooms.insert(room_sid, stats);
     }
+}
+
+fn put_term(batch: &mut Batch, key: &(u64, String), count: u64) {
+    if count == 0 {
+        batch.delete::<TermCounts>(key);
+    } else {
+        batch.put::<TermCounts>(key, &count);
+    }
+}
+
+/// Whether an event's content has text to index.
+pub fn indexable(content: &Value) -> bool {
+    !fields_of(content).is_empty()
 }
 
 /// Stages the index rows of a new event (nothing if it has no indexable text). The caller

@@ -2,18 +2,23 @@
 //! `body`, `name` and `topic` of events, kept in the store beside the events.
 //!
 //! - `tokenize`: Unicode words, case folding, ideograph bigrams (same for text and queries);
-//! - `index`: the tables, and the rows an event adds (staged by the rooms service into the
-//!   event's own batch) or a redaction removes;
+//! - `pending`: the events stored but not indexed yet, and the rooms that have some;
+//! - `index`: the tables, and the rows an event adds (staged by the indexer, many events of a
+//!   room a commit) or a redaction removes;
 //! - `query`: candidate generation under a work budget, read authorization, BM25 ranking.
 //!
 //! Events stored before the index existed (schema version 3) are indexed once, at the first
 //! start of a build with the index ([`Search::backfill`]), before the server answers requests.
 
 pub mod index;
+pub mod pending;
 pub mod query;
 pub mod tokenize;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use serde_json::Value;
 
@@ -26,6 +31,13 @@ use crate::{
 /// Events looked at per backfill commit.
 const BACKFILL_CHUNK: usize = 1_000;
 
+/// Pending events of a room indexed per commit.
+const INDEX_CHUNK: usize = 512;
+
+/// How long the indexer lets pending events gather after the first one: long enough that a
+/// busy room's events are indexed together, short enough that little waits for a query.
+const INDEX_DELAY: Duration = Duration::from_millis(500);
+
 pub struct Search {
     store: Store,
     rooms: Arc<Rooms>,
@@ -34,6 +46,92 @@ pub struct Search {
 impl Search {
     pub fn new(store: Store, rooms: Arc<Rooms>) -> Self {
         Self { store, rooms }
+    }
+
+    /// Indexes the rooms' pending events as they come (the indexer's task), until `shutdown`.
+    pub async fn run_indexer(&self, mut shutdown: watch::Receiver<bool>) {
+        let pending = self.rooms.search_pending.clone();
+        loop {
+            tokio::select! {
+                _ = async {
+                    pending.marked().await;
+                    tokio::time::sleep(INDEX_DELAY).await;
+                } => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            if let Err(e) = self.catch_up().await {
+                log::warn!("search index: cannot index pending events: {e}");
+            }
+        }
+    }
+
+    /// Indexes the pending events of every room that has some (before a query reads the
+    /// index, and from the indexer).
+    pub async fn catch_up(&self) -> Result<()> {
+        let mut rooms = self.rooms.search_pending.take().into_iter();
+        while let Some((room_sid, room_id)) = rooms.next() {
+            if let Err(e) = self.index_room(room_sid, &room_id).await {
+                // Left pending: the next catch-up tries again.
+                let pending = &self.rooms.search_pending;
+                pending.mark(room_sid, &room_id);
+                for (room_sid, room_id) in rooms {
+                    pending.mark(room_sid, &room_id);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes the room's pending events under its append lock, [`INDEX_CHUNK`] a commit.
+    async fn index_room(&self, room_sid: u64, room_id: &ruma::RoomId) -> Result<()> {
+        let _lock = self.rooms.lock_room(room_id).await;
+        loop {
+            let rows = self
+                .store
+                .scan_prefix::<pending::Pending, u64>(&room_sid, INDEX_CHUNK)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let full = rows.len() == INDEX_CHUNK;
+            let mut batch = Batch::new();
+            let mut overlay = index::Overlay::deferred();
+            for ((_, sid), _) in rows {
+                batch.delete::<pending::Pending>(&(room_sid, sid));
+                if let Some(content) = self.unindexed_content(sid)? {
+                    index::stage_add(
+                        &self.store,
+                        &mut batch,
+                        &mut overlay,
+                        room_sid,
+                        sid,
+                        &content,
+                    )?;
+                }
+            }
+            overlay.write(&mut batch);
+            self.store.commit(batch).await?;
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The content of event `sid` if it is stored, not redacted and not indexed yet.
+    fn unindexed_content(&self, sid: u64) -> Result<Option<Value>> {
+        let redacted = self
+            .store
+            .get::<EventMetaTable>(&sid)?
+            .is_none_or(|meta| meta.redacted_by.is_some());
+        if redacted || self.store.get::<index::Docs>(&sid)?.is_some() {
+            return Ok(None);
+        }
+        let Some(raw) = self.store.get::<Pdus>(&sid)? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice::<Value>(&raw.0)
+            .ok()
+            .and_then(|mut json| json.get_mut("content").map(Value::take)))
     }
 
     /// Runs a query (store reads only; call it on the blocking pool).

@@ -114,6 +114,7 @@ impl Rooms {
             pending: Vec::new(),
             event_ids: Vec::new(),
             search: search_index::Overlay::default(),
+            search_pending: false,
             absorbed: Vec::new(),
             remote: remote::Overlay::default(),
             origin_ts: None,
