@@ -71,7 +71,8 @@ pub struct Staged<'a> {
     events: HashMap<OwnedEventId, (u64, Pdu, CanonicalJsonObject)>,
     pending: Vec<Pending>,
     pub event_ids: Vec<OwnedEventId>,
-    /// Search index counters staged in `batch` and not yet committed.
+    /// Search index counters staged in `batch` and not yet committed (the removals of
+    /// redacted or taken-back events that were indexed).
     search: search_index::Overlay,
     /// Whether `batch` holds pending rows for the search indexer (told once it commits).
     search_pending: bool,
@@ -827,15 +828,20 @@ impl<'a> Staged<'a> {
                 batch,
                 positions,
                 locks,
-                done,
+                // Marked once committed (the indexer must find the rows when it looks) and
+                // before anyone is answered (a search after the answer must index them).
+                move |result: &std::result::Result<(), CommitError>| {
+                    if result.is_ok() {
+                        for (room_sid, room_id) in &search_rooms {
+                            search_pending.mark(*room_sid, room_id);
+                        }
+                    }
+                    done(result)
+                },
                 move || {
                     notifier.notify(wake.iter().map(|u| u.as_ref()));
                     notifications.changed(counts_changed);
                     fed_queue.wake(destinations);
-                    // Told once committed: the indexer must find the rows when it looks.
-                    for (room_sid, room_id) in search_rooms {
-                        search_pending.mark(room_sid, &room_id);
-                    }
                 },
             )
             .await;

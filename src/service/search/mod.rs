@@ -41,11 +41,18 @@ const INDEX_DELAY: Duration = Duration::from_millis(500);
 pub struct Search {
     store: Store,
     rooms: Arc<Rooms>,
+    /// Held by an indexing pass ([`Search::catch_up`]): a query that comes during one waits
+    /// for it, then indexes what was marked since.
+    pass: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Search {
     pub fn new(store: Store, rooms: Arc<Rooms>) -> Self {
-        Self { store, rooms }
+        Self {
+            store,
+            rooms,
+            pass: Default::default(),
+        }
     }
 
     /// Indexes the rooms' pending events as they come (the indexer's task), until `shutdown`.
@@ -66,72 +73,28 @@ impl Search {
     }
 
     /// Indexes the pending events of every room that has some (before a query reads the
-    /// index, and from the indexer).
+    /// index, and from the indexer). The pass runs in a task of its own: a query dropped
+    /// meanwhile neither loses the rooms it took nor lets a room's lock go before the commit
+    /// made under it has landed.
     pub async fn catch_up(&self) -> Result<()> {
-        let mut rooms = self.rooms.search_pending.take().into_iter();
-        while let Some((room_sid, room_id)) = rooms.next() {
-            if let Err(e) = self.index_room(room_sid, &room_id).await {
-                // Left pending: the next catch-up tries again.
-                let pending = &self.rooms.search_pending;
-                pending.mark(room_sid, &room_id);
-                for (room_sid, room_id) in rooms {
-                    pending.mark(room_sid, &room_id);
-                }
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Indexes the room's pending events under its append lock, [`INDEX_CHUNK`] a commit.
-    async fn index_room(&self, room_sid: u64, room_id: &ruma::RoomId) -> Result<()> {
-        let _lock = self.rooms.lock_room(room_id).await;
-        loop {
-            let rows = self
-                .store
-                .scan_prefix::<pending::Pending, u64>(&room_sid, INDEX_CHUNK)?;
-            if rows.is_empty() {
-                return Ok(());
-            }
-            let full = rows.len() == INDEX_CHUNK;
-            let mut batch = Batch::new();
-            let mut overlay = index::Overlay::deferred();
-            for ((_, sid), _) in rows {
-                batch.delete::<pending::Pending>(&(room_sid, sid));
-                if let Some(content) = self.unindexed_content(sid)? {
-                    index::stage_add(
-                        &self.store,
-                        &mut batch,
-                        &mut overlay,
-                        room_sid,
-                        sid,
-                        &content,
-                    )?;
+        let (store, rooms, pass) = (self.store.clone(), self.rooms.clone(), self.pass.clone());
+        tokio::spawn(async move {
+            let _pass = pass.lock().await;
+            let mut taken = rooms.search_pending.take().into_iter();
+            while let Some((room_sid, room_id)) = taken.next() {
+                if let Err(e) = index_room(&store, &rooms, room_sid, &room_id).await {
+                    // Left pending: the next pass tries again.
+                    rooms.search_pending.mark(room_sid, &room_id);
+                    for (room_sid, room_id) in taken {
+                        rooms.search_pending.mark(room_sid, &room_id);
+                    }
+                    return Err(e);
                 }
             }
-            overlay.write(&mut batch);
-            self.store.commit(batch).await?;
-            if !full {
-                return Ok(());
-            }
-        }
-    }
-
-    /// The content of event `sid` if it is stored, not redacted and not indexed yet.
-    fn unindexed_content(&self, sid: u64) -> Result<Option<Value>> {
-        let redacted = self
-            .store
-            .get::<EventMetaTable>(&sid)?
-            .is_none_or(|meta| meta.redacted_by.is_some());
-        if redacted || self.store.get::<index::Docs>(&sid)?.is_some() {
-            return Ok(None);
-        }
-        let Some(raw) = self.store.get::<Pdus>(&sid)? else {
-            return Ok(None);
-        };
-        Ok(serde_json::from_slice::<Value>(&raw.0)
-            .ok()
-            .and_then(|mut json| json.get_mut("content").map(Value::take)))
+            Ok(())
+        })
+        .await
+        .map_err(|e| crate::error::Error::unknown(format!("search indexing failed: {e}")))?
     }
 
     /// Runs a query (store reads only; call it on the blocking pool).
@@ -201,4 +164,51 @@ impl Search {
             self.store.commit_blocking(batch)?;
         }
     }
+}
+
+/// Indexes the room's pending events, [`INDEX_CHUNK`] a commit, each under the room's append
+/// lock (held until the commit has landed).
+async fn index_room(
+    store: &Store,
+    rooms: &Rooms,
+    room_sid: u64,
+    room_id: &ruma::RoomId,
+) -> Result<()> {
+    loop {
+        let _lock = rooms.lock_room(room_id).await;
+        let rows = store.scan_prefix::<pending::Pending, u64>(&room_sid, INDEX_CHUNK)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let full = rows.len() == INDEX_CHUNK;
+        let mut batch = Batch::new();
+        let mut overlay = index::Overlay::deferred();
+        for ((_, sid), _) in rows {
+            batch.delete::<pending::Pending>(&(room_sid, sid));
+            if let Some(content) = unindexed_content(store, sid)? {
+                index::stage_add(store, &mut batch, &mut overlay, room_sid, sid, &content)?;
+            }
+        }
+        overlay.write(&mut batch);
+        store.commit(batch).await?;
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// The content of event `sid` if it is stored, not redacted and not indexed yet.
+fn unindexed_content(store: &Store, sid: u64) -> Result<Option<Value>> {
+    let redacted = store
+        .get::<EventMetaTable>(&sid)?
+        .is_none_or(|meta| meta.redacted_by.is_some());
+    if redacted || store.get::<index::Docs>(&sid)?.is_some() {
+        return Ok(None);
+    }
+    let Some(raw) = store.get::<Pdus>(&sid)? else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice::<Value>(&raw.0)
+        .ok()
+        .and_then(|mut json| json.get_mut("content").map(Value::take)))
 }
