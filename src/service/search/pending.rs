@@ -1,4 +1,5 @@
-//! Events waiting to be indexed, and the indexer that takes them in bulk.
+//! Events waiting to be indexed, and the rooms that have some (the indexer that takes them in
+//! bulk is `Search::run_indexer`).
 //!
 //! Sending an event stores one `search_pending` row beside it instead of the event's index
 //! rows: a message's ten-odd postings and term counters are random inserts all over the index,
@@ -8,9 +9,10 @@
 //! the same pages.
 //!
 //! Invariants:
-//! - An indexable event (a string `body`, `name` or `topic`) has a pending row or index rows
-//!   (`search_docs`), never both once its room is indexed, and never neither: the pending row
-//!   commits with the event, and the indexer replaces it with the index rows in one commit.
+//! - A stored, unredacted event with text to index (a string `body`, `name` or `topic`) has a
+//!   pending row or index rows (`search_docs`), never both once its room is indexed, and never
+//!   neither: the pending row commits with the event, and the indexer replaces it with the
+//!   index rows in one commit.
 //! - Everything that writes a room's index rows or pending rows holds the room's append lock
 //!   until its commit (sends, redactions, the indexer), so the per-room counters never race,
 //!   and the indexer reads an event's stored content after any redaction of it has committed
