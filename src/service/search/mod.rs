@@ -31,8 +31,9 @@ use crate::{
 /// Events looked at per backfill commit.
 const BACKFILL_CHUNK: usize = 1_000;
 
-/// Pending events of a room indexed per commit.
-const INDEX_CHUNK: usize = 512;
+/// Pending events of a room indexed per commit: the room's sends wait for each such commit
+/// (it holds the room lock), so it is kept to about a send batch's commit time.
+const INDEX_CHUNK: usize = 128;
 
 /// How long the indexer lets pending events gather after the first one: long enough that a
 /// busy room's events are indexed together, short enough that little waits for a query.
