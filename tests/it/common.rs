@@ -282,3 +282,19 @@ pub fn put_schema_version(batch: &mut hearth::store::Batch, version: u32) {
         &hearth::store::Raw(version.to_be_bytes().to_vec()),
     );
 }
+
+/// Redacts `event` with transaction `txn`, which must succeed.
+pub async fn redact(srv: &TestServer, token: &str, room: &str, event: &str, txn: &str) {
+    let (status, body) = srv
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/{txn}",
+                enc(room),
+                enc(event)
+            ),
+            Some(token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{create_room, enc, errcode, join, TestServer};
+use crate::common::{create_room, enc, errcode, join, redact, TestServer};
 
 async fn send_as(
     srv: &TestServer,
@@ -88,21 +88,6 @@ async fn event(srv: &TestServer, token: &str, room: &str, event: &str) -> (Statu
         Some(token),
     )
     .await
-}
-
-async fn redact(srv: &TestServer, token: &str, room: &str, event: &str, txn: &str) {
-    let (status, body) = srv
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/redact/{}/{txn}",
-                enc(room),
-                enc(event)
-            ),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 /// `GET /relations/{parent}{suffix}?{query}`.

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{create_room, enc, errcode, join, put_schema_version, TestServer};
+use crate::common::{create_room, enc, errcode, join, put_schema_version, redact, TestServer};
 
 async fn say(srv: &TestServer, token: &str, room: &str, body: &str) -> String {
     let txn = format!("t{}", rand_txn());
@@ -476,18 +476,7 @@ async fn redaction_removes_and_index_survives_restart() {
         )
         .await;
     assert_eq!(enc_ev.0, StatusCode::OK);
-    let (status, body) = srv
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
-                enc(&room),
-                enc(&gone)
-            ),
-            Some(&alice),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    redact(&srv, &alice, &room, &gone, "r1").await;
     let r = search(&srv, &alice, json!({"search_term": "walrus"})).await;
     assert_eq!(ids(&r), [keep.as_str()]);
     assert_eq!(r["count"], 1);
@@ -585,38 +574,33 @@ async fn clear<T: hearth::store::Table>(store: &hearth::store::Store) {
     store.commit(batch).await.unwrap();
 }
 
+/// Removes the index and the pending rows (the server is stopped).
+async fn clear_index(store: &hearth::store::Store) {
+    use hearth::service::search::index::{Docs, Postings, RoomStatsTable, TermCounts};
+    use hearth::service::search::pending::Pending;
+    clear::<Postings>(store).await;
+    clear::<Docs>(store).await;
+    clear::<TermCounts>(store).await;
+    clear::<RoomStatsTable>(store).await;
+    clear::<Pending>(store).await;
+}
+
 /// A database of schema version 3 (events, no index) is migrated, and its events are indexed
 /// at the first start.
 #[tokio::test]
 async fn events_stored_before_the_index_are_indexed_at_start() {
-    use hearth::service::search::index::{Docs, Postings, Progress, RoomStatsTable, TermCounts};
-    use hearth::service::search::pending::Pending;
+    use hearth::service::search::index::{Docs, Progress};
     let mut srv = TestServer::start().await;
     let (_, alice, _) = srv.register("alice", "pw-alice-123").await;
     let room = create_room(&srv, &alice, json!({"topic": "old topic otter"})).await;
     let old = say(&srv, &alice, &room, "an otter from before").await;
     let redacted = say(&srv, &alice, &room, "an otter that was redacted").await;
-    let (status, _) = srv
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
-                enc(&room),
-                enc(&redacted)
-            ),
-            Some(&alice),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    redact(&srv, &alice, &room, &redacted, "r1").await;
     srv.stop().await;
     {
         let store = srv.open_store();
-        clear::<Postings>(&store).await;
-        clear::<Docs>(&store).await;
-        clear::<TermCounts>(&store).await;
-        clear::<RoomStatsTable>(&store).await;
+        clear_index(&store).await;
         clear::<Progress>(&store).await;
-        clear::<Pending>(&store).await;
         let mut b = hearth::store::Batch::new();
         put_schema_version(&mut b, 3);
         store.commit(b).await.unwrap();
@@ -637,7 +621,6 @@ async fn events_stored_before_the_index_are_indexed_at_start() {
 #[tokio::test]
 async fn pending_events_are_searchable_at_once_and_after_a_restart() {
     use hearth::service::rooms::EventIds;
-    use hearth::service::search::index::{Docs, Postings, RoomStatsTable, TermCounts};
     use hearth::service::search::pending::Pending;
     let mut srv = TestServer::start().await;
     let (_, alice, _) = srv.register("alice", "pw-alice-123").await;
@@ -648,18 +631,7 @@ async fn pending_events_are_searchable_at_once_and_after_a_restart() {
         [first.as_str()]
     );
     let secret = say(&srv, &alice, &room, "the quokka secret").await;
-    let (status, _) = srv
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
-                enc(&room),
-                enc(&secret)
-            ),
-            Some(&alice),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    redact(&srv, &alice, &room, &secret, "r1").await;
     let r = search(&srv, &alice, json!({"search_term": "quokka"})).await;
     assert_eq!(ids(&r), [first.as_str()]);
     assert!(ids(&search(&srv, &alice, json!({"search_term": "secret"})).await).is_empty());
@@ -670,11 +642,7 @@ async fn pending_events_are_searchable_at_once_and_after_a_restart() {
         // As if the server had stopped before its indexer ran: the index holds nothing, and
         // both readable events are pending.
         let store = srv.open_store();
-        clear::<Postings>(&store).await;
-        clear::<Docs>(&store).await;
-        clear::<TermCounts>(&store).await;
-        clear::<RoomStatsTable>(&store).await;
-        clear::<Pending>(&store).await;
+        clear_index(&store).await;
         let room_sid = store.short_id("room", &room).unwrap().expect("room sid");
         let mut b = hearth::store::Batch::new();
         for event in [&first, &later] {
