@@ -496,10 +496,7 @@ impl<'a> Staged<'a> {
         rooms.stage_relation(&mut self.batch, sid, room_sid, &pdu, &object)?;
         // An event with text to search lands with its pending row; the indexer replaces it
         // with the index rows (search/pending.rs).
-        if pdu
-            .content_as::<Value>()
-            .is_some_and(|content| search_index::indexable(&content))
-        {
+        if search_index::indexable(&object) {
             search_pending::stage(&mut self.batch, room_sid, sid);
             self.search_pending = true;
         }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use ruma::{CanonicalJsonObject, CanonicalJsonValue};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -71,15 +72,18 @@ pub fn posting_parts(value: u64) -> (u64, u64) {
 /// The indexable text of an event's content: `(field bit, text)` for each of `body`, `name`
 /// and `topic` that is a string. Encrypted events have none of these in clear.
 pub fn fields_of(content: &Value) -> Vec<(u64, &str)> {
-    [
-        (FIELD_BODY, "body"),
-        (FIELD_NAME, "name"),
-        (FIELD_TOPIC, "topic"),
-    ]
-    .into_iter()
-    .filter_map(|(bit, key)| Some((bit, content.get(key)?.as_str()?)))
-    .collect()
+    FIELDS
+        .into_iter()
+        .filter_map(|(bit, key)| Some((bit, content.get(key)?.as_str()?)))
+        .collect()
 }
+
+/// The indexed content fields and their bits.
+const FIELDS: [(u64, &str); 3] = [
+    (FIELD_BODY, "body"),
+    (FIELD_NAME, "name"),
+    (FIELD_TOPIC, "topic"),
+];
 
 /// An event's postings: term → (tf, fields), and its length.
 fn postings_of(content: &Value) -> (HashMap<String, (u64, u64)>, u64) {
@@ -166,9 +170,15 @@ fn put_term(batch: &mut Batch, key: &(u64, String), count: u64) {
     }
 }
 
-/// Whether an event's content has text to index.
-pub fn indexable(content: &Value) -> bool {
-    !fields_of(content).is_empty()
+/// Whether an event (its canonical JSON, as staged) has text to index: a string `body`,
+/// `name` or `topic` in its content (as [`fields_of`] reads them).
+pub fn indexable(event: &CanonicalJsonObject) -> bool {
+    let Some(CanonicalJsonValue::Object(content)) = event.get("content") else {
+        return false;
+    };
+    FIELDS
+        .iter()
+        .any(|(_, key)| matches!(content.get(*key), Some(CanonicalJsonValue::String(_))))
 }
 
 /// Stages the index rows of a new event (nothing if it has no indexable text). The caller

@@ -125,7 +125,7 @@ impl Search {
                 .store
                 .range::<EventMetaTable>(Some(&next), false, BACKFILL_CHUNK)?;
             let mut batch = Batch::new();
-            let mut overlay = index::Overlay::default();
+            let mut overlay = index::Overlay::deferred();
             let Some(last) = rows.last().map(|(sid, _)| *sid) else {
                 batch.put::<index::Progress>(&"backfill_done".to_owned(), &1);
                 self.store.commit_blocking(batch)?;
@@ -135,16 +135,7 @@ impl Search {
                 return Ok(indexed);
             };
             for (sid, meta) in &rows {
-                if meta.redacted_by.is_some() || self.store.get::<index::Docs>(sid)?.is_some() {
-                    continue;
-                }
-                let Some(raw) = self.store.get::<Pdus>(sid)? else {
-                    continue;
-                };
-                let Ok(json) = serde_json::from_slice::<Value>(&raw.0) else {
-                    continue;
-                };
-                let Some(content) = json.get("content") else {
+                let Some(content) = unindexed_content(&self.store, *sid)? else {
                     continue;
                 };
                 let before = batch.len();
@@ -154,12 +145,13 @@ impl Search {
                     &mut overlay,
                     meta.room_sid,
                     *sid,
-                    content,
+                    &content,
                 )?;
                 if batch.len() > before {
                     indexed += 1;
                 }
             }
+            overlay.write(&mut batch);
             next = last + 1;
             batch.put::<index::Progress>(&"backfill_next".to_owned(), &next);
             self.store.commit_blocking(batch)?;
